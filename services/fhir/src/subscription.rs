@@ -1,0 +1,261 @@
+//! Validating an R4 Subscription resource and extracting what the hub needs from it.
+
+use serde_json::Value;
+
+use crate::criteria::Criteria;
+use crate::outcome::{IssueType, OperationOutcome};
+use crate::time_fmt;
+
+/// Subscription.status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Requested,
+    Active,
+    Error,
+    Off,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Active => "active",
+            Self::Error => "error",
+            Self::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "requested" => Some(Self::Requested),
+            "active" => Some(Self::Active),
+            "error" => Some(Self::Error),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+}
+
+/// The channel the hub delivers over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    /// Only `rest-hook` today; the type is kept as text so stored rows survive new types.
+    pub kind: String,
+    pub endpoint: String,
+    /// MIME type of the payload; `None` means the R4 "no payload" notification (empty POST).
+    pub payload: Option<String>,
+    /// Extra HTTP headers, `(name, value)`.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What the hub keeps of a validated Subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSpec {
+    pub status: Status,
+    pub criteria: String,
+    pub parsed: Criteria,
+    pub channel: Channel,
+    /// Subscription.end, as given.
+    pub end: Option<String>,
+}
+
+fn invalid(code: IssueType, msg: impl Into<String>, at: &str) -> OperationOutcome {
+    OperationOutcome::error(code, msg).at(at.to_owned())
+}
+
+fn req_str<'a>(v: &'a Value, ptr: &str, at: &str) -> Result<&'a str, OperationOutcome> {
+    match v.pointer(ptr) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(_)) | None => Err(invalid(
+            IssueType::Required,
+            format!("{at} is required"),
+            at,
+        )),
+        Some(_) => Err(invalid(IssueType::Structure, format!("{at} must be a string"), at)),
+    }
+}
+
+/// Validate a Subscription sent by a client (create or update).
+pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
+    if !resource.is_object() {
+        return Err(OperationOutcome::error(
+            IssueType::Structure,
+            "the body must be a FHIR JSON resource object",
+        ));
+    }
+    let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    if rt != "Subscription" {
+        return Err(invalid(
+            IssueType::Invalid,
+            format!("expected a Subscription, got resourceType '{rt}'"),
+            "resourceType",
+        ));
+    }
+    let status_s = req_str(resource, "/status", "Subscription.status")?;
+    let status = Status::parse(status_s).ok_or_else(|| {
+        invalid(
+            IssueType::Value,
+            format!("Subscription.status '{status_s}' is not requested, active, error or off"),
+            "Subscription.status",
+        )
+    })?;
+    if status == Status::Error {
+        return Err(invalid(
+            IssueType::Value,
+            "only the hub sets Subscription.status to error; send requested or off",
+            "Subscription.status",
+        ));
+    }
+    req_str(resource, "/reason", "Subscription.reason")?;
+    let criteria = req_str(resource, "/criteria", "Subscription.criteria")?;
+    if criteria.starts_with("http://") || criteria.starts_with("https://") {
+        return Err(invalid(
+            IssueType::NotSupported,
+            format!(
+                "topic-based subscriptions (criteria '{criteria}' is a topic canonical) are not supported yet; use R4 search criteria like 'Observation?code=...'"
+            ),
+            "Subscription.criteria",
+        ));
+    }
+    let parsed = Criteria::parse(criteria).map_err(|e| e.to_outcome("Subscription.criteria"))?;
+
+    let kind = req_str(resource, "/channel/type", "Subscription.channel.type")?;
+    if kind != "rest-hook" {
+        return Err(invalid(
+            IssueType::NotSupported,
+            format!("channel type '{kind}' is not supported yet; this hub delivers rest-hook"),
+            "Subscription.channel.type",
+        ));
+    }
+    let endpoint = req_str(resource, "/channel/endpoint", "Subscription.channel.endpoint")?;
+    let ok_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+    if !ok_scheme || endpoint.len() < 10 || endpoint.contains(char::is_whitespace) {
+        return Err(invalid(
+            IssueType::Value,
+            format!("channel.endpoint '{endpoint}' must be an absolute http(s) URL"),
+            "Subscription.channel.endpoint",
+        ));
+    }
+    let payload = match resource.pointer("/channel/payload") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => {
+            let mime = p.split(';').next().unwrap_or("").trim();
+            if !matches!(mime, "application/fhir+json" | "application/json") {
+                return Err(invalid(
+                    IssueType::NotSupported,
+                    format!("channel.payload '{p}' is not supported; use application/fhir+json"),
+                    "Subscription.channel.payload",
+                ));
+            }
+            Some(mime.to_owned())
+        }
+        Some(_) => {
+            return Err(invalid(
+                IssueType::Structure,
+                "channel.payload must be a string",
+                "Subscription.channel.payload",
+            ));
+        }
+    };
+    let mut headers = Vec::new();
+    match resource.pointer("/channel/header") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, h) in items.iter().enumerate() {
+                let at = format!("Subscription.channel.header[{i}]");
+                let parsed = h
+                    .as_str()
+                    .and_then(|s| s.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                    .filter(|(n, v)| is_header_name(n) && !v.contains(['\r', '\n']));
+                match parsed {
+                    Some(pair) => headers.push(pair),
+                    None => {
+                        return Err(invalid(
+                            IssueType::Value,
+                            format!("{at} must be 'Name: value' with a valid header name"),
+                            &at,
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                IssueType::Structure,
+                "channel.header must be an array of strings",
+                "Subscription.channel.header",
+            ));
+        }
+    }
+    let end = match resource.get("end") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if time_fmt::parse_instant(s).is_some() => Some(s.clone()),
+        Some(_) => {
+            return Err(invalid(
+                IssueType::Value,
+                "Subscription.end must be a FHIR instant",
+                "Subscription.end",
+            ));
+        }
+    };
+    Ok(SubscriptionSpec {
+        status,
+        criteria: criteria.to_owned(),
+        parsed,
+        channel: Channel {
+            kind: kind.to_owned(),
+            endpoint: endpoint.to_owned(),
+            payload,
+            headers,
+        },
+        end,
+    })
+}
+
+fn is_header_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sub() -> Value {
+        json!({"resourceType": "Subscription", "status": "requested", "reason": "labs",
+            "criteria": "Observation?code=http://loinc.org|2345-7",
+            "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook",
+                        "payload": "application/fhir+json", "header": ["Authorization: Bearer x"]}})
+    }
+
+    #[test]
+    fn accepts_a_good_subscription() {
+        let s = validate(&sub()).unwrap();
+        assert_eq!(s.status, Status::Requested);
+        assert_eq!(s.channel.headers, vec![("Authorization".into(), "Bearer x".into())]);
+        assert_eq!(s.channel.payload.as_deref(), Some("application/fhir+json"));
+    }
+
+    #[test]
+    fn refusals_point_at_the_element() {
+        let cases: Vec<(fn(&mut Value), &str)> = vec![
+            (|s| s["criteria"] = json!("Observation?date=ge2020"), "Subscription.criteria"),
+            (|s| s["criteria"] = json!("http://x/SubscriptionTopic/t"), "Subscription.criteria"),
+            (|s| s["channel"]["type"] = json!("email"), "Subscription.channel.type"),
+            (|s| s["channel"]["endpoint"] = json!("ftp://x"), "Subscription.channel.endpoint"),
+            (|s| s["channel"]["payload"] = json!("application/fhir+xml"), "Subscription.channel.payload"),
+            (|s| s["channel"]["header"] = json!(["bad header"]), "Subscription.channel.header[0]"),
+            (|s| s["status"] = json!("error"), "Subscription.status"),
+            (|s| { s.as_object_mut().unwrap().remove("reason"); }, "Subscription.reason"),
+        ];
+        for (mutate, at) in cases {
+            let mut s = sub();
+            mutate(&mut s);
+            let oo = validate(&s).unwrap_err();
+            assert_eq!(oo.issues[0].expression, vec![at.to_owned()], "{}", oo.summary());
+        }
+    }
+}

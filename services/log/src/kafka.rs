@@ -1,0 +1,322 @@
+//! The Kafka backend (rdkafka with its bundled librdkafka).
+//!
+//! Producer: idempotent, `acks=all`, murmur2 partitioning so keys land where Java clients
+//! put them. Consumer: classic consumer-group protocol, auto-commit of *stored* offsets only
+//! (`enable.auto.offset.store=false`): an offset is stored when the caller acks, which it does
+//! after the work the record caused is durable.
+//!
+//! rdkafka trap (seen with MockCluster and tansu): dropping a consumer while a
+//! `TopicPartitionList` taken from it is alive hangs in `rd_kafka_destroy`. Lists here are
+//! built, used and dropped within one call, never kept; consumers are dropped inside
+//! `spawn_blocking` with a timeout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{Consumed, EventLog, LogConsumer, LogError, Record, highest_offsets};
+
+/// How the Kafka backend connects and how it creates topics.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// Partitions for topics the hub creates.
+    pub partitions: i32,
+    /// Replication factor for topics the hub creates.
+    pub replication: i32,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ...), applied last.
+    pub client: BTreeMap<String, String>,
+    /// Time limit for metadata and admin calls.
+    pub request_timeout: Duration,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            partitions: 6,
+            replication: 1,
+            client: BTreeMap::new(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn base_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "fhir-hub");
+        for (k, v) in &self.client {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// The Kafka event log.
+pub struct KafkaLog {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+}
+
+impl KafkaLog {
+    pub fn new(settings: KafkaSettings) -> Result<Self, LogError> {
+        let mut cfg = settings.base_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5");
+        for (k, v) in &settings.client {
+            cfg.set(k, v);
+        }
+        let producer: FutureProducer = cfg.create()?;
+        Ok(Self { settings, producer })
+    }
+
+    fn topic_names(&self) -> Result<Vec<String>, LogError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(None, self.settings.request_timeout)
+            .map_err(|e| LogError::Unavailable(e.to_string()))?;
+        Ok(md.topics().iter().map(|t| t.name().to_owned()).collect())
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn create_topics(&self, topics: &[&str]) -> Result<(), LogError> {
+        // Ask only for what is missing: with restrictive ACLs the hub may not be allowed to
+        // create topics that operators created for it.
+        let existing = self.topic_names()?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !existing.iter().any(|e| e == t))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = self.settings.base_config().create()?;
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.settings.partitions,
+                    TopicReplication::Fixed(self.settings.replication),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(self.settings.request_timeout))
+            .request_timeout(Some(self.settings.request_timeout));
+        let call = admin.create_topics(&new, &opts);
+        match tokio::time::timeout(self.settings.request_timeout * 2, call)
+            .await
+            .unwrap_or_else(|_| Err(KafkaError::AdminOpCreation("timed out".into())))
+        {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(name) => tracing::info!(topic = %name, "created Kafka topic"),
+                        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            tracing::debug!(topic = %name, "Kafka topic exists");
+                        }
+                        Err((name, code)) => {
+                            tracing::warn!(topic = %name, error = %code, "could not create Kafka topic");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Kafka admin request failed"),
+        }
+        // Whatever the admin call said, the topics must exist now.
+        let settings_timeout = self.settings.request_timeout;
+        let deadline = tokio::time::Instant::now() + settings_timeout;
+        loop {
+            let existing = self.topic_names()?;
+            let missing: Vec<&&str> = topics
+                .iter()
+                .filter(|t| !existing.iter().any(|e| e == **t))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LogError::UnknownTopic(
+                    missing.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn publish(&self, topic: &str, records: &[Record]) -> Result<(), LogError> {
+        let sends: Vec<_> = records
+            .iter()
+            .map(|r| {
+                self.producer.send(
+                    FutureRecord::to(topic).key(&r.key).payload(&r.payload),
+                    Duration::from_secs(30),
+                )
+            })
+            .collect();
+        for result in futures::future::join_all(sends).await {
+            if let Err((e, _)) = result {
+                return Err(match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                        LogError::UnknownTopic(topic.to_owned())
+                    }
+                    other => LogError::Unavailable(other.to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn consumer(&self, topic: &str, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
+        let mut cfg = self.settings.base_config();
+        cfg.set("group.id", group)
+            .set("group.protocol", "classic")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &self.settings.client {
+            cfg.set(k, v);
+        }
+        let consumer: StreamConsumer = cfg.create()?;
+        consumer.subscribe(&[topic])?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Some(consumer),
+        }))
+    }
+
+    async fn health(&self) -> Result<(), LogError> {
+        let producer = self.producer.clone();
+        let timeout = self.settings.request_timeout.min(Duration::from_secs(3));
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
+                .map_err(|e| LogError::Unavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| LogError::Backend(e.to_string()))?
+    }
+}
+
+struct KafkaConsumer {
+    /// `None` only after `close`.
+    consumer: Option<StreamConsumer>,
+}
+
+impl KafkaConsumer {
+    fn get(&self) -> Result<&StreamConsumer, LogError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| LogError::Backend("consumer is closed".into()))
+    }
+}
+
+fn to_consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+    Consumed {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+#[async_trait]
+impl LogConsumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, max_wait: Duration) -> Result<Vec<Consumed>, LogError> {
+        let consumer = self.get()?;
+        let mut out = Vec::new();
+        match tokio::time::timeout(max_wait, consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(Err(e)) => return Err(LogError::Unavailable(e.to_string())),
+            Ok(Ok(m)) => out.push(to_consumed(&m)),
+        }
+        while out.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(m)) => out.push(to_consumed(&m)),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error while batching");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, records: &[Consumed]) -> Result<(), LogError> {
+        let consumer = self.get()?;
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in highest_offsets(records) {
+            // The stored offset is the next one to read.
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset + 1))?;
+        }
+        let result = consumer.store_offsets(&tpl);
+        drop(tpl);
+        match result {
+            Ok(()) => Ok(()),
+            // After a rebalance the partition may belong to another member now; it will
+            // re-read from the last commit, which at-least-once allows.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store offsets (partition revoked?)");
+                Ok(())
+            }
+        }
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<(), LogError> {
+        let Some(consumer) = self.consumer.take() else {
+            return Ok(());
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(error = %e, "final Kafka commit failed"),
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+        });
+        if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
+            tracing::error!("Kafka consumer did not close within 15 s; abandoning it");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            // Never destroy a consumer on an async worker thread: it may block.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn_blocking(move || drop(consumer));
+            }
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Subscription rows.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Store, StoreError, now};
+
+/// A stored Subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionRow {
+    pub tenant: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated: String,
+    pub status: String,
+    pub criteria: String,
+    pub channel_type: String,
+    pub endpoint: String,
+    /// The resource JSON with hub-owned fields (id, meta, status) applied.
+    pub resource: String,
+    pub events_since_start: i64,
+}
+
+/// What a create or update writes.
+#[derive(Debug, Clone)]
+pub struct SubscriptionWrite {
+    pub status: String,
+    pub criteria: String,
+    pub channel_type: String,
+    pub endpoint: String,
+    /// The resource JSON without `id`/`meta`: the store stamps them on read.
+    pub resource: String,
+}
+
+const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
+                       endpoint, resource, events_since_start";
+
+fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
+    Ok(SubscriptionRow {
+        tenant: r.try_get(0)?,
+        id: r.try_get(1)?,
+        version_id: r.try_get(2)?,
+        last_updated: r.try_get(3)?,
+        status: r.try_get(4)?,
+        criteria: r.try_get(5)?,
+        channel_type: r.try_get(6)?,
+        endpoint: r.try_get(7)?,
+        resource: r.try_get(8)?,
+        events_since_start: r.try_get(9)?,
+    })
+}
+
+const BUMP_COUNTER: &str = "UPDATE hub_counters SET value = value + 1 WHERE name = 'subscriptions'";
+
+impl Store {
+    /// Insert a new subscription with id `id` at version 1.
+    pub async fn create_subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+        w: &SubscriptionWrite,
+    ) -> Result<SubscriptionRow, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0)
+             ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(now())
+        .bind(&w.status)
+        .bind(&w.criteria)
+        .bind(&w.channel_type)
+        .bind(&w.endpoint)
+        .bind(&w.resource)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            return Err(StoreError::AlreadyExists);
+        };
+        let row = from_row(&row)?;
+        sqlx::query(
+            "INSERT INTO delivery_state (tenant, subscription_id) VALUES ($1, $2)
+             ON CONFLICT (tenant, subscription_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn get_subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(from_row).transpose()?)
+    }
+
+    /// Replace a subscription. With `if_version`, fail with
+    /// [`StoreError::VersionConflict`] unless the stored version is that one.
+    pub async fn update_subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+        if_version: Option<i64>,
+        w: &SubscriptionWrite,
+    ) -> Result<SubscriptionRow, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        let updated = sqlx::query(&format!(
+            "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
+                 status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8
+             WHERE tenant = $1 AND id = $2 AND ($9 < 0 OR version_id = $9)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .bind(now())
+        .bind(&w.status)
+        .bind(&w.criteria)
+        .bind(&w.channel_type)
+        .bind(&w.endpoint)
+        .bind(&w.resource)
+        .bind(if_version.unwrap_or(-1))
+        .fetch_optional(&mut *tx)
+        .await?;
+        match updated {
+            Some(row) => {
+                let row = from_row(&row)?;
+                tx.commit().await?;
+                Ok(row)
+            }
+            None => {
+                let current: Option<i64> = sqlx::query(
+                    "SELECT version_id FROM subscriptions WHERE tenant = $1 AND id = $2",
+                )
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+                match current {
+                    Some(current) => Err(StoreError::VersionConflict { current }),
+                    None => Err(StoreError::NotFound),
+                }
+            }
+        }
+    }
+
+    /// Change only the status (hub-driven transitions such as active → error).
+    pub async fn set_subscription_status(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        sqlx::query(
+            "UPDATE subscriptions SET status = $3, version_id = version_id + 1, last_updated = $4
+             WHERE tenant = $1 AND id = $2 AND status <> $3",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(status)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Delete a subscription with its notification log and delivery state.
+    /// Returns whether it existed.
+    pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        let n = sqlx::query("DELETE FROM subscriptions WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        for table in ["notifications", "delivery_state"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE tenant = $1 AND subscription_id = $2"
+            ))
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// A tenant's subscriptions, optionally with one of `statuses`, ordered by id.
+    pub async fn search_subscriptions(
+        &self,
+        tenant: &str,
+        statuses: &[String],
+        limit: i64,
+    ) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE tenant = $1 ORDER BY id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let row = from_row(r)?;
+            if statuses.is_empty() || statuses.iter().any(|s| *s == row.status) {
+                out.push(row);
+                if out.len() as i64 >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every subscription of every tenant that can produce notifications
+    /// (requested, active or error), for the matcher's index.
+    pub async fn live_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE status IN ('requested', 'active', 'error')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// A number that changes whenever any subscription is written: instances poll it to
+    /// know when to reload their index.
+    pub async fn subscriptions_generation(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT value FROM hub_counters WHERE name = 'subscriptions'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+}

@@ -1,0 +1,94 @@
+//! The store contract, run against SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `FHIR_HUB_TEST_DATABASE_URL` (`scripts/test.sh` sets it); each test
+//! gets a schema of its own. Without the variable the PostgreSQL half is skipped, unless
+//! `FHIR_HUB_REQUIRE_EXTERNAL=1`, which turns the skip into a failure.
+
+mod contract;
+
+use hub_store::Store;
+
+async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+/// A fresh schema on the test PostgreSQL server, or `None` to skip.
+async fn postgres() -> Option<Store> {
+    let base = match std::env::var("FHIR_HUB_TEST_DATABASE_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            assert!(
+                std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+                "FHIR_HUB_TEST_DATABASE_URL is not set but FHIR_HUB_REQUIRE_EXTERNAL=1"
+            );
+            eprintln!("skipping: FHIR_HUB_TEST_DATABASE_URL is not set");
+            return None;
+        }
+    };
+    Some(Store::connect(&fresh_schema_url(&base).await).await.unwrap())
+}
+
+/// Create a schema named for the test and return a URL whose connections use it.
+pub(crate) async fn fresh_schema_url(base: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid_like());
+    let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("{n:x}{:x}", std::process::id())
+}
+
+macro_rules! contract_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::contract::$name(store).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(store) = super::postgres().await else { return };
+                    assert_eq!(store.backend(), hub_store::Backend::Postgres);
+                    super::contract::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    subscription_crud_with_versions,
+    event_numbers_are_gap_free_and_deduplicated,
+    concurrent_appends_never_repeat_or_skip_a_number,
+    delivery_state_moves_forward_only,
+    tenants_are_isolated,
+);
+
+#[tokio::test]
+async fn sqlite_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("nested/dir/hub.db").display());
+    {
+        let store = Store::connect(&url).await.unwrap();
+        store.create_subscription("default", "s1", &contract::write("active")).await.unwrap();
+        store.append_notifications(&[contract::note("s1", "e1")]).await.unwrap();
+        store.close().await;
+    }
+    let store = Store::connect(&url).await.unwrap();
+    let logged = store.append_notifications(&[contract::note("s1", "e2")]).await.unwrap();
+    assert_eq!(logged[0].event_number, 2);
+}
