@@ -20,10 +20,11 @@ pub struct BundleEvents {
 /// Convert a Bundle into change events, or explain (naming the entry) why not.
 pub fn events_from_bundle(bundle: &Value, tenant: &str) -> Result<BundleEvents, OperationOutcome> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(
-            OperationOutcome::error(IssueType::Invalid, "POST /fhir expects a Bundle resource")
-                .at("resourceType"),
-        );
+        return Err(OperationOutcome::error(
+            IssueType::Invalid,
+            "POST /fhir expects a Bundle resource",
+        )
+        .at("resourceType"));
     }
     let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
     if !matches!(kind, "history" | "transaction" | "batch") {
@@ -39,10 +40,11 @@ pub fn events_from_bundle(bundle: &Value, tenant: &str) -> Result<BundleEvents, 
         None => &[][..],
         Some(Value::Array(a)) => a.as_slice(),
         Some(_) => {
-            return Err(
-                OperationOutcome::error(IssueType::Structure, "Bundle.entry must be an array")
-                    .at("Bundle.entry"),
-            );
+            return Err(OperationOutcome::error(
+                IssueType::Structure,
+                "Bundle.entry must be an array",
+            )
+            .at("Bundle.entry"));
         }
     };
     let mut events = Vec::with_capacity(entries.len());
@@ -146,8 +148,15 @@ pub fn events_from_bundle(bundle: &Value, tenant: &str) -> Result<BundleEvents, 
             if e.version_id.is_none() {
                 e.version_id = etag_version(entry);
             }
-            if let Some(lm) = entry.pointer("/response/lastModified").and_then(Value::as_str) {
-                if e.resource.as_ref().and_then(|r| r.pointer("/meta/lastUpdated")).is_none() {
+            if let Some(lm) = entry
+                .pointer("/response/lastModified")
+                .and_then(Value::as_str)
+            {
+                if e.resource
+                    .as_ref()
+                    .and_then(|r| r.pointer("/meta/lastUpdated"))
+                    .is_none()
+                {
                     lm.clone_into(&mut e.occurred_at);
                 }
             }
@@ -238,13 +247,19 @@ mod tests {
         assert!(oo.summary().contains("Bundle.entry[1]"), "{}", oo.summary());
         assert!(oo.summary().contains("Pateint"));
         let b = json!({"resourceType": "Bundle", "type": "searchset"});
-        assert_eq!(events_from_bundle(&b, "default").unwrap_err().issues[0].code, IssueType::NotSupported);
+        assert_eq!(
+            events_from_bundle(&b, "default").unwrap_err().issues[0].code,
+            IssueType::NotSupported
+        );
     }
 
     #[test]
     fn urls() {
         assert_eq!(type_and_id_from_url("Patient/1"), Some(("Patient", "1")));
-        assert_eq!(type_and_id_from_url("http://h/fhir/Patient/1/_history/3"), Some(("Patient", "1")));
+        assert_eq!(
+            type_and_id_from_url("http://h/fhir/Patient/1/_history/3"),
+            Some(("Patient", "1"))
+        );
         assert_eq!(type_and_id_from_url("Patient"), None);
     }
 }

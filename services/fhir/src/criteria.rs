@@ -81,19 +81,34 @@ pub struct Criteria {
 
 /// Underscore parameters that are result controls or need the database.
 const REFUSED_SPECIAL: &[(&str, &str)] = &[
-    ("_has", "reverse chaining needs other resources the hub does not hold"),
-    ("_include", "includes shape search results; a subscription matches single resources"),
-    ("_revinclude", "includes shape search results; a subscription matches single resources"),
+    (
+        "_has",
+        "reverse chaining needs other resources the hub does not hold",
+    ),
+    (
+        "_include",
+        "includes shape search results; a subscription matches single resources",
+    ),
+    (
+        "_revinclude",
+        "includes shape search results; a subscription matches single resources",
+    ),
     ("_sort", "sorting does not apply to matching one resource"),
     ("_count", "paging does not apply to matching one resource"),
     ("_summary", "result shaping does not apply to matching"),
     ("_elements", "result shaping does not apply to matching"),
     ("_total", "result shaping does not apply to matching"),
     ("_contained", "contained-resource search is not supported"),
-    ("_containedType", "contained-resource search is not supported"),
+    (
+        "_containedType",
+        "contained-resource search is not supported",
+    ),
     ("_text", "narrative text search needs a full-text index"),
     ("_content", "full-text search needs a full-text index"),
-    ("_list", "list membership needs other resources the hub does not hold"),
+    (
+        "_list",
+        "list membership needs other resources the hub does not hold",
+    ),
     ("_query", "named queries are not supported"),
     ("_filter", "the _filter syntax is not supported"),
     ("_format", "the format does not apply to matching"),
@@ -178,7 +193,10 @@ fn parse_clause(
     if let Err(why) = &param.paths {
         return Err(not_supported(
             name,
-            format!("its definition '{}' cannot be evaluated yet ({why})", param.expression),
+            format!(
+                "its definition '{}' cannot be evaluated yet ({why})",
+                param.expression
+            ),
         ));
     }
     let kind = param.kind;
@@ -203,14 +221,19 @@ fn parse_clause(
         Some(m) => {
             return Err(not_supported(
                 name,
-                format!("modifier ':{m}' is not supported on {} parameters", kind.as_str()),
+                format!(
+                    "modifier ':{m}' is not supported on {} parameters",
+                    kind.as_str()
+                ),
             ));
         }
     };
     let mut values = Vec::new();
     for v in split_unescaped(raw, ',') {
         if v.is_empty() {
-            return Err(CriteriaError::Invalid(format!("'{name}' has an empty value")));
+            return Err(CriteriaError::Invalid(format!(
+                "'{name}' has an empty value"
+            )));
         }
         values.push(if modifier == Some(Modifier::Missing) {
             match v.as_str() {
@@ -258,11 +281,7 @@ fn parse_clause(
     })
 }
 
-fn parse_reference(
-    name: &str,
-    v: &str,
-    targets: &[String],
-) -> Result<QueryValue, CriteriaError> {
+fn parse_reference(name: &str, v: &str, targets: &[String]) -> Result<QueryValue, CriteriaError> {
     if v.starts_with("http://") || v.starts_with("https://") || v.starts_with("urn:") {
         return Ok(QueryValue::Reference {
             rtype: None,
@@ -321,7 +340,9 @@ impl Clause {
 
     fn value_matches(&self, v: &QueryValue, node: &Value) -> bool {
         match v {
-            QueryValue::Token { system, code } => token_matches(system.as_deref(), code.as_deref(), node),
+            QueryValue::Token { system, code } => {
+                token_matches(system.as_deref(), code.as_deref(), node)
+            }
             QueryValue::Reference {
                 rtype,
                 id,
@@ -383,7 +404,9 @@ fn reference_matches(rtype: Option<&str>, id: &str, absolute: Option<&str>, node
     let without_history = reference.split("/_history/").next().unwrap_or(reference);
     let mut parts = without_history.rsplit('/');
     let node_id = parts.next().unwrap_or("");
-    let node_type = parts.next().or_else(|| node.get("type").and_then(Value::as_str));
+    let node_type = parts
+        .next()
+        .or_else(|| node.get("type").and_then(Value::as_str));
     node_id == id && rtype.is_none_or(|t| node_type == Some(t))
 }
 
@@ -482,7 +505,9 @@ fn percent_decode(s: &str) -> Result<String, CriteriaError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(b) => {
                     out.push(b);
@@ -518,7 +543,9 @@ mod tests {
     }
 
     fn m(c: &str) -> bool {
-        Criteria::parse(c).unwrap_or_else(|e| panic!("{c}: {e}")).matches(&obs())
+        Criteria::parse(c)
+            .unwrap_or_else(|e| panic!("{c}: {e}"))
+            .matches(&obs())
     }
 
     #[test]
@@ -530,7 +557,10 @@ mod tests {
         assert!(!m("Observation?code=http://snomed.info/sct|2345-7"));
         assert!(m("Observation?code=1,2345-7"), "comma is OR");
         assert!(m("Observation?status=final"));
-        assert!(!m("Observation?status=final&status=amended"), "repeat is AND");
+        assert!(
+            !m("Observation?status=final&status=amended"),
+            "repeat is AND"
+        );
         assert!(m("Observation?status:not=amended"));
         assert!(!m("Observation?status:not=final"));
         assert!(m("Observation?identifier=urn:lab|A\\,1"), "escaped comma");
@@ -548,7 +578,11 @@ mod tests {
         assert!(!m("Observation?patient=p2"));
         let mut abs = obs();
         abs["subject"] = json!({"reference": "http://ehr.example/fhir/Patient/p1/_history/2"});
-        assert!(Criteria::parse("Observation?patient=Patient/p1").unwrap().matches(&abs));
+        assert!(
+            Criteria::parse("Observation?patient=Patient/p1")
+                .unwrap()
+                .matches(&abs)
+        );
     }
 
     #[test]
@@ -569,7 +603,10 @@ mod tests {
     fn refusals_name_the_parameter() {
         for (c, param) in [
             ("Observation?subject.name=x", "subject.name"),
-            ("Observation?_has:Observation:patient:code=1", "_has:Observation:patient:code"),
+            (
+                "Observation?_has:Observation:patient:code=1",
+                "_has:Observation:patient:code",
+            ),
             ("Observation?date=ge2024-01-01", "date"),
             ("Observation?value-quantity=5", "value-quantity"),
             ("Observation?code:in=http://vs", "code:in"),
@@ -579,9 +616,18 @@ mod tests {
                 other => panic!("{c}: {other:?}"),
             }
         }
-        assert!(matches!(Criteria::parse("Observation?foo=1"), Err(CriteriaError::Invalid(_))));
-        assert!(matches!(Criteria::parse("Observaton?code=1"), Err(CriteriaError::Invalid(_))));
-        assert!(matches!(Criteria::parse("Observation?patient=Device/1"), Err(CriteriaError::Invalid(_))));
+        assert!(matches!(
+            Criteria::parse("Observation?foo=1"),
+            Err(CriteriaError::Invalid(_))
+        ));
+        assert!(matches!(
+            Criteria::parse("Observaton?code=1"),
+            Err(CriteriaError::Invalid(_))
+        ));
+        assert!(matches!(
+            Criteria::parse("Observation?patient=Device/1"),
+            Err(CriteriaError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -402,7 +402,10 @@ mod tests {
         let env = json!({"id": "e1", "action": "create", "resourceType": "Observatoin",
             "resourceId": "o1", "occurredAt": "2024-01-01T00:00:00Z"});
         let err = ChangeEvent::from_envelope_value(env).unwrap_err();
-        assert!(err.message.contains("unknown resourceType 'Observatoin'"), "{err}");
+        assert!(
+            err.message.contains("unknown resourceType 'Observatoin'"),
+            "{err}"
+        );
         assert_eq!(err.location.as_deref(), Some("resourceType"));
     }
 
@@ -416,17 +419,32 @@ mod tests {
         let mut v = base.clone();
         v["resourceId"] = json!("o1");
         v["action"] = json!("upsert");
-        assert!(ChangeEvent::from_envelope_value(v).unwrap_err().message.contains("action"));
+        assert!(
+            ChangeEvent::from_envelope_value(v)
+                .unwrap_err()
+                .message
+                .contains("action")
+        );
 
         let mut v = base.clone();
         v["resourceId"] = json!("o1");
         v["occurredAt"] = json!("yesterday");
-        assert!(ChangeEvent::from_envelope_value(v).unwrap_err().message.contains("instant"));
+        assert!(
+            ChangeEvent::from_envelope_value(v)
+                .unwrap_err()
+                .message
+                .contains("instant")
+        );
 
         let mut v = base;
         v["resourceId"] = json!("o1");
         v["colour"] = json!("blue");
-        assert!(ChangeEvent::from_envelope_value(v).unwrap_err().message.contains("colour"));
+        assert!(
+            ChangeEvent::from_envelope_value(v)
+                .unwrap_err()
+                .message
+                .contains("colour")
+        );
     }
 
     #[test]

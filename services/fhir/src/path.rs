@@ -116,7 +116,9 @@ impl Path {
             let arg = rest.strip_suffix(')').unwrap_or(rest).trim();
             match func {
                 "as" | "ofType" if is_ident(arg) => match steps.pop() {
-                    Some(Step::Field(f)) => steps.push(Step::Choice(format!("{f}{}", capitalize(arg)))),
+                    Some(Step::Field(f)) => {
+                        steps.push(Step::Choice(format!("{f}{}", capitalize(arg))))
+                    }
                     _ => return Err(format!("'{func}({arg})' must follow an element")),
                 },
                 "where" => {
@@ -235,15 +237,41 @@ mod tests {
 
     #[test]
     fn compiles_definition_shapes() {
-        let p = Path::compile("Observation.subject.where(resolve() is Patient)", "Observation").unwrap();
-        assert_eq!(p.steps, vec![Step::Field("subject".into()), Step::RefType("Patient".into())]);
+        let p = Path::compile(
+            "Observation.subject.where(resolve() is Patient)",
+            "Observation",
+        )
+        .unwrap();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Field("subject".into()),
+                Step::RefType("Patient".into())
+            ]
+        );
         let p = Path::compile("(Observation.value as Quantity)", "Observation").unwrap();
         assert_eq!(p.steps, vec![Step::Choice("valueQuantity".into())]);
-        let p = Path::compile("(MedicationRequest.medication.ofType(CodeableConcept))", "MedicationRequest").unwrap();
-        assert_eq!(p.steps, vec![Step::Choice("medicationCodeableConcept".into())]);
+        let p = Path::compile(
+            "(MedicationRequest.medication.ofType(CodeableConcept))",
+            "MedicationRequest",
+        )
+        .unwrap();
+        assert_eq!(
+            p.steps,
+            vec![Step::Choice("medicationCodeableConcept".into())]
+        );
         let p = Path::compile("Patient.telecom.where(system='phone')", "Patient").unwrap();
-        assert_eq!(p.steps[1], Step::FieldEquals("system".into(), "phone".into()));
-        assert!(Path::compile("Patient.deceased.exists() and Patient.deceased != false", "Patient").is_err());
+        assert_eq!(
+            p.steps[1],
+            Step::FieldEquals("system".into(), "phone".into())
+        );
+        assert!(
+            Path::compile(
+                "Patient.deceased.exists() and Patient.deceased != false",
+                "Patient"
+            )
+            .is_err()
+        );
         assert!(Path::compile("Observation.code", "Patient").is_err());
     }
 
@@ -257,9 +285,17 @@ mod tests {
         assert_eq!(codes.eval(&r).len(), 3);
         let eff = Path::compile("Observation.effective", "Observation").unwrap();
         assert_eq!(eff.eval(&r), vec![&json!("2024-01-01")]);
-        let pat = Path::compile("Observation.subject.where(resolve() is Patient)", "Observation").unwrap();
+        let pat = Path::compile(
+            "Observation.subject.where(resolve() is Patient)",
+            "Observation",
+        )
+        .unwrap();
         assert_eq!(pat.eval(&r).len(), 1);
-        let grp = Path::compile("Observation.subject.where(resolve() is Group)", "Observation").unwrap();
+        let grp = Path::compile(
+            "Observation.subject.where(resolve() is Group)",
+            "Observation",
+        )
+        .unwrap();
         assert!(grp.eval(&r).is_empty());
     }
 }

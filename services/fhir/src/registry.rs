@@ -205,10 +205,16 @@ mod tests {
         let patient = reg.get("Observation", "patient").unwrap();
         assert_eq!(
             patient.paths.as_ref().unwrap()[0].steps,
-            vec![Step::Field("subject".into()), Step::RefType("Patient".into())]
+            vec![
+                Step::Field("subject".into()),
+                Step::RefType("Patient".into())
+            ]
         );
         let id = reg.get("Observation", "_id").unwrap();
-        assert_eq!(id.paths.as_ref().unwrap()[0].steps, vec![Step::Field("id".into())]);
+        assert_eq!(
+            id.paths.as_ref().unwrap()[0].steps,
+            vec![Step::Field("id".into())]
+        );
         assert!(reg.get("Binary", "_id").is_some());
         assert!(reg.get("Observation", "nonsense").is_none());
     }

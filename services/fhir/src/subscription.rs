@@ -71,7 +71,11 @@ fn req_str<'a>(v: &'a Value, ptr: &str, at: &str) -> Result<&'a str, OperationOu
             format!("{at} is required"),
             at,
         )),
-        Some(_) => Err(invalid(IssueType::Structure, format!("{at} must be a string"), at)),
+        Some(_) => Err(invalid(
+            IssueType::Structure,
+            format!("{at} must be a string"),
+            at,
+        )),
     }
 }
 
@@ -83,7 +87,10 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             "the body must be a FHIR JSON resource object",
         ));
     }
-    let rt = resource.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let rt = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if rt != "Subscription" {
         return Err(invalid(
             IssueType::Invalid,
@@ -127,7 +134,11 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             "Subscription.channel.type",
         ));
     }
-    let endpoint = req_str(resource, "/channel/endpoint", "Subscription.channel.endpoint")?;
+    let endpoint = req_str(
+        resource,
+        "/channel/endpoint",
+        "Subscription.channel.endpoint",
+    )?;
     let ok_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
     if !ok_scheme || endpoint.len() < 10 || endpoint.contains(char::is_whitespace) {
         return Err(invalid(
@@ -235,27 +246,58 @@ mod tests {
     fn accepts_a_good_subscription() {
         let s = validate(&sub()).unwrap();
         assert_eq!(s.status, Status::Requested);
-        assert_eq!(s.channel.headers, vec![("Authorization".into(), "Bearer x".into())]);
+        assert_eq!(
+            s.channel.headers,
+            vec![("Authorization".into(), "Bearer x".into())]
+        );
         assert_eq!(s.channel.payload.as_deref(), Some("application/fhir+json"));
     }
 
     #[test]
     fn refusals_point_at_the_element() {
         let cases: Vec<(fn(&mut Value), &str)> = vec![
-            (|s| s["criteria"] = json!("Observation?date=ge2020"), "Subscription.criteria"),
-            (|s| s["criteria"] = json!("http://x/SubscriptionTopic/t"), "Subscription.criteria"),
-            (|s| s["channel"]["type"] = json!("email"), "Subscription.channel.type"),
-            (|s| s["channel"]["endpoint"] = json!("ftp://x"), "Subscription.channel.endpoint"),
-            (|s| s["channel"]["payload"] = json!("application/fhir+xml"), "Subscription.channel.payload"),
-            (|s| s["channel"]["header"] = json!(["bad header"]), "Subscription.channel.header[0]"),
+            (
+                |s| s["criteria"] = json!("Observation?date=ge2020"),
+                "Subscription.criteria",
+            ),
+            (
+                |s| s["criteria"] = json!("http://x/SubscriptionTopic/t"),
+                "Subscription.criteria",
+            ),
+            (
+                |s| s["channel"]["type"] = json!("email"),
+                "Subscription.channel.type",
+            ),
+            (
+                |s| s["channel"]["endpoint"] = json!("ftp://x"),
+                "Subscription.channel.endpoint",
+            ),
+            (
+                |s| s["channel"]["payload"] = json!("application/fhir+xml"),
+                "Subscription.channel.payload",
+            ),
+            (
+                |s| s["channel"]["header"] = json!(["bad header"]),
+                "Subscription.channel.header[0]",
+            ),
             (|s| s["status"] = json!("error"), "Subscription.status"),
-            (|s| { s.as_object_mut().unwrap().remove("reason"); }, "Subscription.reason"),
+            (
+                |s| {
+                    s.as_object_mut().unwrap().remove("reason");
+                },
+                "Subscription.reason",
+            ),
         ];
         for (mutate, at) in cases {
             let mut s = sub();
             mutate(&mut s);
             let oo = validate(&s).unwrap_err();
-            assert_eq!(oo.issues[0].expression, vec![at.to_owned()], "{}", oo.summary());
+            assert_eq!(
+                oo.issues[0].expression,
+                vec![at.to_owned()],
+                "{}",
+                oo.summary()
+            );
         }
     }
 }

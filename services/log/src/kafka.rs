@@ -159,7 +159,11 @@ impl EventLog for KafkaLog {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(LogError::UnknownTopic(
-                    missing.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "),
+                    missing
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -303,7 +307,10 @@ impl LogConsumer for KafkaConsumer {
             consumer.unsubscribe();
             drop(consumer);
         });
-        if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .is_err()
+        {
             tracing::error!("Kafka consumer did not close within 15 s; abandoning it");
         }
         Ok(())

@@ -92,4 +92,3 @@ impl Store {
         Ok(())
     }
 }
-

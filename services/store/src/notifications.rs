@@ -85,7 +85,10 @@ impl Store {
         }
     }
 
-    async fn append_once(&self, batch: &[NewNotification]) -> Result<Vec<Notification>, StoreError> {
+    async fn append_once(
+        &self,
+        batch: &[NewNotification],
+    ) -> Result<Vec<Notification>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut logged = Vec::with_capacity(batch.len());
         let created_at = now();

@@ -8,7 +8,10 @@ use hub_log::{Consumed, EventLog, LogConsumer, Record};
 
 pub(crate) async fn publish_n(log: &dyn EventLog, topic: &str, range: Range<u32>) {
     let records: Vec<Record> = range
-        .map(|i| Record { key: "Observation/1".into(), payload: i.to_string().into_bytes() })
+        .map(|i| Record {
+            key: "Observation/1".into(),
+            payload: i.to_string().into_bytes(),
+        })
         .collect();
     log.publish(topic, &records).await.unwrap();
 }
@@ -18,14 +21,24 @@ pub(crate) async fn collect(c: &mut dyn LogConsumer, n: usize) -> Vec<Consumed> 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut out = Vec::new();
     while out.len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} records", out.len());
-        out.extend(c.poll(n - out.len(), Duration::from_millis(500)).await.unwrap());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} records",
+            out.len()
+        );
+        out.extend(
+            c.poll(n - out.len(), Duration::from_millis(500))
+                .await
+                .unwrap(),
+        );
     }
     out
 }
 
 fn payloads(v: &[Consumed]) -> Vec<String> {
-    v.iter().map(|c| String::from_utf8_lossy(&c.payload).into_owned()).collect()
+    v.iter()
+        .map(|c| String::from_utf8_lossy(&c.payload).into_owned())
+        .collect()
 }
 
 pub(crate) async fn publishes_and_consumes_in_key_order(log: Arc<dyn EventLog>, topic: &str) {
@@ -36,7 +49,10 @@ pub(crate) async fn publishes_and_consumes_in_key_order(log: Arc<dyn EventLog>, 
     let got = collect(&mut *c, 20).await;
     let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     assert_eq!(payloads(&got), expected);
-    assert!(got.iter().all(|r| r.key.as_deref() == Some("Observation/1")));
+    assert!(
+        got.iter()
+            .all(|r| r.key.as_deref() == Some("Observation/1"))
+    );
     c.close().await.unwrap();
 }
 

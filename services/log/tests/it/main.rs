@@ -92,9 +92,18 @@ contract_suite!(
 async fn embedded_publish_to_unknown_topic_fails_and_writes_nothing() {
     let (log, _dir) = embedded().await;
     let r = log
-        .publish("nope", &[hub_log::Record { key: "k".into(), payload: b"x".to_vec() }])
+        .publish(
+            "nope",
+            &[hub_log::Record {
+                key: "k".into(),
+                payload: b"x".to_vec(),
+            }],
+        )
         .await;
-    assert!(matches!(r, Err(hub_log::LogError::UnknownTopic(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(hub_log::LogError::UnknownTopic(_))),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]

@@ -32,80 +32,165 @@ fn note_for(tenant: &str, sub: &str, event: &str) -> NewNotification {
 
 pub(crate) async fn subscription_crud_with_versions(store: Store) {
     let g0 = store.subscriptions_generation().await.unwrap();
-    let row = store.create_subscription("default", "s1", &write("requested")).await.unwrap();
+    let row = store
+        .create_subscription("default", "s1", &write("requested"))
+        .await
+        .unwrap();
     assert_eq!((row.version_id, row.status.as_str()), (1, "requested"));
     assert!(matches!(
-        store.create_subscription("default", "s1", &write("requested")).await,
+        store
+            .create_subscription("default", "s1", &write("requested"))
+            .await,
         Err(StoreError::AlreadyExists)
     ));
     assert!(store.subscriptions_generation().await.unwrap() > g0);
 
-    let got = store.get_subscription("default", "s1").await.unwrap().unwrap();
+    let got = store
+        .get_subscription("default", "s1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, row);
 
-    let up = store.update_subscription("default", "s1", Some(1), &write("active")).await.unwrap();
+    let up = store
+        .update_subscription("default", "s1", Some(1), &write("active"))
+        .await
+        .unwrap();
     assert_eq!((up.version_id, up.status.as_str()), (2, "active"));
-    match store.update_subscription("default", "s1", Some(1), &write("off")).await {
+    match store
+        .update_subscription("default", "s1", Some(1), &write("off"))
+        .await
+    {
         Err(StoreError::VersionConflict { current }) => assert_eq!(current, 2),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        store.update_subscription("default", "nope", None, &write("off")).await,
+        store
+            .update_subscription("default", "nope", None, &write("off"))
+            .await,
         Err(StoreError::NotFound)
     ));
 
-    store.create_subscription("default", "s2", &write("off")).await.unwrap();
-    let active = store.search_subscriptions("default", &["active".into()], 100).await.unwrap();
-    assert_eq!(active.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
-    assert_eq!(store.search_subscriptions("default", &[], 100).await.unwrap().len(), 2);
+    store
+        .create_subscription("default", "s2", &write("off"))
+        .await
+        .unwrap();
+    let active = store
+        .search_subscriptions("default", &["active".into()], 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        active.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["s1"]
+    );
+    assert_eq!(
+        store
+            .search_subscriptions("default", &[], 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let live = store.live_subscriptions().await.unwrap();
     assert_eq!(live.len(), 1, "off subscriptions are not live");
 
-    store.set_subscription_status("default", "s1", "error").await.unwrap();
-    let e = store.get_subscription("default", "s1").await.unwrap().unwrap();
+    store
+        .set_subscription_status("default", "s1", "error")
+        .await
+        .unwrap();
+    let e = store
+        .get_subscription("default", "s1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((e.status.as_str(), e.version_id), ("error", 3));
 
     assert!(store.delete_subscription("default", "s1").await.unwrap());
     assert!(!store.delete_subscription("default", "s1").await.unwrap());
-    assert!(store.get_subscription("default", "s1").await.unwrap().is_none());
+    assert!(
+        store
+            .get_subscription("default", "s1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub(crate) async fn event_numbers_are_gap_free_and_deduplicated(store: Store) {
-    store.create_subscription("default", "s1", &write("active")).await.unwrap();
-    store.create_subscription("default", "s2", &write("active")).await.unwrap();
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    store
+        .create_subscription("default", "s2", &write("active"))
+        .await
+        .unwrap();
     let logged = store
         .append_notifications(&[note("s1", "e1"), note("s2", "e1"), note("s1", "e2")])
         .await
         .unwrap();
-    let nums: Vec<(String, i64)> =
-        logged.iter().map(|n| (n.subscription_id.clone(), n.event_number)).collect();
-    assert_eq!(nums, vec![("s1".into(), 1), ("s2".into(), 1), ("s1".into(), 2)]);
+    let nums: Vec<(String, i64)> = logged
+        .iter()
+        .map(|n| (n.subscription_id.clone(), n.event_number))
+        .collect();
+    assert_eq!(
+        nums,
+        vec![("s1".into(), 1), ("s2".into(), 1), ("s1".into(), 2)]
+    );
 
     // The same events again (a matcher re-reading after a crash) add nothing.
     let again = store
-        .append_notifications(&[note("s1", "e1"), note("s1", "e2"), note("s1", "e3"), note("gone", "e3")])
+        .append_notifications(&[
+            note("s1", "e1"),
+            note("s1", "e2"),
+            note("s1", "e3"),
+            note("gone", "e3"),
+        ])
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].event_number, 3);
-    let row = store.get_subscription("default", "s1").await.unwrap().unwrap();
+    let row = store
+        .get_subscription("default", "s1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.events_since_start, 3);
 
-    let after = store.notifications_after("default", "s1", 1, 10).await.unwrap();
-    assert_eq!(after.iter().map(|n| n.event_number).collect::<Vec<_>>(), vec![2, 3]);
+    let after = store
+        .notifications_after("default", "s1", 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|n| n.event_number).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
     assert_eq!(after[0].event_id, "e2");
     assert_ne!(after[0].notification_id, after[1].notification_id);
-    assert_eq!(store.notifications_after("default", "s1", 0, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .notifications_after("default", "s1", 0, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 pub(crate) async fn concurrent_appends_never_repeat_or_skip_a_number(store: Store) {
-    store.create_subscription("default", "s1", &write("active")).await.unwrap();
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for w in 0..4 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..10 {
-                let batch = [note("s1", &format!("w{w}-{i}")), note("s1", &format!("shared-{i}"))];
+                let batch = [
+                    note("s1", &format!("w{w}-{i}")),
+                    note("s1", &format!("shared-{i}")),
+                ];
                 store.append_notifications(&batch).await.unwrap();
             }
         }));
@@ -113,32 +198,73 @@ pub(crate) async fn concurrent_appends_never_repeat_or_skip_a_number(store: Stor
     for t in tasks {
         t.await.unwrap();
     }
-    let all = store.notifications_after("default", "s1", 0, 1000).await.unwrap();
+    let all = store
+        .notifications_after("default", "s1", 0, 1000)
+        .await
+        .unwrap();
     let nums: Vec<i64> = all.iter().map(|n| n.event_number).collect();
-    assert_eq!(nums, (1..=50).collect::<Vec<_>>(), "40 own events + 10 shared, no gaps");
+    assert_eq!(
+        nums,
+        (1..=50).collect::<Vec<_>>(),
+        "40 own events + 10 shared, no gaps"
+    );
 }
 
 pub(crate) async fn delivery_state_moves_forward_only(store: Store) {
-    store.create_subscription("default", "s1", &write("active")).await.unwrap();
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
     let s = store.delivery_state("default", "s1").await.unwrap();
     assert_eq!((s.delivered_through, s.attempts), (0, 0));
-    store.record_failure("default", "s1", "connection refused").await.unwrap();
-    store.record_failure("default", "s1", "timeout").await.unwrap();
+    store
+        .record_failure("default", "s1", "connection refused")
+        .await
+        .unwrap();
+    store
+        .record_failure("default", "s1", "timeout")
+        .await
+        .unwrap();
     let s = store.delivery_state("default", "s1").await.unwrap();
     assert_eq!((s.attempts, s.last_error.as_deref()), (2, Some("timeout")));
     store.record_delivered("default", "s1", 5).await.unwrap();
     store.record_delivered("default", "s1", 3).await.unwrap();
     let s = store.delivery_state("default", "s1").await.unwrap();
-    assert_eq!((s.delivered_through, s.attempts, s.last_error), (5, 0, None));
+    assert_eq!(
+        (s.delivered_through, s.attempts, s.last_error),
+        (5, 0, None)
+    );
     assert!(s.last_success_at.is_some());
 }
 
 pub(crate) async fn tenants_are_isolated(store: Store) {
-    store.create_subscription("a", "s1", &write("active")).await.unwrap();
-    store.create_subscription("b", "s1", &write("active")).await.unwrap();
-    store.append_notifications(&[note_for("a", "s1", "e1")]).await.unwrap();
-    assert!(store.notifications_after("b", "s1", 0, 10).await.unwrap().is_empty());
-    assert_eq!(store.search_subscriptions("a", &[], 10).await.unwrap().len(), 1);
+    store
+        .create_subscription("a", "s1", &write("active"))
+        .await
+        .unwrap();
+    store
+        .create_subscription("b", "s1", &write("active"))
+        .await
+        .unwrap();
+    store
+        .append_notifications(&[note_for("a", "s1", "e1")])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .notifications_after("b", "s1", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .search_subscriptions("a", &[], 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(store.delete_subscription("a", "s1").await.unwrap());
     assert!(store.get_subscription("b", "s1").await.unwrap().is_some());
 }

@@ -27,7 +27,11 @@ async fn postgres() -> Option<Store> {
             return None;
         }
     };
-    Some(Store::connect(&fresh_schema_url(&base).await).await.unwrap())
+    Some(
+        Store::connect(&fresh_schema_url(&base).await)
+            .await
+            .unwrap(),
+    )
 }
 
 /// Create a schema named for the test and return a URL whose connections use it.
@@ -35,14 +39,20 @@ pub(crate) async fn fresh_schema_url(base: &str) -> String {
     use sqlx::Connection;
     let schema = format!("t_{}", uuid_like());
     let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
 
 fn uuid_like() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let n = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{n:x}{:x}", std::process::id())
 }
 
@@ -81,14 +91,26 @@ contract_suite!(
 #[tokio::test]
 async fn sqlite_state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("nested/dir/hub.db").display());
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("nested/dir/hub.db").display()
+    );
     {
         let store = Store::connect(&url).await.unwrap();
-        store.create_subscription("default", "s1", &contract::write("active")).await.unwrap();
-        store.append_notifications(&[contract::note("s1", "e1")]).await.unwrap();
+        store
+            .create_subscription("default", "s1", &contract::write("active"))
+            .await
+            .unwrap();
+        store
+            .append_notifications(&[contract::note("s1", "e1")])
+            .await
+            .unwrap();
         store.close().await;
     }
     let store = Store::connect(&url).await.unwrap();
-    let logged = store.append_notifications(&[contract::note("s1", "e2")]).await.unwrap();
+    let logged = store
+        .append_notifications(&[contract::note("s1", "e2")])
+        .await
+        .unwrap();
     assert_eq!(logged[0].event_number, 2);
 }

@@ -1,0 +1,169 @@
+//! The embedded default end to end: no Kafka, no PostgreSQL.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Hub, HubEnv, envelope, glucose, other_observation};
+use crate::receiver::TestReceiver;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn matching_observation_reaches_the_rest_hook_and_others_do_not() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut full = TestReceiver::start().await;
+    let mut empty = TestReceiver::start().await;
+    hub.subscribe("Observation?code=http://loinc.org|2345-7", &full.url, true)
+        .await;
+    hub.subscribe(
+        "Observation?code=http://loinc.org|2345-7&patient=Patient/p1",
+        &empty.url,
+        false,
+    )
+    .await;
+
+    let (status, body) = hub.post_json("/events", &other_observation("o0")).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = hub
+        .post_json("/events", &envelope(&glucose("o1"), "create"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["published"], 1);
+
+    // With a payload: PUT [endpoint]/Observation/o1 carrying the resource.
+    let got = full.next(WAIT).await;
+    assert_eq!(got.method, "PUT");
+    assert_eq!(got.path, "/hook/Observation/o1");
+    let resource: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(resource, glucose("o1"));
+    assert_eq!(got.headers["x-test"], "e2e");
+    assert!(got.headers.contains_key("webhook-id"));
+
+    // Without a payload: an empty POST to the endpoint.
+    let got = empty.next(WAIT).await;
+    assert_eq!((got.method.as_str(), got.path.as_str()), ("POST", "/hook"));
+    assert!(got.body.is_empty());
+
+    // The non-matching Observation produced nothing anywhere.
+    full.assert_quiet(Duration::from_millis(700)).await;
+    empty.assert_quiet(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn bundles_and_the_publish_command_feed_the_same_pipeline() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    hub.subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": glucose("b1"), "request": {"method": "PUT", "url": "Observation/b1"}},
+        {"request": {"method": "DELETE", "url": "Observation/b0"}}
+    ]});
+    let (status, body) = hub.post_json("/fhir", &bundle).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/b1");
+
+    // `fhir-hub publish` from another process into the same embedded log.
+    let file = hub.data_dir.path().join("in.ndjson");
+    let lines = [
+        glucose("c1").to_string(),
+        other_observation("c2").to_string(),
+        glucose("c3").to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args(["publish", "--quiet", "--input"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(hub.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("published 3 change events"));
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/c1");
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/c3");
+
+    // A file with a bad line publishes nothing and says which line.
+    let bad = hub.data_dir.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"resourceType\":\"Observatoin\",\"id\":\"x\"}}\n",
+            glucose("d1")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args(["publish", "--quiet", "--input"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(hub.data_dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("Observatoin"),
+        "{stderr}"
+    );
+    rx.assert_quiet(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_everything_in_order_once_it_is_up() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    rx.respond_with(503);
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    for i in 0..5 {
+        let (status, _) = hub.post_json("/events", &glucose(&format!("r{i}"))).await;
+        assert_eq!(status, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rx.respond_with(200);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(rx.next(WAIT).await.path);
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("/hook/Observation/r{i}")).collect();
+    assert_eq!(ids, expected);
+    let (_, sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;
+    assert_eq!(sub["status"], "active");
+}
+
+#[tokio::test]
+async fn state_survives_a_graceful_restart() {
+    let mut hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    hub.post_json("/events", &glucose("s1")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/s1");
+
+    let status = hub.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM should end the hub cleanly: {status:?}"
+    );
+    let data_dir = std::mem::replace(&mut hub.data_dir, tempfile::tempdir().unwrap());
+    drop(hub);
+
+    let hub = Hub::start_in(HubEnv::default(), data_dir).await;
+    let (code, sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(sub["criteria"], "Observation?code=2345-7");
+    hub.post_json("/events", &glucose("s2")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/s2");
+    // Nothing delivered before the restart comes again.
+    rx.assert_quiet(Duration::from_millis(1000)).await;
+}

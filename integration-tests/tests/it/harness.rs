@@ -1,0 +1,228 @@
+//! Start the real binary on port 0 with its own data directory and talk to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub(crate) fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FHIR_HUB_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/it-<hash> → target/<profile>/fhir-hub
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("fhir-hub"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p fhir-hub` before the integration tests",
+        bin.display()
+    );
+    bin
+}
+
+pub(crate) fn require_external(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+                "{var} is not set but FHIR_HUB_REQUIRE_EXTERNAL=1"
+            );
+            eprintln!("skipping: {var} is not set");
+            None
+        }
+    }
+}
+
+/// A running hub process, killed on drop.
+pub(crate) struct Hub {
+    pub url: String,
+    pub child: Child,
+    pub data_dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+/// Builder for the environment a hub process gets.
+#[derive(Default, Clone)]
+pub(crate) struct HubEnv {
+    pub vars: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl HubEnv {
+    pub(crate) fn var(mut self, k: &str, v: &str) -> Self {
+        self.vars.push((k.into(), v.into()));
+        self
+    }
+
+    pub(crate) fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+impl Hub {
+    pub(crate) async fn start(env: HubEnv) -> Hub {
+        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_in(env, data_dir).await
+    }
+
+    pub(crate) async fn start_in(env: HubEnv, data_dir: tempfile::TempDir) -> Hub {
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(&env.args)
+            .current_dir(data_dir.path())
+            // Fast polling keeps the tests quick; production defaults are slower.
+            .env("HUB_DELIVERY__POLL_MS", "200")
+            .env("HUB_DELIVERY__RETRY_INITIAL_MS", "200")
+            .env("HUB_DELIVERY__RETRY_MAX_MS", "1000")
+            .env("HUB_MATCHER__POLL_MS", "100")
+            .env("RUST_LOG", "info,fhir_hub=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(data_dir.path().join("hub.log")).expect("hub.log"),
+            ));
+        for (k, v) in &env.vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn fhir-hub");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("fhir-hub listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("fhir-hub did not report its address within 60 s");
+        Hub {
+            url,
+            child,
+            data_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Create a rest-hook subscription and return its id.
+    pub(crate) async fn subscribe(&self, criteria: &str, endpoint: &str, payload: bool) -> String {
+        let mut channel = json!({"type": "rest-hook", "endpoint": endpoint,
+                                 "header": ["X-Test: e2e"]});
+        if payload {
+            channel["payload"] = json!("application/fhir+json");
+        }
+        let (status, body) = self
+            .post_json(
+                "/fhir/Subscription",
+                &json!({"resourceType": "Subscription", "status": "requested",
+                        "reason": "e2e", "criteria": criteria, "channel": channel}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["status"], "active");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Send SIGTERM and wait for a clean exit.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fhir-hub did not stop within 40 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A failing test shows what the hub logged.
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log")) {
+                eprintln!("---- fhir-hub log ----\n{log}");
+            }
+        }
+    }
+}
+
+pub(crate) fn glucose(id: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose"}]},
+           "subject": {"reference": "Patient/p1"},
+           "valueQuantity": {"value": 5.4, "unit": "mmol/L"}})
+}
+
+pub(crate) fn other_observation(id: &str) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}})
+}
+
+pub(crate) fn envelope(resource: &Value, action: &str) -> Value {
+    json!({"id": uuid::Uuid::new_v4().to_string(), "action": action,
+           "resourceType": resource["resourceType"], "resourceId": resource["id"],
+           "occurredAt": "2024-05-01T10:00:00Z", "resource": resource})
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests against the real `fhir-hub` binary.
+//!
+//! Build it first (`cargo build -p fhir-hub`; `scripts/test.sh` does). Kafka tests use the
+//! broker in `FHIR_HUB_TEST_KAFKA` (tansu, started by `scripts/test.sh`), PostgreSQL tests
+//! the server in `FHIR_HUB_TEST_DATABASE_URL`; with `FHIR_HUB_REQUIRE_EXTERNAL=1` a missing
+//! one fails instead of skipping.
+
+mod bad_input;
+mod embedded;
+mod harness;
+mod kafka;
+mod receiver;

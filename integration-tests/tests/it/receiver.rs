@@ -1,0 +1,88 @@
+//! A tiny real HTTP endpoint on port 0 that records each rest-hook it receives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+struct Shared {
+    tx: mpsc::UnboundedSender<Received>,
+    status: Arc<AtomicU16>,
+}
+
+pub(crate) struct TestReceiver {
+    pub url: String,
+    rx: mpsc::UnboundedReceiver<Received>,
+    status: Arc<AtomicU16>,
+}
+
+async fn record(
+    State(s): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    if status.is_success() {
+        let _ = s.tx.send(Received {
+            method,
+            path: uri.path().to_owned(),
+            headers,
+            body,
+        });
+    }
+    status
+}
+
+impl TestReceiver {
+    pub(crate) async fn start() -> TestReceiver {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let status = Arc::new(AtomicU16::new(200));
+        let app = Router::new().fallback(record).with_state(Shared {
+            tx,
+            status: Arc::clone(&status),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        TestReceiver {
+            url: format!("http://{addr}/hook"),
+            rx,
+            status,
+        }
+    }
+
+    /// Answer every request with `status` (non-2xx requests are not recorded).
+    pub(crate) fn respond_with(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub(crate) async fn next(&mut self, within: Duration) -> Received {
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .expect("no rest-hook arrived in time")
+            .expect("receiver closed")
+    }
+
+    /// Nothing arrives within `d`.
+    pub(crate) async fn assert_quiet(&mut self, d: Duration) {
+        if let Ok(Some(r)) = tokio::time::timeout(d, self.rx.recv()).await {
+            panic!("unexpected rest-hook: {} {}", r.method, r.path);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests, the store contract on SQLite and PostgreSQL, the event-log
+# contract on the embedded log, librdkafka's MockCluster and a real tansu broker, and the
+# end-to-end tests that start the real fhir-hub binary.
+#
+# It installs or starts what is missing:
+#   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
+#   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
+# and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
+#
+# Environment: FHIR_HUB_TEST_DATABASE_URL (default postgres://root@127.0.0.1:5432/test),
+# FHIR_HUB_TEST_KAFKA (an existing broker; otherwise tansu is started on a free port).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${FHIR_HUB_CACHE:-$HOME/.cache/fhir-hub}"
+mkdir -p "$CACHE"
+log() { printf '== %s\n' "$*" >&2; }
+
+# --- tansu -------------------------------------------------------------------------------
+find_tansu() {
+  for t in "$CACHE/tansu/bin/tansu" "$(command -v tansu 2>/dev/null || true)"; do
+    if [ -n "$t" ] && [ -x "$t" ] && "$t" --version 2>/dev/null | grep -q '0\.6\.0'; then
+      echo "$t"; return 0
+    fi
+  done
+  return 1
+}
+if [ -z "${FHIR_HUB_TEST_KAFKA:-}" ]; then
+  if ! TANSU=$(find_tansu); then
+    log "installing tansu 0.6.0 into $CACHE/tansu (a long build, done once)"
+    cargo install tansu@0.6.0 --locked --features dynostore,libsql --root "$CACHE/tansu"
+    TANSU=$(find_tansu)
+  fi
+fi
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+export FHIR_HUB_TEST_DATABASE_URL="${FHIR_HUB_TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
+  log "PostgreSQL is not answering on 127.0.0.1:5432; starting one"
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "PostgreSQL is missing and this script is not root: install it or set FHIR_HUB_TEST_DATABASE_URL" >&2
+      exit 1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  pg_up || { echo "PostgreSQL did not start" >&2; exit 1; }
+  # A fresh cluster: trust local TCP and give root a database, as on the project machines.
+  if ! psql "$FHIR_HUB_TEST_DATABASE_URL" -c 'select 1' >/dev/null 2>&1; then
+    su postgres -c "psql -qc \"DO \\\$\\\$BEGIN CREATE ROLE root SUPERUSER LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END\\\$\\\$\"" || true
+    su postgres -c "createdb -O root test" 2>/dev/null || true
+    hba=$(su postgres -c "psql -tAc 'show hba_file'")
+    if ! grep -q 'fhir-hub test' "$hba"; then
+      printf 'host all all 127.0.0.1/32 trust # fhir-hub test\n' | cat - "$hba" > "$hba.new" && mv "$hba.new" "$hba"
+      chown postgres "$hba"
+      su postgres -c "psql -qc 'select pg_reload_conf()'"
+    fi
+  fi
+fi
+psql "$FHIR_HUB_TEST_DATABASE_URL" -qc 'select 1' >/dev/null
+
+# --- a real broker -------------------------------------------------------------------------
+SCRATCH=$(mktemp -d)
+TANSU_PID=""
+cleanup() {
+  if [ -n "$TANSU_PID" ]; then kill "$TANSU_PID" 2>/dev/null || true; wait "$TANSU_PID" 2>/dev/null || true; fi
+  rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+if [ -z "${FHIR_HUB_TEST_KAFKA:-}" ]; then
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  log "starting tansu on 127.0.0.1:$PORT"
+  (cd "$SCRATCH" && exec "$TANSU" broker \
+      --listener-url "tcp://127.0.0.1:$PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+      --storage-engine "sqlite://tansu.db" >"$SCRATCH/tansu.log" 2>&1) &
+  TANSU_PID=$!
+  up=""
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then up=1; break; fi
+    kill -0 "$TANSU_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [ -z "$up" ]; then
+    echo "tansu did not start:" >&2; cat "$SCRATCH/tansu.log" >&2; exit 1
+  fi
+  export FHIR_HUB_TEST_KAFKA="127.0.0.1:$PORT"
+fi
+export FHIR_HUB_REQUIRE_EXTERNAL=1
+
+# --- build and test ------------------------------------------------------------------------
+log "building fhir-hub"
+cargo build --locked -p fhir-hub
+log "running tests (PostgreSQL: ${FHIR_HUB_TEST_DATABASE_URL}, Kafka: ${FHIR_HUB_TEST_KAFKA})"
+status=0
+cargo test --locked --workspace "$@" || status=$?
+if [ "$status" != 0 ] && [ -n "$TANSU_PID" ]; then
+  log "tansu log (last 40 lines)"; tail -n 40 "$SCRATCH/tansu.log" >&2 || true
+fi
+exit "$status"

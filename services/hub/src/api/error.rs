@@ -1,0 +1,104 @@
+//! The API's one error type: every failure becomes a FHIR OperationOutcome with the right
+//! HTTP status.
+
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use hub_fhir::{IssueType, OperationOutcome};
+
+use super::fhir_json::FhirJson;
+
+/// An error answer: status + OperationOutcome.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub outcome: OperationOutcome,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, outcome: OperationOutcome) -> Self {
+        Self { status, outcome }
+    }
+
+    pub fn bad_request(outcome: OperationOutcome) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, outcome)
+    }
+
+    pub fn unprocessable(outcome: OperationOutcome) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, outcome)
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            OperationOutcome::error(IssueType::NotFound, what),
+        )
+    }
+
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OperationOutcome::error(IssueType::Transient, what),
+        )
+    }
+
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error answering a request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            OperationOutcome::error(IssueType::Exception, format!("internal error: {what}")),
+        )
+    }
+}
+
+impl From<hub_store::StoreError> for ApiError {
+    fn from(e: hub_store::StoreError) -> Self {
+        use hub_store::StoreError as E;
+        match e {
+            E::NotFound => ApiError::not_found("not found"),
+            E::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}")),
+            E::VersionConflict { current } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                OperationOutcome::error(
+                    IssueType::Conflict,
+                    format!("version conflict: the resource is at version {current}"),
+                ),
+            ),
+            E::AlreadyExists => ApiError::new(
+                StatusCode::CONFLICT,
+                OperationOutcome::error(IssueType::Conflict, "the resource already exists"),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<hub_log::LogError> for ApiError {
+    fn from(e: hub_log::LogError) -> Self {
+        match e {
+            hub_log::LogError::Unavailable(m) => ApiError::unavailable(format!(
+                "event log unavailable: {m}; nothing was published, retry"
+            )),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, FhirJson(self.outcome.to_json())).into_response()
+    }
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no resource or operation at {}", uri.path()))
+}
+
+pub async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        OperationOutcome::error(
+            IssueType::NotSupported,
+            format!("this method is not supported on {}", uri.path()),
+        ),
+    )
+}

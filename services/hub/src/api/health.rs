@@ -1,0 +1,45 @@
+//! `GET /health`: each component's state and the version.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::Hub;
+
+async fn check<F, E>(f: F) -> Value
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let start = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(())) => json!({"status": "pass", "latencyMs": start.elapsed().as_millis() as u64}),
+        Ok(Err(e)) => json!({"status": "fail", "error": e.to_string()}),
+        Err(_) => json!({"status": "fail", "error": "no answer within 5 s"}),
+    }
+}
+
+pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
+    let store = check(hub.store.health()).await;
+    let log = check(hub.log.health()).await;
+    let ok = store["status"] == "pass" && log["status"] == "pass";
+    let mut store = store;
+    store["backend"] = json!(format!("{:?}", hub.store.backend()).to_lowercase());
+    let mut log = log;
+    log["backend"] = json!(hub.log.backend());
+    let body = json!({
+        "status": if ok { "pass" } else { "fail" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "roles": hub.config.server.roles,
+        "components": { "store": store, "log": log },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

@@ -1,0 +1,56 @@
+//! `GET /fhir/metadata`: a CapabilityStatement that says exactly what the hub supports.
+
+use axum::extract::State;
+use serde_json::json;
+
+use super::fhir_json::FhirJson;
+use crate::Hub;
+
+/// What R4 criteria this version evaluates: kept next to the matcher's own refusals.
+pub const CRITERIA_SUPPORT: &str = "Subscription.criteria: R4 search criteria 'Type?params' \
+over token, reference, string and uri search parameters whose definition is a simple path \
+(from the FHIR R4 SearchParameter definitions), with modifiers :missing (any type), :not \
+(token), :exact and :contains (string); comma is OR, repeated parameters are AND; values may \
+escape \\, \\| \\$. Refused with an OperationOutcome at create: date, number, quantity, \
+composite and special parameters; chained parameters and _has; other modifiers; result \
+parameters (_include, _sort, _count...). Deletions do not notify R4 criteria subscriptions.";
+
+pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
+    FhirJson(json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": hub_fhir::time_fmt::now_instant(),
+        "kind": "instance",
+        "software": {"name": "fhir-hub", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "FHIR Subscription Hub"},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
+            "resource": [{
+                "type": "Subscription",
+                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). {CRITERIA_SUPPORT}"),
+                "interaction": [
+                    {"code": "read"},
+                    {"code": "update"},
+                    {"code": "delete"},
+                    {"code": "create"},
+                    {"code": "search-type"}
+                ],
+                "versioning": "versioned-update",
+                "readHistory": false,
+                "updateCreate": true,
+                "conditionalCreate": false,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+                "searchParam": [
+                    {"name": "status", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-status"},
+                    {"name": "type", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-type"},
+                    {"name": "url", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-url", "documentation": "exact match only"},
+                    {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
+                ]
+            }]
+        }]
+    }))
+}

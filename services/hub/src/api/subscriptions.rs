@@ -1,0 +1,334 @@
+//! `/fhir/Subscription`: create, read, update, delete and search.
+//!
+//! The hub owns `id`, `meta.versionId`, `meta.lastUpdated` and the server-driven part of
+//! `status`: a client sends `requested` (or `off`); a rest-hook subscription the hub can
+//! serve becomes `active` at once.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hub_fhir::event::is_fhir_id;
+use hub_fhir::subscription::{self, Status};
+use hub_fhir::{IssueType, OperationOutcome};
+use hub_store::{SubscriptionRow, SubscriptionWrite};
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::auth::Caller;
+use super::fhir_json::{FhirJson, RawBody};
+use crate::Hub;
+
+/// Map a validation outcome to 400 (malformed) or 422 (well-formed but refused).
+fn validation_error(oo: OperationOutcome) -> ApiError {
+    let malformed = oo
+        .issues
+        .iter()
+        .any(|i| matches!(i.code, IssueType::Structure | IssueType::Required));
+    if malformed {
+        ApiError::bad_request(oo)
+    } else {
+        ApiError::unprocessable(oo)
+    }
+}
+
+/// The stored form: client content with hub-owned fields removed and the status settled.
+fn prepare(body: &Value) -> Result<SubscriptionWrite, ApiError> {
+    let spec = subscription::validate(body).map_err(validation_error)?;
+    let status = match spec.status {
+        Status::Off => Status::Off,
+        // Handshakes come with the rest-hook delivery work; until then a valid rest-hook
+        // subscription is active as soon as it is stored.
+        Status::Requested | Status::Active | Status::Error => Status::Active,
+    };
+    let mut resource = body.clone();
+    if let Some(obj) = resource.as_object_mut() {
+        obj.remove("id");
+        obj.remove("meta");
+        obj.remove("error");
+        obj.insert("status".into(), json!(status.as_str()));
+    }
+    Ok(SubscriptionWrite {
+        status: status.as_str().to_owned(),
+        criteria: spec.criteria,
+        channel_type: spec.channel.kind,
+        endpoint: spec.channel.endpoint,
+        resource: resource.to_string(),
+    })
+}
+
+/// The resource as clients see it.
+pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
+    let mut v: Value = serde_json::from_str(&row.resource).map_err(|e| {
+        ApiError::internal(format!("stored Subscription/{} is not JSON: {e}", row.id))
+    })?;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ApiError::internal(format!(
+            "stored Subscription/{} is not an object",
+            row.id
+        )));
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("resourceType".into(), json!("Subscription"));
+    out.insert("id".into(), json!(row.id));
+    out.insert(
+        "meta".into(),
+        json!({"versionId": row.version_id.to_string(), "lastUpdated": row.last_updated}),
+    );
+    for (k, val) in std::mem::take(obj) {
+        if k != "resourceType" {
+            out.insert(k, val);
+        }
+    }
+    out.insert("status".into(), json!(row.status));
+    Ok(Value::Object(out))
+}
+
+fn with_version_headers(status: StatusCode, row: &SubscriptionRow, body: Value) -> Response {
+    let mut res = (status, FhirJson(body)).into_response();
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", row.version_id)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "/fhir/Subscription/{}/_history/{}",
+        row.id, row.version_id
+    )) {
+        if status == StatusCode::CREATED {
+            h.insert(header::LOCATION, v.clone());
+        }
+        h.insert(header::CONTENT_LOCATION, v);
+    }
+    res
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if is_fhir_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(OperationOutcome::error(
+            IssueType::Invalid,
+            format!("'{id}' is not a valid FHIR id"),
+        )))
+    }
+}
+
+/// `POST /fhir/Subscription`.
+pub async fn create(
+    State(hub): State<Hub>,
+    caller: Caller,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    let body = body.json()?;
+    let write = prepare(&body)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = hub
+        .store
+        .create_subscription(&caller.tenant, &id, &write)
+        .await?;
+    tracing::info!(subscription = %id, tenant = %caller.tenant, subject = %caller.subject, criteria = %row.criteria, "subscription created");
+    let resource = to_resource(&row)?;
+    Ok(with_version_headers(StatusCode::CREATED, &row, resource))
+}
+
+/// `GET /fhir/Subscription/{id}`.
+pub async fn read(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let row = hub
+        .store
+        .get_subscription(&caller.tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
+    let resource = to_resource(&row)?;
+    Ok(with_version_headers(StatusCode::OK, &row, resource))
+}
+
+/// `W/"3"` or `"3"` → 3.
+fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("");
+    s.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::bad_request(OperationOutcome::error(
+                IssueType::Invalid,
+                format!("If-Match '{s}' is not a version ETag like W/\"1\""),
+            ))
+        })
+}
+
+/// `PUT /fhir/Subscription/{id}`: update, or create with that id.
+pub async fn update(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let if_version = parse_if_match(&headers)?;
+    let body = body.json()?;
+    match body.get("id").and_then(Value::as_str) {
+        Some(b) if b == id => {}
+        Some(b) => {
+            return Err(ApiError::bad_request(
+                OperationOutcome::error(
+                    IssueType::Invalid,
+                    format!("the body's id '{b}' does not match the URL's id '{id}'"),
+                )
+                .at("Subscription.id"),
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                OperationOutcome::error(
+                    IssueType::Required,
+                    "an update must carry the resource id",
+                )
+                .at("Subscription.id"),
+            ));
+        }
+    }
+    let write = prepare(&body)?;
+    match hub
+        .store
+        .update_subscription(&caller.tenant, &id, if_version, &write)
+        .await
+    {
+        Ok(row) => {
+            tracing::info!(subscription = %id, tenant = %caller.tenant, version = row.version_id, status = %row.status, "subscription updated");
+            let resource = to_resource(&row)?;
+            Ok(with_version_headers(StatusCode::OK, &row, resource))
+        }
+        Err(hub_store::StoreError::NotFound) if if_version.is_none() => {
+            let row = hub
+                .store
+                .create_subscription(&caller.tenant, &id, &write)
+                .await?;
+            tracing::info!(subscription = %id, tenant = %caller.tenant, "subscription created by update");
+            let resource = to_resource(&row)?;
+            Ok(with_version_headers(StatusCode::CREATED, &row, resource))
+        }
+        Err(hub_store::StoreError::NotFound) => Err(ApiError::not_found(format!(
+            "Subscription/{id} is not known, so If-Match cannot hold"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `DELETE /fhir/Subscription/{id}`.
+pub async fn delete(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    if !hub.store.delete_subscription(&caller.tenant, &id).await? {
+        return Err(ApiError::not_found(format!(
+            "Subscription/{id} is not known"
+        )));
+    }
+    tracing::info!(subscription = %id, tenant = %caller.tenant, subject = %caller.subject, "subscription deleted");
+    Ok((
+        StatusCode::OK,
+        FhirJson(OperationOutcome::information(format!("Subscription/{id} deleted")).to_json()),
+    )
+        .into_response())
+}
+
+const SEARCH_PARAMS: &[&str] = &["status", "_id", "_count", "type", "url"];
+
+/// `GET /fhir/Subscription?status=...`: a searchset Bundle.
+pub async fn search(
+    State(hub): State<Hub>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(unknown) = params.keys().find(|k| !SEARCH_PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(OperationOutcome::error(
+            IssueType::NotSupported,
+            format!(
+                "search parameter '{unknown}' is not supported on Subscription (supported: {})",
+                SEARCH_PARAMS.join(", ")
+            ),
+        )));
+    }
+    let statuses: Vec<String> = params
+        .get("status")
+        .map(|s| s.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(bad) = statuses.iter().find(|s| Status::parse(s).is_none()) {
+        return Err(ApiError::bad_request(OperationOutcome::error(
+            IssueType::Value,
+            format!("status '{bad}' is not requested, active, error or off"),
+        )));
+    }
+    let count = match params.get("_count") {
+        None => 100,
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(OperationOutcome::error(
+                    IssueType::Value,
+                    format!("_count '{c}' must be a number from 0 to 1000"),
+                ))
+            })?,
+    };
+    let rows = hub
+        .store
+        .search_subscriptions(&caller.tenant, &statuses, i64::MAX)
+        .await?;
+    let rows: Vec<&SubscriptionRow> = rows
+        .iter()
+        .filter(|r| {
+            params
+                .get("_id")
+                .is_none_or(|ids| ids.split(',').any(|i| i == r.id))
+        })
+        .filter(|r| {
+            params
+                .get("type")
+                .is_none_or(|t| t.split(',').any(|t| t == r.channel_type))
+        })
+        .filter(|r| params.get("url").is_none_or(|u| *u == r.endpoint))
+        .collect();
+    let base = base_url(&headers);
+    let mut entries = Vec::new();
+    for r in rows.iter().take(count as usize) {
+        entries.push(json!({
+            "fullUrl": format!("{base}/Subscription/{}", r.id),
+            "resource": to_resource(r)?,
+            "search": {"mode": "match"},
+        }));
+    }
+    Ok(FhirJson(json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": rows.len(),
+        "link": [{"relation": "self", "url": format!("{base}/Subscription")}],
+        "entry": entries,
+    }))
+    .into_response())
+}
+
+/// `http://host/fhir`, from the Host header the client used.
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}

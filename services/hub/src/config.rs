@@ -1,0 +1,271 @@
+//! Configuration: the embedded `config.default.toml`, then a config file, then `HUB_*`
+//! environment variables, then command-line overrides; then [`Config::validate`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The defaults, documented line by line.
+pub const DEFAULT_TOML: &str = include_str!("../../../config.default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub matcher: MatcherConfig,
+    pub delivery: DeliveryConfig,
+    pub tenancy: TenancyConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Api,
+    Matcher,
+    Delivery,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub roles: Vec<Role>,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    Embedded,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub backend: LogBackend,
+    pub changes_topic: String,
+    pub embedded_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub matcher_group: String,
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherConfig {
+    pub batch_size: usize,
+    pub poll_ms: u64,
+    pub reload_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub request_timeout_ms: u64,
+    pub poll_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub batch_size: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenancyConfig {
+    pub default_tenant: String,
+}
+
+/// Command-line values that override everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub roles: Option<Vec<Role>>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+}
+
+impl Config {
+    /// Load from the layers. `file` is the explicit `--config`; without it `./config.toml`
+    /// is read when present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        match file {
+            Some(f) => {
+                if !f.exists() {
+                    anyhow::bail!("config file {} does not exist", f.display());
+                }
+                fig = fig.merge(Toml::file(f));
+            }
+            None => fig = fig.merge(Toml::file("config.toml")),
+        }
+        fig = fig.merge(Env::prefixed("HUB_").split("__"));
+        let mut config: Config = fig.extract()?;
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults only (tests).
+    pub fn defaults() -> anyhow::Result<Config> {
+        let config: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(l) = &o.listen {
+            self.server.listen = l.clone();
+        }
+        if let Some(r) = &o.roles {
+            self.server.roles = r.clone();
+        }
+        if let Some(d) = &o.data_dir {
+            self.server.data_dir = d.clone();
+        }
+        if let Some(u) = &o.database_url {
+            self.database.url = u.clone();
+        }
+        if let Some(b) = &o.kafka_brokers {
+            self.kafka.brokers = b.clone();
+        }
+        // Naming brokers is choosing Kafka.
+        if !self.kafka.brokers.is_empty() {
+            self.log.backend = LogBackend::Kafka;
+        }
+    }
+
+    /// Check everything that can be checked before starting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if self.server.roles.is_empty() {
+            anyhow::bail!("server.roles is empty: name at least one of api, matcher, delivery");
+        }
+        if self.server.max_body_bytes < 1024 {
+            anyhow::bail!("server.max_body_bytes must be at least 1024");
+        }
+        if self.log.backend == LogBackend::Kafka && self.kafka.brokers.trim().is_empty() {
+            anyhow::bail!("log.backend is kafka but kafka.brokers is empty");
+        }
+        if self.log.changes_topic.is_empty()
+            || !self
+                .log
+                .changes_topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            anyhow::bail!("log.changes_topic must be a valid Kafka topic name");
+        }
+        let db = self.database_url();
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            anyhow::bail!("database.url must start with postgres:// or sqlite://");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication < 1 {
+            anyhow::bail!("kafka.partitions and kafka.replication must be at least 1");
+        }
+        if self.matcher.batch_size == 0 || self.delivery.batch_size < 1 {
+            anyhow::bail!("batch sizes must be at least 1");
+        }
+        if self.delivery.retry_initial_ms == 0
+            || self.delivery.retry_max_ms < self.delivery.retry_initial_ms
+        {
+            anyhow::bail!("delivery.retry_initial_ms must be > 0 and <= delivery.retry_max_ms");
+        }
+        if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
+            anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("server.listen '{}': {e}", self.server.listen))
+    }
+
+    pub fn has_role(&self, role: Role) -> bool {
+        self.server.roles.contains(&role)
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.server.data_dir.join("hub.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn embedded_log_path(&self) -> PathBuf {
+        if self.log.embedded_path.is_empty() {
+            self.server.data_dir.join("log.db")
+        } else {
+            PathBuf::from(&self.log.embedded_path)
+        }
+    }
+
+    pub fn kafka_settings(&self) -> hub_log::kafka::KafkaSettings {
+        let mut s = hub_log::kafka::KafkaSettings::new(self.kafka.brokers.clone());
+        s.partitions = self.kafka.partitions;
+        s.replication = self.kafka.replication;
+        s.client = self.kafka.client.clone();
+        s.request_timeout = Duration::from_millis(self.kafka.request_timeout_ms);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let c = Config::defaults().unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.log.backend, LogBackend::Embedded);
+        assert_eq!(c.database_url(), "sqlite://./data/hub.db");
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn brokers_select_kafka_and_bad_values_are_refused() {
+        let mut c = Config::defaults().unwrap();
+        c.apply(&Overrides {
+            kafka_brokers: Some("127.0.0.1:9092".into()),
+            ..Default::default()
+        });
+        assert_eq!(c.log.backend, LogBackend::Kafka);
+        c.database.url = "mysql://x".into();
+        assert!(c.validate().is_err());
+        let mut c = Config::defaults().unwrap();
+        c.server.listen = "nope".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The `fhir-hub` service: configuration, the HTTP API, and the roles that make up the
+//! pipeline (`api` ingests and manages subscriptions, `matcher` turns change events into
+//! logged notifications, `delivery` sends them). One process can run every role, or a
+//! cluster can run them apart, coordinated only through the event log and the store.
+//!
+//! [`run`] is the entry point: the caller owns the listener and the shutdown signal, so
+//! tests run the real server in-process on port 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod config;
+pub mod delivery;
+pub mod matcher;
+pub mod publish;
+pub mod telemetry;
+
+use config::{Config, LogBackend, Role};
+use hub_log::EventLog;
+use hub_store::Store;
+
+/// What every role shares.
+#[derive(Clone)]
+pub struct Hub {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub log: Arc<dyn EventLog>,
+    /// Rung by the matcher after it logs notifications, so delivery in the same process
+    /// starts at once instead of at its next poll.
+    pub notifications_logged: Arc<Notify>,
+}
+
+/// Open the event log the configuration names.
+pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    let log: Arc<dyn EventLog> = match config.log.backend {
+        LogBackend::Embedded => {
+            let path = config.embedded_log_path();
+            Arc::new(
+                hub_log::embedded::EmbeddedLog::open(&path)
+                    .await
+                    .with_context(|| format!("opening the embedded log {}", path.display()))?,
+            )
+        }
+        LogBackend::Kafka => Arc::new(
+            hub_log::kafka::KafkaLog::new(config.kafka_settings())
+                .context("creating the Kafka client")?,
+        ),
+    };
+    log.create_topics(&[config.log.changes_topic.as_str()])
+        .await
+        .with_context(|| format!("making sure topic '{}' exists", config.log.changes_topic))?;
+    Ok(log)
+}
+
+impl Hub {
+    /// Connect the store and the log.
+    pub async fn connect(config: Config) -> anyhow::Result<Hub> {
+        let store = Store::connect(&config.database_url())
+            .await
+            .context("opening the store")?;
+        let log = open_log(&config).await?;
+        Ok(Hub {
+            config: Arc::new(config),
+            store,
+            log,
+            notifications_logged: Arc::new(Notify::new()),
+        })
+    }
+}
+
+/// Run the configured roles until `shutdown` is cancelled, then finish in-flight work
+/// (within `server.shutdown_grace_secs`) and return.
+pub async fn run(
+    config: Config,
+    listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let hub = Hub::connect(config).await?;
+    tracing::info!(
+        store = ?hub.store.backend(),
+        log = hub.log.backend(),
+        roles = ?hub.config.server.roles,
+        "fhir-hub starting"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    if hub.config.has_role(Role::Matcher) {
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move { matcher::run(h, s).await.context("matcher role") });
+    }
+    if hub.config.has_role(Role::Delivery) {
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move { delivery::run(h, s).await.context("delivery role") });
+    }
+    if hub.config.has_role(Role::Api) {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(hub.config.listen_addr()?)
+                .await
+                .with_context(|| format!("binding {}", hub.config.server.listen))?,
+        };
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move { api::serve(h, listener, s).await.context("api role") });
+    }
+
+    // A role that fails takes the process down (so a supervisor restarts it) after the
+    // others have drained.
+    let mut result = Ok(());
+    let grace = Duration::from_secs(hub.config.server.shutdown_grace_secs);
+    loop {
+        let next = if shutdown.is_cancelled() {
+            match tokio::time::timeout(grace, tasks.join_next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    tracing::error!("roles did not stop within the grace period; aborting them");
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        } else {
+            tasks.join_next().await
+        };
+        let Some(joined) = next else { break };
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");
+            if result.is_ok() {
+                result = Err(e);
+            }
+            shutdown.cancel();
+        }
+    }
+    hub.store.close().await;
+    tracing::info!("fhir-hub stopped");
+    result
+}

@@ -1,0 +1,176 @@
+//! `fhir-hub`: parse the command line, load the configuration, run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use fhir_hub::config::{Config, Overrides, Role};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fhir-hub", version, about = "FHIR Subscription Hub")]
+struct Cli {
+    /// Configuration file (default: ./config.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Use Kafka at these bootstrap servers instead of the embedded log.
+    #[arg(long, global = true)]
+    kafka_brokers: Option<String>,
+    /// Store URL (postgres://... or sqlite://...).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// Directory for the embedded store and log.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliAction {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (all roles by default).
+    Serve {
+        /// Address to listen on (port 0 picks one).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Roles to run, comma-separated: api, matcher, delivery.
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+    },
+    /// Publish NDJSON resources or change envelopes to the changes topic.
+    Publish {
+        /// Input file; stdin when absent or `-`.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        /// Tenant for input lines that name none.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Action for bare resources (default: create for version 1 or none, else update).
+        #[arg(long, value_enum)]
+        action: Option<CliAction>,
+        /// Records per publish call.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print the effective configuration as TOML-like JSON.
+    Config,
+}
+
+fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
+    names
+        .iter()
+        .map(|n| match n.trim() {
+            "api" => Ok(Role::Api),
+            "matcher" => Ok(Role::Matcher),
+            "delivery" => Ok(Role::Delivery),
+            "all" => Ok(Role::Api),
+            other => anyhow::bail!("unknown role '{other}' (api, matcher, delivery, all)"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(|mut roles| {
+            if names.iter().any(|n| n.trim() == "all") {
+                roles = vec![Role::Api, Role::Matcher, Role::Delivery];
+            }
+            roles
+        })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    fhir_hub::telemetry::init();
+    let cli = Cli::parse();
+    let mut overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone(),
+        kafka_brokers: cli.kafka_brokers.clone(),
+        ..Default::default()
+    };
+    match cli.command {
+        Command::Serve { listen, roles } => {
+            overrides.listen = listen;
+            overrides.roles = roles.as_deref().map(parse_roles).transpose()?;
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_handler(shutdown.clone()));
+            fhir_hub::run(config, None, shutdown).await
+        }
+        Command::Publish {
+            input,
+            tenant,
+            action,
+            chunk,
+            quiet,
+        } => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let action = action.map(|a| match a {
+                CliAction::Create => hub_fhir::Action::Create,
+                CliAction::Update => hub_fhir::Action::Update,
+                CliAction::Delete => hub_fhir::Action::Delete,
+            });
+            let args = fhir_hub::publish::PublishArgs {
+                input: input.as_deref(),
+                tenant,
+                action,
+                chunk,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            let n = fhir_hub::publish::run(&config, args).await?;
+            println!(
+                "published {n} change events to '{}'",
+                config.log.changes_topic
+            );
+            Ok(())
+        }
+        Command::Config => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config).context("rendering config")?
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Cancel `shutdown` on SIGTERM or Ctrl-C; a second signal exits at once.
+async fn signal_handler(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received; finishing in-flight work");
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,253 @@
+//! The matcher role: consume change events, decide which subscriptions each matches, and log
+//! the notifications durably before acknowledging the log position.
+//!
+//! Order of operations per batch (this is what makes delivery at-least-once without gaps):
+//! 1. poll a batch from the changes topic;
+//! 2. if any subscription changed on any instance (the store's generation counter), reload
+//!    the index, so a subscription committed before an event is read sees that event;
+//! 3. match and append the notifications in one store transaction (event numbers assigned
+//!    there; re-processing the same change event adds nothing);
+//! 4. only then ack the batch, so its offsets are committed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hub_fhir::{Action, ChangeEvent, Criteria};
+use hub_log::Consumed;
+use hub_store::{NewNotification, SubscriptionRow};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::Hub;
+
+struct Entry {
+    id: String,
+    criteria: Criteria,
+    end: Option<OffsetDateTime>,
+}
+
+/// Live subscriptions grouped by (tenant, resource type).
+#[derive(Default)]
+pub struct Index {
+    by_type: HashMap<(String, String), Vec<Entry>>,
+    generation: i64,
+    len: usize,
+}
+
+impl Index {
+    pub fn build(rows: &[SubscriptionRow], generation: i64) -> Index {
+        let mut index = Index {
+            generation,
+            ..Default::default()
+        };
+        for row in rows {
+            let criteria = match Criteria::parse(&row.criteria) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Accepted at create by an older version, refused by this one.
+                    tracing::warn!(subscription = %row.id, tenant = %row.tenant, error = %e, "subscription criteria no longer parse; not matching it");
+                    continue;
+                }
+            };
+            let end = serde_json::from_str::<Value>(&row.resource)
+                .ok()
+                .and_then(|v| {
+                    v.get("end")
+                        .and_then(Value::as_str)
+                        .and_then(hub_fhir::time_fmt::parse_instant)
+                });
+            index
+                .by_type
+                .entry((row.tenant.clone(), criteria.resource_type.clone()))
+                .or_default()
+                .push(Entry {
+                    id: row.id.clone(),
+                    criteria,
+                    end,
+                });
+            index.len += 1;
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Ids of the subscriptions `event` matches.
+    pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Vec<&str> {
+        // R4 criteria describe a resource's content; a deletion carries none to match.
+        if event.action == Action::Delete {
+            return Vec::new();
+        }
+        let Some(resource) = &event.resource else {
+            return Vec::new();
+        };
+        let key = (event.tenant.clone(), event.resource_type.clone());
+        let Some(entries) = self.by_type.get(&key) else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .filter(|e| e.end.is_none_or(|end| now < end))
+            .filter(|e| e.criteria.matches(resource))
+            .map(|e| e.id.as_str())
+            .collect()
+    }
+}
+
+/// Parse a log record: an envelope, or a bare FHIR resource written by another system. A
+/// bare resource gets an event id derived from its log position, so re-reading it after a
+/// crash deduplicates like an envelope would.
+pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent, String> {
+    let value: Value =
+        serde_json::from_slice(&rec.payload).map_err(|e| format!("not valid JSON: {e}"))?;
+    match &value {
+        Value::Object(obj) if hub_fhir::event::is_envelope(obj) => {
+            ChangeEvent::from_envelope_value(value).map_err(|e| e.to_string())
+        }
+        Value::Object(_) => {
+            let mut e = ChangeEvent::from_resource(value, None, default_tenant)
+                .map_err(|e| e.to_string())?;
+            e.id = format!("log:{}:{}:{}", rec.topic, rec.partition, rec.offset);
+            Ok(e)
+        }
+        _ => Err("a change event must be a JSON object".into()),
+    }
+}
+
+async fn load_index(hub: &Hub) -> Result<Index, hub_store::StoreError> {
+    let generation = hub.store.subscriptions_generation().await?;
+    let rows = hub.store.live_subscriptions().await?;
+    let index = Index::build(&rows, generation);
+    tracing::info!(
+        subscriptions = index.len(),
+        generation,
+        "matcher index loaded"
+    );
+    Ok(index)
+}
+
+/// Reload when the generation moved. Errors keep the old index (and are retried).
+async fn refresh(hub: &Hub, index: &mut Index) -> Result<(), hub_store::StoreError> {
+    let generation = hub.store.subscriptions_generation().await?;
+    if generation != index.generation {
+        *index = load_index(hub).await?;
+    }
+    Ok(())
+}
+
+/// Run the matcher until `shutdown`.
+pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = &hub.config.matcher;
+    let topic = hub.config.log.changes_topic.clone();
+    let mut consumer = hub
+        .log
+        .consumer(&topic, &hub.config.kafka.matcher_group)
+        .await?;
+    let mut index = load_index(&hub).await?;
+    let mut last_refresh = Instant::now();
+    let poll = Duration::from_millis(cfg.poll_ms);
+    let reload = Duration::from_millis(cfg.reload_ms);
+    tracing::info!(%topic, "matcher consuming");
+
+    'outer: while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = consumer.poll(cfg.batch_size, poll) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "event log poll failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if !batch.is_empty() || last_refresh.elapsed() >= reload {
+            // Until the index is current, events must wait: matching with a stale index
+            // could miss a subscription created before the event.
+            let mut wait = Duration::from_millis(200);
+            while let Err(e) = refresh(&hub, &mut index).await {
+                tracing::warn!(error = %e, "cannot check subscriptions; holding the batch");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            last_refresh = Instant::now();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+
+        let now = OffsetDateTime::now_utc();
+        let mut notes = Vec::new();
+        for rec in &batch {
+            let event = match parse_record(rec, &hub.config.tenancy.default_tenant) {
+                Ok(e) => e,
+                Err(why) => {
+                    // Retrying cannot fix a malformed record; skip it loudly.
+                    tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, key = ?rec.key, error = %why, "skipping malformed change event");
+                    continue;
+                }
+            };
+            let matched = index.matches(&event, now);
+            if matched.is_empty() {
+                continue;
+            }
+            let resource = event.resource.as_ref().map(Value::to_string);
+            for id in matched {
+                notes.push(NewNotification {
+                    tenant: event.tenant.clone(),
+                    subscription_id: id.to_owned(),
+                    event_id: event.id.clone(),
+                    action: event.action.as_str().to_owned(),
+                    focus_type: event.resource_type.clone(),
+                    focus_id: event.resource_id.clone(),
+                    focus_version: event.version_id.clone(),
+                    occurred_at: event.occurred_at.clone(),
+                    resource: resource.clone(),
+                });
+            }
+        }
+
+        let mut wait = Duration::from_millis(200);
+        let logged = loop {
+            match hub.store.append_notifications(&notes).await {
+                Ok(logged) => break logged,
+                Err(e) => {
+                    // Not acked, so nothing is lost: the batch stays ours to retry.
+                    tracing::error!(error = %e, notifications = notes.len(), "cannot log notifications; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        if let Err(e) = consumer.ack(&batch).await {
+            tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
+        }
+        if !logged.is_empty() {
+            tracing::debug!(
+                events = batch.len(),
+                notifications = logged.len(),
+                "batch matched"
+            );
+            hub.notifications_logged.notify_waiters();
+        }
+    }
+    tracing::info!("matcher draining");
+    consumer.close().await?;
+    Ok(())
+}
