@@ -201,10 +201,10 @@ impl Drop for Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A failing test shows what the hub logged.
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log")) {
-                eprintln!("---- fhir-hub log ----\n{log}");
-            }
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log"))
+        {
+            eprintln!("---- fhir-hub log ----\n{log}");
         }
     }
 }

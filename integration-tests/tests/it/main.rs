@@ -5,6 +5,9 @@
 //! the server in `FHIR_HUB_TEST_DATABASE_URL`; with `FHIR_HUB_REQUIRE_EXTERNAL=1` a missing
 //! one fails instead of skipping.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod bad_input;
 mod embedded;
 mod harness;

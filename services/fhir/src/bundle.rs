@@ -151,14 +151,12 @@ pub fn events_from_bundle(bundle: &Value, tenant: &str) -> Result<BundleEvents, 
             if let Some(lm) = entry
                 .pointer("/response/lastModified")
                 .and_then(Value::as_str)
-            {
-                if e.resource
+                && e.resource
                     .as_ref()
                     .and_then(|r| r.pointer("/meta/lastUpdated"))
                     .is_none()
-                {
-                    lm.clone_into(&mut e.occurred_at);
-                }
+            {
+                lm.clone_into(&mut e.occurred_at);
             }
             e.validate().map_err(|e| entry_error(&loc, e))?;
             e

@@ -469,10 +469,8 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
             last.push(c);
         }
     }
-    if escaped {
-        if let Some(last) = out.last_mut() {
-            last.push('\\');
-        }
+    if escaped && let Some(last) = out.last_mut() {
+        last.push('\\');
     }
     out
 }

@@ -289,13 +289,13 @@ impl ChangeEvent {
                 "resourceId",
             ));
         }
-        if let Some(v) = &self.version_id {
-            if !is_fhir_id(v) {
-                return Err(EventError::new(
-                    format!("'versionId' '{v}' is not a valid FHIR id"),
-                    "versionId",
-                ));
-            }
+        if let Some(v) = &self.version_id
+            && !is_fhir_id(v)
+        {
+            return Err(EventError::new(
+                format!("'versionId' '{v}' is not a valid FHIR id"),
+                "versionId",
+            ));
         }
         if time_fmt::parse_instant(&self.occurred_at).is_none() {
             return Err(EventError::new(

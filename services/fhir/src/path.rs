@@ -122,11 +122,11 @@ impl Path {
                     _ => return Err(format!("'{func}({arg})' must follow an element")),
                 },
                 "where" => {
-                    if let Some(t) = arg.strip_prefix("resolve() is ") {
-                        if is_ident(t.trim()) {
-                            steps.push(Step::RefType(t.trim().to_owned()));
-                            continue;
-                        }
+                    if let Some(t) = arg.strip_prefix("resolve() is ")
+                        && is_ident(t.trim())
+                    {
+                        steps.push(Step::RefType(t.trim().to_owned()));
+                        continue;
                     }
                     match arg.split_once('=') {
                         Some((f, v))

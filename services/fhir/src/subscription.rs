@@ -255,7 +255,8 @@ mod tests {
 
     #[test]
     fn refusals_point_at_the_element() {
-        let cases: Vec<(fn(&mut Value), &str)> = vec![
+        type Mutation = fn(&mut Value);
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 |s| s["criteria"] = json!("Observation?date=ge2020"),
                 "Subscription.criteria",

@@ -222,7 +222,7 @@ impl Store {
         let mut out = Vec::new();
         for r in &rows {
             let row = from_row(r)?;
-            if statuses.is_empty() || statuses.iter().any(|s| *s == row.status) {
+            if statuses.is_empty() || statuses.contains(&row.status) {
                 out.push(row);
                 if out.len() as i64 >= limit {
                     break;

@@ -3,6 +3,9 @@
 //! `FHIR_HUB_TEST_KAFKA` names one (`scripts/test.sh` starts it and sets it; with
 //! `FHIR_HUB_REQUIRE_EXTERNAL=1` a missing broker fails the run instead of skipping).
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod contract;
 
 use std::sync::Arc;

@@ -4,6 +4,9 @@
 //! gets a schema of its own. Without the variable the PostgreSQL half is skipped, unless
 //! `FHIR_HUB_REQUIRE_EXTERNAL=1`, which turns the skip into a failure.
 
+// Test code: a failed unwrap is a failed test with its message.
+#![allow(clippy::unwrap_used)]
+
 mod contract;
 
 use hub_store::Store;
