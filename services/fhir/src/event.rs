@@ -472,3 +472,45 @@ mod tests {
         assert!(ChangeEvent::from_ndjson_line(b"{\"id\":\"x\"}", None, "default").is_err());
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use serde_json::Value;
+
+    const SCHEMA: &str = include_str!("../../../schemas/change-event.schema.json");
+
+    /// The published JSON Schema and the parser agree on the fields and on what is required.
+    #[test]
+    fn schema_matches_the_envelope() {
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        let mut props: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        props.sort_unstable();
+        assert_eq!(
+            props,
+            vec![
+                "action", "id", "occurredAt", "previous", "resource", "resourceId",
+                "resourceType", "tenant", "versionId"
+            ]
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for field in &required {
+            let mut env = serde_json::json!({"id": "e", "action": "delete",
+                "resourceType": "Patient", "resourceId": "p", "occurredAt": "2024-01-01T00:00:00Z"});
+            env.as_object_mut().unwrap().remove(*field);
+            assert!(
+                super::ChangeEvent::from_envelope_value(env).is_err(),
+                "missing {field} must be refused"
+            );
+        }
+    }
+}
