@@ -493,8 +493,15 @@ mod schema_tests {
         assert_eq!(
             props,
             vec![
-                "action", "id", "occurredAt", "previous", "resource", "resourceId",
-                "resourceType", "tenant", "versionId"
+                "action",
+                "id",
+                "occurredAt",
+                "previous",
+                "resource",
+                "resourceId",
+                "resourceType",
+                "tenant",
+                "versionId"
             ]
         );
         let required: Vec<&str> = schema["required"]
