@@ -99,7 +99,12 @@ async fn malformed_events_unknown_types_and_unsupported_criteria_are_refused() {
 
     // Unsupported and invalid criteria, each naming the parameter.
     for (criteria, status, needle) in [
-        ("Observation?date=ge2024-01-01", 422, "'date'"),
+        ("Observation?date=ge2024-13-01", 422, "not a FHIR date"),
+        (
+            "Observation?code:below=http://loinc.org|1",
+            422,
+            "'code:below'",
+        ),
         ("Observation?subject.name=peter", 422, "'subject.name'"),
         ("Observation?_has:Observation:patient:code=1", 422, "_has"),
         (

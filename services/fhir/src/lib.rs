@@ -10,7 +10,11 @@
 
 pub mod bundle;
 pub mod criteria;
+mod criteria_keys;
+pub mod datetime;
+pub mod decimal;
 pub mod event;
+pub mod index;
 pub mod outcome;
 pub mod path;
 pub mod registry;

@@ -75,6 +75,24 @@ fn strip_parens(s: &str) -> &str {
     t
 }
 
+/// Byte index of the ')' that closes the '(' at index 0.
+fn matching_paren(s: &str) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn is_ident(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
@@ -88,11 +106,30 @@ fn capitalize(s: &str) -> String {
 }
 
 impl Path {
+    /// Compile an expression relative to an element (composite components: `code`,
+    /// `value.ofType(Quantity) | value.ofType(Period)`), one path per alternative.
+    pub fn compile_relative(expr: &str) -> Result<Vec<Path>, String> {
+        split_top_level(expr, '|')
+            .into_iter()
+            .map(|alt| Path::compile(&format!("Self.{}", alt.trim()), "Self"))
+            .collect()
+    }
+
     /// Compile one alternative of a search-parameter expression, rooted at `root`
     /// (the resource type, or `Resource`/`DomainResource`). Returns why when the
     /// expression is outside the supported subset.
     pub fn compile(expr: &str, root: &str) -> Result<Path, String> {
         let expr = strip_parens(expr);
+        // `(Observation.value as CodeableConcept).text`: a parenthesised head, then a path.
+        if expr.starts_with('(')
+            && let Some(close) = matching_paren(expr)
+            && let Some(rest) = expr[close + 1..].strip_prefix('.')
+        {
+            let mut head = Path::compile(&expr[..=close], root)?;
+            let tail = Path::compile(&format!("Self.{rest}"), "Self")?;
+            head.steps.extend(tail.steps);
+            return Ok(head);
+        }
         // `X.y as T` (operator form) applies to the whole left side.
         let (body, as_type) = match expr.rsplit_once(" as ") {
             Some((l, t)) if is_ident(t.trim()) => (strip_parens(l), Some(t.trim())),
@@ -153,9 +190,7 @@ impl Path {
                 _ => return Err(format!("'as {t}' must follow an element")),
             }
         }
-        if steps.is_empty() {
-            return Err("the expression selects the resource itself".into());
-        }
+        // No steps: the resource itself (composite parameters rooted at the resource).
         Ok(Path { steps })
     }
 

@@ -258,7 +258,7 @@ mod tests {
         type Mutation = fn(&mut Value);
         let cases: Vec<(Mutation, &str)> = vec![
             (
-                |s| s["criteria"] = json!("Observation?date=ge2020"),
+                |s| s["criteria"] = json!("Observation?code:in=http://vs"),
                 "Subscription.criteria",
             ),
             (

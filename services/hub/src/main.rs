@@ -63,7 +63,16 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Print the effective configuration as TOML-like JSON.
+    /// Print `Type/id` of each NDJSON resource that criteria match (try criteria offline).
+    Match {
+        /// R4 search criteria, like `Observation?code=http://loinc.org|2345-7`.
+        #[arg(long)]
+        criteria: String,
+        /// NDJSON input; stdin when absent or `-`.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+    },
+    /// Print the effective configuration as JSON.
     Config,
 }
 
@@ -130,6 +139,31 @@ async fn main() -> anyhow::Result<()> {
                 "published {n} change events to '{}'",
                 config.log.changes_topic
             );
+            Ok(())
+        }
+        Command::Match { criteria, input } => {
+            let criteria = match fhir_hub::match_cmd::parse_criteria(&criteria) {
+                Ok(c) => c,
+                Err(oo) => {
+                    eprintln!("{}", serde_json::to_string_pretty(&oo.to_json())?);
+                    std::process::exit(2);
+                }
+            };
+            let reader: Box<dyn std::io::Read> = match input.as_deref() {
+                None => Box::new(std::io::stdin().lock()),
+                Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+                Some(p) => Box::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                ),
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let stats =
+                fhir_hub::match_cmd::run(&criteria, reader, &mut out, &mut std::io::stderr())?;
+            eprintln!("{} of {} resources matched", stats.matched, stats.read);
+            if stats.bad_lines > 0 {
+                anyhow::bail!("{} input lines were not valid JSON", stats.bad_lines);
+            }
             Ok(())
         }
         Command::Config => {

@@ -9,9 +9,9 @@
 //!    there; re-processing the same change event adds nothing);
 //! 4. only then ack the batch, so its offsets are committed.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hub_fhir::index::MatchIndex;
 use hub_fhir::{Action, ChangeEvent, Criteria};
 use hub_log::Consumed;
 use hub_store::{NewNotification, SubscriptionRow};
@@ -21,26 +21,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
 
-struct Entry {
+/// What the index returns for a match: the subscription and when it ends.
+struct Target {
     id: String,
-    criteria: Criteria,
     end: Option<OffsetDateTime>,
 }
 
-/// Live subscriptions grouped by (tenant, resource type).
+/// Live subscriptions, indexed per tenant by their most selective criteria terms.
 #[derive(Default)]
 pub struct Index {
-    by_type: HashMap<(String, String), Vec<Entry>>,
+    inner: MatchIndex<Target>,
     generation: i64,
-    len: usize,
 }
 
 impl Index {
     pub fn build(rows: &[SubscriptionRow], generation: i64) -> Index {
-        let mut index = Index {
-            generation,
-            ..Default::default()
-        };
+        let mut inner = MatchIndex::new();
         for row in rows {
             let criteria = match Criteria::parse(&row.criteria) {
                 Ok(c) => c,
@@ -57,26 +53,24 @@ impl Index {
                         .and_then(Value::as_str)
                         .and_then(hub_fhir::time_fmt::parse_instant)
                 });
-            index
-                .by_type
-                .entry((row.tenant.clone(), criteria.resource_type.clone()))
-                .or_default()
-                .push(Entry {
+            inner.insert(
+                &row.tenant,
+                criteria,
+                Target {
                     id: row.id.clone(),
-                    criteria,
                     end,
-                });
-            index.len += 1;
+                },
+            );
         }
-        index
+        Index { inner, generation }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.inner.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.inner.is_empty()
     }
 
     /// Ids of the subscriptions `event` matches.
@@ -88,15 +82,12 @@ impl Index {
         let Some(resource) = &event.resource else {
             return Vec::new();
         };
-        let key = (event.tenant.clone(), event.resource_type.clone());
-        let Some(entries) = self.by_type.get(&key) else {
-            return Vec::new();
-        };
-        entries
-            .iter()
-            .filter(|e| e.end.is_none_or(|end| now < end))
-            .filter(|e| e.criteria.matches(resource))
-            .map(|e| e.id.as_str())
+        let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
+        self.inner
+            .matches(&event.tenant, resource, now_micros)
+            .into_iter()
+            .filter(|t| t.end.is_none_or(|end| now < end))
+            .map(|t| t.id.as_str())
             .collect()
     }
 }

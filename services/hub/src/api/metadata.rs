@@ -8,12 +8,16 @@ use crate::Hub;
 
 /// What R4 criteria this version evaluates: kept next to the matcher's own refusals.
 pub const CRITERIA_SUPPORT: &str = "Subscription.criteria: R4 search criteria 'Type?params' \
-over token, reference, string and uri search parameters whose definition is a simple path \
-(from the FHIR R4 SearchParameter definitions), with modifiers :missing (any type), :not \
-(token), :exact and :contains (string); comma is OR, repeated parameters are AND; values may \
-escape \\, \\| \\$. Refused with an OperationOutcome at create: date, number, quantity, \
-composite and special parameters; chained parameters and _has; other modifiers; result \
-parameters (_include, _sort, _count...). Deletions do not notify R4 criteria subscriptions.";
+evaluated in memory against the FHIR R4 SearchParameter definitions (2,563 of 2,570 \
+type/parameter pairs; refused by name: Bundle.composition, Bundle.message, InsurancePlan.name, \
+Location.near, Patient.deceased and two MolecularSequence composites). Types: token, \
+reference, string, uri, date, number, quantity, composite. Prefixes eq ne gt lt ge le sa eb \
+ap with precision ranges (dates, numbers; sa/eb on dates only). Modifiers: :missing (all); \
+:not :text :code-text :of-type (token); :exact :contains (string); :[Type] :identifier \
+(reference); :above :below (uri). Quantities compare value|system|code without unit \
+conversion. Refused with an OperationOutcome at create: chains, _has, :in/:not-in, \
+:above/:below on codes and references, _text/_content/_list/_query/_filter and result \
+parameters. Deletions do not notify R4 criteria subscriptions.";
 
 pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
     FhirJson(json!({

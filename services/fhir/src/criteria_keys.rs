@@ -1,0 +1,90 @@
+//! Index keys: what a query value asks for and what a resource node offers, in one
+//! normalised form per parameter type, so that equal keys mean "may match".
+
+use serde_json::Value;
+
+use crate::criteria::QueryValue;
+use crate::registry::ParamType;
+
+/// The key a query value is posted under, if it is an equality the index can serve.
+pub(crate) fn query_key(kind: ParamType, v: &QueryValue) -> Option<String> {
+    match (kind, v) {
+        (
+            ParamType::Token,
+            QueryValue::Token {
+                system: None,
+                code: Some(c),
+            },
+        ) => Some(format!("c|{c}")),
+        // `|code` (no system) is posted under the plain code; the criteria check the rest.
+        (
+            ParamType::Token,
+            QueryValue::Token {
+                system: Some(s),
+                code: Some(c),
+            },
+        ) if s.is_empty() => Some(format!("c|{c}")),
+        (
+            ParamType::Token,
+            QueryValue::Token {
+                system: Some(s),
+                code: Some(c),
+            },
+        ) => Some(format!("s|{s}|{c}")),
+        (
+            ParamType::Reference,
+            QueryValue::Reference {
+                rtype: Some(t),
+                id,
+                absolute: None,
+            },
+        ) => Some(format!("r|{t}/{id}")),
+        (
+            ParamType::Reference,
+            QueryValue::Reference {
+                rtype: None,
+                id,
+                absolute: None,
+            },
+        ) => Some(format!("i|{id}")),
+        _ => None,
+    }
+}
+
+/// Call `f` with every key a resource node offers for a parameter of type `kind`, built in
+/// `scratch` so that probing allocates nothing per key.
+pub(crate) fn for_each_node_key(
+    kind: ParamType,
+    node: &Value,
+    scratch: &mut String,
+    mut f: impl FnMut(&str),
+) {
+    use std::fmt::Write;
+    match kind {
+        ParamType::Token => {
+            for (sys, code) in crate::criteria::token_pairs(node) {
+                scratch.clear();
+                let _ = write!(scratch, "c|{code}");
+                f(scratch);
+                if let Some(s) = sys {
+                    scratch.clear();
+                    let _ = write!(scratch, "s|{s}|{code}");
+                    f(scratch);
+                }
+            }
+        }
+        ParamType::Reference => {
+            if let Some((t, id)) = crate::criteria::reference_target(node) {
+                if let Some(t) = t {
+                    scratch.clear();
+                    let _ = write!(scratch, "r|{t}/{id}");
+                    f(scratch);
+                }
+                scratch.clear();
+                let _ = write!(scratch, "i|{id}");
+                f(scratch);
+            }
+        }
+        _ => {}
+    }
+}
