@@ -64,6 +64,14 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
 fi
 psql "$FHIR_HUB_TEST_DATABASE_URL" -qc 'select 1' >/dev/null
 
+# --- Node peers (Medplum's matcher for the differential test) ------------------------------
+if ! command -v npm >/dev/null 2>&1; then
+  log "installing Node.js and npm (Debian packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd integration-tests/medplum && npm ci --no-audit --no-fund --silent)
+export FHIR_HUB_MEDPLUM_READY=1
+
 # --- a real broker -------------------------------------------------------------------------
 SCRATCH=$(mktemp -d)
 TANSU_PID=""
@@ -98,8 +106,11 @@ log "building fhir-hub"
 cargo build --locked -p fhir-hub
 log "running tests (PostgreSQL: ${FHIR_HUB_TEST_DATABASE_URL}, Kafka: ${FHIR_HUB_TEST_KAFKA})"
 status=0
-cargo test --locked --workspace "$@" || status=$?
+cargo test --locked --workspace "$@" 2>&1 | tee "$SCRATCH/test.out" || status=$?
 if [ "$status" != 0 ] && [ -n "$TANSU_PID" ]; then
   log "tansu log (last 40 lines)"; tail -n 40 "$SCRATCH/tansu.log" >&2 || true
 fi
+# One closing line for the whole run (cargo's last line is a doc-test summary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$SCRATCH/test.out"
 exit "$status"

@@ -12,4 +12,5 @@ mod bad_input;
 mod embedded;
 mod harness;
 mod kafka;
+mod medplum;
 mod receiver;

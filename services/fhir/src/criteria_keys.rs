@@ -51,6 +51,16 @@ pub(crate) fn query_key(kind: ParamType, v: &QueryValue) -> Option<String> {
     }
 }
 
+/// Whether a node offering the key of `v` is exactly a match for `v` (no re-check needed).
+pub(crate) fn exact_key(v: &QueryValue) -> bool {
+    match v {
+        QueryValue::Token { system: Some(s), code: Some(_) } => !s.is_empty(),
+        QueryValue::Token { system: None, code: Some(_) } => true,
+        QueryValue::Reference { absolute: None, .. } => true,
+        _ => false,
+    }
+}
+
 /// Call `f` with every key a resource node offers for a parameter of type `kind`, built in
 /// `scratch` so that probing allocates nothing per key.
 pub(crate) fn for_each_node_key(

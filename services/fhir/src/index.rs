@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::criteria::{Clause, Criteria, QueryValue};
-use crate::criteria_keys::{for_each_node_key, query_key};
+use crate::criteria::{Clause, Criteria, Prefix, QueryValue};
+use crate::criteria_keys::{exact_key, for_each_node_key, query_key};
 use crate::registry::{ParamType, SearchParam};
 
 struct Entry<T> {
@@ -24,10 +24,37 @@ struct Entry<T> {
 }
 
 /// Normalised key → entries posted under it.
-type Postings = HashMap<String, Vec<u32>>;
+type Postings = HashMap<String, Vec<(u32, bool)>>;
+
+/// Where an entry's threshold must lie, relative to the resource's value, for the entry to
+/// be selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Below,
+    AtOrBelow,
+    Above,
+    AtOrAbove,
+}
+
+impl Side {
+    /// Resource values for these sides are compared with the end of a date range.
+    fn uses_range_end(self) -> bool {
+        matches!(self, Side::Below | Side::AtOrBelow)
+    }
+}
+
+/// Entries whose best clause is a comparison (`gt`, `ge`, `lt`, `le`) on a number, quantity
+/// or date, sorted by threshold so a resource value selects its candidates by binary search.
+struct Thresholds {
+    param: Arc<SearchParam>,
+    side: Side,
+    /// Sorted by threshold; the flag says the selection alone proves a match.
+    entries: Vec<(f64, u32, bool)>,
+}
 
 #[derive(Default)]
 struct TypeIndex {
+    thresholds: Vec<Thresholds>,
     /// The parameters some criteria are posted under, evaluated once per resource, each with
     /// its postings: normalised key → entries.
     indexed: Vec<(Arc<SearchParam>, Postings)>,
@@ -50,10 +77,67 @@ impl<T> Default for MatchIndex<T> {
     }
 }
 
+/// The threshold placement of a single-value comparison clause, and whether selection by
+/// it is exactly the clause's condition (so a one-clause criteria needs no re-check).
+fn threshold(clause: &Clause) -> Option<(Side, f64, bool)> {
+    if clause.modifier.is_some() || clause.values.len() != 1 {
+        return None;
+    }
+    let micros = |x: i64| x as f64;
+    match &clause.values[0] {
+        // Dates: the search range s against the target range t (see eval::compare_ranges).
+        // gt and lt are exact; ge and le select a superset that the criteria re-check.
+        QueryValue::Date { prefix, range: s } => match prefix {
+            Prefix::Gt => Some((Side::Below, micros(s.hi), true)), // s.hi < t.hi
+            Prefix::Ge => Some((Side::Below, micros(s.lo), false)), // s.lo < t.hi
+            Prefix::Lt => Some((Side::Above, micros(s.lo), true)), // s.lo > t.lo
+            Prefix::Le => Some((Side::Above, micros(s.hi), false)), // s.hi > t.lo
+            _ => None,
+        },
+        QueryValue::Number { prefix, n } => number_side(*prefix).map(|(side, exact)| (side, n.value, exact)),
+        // Units are checked by the criteria, unless the value has none.
+        QueryValue::Quantity { prefix, n, system, code } => number_side(*prefix)
+            .map(|(side, exact)| (side, n.value, exact && system.is_none() && code.is_none())),
+        _ => None,
+    }
+}
+
+fn number_side(prefix: Prefix) -> Option<(Side, bool)> {
+    match prefix {
+        Prefix::Gt => Some((Side::Below, true)),   // s < v
+        Prefix::Ge => Some((Side::AtOrBelow, true)), // s <= v
+        Prefix::Lt => Some((Side::Above, true)),   // s > v
+        Prefix::Le => Some((Side::AtOrAbove, true)), // s >= v
+        _ => None,
+    }
+}
+
+/// The value a resource node offers for a threshold of `side`: for dates, the end of its
+/// range when thresholds sit below it and the start when they sit above.
+fn node_point(node: &Value, kind: ParamType, side: Side) -> Option<f64> {
+    match kind {
+        ParamType::Date => {
+            let r = crate::criteria::date_range(node)?;
+            let x = if side.uses_range_end() { r.hi } else { r.lo };
+            Some(match x {
+                i64::MAX => f64::INFINITY,
+                i64::MIN => f64::NEG_INFINITY,
+                x => x as f64,
+            })
+        }
+        ParamType::Number => node.as_f64().or_else(|| node.as_str()?.parse().ok()),
+        ParamType::Quantity => node.get("value")?.as_f64(),
+        _ => None,
+    }
+}
+
 /// How selective a clause is for indexing: lower is better; `None` if it cannot be indexed.
 fn rank(clause: &Clause) -> Option<u8> {
     if clause.modifier.is_some() || clause.values.is_empty() {
         return None;
+    }
+    if threshold(clause).is_some() {
+        return Some(4);
     }
     let mut keys = clause
         .values
@@ -76,6 +160,50 @@ fn rank(clause: &Clause) -> Option<u8> {
         }
         _ => return None,
     })
+}
+
+impl TypeIndex {
+    fn add_postings(&mut self, clause: &Clause, n: u32, exact: bool) {
+        let slot = match self.indexed.iter().position(|(p, _)| Arc::ptr_eq(p, &clause.param)) {
+            Some(i) => i,
+            None => {
+                self.indexed.push((Arc::clone(&clause.param), HashMap::new()));
+                self.indexed.len() - 1
+            }
+        };
+        let postings = &mut self.indexed[slot].1;
+        let mut keys: Vec<String> = clause
+            .values
+            .iter()
+            .filter_map(|v| query_key(clause.param.kind, v))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            postings.entry(k).or_default().push((n, exact));
+        }
+    }
+
+    fn add_threshold(&mut self, clause: &Clause, side: Side, at: f64, n: u32, exact: bool) {
+        let group = match self
+            .thresholds
+            .iter()
+            .position(|g| g.side == side && Arc::ptr_eq(&g.param, &clause.param))
+        {
+            Some(i) => i,
+            None => {
+                self.thresholds.push(Thresholds {
+                    param: Arc::clone(&clause.param),
+                    side,
+                    entries: Vec::new(),
+                });
+                self.thresholds.len() - 1
+            }
+        };
+        let list = &mut self.thresholds[group].entries;
+        let pos = list.partition_point(|(t, _, _)| *t <= at);
+        list.insert(pos, (at, n, exact));
+    }
 }
 
 impl<T> MatchIndex<T> {
@@ -104,30 +232,14 @@ impl<T> MatchIndex<T> {
             .filter_map(|c| rank(c).map(|r| (r, c)))
             .min_by_key(|(r, _)| *r)
             .map(|(_, c)| c);
-        match best {
-            Some(clause) => {
-                let slot = match ti
-                    .indexed
-                    .iter()
-                    .position(|(p, _)| Arc::ptr_eq(p, &clause.param))
-                {
-                    Some(i) => i,
-                    None => {
-                        ti.indexed.push((Arc::clone(&clause.param), HashMap::new()));
-                        ti.indexed.len() - 1
-                    }
-                };
-                let postings = &mut ti.indexed[slot].1;
-                let mut keys: Vec<String> = clause
-                    .values
-                    .iter()
-                    .filter_map(|v| query_key(clause.param.kind, v))
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
-                    postings.entry(k).or_default().push(n);
-                }
+        match best.map(|c| (c, threshold(c))) {
+            Some((clause, Some((side, at, exact)))) => {
+                let exact = exact && criteria.clauses.len() == 1;
+                ti.add_threshold(clause, side, at, n, exact);
+            }
+            Some((clause, None)) => {
+                let exact = criteria.clauses.len() == 1 && clause.values.iter().all(exact_key);
+                ti.add_postings(clause, n, exact);
             }
             None => ti.broad.push(n),
         }
@@ -142,24 +254,55 @@ impl<T> MatchIndex<T> {
         let Some(ti) = self.by_type.get(&(partition.to_owned(), rtype.to_owned())) else {
             return Vec::new();
         };
+        // Entries selected by an exact condition are matches already; the others are
+        // candidates whose criteria are evaluated.
         let mut candidates: Vec<u32> = ti.broad.clone();
+        let mut confirmed: Vec<u32> = Vec::new();
+        let mut take = |i: u32, exact: bool| {
+            if exact { confirmed.push(i) } else { candidates.push(i) }
+        };
         let mut scratch = String::new();
         for (param, postings) in &ti.indexed {
             let Ok(paths) = &param.paths else { continue };
             for node in paths.iter().flat_map(|p| p.eval(resource)) {
                 for_each_node_key(param.kind, node, &mut scratch, |k| {
                     if let Some(list) = postings.get(k) {
-                        candidates.extend_from_slice(list);
+                        for &(i, exact) in list {
+                            take(i, exact);
+                        }
                     }
                 });
             }
         }
+        for g in &ti.thresholds {
+            let Ok(paths) = &g.param.paths else { continue };
+            for node in paths.iter().flat_map(|p| p.eval(resource)) {
+                let Some(x) = node_point(node, g.param.kind, g.side) else { continue };
+                let list = &g.entries;
+                let slice = match g.side {
+                    Side::Below => &list[..list.partition_point(|(t, _, _)| *t < x)],
+                    Side::AtOrBelow => &list[..list.partition_point(|(t, _, _)| *t <= x)],
+                    Side::Above => &list[list.partition_point(|(t, _, _)| *t <= x)..],
+                    Side::AtOrAbove => &list[list.partition_point(|(t, _, _)| *t < x)..],
+                };
+                for &(_, i, exact) in slice {
+                    take(i, exact);
+                }
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.retain(|&i| {
+            self.entries
+                .get(i as usize)
+                .is_some_and(|e| e.criteria.matches_at(resource, now_micros))
+        });
+        candidates.extend(confirmed);
         candidates.sort_unstable();
         candidates.dedup();
         candidates
             .into_iter()
             .filter_map(|i| self.entries.get(i as usize))
-            .filter(|e| e.criteria.matches_at(resource, now_micros))
             .map(|e| &e.value)
             .collect()
     }
@@ -179,7 +322,8 @@ impl<T> MatchIndex<T> {
         let mut members: Vec<u32> = Vec::new();
         if let Some(ti) = self.by_type.get(&(partition.to_owned(), rtype.to_owned())) {
             members.extend(&ti.broad);
-            members.extend(ti.indexed.iter().flat_map(|(_, p)| p.values().flatten()));
+            members.extend(ti.indexed.iter().flat_map(|(_, p)| p.values().flatten().map(|(i, _)| *i)));
+            members.extend(ti.thresholds.iter().flat_map(|g| g.entries.iter().map(|(_, i, _)| *i)));
         }
         members.sort_unstable();
         members.dedup();
@@ -216,7 +360,12 @@ mod tests {
     const CATS: &[&str] = &["laboratory", "vital-signs"];
 
     fn clause(r: &mut Rng) -> String {
-        match r.next() % 9 {
+        match r.next() % 14 {
+            9 => format!("date={}2024-0{}", r.pick(&["gt", "ge", "lt", "le", "eq", "sa"]), 1 + r.next() % 6),
+            10 => format!("value-quantity=lt{}", r.next() % 10),
+            11 => format!("value-quantity=ge{}|http://unitsofmeasure.org|{}", r.next() % 10, r.pick(&["mg", "g"])),
+            12 => format!("date=le2024-03-{:02}T10:00:00Z", 1 + r.next() % 28),
+            13 => format!("value-quantity=le{}.5", r.next() % 10),
             0 => format!("patient=Patient/{}", r.pick(PATIENTS)),
             1 => format!("subject={}", r.pick(PATIENTS)),
             2 => format!("code=http://loinc.org|{}", r.pick(CODES)),
@@ -235,7 +384,8 @@ mod tests {
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": r.pick(CATS)}]}],
             "code": {"coding": [{"system": r.pick(&["http://loinc.org", "urn:other"]), "code": r.pick(CODES)}]},
             "subject": {"reference": format!("Patient/{}", r.pick(PATIENTS))},
-            "valueQuantity": {"value": r.next() % 12}})
+            "valueQuantity": {"value": r.next() % 12, "system": "http://unitsofmeasure.org", "code": r.pick(&["mg", "g"])},
+            "effectiveDateTime": format!("2024-0{}-{:02}", 1 + r.next() % 6, 1 + r.next() % 28)})
     }
 
     #[test]
@@ -254,8 +404,20 @@ mod tests {
         }
         index.insert("t", Criteria::parse("Patient?name=x").unwrap(), 9999);
         let mut total = 0;
-        for i in 0..2000 {
-            let res = resource(&mut r, i);
+        for i in 0..3000 {
+            let mut res = resource(&mut r, i);
+            match i % 5 {
+                0 => {
+                    let obj = res.as_object_mut().unwrap();
+                    obj.remove("effectiveDateTime");
+                    obj.insert("effectivePeriod".into(), json!({"start": "2024-02-10", "end": "2024-04-01T12:00:00Z"}));
+                }
+                1 => {
+                    res.as_object_mut().unwrap().remove("valueQuantity");
+                }
+                2 => res["effectiveDateTime"] = json!("2024"),
+                _ => {}
+            }
             let fast = index.matches("t", &res, 0);
             let slow = index.matches_linear("t", &res, 0);
             assert_eq!(fast, slow, "{res}");

@@ -22,7 +22,7 @@ mod eval;
 mod tests;
 mod text;
 
-pub(crate) use eval::{reference_target, token_pairs};
+pub(crate) use eval::{date_range, reference_target, token_pairs};
 pub use text::fold;
 use text::{percent_decode, split_unescaped, unescape};
 
