@@ -13,10 +13,12 @@ use serde_json::Value;
 use crate::harness::require_external;
 
 fn synthea() -> PathBuf {
-    std::env::var("FHIR_HUB_SYNTHEA").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/synthea-r4-resources.ndjson.gz")
-    })
+    std::env::var("FHIR_HUB_SYNTHEA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/data/synthea-r4-resources.ndjson.gz")
+        })
 }
 
 fn medplum_dir() -> Option<PathBuf> {
@@ -25,7 +27,10 @@ fn medplum_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     require_external("FHIR_HUB_MEDPLUM_READY")?;
-    panic!("FHIR_HUB_MEDPLUM_READY is set but {} has no node_modules (run npm ci there)", dir.display());
+    panic!(
+        "FHIR_HUB_MEDPLUM_READY is set but {} has no node_modules (run npm ci there)",
+        dir.display()
+    );
 }
 
 #[test]
@@ -39,9 +44,18 @@ fn agrees_with_medplum_where_medplum_follows_the_spec() {
         .filter(|l| l.starts_with("{\"resourceType\":\"Observation\""))
         .take(4000)
         .collect();
-    let resources: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let patient = resources[0]["subject"]["reference"].as_str().unwrap().to_owned();
-    let encounter = resources[1]["encounter"]["reference"].as_str().unwrap().to_owned();
+    let resources: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let patient = resources[0]["subject"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let encounter = resources[1]["encounter"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let id = resources[2]["id"].as_str().unwrap().to_owned();
     let criteria = vec![
         "Observation?code=http://loinc.org|8302-2".to_owned(),
@@ -65,7 +79,10 @@ fn agrees_with_medplum_where_medplum_follows_the_spec() {
         //    LOINC codes are exact, so a wrongly cased system must not match.
         "Observation?code=http://LOINC.org|8302-2".to_owned(),
     ];
-    let known_differences = ["Observation?value-quantity=gt100", "Observation?code=http://LOINC.org|8302-2"];
+    let known_differences = [
+        "Observation?value-quantity=gt100",
+        "Observation?code=http://LOINC.org|8302-2",
+    ];
     let tmp = tempfile::tempdir().unwrap();
     let crit_path = tmp.path().join("criteria.json");
     let data_path = tmp.path().join("observations.ndjson");
@@ -77,7 +94,11 @@ fn agrees_with_medplum_where_medplum_follows_the_spec() {
         .arg(&data_path)
         .output()
         .expect("node");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let now = hub_fhir::datetime::now_micros();
@@ -97,15 +118,35 @@ fn agrees_with_medplum_where_medplum_follows_the_spec() {
             .collect();
         if known_differences.contains(&c.as_str()) {
             if c.contains("value-quantity") {
-                assert!(medplum.is_empty() && !ours.is_empty(), "{c}: Medplum should match none, we some");
+                assert!(
+                    medplum.is_empty() && !ours.is_empty(),
+                    "{c}: Medplum should match none, we some"
+                );
             } else {
-                assert!(ours.is_empty() && !medplum.is_empty(), "{c}: Medplum ignores case, we do not");
+                assert!(
+                    ours.is_empty() && !medplum.is_empty(),
+                    "{c}: Medplum ignores case, we do not"
+                );
             }
             continue;
         }
-        assert_eq!(ours, medplum, "{c}: ours {} vs Medplum {}", ours.len(), medplum.len());
+        assert_eq!(
+            ours,
+            medplum,
+            "{c}: ours {} vs Medplum {}",
+            ours.len(),
+            medplum.len()
+        );
         compared += ours.len();
     }
-    assert!(compared > 1000, "the criteria should select plenty of resources, got {compared}");
-    eprintln!("{} criteria agree with Medplum over {} Observations ({compared} matches); {} known differences hold", criteria.len() - known_differences.len(), resources.len(), known_differences.len());
+    assert!(
+        compared > 1000,
+        "the criteria should select plenty of resources, got {compared}"
+    );
+    eprintln!(
+        "{} criteria agree with Medplum over {} Observations ({compared} matches); {} known differences hold",
+        criteria.len() - known_differences.len(),
+        resources.len(),
+        known_differences.len()
+    );
 }

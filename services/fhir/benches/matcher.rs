@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 
 fn data_path() -> String {
     std::env::var("FHIR_HUB_SYNTHEA").unwrap_or_else(|_| {
-        format!("{}/../../../shared/data/synthea-r4-resources.ndjson.gz", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/../../../shared/data/synthea-r4-resources.ndjson.gz",
+            env!("CARGO_MANIFEST_DIR")
+        )
     })
 }
 
@@ -39,7 +42,13 @@ struct Data {
 fn load() -> Data {
     let file = std::fs::File::open(data_path()).expect("the Synthea data (set FHIR_HUB_SYNTHEA)");
     let reader = BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut d = Data { observations: Vec::new(), patients: Vec::new(), codes: Vec::new(), values: Vec::new(), dates: Vec::new() };
+    let mut d = Data {
+        observations: Vec::new(),
+        patients: Vec::new(),
+        codes: Vec::new(),
+        values: Vec::new(),
+        dates: Vec::new(),
+    };
     for line in reader.lines() {
         let line = line.unwrap();
         if line.starts_with("{\"resourceType\":\"Patient\"") {
@@ -70,20 +79,35 @@ fn load() -> Data {
 fn big_workload(d: &Data) -> Vec<String> {
     let mut out = Vec::with_capacity(101_000);
     for i in 0..100_000usize {
-        let p = d.patients.get(i).cloned().unwrap_or_else(|| format!("synthetic-{i}"));
-        out.push(format!("Observation?patient=Patient/{p}&category=laboratory"));
+        let p = d
+            .patients
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("synthetic-{i}"));
+        out.push(format!(
+            "Observation?patient=Patient/{p}&category=laboratory"
+        ));
     }
     // Broad ones: a code each; value and date thresholds in the top 10% / 2% of the data.
     for i in 0..334usize {
-        out.push(format!("Observation?code=http://loinc.org|{}", d.codes[i * 7 % d.codes.len()]));
+        out.push(format!(
+            "Observation?code=http://loinc.org|{}",
+            d.codes[i * 7 % d.codes.len()]
+        ));
     }
     for i in 0..333usize {
         let q = 0.90 + 0.0999 * (i as f64 / 333.0);
-        out.push(format!("Observation?value-quantity=gt{}", d.values[(q * d.values.len() as f64) as usize]));
+        out.push(format!(
+            "Observation?value-quantity=gt{}",
+            d.values[(q * d.values.len() as f64) as usize]
+        ));
     }
     for i in 0..333usize {
         let q = 0.98 + 0.0199 * (i as f64 / 333.0);
-        out.push(format!("Observation?date=ge{}", d.dates[(q * d.dates.len() as f64) as usize]));
+        out.push(format!(
+            "Observation?date=ge{}",
+            d.dates[(q * d.dates.len() as f64) as usize]
+        ));
     }
     out
 }
@@ -92,10 +116,16 @@ fn big_workload(d: &Data) -> Vec<String> {
 fn medplum_workload(d: &Data) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..500usize {
-        out.push(format!("Observation?patient=Patient/{}&category=laboratory", d.patients[i % d.patients.len()]));
+        out.push(format!(
+            "Observation?patient=Patient/{}&category=laboratory",
+            d.patients[i % d.patients.len()]
+        ));
     }
     for i in 0..500usize {
-        out.push(format!("Observation?code=http://loinc.org|{}", d.codes[i % d.codes.len()]));
+        out.push(format!(
+            "Observation?code=http://loinc.org|{}",
+            d.codes[i % d.codes.len()]
+        ));
     }
     out
 }
@@ -114,7 +144,11 @@ fn run(index: &MatchIndex<u32>, events: &[Vec<u8>], linear: bool, now: i64) -> (
     let mut matches = 0;
     for e in events {
         let v: Value = serde_json::from_slice(e).unwrap();
-        matches += if linear { index.matches_linear("t", &v, now).len() } else { index.matches("t", &v, now).len() };
+        matches += if linear {
+            index.matches_linear("t", &v, now).len()
+        } else {
+            index.matches("t", &v, now).len()
+        };
     }
     (events.len() as f64 / start.elapsed().as_secs_f64(), matches)
 }
@@ -123,7 +157,12 @@ fn main() {
     let t = Instant::now();
     let d = load();
     let now = hub_fhir::datetime::now_micros();
-    eprintln!("loaded {} Observations, {} patients in {:.1}s", d.observations.len(), d.patients.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} Observations, {} patients in {:.1}s",
+        d.observations.len(),
+        d.patients.len(),
+        t.elapsed().as_secs_f64()
+    );
     let bytes: usize = d.observations.iter().map(Vec::len).sum();
 
     let criteria = big_workload(&d);
@@ -141,7 +180,10 @@ fn main() {
     // The result sets agree on the sample (the property test checks this more widely).
     for e in sample.iter().take(50) {
         let v: Value = serde_json::from_slice(e).unwrap();
-        assert_eq!(index.matches("t", &v, now), index.matches_linear("t", &v, now));
+        assert_eq!(
+            index.matches("t", &v, now),
+            index.matches_linear("t", &v, now)
+        );
     }
     let parse_only = {
         let start = Instant::now();
@@ -159,19 +201,59 @@ fn main() {
 
     if let Ok(dir) = std::env::var("FHIR_HUB_BENCH_OUT") {
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(format!("{dir}/medplum-workload.json"), json!({"criteria": small}).to_string()).unwrap();
+        std::fs::write(
+            format!("{dir}/medplum-workload.json"),
+            json!({"criteria": small}).to_string(),
+        )
+        .unwrap();
     }
 
-    println!("matcher benchmark: {} Synthea Observations ({:.1} MB of JSON), one core", d.observations.len(), bytes as f64 / 1e6);
-    println!("  workload A: {} subscriptions (100,000 patient+category, 334 code, 333 value-quantity=gt, 333 date=ge)", criteria.len());
+    println!(
+        "matcher benchmark: {} Synthea Observations ({:.1} MB of JSON), one core",
+        d.observations.len(),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  workload A: {} subscriptions (100,000 patient+category, 334 code, 333 value-quantity=gt, 333 date=ge)",
+        criteria.len()
+    );
     println!("    index build                {:>12.2} s", build_s);
-    println!("    memory per subscription    {:>12.0} bytes (RSS growth / subscriptions)", per_sub);
-    println!("    JSON parsing alone         {:>12.0} events/s", parse_only);
-    println!("    indexed (parse + match)    {:>12.0} events/s   {:.2} matches/event", indexed, matches as f64 / d.observations.len() as f64);
-    println!("    linear scan, same evaluator{:>12.0} events/s   (300-event sample; indexed on it: {:.0})", linear, indexed_sample);
-    println!("    indexed / linear           {:>12.0}x", indexed_sample / linear);
-    println!("  workload B: {} subscriptions Medplum can evaluate (500 patient+category, 500 code)", small.len());
-    println!("    indexed (parse + match)    {:>12.0} events/s   {:.2} matches/event", small_rate, small_matches as f64 / d.observations.len() as f64);
-    println!("    linear scan, same evaluator{:>12.0} events/s", small_linear);
-    println!("RESULT indexed_a={indexed:.0} linear_a={linear:.0} ratio_a={:.0} bytes_per_sub={per_sub:.0} indexed_b={small_rate:.0} linear_b={small_linear:.0}", indexed_sample / linear);
+    println!(
+        "    memory per subscription    {:>12.0} bytes (RSS growth / subscriptions)",
+        per_sub
+    );
+    println!(
+        "    JSON parsing alone         {:>12.0} events/s",
+        parse_only
+    );
+    println!(
+        "    indexed (parse + match)    {:>12.0} events/s   {:.2} matches/event",
+        indexed,
+        matches as f64 / d.observations.len() as f64
+    );
+    println!(
+        "    linear scan, same evaluator{:>12.0} events/s   (300-event sample; indexed on it: {:.0})",
+        linear, indexed_sample
+    );
+    println!(
+        "    indexed / linear           {:>12.0}x",
+        indexed_sample / linear
+    );
+    println!(
+        "  workload B: {} subscriptions Medplum can evaluate (500 patient+category, 500 code)",
+        small.len()
+    );
+    println!(
+        "    indexed (parse + match)    {:>12.0} events/s   {:.2} matches/event",
+        small_rate,
+        small_matches as f64 / d.observations.len() as f64
+    );
+    println!(
+        "    linear scan, same evaluator{:>12.0} events/s",
+        small_linear
+    );
+    println!(
+        "RESULT indexed_a={indexed:.0} linear_a={linear:.0} ratio_a={:.0} bytes_per_sub={per_sub:.0} indexed_b={small_rate:.0} linear_b={small_linear:.0}",
+        indexed_sample / linear
+    );
 }

@@ -54,8 +54,14 @@ pub(crate) fn query_key(kind: ParamType, v: &QueryValue) -> Option<String> {
 /// Whether a node offering the key of `v` is exactly a match for `v` (no re-check needed).
 pub(crate) fn exact_key(v: &QueryValue) -> bool {
     match v {
-        QueryValue::Token { system: Some(s), code: Some(_) } => !s.is_empty(),
-        QueryValue::Token { system: None, code: Some(_) } => true,
+        QueryValue::Token {
+            system: Some(s),
+            code: Some(_),
+        } => !s.is_empty(),
+        QueryValue::Token {
+            system: None,
+            code: Some(_),
+        } => true,
         QueryValue::Reference { absolute: None, .. } => true,
         _ => false,
     }

@@ -94,9 +94,16 @@ fn threshold(clause: &Clause) -> Option<(Side, f64, bool)> {
             Prefix::Le => Some((Side::Above, micros(s.hi), false)), // s.hi > t.lo
             _ => None,
         },
-        QueryValue::Number { prefix, n } => number_side(*prefix).map(|(side, exact)| (side, n.value, exact)),
+        QueryValue::Number { prefix, n } => {
+            number_side(*prefix).map(|(side, exact)| (side, n.value, exact))
+        }
         // Units are checked by the criteria, unless the value has none.
-        QueryValue::Quantity { prefix, n, system, code } => number_side(*prefix)
+        QueryValue::Quantity {
+            prefix,
+            n,
+            system,
+            code,
+        } => number_side(*prefix)
             .map(|(side, exact)| (side, n.value, exact && system.is_none() && code.is_none())),
         _ => None,
     }
@@ -104,9 +111,9 @@ fn threshold(clause: &Clause) -> Option<(Side, f64, bool)> {
 
 fn number_side(prefix: Prefix) -> Option<(Side, bool)> {
     match prefix {
-        Prefix::Gt => Some((Side::Below, true)),   // s < v
+        Prefix::Gt => Some((Side::Below, true)),     // s < v
         Prefix::Ge => Some((Side::AtOrBelow, true)), // s <= v
-        Prefix::Lt => Some((Side::Above, true)),   // s > v
+        Prefix::Lt => Some((Side::Above, true)),     // s > v
         Prefix::Le => Some((Side::AtOrAbove, true)), // s >= v
         _ => None,
     }
@@ -164,10 +171,15 @@ fn rank(clause: &Clause) -> Option<u8> {
 
 impl TypeIndex {
     fn add_postings(&mut self, clause: &Clause, n: u32, exact: bool) {
-        let slot = match self.indexed.iter().position(|(p, _)| Arc::ptr_eq(p, &clause.param)) {
+        let slot = match self
+            .indexed
+            .iter()
+            .position(|(p, _)| Arc::ptr_eq(p, &clause.param))
+        {
             Some(i) => i,
             None => {
-                self.indexed.push((Arc::clone(&clause.param), HashMap::new()));
+                self.indexed
+                    .push((Arc::clone(&clause.param), HashMap::new()));
                 self.indexed.len() - 1
             }
         };
@@ -179,8 +191,15 @@ impl TypeIndex {
             .collect();
         keys.sort();
         keys.dedup();
-        for k in keys {
-            postings.entry(k).or_default().push((n, exact));
+        for mut k in keys {
+            k.shrink_to_fit();
+            let list = postings.entry(k).or_default();
+            list.push((n, exact));
+            // Most keys have one subscription: keep those lists exactly sized (longer ones
+            // grow as usual).
+            if list.len() == 1 {
+                list.shrink_to_fit();
+            }
         }
     }
 
@@ -259,7 +278,11 @@ impl<T> MatchIndex<T> {
         let mut candidates: Vec<u32> = ti.broad.clone();
         let mut confirmed: Vec<u32> = Vec::new();
         let mut take = |i: u32, exact: bool| {
-            if exact { confirmed.push(i) } else { candidates.push(i) }
+            if exact {
+                confirmed.push(i)
+            } else {
+                candidates.push(i)
+            }
         };
         let mut scratch = String::new();
         for (param, postings) in &ti.indexed {
@@ -277,7 +300,9 @@ impl<T> MatchIndex<T> {
         for g in &ti.thresholds {
             let Ok(paths) = &g.param.paths else { continue };
             for node in paths.iter().flat_map(|p| p.eval(resource)) {
-                let Some(x) = node_point(node, g.param.kind, g.side) else { continue };
+                let Some(x) = node_point(node, g.param.kind, g.side) else {
+                    continue;
+                };
                 let list = &g.entries;
                 let slice = match g.side {
                     Side::Below => &list[..list.partition_point(|(t, _, _)| *t < x)],
@@ -322,8 +347,16 @@ impl<T> MatchIndex<T> {
         let mut members: Vec<u32> = Vec::new();
         if let Some(ti) = self.by_type.get(&(partition.to_owned(), rtype.to_owned())) {
             members.extend(&ti.broad);
-            members.extend(ti.indexed.iter().flat_map(|(_, p)| p.values().flatten().map(|(i, _)| *i)));
-            members.extend(ti.thresholds.iter().flat_map(|g| g.entries.iter().map(|(_, i, _)| *i)));
+            members.extend(
+                ti.indexed
+                    .iter()
+                    .flat_map(|(_, p)| p.values().flatten().map(|(i, _)| *i)),
+            );
+            members.extend(
+                ti.thresholds
+                    .iter()
+                    .flat_map(|g| g.entries.iter().map(|(_, i, _)| *i)),
+            );
         }
         members.sort_unstable();
         members.dedup();
@@ -361,9 +394,17 @@ mod tests {
 
     fn clause(r: &mut Rng) -> String {
         match r.next() % 14 {
-            9 => format!("date={}2024-0{}", r.pick(&["gt", "ge", "lt", "le", "eq", "sa"]), 1 + r.next() % 6),
+            9 => format!(
+                "date={}2024-0{}",
+                r.pick(&["gt", "ge", "lt", "le", "eq", "sa"]),
+                1 + r.next() % 6
+            ),
             10 => format!("value-quantity=lt{}", r.next() % 10),
-            11 => format!("value-quantity=ge{}|http://unitsofmeasure.org|{}", r.next() % 10, r.pick(&["mg", "g"])),
+            11 => format!(
+                "value-quantity=ge{}|http://unitsofmeasure.org|{}",
+                r.next() % 10,
+                r.pick(&["mg", "g"])
+            ),
             12 => format!("date=le2024-03-{:02}T10:00:00Z", 1 + r.next() % 28),
             13 => format!("value-quantity=le{}.5", r.next() % 10),
             0 => format!("patient=Patient/{}", r.pick(PATIENTS)),
@@ -410,7 +451,10 @@ mod tests {
                 0 => {
                     let obj = res.as_object_mut().unwrap();
                     obj.remove("effectiveDateTime");
-                    obj.insert("effectivePeriod".into(), json!({"start": "2024-02-10", "end": "2024-04-01T12:00:00Z"}));
+                    obj.insert(
+                        "effectivePeriod".into(),
+                        json!({"start": "2024-02-10", "end": "2024-04-01T12:00:00Z"}),
+                    );
                 }
                 1 => {
                     res.as_object_mut().unwrap().remove("valueQuantity");

@@ -225,6 +225,8 @@ impl Criteria {
             let raw = percent_decode(raw)?;
             clauses.push(parse_clause(rtype, &name, &raw, registry)?);
         }
+        // Criteria live as long as their subscription, by the hundred thousand: no slack.
+        clauses.shrink_to_fit();
         Ok(Criteria {
             resource_type: rtype.to_owned(),
             clauses,
@@ -384,6 +386,7 @@ fn parse_clause(
         };
         values.push(value);
     }
+    values.shrink_to_fit();
     Ok(Clause {
         param: Arc::clone(param),
         modifier,
