@@ -84,8 +84,10 @@ impl Hub {
             .current_dir(data_dir.path())
             // Fast polling keeps the tests quick; production defaults are slower.
             .env("HUB_DELIVERY__POLL_MS", "200")
-            .env("HUB_DELIVERY__RETRY_INITIAL_MS", "200")
-            .env("HUB_DELIVERY__RETRY_MAX_MS", "1000")
+            // 0 s, then 40 retries 250 ms apart: about 10 s before a subscription goes off.
+            .env("HUB_DELIVERY__RETRY_SCHEDULE", test_schedule())
+            // The receivers run on loopback, which production refuses.
+            .env("HUB_DELIVERY__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]")
             .env("HUB_MATCHER__POLL_MS", "100")
             .env("RUST_LOG", "info,fhir_hub=debug")
             .stdout(Stdio::piped())
@@ -161,6 +163,19 @@ impl Hub {
 
     /// Create a rest-hook subscription and return its id.
     pub(crate) async fn subscribe(&self, criteria: &str, endpoint: &str, payload: bool) -> String {
+        self.subscribe_full(criteria, endpoint, payload).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Create a rest-hook subscription and return the hub's answer (with the secret).
+    pub(crate) async fn subscribe_full(
+        &self,
+        criteria: &str,
+        endpoint: &str,
+        payload: bool,
+    ) -> Value {
         let mut channel = json!({"type": "rest-hook", "endpoint": endpoint,
                                  "header": ["X-Test: e2e"]});
         if payload {
@@ -174,8 +189,27 @@ impl Hub {
             )
             .await;
         assert_eq!(status, 201, "{body}");
-        assert_eq!(body["status"], "active");
-        body["id"].as_str().unwrap().to_owned()
+        assert_eq!(
+            body["status"], "requested",
+            "active only after the handshake"
+        );
+        body
+    }
+
+    /// Wait until the subscription has `status`.
+    pub(crate) async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, sub) = self.get(&format!("/fhir/Subscription/{id}")).await;
+            if sub["status"] == status {
+                return sub;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Subscription/{id} never became {status}: {sub}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Send SIGTERM and wait for a clean exit.
@@ -207,6 +241,12 @@ impl Drop for Hub {
             eprintln!("---- fhir-hub log ----\n{log}");
         }
     }
+}
+
+fn test_schedule() -> String {
+    let mut items = vec!["\"0s\"".to_owned()];
+    items.extend(std::iter::repeat_n("\"250ms\"".to_owned(), 40));
+    format!("[{}]", items.join(","))
 }
 
 pub(crate) fn glucose(id: &str) -> Value {

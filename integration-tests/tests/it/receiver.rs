@@ -22,12 +22,16 @@ pub(crate) struct Received {
 struct Shared {
     tx: mpsc::UnboundedSender<Received>,
     status: Arc<AtomicU16>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub(crate) struct TestReceiver {
     pub url: String,
     rx: mpsc::UnboundedReceiver<Received>,
     status: Arc<AtomicU16>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn record(
@@ -37,14 +41,25 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    if s.hang.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+    let handshake = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| id.starts_with("handshake-"));
     if status.is_success() {
-        let _ = s.tx.send(Received {
-            method,
-            path: uri.path().to_owned(),
-            headers,
-            body,
-        });
+        if handshake {
+            s.handshakes.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let _ = s.tx.send(Received {
+                method,
+                path: uri.path().to_owned(),
+                headers,
+                body,
+            });
+        }
     }
     status
 }
@@ -53,9 +68,13 @@ impl TestReceiver {
     pub(crate) async fn start() -> TestReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let app = Router::new().fallback(record).with_state(Shared {
             tx,
             status: Arc::clone(&status),
+            hang: Arc::clone(&hang),
+            handshakes: Arc::clone(&handshakes),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -64,7 +83,19 @@ impl TestReceiver {
             url: format!("http://{addr}/hook"),
             rx,
             status,
+            hang,
+            handshakes,
         }
+    }
+
+    /// Never answer (the connection stays open).
+    pub(crate) fn hang(&self) {
+        self.hang.store(true, Ordering::SeqCst);
+    }
+
+    /// Accepted handshakes so far (they are not returned by `next`).
+    pub(crate) fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 
     /// Answer every request with `status` (non-2xx requests are not recorded).

@@ -89,8 +89,10 @@ pub struct MatcherConfig {
 pub struct DeliveryConfig {
     pub request_timeout_ms: u64,
     pub poll_ms: u64,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
+    pub retry_schedule: Vec<String>,
+    pub error_after_failures: usize,
+    pub allowed_networks: Vec<String>,
+    pub https_only: bool,
     pub batch_size: i64,
 }
 
@@ -193,10 +195,10 @@ impl Config {
         if self.matcher.batch_size == 0 || self.delivery.batch_size < 1 {
             anyhow::bail!("batch sizes must be at least 1");
         }
-        if self.delivery.retry_initial_ms == 0
-            || self.delivery.retry_max_ms < self.delivery.retry_initial_ms
-        {
-            anyhow::bail!("delivery.retry_initial_ms must be > 0 and <= delivery.retry_max_ms");
+        self.retry_schedule()?;
+        self.egress_policy()?;
+        if self.delivery.error_after_failures == 0 {
+            anyhow::bail!("delivery.error_after_failures must be at least 1");
         }
         if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
             anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
@@ -209,6 +211,25 @@ impl Config {
             .listen
             .parse()
             .map_err(|e| anyhow::anyhow!("server.listen '{}': {e}", self.server.listen))
+    }
+
+    pub fn retry_schedule(&self) -> anyhow::Result<crate::delivery::schedule::Schedule> {
+        crate::delivery::schedule::Schedule::parse(&self.delivery.retry_schedule)
+            .map_err(|e| anyhow::anyhow!("delivery.retry_schedule: {e}"))
+    }
+
+    pub fn egress_policy(&self) -> anyhow::Result<crate::delivery::ssrf::EgressPolicy> {
+        let allowed = self
+            .delivery
+            .allowed_networks
+            .iter()
+            .map(|n| crate::delivery::ssrf::Network::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("delivery.allowed_networks: {e}"))?;
+        Ok(crate::delivery::ssrf::EgressPolicy {
+            allowed,
+            https_only: self.delivery.https_only,
+        })
     }
 
     pub fn has_role(&self, role: Role) -> bool {

@@ -35,6 +35,9 @@ pub struct Hub {
     /// Rung by the matcher after it logs notifications, so delivery in the same process
     /// starts at once instead of at its next poll.
     pub notifications_logged: Arc<Notify>,
+    /// Where rest-hooks may go (SSRF protection).
+    pub egress: Arc<delivery::ssrf::EgressPolicy>,
+    pub schedule: Arc<delivery::schedule::Schedule>,
 }
 
 /// Open the event log the configuration names.
@@ -67,6 +70,8 @@ impl Hub {
             .context("opening the store")?;
         let log = open_log(&config).await?;
         Ok(Hub {
+            egress: Arc::new(config.egress_policy()?),
+            schedule: Arc::new(config.retry_schedule()?),
             config: Arc::new(config),
             store,
             log,

@@ -19,6 +19,8 @@ pub struct SubscriptionRow {
     /// The resource JSON with hub-owned fields (id, meta, status) applied.
     pub resource: String,
     pub events_since_start: i64,
+    /// Why the hub set the status to error or off (Subscription.error).
+    pub error: Option<String>,
 }
 
 /// What a create or update writes.
@@ -33,7 +35,7 @@ pub struct SubscriptionWrite {
 }
 
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
-                       endpoint, resource, events_since_start";
+                       endpoint, resource, events_since_start, error";
 
 fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     Ok(SubscriptionRow {
@@ -47,6 +49,7 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
         endpoint: r.try_get(7)?,
         resource: r.try_get(8)?,
         events_since_start: r.try_get(9)?,
+        error: r.try_get(10)?,
     })
 }
 
@@ -63,7 +66,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0)
+            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0, NULL)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -120,7 +123,8 @@ impl Store {
         sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
         let updated = sqlx::query(&format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
-                 status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8
+                 status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
+                 error = NULL
              WHERE tenant = $1 AND id = $2 AND ($9 < 0 OR version_id = $9)
              RETURNING {COLUMNS}"
         ))
@@ -159,26 +163,46 @@ impl Store {
         }
     }
 
-    /// Change only the status (hub-driven transitions such as active → error).
+    /// A hub-driven status change (active → error, error → active, → off), with the reason.
+    /// It does not make a new version: versions are the client's edits, and delivery
+    /// restarts a subscription's worker only when its version changes.
     pub async fn set_subscription_status(
         &self,
         tenant: &str,
         id: &str,
         status: &str,
+        error: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
         sqlx::query(
-            "UPDATE subscriptions SET status = $3, version_id = version_id + 1, last_updated = $4
-             WHERE tenant = $1 AND id = $2 AND status <> $3",
+            "UPDATE subscriptions SET status = $3, error = $4, last_updated = $5
+             WHERE tenant = $1 AND id = $2",
         )
         .bind(tenant)
         .bind(id)
         .bind(status)
+        .bind(error)
         .bind(now())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Move the delivery cursor past every event generated so far: used when a client
+    /// reactivates a subscription that was off, whose missed events stay readable with
+    /// `$events` instead of arriving as a flood.
+    pub async fn skip_backlog(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE delivery_state SET delivered_through = (
+                 SELECT events_since_start FROM subscriptions WHERE tenant = $1 AND id = $2)
+             WHERE tenant = $1 AND subscription_id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -1,8 +1,11 @@
 //! `/fhir/Subscription`: create, read, update, delete and search.
 //!
-//! The hub owns `id`, `meta.versionId`, `meta.lastUpdated` and the server-driven part of
-//! `status`: a client sends `requested` (or `off`); a rest-hook subscription the hub can
-//! serve becomes `active` at once.
+//! The hub owns `id`, `meta.versionId`, `meta.lastUpdated`, `error` and the server-driven
+//! part of `status`: a client sends `requested` (or `off`); the hub makes it `active` after a
+//! successful handshake, `error` while deliveries fail, `off` on 410 Gone or when retries run
+//! out. Each subscription has a Standard Webhooks signing secret: the client's (extension
+//! `urn:fhir-hub:webhook-secret` on `channel`), or one the hub generates and shows once, in
+//! the answer to the create.
 
 use std::collections::HashMap;
 
@@ -19,6 +22,7 @@ use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
 use crate::Hub;
+use crate::delivery::{self, sign};
 
 /// Map a validation outcome to 400 (malformed) or 422 (well-formed but refused).
 fn validation_error(oo: OperationOutcome) -> ApiError {
@@ -33,29 +37,96 @@ fn validation_error(oo: OperationOutcome) -> ApiError {
     }
 }
 
-/// The stored form: client content with hub-owned fields removed and the status settled.
-fn prepare(body: &Value) -> Result<SubscriptionWrite, ApiError> {
+/// A validated write and whether the hub generated its signing secret (then shown once).
+struct Prepared {
+    write: SubscriptionWrite,
+    generated_secret: bool,
+}
+
+/// The stored form: client content with hub-owned fields removed, the status settled, the
+/// endpoint checked against the egress policy, and a signing secret (the client's, the one
+/// already stored, or a new one).
+async fn prepare(
+    hub: &Hub,
+    body: &Value,
+    existing: Option<&SubscriptionRow>,
+) -> Result<Prepared, ApiError> {
     let spec = subscription::validate(body).map_err(validation_error)?;
+    hub.egress
+        .check(&spec.channel.endpoint)
+        .await
+        .map_err(|why| {
+            ApiError::unprocessable(
+                OperationOutcome::error(
+                    IssueType::Value,
+                    format!("channel.endpoint refused: {why}"),
+                )
+                .at("Subscription.channel.endpoint"),
+            )
+        })?;
+    // A client asks (requested) or stops (off); the hub activates after the handshake.
     let status = match spec.status {
         Status::Off => Status::Off,
-        // Handshakes come with the rest-hook delivery work; until then a valid rest-hook
-        // subscription is active as soon as it is stored.
-        Status::Requested | Status::Active | Status::Error => Status::Active,
+        Status::Requested | Status::Active | Status::Error => Status::Requested,
     };
     let mut resource = body.clone();
+    let client_secret = delivery::secret_of(body).map(str::to_owned);
+    if let Some(s) = &client_secret
+        && !sign::valid_secret(s)
+    {
+        return Err(ApiError::unprocessable(
+            OperationOutcome::error(
+                IssueType::Value,
+                "the webhook secret must be 'whsec_' followed by 24 to 64 bytes in base64",
+            )
+            .at("Subscription.channel.extension"),
+        ));
+    }
+    let kept = existing
+        .and_then(|row| serde_json::from_str::<Value>(&row.resource).ok())
+        .and_then(|v| delivery::secret_of(&v).map(str::to_owned));
+    let generated_secret = client_secret.is_none() && kept.is_none();
+    let secret = client_secret.or(kept).unwrap_or_else(sign::generate_secret);
+    set_secret(&mut resource, &secret);
     if let Some(obj) = resource.as_object_mut() {
         obj.remove("id");
         obj.remove("meta");
         obj.remove("error");
         obj.insert("status".into(), json!(status.as_str()));
     }
-    Ok(SubscriptionWrite {
-        status: status.as_str().to_owned(),
-        criteria: spec.criteria,
-        channel_type: spec.channel.kind,
-        endpoint: spec.channel.endpoint,
-        resource: resource.to_string(),
+    Ok(Prepared {
+        write: SubscriptionWrite {
+            status: status.as_str().to_owned(),
+            criteria: spec.criteria,
+            channel_type: spec.channel.kind,
+            endpoint: spec.channel.endpoint,
+            resource: resource.to_string(),
+        },
+        generated_secret,
     })
+}
+
+fn set_secret(resource: &mut Value, secret: &str) {
+    let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let ext = channel.entry("extension").or_insert_with(|| json!([]));
+    if let Some(list) = ext.as_array_mut() {
+        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(delivery::SECRET_EXTENSION));
+        list.push(json!({"url": delivery::SECRET_EXTENSION, "valueString": secret}));
+    }
+}
+
+/// Remove the signing secret (it is shown once, when the hub generates it).
+fn hide_secret(resource: &mut Value) {
+    if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut)
+        && let Some(list) = channel.get_mut("extension").and_then(Value::as_array_mut)
+    {
+        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(delivery::SECRET_EXTENSION));
+        if list.is_empty() {
+            channel.remove("extension");
+        }
+    }
 }
 
 /// The resource as clients see it.
@@ -82,7 +153,24 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
         }
     }
     out.insert("status".into(), json!(row.status));
-    Ok(Value::Object(out))
+    if let Some(e) = &row.error {
+        out.insert("error".into(), json!(e));
+    }
+    let mut v = Value::Object(out);
+    hide_secret(&mut v);
+    Ok(v)
+}
+
+/// The resource with its secret, for the one answer that reveals a generated secret.
+fn with_secret(row: &SubscriptionRow) -> Result<Value, ApiError> {
+    let mut v = to_resource(row)?;
+    if let Some(secret) = serde_json::from_str::<Value>(&row.resource)
+        .ok()
+        .and_then(|r| delivery::secret_of(&r).map(str::to_owned))
+    {
+        set_secret(&mut v, &secret);
+    }
+    Ok(v)
 }
 
 fn with_version_headers(status: StatusCode, row: &SubscriptionRow, body: Value) -> Response {
@@ -121,14 +209,18 @@ pub async fn create(
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let body = body.json()?;
-    let write = prepare(&body)?;
+    let prepared = prepare(&hub, &body, None).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let row = hub
         .store
-        .create_subscription(&caller.tenant, &id, &write)
+        .create_subscription(&caller.tenant, &id, &prepared.write)
         .await?;
     tracing::info!(subscription = %id, tenant = %caller.tenant, subject = %caller.subject, criteria = %row.criteria, "subscription created");
-    let resource = to_resource(&row)?;
+    let resource = if prepared.generated_secret {
+        with_secret(&row)?
+    } else {
+        to_resource(&row)?
+    };
     Ok(with_version_headers(StatusCode::CREATED, &row, resource))
 }
 
@@ -199,13 +291,20 @@ pub async fn update(
             ));
         }
     }
-    let write = prepare(&body)?;
+    let existing = hub.store.get_subscription(&caller.tenant, &id).await?;
+    let prepared = prepare(&hub, &body, existing.as_ref()).await?;
+    let write = &prepared.write;
     match hub
         .store
-        .update_subscription(&caller.tenant, &id, if_version, &write)
+        .update_subscription(&caller.tenant, &id, if_version, write)
         .await
     {
         Ok(row) => {
+            // Reactivating a subscription that was off: what it missed is readable with
+            // $events rather than replayed as a flood.
+            if existing.as_ref().is_some_and(|e| e.status == "off") && row.status == "requested" {
+                hub.store.skip_backlog(&caller.tenant, &id).await?;
+            }
             tracing::info!(subscription = %id, tenant = %caller.tenant, version = row.version_id, status = %row.status, "subscription updated");
             let resource = to_resource(&row)?;
             Ok(with_version_headers(StatusCode::OK, &row, resource))
@@ -213,10 +312,14 @@ pub async fn update(
         Err(hub_store::StoreError::NotFound) if if_version.is_none() => {
             let row = hub
                 .store
-                .create_subscription(&caller.tenant, &id, &write)
+                .create_subscription(&caller.tenant, &id, write)
                 .await?;
             tracing::info!(subscription = %id, tenant = %caller.tenant, "subscription created by update");
-            let resource = to_resource(&row)?;
+            let resource = if prepared.generated_secret {
+                with_secret(&row)?
+            } else {
+                to_resource(&row)?
+            };
             Ok(with_version_headers(StatusCode::CREATED, &row, resource))
         }
         Err(hub_store::StoreError::NotFound) => Err(ApiError::not_found(format!(

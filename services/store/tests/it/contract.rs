@@ -95,7 +95,7 @@ pub(crate) async fn subscription_crud_with_versions(store: Store) {
     assert_eq!(live.len(), 1, "off subscriptions are not live");
 
     store
-        .set_subscription_status("default", "s1", "error")
+        .set_subscription_status("default", "s1", "error", Some("HTTP 500"))
         .await
         .unwrap();
     let e = store
@@ -103,7 +103,21 @@ pub(crate) async fn subscription_crud_with_versions(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((e.status.as_str(), e.version_id), ("error", 3));
+    assert_eq!(
+        (e.status.as_str(), e.version_id),
+        ("error", 2),
+        "hub status changes make no version"
+    );
+    assert_eq!(e.error.as_deref(), Some("HTTP 500"));
+    let up = store
+        .update_subscription("default", "s1", None, &write("requested"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (up.version_id, up.error),
+        (3, None),
+        "a client update clears the error"
+    );
 
     assert!(store.delete_subscription("default", "s1").await.unwrap());
     assert!(!store.delete_subscription("default", "s1").await.unwrap());
@@ -235,6 +249,17 @@ pub(crate) async fn delivery_state_moves_forward_only(store: Store) {
         (5, 0, None)
     );
     assert!(s.last_success_at.is_some());
+    let notes: Vec<_> = (0..7).map(|i| note("s1", &format!("e{i}"))).collect();
+    store.append_notifications(&notes).await.unwrap();
+    store.skip_backlog("default", "s1").await.unwrap();
+    assert_eq!(
+        store
+            .delivery_state("default", "s1")
+            .await
+            .unwrap()
+            .delivered_through,
+        7
+    );
 }
 
 pub(crate) async fn tenants_are_isolated(store: Store) {

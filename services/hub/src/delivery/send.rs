@@ -1,0 +1,136 @@
+//! One HTTP request to a rest-hook endpoint: built from the subscription's channel and a
+//! notification (or a handshake), signed, sent, and classified.
+
+use std::time::Duration;
+
+use hub_fhir::subscription::Channel;
+use hub_store::Notification;
+use reqwest::Method;
+
+use super::schedule::parse_retry_after;
+use super::sign;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub method: Method,
+    pub url: String,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    /// Stable across retries of the same message (the `webhook-id`).
+    pub webhook_id: String,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered {
+        status: u16,
+    },
+    Failed {
+        reason: String,
+        /// From `Retry-After` on 429 and 503.
+        retry_after: Option<Duration>,
+        /// 410 Gone: the endpoint asks never to be called again.
+        gone: bool,
+    },
+}
+
+impl Outcome {
+    fn failed(reason: impl Into<String>) -> Self {
+        Outcome::Failed {
+            reason: reason.into(),
+            retry_after: None,
+            gone: false,
+        }
+    }
+}
+
+/// R4 rest-hook semantics: without a payload, an empty POST to the endpoint; with one, a PUT
+/// of the resource to `[endpoint]/[type]/[id]`.
+pub fn notification(channel: &Channel, n: &Notification) -> Dispatch {
+    let endpoint = channel.endpoint.trim_end_matches('/');
+    match (&channel.payload, &n.resource) {
+        (Some(mime), Some(body)) => Dispatch {
+            method: Method::PUT,
+            url: format!("{endpoint}/{}/{}", n.focus_type, n.focus_id),
+            content_type: Some(mime.clone()),
+            body: body.clone().into_bytes(),
+            webhook_id: n.notification_id.clone(),
+        },
+        _ => Dispatch {
+            method: Method::POST,
+            url: channel.endpoint.clone(),
+            content_type: None,
+            body: Vec::new(),
+            webhook_id: n.notification_id.clone(),
+        },
+    }
+}
+
+/// The handshake that activates a subscription: an empty, signed POST to the endpoint (what
+/// an R4 rest-hook receiver already accepts), with an id naming the subscription version.
+pub fn handshake(channel: &Channel, subscription_id: &str, version: i64) -> Dispatch {
+    Dispatch {
+        method: Method::POST,
+        url: channel.endpoint.clone(),
+        content_type: None,
+        body: Vec::new(),
+        webhook_id: format!("handshake-{subscription_id}-{version}"),
+    }
+}
+
+/// Send a dispatch with the channel's headers and Standard Webhooks signature headers.
+pub async fn send(
+    client: &reqwest::Client,
+    channel: &Channel,
+    secret: &str,
+    d: &Dispatch,
+) -> Outcome {
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let Some(signature) = sign::signature(secret, &d.webhook_id, timestamp, &d.body) else {
+        return Outcome::failed("the subscription's signing secret is unusable");
+    };
+    let mut req = client
+        .request(d.method.clone(), &d.url)
+        .body(d.body.clone());
+    for (name, value) in &channel.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    if let Some(ct) = &d.content_type {
+        req = req.header(reqwest::header::CONTENT_TYPE, ct.as_str());
+    }
+    req = req
+        .header("webhook-id", d.webhook_id.as_str())
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature);
+    match req.send().await {
+        Ok(res) if res.status().is_success() => Outcome::Delivered {
+            status: res.status().as_u16(),
+        },
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let retry_after = if status == 429 || status == 503 {
+                res.headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after)
+            } else {
+                None
+            };
+            let reason = if res.status().is_redirection() {
+                format!("endpoint answered HTTP {status} (redirects are not followed)")
+            } else {
+                format!("endpoint answered HTTP {status}")
+            };
+            Outcome::Failed {
+                reason,
+                retry_after,
+                gone: status == 410,
+            }
+        }
+        Err(e) if e.is_timeout() => Outcome::failed("request timed out"),
+        Err(e) if e.is_connect() => Outcome::failed(format!("cannot connect: {e}")),
+        Err(e) => Outcome::failed(format!("request failed: {e}")),
+    }
+}
