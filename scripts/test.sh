@@ -6,6 +6,7 @@
 # It installs or starts what is missing:
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
 #   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
+#   - a Python venv with the standardwebhooks library, and Medplum's npm package;
 # and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
 #
 # Environment: FHIR_HUB_TEST_DATABASE_URL (default postgres://root@127.0.0.1:5432/test),
@@ -63,6 +64,17 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
   fi
 fi
 psql "$FHIR_HUB_TEST_DATABASE_URL" -qc 'select 1' >/dev/null
+
+# --- Python test clients (standardwebhooks verifies the hub's signatures) -----------------
+VENV="$CACHE/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r integration-tests/python/requirements.txt
+export FHIR_HUB_PYTHON="$VENV/bin/python"
 
 # --- Node peers (Medplum's matcher for the differential test) ------------------------------
 if ! command -v npm >/dev/null 2>&1; then

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod delivery;
 mod embedded;
 mod harness;
 mod kafka;

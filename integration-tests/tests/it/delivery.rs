@@ -1,0 +1,209 @@
+//! rest-hook delivery against real HTTP receivers: signatures checked by the
+//! `standardwebhooks` library, isolation from a hanging endpoint, 410 Gone, and the status
+//! machine requested → active → error → off → (client) requested → active.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Hub, HubEnv, glucose, require_external};
+use crate::receiver::{Received, TestReceiver};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn secret_in(resource: &Value) -> Option<String> {
+    resource["channel"]["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == "urn:fhir-hub:webhook-secret")?["valueString"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Run the Python verifier on a received request.
+fn verify(python: &str, secret: &str, r: &Received, body_override: Option<&str>) -> bool {
+    let headers: serde_json::Map<String, Value> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .iter()
+            .map(|h| ((*h).to_owned(), json!(r.headers[*h].to_str().unwrap())))
+            .collect();
+    let body = body_override.map_or_else(
+        || String::from_utf8(r.body.to_vec()).unwrap(),
+        str::to_owned,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("msg.json");
+    std::fs::write(
+        &file,
+        json!({"secret": secret, "body": body, "headers": headers}).to_string(),
+    )
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/verify_webhook.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+#[tokio::test]
+async fn signatures_verify_with_standardwebhooks() {
+    let Some(python) = require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let created = hub
+        .subscribe_full("Observation?code=2345-7", &rx.url, true)
+        .await;
+    let secret = secret_in(&created).expect("a generated secret is returned once, at create");
+    assert!(secret.starts_with("whsec_"));
+    let (_, read) = hub
+        .get(&format!(
+            "/fhir/Subscription/{}",
+            created["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(secret_in(&read), None, "the secret is never shown again");
+
+    for i in 0..3 {
+        hub.post_json("/events", &glucose(&format!("sig{i}"))).await;
+    }
+    for _ in 0..3 {
+        let r = rx.next(WAIT).await;
+        assert!(verify(&python, &secret, &r, None), "signature must verify");
+        assert!(
+            !verify(&python, &secret, &r, Some("{\"tampered\":true}")),
+            "a changed body must not verify"
+        );
+    }
+    assert!(rx.handshakes() >= 1);
+
+    // A client-chosen secret is used as given.
+    let mut rx2 = TestReceiver::start().await;
+    let mine = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, _) = hub
+        .post_json("/fhir/Subscription", &json!({"resourceType": "Subscription", "status": "requested",
+            "reason": "own secret", "criteria": "Observation?code=2345-7",
+            "channel": {"type": "rest-hook", "endpoint": rx2.url, "payload": "application/fhir+json",
+                "extension": [{"url": "urn:fhir-hub:webhook-secret", "valueString": mine}]}}))
+        .await;
+    assert_eq!(status, 201);
+    hub.post_json("/events", &glucose("sig-own")).await;
+    let r = rx2.next(WAIT).await;
+    assert!(verify(&python, mine, &r, None));
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_delay_another_subscription() {
+    let hub = Hub::start(HubEnv::default().var("HUB_DELIVERY__REQUEST_TIMEOUT_MS", "60000")).await;
+    let slow = TestReceiver::start().await;
+    let mut fast = TestReceiver::start().await;
+    let slow_id = hub
+        .subscribe("Observation?code=2345-7", &slow.url, true)
+        .await;
+    hub.subscribe("Observation?code=2345-7", &fast.url, true)
+        .await;
+    hub.wait_status(&slow_id, "active").await;
+    slow.hang();
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        hub.post_json("/events", &glucose(&format!("h{i}"))).await;
+    }
+    for i in 0..3 {
+        assert_eq!(
+            fast.next(WAIT).await.path,
+            format!("/hook/Observation/h{i}")
+        );
+    }
+    // The slow endpoint holds its request for a minute; the other subscription is not held.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn gone_turns_the_subscription_off() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    rx.respond_with(410);
+    hub.post_json("/events", &glucose("g1")).await;
+    let sub = hub.wait_status(&id, "off").await;
+    assert!(sub["error"].as_str().unwrap().contains("410"), "{sub}");
+}
+
+#[tokio::test]
+async fn status_machine_from_requested_to_active_through_error_and_off_and_back() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    assert_eq!(rx.handshakes(), 1);
+
+    // Failing deliveries: error (the event counter keeps counting), then off when the retry
+    // schedule runs out.
+    rx.respond_with(500);
+    hub.post_json("/events", &glucose("m1")).await;
+    let sub = hub.wait_status(&id, "error").await;
+    assert!(sub["error"].as_str().unwrap().contains("HTTP 500"), "{sub}");
+    let sub = hub.wait_status(&id, "off").await;
+    assert!(sub["error"].as_str().unwrap().contains("gave up"), "{sub}");
+
+    // Only the client reactivates: PUT with status requested → handshake → active.
+    rx.respond_with(200);
+    let mut body = sub.clone();
+    body["status"] = json!("requested");
+    let res = hub
+        .http
+        .put(format!("{}/fhir/Subscription/{id}", hub.url))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    hub.wait_status(&id, "active").await;
+    assert_eq!(rx.handshakes(), 2);
+    assert!(secret_in(&hub.get(&format!("/fhir/Subscription/{id}")).await.1).is_none());
+
+    // New events flow again; the one missed while off is not replayed as a flood.
+    hub.post_json("/events", &glucose("m2")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/m2");
+    rx.assert_quiet(Duration::from_millis(800)).await;
+}
+
+#[tokio::test]
+async fn internal_endpoints_are_refused_at_create() {
+    let hub = Hub::start(HubEnv::default()).await;
+    for endpoint in [
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0xA9FEA9FE/hook",
+        "http://[::1]:8080/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://192.168.0.10/hook",
+    ] {
+        let (status, oo) = hub
+            .post_json(
+                "/fhir/Subscription",
+                &json!({"resourceType": "Subscription", "status": "requested",
+                "reason": "ssrf", "criteria": "Observation?code=1",
+                "channel": {"type": "rest-hook", "endpoint": endpoint}}),
+            )
+            .await;
+        assert_eq!(status, 422, "{endpoint}: {oo}");
+        assert_eq!(
+            oo["issue"][0]["expression"][0],
+            "Subscription.channel.endpoint"
+        );
+    }
+}
