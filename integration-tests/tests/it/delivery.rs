@@ -155,6 +155,42 @@ async fn status_machine_from_requested_to_active_through_error_and_off_and_back(
     hub.post_json("/events", &glucose("m1")).await;
     let sub = hub.wait_status(&id, "error").await;
     assert!(sub["error"].as_str().unwrap().contains("HTTP 500"), "{sub}");
+    // $status reports it, with the delivery state.
+    let (code, status) = hub.get(&format!("/fhir/Subscription/{id}/$status")).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["type"], "history");
+    let p = &status["entry"][0]["resource"];
+    let param = |name: &str| {
+        p["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .cloned()
+    };
+    assert_eq!(param("status").unwrap()["valueCode"], "error");
+    assert_eq!(param("type").unwrap()["valueCode"], "query-status");
+    assert_eq!(
+        param("events-since-subscription-start").unwrap()["valueString"],
+        "1"
+    );
+    let delivery = p["extension"][0]["extension"].as_array().unwrap();
+    let field = |url: &str| {
+        delivery
+            .iter()
+            .find(|x| x["url"] == url)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(field("queued")["valueInteger64"], "1");
+    assert!(
+        field("last-error")["valueString"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    let (_, all) = hub.get("/fhir/Subscription/$status?status=error").await;
+    assert_eq!(all["entry"].as_array().unwrap().len(), 1);
     let sub = hub.wait_status(&id, "off").await;
     assert!(sub["error"].as_str().unwrap().contains("gave up"), "{sub}");
 

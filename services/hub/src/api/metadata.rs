@@ -34,7 +34,7 @@ pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
             "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
             "resource": [{
                 "type": "Subscription",
-                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). {CRITERIA_SUPPORT}"),
+                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
                     {"code": "update"},
@@ -42,6 +42,7 @@ pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
                     {"code": "create"},
                     {"code": "search-type"}
                 ],
+                "operation": [{"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"}],
                 "versioning": "versioned-update",
                 "readHistory": false,
                 "updateCreate": true,

@@ -15,6 +15,7 @@ pub mod fhir_json;
 pub mod health;
 pub mod ingest;
 pub mod metadata;
+pub mod status;
 pub mod subscriptions;
 
 pub use error::ApiError;
@@ -31,6 +32,8 @@ pub fn router(hub: Hub) -> Router {
             "/fhir/Subscription",
             get(subscriptions::search).post(subscriptions::create),
         )
+        .route("/fhir/Subscription/$status", get(status::type_level))
+        .route("/fhir/Subscription/{id}/$status", get(status::instance))
         .route(
             "/fhir/Subscription/{id}",
             get(subscriptions::read)
