@@ -115,7 +115,33 @@ impl Attempt for HttpAttempt<'_> {
     }
 }
 
+/// The longest a worker delivers without recording its progress.
+const RECORD_EVERY: Duration = Duration::from_millis(500);
+
 impl Worker {
+    /// Record that everything up to `through` is delivered; false if stopped while the
+    /// store was unavailable (the next worker resends from the last record: duplicates with
+    /// the same webhook-id, never a loss).
+    async fn record(&self, through: i64) -> bool {
+        loop {
+            match self
+                .hub
+                .store
+                .record_delivered(&self.tenant, &self.id, through)
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(subscription = %self.id, error = %e, "cannot record a delivery");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return false,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     async fn set_status(&self, status: &str, error: Option<&str>) {
         tracing::info!(subscription = %self.id, tenant = %self.tenant, status, error, "subscription status");
         if let Err(e) = self
@@ -194,27 +220,32 @@ impl Worker {
                 }
                 continue;
             }
+            // Progress is recorded once per batch (and at least every RECORD_EVERY), not per
+            // notification: a crash re-sends at most that much, with the same webhook-ids.
+            let mut recorded = delivered;
+            let mut last_record = tokio::time::Instant::now();
             for n in &batch {
-                match self
+                let result = self
                     .deliver(send::notification(&self.channel, n), &mut status)
-                    .await
-                {
-                    Final::Delivered => {
-                        // Unrecorded, it would be sent again: a duplicate, never a loss.
-                        while let Err(e) = store
-                            .record_delivered(&self.tenant, &self.id, n.event_number)
-                            .await
-                        {
-                            tracing::warn!(subscription = %self.id, error = %e, "cannot record a delivery");
-                            tokio::select! {
-                                _ = self.stop.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
-                        delivered = n.event_number;
-                    }
-                    Final::Gone(_) | Final::GaveUp(_) | Final::Stopped => return,
+                    .await;
+                if result == Final::Delivered {
+                    delivered = n.event_number;
                 }
+                let must_record =
+                    result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
+                if must_record && delivered > recorded {
+                    if !self.record(delivered).await {
+                        return;
+                    }
+                    recorded = delivered;
+                    last_record = tokio::time::Instant::now();
+                }
+                if result != Final::Delivered {
+                    return;
+                }
+            }
+            if delivered > recorded && !self.record(delivered).await {
+                return;
             }
         }
     }
