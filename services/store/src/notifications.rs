@@ -6,8 +6,10 @@
 //! A change event already logged for a subscription is skipped by the same statement, so a
 //! matcher that re-reads the log after a crash or rebalance adds nothing and leaves no gap.
 
-use sqlx::Row;
+use std::collections::{HashMap, HashSet};
+
 use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
 use crate::{Store, StoreError, now};
 
@@ -63,6 +65,50 @@ fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
     })
 }
 
+/// One event for one subscription: the counter update skips an event already logged.
+async fn append_one(
+    tx: &mut Transaction<'_, Any>,
+    n: &NewNotification,
+    created_at: &str,
+) -> Result<Option<Notification>, StoreError> {
+    let number: Option<i64> = sqlx::query(
+        "UPDATE subscriptions SET events_since_start = events_since_start + 1
+         WHERE tenant = $1 AND id = $2 AND NOT EXISTS (
+             SELECT 1 FROM notifications
+             WHERE tenant = $1 AND subscription_id = $2 AND event_id = $3)
+         RETURNING events_since_start",
+    )
+    .bind(&n.tenant)
+    .bind(&n.subscription_id)
+    .bind(&n.event_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.try_get(0))
+    .transpose()?;
+    let Some(event_number) = number else {
+        return Ok(None);
+    };
+    let row = sqlx::query(&format!(
+        "INSERT INTO notifications ({COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+    ))
+    .bind(&n.tenant)
+    .bind(&n.subscription_id)
+    .bind(event_number)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&n.event_id)
+    .bind(&n.action)
+    .bind(&n.focus_type)
+    .bind(&n.focus_id)
+    .bind(&n.focus_version)
+    .bind(&n.occurred_at)
+    .bind(created_at)
+    .bind(&n.resource)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Some(from_row(&row)?))
+}
+
 impl Store {
     /// Log notifications in one transaction, assigning each the next event number of its
     /// subscription. Duplicates (same subscription and change event) and notifications for
@@ -89,47 +135,139 @@ impl Store {
         &self,
         batch: &[NewNotification],
     ) -> Result<Vec<Notification>, StoreError> {
+        // Group by subscription, keeping each subscription's events in order, so that a burst
+        // fanning out to many subscriptions costs a few statements per subscription.
+        let mut order: Vec<(&str, &str)> = Vec::new();
+        let mut groups: HashMap<(&str, &str), Vec<(usize, &NewNotification)>> = HashMap::new();
+        for (i, n) in batch.iter().enumerate() {
+            let key = (n.tenant.as_str(), n.subscription_id.as_str());
+            let g = groups.entry(key).or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            });
+            g.push((i, n));
+        }
         let mut tx = self.pool.begin().await?;
-        let mut logged = Vec::with_capacity(batch.len());
         let created_at = now();
-        for n in batch {
-            let number: Option<i64> = sqlx::query(
-                "UPDATE subscriptions SET events_since_start = events_since_start + 1
-                 WHERE tenant = $1 AND id = $2 AND NOT EXISTS (
-                     SELECT 1 FROM notifications
-                     WHERE tenant = $1 AND subscription_id = $2 AND event_id = $3)
-                 RETURNING events_since_start",
-            )
-            .bind(&n.tenant)
-            .bind(&n.subscription_id)
-            .bind(&n.event_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-            let Some(event_number) = number else { continue };
-            let row = sqlx::query(&format!(
-                "INSERT INTO notifications ({COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
-            ))
-            .bind(&n.tenant)
-            .bind(&n.subscription_id)
-            .bind(event_number)
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(&n.event_id)
-            .bind(&n.action)
-            .bind(&n.focus_type)
-            .bind(&n.focus_id)
-            .bind(&n.focus_version)
-            .bind(&n.occurred_at)
-            .bind(&created_at)
-            .bind(&n.resource)
-            .fetch_one(&mut *tx)
-            .await?;
-            logged.push(from_row(&row)?);
+        let mut logged: Vec<(usize, Notification)> = Vec::with_capacity(batch.len());
+        for key in order {
+            let group = groups.remove(&key).unwrap_or_default();
+            if let [(i, n)] = group.as_slice() {
+                if let Some(row) = append_one(&mut tx, n, &created_at).await? {
+                    logged.push((*i, row));
+                }
+            } else {
+                let rows = Self::append_group(&mut tx, key, &group, &created_at).await?;
+                logged.extend(rows);
+            }
         }
         tx.commit().await?;
-        Ok(logged)
+        logged.sort_by_key(|(i, _)| *i);
+        Ok(logged.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Several events for one subscription: lock it, drop events already logged, take a
+    /// block of event numbers with one update, insert the rows together.
+    async fn append_group(
+        tx: &mut Transaction<'_, Any>,
+        (tenant, sub): (&str, &str),
+        group: &[(usize, &NewNotification)],
+        created_at: &str,
+    ) -> Result<Vec<(usize, Notification)>, StoreError> {
+        // A no-op write first: it locks the row on PostgreSQL and takes SQLite's write lock
+        // before anything is read, so no other writer can slip in between.
+        let lock = "UPDATE subscriptions SET events_since_start = events_since_start
+                    WHERE tenant = $1 AND id = $2 RETURNING 1";
+        if sqlx::query(lock)
+            .bind(tenant)
+            .bind(sub)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_none()
+        {
+            return Ok(Vec::new()); // deleted meanwhile
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for chunk in group.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT event_id FROM notifications WHERE tenant = $1 AND subscription_id = $2
+                 AND event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(tenant).bind(sub);
+            for (_, n) in chunk {
+                q = q.bind(n.event_id.as_str());
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let id: String = row.try_get(0)?;
+                if let Some((_, n)) = group.iter().find(|(_, n)| n.event_id == id) {
+                    seen.insert(n.event_id.as_str());
+                }
+            }
+        }
+        let fresh: Vec<&(usize, &NewNotification)> = group
+            .iter()
+            .filter(|(_, n)| seen.insert(n.event_id.as_str()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = fresh.len() as i64;
+        let top: Option<i64> = sqlx::query(
+            "UPDATE subscriptions SET events_since_start = events_since_start + $3
+             WHERE tenant = $1 AND id = $2 RETURNING events_since_start",
+        )
+        .bind(tenant)
+        .bind(sub)
+        .bind(k)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let Some(top) = top else {
+            return Ok(Vec::new());
+        };
+        let mut next = top - k + 1;
+        let mut out = Vec::with_capacity(fresh.len());
+        for chunk in fresh.chunks(400) {
+            let mut values = Vec::with_capacity(chunk.len());
+            for j in 0..chunk.len() {
+                let b = j * 12;
+                let p: Vec<String> = (1..=12).map(|c| format!("${}", b + c)).collect();
+                values.push(format!("({})", p.join(", ")));
+            }
+            let sql = format!(
+                "INSERT INTO notifications ({COLUMNS}) VALUES {} RETURNING {COLUMNS}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (_, n) in chunk {
+                q = q
+                    .bind(&n.tenant)
+                    .bind(&n.subscription_id)
+                    .bind(next)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&n.event_id)
+                    .bind(&n.action)
+                    .bind(&n.focus_type)
+                    .bind(&n.focus_id)
+                    .bind(&n.focus_version)
+                    .bind(&n.occurred_at)
+                    .bind(created_at)
+                    .bind(&n.resource);
+                next += 1;
+            }
+            let rows = q.fetch_all(&mut **tx).await?;
+            let mut parsed: Vec<Notification> =
+                rows.iter().map(from_row).collect::<Result<_, _>>()?;
+            parsed.sort_by_key(|n| n.event_number);
+            for ((i, _), n) in chunk.iter().zip(parsed) {
+                out.push((*i, n));
+            }
+        }
+        Ok(out)
     }
 
     /// Notifications of a subscription with event numbers above `after`, in order.

@@ -191,6 +191,62 @@ pub(crate) async fn event_numbers_are_gap_free_and_deduplicated(store: Store) {
     );
 }
 
+pub(crate) async fn bursts_for_one_subscription_take_a_block_of_numbers(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    store
+        .create_subscription("default", "s2", &write("active"))
+        .await
+        .unwrap();
+    store
+        .append_notifications(&[note("s1", "e1")])
+        .await
+        .unwrap();
+    let burst: Vec<NewNotification> = ["e1", "e2", "e3", "e2", "e4"]
+        .iter()
+        .map(|e| note("s1", e))
+        .chain([note("s2", "e1"), note("gone", "e9")])
+        .collect();
+    let logged = store.append_notifications(&burst).await.unwrap();
+    let got: Vec<(String, String, i64)> = logged
+        .iter()
+        .map(|n| {
+            (
+                n.subscription_id.clone(),
+                n.event_id.clone(),
+                n.event_number,
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, i64)> = [
+        ("s1", "e2", 2),
+        ("s1", "e3", 3),
+        ("s1", "e4", 4),
+        ("s2", "e1", 1),
+    ]
+    .iter()
+    .map(|(s, e, n)| ((*s).to_owned(), (*e).to_owned(), *n))
+    .collect();
+    assert_eq!(
+        got, expected,
+        "input order, duplicates and the unknown subscription dropped"
+    );
+    let big: Vec<NewNotification> = (0..1200).map(|i| note("s2", &format!("b{i}"))).collect();
+    let logged = store.append_notifications(&big).await.unwrap();
+    assert_eq!(logged.len(), 1200);
+    assert_eq!(logged.last().unwrap().event_number, 1201);
+    let all = store
+        .notifications_after("default", "s2", 0, 5000)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|n| n.event_number).collect::<Vec<_>>(),
+        (1..=1201).collect::<Vec<_>>()
+    );
+}
+
 pub(crate) async fn concurrent_appends_never_repeat_or_skip_a_number(store: Store) {
     store
         .create_subscription("default", "s1", &write("active"))
