@@ -9,19 +9,6 @@ use serde_json::Value;
 use crate::harness::{Hub, HubEnv, envelope, glucose, other_observation, require_external};
 use crate::receiver::TestReceiver;
 
-/// A URL for a fresh schema on the test PostgreSQL server.
-async fn fresh_schema(base: &str) -> String {
-    use sqlx::Connection;
-    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
 async fn produce(brokers: &str, topic: &str, key: &str, value: &Value) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -52,7 +39,7 @@ async fn observation_written_to_kafka_reaches_the_rest_hook() {
         .arg("--kafka-brokers")
         .arg(&brokers)
         .arg("--database-url")
-        .arg(&fresh_schema(&pg).await)
+        .arg(&hub_store::fresh_postgres_schema(&pg, "e2e").await.unwrap())
         .var("HUB_LOG__CHANGES_TOPIC", &topic)
         .var("HUB_KAFKA__PARTITIONS", "3")
         .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"));

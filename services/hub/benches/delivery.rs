@@ -84,17 +84,9 @@ impl Drop for HubProcess {
 
 async fn database_url(dir: &std::path::Path) -> String {
     match std::env::var("FHIR_HUB_TEST_DATABASE_URL") {
-        Ok(base) if !base.is_empty() => {
-            use sqlx::Connection;
-            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            format!("{base}{sep}options=-c%20search_path%3D{schema}")
-        }
+        Ok(base) if !base.is_empty() => hub_store::fresh_postgres_schema(&base, "bench")
+            .await
+            .unwrap(),
         _ => format!("sqlite://{}", dir.join("hub.db").display()),
     }
 }

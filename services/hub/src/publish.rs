@@ -85,13 +85,7 @@ pub async fn run(config: &Config, args: PublishArgs<'_>) -> anyhow::Result<usize
     };
     let log: Arc<dyn hub_log::EventLog> = log;
     for chunk in events.chunks(args.chunk.max(1)) {
-        let records: Vec<hub_log::Record> = chunk
-            .iter()
-            .map(|e| hub_log::Record {
-                key: e.key(),
-                payload: e.to_json_bytes(),
-            })
-            .collect();
+        let records = crate::api::ingest::records(chunk);
         log.publish(&config.log.changes_topic, &records)
             .await
             .with_context(|| format!("publishing after {} events", bar.position()))?;

@@ -148,6 +148,21 @@ impl Store {
     }
 }
 
+/// A URL whose connections use a new, empty schema on the PostgreSQL server at `base`:
+/// how tests and benchmarks get a database of their own on a shared server.
+pub async fn fresh_postgres_schema(base: &str, prefix: &str) -> Result<String, StoreError> {
+    use sqlx::Connection;
+    let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact(base))))?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await?;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+}
+
 /// Hide the password of a database URL for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

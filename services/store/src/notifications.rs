@@ -65,6 +65,29 @@ fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
     })
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// Bind the twelve columns of one notification row, in `COLUMNS` order.
+fn bind_row<'q>(
+    q: AnyQuery<'q>,
+    n: &'q NewNotification,
+    number: i64,
+    created_at: &'q str,
+) -> AnyQuery<'q> {
+    q.bind(&n.tenant)
+        .bind(&n.subscription_id)
+        .bind(number)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&n.event_id)
+        .bind(&n.action)
+        .bind(&n.focus_type)
+        .bind(&n.focus_id)
+        .bind(&n.focus_version)
+        .bind(&n.occurred_at)
+        .bind(created_at)
+        .bind(&n.resource)
+}
+
 /// One event for one subscription: the counter update skips an event already logged.
 async fn append_one(
     tx: &mut Transaction<'_, Any>,
@@ -88,24 +111,13 @@ async fn append_one(
     let Some(event_number) = number else {
         return Ok(None);
     };
-    let row = sqlx::query(&format!(
+    let sql = format!(
         "INSERT INTO notifications ({COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
-    ))
-    .bind(&n.tenant)
-    .bind(&n.subscription_id)
-    .bind(event_number)
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(&n.event_id)
-    .bind(&n.action)
-    .bind(&n.focus_type)
-    .bind(&n.focus_id)
-    .bind(&n.focus_version)
-    .bind(&n.occurred_at)
-    .bind(created_at)
-    .bind(&n.resource)
-    .fetch_one(&mut **tx)
-    .await?;
+    );
+    let row = bind_row(sqlx::query(&sql), n, event_number, created_at)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(Some(from_row(&row)?))
 }
 
@@ -244,19 +256,7 @@ impl Store {
             );
             let mut q = sqlx::query(&sql);
             for (_, n) in chunk {
-                q = q
-                    .bind(&n.tenant)
-                    .bind(&n.subscription_id)
-                    .bind(next)
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&n.event_id)
-                    .bind(&n.action)
-                    .bind(&n.focus_type)
-                    .bind(&n.focus_id)
-                    .bind(&n.focus_version)
-                    .bind(&n.occurred_at)
-                    .bind(created_at)
-                    .bind(&n.resource);
+                q = bind_row(q, n, next, created_at);
                 next += 1;
             }
             let rows = q.fetch_all(&mut **tx).await?;

@@ -15,15 +15,20 @@ use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody, is_json_type};
 use crate::Hub;
 
-/// Publish validated events to the changes topic, in order.
-pub async fn publish_events(hub: &Hub, events: &[ChangeEvent]) -> Result<(), hub_log::LogError> {
-    let records: Vec<hub_log::Record> = events
+/// Log records for events: key `Type/id`, the envelope as JSON.
+pub fn records(events: &[ChangeEvent]) -> Vec<hub_log::Record> {
+    events
         .iter()
         .map(|e| hub_log::Record {
             key: e.key(),
             payload: e.to_json_bytes(),
         })
-        .collect();
+        .collect()
+}
+
+/// Publish validated events to the changes topic, in order.
+pub async fn publish_events(hub: &Hub, events: &[ChangeEvent]) -> Result<(), hub_log::LogError> {
+    let records = records(events);
     // Chunks keep one embedded-log transaction or Kafka batch bounded.
     for chunk in records.chunks(1000) {
         hub.log

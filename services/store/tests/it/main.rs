@@ -30,33 +30,8 @@ async fn postgres() -> Option<Store> {
             return None;
         }
     };
-    Some(
-        Store::connect(&fresh_schema_url(&base).await)
-            .await
-            .unwrap(),
-    )
-}
-
-/// Create a schema named for the test and return a URL whose connections use it.
-pub(crate) async fn fresh_schema_url(base: &str) -> String {
-    use sqlx::Connection;
-    let schema = format!("t_{}", uuid_like());
-    let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-c%20search_path%3D{schema}")
-}
-
-fn uuid_like() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let n = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{n:x}{:x}", std::process::id())
+    let url = hub_store::fresh_postgres_schema(&base, "t").await.unwrap();
+    Some(Store::connect(&url).await.unwrap())
 }
 
 macro_rules! contract_suite {
