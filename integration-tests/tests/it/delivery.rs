@@ -243,3 +243,35 @@ async fn internal_endpoints_are_refused_at_create() {
         );
     }
 }
+
+#[tokio::test]
+async fn heartbeats_follow_the_backport_heartbeat_period() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let rx = TestReceiver::start().await;
+    let (status, created) = hub
+        .post_json("/fhir/Subscription", &json!({"resourceType": "Subscription", "status": "requested",
+            "reason": "heartbeat", "criteria": "Observation?code=2345-7",
+            "channel": {"type": "rest-hook", "endpoint": rx.url,
+                "extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+                               "valueUnsignedInt": 1}]}}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    hub.wait_status(created["id"].as_str().unwrap(), "active")
+        .await;
+    let before = rx.heartbeats();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let beats = rx.heartbeats() - before;
+    assert!(
+        (2..=6).contains(&beats),
+        "about one heartbeat a second while idle, got {beats}"
+    );
+
+    let (status, oo) = hub
+        .post_json("/fhir/Subscription", &json!({"resourceType": "Subscription", "status": "requested",
+            "reason": "bad heartbeat", "criteria": "Observation?code=2345-7",
+            "channel": {"type": "rest-hook", "endpoint": rx.url,
+                "extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+                               "valueUnsignedInt": 0}]}}))
+        .await;
+    assert_eq!(status, 422, "{oo}");
+}

@@ -48,6 +48,31 @@ async fn matching_observation_reaches_the_rest_hook_and_others_do_not() {
     // The non-matching Observation produced nothing anywhere.
     full.assert_quiet(Duration::from_millis(700)).await;
     empty.assert_quiet(Duration::from_millis(100)).await;
+
+    // Metrics count what happened, in the Prometheus text format.
+    let text = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("fhir_hub_events_published_total 2"), "{text}");
+    assert!(
+        text.contains("fhir_hub_notifications_logged_total 2"),
+        "{text}"
+    );
+    // Two handshakes and two notifications.
+    assert!(
+        text.contains("fhir_hub_delivery_attempts_total{outcome=\"delivered\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fhir_hub_subscriptions{status=\"active\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

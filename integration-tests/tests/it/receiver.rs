@@ -24,6 +24,7 @@ struct Shared {
     status: Arc<AtomicU16>,
     hang: Arc<std::sync::atomic::AtomicBool>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    heartbeats: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub(crate) struct TestReceiver {
@@ -32,6 +33,7 @@ pub(crate) struct TestReceiver {
     status: Arc<AtomicU16>,
     hang: Arc<std::sync::atomic::AtomicBool>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    heartbeats: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn record(
@@ -45,13 +47,15 @@ async fn record(
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
-    let handshake = headers
+    let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|id| id.starts_with("handshake-"));
+        .unwrap_or("");
     if status.is_success() {
-        if handshake {
+        if id.starts_with("handshake-") {
             s.handshakes.fetch_add(1, Ordering::SeqCst);
+        } else if id.starts_with("heartbeat-") {
+            s.heartbeats.fetch_add(1, Ordering::SeqCst);
         } else {
             let _ = s.tx.send(Received {
                 method,
@@ -70,11 +74,13 @@ impl TestReceiver {
         let status = Arc::new(AtomicU16::new(200));
         let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let heartbeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let app = Router::new().fallback(record).with_state(Shared {
             tx,
             status: Arc::clone(&status),
             hang: Arc::clone(&hang),
             handshakes: Arc::clone(&handshakes),
+            heartbeats: Arc::clone(&heartbeats),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -85,6 +91,7 @@ impl TestReceiver {
             status,
             hang,
             handshakes,
+            heartbeats,
         }
     }
 
@@ -96,6 +103,11 @@ impl TestReceiver {
     /// Accepted handshakes so far (they are not returned by `next`).
     pub(crate) fn handshakes(&self) -> usize {
         self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Accepted heartbeats so far (not returned by `next`).
+    pub(crate) fn heartbeats(&self) -> usize {
+        self.heartbeats.load(Ordering::SeqCst)
     }
 
     /// Answer every request with `status` (non-2xx requests are not recorded).

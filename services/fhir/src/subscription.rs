@@ -46,7 +46,14 @@ pub struct Channel {
     pub payload: Option<String>,
     /// Extra HTTP headers, `(name, value)`.
     pub headers: Vec<(String, String)>,
+    /// Seconds of silence after which the hub sends a heartbeat (Backport IG extension
+    /// `backport-heartbeat-period` on the channel).
+    pub heartbeat_secs: Option<u32>,
 }
+
+/// The Backport IG's heartbeat-period extension on `Subscription.channel`.
+pub const HEARTBEAT_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period";
 
 /// What the hub keeps of a validated Subscription.
 #[derive(Debug, Clone)]
@@ -199,6 +206,25 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             ));
         }
     }
+    let heartbeat_secs = match resource
+        .pointer("/channel/extension")
+        .and_then(Value::as_array)
+        .and_then(|exts| {
+            exts.iter()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(HEARTBEAT_EXTENSION))
+        }) {
+        None => None,
+        Some(ext) => match ext.get("valueUnsignedInt").and_then(Value::as_u64) {
+            Some(n) if (1..=86_400).contains(&n) => Some(n as u32),
+            _ => {
+                return Err(invalid(
+                    IssueType::Value,
+                    "the heartbeat period must be valueUnsignedInt seconds from 1 to 86400",
+                    "Subscription.channel.extension",
+                ));
+            }
+        },
+    };
     let end = match resource.get("end") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if time_fmt::parse_instant(s).is_some() => Some(s.clone()),
@@ -219,6 +245,7 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             endpoint: endpoint.to_owned(),
             payload,
             headers,
+            heartbeat_secs,
         },
         end,
     })

@@ -19,6 +19,7 @@ pub mod config;
 pub mod delivery;
 pub mod match_cmd;
 pub mod matcher;
+pub mod metrics;
 pub mod publish;
 pub mod telemetry;
 
@@ -38,6 +39,7 @@ pub struct Hub {
     /// Where rest-hooks may go (SSRF protection).
     pub egress: Arc<delivery::ssrf::EgressPolicy>,
     pub schedule: Arc<delivery::schedule::Schedule>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Open the event log the configuration names.
@@ -76,6 +78,7 @@ impl Hub {
             store,
             log,
             notifications_logged: Arc::new(Notify::new()),
+            metrics: Arc::default(),
         })
     }
 }

@@ -182,12 +182,14 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
 
         let now = OffsetDateTime::now_utc();
         let mut notes = Vec::new();
+        let mut malformed = 0;
         for rec in &batch {
             let event = match parse_record(rec, &hub.config.tenancy.default_tenant) {
                 Ok(e) => e,
                 Err(why) => {
                     // Retrying cannot fix a malformed record; skip it loudly.
                     tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, key = ?rec.key, error = %why, "skipping malformed change event");
+                    malformed += 1;
                     continue;
                 }
             };
@@ -229,12 +231,13 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Err(e) = consumer.ack(&batch).await {
             tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
         }
+        crate::metrics::BatchMatched {
+            events: batch.len(),
+            malformed,
+            notifications: logged.len(),
+        }
+        .emit(&hub.metrics);
         if !logged.is_empty() {
-            tracing::debug!(
-                events = batch.len(),
-                notifications = logged.len(),
-                "batch matched"
-            );
             hub.notifications_logged.notify_waiters();
         }
     }

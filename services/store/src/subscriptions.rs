@@ -267,6 +267,19 @@ impl Store {
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
 
+    /// How many subscriptions (all tenants) have each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) FROM subscriptions GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// A number that changes whenever any subscription is written: instances poll it to
     /// know when to reload their index.
     pub async fn subscriptions_generation(&self) -> Result<i64, StoreError> {

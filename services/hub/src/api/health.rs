@@ -43,3 +43,17 @@ pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     };
     (status, Json(body))
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(hub): State<Hub>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let by_status = hub.store.count_by_status().await.unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        hub.metrics.render(&by_status),
+    )
+        .into_response()
+}

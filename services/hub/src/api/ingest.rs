@@ -101,6 +101,10 @@ pub async fn post_events(
     }
     check_tenants(&caller, &events)?;
     publish_events(&hub, &events).await?;
+    crate::metrics::EventsPublished {
+        count: events.len(),
+    }
+    .emit(&hub.metrics);
     tracing::info!(count = events.len(), subject = %caller.subject, "published change events");
     let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
     Ok((
@@ -121,6 +125,10 @@ pub async fn post_bundle(
         .map_err(ApiError::bad_request)?;
     check_tenants(&caller, &out.events)?;
     publish_events(&hub, &out.events).await?;
+    crate::metrics::EventsPublished {
+        count: out.events.len(),
+    }
+    .emit(&hub.metrics);
     let mut msg = format!("published {} change events", out.events.len());
     if out.skipped_reads > 0 {
         msg.push_str(&format!(

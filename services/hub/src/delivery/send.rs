@@ -80,6 +80,17 @@ pub fn handshake(channel: &Channel, subscription_id: &str, version: i64) -> Disp
     }
 }
 
+/// A heartbeat: an empty, signed POST saying "still here" after a quiet period.
+pub fn heartbeat(channel: &Channel, subscription_id: &str) -> Dispatch {
+    Dispatch {
+        method: Method::POST,
+        url: channel.endpoint.clone(),
+        content_type: None,
+        body: Vec::new(),
+        webhook_id: format!("heartbeat-{subscription_id}-{}", uuid::Uuid::now_v7()),
+    }
+}
+
 /// Send a dispatch with the channel's headers and Standard Webhooks signature headers.
 pub async fn send(
     client: &reqwest::Client,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
+use crate::metrics::{DeliveryAttempt, StatusChanged};
 
 /// How the retries of one message ended.
 #[derive(Debug, PartialEq)]
@@ -92,13 +93,20 @@ struct HttpAttempt<'a> {
 
 impl Attempt for HttpAttempt<'_> {
     async fn attempt(&mut self) -> Outcome {
-        send::send(
+        let outcome = send::send(
             &self.w.client,
             &self.w.channel,
             &self.w.secret,
             &self.dispatch,
         )
-        .await
+        .await;
+        let event = match &outcome {
+            Outcome::Delivered { .. } => DeliveryAttempt::Delivered,
+            Outcome::Failed { gone: true, .. } => DeliveryAttempt::Gone,
+            Outcome::Failed { .. } => DeliveryAttempt::Failed,
+        };
+        event.emit(&self.w.hub.metrics);
+        outcome
     }
 
     async fn failed(&mut self, failures: usize, reason: &str) {
@@ -142,8 +150,38 @@ impl Worker {
         }
     }
 
+    /// One heartbeat attempt: not retried (the next one comes a period later), but failures
+    /// count towards `error` like any other.
+    async fn heartbeat(&self, status: &mut String, failures: &mut usize) {
+        let d = send::heartbeat(&self.channel, &self.id);
+        let mut attempt = HttpAttempt {
+            w: self,
+            dispatch: d,
+            status,
+        };
+        match attempt.attempt().await {
+            Outcome::Delivered { .. } => {
+                *failures = 0;
+                if status.as_str() == "error" {
+                    self.set_status("active", None).await;
+                    "active".clone_into(status);
+                }
+            }
+            Outcome::Failed { reason, .. } => {
+                *failures += 1;
+                attempt.failed(*failures, &reason).await;
+            }
+        }
+    }
+
     async fn set_status(&self, status: &str, error: Option<&str>) {
-        tracing::info!(subscription = %self.id, tenant = %self.tenant, status, error, "subscription status");
+        StatusChanged {
+            subscription: &self.id,
+            tenant: &self.tenant,
+            to: status,
+            error,
+        }
+        .emit(&self.hub.metrics);
         if let Err(e) = self
             .hub
             .store
@@ -192,6 +230,12 @@ impl Worker {
         }
         let store = &self.hub.store;
         let cfg = &self.hub.config.delivery;
+        let heartbeat = self
+            .channel
+            .heartbeat_secs
+            .map(|s| Duration::from_secs(u64::from(s)));
+        let mut last_sent = tokio::time::Instant::now();
+        let mut heartbeat_failures = 0usize;
         let idle = Duration::from_millis(cfg.poll_ms);
         let mut delivered = match store.delivery_state(&self.tenant, &self.id).await {
             Ok(s) => s.delivered_through,
@@ -213,10 +257,20 @@ impl Worker {
                 }
             };
             if batch.is_empty() {
+                let mut nap = idle;
+                if let Some(period) = heartbeat {
+                    let due = period.saturating_sub(last_sent.elapsed());
+                    if due.is_zero() {
+                        self.heartbeat(&mut status, &mut heartbeat_failures).await;
+                        last_sent = tokio::time::Instant::now();
+                        continue;
+                    }
+                    nap = nap.min(due);
+                }
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
                     _ = wake => {}
-                    _ = tokio::time::sleep(idle) => {}
+                    _ = tokio::time::sleep(nap) => {}
                 }
                 continue;
             }

@@ -1,0 +1,178 @@
+//! Metrics: typed events whose `emit()` both logs and counts, so logs and metrics never
+//! drift; rendered in the Prometheus text format at `GET /metrics`. Labels are low
+//! cardinality (outcomes and statuses, never tenants or subscription ids).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// This process's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    events_published: AtomicU64,
+    events_consumed: AtomicU64,
+    events_malformed: AtomicU64,
+    notifications_logged: AtomicU64,
+    deliveries_delivered: AtomicU64,
+    deliveries_failed: AtomicU64,
+    deliveries_gone: AtomicU64,
+    status_active: AtomicU64,
+    status_error: AtomicU64,
+    status_off: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Change events accepted by the ingest API or `publish`.
+pub struct EventsPublished {
+    pub count: usize,
+}
+
+impl EventsPublished {
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(count = self.count, "change events published");
+        add(&m.events_published, self.count as u64);
+    }
+}
+
+/// A matcher batch: events read, malformed ones skipped, notifications logged.
+pub struct BatchMatched {
+    pub events: usize,
+    pub malformed: usize,
+    pub notifications: usize,
+}
+
+impl BatchMatched {
+    pub fn emit(&self, m: &Metrics) {
+        tracing::debug!(
+            events = self.events,
+            malformed = self.malformed,
+            notifications = self.notifications,
+            "batch matched"
+        );
+        add(&m.events_consumed, self.events as u64);
+        add(&m.events_malformed, self.malformed as u64);
+        add(&m.notifications_logged, self.notifications as u64);
+    }
+}
+
+/// One delivery attempt's outcome.
+pub enum DeliveryAttempt {
+    Delivered,
+    Failed,
+    Gone,
+}
+
+impl DeliveryAttempt {
+    pub fn emit(&self, m: &Metrics) {
+        match self {
+            Self::Delivered => add(&m.deliveries_delivered, 1),
+            Self::Failed => add(&m.deliveries_failed, 1),
+            Self::Gone => add(&m.deliveries_gone, 1),
+        }
+    }
+}
+
+/// A hub-driven status change.
+pub struct StatusChanged<'a> {
+    pub subscription: &'a str,
+    pub tenant: &'a str,
+    pub to: &'a str,
+    pub error: Option<&'a str>,
+}
+
+impl StatusChanged<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        match self.to {
+            "active" => {
+                tracing::info!(subscription = %self.subscription, tenant = %self.tenant, "subscription active");
+                add(&m.status_active, 1);
+            }
+            "error" => {
+                tracing::warn!(subscription = %self.subscription, tenant = %self.tenant, error = self.error, "subscription in error");
+                add(&m.status_error, 1);
+            }
+            _ => {
+                tracing::warn!(subscription = %self.subscription, tenant = %self.tenant, error = self.error, "subscription off");
+                add(&m.status_off, 1);
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition, with `subscriptions` gauges by status.
+    pub fn render(&self, subscriptions: &[(String, i64)]) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        counter(
+            "fhir_hub_events_published_total",
+            "Change events published by this process.",
+            &[("", get(&self.events_published))],
+        );
+        counter(
+            "fhir_hub_events_consumed_total",
+            "Change events read by the matcher.",
+            &[("", get(&self.events_consumed))],
+        );
+        counter(
+            "fhir_hub_events_malformed_total",
+            "Log records skipped as not valid change events.",
+            &[("", get(&self.events_malformed))],
+        );
+        counter(
+            "fhir_hub_notifications_logged_total",
+            "Notifications logged (event numbers assigned).",
+            &[("", get(&self.notifications_logged))],
+        );
+        counter(
+            "fhir_hub_delivery_attempts_total",
+            "rest-hook attempts by outcome (handshakes included).",
+            &[
+                ("{outcome=\"delivered\"}", get(&self.deliveries_delivered)),
+                ("{outcome=\"failed\"}", get(&self.deliveries_failed)),
+                ("{outcome=\"gone\"}", get(&self.deliveries_gone)),
+            ],
+        );
+        counter(
+            "fhir_hub_subscription_status_changes_total",
+            "Hub-driven status changes by new status.",
+            &[
+                ("{to=\"active\"}", get(&self.status_active)),
+                ("{to=\"error\"}", get(&self.status_error)),
+                ("{to=\"off\"}", get(&self.status_off)),
+            ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fhir_hub_subscriptions Subscriptions by status, all tenants.\n# TYPE fhir_hub_subscriptions gauge"
+        );
+        for (status, n) in subscriptions {
+            let _ = writeln!(out, "fhir_hub_subscriptions{{status=\"{status}\"}} {n}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        EventsPublished { count: 3 }.emit(&m);
+        DeliveryAttempt::Failed.emit(&m);
+        let text = m.render(&[("active".into(), 2)]);
+        assert!(text.contains("fhir_hub_events_published_total 3"));
+        assert!(text.contains("fhir_hub_delivery_attempts_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("fhir_hub_subscriptions{status=\"active\"} 2"));
+    }
+}
