@@ -44,8 +44,7 @@ async fn hook(
     if handshake {
         seen.handshakes += 1;
     } else {
-        let id = rest.rsplit('/').next().unwrap_or("").to_owned();
-        seen.arrivals.push((id, Instant::now()));
+        seen.arrivals.push((rest, Instant::now()));
     }
     StatusCode::OK
 }
@@ -248,9 +247,9 @@ async fn throughput(http: &reqwest::Client) {
     );
 }
 
-/// Scenario 2: p99 latency of healthy endpoints, 100 subscriptions, with `bad` of them dead
-/// or hanging.
-async fn isolation(http: &reqwest::Client, bad: usize) -> (f64, f64, usize) {
+/// Scenario 2: 100 subscriptions, the first `bad` of them dead or hanging. Returns the
+/// latencies (ms) of deliveries to subscriptions 10..100, which are healthy in every run.
+async fn isolation(http: &reqwest::Client, bad: usize) -> Vec<f64> {
     let hub = start_hub().await;
     let (base, seen) = receiver().await;
     for i in 0..100 {
@@ -271,12 +270,12 @@ async fn isolation(http: &reqwest::Client, bad: usize) -> (f64, f64, usize) {
     // The bad ones have failed their handshakes by now and keep retrying.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut sent: HashMap<String, Instant> = HashMap::new();
-    let events = 40;
+    let events = 80;
     for i in 0..events {
         let id = format!("i{i}");
         sent.insert(id.clone(), Instant::now());
         publish(http, &hub.url, &[observation(&id, "iso")]).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     wait_for(
         &seen,
@@ -285,21 +284,22 @@ async fn isolation(http: &reqwest::Client, bad: usize) -> (f64, f64, usize) {
     )
     .await;
     let seen = seen.lock().unwrap();
-    let mut lat: Vec<f64> = seen
-        .arrivals
+    seen.arrivals
         .iter()
-        .filter_map(|(id, at)| {
-            sent.get(id)
-                .map(|t| at.duration_since(*t).as_secs_f64() * 1000.0)
+        .filter_map(|(path, at)| {
+            // s{i}/Observation/{id}
+            let mut parts = path.split('/');
+            let sub: usize = parts.next()?.strip_prefix('s')?.parse().ok()?;
+            let id = parts.nth(1)?;
+            let t = sent.get(id)?;
+            (sub >= 10).then(|| at.duration_since(*t).as_secs_f64() * 1000.0)
         })
-        .collect();
-    lat.sort_by(f64::total_cmp);
-    let p = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (p(0.5), p(0.99), lat.len())
+        .collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(f64::NAN)
 }
 
 #[tokio::main]
@@ -314,14 +314,33 @@ async fn main() {
         "delivery benchmark (store: {db}, embedded log, payload + Standard Webhooks signatures)"
     );
     throughput(&http).await;
-    let (p50a, p99a, na) = isolation(&http, 0).await;
-    let (p50b, p99b, nb) = isolation(&http, 10).await;
-    println!("  isolation: 100 subscriptions, 40 events 50 ms apart, latency publish → receipt");
+    // Interleaved rounds on fresh hubs, so drift on a shared machine hits both sides.
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    let (mut p99_good, mut p99_bad) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let mut a = isolation(&http, 0).await;
+        a.sort_by(f64::total_cmp);
+        p99_good.push(percentile(&a, 0.99).round());
+        good.extend(a);
+        let mut b = isolation(&http, 10).await;
+        b.sort_by(f64::total_cmp);
+        p99_bad.push(percentile(&b, 0.99).round());
+        bad.extend(b);
+    }
+    good.sort_by(f64::total_cmp);
+    bad.sort_by(f64::total_cmp);
+    let (p99a, p99b) = (percentile(&good, 0.99), percentile(&bad, 0.99));
+    println!("  isolation: 100 subscriptions, 80 events 25 ms apart, 3 interleaved rounds;");
+    println!("  latency publish → receipt at the 90 endpoints that are healthy in both setups");
     println!(
-        "    all healthy                p50 {p50a:>7.1} ms   p99 {p99a:>7.1} ms   ({na} deliveries)"
+        "    all healthy                p50 {:>7.1} ms   p99 {p99a:>7.1} ms   ({} deliveries; p99 by round {p99_good:?})",
+        percentile(&good, 0.5),
+        good.len()
     );
     println!(
-        "    10% dead or hanging        p50 {p50b:>7.1} ms   p99 {p99b:>7.1} ms   ({nb} deliveries to the healthy 90)"
+        "    10% dead or hanging        p50 {:>7.1} ms   p99 {p99b:>7.1} ms   ({} deliveries; p99 by round {p99_bad:?})",
+        percentile(&bad, 0.5),
+        bad.len()
     );
     println!(
         "    p99 change                 {:>+7.1}%   (goal < +10%)",
