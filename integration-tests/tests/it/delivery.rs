@@ -126,6 +126,31 @@ async fn a_hanging_endpoint_does_not_delay_another_subscription() {
 }
 
 #[tokio::test]
+async fn success_codes_are_configurable_per_subscription() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    rx.respond_with(202);
+    let (status, created) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &json!({"resourceType": "Subscription", "status": "requested",
+            "reason": "only 200 counts", "criteria": "Observation?code=2345-7",
+            "channel": {"type": "rest-hook", "endpoint": rx.url, "payload": "application/fhir+json",
+                "extension": [{"url": "urn:fhir-hub:success-codes", "valueString": "200"}]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    // 202 is not a success for this subscription: the handshake keeps failing.
+    let sub = hub.wait_status(id, "error").await;
+    assert!(sub["error"].as_str().unwrap().contains("202"), "{sub}");
+    rx.respond_with(200);
+    hub.wait_status(id, "active").await;
+    hub.post_json("/events", &glucose("sc1")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/sc1");
+}
+
+#[tokio::test]
 async fn gone_turns_the_subscription_off() {
     let hub = Hub::start(HubEnv::default()).await;
     let rx = TestReceiver::start().await;

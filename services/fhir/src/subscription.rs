@@ -49,6 +49,33 @@ pub struct Channel {
     /// Seconds of silence after which the hub sends a heartbeat (Backport IG extension
     /// `backport-heartbeat-period` on the channel).
     pub heartbeat_secs: Option<u32>,
+    /// HTTP statuses that count as delivered, as inclusive ranges (default 200-299).
+    pub success: Vec<(u16, u16)>,
+}
+
+impl Channel {
+    pub fn is_success(&self, status: u16) -> bool {
+        self.success
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// Channel extension listing the HTTP statuses that count as delivered: `"200-299,302"`.
+pub const SUCCESS_CODES_EXTENSION: &str = "urn:fhir-hub:success-codes";
+
+/// Parse `"200-299,302"` into ranges of valid HTTP statuses.
+pub fn parse_success_codes(s: &str) -> Option<Vec<(u16, u16)>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return None;
+        }
+        out.push((lo, hi));
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The Backport IG's heartbeat-period extension on `Subscription.channel`.
@@ -206,13 +233,7 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             ));
         }
     }
-    let heartbeat_secs = match resource
-        .pointer("/channel/extension")
-        .and_then(Value::as_array)
-        .and_then(|exts| {
-            exts.iter()
-                .find(|e| e.get("url").and_then(Value::as_str) == Some(HEARTBEAT_EXTENSION))
-        }) {
+    let heartbeat_secs = match channel_extension(resource, HEARTBEAT_EXTENSION) {
         None => None,
         Some(ext) => match ext.get("valueUnsignedInt").and_then(Value::as_u64) {
             Some(n) if (1..=86_400).contains(&n) => Some(n as u32),
@@ -224,6 +245,20 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
                 ));
             }
         },
+    };
+    let success = match channel_extension(resource, SUCCESS_CODES_EXTENSION) {
+        None => vec![(200, 299)],
+        Some(ext) => ext
+            .get("valueString")
+            .and_then(Value::as_str)
+            .and_then(parse_success_codes)
+            .ok_or_else(|| {
+                invalid(
+                    IssueType::Value,
+                    "success codes must be valueString like \"200-299,302\" (statuses 100-599)",
+                    "Subscription.channel.extension",
+                )
+            })?,
     };
     let end = match resource.get("end") {
         None | Some(Value::Null) => None,
@@ -246,9 +281,18 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             payload,
             headers,
             heartbeat_secs,
+            success,
         },
         end,
     })
+}
+
+fn channel_extension<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
+    resource
+        .pointer("/channel/extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url))
 }
 
 fn is_header_name(n: &str) -> bool {
@@ -267,6 +311,25 @@ mod tests {
             "criteria": "Observation?code=http://loinc.org|2345-7",
             "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook",
                         "payload": "application/fhir+json", "header": ["Authorization: Bearer x"]}})
+    }
+
+    #[test]
+    fn success_codes() {
+        assert_eq!(
+            parse_success_codes("200-299, 302"),
+            Some(vec![(200, 299), (302, 302)])
+        );
+        assert_eq!(parse_success_codes("299-200"), None);
+        assert_eq!(parse_success_codes("abc"), None);
+        assert_eq!(parse_success_codes("600"), None);
+        let mut sub = sub();
+        sub["channel"]["extension"] =
+            json!([{"url": SUCCESS_CODES_EXTENSION, "valueString": "200,202"}]);
+        let spec = validate(&sub).unwrap();
+        assert!(spec.channel.is_success(202) && !spec.channel.is_success(201));
+        sub["channel"]["extension"] =
+            json!([{"url": SUCCESS_CODES_EXTENSION, "valueString": "2xx"}]);
+        assert!(validate(&sub).is_err());
     }
 
     #[test]

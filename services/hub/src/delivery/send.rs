@@ -116,7 +116,7 @@ pub async fn send(
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature);
     match req.send().await {
-        Ok(res) if res.status().is_success() => Outcome::Delivered {
+        Ok(res) if channel.is_success(res.status().as_u16()) => Outcome::Delivered {
             status: res.status().as_u16(),
         },
         Ok(res) => {
