@@ -65,6 +65,11 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
 fi
 psql "$FHIR_HUB_TEST_DATABASE_URL" -qc 'select 1' >/dev/null
 
+# --- openssl (the mTLS test makes its own short-lived CA and certificates) -----------------
+if ! command -v openssl >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 # --- Python test clients (standardwebhooks verifies the hub's signatures) -----------------
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then

@@ -14,4 +14,5 @@ mod embedded;
 mod harness;
 mod kafka;
 mod medplum;
+mod mtls;
 mod receiver;

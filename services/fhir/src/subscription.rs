@@ -51,7 +51,12 @@ pub struct Channel {
     pub heartbeat_secs: Option<u32>,
     /// HTTP statuses that count as delivered, as inclusive ranges (default 200-299).
     pub success: Vec<(u16, u16)>,
+    /// PEM client certificate chain and private key for mutual TLS.
+    pub client_certificate: Option<String>,
 }
+
+/// Channel extension carrying a PEM client certificate and key for mutual TLS.
+pub const CLIENT_CERTIFICATE_EXTENSION: &str = "urn:fhir-hub:client-certificate";
 
 impl Channel {
     pub fn is_success(&self, status: u16) -> bool {
@@ -260,6 +265,24 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
                 )
             })?,
     };
+    let client_certificate = match channel_extension(resource, CLIENT_CERTIFICATE_EXTENSION) {
+        None => None,
+        Some(ext) => match ext.get("valueString").and_then(Value::as_str) {
+            Some(pem)
+                if pem.contains("-----BEGIN CERTIFICATE-----")
+                    && pem.contains("PRIVATE KEY-----") =>
+            {
+                Some(pem.to_owned())
+            }
+            _ => {
+                return Err(invalid(
+                    IssueType::Value,
+                    "the client certificate must be a valueString with a PEM certificate chain and its private key",
+                    "Subscription.channel.extension",
+                ));
+            }
+        },
+    };
     let end = match resource.get("end") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if time_fmt::parse_instant(s).is_some() => Some(s.clone()),
@@ -282,6 +305,7 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             headers,
             heartbeat_secs,
             success,
+            client_certificate,
         },
         end,
     })

@@ -93,6 +93,7 @@ pub struct DeliveryConfig {
     pub error_after_failures: usize,
     pub allowed_networks: Vec<String>,
     pub https_only: bool,
+    pub ca_certificates: Vec<PathBuf>,
     pub batch_size: i64,
 }
 
@@ -196,6 +197,7 @@ impl Config {
             anyhow::bail!("batch sizes must be at least 1");
         }
         self.retry_schedule()?;
+        self.extra_roots()?;
         self.egress_policy()?;
         if self.delivery.error_after_failures == 0 {
             anyhow::bail!("delivery.error_after_failures must be at least 1");
@@ -230,6 +232,21 @@ impl Config {
             allowed,
             https_only: self.delivery.https_only,
         })
+    }
+
+    /// Extra trusted root certificates for endpoints (private CAs).
+    pub fn extra_roots(&self) -> anyhow::Result<Vec<reqwest::Certificate>> {
+        let mut out = Vec::new();
+        for path in &self.delivery.ca_certificates {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("delivery.ca_certificates: {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("delivery.ca_certificates: {}: {e}", path.display())
+            })?;
+            out.extend(certs);
+        }
+        Ok(out)
     }
 
     pub fn has_role(&self, role: Role) -> bool {

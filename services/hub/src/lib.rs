@@ -40,6 +40,8 @@ pub struct Hub {
     pub egress: Arc<delivery::ssrf::EgressPolicy>,
     pub schedule: Arc<delivery::schedule::Schedule>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Extra trusted roots for rest-hook endpoints (`delivery.ca_certificates`).
+    pub extra_roots: Arc<Vec<reqwest::Certificate>>,
 }
 
 /// Open the event log the configuration names.
@@ -74,6 +76,7 @@ impl Hub {
         Ok(Hub {
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
+            extra_roots: Arc::new(config.extra_roots()?),
             config: Arc::new(config),
             store,
             log,

@@ -64,6 +64,19 @@ async fn prepare(
                 .at("Subscription.channel.endpoint"),
             )
         })?;
+    if let Some(pem) = &spec.channel.client_certificate {
+        reqwest::Identity::from_pem(pem.as_bytes())
+            .and_then(|id| reqwest::Client::builder().identity(id).build())
+            .map_err(|e| {
+                ApiError::unprocessable(
+                    OperationOutcome::error(
+                        IssueType::Value,
+                        format!("the client certificate cannot be used: {e}"),
+                    )
+                    .at("Subscription.channel.extension"),
+                )
+            })?;
+    }
     // A client asks (requested) or stops (off); the hub activates after the handshake.
     let status = match spec.status {
         Status::Off => Status::Off,
@@ -82,9 +95,31 @@ async fn prepare(
             .at("Subscription.channel.extension"),
         ));
     }
-    let kept = existing
-        .and_then(|row| serde_json::from_str::<Value>(&row.resource).ok())
-        .and_then(|v| delivery::secret_of(&v).map(str::to_owned));
+    let stored = existing.and_then(|row| serde_json::from_str::<Value>(&row.resource).ok());
+    let kept = stored
+        .as_ref()
+        .and_then(|v| delivery::secret_of(v).map(str::to_owned));
+    // Reads never show the client certificate, so an update that omits it keeps it.
+    if spec.channel.client_certificate.is_none() {
+        if let Some(cert) = stored.as_ref().and_then(|v| {
+            v.pointer("/channel/extension")?
+                .as_array()?
+                .iter()
+                .find(|e| {
+                    e.get("url").and_then(Value::as_str)
+                        == Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
+                })
+        }) {
+            if let Some(list) = resource
+                .get_mut("channel")
+                .and_then(Value::as_object_mut)
+                .map(|c| c.entry("extension").or_insert_with(|| json!([])))
+                .and_then(Value::as_array_mut)
+            {
+                list.push(cert.clone());
+            }
+        }
+    }
     let generated_secret = client_secret.is_none() && kept.is_none();
     let secret = client_secret.or(kept).unwrap_or_else(sign::generate_secret);
     set_secret(&mut resource, &secret);
@@ -117,12 +152,17 @@ fn set_secret(resource: &mut Value, secret: &str) {
     }
 }
 
-/// Remove the signing secret (it is shown once, when the hub generates it).
+/// Remove the signing secret (shown once, when the hub generates it) and the client
+/// certificate's private key (never shown).
 fn hide_secret(resource: &mut Value) {
     if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut)
         && let Some(list) = channel.get_mut("extension").and_then(Value::as_array_mut)
     {
-        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(delivery::SECRET_EXTENSION));
+        list.retain(|e| {
+            let url = e.get("url").and_then(Value::as_str);
+            url != Some(delivery::SECRET_EXTENSION)
+                && url != Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
+        });
         if list.is_empty() {
             channel.remove("extension");
         }

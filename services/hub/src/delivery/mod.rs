@@ -170,6 +170,18 @@ async fn prepare(
     if let Some((name, addr)) = &checked.pinned {
         builder = builder.resolve(name, *addr);
     }
+    for root in hub.extra_roots.iter() {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    if let Some(pem) = &channel.client_certificate {
+        match reqwest::Identity::from_pem(pem.as_bytes()) {
+            Ok(identity) => builder = builder.identity(identity),
+            Err(e) => {
+                tracing::error!(subscription = %row.id, error = %e, "stored client certificate is unusable");
+                return None;
+            }
+        }
+    }
     let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
