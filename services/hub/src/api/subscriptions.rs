@@ -100,8 +100,8 @@ async fn prepare(
         .as_ref()
         .and_then(|v| delivery::secret_of(v).map(str::to_owned));
     // Reads never show the client certificate, so an update that omits it keeps it.
-    if spec.channel.client_certificate.is_none() {
-        if let Some(cert) = stored.as_ref().and_then(|v| {
+    if spec.channel.client_certificate.is_none()
+        && let Some(cert) = stored.as_ref().and_then(|v| {
             v.pointer("/channel/extension")?
                 .as_array()?
                 .iter()
@@ -109,16 +109,14 @@ async fn prepare(
                     e.get("url").and_then(Value::as_str)
                         == Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
                 })
-        }) {
-            if let Some(list) = resource
-                .get_mut("channel")
-                .and_then(Value::as_object_mut)
-                .map(|c| c.entry("extension").or_insert_with(|| json!([])))
-                .and_then(Value::as_array_mut)
-            {
-                list.push(cert.clone());
-            }
-        }
+        })
+        && let Some(list) = resource
+            .get_mut("channel")
+            .and_then(Value::as_object_mut)
+            .map(|c| c.entry("extension").or_insert_with(|| json!([])))
+            .and_then(Value::as_array_mut)
+    {
+        list.push(cert.clone());
     }
     let generated_secret = client_secret.is_none() && kept.is_none();
     let secret = client_secret.or(kept).unwrap_or_else(sign::generate_secret);
