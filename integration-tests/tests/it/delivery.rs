@@ -240,6 +240,61 @@ async fn status_machine_from_requested_to_active_through_error_and_off_and_back(
     hub.post_json("/events", &glucose("m2")).await;
     assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/m2");
     rx.assert_quiet(Duration::from_millis(800)).await;
+
+    // ...and what was missed is recoverable, by event number, with $events.
+    let (code, events) = hub
+        .get(&format!(
+            "/fhir/Subscription/{id}/$events?eventsSinceNumber=1&eventsUntilNumber=1"
+        ))
+        .await;
+    assert_eq!(code, 200, "{events}");
+    let status = &events["entry"][0]["resource"];
+    let params = status["parameter"].as_array().unwrap();
+    let value = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(value("type")["valueCode"], "query-event");
+    assert_eq!(value("events-since-subscription-start")["valueString"], "2");
+    let notes: Vec<&Value> = params
+        .iter()
+        .filter(|p| p["name"] == "notification-event")
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0]["part"][0]["valueString"], "1");
+    assert!(
+        notes[0]["part"][2]["valueReference"]["reference"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Observation/m1")
+    );
+    assert_eq!(
+        events["entry"][1]["resource"]["id"], "m1",
+        "full-resource content carries the resource"
+    );
+    let (_, all) = hub
+        .get(&format!("/fhir/Subscription/{id}/$events?content=id-only"))
+        .await;
+    let n = all["entry"][0]["resource"]["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "notification-event")
+        .count();
+    assert_eq!(
+        (n, all["entry"].as_array().unwrap().len()),
+        (2, 1),
+        "two events, no resources for id-only"
+    );
+    let (code, _) = hub
+        .get(&format!(
+            "/fhir/Subscription/{id}/$events?eventsSinceNumber=x"
+        ))
+        .await;
+    assert_eq!(code, 400);
 }
 
 #[tokio::test]

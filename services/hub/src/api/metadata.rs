@@ -42,7 +42,10 @@ pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
                     {"code": "create"},
                     {"code": "search-type"}
                 ],
-                "operation": [{"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"}],
+                "operation": [
+                    {"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"},
+                    {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"}
+                ],
                 "versioning": "versioned-update",
                 "readHistory": false,
                 "updateCreate": true,

@@ -11,6 +11,7 @@ use crate::Hub;
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod fhir_json;
 pub mod health;
 pub mod ingest;
@@ -35,6 +36,7 @@ pub fn router(hub: Hub) -> Router {
         )
         .route("/fhir/Subscription/$status", get(status::type_level))
         .route("/fhir/Subscription/{id}/$status", get(status::instance))
+        .route("/fhir/Subscription/{id}/$events", get(events::events))
         .route(
             "/fhir/Subscription/{id}",
             get(subscriptions::read)
