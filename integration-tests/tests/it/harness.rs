@@ -74,30 +74,7 @@ impl Hub {
     }
 
     pub(crate) async fn start_in(env: HubEnv, data_dir: tempfile::TempDir) -> Hub {
-        let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(&env.args)
-            .current_dir(data_dir.path())
-            // Fast polling keeps the tests quick; production defaults are slower.
-            .env("HUB_DELIVERY__POLL_MS", "200")
-            // 0 s, then 40 retries 250 ms apart: about 10 s before a subscription goes off.
-            .env("HUB_DELIVERY__RETRY_SCHEDULE", test_schedule())
-            // The receivers run on loopback, which production refuses.
-            .env("HUB_DELIVERY__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]")
-            .env("HUB_MATCHER__POLL_MS", "100")
-            .env("RUST_LOG", "info,fhir_hub=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(data_dir.path().join("hub.log")).expect("hub.log"),
-            ));
-        for (k, v) in &env.vars {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn fhir-hub");
+        let mut child = spawn(&env, &data_dir);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -118,7 +95,62 @@ impl Hub {
             http: reqwest::Client::new(),
         }
     }
+}
 
+/// A hub process without the api role (no address to wait for); killed on drop.
+pub(crate) struct Headless {
+    pub child: Child,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Headless {
+    pub(crate) fn start(env: &HubEnv) -> Headless {
+        let data_dir = tempfile::tempdir().unwrap();
+        let child = spawn(env, &data_dir);
+        Headless { child, data_dir }
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log"))
+        {
+            eprintln!("---- fhir-hub (headless) log ----\n{log}");
+        }
+    }
+}
+
+fn spawn(env: &HubEnv, data_dir: &tempfile::TempDir) -> Child {
+    let mut cmd = Command::new(binary());
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .args(&env.args)
+        .current_dir(data_dir.path())
+        // Fast polling keeps the tests quick; production defaults are slower.
+        .env("HUB_DELIVERY__POLL_MS", "200")
+        // 0 s, then 40 retries 250 ms apart: about 10 s before a subscription goes off.
+        .env("HUB_DELIVERY__RETRY_SCHEDULE", test_schedule())
+        // The receivers run on loopback, which production refuses.
+        .env("HUB_DELIVERY__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]")
+        .env("HUB_MATCHER__POLL_MS", "100")
+        .env("RUST_LOG", "info,fhir_hub=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(data_dir.path().join("hub.log")).expect("hub.log"),
+        ));
+    for (k, v) in &env.vars {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn fhir-hub")
+}
+
+impl Hub {
     pub(crate) async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let res = self
             .http

@@ -15,4 +15,5 @@ mod harness;
 mod kafka;
 mod medplum;
 mod mtls;
+mod multi_process;
 mod receiver;

@@ -94,6 +94,7 @@ pub struct DeliveryConfig {
     pub allowed_networks: Vec<String>,
     pub https_only: bool,
     pub ca_certificates: Vec<PathBuf>,
+    pub lease_ttl_ms: i64,
     pub batch_size: i64,
 }
 
@@ -199,6 +200,9 @@ impl Config {
         self.retry_schedule()?;
         self.extra_roots()?;
         self.egress_policy()?;
+        if self.delivery.lease_ttl_ms < 2 * self.delivery.poll_ms as i64 {
+            anyhow::bail!("delivery.lease_ttl_ms must be at least twice delivery.poll_ms");
+        }
         if self.delivery.error_after_failures == 0 {
             anyhow::bail!("delivery.error_after_failures must be at least 1");
         }

@@ -12,6 +12,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 mod delivery;
+mod leases;
 mod notifications;
 mod subscriptions;
 

@@ -53,11 +53,34 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let work = Arc::new(Notify::new());
     let mut workers: HashMap<(String, String), Running> = HashMap::new();
     let mut tasks = JoinSet::new();
+    // This process's identity for delivery leases.
+    let owner = format!("delivery-{}", uuid::Uuid::new_v4());
+    let ttl = hub.config.delivery.lease_ttl_ms;
 
     while !shutdown.is_cancelled() {
         let logged = hub.notifications_logged.notified();
         match hub.store.live_subscriptions().await {
-            Ok(rows) => reconcile(&hub, &work, &shutdown, &rows, &mut workers, &mut tasks).await,
+            Ok(rows) => {
+                let rows: Vec<SubscriptionRow> = rows
+                    .into_iter()
+                    .filter(|r| r.channel_type == "rest-hook")
+                    .collect();
+                let wanted: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|r| (r.tenant.clone(), r.id.clone()))
+                    .collect();
+                match hub.store.claim_leases(&owner, &wanted, ttl).await {
+                    Ok(held) => {
+                        let mine: Vec<SubscriptionRow> = rows
+                            .into_iter()
+                            .filter(|r| held.contains(&(r.tenant.clone(), r.id.clone())))
+                            .collect();
+                        reconcile(&hub, &work, &shutdown, &mine, &mut workers, &mut tasks).await;
+                    }
+                    // Keep what runs: if the store is back within the lease, nothing changes.
+                    Err(e) => tracing::warn!(error = %e, "cannot renew delivery leases"),
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot list subscriptions for delivery"),
         }
         while let Some(done) = tasks.try_join_next() {
@@ -79,6 +102,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         w.stop.cancel();
     }
     while tasks.join_next().await.is_some() {}
+    // Hand the subscriptions over at once instead of after the lease expires.
+    if let Err(e) = hub.store.release_leases(&owner).await {
+        tracing::warn!(error = %e, "cannot release delivery leases; they expire on their own");
+    }
     Ok(())
 }
 

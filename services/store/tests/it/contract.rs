@@ -349,3 +349,36 @@ pub(crate) async fn tenants_are_isolated(store: Store) {
     assert!(store.delete_subscription("a", "s1").await.unwrap());
     assert!(store.get_subscription("b", "s1").await.unwrap().is_some());
 }
+
+pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
+    let wanted: Vec<(String, String)> = (0..4)
+        .map(|i| ("default".to_owned(), format!("s{i}")))
+        .collect();
+    let a = store.claim_leases("a", &wanted, 60_000).await.unwrap();
+    assert_eq!(a.len(), 4, "the first process takes what nobody holds");
+    let b = store.claim_leases("b", &wanted, 60_000).await.unwrap();
+    assert!(b.is_empty(), "live leases stay with their owner");
+    assert_eq!(
+        store
+            .claim_leases("a", &wanted, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        4,
+        "renewal"
+    );
+    // a stops renewing (its leases expire): b takes over.
+    let a = store.claim_leases("a", &wanted, -1).await.unwrap();
+    assert_eq!(a.len(), 4);
+    let b = store.claim_leases("b", &wanted, 60_000).await.unwrap();
+    assert_eq!(b.len(), 4, "expired leases move on");
+    store.release_leases("b").await.unwrap();
+    assert_eq!(
+        store
+            .claim_leases("c", &wanted[..2], 60_000)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -65,6 +65,7 @@ contract_suite!(
     concurrent_appends_never_repeat_or_skip_a_number,
     delivery_state_moves_forward_only,
     tenants_are_isolated,
+    leases_give_each_subscription_one_owner,
 );
 
 #[tokio::test]

@@ -1,0 +1,65 @@
+//! Roles in separate processes sharing PostgreSQL: one api+matcher process and two
+//! delivery processes. Each notification is delivered once (leases), and when the delivery
+//! process holding the subscriptions is killed, the other takes over.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::harness::{Headless, Hub, HubEnv, glucose, require_external};
+use crate::receiver::TestReceiver;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_processes_share_subscriptions_and_take_over() {
+    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let db = hub_store::fresh_postgres_schema(&pg, "multi")
+        .await
+        .unwrap();
+    let base = HubEnv::default()
+        .arg("--database-url")
+        .arg(&db)
+        .var("HUB_DELIVERY__LEASE_TTL_MS", "2000");
+    let api = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;
+    let delivery = base.clone().arg("--roles").arg("delivery");
+    let mut first = Headless::start(&delivery);
+
+    let mut rx = TestReceiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            api.subscribe("Observation?code=2345-7", &rx.url, true)
+                .await,
+        );
+    }
+    for id in &ids {
+        api.wait_status(id, "active").await;
+    }
+    // The second delivery process starts after the first holds every lease.
+    let _second = Headless::start(&delivery);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let mut seen = HashSet::new();
+    for i in 0..3 {
+        api.post_json("/events", &glucose(&format!("mp{i}"))).await;
+    }
+    for _ in 0..15 {
+        let r = rx.next(Duration::from_secs(20)).await;
+        let id = r.headers["webhook-id"].to_str().unwrap().to_owned();
+        assert!(seen.insert(id), "a notification was delivered twice");
+    }
+    rx.assert_quiet(Duration::from_millis(1000)).await;
+
+    // The process holding the leases dies without releasing them.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    for i in 3..5 {
+        api.post_json("/events", &glucose(&format!("mp{i}"))).await;
+    }
+    for _ in 0..10 {
+        let r = rx.next(Duration::from_secs(30)).await;
+        let id = r.headers["webhook-id"].to_str().unwrap().to_owned();
+        assert!(seen.insert(id), "a notification was delivered twice");
+    }
+    assert_eq!(seen.len(), 25);
+}
