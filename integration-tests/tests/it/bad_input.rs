@@ -172,37 +172,15 @@ async fn subscription_api_follows_fhir_rest() {
     let mut body = created.clone();
     body["reason"] = json!("changed");
     body["status"] = json!("off");
-    let res = hub
-        .http
-        .put(format!("{}/fhir/Subscription/{id}", hub.url))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"1\"")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let path = format!("/fhir/Subscription/{id}");
+    let res = hub.put_json(&path, &body, Some("W/\"1\"")).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["etag"], "W/\"2\"");
-    let res = hub
-        .http
-        .put(format!("{}/fhir/Subscription/{id}", hub.url))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"1\"")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = hub.put_json(&path, &body, Some("W/\"1\"")).await;
     assert_eq!(res.status(), 412);
     let mut wrong = body.clone();
     wrong["id"] = json!("other");
-    let res = hub
-        .http
-        .put(format!("{}/fhir/Subscription/{id}", hub.url))
-        .header("content-type", "application/fhir+json")
-        .body(wrong.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = hub.put_json(&path, &wrong, None).await;
     assert_eq!(res.status(), 400);
 
     // Search by status.

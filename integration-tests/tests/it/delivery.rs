@@ -224,13 +224,8 @@ async fn status_machine_from_requested_to_active_through_error_and_off_and_back(
     let mut body = sub.clone();
     body["status"] = json!("requested");
     let res = hub
-        .http
-        .put(format!("{}/fhir/Subscription/{id}", hub.url))
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+        .put_json(&format!("/fhir/Subscription/{id}"), &body, None)
+        .await;
     assert_eq!(res.status(), 200);
     hub.wait_status(&id, "active").await;
     assert_eq!(rx.handshakes(), 2);

@@ -182,6 +182,24 @@ impl Hub {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// PUT a FHIR resource, optionally with `If-Match`; the status and the response.
+    pub(crate) async fn put_json(
+        &self,
+        path: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        req.send().await.unwrap()
+    }
+
     pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         let res = self
             .http
