@@ -152,16 +152,8 @@ fn spawn(env: &HubEnv, data_dir: &tempfile::TempDir) -> Child {
 
 impl Hub {
     pub(crate) async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
+        self.post_raw(path, "application/fhir+json", body.to_string().into_bytes())
             .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
     }
 
     pub(crate) async fn post_raw(
