@@ -14,7 +14,6 @@ mod criteria_keys;
 pub mod datetime;
 pub mod decimal;
 pub mod event;
-pub mod fhirpath;
 pub mod index;
 pub mod outcome;
 pub mod path;

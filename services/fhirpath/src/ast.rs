@@ -1,15 +1,10 @@
-//! FHIRPath: the syntax tree and parser (the evaluator builds on it).
+//! The FHIRPath syntax tree.
 //!
 //! The grammar is the normative FHIRPath N1 grammar: literals (strings, numbers, longs,
 //! dates, times, quantities), external constants (`%resource`), `$this`/`$index`/`$total`,
 //! invocations and functions, indexers, and the operators with their precedence (postfix,
 //! unary, multiplicative, additive and `&`, `is`/`as`, union, comparison, equality,
 //! membership, `and`, `or`/`xor`, `implies`). Parse once, evaluate many times.
-
-mod lexer;
-mod parser;
-
-pub use parser::parse;
 
 /// A literal value as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +99,3 @@ pub struct SyntaxError {
     pub offset: usize,
     pub message: String,
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,10 +1,10 @@
 //! A precedence-climbing parser over the tokens.
 
-use super::lexer::{Tok, Token, tokenize};
-use super::{BinaryOp, Expr, Invocation, Literal, SyntaxError, TypeSpecifier};
+use crate::ast::{BinaryOp, Expr, Invocation, Literal, SyntaxError, TypeSpecifier};
+use crate::lexer::{Tok, Token, tokenize};
 
 /// Parse a FHIRPath expression.
-pub fn parse(src: &str) -> Result<Expr, SyntaxError> {
+pub(crate) fn parse(src: &str) -> Result<Expr, SyntaxError> {
     let tokens = tokenize(src)?;
     let mut p = Parser { tokens, pos: 0 };
     let e = p.expression(0)?;

@@ -1,6 +1,6 @@
 //! Tokens of FHIRPath source text.
 
-use super::SyntaxError;
+use crate::ast::SyntaxError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Tok {

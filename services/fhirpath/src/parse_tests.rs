@@ -1,4 +1,5 @@
-use super::*;
+use crate::ast::*;
+use crate::parser::parse;
 
 fn p(s: &str) -> Expr {
     parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))

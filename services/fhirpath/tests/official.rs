@@ -1,0 +1,190 @@
+//! The official FHIRPath test suites (../shared/fhirpath-tests, from FHIR/fhir-test-cases).
+//!
+//! Every test runs; the ones this engine does not pass are listed, with the reason, in
+//! `tests/known-failures-{r4,r5}.txt`. The list is enforced both ways: a listed test that
+//! starts passing fails the run (take it off the list), and so does an unlisted failure.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap};
+
+use hub_fhirpath::{Env, Expression, Value};
+use serde_json::Value as Json;
+
+fn shared() -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhirpath-tests");
+    p.exists().then_some(p)
+}
+
+/// The text form the suite uses for one result item.
+fn render(v: &Value<'_>) -> (String, String) {
+    let (ns, ty) = v.type_name();
+    let ty = ty.to_string();
+    let text = match v.to_system() {
+        Value::Temporal(t) => format!("@{}", t.to_literal_text()),
+        Value::Quantity(q) => hub_fhirpath::value::quantity_text_pub(&q),
+        other => other
+            .to_text()
+            .unwrap_or_else(|| hub_fhirpath::to_json(v).to_string()),
+    };
+    let ty = if ns == "System" {
+        match ty.as_str() {
+            "Boolean" => "boolean".into(),
+            "Integer" => "integer".into(),
+            "Decimal" => "decimal".into(),
+            "String" => "string".into(),
+            "Date" => "date".into(),
+            "DateTime" => "dateTime".into(),
+            "Time" => "time".into(),
+            _ => ty,
+        }
+    } else {
+        ty
+    };
+    (ty, text)
+}
+
+fn matches_expected(got: &(String, String), want: &Json) -> bool {
+    let wv = want["value"].as_str().unwrap_or("");
+    let value_ok = got.1 == wv
+        || match (got.1.parse::<f64>(), wv.parse::<f64>()) {
+            (Ok(a), Ok(b)) => a == b && want["type"].as_str() == Some("decimal"),
+            _ => false,
+        };
+    let type_ok = match want["type"].as_str() {
+        None => true,
+        Some(t) => {
+            t == got.0 || (t == "dateTime" && got.0 == "instant") || (t == "string" && got.1 == wv)
+        }
+    };
+    value_ok && type_ok
+}
+
+fn run_one(t: &Json, inputs: &HashMap<String, Json>) -> Result<(), String> {
+    let expr = t["expression"].as_str().unwrap_or("");
+    let invalid = t["invalid"].as_str().is_some();
+    let parsed = match Expression::parse(expr) {
+        Ok(p) => p,
+        Err(e) if invalid => return Ok(()).map(|()| drop(e)),
+        Err(e) => return Err(format!("syntax error: {e}")),
+    };
+    let resource = t["inputjson"].as_str().and_then(|f| inputs.get(f));
+    let env = Env::new();
+    let result = match parsed.evaluate(resource, &env) {
+        Ok(r) => r,
+        Err(_) if invalid => return Ok(()),
+        Err(e) => return Err(format!("error: {e}")),
+    };
+    if invalid {
+        return Err(format!("expected an error, got {} items", result.len()));
+    }
+    let got: Vec<(String, String)> = if t["predicate"].as_str() == Some("true") {
+        vec![("boolean".into(), (!result.is_empty()).to_string())]
+    } else {
+        result.iter().map(render).collect()
+    };
+    let want = t["outputs"].as_array().cloned().unwrap_or_default();
+    if got.len() != want.len() {
+        return Err(format!("expected {} items, got {got:?}", want.len()));
+    }
+    if t["ordered"].as_str() == Some("false") {
+        let mut used = vec![false; got.len()];
+        for w in &want {
+            let Some(i) = (0..got.len()).find(|&i| !used[i] && matches_expected(&got[i], w)) else {
+                return Err(format!("{w} not in {got:?}"));
+            };
+            used[i] = true;
+        }
+    } else {
+        for (g, w) in got.iter().zip(&want) {
+            if !matches_expected(g, w) {
+                return Err(format!("expected {w}, got {g:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_suite(version: &str, file: &str) {
+    let Some(dir) = shared() else {
+        if std::env::var_os("FHIR_HUB_REQUIRE_EXTERNAL").is_some() {
+            panic!("../shared/fhirpath-tests is missing");
+        }
+        eprintln!("skipping the {version} FHIRPath suite: ../shared is not beside the repository");
+        return;
+    };
+    let tests: Vec<Json> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+    let mut inputs = HashMap::new();
+    for entry in std::fs::read_dir(dir.join("inputs-json")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if let Ok(j) = serde_json::from_str::<Json>(&std::fs::read_to_string(&path).unwrap()) {
+            inputs.insert(name, j);
+        }
+    }
+    let known_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/known-failures-{version}.txt"));
+    let known: BTreeSet<String> = std::fs::read_to_string(&known_path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut failed = Vec::new();
+    let mut unexpected = Vec::new();
+    let mut now_passing = Vec::new();
+    for t in &tests {
+        let base = t["name"].as_str().unwrap_or("?").to_string();
+        let n = seen.entry(base.clone()).or_default();
+        *n += 1;
+        let name = if *n > 1 { format!("{base}#{n}") } else { base };
+        let outcome = std::panic::catch_unwind(|| run_one(t, &inputs))
+            .unwrap_or_else(|_| Err("panicked".to_string()));
+        match outcome {
+            Ok(()) => {
+                if known.contains(&name) {
+                    now_passing.push(name);
+                }
+            }
+            Err(why) => {
+                if !known.contains(&name) {
+                    unexpected.push(format!(
+                        "{name}  `{}`: {why}",
+                        t["expression"].as_str().unwrap_or("")
+                    ));
+                }
+                failed.push(name);
+            }
+        }
+    }
+    let passed = tests.len() - failed.len();
+    eprintln!(
+        "FHIRPath {version} suite: {passed}/{} passed, {} failed (known failures: {})",
+        tests.len(),
+        failed.len(),
+        known.len()
+    );
+    if std::env::var_os("FHIRPATH_LIST_FAILURES").is_some() {
+        for f in &failed {
+            println!("{f}");
+        }
+    }
+    assert!(
+        unexpected.is_empty() && now_passing.is_empty(),
+        "{version}: unexpected failures:\n{}\n\nlisted as known failures but now passing (remove them from {}):\n{}",
+        unexpected.join("\n"),
+        known_path.display(),
+        now_passing.join("\n")
+    );
+}
+
+#[test]
+fn official_r4_suite() {
+    run_suite("r4", "r4/tests-fhir-r4.json");
+}
+
+#[test]
+fn official_r5_suite() {
+    run_suite("r5", "r5/tests-fhir-r5.json");
+}
