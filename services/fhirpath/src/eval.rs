@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde_json::Value as Json;
 
 use crate::ast::{BinaryOp, Expr, Invocation, Literal, TypeSpecifier};
-use crate::model::{Model, choice_key};
+use crate::model::{Lookup, Model};
 use crate::temporal::Temporal;
 use crate::value::{self, Collection, Node, Quantity, Value};
 use crate::{EvalError, functions};
@@ -98,11 +98,11 @@ pub(crate) fn to_bool(c: &[Value<'_>], what: &str) -> R<Option<bool>> {
     }
 }
 
-fn literal<'a>(l: &Literal) -> R<Collection<'a>> {
+fn literal<'a>(l: &'a Literal) -> R<Collection<'a>> {
     Ok(match l {
         Literal::Empty => vec![],
         Literal::Boolean(b) => vec![Value::Boolean(*b)],
-        Literal::String(s) => vec![Value::String(Cow::Owned(s.clone()))],
+        Literal::String(s) => vec![Value::String(Cow::Borrowed(s))],
         Literal::Number(n) => {
             if n.contains('.') {
                 vec![Value::Decimal(
@@ -205,7 +205,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
         ns == "System" || !self.model.is_primitive(&name) || name == t.name
     }
 
-    pub(crate) fn eval(&self, e: &Expr, f: Frame<'_, 'a>) -> R<Collection<'a>> {
+    pub(crate) fn eval(&self, e: &'a Expr, f: Frame<'_, 'a>) -> R<Collection<'a>> {
         match e {
             Expr::Literal(l) => literal(l),
             Expr::Constant(name) => self.constant(name),
@@ -304,7 +304,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     fn invoke(
         &self,
         focus: &[Value<'a>],
-        inv: &Invocation,
+        inv: &'a Invocation,
         f: Frame<'_, 'a>,
         root: bool,
     ) -> R<Collection<'a>> {
@@ -402,50 +402,66 @@ impl<'e, 'a> Evaluator<'e, 'a> {
                 return Ok(());
             }
         };
-        if !node.ty.is_empty() && self.model.get(node.ty).is_some() {
-            match self.model.element(node.ty, name) {
-                Some(el) if el.choice => {
-                    for t in &el.types {
-                        let key = choice_key(name, t);
-                        if let Some(v) = map.get(&key) {
-                            push_values(self.model, Some(v), map.get(&format!("_{key}")), t, out);
-                        } else if let Some(e) = map.get(&format!("_{key}")) {
-                            push_values(self.model, None, Some(e), t, out);
-                        }
-                    }
-                }
-                Some(el) => {
-                    let ty = el.types.first().copied().unwrap_or("");
-                    let ext = if self.model.is_primitive(ty) {
-                        map.get(&format!("_{name}"))
-                    } else {
-                        None
+        match self.model.lookup(node.ty, name) {
+            Lookup::Found(el) if el.choice && map.len() <= 48 => {
+                // one pass over the object's keys beats a hash lookup per possible type
+                for (key, v) in map {
+                    let Some(rest) = key.strip_prefix(el.name) else {
+                        continue;
                     };
-                    push_values(self.model, map.get(name), ext, ty, out);
-                }
-                None => {
-                    if name == "resourceType" && self.model.is_resource(node.ty) {
-                        if let Some(v) = map.get(name) {
-                            push_values(self.model, Some(v), None, "", out);
-                        }
-                        return Ok(());
+                    if !rest.starts_with(|c: char| c.is_ascii_uppercase()) {
+                        continue;
                     }
-                    let choice = self.model.all_elements(node.ty).into_iter().find(|e| {
+                    if let Some(k) = el.keys.iter().find(|k| k.json == *key) {
+                        let e = k.ext.as_ref().and_then(|x| map.get(x));
+                        push_values(self.model, Some(v), e, k.ty, out);
+                    }
+                }
+                // a primitive choice that has only extensions (`_valueString`)
+                for (key, e) in map {
+                    if let Some(rest) = key.strip_prefix('_')
+                        && rest.starts_with(el.name)
+                        && !map.contains_key(rest)
+                        && let Some(k) = el.keys.iter().find(|k| k.json == rest)
+                    {
+                        push_values(self.model, None, Some(e), k.ty, out);
+                    }
+                }
+                return Ok(());
+            }
+            Lookup::Found(el) => {
+                for k in &el.keys {
+                    let v = map.get(&k.json);
+                    let e = k.ext.as_ref().and_then(|x| map.get(x));
+                    if v.is_some() || e.is_some() {
+                        push_values(self.model, v, e, k.ty, out);
+                    }
+                }
+                return Ok(());
+            }
+            Lookup::NoElement => {
+                if name == "resourceType" && self.model.is_resource(node.ty) {
+                    if let Some(v) = map.get(name) {
+                        push_values(self.model, Some(v), None, "", out);
+                    }
+                    return Ok(());
+                }
+                let choice =
+                    self.model.all_elements(node.ty).into_iter().find(|e| {
                         e.choice && name.starts_with(e.name) && name.len() > e.name.len()
                     });
-                    return Err(semantic(match choice {
-                        Some(e) => format!(
-                            "{} has no element {name}: {}[x] is a choice, use {}.ofType({})",
-                            node.ty,
-                            e.name,
-                            e.name,
-                            &name[e.name.len()..]
-                        ),
-                        None => format!("{} has no element {name}", node.ty),
-                    }));
-                }
+                return Err(semantic(match choice {
+                    Some(e) => format!(
+                        "{} has no element {name}: {}[x] is a choice, use {}.ofType({})",
+                        node.ty,
+                        e.name,
+                        e.name,
+                        &name[e.name.len()..]
+                    ),
+                    None => format!("{} has no element {name}", node.ty),
+                }));
             }
-            return Ok(());
+            Lookup::UnknownType => {}
         }
         // no model for this node: plain JSON, with choice elements found by their prefix
         if map.contains_key(name) || map.contains_key(&format!("_{name}")) {
@@ -477,7 +493,13 @@ impl<'e, 'a> Evaluator<'e, 'a> {
         Ok(())
     }
 
-    fn binary(&self, op: BinaryOp, l: &Expr, r: &Expr, f: Frame<'_, 'a>) -> R<Collection<'a>> {
+    fn binary(
+        &self,
+        op: BinaryOp,
+        l: &'a Expr,
+        r: &'a Expr,
+        f: Frame<'_, 'a>,
+    ) -> R<Collection<'a>> {
         use BinaryOp as B;
         let b = |x: Option<bool>| x.map(|b| vec![Value::Boolean(b)]).unwrap_or_default();
         match op {

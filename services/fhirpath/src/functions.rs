@@ -50,7 +50,7 @@ fn input_string<'c>(focus: &'c [Value<'_>], name: &str) -> R<Option<Cow<'c, str>
 }
 
 impl<'e, 'a> Evaluator<'e, 'a> {
-    fn arg(&self, args: &[Expr], i: usize, f: Frame<'_, 'a>) -> R<Collection<'a>> {
+    fn arg(&self, args: &'a [Expr], i: usize, f: Frame<'_, 'a>) -> R<Collection<'a>> {
         match args.get(i) {
             Some(e) => self.eval(e, f),
             None => Ok(vec![]),
@@ -59,7 +59,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
 
     fn string_arg(
         &self,
-        args: &[Expr],
+        args: &'a [Expr],
         i: usize,
         f: Frame<'_, 'a>,
         name: &str,
@@ -75,7 +75,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
         })
     }
 
-    fn int_arg(&self, args: &[Expr], i: usize, f: Frame<'_, 'a>, name: &str) -> R<Option<i64>> {
+    fn int_arg(&self, args: &'a [Expr], i: usize, f: Frame<'_, 'a>, name: &str) -> R<Option<i64>> {
         let c = self.arg(args, i, f)?;
         Ok(match singleton(&c, name)? {
             None => None,
@@ -90,7 +90,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     fn each(
         &self,
         focus: &[Value<'a>],
-        e: &Expr,
+        e: &'a Expr,
         f: Frame<'_, 'a>,
         mut each: impl FnMut(usize, &Value<'a>, Collection<'a>) -> R<bool>,
     ) -> R<()> {
@@ -117,7 +117,7 @@ pub(crate) fn call<'a>(
     ev: &Evaluator<'_, 'a>,
     focus: &[Value<'a>],
     name: &str,
-    args: &[Expr],
+    args: &'a [Expr],
     f: Frame<'_, 'a>,
 ) -> R<Collection<'a>> {
     match name {
@@ -1075,7 +1075,7 @@ type SortKeys<'a> = Vec<(Option<Value<'a>>, bool)>;
 fn sort<'a>(
     ev: &Evaluator<'_, 'a>,
     focus: &[Value<'a>],
-    args: &[Expr],
+    args: &'a [Expr],
     f: Frame<'_, 'a>,
 ) -> R<Collection<'a>> {
     // keys per item; a leading unary minus sorts that key descending

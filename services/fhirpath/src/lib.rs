@@ -69,7 +69,7 @@ impl Expression {
 
     /// Evaluates against a resource (`%context`, `%resource`), or against nothing.
     pub fn evaluate<'a>(
-        &self,
+        &'a self,
         resource: Option<&'a Json>,
         env: &Env<'a>,
     ) -> Result<Collection<'a>, EvalError> {
@@ -91,7 +91,11 @@ impl Expression {
 
     /// Evaluates and reads the result as one Boolean: `None` for an empty result, an error
     /// for several items.
-    pub fn evaluate_bool(&self, resource: &Json, env: &Env<'_>) -> Result<Option<bool>, EvalError> {
+    pub fn evaluate_bool<'a>(
+        &'a self,
+        resource: &'a Json,
+        env: &Env<'a>,
+    ) -> Result<Option<bool>, EvalError> {
         let r = self.evaluate(Some(resource), env)?;
         eval::to_bool(&r, "the expression")
     }

@@ -6,8 +6,9 @@
 //! node (`is`/`as`/`ofType`, `type()`, primitive conversions) and to refuse paths that cannot
 //! exist (`name.given1`).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap as HashMap;
 
 const R4_MODEL: &str = include_str!("../../../schemas/fhir/r4/model.tsv");
 
@@ -29,6 +30,25 @@ pub struct ElementDef {
     pub types: Vec<&'static str>,
     pub many: bool,
     pub choice: bool,
+    /// The JSON keys this element is read from: one, or one per type of a choice element
+    /// (`valueQuantity`, ...), with the `_key` sibling of primitives.
+    pub keys: Vec<ElementKey>,
+}
+
+/// One JSON key of an element.
+#[derive(Debug)]
+pub struct ElementKey {
+    pub json: String,
+    /// `_json`, for primitive types (their id and extensions).
+    pub ext: Option<String>,
+    pub ty: &'static str,
+}
+
+/// What the model says about `type.element`.
+pub enum Lookup<'m> {
+    UnknownType,
+    NoElement,
+    Found(&'m ElementDef),
 }
 
 /// One type and its own elements (inherited ones are found through `base`).
@@ -54,7 +74,7 @@ impl Model {
     }
 
     fn parse(text: &'static str) -> Model {
-        let mut types: HashMap<&'static str, TypeDef> = HashMap::new();
+        let mut types: HashMap<&'static str, TypeDef> = HashMap::default();
         let mut current: Option<&'static str> = None;
         for line in text.lines() {
             let mut cols = line.split('\t');
@@ -88,12 +108,55 @@ impl Model {
                         types: tys.split(',').collect(),
                         many: max == "*",
                         choice,
+                        keys: Vec::new(),
                     });
                 }
                 _ => {}
             }
         }
+        let primitive: Vec<&'static str> = types
+            .values()
+            .filter(|t| t.kind == Kind::Primitive)
+            .map(|t| t.name)
+            .collect();
+        for t in types.values_mut() {
+            for e in &mut t.elements {
+                e.keys = e
+                    .types
+                    .iter()
+                    .map(|ty| {
+                        let json = if e.choice {
+                            choice_key(e.name, ty)
+                        } else {
+                            e.name.to_string()
+                        };
+                        ElementKey {
+                            ext: primitive.contains(ty).then(|| format!("_{json}")),
+                            json,
+                            ty,
+                        }
+                    })
+                    .take(if e.choice { usize::MAX } else { 1 })
+                    .collect();
+            }
+        }
         Model { types }
+    }
+
+    /// The element `name` of `ty`, distinguishing an unknown type from an unknown element.
+    pub fn lookup(&self, ty: &str, name: &str) -> Lookup<'_> {
+        let Some(mut t) = self.types.get(ty) else {
+            return Lookup::UnknownType;
+        };
+        loop {
+            if let Some(e) = t.elements.iter().find(|e| e.name == name) {
+                return Lookup::Found(e);
+            }
+            match t.base.and_then(|b| self.types.get(b)) {
+                Some(b) => t = b,
+                None => return Lookup::NoElement,
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&TypeDef> {

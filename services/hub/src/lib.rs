@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod config;
 pub mod delivery;
+pub mod fhirpath_cmd;
 pub mod match_cmd;
 pub mod matcher;
 pub mod metrics;

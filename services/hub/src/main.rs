@@ -72,6 +72,18 @@ enum Command {
         #[arg(long, short)]
         input: Option<PathBuf>,
     },
+    /// Evaluate a FHIRPath expression and print the result as a JSON array.
+    Fhirpath {
+        /// The expression, like `Observation.value.ofType(Quantity).value > 5`.
+        #[arg(long, short)]
+        expression: String,
+        /// A JSON resource to evaluate against (`-` for stdin); none when absent.
+        #[arg(long, short)]
+        resource: Option<PathBuf>,
+        /// The previous version of the resource, for `%previous` (`%current` is the resource).
+        #[arg(long)]
+        previous: Option<PathBuf>,
+    },
     /// Print the effective configuration as JSON.
     Config,
 }
@@ -163,6 +175,19 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{} of {} resources matched", stats.matched, stats.read);
             if stats.bad_lines > 0 {
                 anyhow::bail!("{} input lines were not valid JSON", stats.bad_lines);
+            }
+            Ok(())
+        }
+        Command::Fhirpath {
+            expression,
+            resource,
+            previous,
+        } => {
+            let (code, out) =
+                fhir_hub::fhirpath_cmd::run(&expression, resource.as_deref(), previous.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            if code != 0 {
+                std::process::exit(code);
             }
             Ok(())
         }
