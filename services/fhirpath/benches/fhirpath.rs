@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let mut v: Value = serde_json::from_str(&line)?;
-        if resources.len() % 10 == 0 {
+        if resources.len().is_multiple_of(10) {
             v["subject"]["reference"] = Value::String("Patient/123".into());
         }
         resources.push(v);
