@@ -21,6 +21,7 @@ pub mod registry;
 pub mod resource_types;
 pub mod subscription;
 pub mod time_fmt;
+pub mod topic;
 
 pub use criteria::{Criteria, CriteriaError};
 pub use event::{Action, ChangeEvent, EventError};

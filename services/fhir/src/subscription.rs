@@ -87,12 +87,68 @@ pub fn parse_success_codes(s: &str) -> Option<Vec<(u16, u16)>> {
 pub const HEARTBEAT_EXTENSION: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period";
 
+/// How much of the focus resource a topic-based notification carries
+/// (`backport-payload-content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Empty,
+    IdOnly,
+    FullResource,
+}
+
+impl Content {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Content::Empty => "empty",
+            Content::IdOnly => "id-only",
+            Content::FullResource => "full-resource",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Content> {
+        match s {
+            "empty" => Some(Content::Empty),
+            "id-only" => Some(Content::IdOnly),
+            "full-resource" => Some(Content::FullResource),
+            _ => None,
+        }
+    }
+}
+
+/// A topic-based subscription (Subscriptions R5 Backport IG on R4): `criteria` is the
+/// topic's canonical URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSubscription {
+    pub topic: String,
+    /// `backport-filter-criteria` values, as written (checked against the topic by the API).
+    pub filters: Vec<String>,
+    pub content: Content,
+    /// `backport-max-count`: the most events in one notification bundle.
+    pub max_count: Option<u32>,
+    /// `backport-timeout`: seconds the endpoint has to answer.
+    pub timeout_secs: Option<u32>,
+}
+
+pub const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+pub const FILTER_CRITERIA_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
+pub const PAYLOAD_CONTENT_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content";
+pub const TIMEOUT_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-timeout";
+pub const MAX_COUNT_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-max-count";
+pub const CHANNEL_TYPE_EXTENSION: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type";
+
 /// What the hub keeps of a validated Subscription.
 #[derive(Debug, Clone)]
 pub struct SubscriptionSpec {
     pub status: Status,
     pub criteria: String,
-    pub parsed: Criteria,
+    /// R4 search criteria; `None` for a topic-based subscription.
+    pub parsed: Option<Criteria>,
+    pub topic: Option<TopicSubscription>,
     pub channel: Channel,
     /// Subscription.end, as given.
     pub end: Option<String>,
@@ -154,18 +210,36 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
     }
     req_str(resource, "/reason", "Subscription.reason")?;
     let criteria = req_str(resource, "/criteria", "Subscription.criteria")?;
-    if criteria.starts_with("http://") || criteria.starts_with("https://") {
+    let is_topic = criteria.starts_with("http://")
+        || criteria.starts_with("https://")
+        || criteria.starts_with("urn:");
+    let parsed = if is_topic {
+        None
+    } else {
+        Some(Criteria::parse(criteria).map_err(|e| e.to_outcome("Subscription.criteria"))?)
+    };
+
+    let kind = req_str(resource, "/channel/type", "Subscription.channel.type")?;
+    if let Some(custom) = resource
+        .pointer("/channel/_type/extension")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(CHANNEL_TYPE_EXTENSION))
+        })
+    {
+        let code = custom
+            .pointer("/valueCoding/code")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         return Err(invalid(
             IssueType::NotSupported,
             format!(
-                "topic-based subscriptions (criteria '{criteria}' is a topic canonical) are not supported yet; use R4 search criteria like 'Observation?code=...'"
+                "channel type '{code}' (backport-channel-type) is not supported; this hub delivers rest-hook"
             ),
-            "Subscription.criteria",
+            "Subscription.channel.type",
         ));
     }
-    let parsed = Criteria::parse(criteria).map_err(|e| e.to_outcome("Subscription.criteria"))?;
-
-    let kind = req_str(resource, "/channel/type", "Subscription.channel.type")?;
     if kind != "rest-hook" {
         return Err(invalid(
             IssueType::NotSupported,
@@ -294,10 +368,32 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             ));
         }
     };
+    let topic = if is_topic {
+        Some(topic_fields(resource, criteria, payload.as_deref())?)
+    } else {
+        for url in [PAYLOAD_CONTENT_EXTENSION, FILTER_CRITERIA_EXTENSION] {
+            let present = ["/channel/_payload/extension", "/_criteria/extension"]
+                .iter()
+                .filter_map(|p| resource.pointer(p).and_then(Value::as_array))
+                .flatten()
+                .any(|e| e.get("url").and_then(Value::as_str) == Some(url));
+            if present {
+                return Err(invalid(
+                    IssueType::NotSupported,
+                    format!(
+                        "{url} applies to topic-based subscriptions; these criteria are R4 search criteria"
+                    ),
+                    "Subscription.criteria",
+                ));
+            }
+        }
+        None
+    };
     Ok(SubscriptionSpec {
         status,
         criteria: criteria.to_owned(),
         parsed,
+        topic,
         channel: Channel {
             kind: kind.to_owned(),
             endpoint: endpoint.to_owned(),
@@ -308,6 +404,95 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             client_certificate,
         },
         end,
+    })
+}
+
+/// The Backport IG fields of a topic-based subscription.
+fn topic_fields(
+    resource: &Value,
+    topic: &str,
+    payload: Option<&str>,
+) -> Result<TopicSubscription, OperationOutcome> {
+    let mut filters = Vec::new();
+    for e in resource
+        .pointer("/_criteria/extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if e.get("url").and_then(Value::as_str) != Some(FILTER_CRITERIA_EXTENSION) {
+            continue;
+        }
+        match e.get("valueString").and_then(Value::as_str) {
+            Some(f) if !f.trim().is_empty() => filters.push(f.trim().to_owned()),
+            _ => {
+                return Err(invalid(
+                    IssueType::Value,
+                    "backport-filter-criteria must be a valueString like 'Observation?patient=Patient/123'",
+                    "Subscription.criteria.extension",
+                ));
+            }
+        }
+    }
+    if payload.is_none() {
+        return Err(invalid(
+            IssueType::Required,
+            "a topic-based subscription needs channel.payload (application/fhir+json): notifications are Bundles",
+            "Subscription.channel.payload",
+        ));
+    }
+    let content_ext = resource
+        .pointer("/channel/_payload/extension")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|e| e.get("url").and_then(Value::as_str) == Some(PAYLOAD_CONTENT_EXTENSION))
+        });
+    let content = match content_ext {
+        None => Content::IdOnly,
+        Some(e) => {
+            let code = e.get("valueCode").and_then(Value::as_str).unwrap_or("");
+            Content::parse(code).ok_or_else(|| {
+                invalid(
+                    IssueType::NotSupported,
+                    format!("payload content '{code}' is not supported: use empty, id-only or full-resource"),
+                    "Subscription.channel.payload.extension",
+                )
+            })?
+        }
+    };
+    let uint = |url: &str,
+                key: &str,
+                lo: u64,
+                hi: u64,
+                what: &str|
+     -> Result<Option<u32>, OperationOutcome> {
+        match channel_extension(resource, url) {
+            None => Ok(None),
+            Some(e) => match e.get(key).and_then(Value::as_u64) {
+                Some(n) if (lo..=hi).contains(&n) => Ok(Some(n as u32)),
+                _ => Err(invalid(
+                    IssueType::Value,
+                    format!("{what} must be {key} from {lo} to {hi}"),
+                    "Subscription.channel.extension",
+                )),
+            },
+        }
+    };
+    let timeout_secs = uint(TIMEOUT_EXTENSION, "valueUnsignedInt", 1, 120, "the timeout")?;
+    let max_count = uint(
+        MAX_COUNT_EXTENSION,
+        "valuePositiveInt",
+        1,
+        1000,
+        "the max count",
+    )?;
+    Ok(TopicSubscription {
+        topic: topic.to_owned(),
+        filters,
+        content,
+        max_count,
+        timeout_secs,
     })
 }
 

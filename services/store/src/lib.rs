@@ -15,10 +15,12 @@ mod delivery;
 mod leases;
 mod notifications;
 mod subscriptions;
+mod topics;
 
 pub use delivery::DeliveryState;
 pub use notifications::{NewNotification, Notification};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
+pub use topics::TopicRow;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -382,3 +382,44 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
         2
     );
 }
+
+pub(crate) async fn topics_by_id_and_url(store: Store) {
+    let (t, created) = store
+        .put_topic("default", "lab", "http://example.org/t/lab", "{}")
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(t.version_id, 1);
+    let (t, created) = store
+        .put_topic("default", "lab", "http://example.org/t/lab", "{\"a\":1}")
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(t.version_id, 2);
+    // another id with the same URL in the tenant is refused; another tenant may reuse it
+    assert!(matches!(
+        store
+            .put_topic("default", "lab2", "http://example.org/t/lab", "{}")
+            .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    store
+        .put_topic("other", "lab", "http://example.org/t/lab", "{}")
+        .await
+        .unwrap();
+    let found = store
+        .topic_by_url("default", "http://example.org/t/lab")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.resource, "{\"a\":1}");
+    assert_eq!(store.list_topics(Some("default")).await.unwrap().len(), 1);
+    assert_eq!(store.list_topics(None).await.unwrap().len(), 2);
+    let g = store.subscriptions_generation().await.unwrap();
+    assert!(store.delete_topic("default", "lab").await.unwrap());
+    assert!(
+        store.subscriptions_generation().await.unwrap() > g,
+        "topic changes reload matchers"
+    );
+    assert!(store.get_topic("default", "lab").await.unwrap().is_none());
+}

@@ -66,6 +66,7 @@ contract_suite!(
     delivery_state_moves_forward_only,
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
+    topics_by_id_and_url,
 );
 
 #[tokio::test]

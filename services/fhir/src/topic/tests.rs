@@ -1,0 +1,93 @@
+use serde_json::json;
+
+use super::*;
+
+fn lab_topic() -> Value {
+    json!({
+        "resourceType": "SubscriptionTopic",
+        "url": "http://example.org/topics/lab-final",
+        "status": "active",
+        "resourceTrigger": [{
+            "resource": "http://hl7.org/fhir/StructureDefinition/Observation",
+            "supportedInteraction": ["create", "update"],
+            "queryCriteria": {"previous": "status:not=final", "current": "status=final",
+                              "resultForCreate": "test-passes", "requireBoth": true},
+            "fhirPathCriteria": "%current.category.coding.where(code = 'laboratory').exists()"
+        }],
+        "canFilterBy": [
+            {"resource": "Observation", "filterParameter": "patient"},
+            {"resource": "Observation", "filterParameter": "value-quantity", "comparator": ["gt", "lt", "eq"]}
+        ]
+    })
+}
+
+fn obs(status: &str, patient: &str) -> Value {
+    json!({"resourceType": "Observation", "id": "o1", "status": status,
+           "category": [{"coding": [{"code": "laboratory"}]}],
+           "code": {"text": "x"}, "subject": {"reference": patient},
+           "valueQuantity": {"value": 7}})
+}
+
+#[test]
+fn query_and_fhirpath_criteria_with_previous_and_current() {
+    let t = parse(&lab_topic()).unwrap();
+    let tr = &t.triggers[0];
+    assert_eq!(tr.resource, "Observation");
+    let fin = obs("final", "Patient/1");
+    let pre = obs("preliminary", "Patient/1");
+    // create of a final result: previous counts as passing (resultForCreate)
+    assert!(tr.fires(Action::Create, "Observation", Some(&fin), None));
+    assert!(!tr.fires(Action::Create, "Observation", Some(&pre), None));
+    // preliminary → final fires; final → final does not (requireBoth)
+    assert!(tr.fires(Action::Update, "Observation", Some(&fin), Some(&pre)));
+    assert!(!tr.fires(Action::Update, "Observation", Some(&fin), Some(&fin)));
+    // deletes are not a supported interaction of this trigger
+    assert!(!tr.fires(Action::Delete, "Observation", None, Some(&fin)));
+    // other types never
+    assert!(!tr.fires(Action::Create, "Condition", Some(&fin), None));
+    // the FHIRPath part: not a lab result
+    let mut vital = fin.clone();
+    vital["category"][0]["coding"][0]["code"] = json!("vital-signs");
+    assert!(!tr.fires(Action::Create, "Observation", Some(&vital), None));
+}
+
+#[test]
+fn filters_follow_can_filter_by() {
+    let t = parse(&lab_topic()).unwrap();
+    let f = parse_filter(&t, "Observation?patient=Patient/1", "f").unwrap();
+    assert!(f.accepts("Observation", Some(&obs("final", "Patient/1")), None));
+    assert!(!f.accepts("Observation", Some(&obs("final", "Patient/2")), None));
+    // the single resource type may be left out
+    assert!(parse_filter(&t, "patient=Patient/1", "f").is_ok());
+    assert!(parse_filter(&t, "value-quantity=gt5", "f").is_ok());
+    let refused = |s: &str| parse_filter(&t, s, "f").unwrap_err().summary();
+    assert!(refused("code=1234-5").contains("does not allow filtering on 'code'"));
+    assert!(refused("patient:missing=true").contains("modifier :missing"));
+    assert!(refused("value-quantity=ge5").contains("comparator ge"));
+    assert!(refused("Condition?patient=Patient/1").contains("no trigger for Condition"));
+}
+
+#[test]
+fn unsupported_topics_are_refused_by_name() {
+    let mut t = lab_topic();
+    t["eventTrigger"] = json!([{"event": {"text": "x"}, "resource": "Observation"}]);
+    assert!(parse(&t).unwrap_err().summary().contains("eventTrigger"));
+    let mut t = lab_topic();
+    t["notificationShape"] =
+        json!([{"resource": "Observation", "include": ["Observation:patient"]}]);
+    assert!(parse(&t).unwrap_err().summary().contains("include"));
+    let mut t = lab_topic();
+    t["resourceTrigger"][0]["fhirPathCriteria"] = json!("status = ");
+    assert!(
+        parse(&t)
+            .unwrap_err()
+            .summary()
+            .contains("fhirPathCriteria")
+    );
+    let mut t = lab_topic();
+    t["canFilterBy"][0]["filterParameter"] = json!("no-such-param");
+    assert!(parse(&t).unwrap_err().summary().contains("no-such-param"));
+    let mut t = lab_topic();
+    t["resourceTrigger"][0]["resource"] = json!("Wombat");
+    assert!(parse(&t).is_err());
+}
