@@ -17,3 +17,4 @@ mod medplum;
 mod mtls;
 mod multi_process;
 mod receiver;
+mod topics;

@@ -25,6 +25,7 @@ struct Shared {
     hang: Arc<std::sync::atomic::AtomicBool>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
+    control: Arc<std::sync::Mutex<Vec<Bytes>>>,
 }
 
 pub(crate) struct TestReceiver {
@@ -34,6 +35,7 @@ pub(crate) struct TestReceiver {
     hang: Arc<std::sync::atomic::AtomicBool>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
+    control: Arc<std::sync::Mutex<Vec<Bytes>>>,
 }
 
 async fn record(
@@ -54,8 +56,10 @@ async fn record(
     if status.is_success() {
         if id.starts_with("handshake-") {
             s.handshakes.fetch_add(1, Ordering::SeqCst);
+            s.control.lock().unwrap().push(body);
         } else if id.starts_with("heartbeat-") {
             s.heartbeats.fetch_add(1, Ordering::SeqCst);
+            s.control.lock().unwrap().push(body);
         } else {
             let _ = s.tx.send(Received {
                 method,
@@ -75,12 +79,14 @@ impl TestReceiver {
         let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let heartbeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let control = Arc::new(std::sync::Mutex::new(Vec::new()));
         let app = Router::new().fallback(record).with_state(Shared {
             tx,
             status: Arc::clone(&status),
             hang: Arc::clone(&hang),
             handshakes: Arc::clone(&handshakes),
             heartbeats: Arc::clone(&heartbeats),
+            control: Arc::clone(&control),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -92,7 +98,13 @@ impl TestReceiver {
             hang,
             handshakes,
             heartbeats,
+            control,
         }
+    }
+
+    /// Bodies of the accepted handshakes and heartbeats, in arrival order.
+    pub(crate) fn control_bodies(&self) -> Vec<Bytes> {
+        self.control.lock().unwrap().clone()
     }
 
     /// Never answer (the connection stays open).

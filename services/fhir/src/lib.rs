@@ -15,6 +15,7 @@ pub mod datetime;
 pub mod decimal;
 pub mod event;
 pub mod index;
+pub mod notification;
 pub mod outcome;
 pub mod path;
 pub mod registry;

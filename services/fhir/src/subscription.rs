@@ -115,11 +115,25 @@ impl Content {
     }
 }
 
+/// The FHIR version whose notification shape a topic-based subscription receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FhirVersion {
+    /// History Bundle with a backport-subscription-status-r4 Parameters (the Backport IG).
+    R4,
+    /// History Bundle with an R4B SubscriptionStatus (payload `application/fhir+json;
+    /// fhirVersion=4.3`).
+    R4B,
+    /// `subscription-notification` Bundle with an R5 SubscriptionStatus (an R5-shaped
+    /// Subscription, or payload `fhirVersion=5.0`).
+    R5,
+}
+
 /// A topic-based subscription (Subscriptions R5 Backport IG on R4): `criteria` is the
 /// topic's canonical URL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicSubscription {
     pub topic: String,
+    pub version: FhirVersion,
     /// `backport-filter-criteria` values, as written (checked against the topic by the API).
     pub filters: Vec<String>,
     pub content: Content,
@@ -140,6 +154,14 @@ pub const MAX_COUNT_EXTENSION: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-max-count";
 pub const CHANNEL_TYPE_EXTENSION: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type";
+
+/// Whether `Subscription.criteria` names a topic (a canonical URL) rather than R4 search
+/// criteria.
+pub fn is_topic_canonical(criteria: &str) -> bool {
+    criteria.starts_with("http://")
+        || criteria.starts_with("https://")
+        || criteria.starts_with("urn:")
+}
 
 /// What the hub keeps of a validated Subscription.
 #[derive(Debug, Clone)]
@@ -174,8 +196,139 @@ fn req_str<'a>(v: &'a Value, ptr: &str, at: &str) -> Result<&'a str, OperationOu
     }
 }
 
-/// Validate a Subscription sent by a client (create or update).
+/// Validate a Subscription sent by a client (create or update): the R4 form (with the
+/// Backport IG's extensions for topic-based subscriptions) or the R5 form (`topic`,
+/// `filterBy`, `channelType`, ...), which is read as its Backport equivalent.
 pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
+    if resource.get("topic").is_some() {
+        let r4 = r5_as_backport(resource)?;
+        let mut spec = validate_r4(&r4)?;
+        if let Some(t) = spec.topic.as_mut() {
+            t.version = FhirVersion::R5;
+        }
+        return Ok(spec);
+    }
+    validate_r4(resource)
+}
+
+/// An R5 Subscription rewritten in the Backport IG's R4 form.
+fn r5_as_backport(r: &Value) -> Result<Value, OperationOutcome> {
+    let topic = r.get("topic").and_then(Value::as_str).ok_or_else(|| {
+        invalid(
+            IssueType::Structure,
+            "Subscription.topic must be a canonical URL string",
+            "Subscription.topic",
+        )
+    })?;
+    let mut filters = Vec::new();
+    for (i, f) in r
+        .get("filterBy")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("Subscription.filterBy[{i}]");
+        let param = f
+            .get("filterParameter")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(IssueType::Required, "filterParameter is required", &at))?;
+        let value = f
+            .get("value")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(IssueType::Required, "value is required", &at))?;
+        let mut text = String::new();
+        if let Some(t) = f.get("resourceType").and_then(Value::as_str) {
+            text.push_str(crate::topic::resource_of(t));
+            text.push('?');
+        }
+        text.push_str(param);
+        if let Some(m) = f.get("modifier").and_then(Value::as_str) {
+            text.push(':');
+            text.push_str(m);
+        }
+        text.push('=');
+        if let Some(c) = f.get("comparator").and_then(Value::as_str)
+            && c != "eq"
+        {
+            text.push_str(c);
+        }
+        text.push_str(value);
+        filters.push(serde_json::json!({"url": FILTER_CRITERIA_EXTENSION, "valueString": text}));
+    }
+    let channel_type = r
+        .pointer("/channelType/code")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut channel = serde_json::json!({"type": channel_type});
+    if let Some(e) = r.get("endpoint") {
+        channel["endpoint"] = e.clone();
+    }
+    if let Some(ct) = r.get("contentType") {
+        channel["payload"] = ct.clone();
+    }
+    if let Some(c) = r.get("content").and_then(Value::as_str) {
+        channel["_payload"] =
+            serde_json::json!({"extension": [{"url": PAYLOAD_CONTENT_EXTENSION, "valueCode": c}]});
+    }
+    let mut ext = Vec::new();
+    if let Some(v) = r.get("heartbeatPeriod") {
+        ext.push(serde_json::json!({"url": HEARTBEAT_EXTENSION, "valueUnsignedInt": v}));
+    }
+    if let Some(v) = r.get("timeout") {
+        ext.push(serde_json::json!({"url": TIMEOUT_EXTENSION, "valueUnsignedInt": v}));
+    }
+    if let Some(v) = r.get("maxCount") {
+        ext.push(serde_json::json!({"url": MAX_COUNT_EXTENSION, "valuePositiveInt": v}));
+    }
+    // hub extensions (secret, success codes, client certificate) ride on the R5 resource too
+    if let Some(Value::Array(own)) = r.get("extension") {
+        ext.extend(own.iter().cloned());
+    }
+    if !ext.is_empty() {
+        channel["extension"] = Value::Array(ext);
+    }
+    let headers: Vec<Value> = r
+        .get("parameter")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(Value::String(format!(
+                "{}: {}",
+                p.get("name")?.as_str()?,
+                p.get("value")?.as_str()?
+            )))
+        })
+        .collect();
+    if !headers.is_empty() {
+        channel["header"] = Value::Array(headers);
+    }
+    let status = r.get("status").and_then(Value::as_str).unwrap_or("");
+    if status == "entered-in-error" {
+        return Err(invalid(
+            IssueType::Value,
+            "Subscription.status entered-in-error cannot be written; delete the subscription",
+            "Subscription.status",
+        ));
+    }
+    let mut out = serde_json::json!({
+        "resourceType": "Subscription",
+        "status": status,
+        "reason": r.get("reason").or_else(|| r.get("name")).and_then(Value::as_str).unwrap_or("R5 topic-based subscription"),
+        "criteria": topic,
+        "channel": channel,
+    });
+    if !filters.is_empty() {
+        out["_criteria"] = serde_json::json!({"extension": filters});
+    }
+    if let Some(e) = r.get("end") {
+        out["end"] = e.clone();
+    }
+    Ok(out)
+}
+
+fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
     if !resource.is_object() {
         return Err(OperationOutcome::error(
             IssueType::Structure,
@@ -210,9 +363,7 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
     }
     req_str(resource, "/reason", "Subscription.reason")?;
     let criteria = req_str(resource, "/criteria", "Subscription.criteria")?;
-    let is_topic = criteria.starts_with("http://")
-        || criteria.starts_with("https://")
-        || criteria.starts_with("urn:");
+    let is_topic = is_topic_canonical(criteria);
     let parsed = if is_topic {
         None
     } else {
@@ -260,9 +411,16 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
             "Subscription.channel.endpoint",
         ));
     }
+    let mut payload_version: Option<String> = None;
     let payload = match resource.pointer("/channel/payload") {
         None | Some(Value::Null) => None,
         Some(Value::String(p)) => {
+            payload_version = p
+                .split(';')
+                .skip(1)
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k.trim() == "fhirVersion")
+                .map(|(_, v)| v.trim().to_owned());
             let mime = p.split(';').next().unwrap_or("").trim();
             if !matches!(mime, "application/fhir+json" | "application/json") {
                 return Err(invalid(
@@ -369,7 +527,12 @@ pub fn validate(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> 
         }
     };
     let topic = if is_topic {
-        Some(topic_fields(resource, criteria, payload.as_deref())?)
+        Some(topic_fields(
+            resource,
+            criteria,
+            payload.as_deref(),
+            payload_version.as_deref(),
+        )?)
     } else {
         for url in [PAYLOAD_CONTENT_EXTENSION, FILTER_CRITERIA_EXTENSION] {
             let present = ["/channel/_payload/extension", "/_criteria/extension"]
@@ -412,6 +575,7 @@ fn topic_fields(
     resource: &Value,
     topic: &str,
     payload: Option<&str>,
+    payload_version: Option<&str>,
 ) -> Result<TopicSubscription, OperationOutcome> {
     let mut filters = Vec::new();
     for e in resource
@@ -487,8 +651,23 @@ fn topic_fields(
         1000,
         "the max count",
     )?;
+    let version = match payload_version {
+        None | Some("4.0") | Some("4.0.1") => FhirVersion::R4,
+        Some("4.3") | Some("4.3.0") => FhirVersion::R4B,
+        Some("5.0") | Some("5.0.0") => FhirVersion::R5,
+        Some(v) => {
+            return Err(invalid(
+                IssueType::NotSupported,
+                format!(
+                    "fhirVersion={v} is not supported: use 4.0 (Backport Parameters), 4.3 (R4B SubscriptionStatus) or 5.0 (R5)"
+                ),
+                "Subscription.channel.payload",
+            ));
+        }
+    };
     Ok(TopicSubscription {
         topic: topic.to_owned(),
+        version,
         filters,
         content,
         max_count,

@@ -37,6 +37,10 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// The FHIR base URL clients use (`https://hub.example.org/fhir`), for the absolute
+    /// references in notification bundles; `http://<listen>/fhir` when empty.
+    #[serde(default)]
+    pub base_url: String,
     pub roles: Vec<Role>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
@@ -255,6 +259,15 @@ impl Config {
 
     pub fn has_role(&self, role: Role) -> bool {
         self.server.roles.contains(&role)
+    }
+
+    /// The FHIR base URL for references in notifications (no trailing slash).
+    pub fn base_url(&self) -> String {
+        if self.server.base_url.is_empty() {
+            format!("http://{}/fhir", self.server.listen)
+        } else {
+            self.server.base_url.trim_end_matches('/').to_owned()
+        }
     }
 
     pub fn database_url(&self) -> String {

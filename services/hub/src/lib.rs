@@ -23,6 +23,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod publish;
 pub mod telemetry;
+pub mod topics;
 
 use config::{Config, LogBackend, Role};
 use hub_log::EventLog;

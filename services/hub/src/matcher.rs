@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hub_fhir::index::MatchIndex;
 use hub_fhir::{Action, ChangeEvent, Criteria};
 use hub_log::Consumed;
-use hub_store::{NewNotification, SubscriptionRow};
+use hub_store::{NewNotification, SubscriptionRow, TopicRow};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -31,13 +31,17 @@ struct Target {
 #[derive(Default)]
 pub struct Index {
     inner: MatchIndex<Target>,
+    topics: crate::topics::TopicIndex,
     generation: i64,
 }
 
 impl Index {
-    pub fn build(rows: &[SubscriptionRow], generation: i64) -> Index {
+    pub fn build(rows: &[SubscriptionRow], topics: &[TopicRow], generation: i64) -> Index {
         let mut inner = MatchIndex::new();
         for row in rows {
+            if hub_fhir::subscription::is_topic_canonical(&row.criteria) {
+                continue;
+            }
             let criteria = match Criteria::parse(&row.criteria) {
                 Ok(c) => c,
                 Err(e) => {
@@ -62,33 +66,40 @@ impl Index {
                 },
             );
         }
-        Index { inner, generation }
+        let topics = crate::topics::TopicIndex::build(topics, rows);
+        Index {
+            inner,
+            topics,
+            generation,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.len()
+        self.inner.len() + self.topics.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.inner.is_empty() && self.topics.is_empty()
     }
 
     /// Ids of the subscriptions `event` matches.
     pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Vec<&str> {
+        let mut out = Vec::new();
         // R4 criteria describe a resource's content; a deletion carries none to match.
-        if event.action == Action::Delete {
-            return Vec::new();
+        if event.action != Action::Delete
+            && let Some(resource) = &event.resource
+        {
+            let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
+            out.extend(
+                self.inner
+                    .matches(&event.tenant, resource, now_micros)
+                    .into_iter()
+                    .filter(|t| t.end.is_none_or(|end| now < end))
+                    .map(|t| t.id.as_str()),
+            );
         }
-        let Some(resource) = &event.resource else {
-            return Vec::new();
-        };
-        let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
-        self.inner
-            .matches(&event.tenant, resource, now_micros)
-            .into_iter()
-            .filter(|t| t.end.is_none_or(|end| now < end))
-            .map(|t| t.id.as_str())
-            .collect()
+        self.topics.matches(event, now, &mut out);
+        out
     }
 }
 
@@ -115,7 +126,8 @@ pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent,
 async fn load_index(hub: &Hub) -> Result<Index, hub_store::StoreError> {
     let generation = hub.store.subscriptions_generation().await?;
     let rows = hub.store.live_subscriptions().await?;
-    let index = Index::build(&rows, generation);
+    let topics = hub.store.list_topics(None).await?;
+    let index = Index::build(&rows, &topics, generation);
     tracing::info!(
         subscriptions = index.len(),
         generation,

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use hub_fhir::notification::{self, EventInfo, StatusInfo};
+use hub_fhir::subscription::Content;
 use hub_fhir::{IssueType, OperationOutcome};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiError;
 use super::auth::Caller;
@@ -63,20 +65,22 @@ pub async fn events(
         .unwrap_or(row.events_since_start)
         .min(row.events_since_start);
     let resource: Value = serde_json::from_str(&row.resource).unwrap_or(Value::Null);
-    let default_content = if resource.pointer("/channel/payload").is_some() {
-        "full-resource"
-    } else {
-        "id-only"
+    let spec = hub_fhir::subscription::validate(&resource).ok();
+    let topic = spec.as_ref().and_then(|s| s.topic.clone());
+    let default_content = match &topic {
+        Some(t) => t.content,
+        None if resource.pointer("/channel/payload").is_some() => Content::FullResource,
+        None => Content::IdOnly,
     };
-    let content = params
-        .get("content")
-        .map_or(default_content, String::as_str);
-    if !matches!(content, "empty" | "id-only" | "full-resource") {
-        return Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::Value,
-            format!("content '{content}' must be empty, id-only or full-resource"),
-        )));
-    }
+    let content = match params.get("content") {
+        None => default_content,
+        Some(c) => Content::parse(c).ok_or_else(|| {
+            ApiError::bad_request(OperationOutcome::error(
+                IssueType::Value,
+                format!("content '{c}' must be empty, id-only or full-resource"),
+            ))
+        })?,
+    };
     let limit = (until - since + 1).clamp(0, MAX_EVENTS);
     let notes = if limit > 0 {
         hub.store
@@ -86,52 +90,30 @@ pub async fn events(
         Vec::new()
     };
     let base = base_url(&headers);
-    let mut parameter = vec![
-        json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{id}")}}),
-        json!({"name": "status", "valueCode": row.status}),
-        json!({"name": "type", "valueCode": "query-event"}),
-        json!({"name": "events-since-subscription-start", "valueString": row.events_since_start.to_string()}),
-    ];
-    let mut entries = Vec::new();
-    for n in &notes {
-        let focus = format!("{base}/{}/{}", n.focus_type, n.focus_id);
-        let mut part = vec![
-            json!({"name": "event-number", "valueString": n.event_number.to_string()}),
-            json!({"name": "timestamp", "valueInstant": n.occurred_at}),
-        ];
-        if content != "empty" {
-            part.push(json!({"name": "focus", "valueReference": {"reference": focus}}));
-        }
-        parameter.push(json!({"name": "notification-event", "part": part}));
-        if content == "full-resource"
-            && let Some(r) = n
-                .resource
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        {
-            entries.push(json!({
-                "fullUrl": focus,
-                "resource": r,
-                "request": {"method": "PUT", "url": format!("{}/{}", n.focus_type, n.focus_id)},
-                "response": {"status": "200"},
-            }));
-        }
-    }
-    let status = json!({
-        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        "resource": {
-            "resourceType": "Parameters",
-            "meta": {"profile": ["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"]},
-            "parameter": parameter,
-        },
-        "request": {"method": "GET", "url": format!("{base}/Subscription/{id}/$events")},
-        "response": {"status": "200"},
-    });
-    entries.insert(0, status);
-    Ok(FhirJson(json!({
-        "resourceType": "Bundle",
-        "type": "history",
-        "timestamp": hub_fhir::time_fmt::now_instant(),
-        "entry": entries,
-    })))
+    let events: Vec<EventInfo<'_>> = notes
+        .iter()
+        .map(|n| EventInfo {
+            number: n.event_number,
+            timestamp: &n.occurred_at,
+            focus_type: &n.focus_type,
+            focus_id: &n.focus_id,
+            action: &n.action,
+            resource: n.resource.as_deref(),
+        })
+        .collect();
+    let status = StatusInfo {
+        base: &base,
+        subscription_id: &id,
+        topic: topic.as_ref().map(|t| t.topic.as_str()),
+        status: &row.status,
+        kind: "query-event",
+        events_since_start: row.events_since_start,
+        error: None,
+    };
+    let version = topic
+        .as_ref()
+        .map_or(hub_fhir::subscription::FhirVersion::R4, |t| t.version);
+    Ok(FhirJson(notification::bundle_for(
+        version, &status, &events, content,
+    )))
 }

@@ -19,7 +19,34 @@ conversion. Refused with an OperationOutcome at create: chains, _has, :in/:not-i
 :above/:below on codes and references, _text/_content/_list/_query/_filter and result \
 parameters. Deletions do not notify R4 criteria subscriptions.";
 
-pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
+/// What topic-based subscriptions support.
+pub const TOPIC_SUPPORT: &str = "Topic-based subscriptions (Subscriptions R5 Backport IG on R4): \
+Subscription.criteria is the canonical url of a SubscriptionTopic stored at /SubscriptionTopic \
+(R4B/R5 JSON shape); filters in _criteria.extension backport-filter-criteria, limited to the \
+topic's canFilterBy (comparators and modifiers as listed; eq when none); channel.payload \
+application/fhir+json is required, with _payload.extension backport-payload-content empty, \
+id-only (default) or full-resource; channel extensions backport-heartbeat-period, \
+backport-timeout (1-120 s) and backport-max-count. Notifications are history Bundles whose first \
+entry is a backport-subscription-status-r4 Parameters (types handshake, heartbeat, \
+event-notification; $status gives query-status, $events query-event), one event per bundle, \
+eventNumber gap-free per subscription. Topics: resourceTrigger with supportedInteraction, \
+queryCriteria (previous/current, resultForCreate, resultForDelete, requireBoth) and \
+fhirPathCriteria with %current/%previous (%previous is the change event's previous version; \
+without it an update is evaluated with %previous empty). Refused: eventTrigger, \
+notificationShape include/revInclude, channel types other than rest-hook, payloads other than \
+FHIR JSON.";
+
+pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
+    let topics: Vec<serde_json::Value> = hub
+        .store
+        .list_topics(Some(&hub.config.tenancy.default_tenant))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| {
+            json!({"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical", "valueCanonical": t.url})
+        })
+        .collect();
     FhirJson(json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -33,8 +60,22 @@ pub async fn capability_statement(State(_hub): State<Hub>) -> FhirJson {
             "mode": "server",
             "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
             "resource": [{
+                "type": "SubscriptionTopic",
+                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape. Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
+                "interaction": [
+                    {"code": "read"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "create"}, {"code": "search-type"}
+                ],
+                "updateCreate": true,
+                "searchParam": [
+                    {"name": "url", "type": "uri", "documentation": "exact match"},
+                    {"name": "status", "type": "token"},
+                    {"name": "resource", "type": "uri", "documentation": "a resourceTrigger's resource (type name or StructureDefinition url)"}
+                ]
+            }, {
                 "type": "Subscription",
-                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT}"),
+                "extension": topics,
+                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
                     {"code": "update"},

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metadata;
 pub mod status;
 pub mod subscriptions;
+pub mod topics;
 
 pub use error::ApiError;
 
@@ -42,6 +43,14 @@ pub fn router(hub: Hub) -> Router {
             get(subscriptions::read)
                 .put(subscriptions::update)
                 .delete(subscriptions::delete),
+        )
+        .route(
+            "/fhir/SubscriptionTopic",
+            get(topics::search).post(topics::create),
+        )
+        .route(
+            "/fhir/SubscriptionTopic/{id}",
+            get(topics::read).put(topics::update).delete(topics::delete),
         )
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

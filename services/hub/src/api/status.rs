@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use hub_fhir::notification::{self, StatusInfo};
+use hub_fhir::subscription::FhirVersion;
 use hub_store::SubscriptionRow;
 use serde_json::{Value, json};
 
@@ -38,10 +40,15 @@ async fn status_parameters(
     }
     let mut parameter = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", row.id)}}),
+    ];
+    if hub_fhir::subscription::is_topic_canonical(&row.criteria) {
+        parameter.push(json!({"name": "topic", "valueCanonical": row.criteria}));
+    }
+    parameter.extend([
         json!({"name": "status", "valueCode": row.status}),
         json!({"name": "type", "valueCode": "query-status"}),
         json!({"name": "events-since-subscription-start", "valueString": row.events_since_start.to_string()}),
-    ];
+    ]);
     if let Some(e) = &row.error {
         parameter.push(json!({"name": "error", "valueCodeableConcept": {"text": e}}));
     }
@@ -86,6 +93,28 @@ pub async fn instance(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
     let base = base_url(&headers);
+    // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
+    let topic = serde_json::from_str::<Value>(&row.resource)
+        .ok()
+        .and_then(|r| hub_fhir::subscription::validate(&r).ok())
+        .and_then(|s| s.topic);
+    if let Some(t) = topic.filter(|t| t.version != FhirVersion::R4) {
+        let info = StatusInfo {
+            base: &base,
+            subscription_id: &row.id,
+            topic: Some(&t.topic),
+            status: &row.status,
+            kind: "query-status",
+            events_since_start: row.events_since_start,
+            error: row.error.as_deref(),
+        };
+        return Ok(FhirJson(notification::bundle_for(
+            t.version,
+            &info,
+            &[],
+            t.content,
+        )));
+    }
     let p = status_parameters(&hub, &base, &row).await?;
     Ok(FhirJson(bundle(&base, vec![p])))
 }

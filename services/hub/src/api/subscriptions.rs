@@ -48,10 +48,14 @@ struct Prepared {
 /// already stored, or a new one).
 async fn prepare(
     hub: &Hub,
+    tenant: &str,
     body: &Value,
     existing: Option<&SubscriptionRow>,
 ) -> Result<Prepared, ApiError> {
     let spec = subscription::validate(body).map_err(validation_error)?;
+    if let Some(t) = &spec.topic {
+        check_topic(hub, tenant, t).await?;
+    }
     hub.egress
         .check(&spec.channel.endpoint)
         .await
@@ -139,8 +143,57 @@ async fn prepare(
     })
 }
 
+/// A topic-based subscription must name a topic this tenant has, and filter only as the
+/// topic's canFilterBy allows (the Backport IG: reject what cannot be honoured).
+async fn check_topic(
+    hub: &Hub,
+    tenant: &str,
+    t: &subscription::TopicSubscription,
+) -> Result<(), ApiError> {
+    let refuse = |msg: String, at: &str| {
+        ApiError::unprocessable(
+            OperationOutcome::error(IssueType::NotSupported, msg).at(at.to_owned()),
+        )
+    };
+    let Some(row) = hub.store.topic_by_url(tenant, &t.topic).await? else {
+        return Err(refuse(
+            format!(
+                "topic '{}' is not supported: this hub has no SubscriptionTopic with that url (GET /fhir/SubscriptionTopic lists them)",
+                t.topic
+            ),
+            "Subscription.criteria",
+        ));
+    };
+    let resource: Value = serde_json::from_str(&row.resource)
+        .map_err(|e| ApiError::internal(format!("stored topic {} is not JSON: {e}", row.id)))?;
+    let topic = hub_fhir::topic::parse(&resource).map_err(|oo| {
+        ApiError::internal(format!(
+            "stored topic {} no longer validates: {}",
+            row.id,
+            oo.summary()
+        ))
+    })?;
+    if topic.status == "retired" {
+        return Err(refuse(
+            format!("topic '{}' is retired", t.topic),
+            "Subscription.criteria",
+        ));
+    }
+    for f in &t.filters {
+        hub_fhir::topic::parse_filter(&topic, f, "Subscription.criteria.extension")
+            .map_err(ApiError::unprocessable)?;
+    }
+    Ok(())
+}
+
 fn set_secret(resource: &mut Value, secret: &str) {
-    let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) else {
+    // the R4 form keeps it on channel, the R5 form (no channel element) on the resource
+    let holder = if resource.get("channel").is_some() {
+        resource.get_mut("channel")
+    } else {
+        Some(&mut *resource)
+    };
+    let Some(channel) = holder.and_then(Value::as_object_mut) else {
         return;
     };
     let ext = channel.entry("extension").or_insert_with(|| json!([]));
@@ -153,17 +206,23 @@ fn set_secret(resource: &mut Value, secret: &str) {
 /// Remove the signing secret (shown once, when the hub generates it) and the client
 /// certificate's private key (never shown).
 fn hide_secret(resource: &mut Value) {
-    if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut)
-        && let Some(list) = channel.get_mut("extension").and_then(Value::as_array_mut)
-    {
-        list.retain(|e| {
-            let url = e.get("url").and_then(Value::as_str);
-            url != Some(delivery::SECRET_EXTENSION)
-                && url != Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
-        });
-        if list.is_empty() {
-            channel.remove("extension");
+    let strip = |holder: &mut serde_json::Map<String, Value>| {
+        if let Some(list) = holder.get_mut("extension").and_then(Value::as_array_mut) {
+            list.retain(|e| {
+                let url = e.get("url").and_then(Value::as_str);
+                url != Some(delivery::SECRET_EXTENSION)
+                    && url != Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
+            });
+            if list.is_empty() {
+                holder.remove("extension");
+            }
         }
+    };
+    if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) {
+        strip(channel);
+    }
+    if let Some(obj) = resource.as_object_mut() {
+        strip(obj);
     }
 }
 
@@ -247,7 +306,7 @@ pub async fn create(
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let body = body.json()?;
-    let prepared = prepare(&hub, &body, None).await?;
+    let prepared = prepare(&hub, &caller.tenant, &body, None).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let row = hub
         .store
@@ -330,7 +389,7 @@ pub async fn update(
         }
     }
     let existing = hub.store.get_subscription(&caller.tenant, &id).await?;
-    let prepared = prepare(&hub, &body, existing.as_ref()).await?;
+    let prepared = prepare(&hub, &caller.tenant, &body, existing.as_ref()).await?;
     let write = &prepared.write;
     match hub
         .store

@@ -30,15 +30,18 @@ pub mod worker;
 /// The Subscription.channel extension that carries the Standard Webhooks signing secret.
 pub const SECRET_EXTENSION: &str = "urn:fhir-hub:webhook-secret";
 
-/// The signing secret stored in a Subscription resource, if any.
+/// The signing secret stored in a Subscription resource, if any (on `channel` in the R4
+/// form, on the resource in the R5 form).
 pub fn secret_of(resource: &Value) -> Option<&str> {
-    resource
-        .pointer("/channel/extension")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_EXTENSION))?
-        .get("valueString")?
-        .as_str()
+    ["/channel/extension", "/extension"].iter().find_map(|p| {
+        resource
+            .pointer(p)?
+            .as_array()?
+            .iter()
+            .find(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_EXTENSION))?
+            .get("valueString")?
+            .as_str()
+    })
 }
 
 struct Running {
@@ -163,8 +166,8 @@ async fn prepare(
     row: &SubscriptionRow,
 ) -> Option<worker::Worker> {
     let resource: Value = serde_json::from_str(&row.resource).ok()?;
-    let channel = match subscription::validate(&resource) {
-        Ok(spec) => spec.channel,
+    let (channel, topic) = match subscription::validate(&resource) {
+        Ok(spec) => (spec.channel, spec.topic),
         Err(oo) => {
             tracing::error!(subscription = %row.id, tenant = %row.tenant, error = %oo.summary(), "stored subscription is not deliverable");
             return None;
@@ -188,10 +191,16 @@ async fn prepare(
             return None;
         }
     };
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_millis(
+    // backport-timeout, when the subscription sets one, replaces the hub's request timeout
+    let timeout = topic
+        .as_ref()
+        .and_then(|t| t.timeout_secs)
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(Duration::from_millis(
             hub.config.delivery.request_timeout_ms,
-        ))
+        ));
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("fhir-hub/", env!("CARGO_PKG_VERSION")));
     if let Some((name, addr)) = &checked.pinned {
@@ -225,6 +234,8 @@ async fn prepare(
         version: row.version_id,
         status: row.status.clone(),
         channel,
+        topic,
+        base: hub.config.base_url(),
         secret,
         stop: shutdown.child_token(),
     })

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use hub_fhir::subscription::Channel;
+use hub_fhir::notification::{self, EventInfo, StatusInfo};
+use hub_fhir::subscription::{Channel, FhirVersion, TopicSubscription};
 use hub_store::Notification;
 use reqwest::Method;
 
@@ -77,6 +78,51 @@ pub fn handshake(channel: &Channel, subscription_id: &str, version: i64) -> Disp
         content_type: None,
         body: Vec::new(),
         webhook_id: format!("handshake-{subscription_id}-{version}"),
+    }
+}
+
+/// A topic-based message (Backport IG, R4): a notification bundle POSTed to the endpoint.
+/// Handshakes and heartbeats pass no events; `webhook_id` defaults to the first event's
+/// notification id (stable across retries) or a fresh one.
+pub fn topic_message(
+    channel: &Channel,
+    status: &StatusInfo<'_>,
+    topic: &TopicSubscription,
+    notes: &[Notification],
+    webhook_id: Option<String>,
+) -> Dispatch {
+    let events: Vec<EventInfo<'_>> = notes
+        .iter()
+        .map(|n| EventInfo {
+            number: n.event_number,
+            timestamp: &n.occurred_at,
+            focus_type: &n.focus_type,
+            focus_id: &n.focus_id,
+            action: &n.action,
+            resource: n.resource.as_deref(),
+        })
+        .collect();
+    let bundle = notification::bundle_for(topic.version, status, &events, topic.content);
+    let webhook_id = webhook_id
+        .or_else(|| notes.first().map(|n| n.notification_id.clone()))
+        .unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                status.kind,
+                status.subscription_id,
+                uuid::Uuid::now_v7()
+            )
+        });
+    Dispatch {
+        method: Method::POST,
+        url: channel.endpoint.clone(),
+        content_type: Some(match topic.version {
+            FhirVersion::R4 => "application/fhir+json".to_owned(),
+            FhirVersion::R4B => "application/fhir+json; fhirVersion=4.3".to_owned(),
+            FhirVersion::R5 => "application/fhir+json; fhirVersion=5.0".to_owned(),
+        }),
+        body: bundle.to_string().into_bytes(),
+        webhook_id,
     }
 }
 

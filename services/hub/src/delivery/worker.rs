@@ -13,6 +13,8 @@ use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
 use crate::metrics::{DeliveryAttempt, StatusChanged};
+use hub_fhir::notification::StatusInfo;
+use hub_fhir::subscription::TopicSubscription;
 
 /// How the retries of one message ended.
 #[derive(Debug, PartialEq)]
@@ -81,6 +83,10 @@ pub(super) struct Worker {
     pub version: i64,
     pub status: String,
     pub channel: Channel,
+    /// Topic-based: notifications are Backport IG bundles.
+    pub topic: Option<TopicSubscription>,
+    /// The FHIR base URL for references in bundles.
+    pub base: String,
     pub secret: String,
     pub stop: CancellationToken,
 }
@@ -153,7 +159,19 @@ impl Worker {
     /// One heartbeat attempt: not retried (the next one comes a period later), but failures
     /// count towards `error` like any other.
     async fn heartbeat(&self, status: &mut String, failures: &mut usize) {
-        let d = send::heartbeat(&self.channel, &self.id);
+        let d = match &self.topic {
+            Some(t) => {
+                let since = self.events_since_start().await;
+                send::topic_message(
+                    &self.channel,
+                    &self.topic_status(t, status, "heartbeat", since),
+                    t,
+                    &[],
+                    None,
+                )
+            }
+            None => send::heartbeat(&self.channel, &self.id),
+        };
         let mut attempt = HttpAttempt {
             w: self,
             dispatch: d,
@@ -171,6 +189,38 @@ impl Worker {
                 *failures += 1;
                 attempt.failed(*failures, &reason).await;
             }
+        }
+    }
+
+    /// The subscription's event count, for handshakes and heartbeats.
+    async fn events_since_start(&self) -> i64 {
+        match self
+            .hub
+            .store
+            .get_subscription(&self.tenant, &self.id)
+            .await
+        {
+            Ok(Some(row)) => row.events_since_start,
+            _ => 0,
+        }
+    }
+
+    fn topic_status<'s>(
+        &'s self,
+        t: &'s TopicSubscription,
+        status: &'s str,
+        kind: &'static str,
+        events_since_start: i64,
+    ) -> StatusInfo<'s> {
+        StatusInfo {
+            base: &self.base,
+            subscription_id: &self.id,
+            topic: Some(&t.topic),
+            // a handshake goes out while requested; the bundle reports what it is for
+            status,
+            kind,
+            events_since_start,
+            error: None,
         }
     }
 
@@ -222,7 +272,19 @@ impl Worker {
     pub(super) async fn run(self) {
         let mut status = self.status.clone();
         if status == "requested" {
-            let d = send::handshake(&self.channel, &self.id, self.version);
+            let d = match &self.topic {
+                Some(t) => {
+                    let since = self.events_since_start().await;
+                    send::topic_message(
+                        &self.channel,
+                        &self.topic_status(t, &status, "handshake", since),
+                        t,
+                        &[],
+                        Some(format!("handshake-{}-{}", self.id, self.version)),
+                    )
+                }
+                None => send::handshake(&self.channel, &self.id, self.version),
+            };
             if self.deliver(d, &mut status).await != Final::Delivered {
                 return;
             }
@@ -279,9 +341,15 @@ impl Worker {
             let mut recorded = delivered;
             let mut last_record = tokio::time::Instant::now();
             for n in &batch {
-                let result = self
-                    .deliver(send::notification(&self.channel, n), &mut status)
-                    .await;
+                let d = match &self.topic {
+                    Some(t) => {
+                        let st =
+                            self.topic_status(t, &status, "event-notification", n.event_number);
+                        send::topic_message(&self.channel, &st, t, std::slice::from_ref(n), None)
+                    }
+                    None => send::notification(&self.channel, n),
+                };
+                let result = self.deliver(d, &mut status).await;
                 if result == Final::Delivered {
                     delivered = n.event_number;
                 }

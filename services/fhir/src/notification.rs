@@ -1,0 +1,297 @@
+//! Notification bundles in the Subscriptions R5 Backport IG's R4 form: a `history` Bundle
+//! whose first entry is a `Parameters` with the backport-subscription-status-r4 profile,
+//! followed by the focus resources (full-resource) or their references (id-only).
+
+use serde_json::{Value, json};
+
+use crate::subscription::{Content, FhirVersion};
+
+pub const STATUS_PROFILE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4";
+pub const NOTIFICATION_PROFILE: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4";
+
+/// The status part of a notification.
+#[derive(Debug, Clone)]
+pub struct StatusInfo<'a> {
+    /// The FHIR base URL (`https://hub.example.org/fhir`).
+    pub base: &'a str,
+    pub subscription_id: &'a str,
+    /// The topic canonical; `None` for an R4 criteria subscription.
+    pub topic: Option<&'a str>,
+    pub status: &'a str,
+    /// handshake, heartbeat, event-notification, query-status or query-event.
+    pub kind: &'a str,
+    pub events_since_start: i64,
+    pub error: Option<&'a str>,
+}
+
+/// One event in a notification.
+#[derive(Debug, Clone)]
+pub struct EventInfo<'a> {
+    pub number: i64,
+    pub timestamp: &'a str,
+    pub focus_type: &'a str,
+    pub focus_id: &'a str,
+    pub action: &'a str,
+    /// The resource JSON, as logged (absent for a deletion).
+    pub resource: Option<&'a str>,
+}
+
+/// The backport-subscription-status-r4 Parameters.
+pub fn status_parameters(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content) -> Value {
+    let mut parameter = vec![json!({
+        "name": "subscription",
+        "valueReference": {"reference": format!("{}/Subscription/{}", s.base, s.subscription_id)}
+    })];
+    if let Some(t) = s.topic {
+        parameter.push(json!({"name": "topic", "valueCanonical": t}));
+    }
+    parameter.push(json!({"name": "status", "valueCode": s.status}));
+    parameter.push(json!({"name": "type", "valueCode": s.kind}));
+    parameter.push(json!({
+        "name": "events-since-subscription-start",
+        "valueString": s.events_since_start.to_string()
+    }));
+    for e in events {
+        let mut part = vec![
+            json!({"name": "event-number", "valueString": e.number.to_string()}),
+            json!({"name": "timestamp", "valueInstant": e.timestamp}),
+        ];
+        if content != Content::Empty {
+            part.push(json!({
+                "name": "focus",
+                "valueReference": {"reference": format!("{}/{}/{}", s.base, e.focus_type, e.focus_id)}
+            }));
+        }
+        parameter.push(json!({"name": "notification-event", "part": part}));
+    }
+    if let Some(err) = s.error {
+        parameter.push(json!({"name": "error", "valueCodeableConcept": {"text": err}}));
+    }
+    json!({
+        "resourceType": "Parameters",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"profile": [STATUS_PROFILE]},
+        "parameter": parameter,
+    })
+}
+
+/// An R4B or R5 SubscriptionStatus (the two differ only in the Bundle around them here:
+/// R4B carries int64 counters as strings, R5 as integer64, which JSON also writes as
+/// strings).
+pub fn subscription_status(
+    s: &StatusInfo<'_>,
+    events: &[EventInfo<'_>],
+    content: Content,
+) -> Value {
+    let mut st = json!({
+        "resourceType": "SubscriptionStatus",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "status": s.status,
+        "type": s.kind,
+        "eventsSinceSubscriptionStart": s.events_since_start.to_string(),
+        "subscription": {"reference": format!("{}/Subscription/{}", s.base, s.subscription_id)},
+    });
+    if let Some(t) = s.topic {
+        st["topic"] = json!(t);
+    }
+    if !events.is_empty() {
+        st["notificationEvent"] = Value::Array(
+            events
+                .iter()
+                .map(|e| {
+                    let mut n = json!({"eventNumber": e.number.to_string(), "timestamp": e.timestamp});
+                    if content != Content::Empty {
+                        n["focus"] = json!({"reference": format!("{}/{}/{}", s.base, e.focus_type, e.focus_id)});
+                    }
+                    n
+                })
+                .collect(),
+        );
+    }
+    if let Some(err) = s.error {
+        st["error"] = json!([{"text": err}]);
+    }
+    st
+}
+
+/// The notification bundle in the shape of the subscription's FHIR version.
+pub fn bundle_for(
+    version: FhirVersion,
+    s: &StatusInfo<'_>,
+    events: &[EventInfo<'_>],
+    content: Content,
+) -> Value {
+    if version == FhirVersion::R4 {
+        return bundle(s, events, content);
+    }
+    let status = subscription_status(s, events, content);
+    let op = if s.kind == "query-event" {
+        "$events"
+    } else {
+        "$status"
+    };
+    let mut entries = vec![json!({
+        "fullUrl": format!("urn:uuid:{}", status["id"].as_str().unwrap_or_default()),
+        "resource": status,
+        "request": {"method": "GET", "url": format!("{}/Subscription/{}/{op}", s.base, s.subscription_id)},
+        "response": {"status": "200"},
+    })];
+    entries.extend(focus_entries(s, events, content));
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": if version == FhirVersion::R5 { "subscription-notification" } else { "history" },
+        "timestamp": crate::time_fmt::now_instant(),
+        "entry": entries,
+    })
+}
+
+fn focus_entries(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content) -> Vec<Value> {
+    let mut out = Vec::new();
+    if content == Content::Empty {
+        return out;
+    }
+    for e in events {
+        let url = format!("{}/{}/{}", s.base, e.focus_type, e.focus_id);
+        let (method, code) = match e.action {
+            "create" => ("POST", "201"),
+            "delete" => ("DELETE", "200"),
+            _ => ("PUT", "200"),
+        };
+        let mut entry = json!({
+            "fullUrl": url,
+            "request": {"method": method, "url": format!("{}/{}", e.focus_type, e.focus_id)},
+            "response": {"status": code},
+        });
+        if content == Content::FullResource
+            && let Some(r) = e
+                .resource
+                .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        {
+            entry["resource"] = r;
+        }
+        out.push(entry);
+    }
+    out
+}
+
+/// The whole notification bundle (R4 Backport form).
+pub fn bundle(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content) -> Value {
+    let status = status_parameters(s, events, content);
+    let op = if s.kind == "query-event" {
+        "$events"
+    } else {
+        "$status"
+    };
+    let mut entries = vec![json!({
+        "fullUrl": format!("urn:uuid:{}", status["id"].as_str().unwrap_or_default()),
+        "resource": status,
+        "request": {"method": "GET", "url": format!("{}/Subscription/{}/{op}", s.base, s.subscription_id)},
+        "response": {"status": "200"},
+    })];
+    entries.extend(focus_entries(s, events, content));
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"profile": [NOTIFICATION_PROFILE]},
+        "type": "history",
+        "timestamp": crate::time_fmt::now_instant(),
+        "entry": entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(kind: &'static str) -> StatusInfo<'static> {
+        StatusInfo {
+            base: "https://hub.example.org/fhir",
+            subscription_id: "s1",
+            topic: Some("http://example.org/topic"),
+            status: "active",
+            kind,
+            events_since_start: 3,
+            error: None,
+        }
+    }
+
+    fn event() -> EventInfo<'static> {
+        EventInfo {
+            number: 3,
+            timestamp: "2024-01-01T00:00:00Z",
+            focus_type: "Observation",
+            focus_id: "o1",
+            action: "update",
+            resource: Some(r#"{"resourceType":"Observation","id":"o1","status":"final"}"#),
+        }
+    }
+
+    /// The IG's rules for the R4 notification shape (backport-subscription-notification-r4
+    /// and backport-subscription-status-r4), checked on every content level.
+    #[test]
+    fn bundles_follow_the_backport_r4_profiles() {
+        for content in [Content::Empty, Content::IdOnly, Content::FullResource] {
+            let b = bundle(&status("event-notification"), &[event()], content);
+            assert_eq!(b["type"], "history");
+            let entries = b["entry"].as_array().unwrap();
+            let p = &entries[0]["resource"];
+            assert_eq!(p["resourceType"], "Parameters");
+            assert_eq!(p["meta"]["profile"][0], STATUS_PROFILE);
+            let names: Vec<&str> = p["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["name"].as_str().unwrap())
+                .collect();
+            // subscription, status, type are required (1..1); topic present for topics
+            for required in ["subscription", "status", "type", "topic"] {
+                assert_eq!(
+                    names.iter().filter(|n| **n == required).count(),
+                    1,
+                    "{required}"
+                );
+            }
+            assert!(
+                entries[0]["fullUrl"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("urn:uuid:")
+            );
+            assert_eq!(entries[0]["request"]["method"], "GET");
+            let ev = p["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == "notification-event")
+                .unwrap();
+            assert_eq!(ev["part"][0]["name"], "event-number");
+            assert_eq!(ev["part"][0]["valueString"], "3");
+            let has_focus = ev["part"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == "focus");
+            match content {
+                Content::Empty => {
+                    assert!(!has_focus);
+                    assert_eq!(entries.len(), 1, "empty carries no resource entries");
+                }
+                Content::IdOnly => {
+                    assert!(has_focus);
+                    assert_eq!(entries.len(), 2);
+                    assert!(entries[1].get("resource").is_none());
+                    assert_eq!(
+                        entries[1]["fullUrl"],
+                        "https://hub.example.org/fhir/Observation/o1"
+                    );
+                }
+                Content::FullResource => {
+                    assert_eq!(entries[1]["resource"]["status"], "final");
+                }
+            }
+        }
+        let hs = bundle(&status("handshake"), &[], Content::IdOnly);
+        assert_eq!(hs["entry"].as_array().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! The matcher's view of topic-based subscriptions: per tenant, each topic with the
+//! subscriptions that name it and their filters.
+
+use std::collections::HashMap;
+
+use hub_fhir::ChangeEvent;
+use hub_fhir::topic::{self, Filter, Topic};
+use hub_store::{SubscriptionRow, TopicRow};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+struct TopicSub {
+    id: String,
+    filters: Vec<Filter>,
+    end: Option<OffsetDateTime>,
+}
+
+struct Entry {
+    topic: Topic,
+    subs: Vec<TopicSub>,
+}
+
+/// Topics and their subscribers, per tenant.
+#[derive(Default)]
+pub struct TopicIndex {
+    by_tenant: HashMap<String, Vec<Entry>>,
+    subscriptions: usize,
+}
+
+impl TopicIndex {
+    /// Builds the index; topics or subscriptions that no longer validate are skipped loudly.
+    pub fn build(topics: &[TopicRow], subs: &[SubscriptionRow]) -> TopicIndex {
+        let mut by_tenant: HashMap<String, Vec<Entry>> = HashMap::new();
+        for row in topics {
+            let parsed = serde_json::from_str::<Value>(&row.resource)
+                .map_err(|e| e.to_string())
+                .and_then(|v| topic::parse(&v).map_err(|oo| oo.summary()));
+            match parsed {
+                Ok(t) => by_tenant
+                    .entry(row.tenant.clone())
+                    .or_default()
+                    .push(Entry {
+                        topic: t,
+                        subs: Vec::new(),
+                    }),
+                Err(e) => {
+                    tracing::warn!(topic = %row.id, tenant = %row.tenant, error = %e, "stored topic no longer validates; not matching it");
+                }
+            }
+        }
+        let mut count = 0;
+        for row in subs {
+            let Some(entries) = by_tenant.get_mut(&row.tenant) else {
+                continue;
+            };
+            let Some(entry) = entries.iter_mut().find(|e| e.topic.url == row.criteria) else {
+                continue;
+            };
+            let Ok(resource) = serde_json::from_str::<Value>(&row.resource) else {
+                continue;
+            };
+            let spec = match hub_fhir::subscription::validate(&resource) {
+                Ok(s) => s,
+                Err(oo) => {
+                    tracing::warn!(subscription = %row.id, error = %oo.summary(), "stored subscription no longer validates; not matching it");
+                    continue;
+                }
+            };
+            let Some(ts) = spec.topic else {
+                continue;
+            };
+            let filters: Result<Vec<Filter>, _> = ts
+                .filters
+                .iter()
+                .map(|f| topic::parse_filter(&entry.topic, f, "Subscription.criteria.extension"))
+                .collect();
+            let filters = match filters {
+                Ok(f) => f,
+                Err(oo) => {
+                    tracing::warn!(subscription = %row.id, error = %oo.summary(), "subscription filter no longer fits its topic; not matching it");
+                    continue;
+                }
+            };
+            let end = spec
+                .end
+                .as_deref()
+                .and_then(hub_fhir::time_fmt::parse_instant);
+            entry.subs.push(TopicSub {
+                id: row.id.clone(),
+                filters,
+                end,
+            });
+            count += 1;
+        }
+        TopicIndex {
+            by_tenant,
+            subscriptions: count,
+        }
+    }
+
+    /// How many topic-based subscriptions are indexed.
+    pub fn len(&self) -> usize {
+        self.subscriptions
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions == 0
+    }
+
+    /// Ids of the topic-based subscriptions an event notifies.
+    pub fn matches<'s>(&'s self, event: &ChangeEvent, now: OffsetDateTime, out: &mut Vec<&'s str>) {
+        let Some(entries) = self.by_tenant.get(&event.tenant) else {
+            return;
+        };
+        let current = event.resource.as_ref();
+        let previous = event.previous.as_ref();
+        for e in entries {
+            if e.subs.is_empty() {
+                continue;
+            }
+            let fired = e
+                .topic
+                .triggers
+                .iter()
+                .any(|t| t.fires(event.action, &event.resource_type, current, previous));
+            if !fired {
+                continue;
+            }
+            for s in &e.subs {
+                if s.end.is_some_and(|end| now >= end) {
+                    continue;
+                }
+                if s.filters
+                    .iter()
+                    .all(|f| f.accepts(&event.resource_type, current, previous))
+                {
+                    out.push(&s.id);
+                }
+            }
+        }
+    }
+}
