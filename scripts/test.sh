@@ -6,7 +6,7 @@
 # It installs or starts what is missing:
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
 #   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
-#   - a Python venv with the standardwebhooks library, and Medplum's npm package;
+#   - a Python venv with standardwebhooks and fhir.resources; @medplum/core and fhirpath (npm);
 # and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
 #
 # Environment: FHIR_HUB_TEST_DATABASE_URL (default postgres://root@127.0.0.1:5432/test),
@@ -70,7 +70,8 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
-# --- Python test clients (standardwebhooks verifies the hub's signatures) -----------------
+# --- Python test clients (standardwebhooks verifies signatures, fhir.resources validates
+#     R4B/R5 notification bundles) ----------------------------------------------------------
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" || {
@@ -81,7 +82,7 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r integration-tests/python/requirements.txt
 export FHIR_HUB_PYTHON="$VENV/bin/python"
 
-# --- Node peers (Medplum's matcher for the differential test) ------------------------------
+# --- Node peers (Medplum's matcher for the differential test, fhirpath.js for the benchmark)
 if ! command -v npm >/dev/null 2>&1; then
   log "installing Node.js and npm (Debian packages)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
@@ -127,6 +128,8 @@ cargo test --locked --workspace "$@" 2>&1 | tee "$SCRATCH/test.out" || status=$?
 if [ "$status" != 0 ] && [ -n "$TANSU_PID" ]; then
   log "tansu log (last 40 lines)"; tail -n 40 "$SCRATCH/tansu.log" >&2 || true
 fi
+# The official FHIRPath suites' figures (the test above enforces the known-failure lists).
+cargo test --locked -q -p hub-fhirpath --test official -- --nocapture 2>&1 | grep '^FHIRPath r' || true
 # One closing line for the whole run (cargo's last line is a doc-test summary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$SCRATCH/test.out"

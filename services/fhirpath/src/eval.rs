@@ -431,8 +431,8 @@ impl<'e, 'a> Evaluator<'e, 'a> {
             }
             Lookup::Found(el) => {
                 for k in &el.keys {
-                    let v = map.get(&k.json);
-                    let e = k.ext.as_ref().and_then(|x| map.get(x));
+                    let v = lookup(map, &k.json);
+                    let e = k.ext.as_ref().and_then(|x| lookup(map, x));
                     if v.is_some() || e.is_some() {
                         push_values(self.model, v, e, k.ty, out);
                     }
@@ -623,6 +623,17 @@ impl<'e, 'a> Evaluator<'e, 'a> {
             B::And | B::Or | B::Xor | B::Implies => Err(execution("unreachable operator")),
         }
     }
+}
+
+/// A key lookup that scans small objects (comparing lengths before bytes) instead of
+/// hashing: FHIR objects are small, and the scan touches less memory than a hash probe.
+fn lookup<'m>(map: &'m serde_json::Map<String, Json>, key: &str) -> Option<&'m Json> {
+    if map.len() > 24 {
+        return map.get(key);
+    }
+    map.iter()
+        .find(|(k, _)| k.len() == key.len() && k.as_str() == key)
+        .map(|(_, v)| v)
 }
 
 /// Appends the nodes of a JSON value (one or an array), with the `_name` sibling alongside.

@@ -110,6 +110,11 @@ pub async fn run(
     if hub.config.has_role(Role::Delivery) {
         let (h, s) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { delivery::run(h, s).await.context("delivery role") });
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            delivery::retention(h, s).await;
+            Ok(())
+        });
     }
     if hub.config.has_role(Role::Api) {
         let listener = match listener {

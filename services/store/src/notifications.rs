@@ -291,4 +291,20 @@ impl Store {
         .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
+
+    /// Retention: delete notifications created before `before` (a stored instant) that were
+    /// delivered. Undelivered ones stay whatever their age; event numbers are never reused
+    /// because the counter lives on the subscription row. Returns how many were deleted.
+    pub async fn purge_notifications(&self, before: &str) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "DELETE FROM notifications WHERE created_at < $1 AND event_number <= \
+             (SELECT d.delivered_through FROM delivery_state d \
+              WHERE d.tenant = notifications.tenant AND d.subscription_id = notifications.subscription_id)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
 }

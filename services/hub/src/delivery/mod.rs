@@ -240,3 +240,27 @@ async fn prepare(
         stop: shutdown.child_token(),
     })
 }
+
+/// Purge delivered notifications older than `database.retention_days`, hourly.
+pub async fn retention(hub: Hub, shutdown: CancellationToken) {
+    let days = hub.config.database.retention_days;
+    if days == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
+        let Ok(before) = cutoff.format(&time::format_description::well_known::Rfc3339) else {
+            continue;
+        };
+        match hub.store.purge_notifications(&before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, %before, "notification log retention"),
+            Err(e) => tracing::warn!(error = %e, "notification log retention failed; retrying next hour"),
+        }
+    }
+}

@@ -423,3 +423,29 @@ pub(crate) async fn topics_by_id_and_url(store: Store) {
     );
     assert!(store.get_topic("default", "lab").await.unwrap().is_none());
 }
+
+pub(crate) async fn retention_purges_only_delivered_and_never_reuses_numbers(store: Store) {
+    store
+        .create_subscription("default", "r1", &write("active"))
+        .await
+        .unwrap();
+    store
+        .append_notifications(&[note("r1", "e1"), note("r1", "e2"), note("r1", "e3")])
+        .await
+        .unwrap();
+    store.record_delivered("default", "r1", 2).await.unwrap();
+    let purged = store
+        .purge_notifications("9999-12-31T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(purged, 2, "only the delivered ones");
+    let left = store.notifications_after("default", "r1", 0, 10).await.unwrap();
+    assert_eq!(left.iter().map(|n| n.event_number).collect::<Vec<_>>(), [3]);
+    let logged = store.append_notifications(&[note("r1", "e4")]).await.unwrap();
+    assert_eq!(logged[0].event_number, 4, "numbers continue after a purge");
+    assert_eq!(
+        store.purge_notifications("2000-01-01T00:00:00Z").await.unwrap(),
+        0,
+        "nothing is older than the cutoff"
+    );
+}

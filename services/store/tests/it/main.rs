@@ -67,6 +67,7 @@ contract_suite!(
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
     topics_by_id_and_url,
+    retention_purges_only_delivered_and_never_reuses_numbers,
 );
 
 #[tokio::test]
