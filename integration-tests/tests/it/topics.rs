@@ -453,3 +453,72 @@ async fn r4b_and_r5_notifications_validate_with_fhir_resources() {
         validate_with_fhir_resources(&python, v, bodies);
     }
 }
+
+#[tokio::test]
+async fn a_backport_r4_basic_topic_is_accepted() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let x = |n: &str| {
+        format!("http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.{n}")
+    };
+    let basic = json!({
+        "resourceType": "Basic",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": [
+            {"url": x("url"), "valueUri": "http://example.org/topics/r4-basic"},
+            {"url": x("status"), "valueCode": "active"},
+            {"url": x("resourceTrigger"), "extension": [
+                {"url": "resource", "valueUri": "Encounter"},
+                {"url": "supportedInteraction", "valueCode": "update"},
+                {"url": "queryCriteria", "extension": [{"url": "current", "valueString": "status=finished"}]}
+            ]}
+        ]
+    });
+    let (c, t) = hub.post_json("/fhir/SubscriptionTopic", &basic).await;
+    assert_eq!(c, 201, "{t}");
+    assert_eq!(t["resourceType"], "SubscriptionTopic");
+    assert_eq!(t["resourceTrigger"][0]["resource"], "Encounter");
+    let (_, found) = hub
+        .get("/fhir/SubscriptionTopic?url=http://example.org/topics/r4-basic")
+        .await;
+    assert_eq!(found["total"], 1);
+}
+
+#[test]
+fn fhirpath_command_prints_json_or_an_operation_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let obs = dir.path().join("obs.json");
+    std::fs::write(&obs, obs_json().to_string()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::binary())
+            .arg("fhirpath")
+            .args(args)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v)
+    };
+    let (code, v) = run(&[
+        "-e",
+        "Observation.value.ofType(Quantity).value > 5",
+        "-r",
+        obs.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v, json!([true]));
+    let (code, v) = run(&[
+        "-e",
+        "Observation.valueQuantity",
+        "-r",
+        obs.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+    assert_eq!(v["resourceType"], "OperationOutcome");
+    assert!(v.to_string().contains("value.ofType(Quantity)"), "{v}");
+    let (code, v) = run(&["-e", "1 +"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(v["issue"][0]["code"], "invalid");
+}
+
+fn obs_json() -> Value {
+    obs("o1", "final", "Patient/p1")
+}

@@ -312,6 +312,97 @@ pub fn parse(v: &Value) -> Result<Topic, OperationOutcome> {
     })
 }
 
+/// Elements of SubscriptionTopic (and of its backbone elements) that repeat.
+const REPEATING: &[&str] = &[
+    "resourceTrigger",
+    "eventTrigger",
+    "canFilterBy",
+    "notificationShape",
+    "derivedFrom",
+    "identifier",
+    "contact",
+    "jurisdiction",
+    "useContext",
+    "supportedInteraction",
+    "comparator",
+    "modifier",
+    "include",
+    "revInclude",
+];
+
+fn extension_value(ext: &Value) -> Option<Value> {
+    if let Some(subs) = ext.get("extension").and_then(Value::as_array) {
+        let mut obj = serde_json::Map::new();
+        for sub in subs {
+            let Some(name) = sub.get("url").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(v) = extension_value(sub) else {
+                continue;
+            };
+            put(&mut obj, name, v);
+        }
+        return Some(Value::Object(obj));
+    }
+    ext.as_object()?
+        .iter()
+        .find(|(k, _)| k.starts_with("value"))
+        .map(|(_, v)| v.clone())
+}
+
+fn put(obj: &mut serde_json::Map<String, Value>, name: &str, v: Value) {
+    if !REPEATING.contains(&name) {
+        obj.insert(name.to_owned(), v);
+        return;
+    }
+    let slot = obj
+        .entry(name.to_owned())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(a) = slot {
+        a.push(v);
+    }
+}
+
+/// The Subscriptions Backport IG's R4 representation of a topic, a `Basic` resource carrying
+/// the cross-version extensions (`http://hl7.org/fhir/{4.3,5.0}/StructureDefinition/
+/// extension-SubscriptionTopic.*`, or `artifact-*` for the canonical metadata), read as the
+/// SubscriptionTopic it stands for. `None` when `v` is not such a Basic.
+pub fn from_backport_basic(v: &Value) -> Option<Value> {
+    if v.get("resourceType").and_then(Value::as_str) != Some("Basic") {
+        return None;
+    }
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "resourceType".into(),
+        Value::String("SubscriptionTopic".into()),
+    );
+    let mut found = false;
+    for ext in v
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(url) = ext.get("url").and_then(Value::as_str) else {
+            continue;
+        };
+        let name = if let Some((_, n)) = url.split_once("/extension-SubscriptionTopic.") {
+            n
+        } else if let Some(n) =
+            url.strip_prefix("http://hl7.org/fhir/StructureDefinition/artifact-")
+        {
+            n
+        } else {
+            continue;
+        };
+        if let Some(val) = extension_value(ext) {
+            found = true;
+            put(&mut out, name, val);
+        }
+    }
+    found.then_some(Value::Object(out))
+}
+
 impl ResourceTrigger {
     /// Whether this trigger fires for a change. `current` is absent on delete, `previous` when
     /// the change event did not carry the earlier version (a create, or a producer that does

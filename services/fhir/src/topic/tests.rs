@@ -91,3 +91,58 @@ fn unsupported_topics_are_refused_by_name() {
     t["resourceTrigger"][0]["resource"] = json!("Wombat");
     assert!(parse(&t).is_err());
 }
+
+#[test]
+fn the_backport_r4_basic_representation_reads_as_a_topic() {
+    let x = |n: &str| {
+        format!("http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.{n}")
+    };
+    let basic = json!({
+        "resourceType": "Basic", "id": "r4-lab",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/artifact-url", "valueUri": "http://example.org/topics/r4-lab"},
+            {"url": x("status"), "valueCode": "active"},
+            {"url": x("resourceTrigger"), "extension": [
+                {"url": "resource", "valueUri": "http://hl7.org/fhir/StructureDefinition/Observation"},
+                {"url": "supportedInteraction", "valueCode": "create"},
+                {"url": "supportedInteraction", "valueCode": "update"},
+                {"url": "queryCriteria", "extension": [
+                    {"url": "current", "valueString": "status=final"},
+                    {"url": "resultForCreate", "valueCode": "test-passes"},
+                    {"url": "requireBoth", "valueBoolean": false}
+                ]},
+                {"url": "fhirPathCriteria", "valueString": "%current.status = 'final'"}
+            ]},
+            {"url": x("canFilterBy"), "extension": [
+                {"url": "resource", "valueUri": "Observation"},
+                {"url": "filterParameter", "valueString": "patient"}
+            ]}
+        ]
+    });
+    let topic_json = from_backport_basic(&basic).unwrap();
+    assert_eq!(
+        topic_json["resourceTrigger"][0]["supportedInteraction"],
+        json!(["create", "update"])
+    );
+    let t = parse(&topic_json).unwrap();
+    assert_eq!(t.url, "http://example.org/topics/r4-lab");
+    assert_eq!(
+        t.triggers[0].interactions,
+        vec![Action::Create, Action::Update]
+    );
+    assert!(t.triggers[0].fires(
+        Action::Create,
+        "Observation",
+        Some(&obs("final", "Patient/1")),
+        None
+    ));
+    assert!(!t.triggers[0].fires(
+        Action::Create,
+        "Observation",
+        Some(&obs("preliminary", "Patient/1")),
+        None
+    ));
+    assert_eq!(t.can_filter_by[0].parameter, "patient");
+    assert!(from_backport_basic(&json!({"resourceType": "Basic"})).is_none());
+}

@@ -55,8 +55,11 @@ fn respond(status: StatusCode, row: &TopicRow) -> Result<Response, ApiError> {
     Ok(res)
 }
 
-/// Validate and strip hub-owned fields; returns the url and the stored JSON.
+/// Validate and strip hub-owned fields; returns the url and the stored JSON. The Backport
+/// IG's R4 `Basic` representation is accepted and stored as the SubscriptionTopic it means.
 fn prepare(body: &Value) -> Result<(String, String), ApiError> {
+    let converted = hub_fhir::topic::from_backport_basic(body);
+    let body = converted.as_ref().unwrap_or(body);
     let topic = hub_fhir::topic::parse(body).map_err(|oo| {
         let malformed = oo.issues.iter().any(|i| {
             matches!(

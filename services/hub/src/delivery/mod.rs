@@ -260,7 +260,9 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
         match hub.store.purge_notifications(&before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, %before, "notification log retention"),
-            Err(e) => tracing::warn!(error = %e, "notification log retention failed; retrying next hour"),
+            Err(e) => {
+                tracing::warn!(error = %e, "notification log retention failed; retrying next hour")
+            }
         }
     }
 }

@@ -439,12 +439,21 @@ pub(crate) async fn retention_purges_only_delivered_and_never_reuses_numbers(sto
         .await
         .unwrap();
     assert_eq!(purged, 2, "only the delivered ones");
-    let left = store.notifications_after("default", "r1", 0, 10).await.unwrap();
+    let left = store
+        .notifications_after("default", "r1", 0, 10)
+        .await
+        .unwrap();
     assert_eq!(left.iter().map(|n| n.event_number).collect::<Vec<_>>(), [3]);
-    let logged = store.append_notifications(&[note("r1", "e4")]).await.unwrap();
+    let logged = store
+        .append_notifications(&[note("r1", "e4")])
+        .await
+        .unwrap();
     assert_eq!(logged[0].event_number, 4, "numbers continue after a purge");
     assert_eq!(
-        store.purge_notifications("2000-01-01T00:00:00Z").await.unwrap(),
+        store
+            .purge_notifications("2000-01-01T00:00:00Z")
+            .await
+            .unwrap(),
         0,
         "nothing is older than the cutoff"
     );
