@@ -315,6 +315,27 @@ async fn unsupported_topics_filters_channels_and_payloads_are_refused() {
         .await
         .unwrap();
     assert_eq!(res.status(), 409);
+    // nor changed so that its subscribers' filters or url stop fitting
+    let mut narrower = topic();
+    narrower["id"] = json!(tid);
+    narrower["canFilterBy"] = json!([]);
+    let mut with_filter = subscription(&rx.url, None, Some("patient=Patient/1"));
+    with_filter["status"] = json!("requested");
+    let (c, b) = hub.post_json("/fhir/Subscription", &with_filter).await;
+    assert_eq!(c, 201, "{b}");
+    let res = hub
+        .put_json(&format!("/fhir/SubscriptionTopic/{tid}"), &narrower, None)
+        .await;
+    assert_eq!(res.status(), 409);
+    let b: Value = res.json().await.unwrap();
+    assert!(b.to_string().contains("would refuse"), "{b}");
+    let mut moved = topic();
+    moved["id"] = json!(tid);
+    moved["url"] = json!("http://example.org/topics/moved");
+    let res = hub
+        .put_json(&format!("/fhir/SubscriptionTopic/{tid}"), &moved, None)
+        .await;
+    assert_eq!(res.status(), 409);
 }
 
 /// Write bodies to files and validate them with the Python `fhir.resources` models.

@@ -39,7 +39,8 @@ impl<'a> Env<'a> {
 pub fn resource_node(r: &Json) -> Value<'_> {
     let model = Model::r4();
     let ty = r
-        .get("resourceType")
+        .as_object()
+        .and_then(|m| lookup(m, "resourceType"))
         .and_then(Json::as_str)
         .and_then(|t| model.intern(t))
         .unwrap_or("");
@@ -62,7 +63,7 @@ pub(crate) struct Evaluator<'e, 'a> {
     pub model: &'static Model,
     pub env: &'e Env<'a>,
     /// `%context` / `%resource`.
-    pub context: Collection<'a>,
+    pub context: &'e [Value<'a>],
 }
 
 pub(crate) type R<T> = Result<T, EvalError>;
@@ -217,6 +218,12 @@ impl<'e, 'a> Evaluator<'e, 'a> {
             Expr::Total => Ok(f.total.map(<[_]>::to_vec).unwrap_or_default()),
             Expr::Invocation(inv) => self.invoke(f.this, inv, f, true),
             Expr::Member(target, inv) => {
+                // `%current.status`: navigate the variable in place instead of copying it
+                if let Expr::Constant(name) = target.as_ref()
+                    && let Some(v) = self.env.variables.get(name)
+                {
+                    return self.invoke(v, inv, f, false);
+                }
                 let focus = self.eval(target, f)?;
                 self.invoke(&focus, inv, f, false)
             }
@@ -285,7 +292,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
         }
         let s = |s: &str| Ok(vec![Value::String(Cow::Owned(s.to_string()))]);
         match name {
-            "context" | "resource" | "rootResource" => Ok(self.context.clone()),
+            "context" | "resource" | "rootResource" => Ok(self.context.to_vec()),
             "ucum" => s("http://unitsofmeasure.org"),
             "sct" => s("http://snomed.info/sct"),
             "loinc" => s("http://loinc.org"),
@@ -627,7 +634,7 @@ impl<'e, 'a> Evaluator<'e, 'a> {
 
 /// A key lookup that scans small objects (comparing lengths before bytes) instead of
 /// hashing: FHIR objects are small, and the scan touches less memory than a hash probe.
-fn lookup<'m>(map: &'m serde_json::Map<String, Json>, key: &str) -> Option<&'m Json> {
+pub(crate) fn lookup<'m>(map: &'m serde_json::Map<String, Json>, key: &str) -> Option<&'m Json> {
     if map.len() > 24 {
         return map.get(key);
     }

@@ -77,7 +77,7 @@ impl Expression {
         let ev = Evaluator {
             model: model::Model::r4(),
             env,
-            context: context.clone(),
+            context: &context,
         };
         ev.eval(
             &self.ast,

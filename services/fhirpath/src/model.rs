@@ -57,13 +57,15 @@ pub struct TypeDef {
     pub name: &'static str,
     pub base: Option<&'static str>,
     pub kind: Kind,
-    pub elements: Vec<ElementDef>,
+    pub elements: Vec<std::sync::Arc<ElementDef>>,
 }
 
 /// The type model of one FHIR version.
 #[derive(Debug)]
 pub struct Model {
     types: HashMap<&'static str, TypeDef>,
+    /// Every type's elements, inherited ones included, by name: one hash probe per step.
+    flat: HashMap<&'static str, HashMap<&'static str, std::sync::Arc<ElementDef>>>,
 }
 
 impl Model {
@@ -103,13 +105,13 @@ impl Model {
                         continue;
                     };
                     let choice = name.ends_with("[x]");
-                    t.elements.push(ElementDef {
+                    t.elements.push(std::sync::Arc::new(ElementDef {
                         name: name.trim_end_matches("[x]"),
                         types: tys.split(',').collect(),
                         many: max == "*",
                         choice,
                         keys: Vec::new(),
-                    });
+                    }));
                 }
                 _ => {}
             }
@@ -121,6 +123,9 @@ impl Model {
             .collect();
         for t in types.values_mut() {
             for e in &mut t.elements {
+                let Some(e) = std::sync::Arc::get_mut(e) else {
+                    continue;
+                };
                 e.keys = e
                     .types
                     .iter()
@@ -140,22 +145,31 @@ impl Model {
                     .collect();
             }
         }
-        Model { types }
+        let mut flat: HashMap<&'static str, HashMap<&'static str, std::sync::Arc<ElementDef>>> =
+            HashMap::default();
+        for name in types.keys() {
+            let mut all: HashMap<&'static str, std::sync::Arc<ElementDef>> = HashMap::default();
+            let mut t = types.get(name);
+            while let Some(def) = t {
+                for e in &def.elements {
+                    all.entry(e.name)
+                        .or_insert_with(|| std::sync::Arc::clone(e));
+                }
+                t = def.base.and_then(|b| types.get(b));
+            }
+            flat.insert(name, all);
+        }
+        Model { types, flat }
     }
 
     /// The element `name` of `ty`, distinguishing an unknown type from an unknown element.
     pub fn lookup(&self, ty: &str, name: &str) -> Lookup<'_> {
-        let Some(mut t) = self.types.get(ty) else {
-            return Lookup::UnknownType;
-        };
-        loop {
-            if let Some(e) = t.elements.iter().find(|e| e.name == name) {
-                return Lookup::Found(e);
-            }
-            match t.base.and_then(|b| self.types.get(b)) {
-                Some(b) => t = b,
-                None => return Lookup::NoElement,
-            }
+        match self.flat.get(ty) {
+            None => Lookup::UnknownType,
+            Some(all) => match all.get(name) {
+                Some(e) => Lookup::Found(e),
+                None => Lookup::NoElement,
+            },
         }
     }
 
@@ -170,13 +184,7 @@ impl Model {
 
     /// The element `name` of `ty`, looked up through the base types.
     pub fn element(&self, ty: &str, name: &str) -> Option<&ElementDef> {
-        let mut t = self.types.get(ty)?;
-        loop {
-            if let Some(e) = t.elements.iter().find(|e| e.name == name) {
-                return Some(e);
-            }
-            t = self.types.get(t.base?)?;
-        }
+        self.flat.get(ty)?.get(name).map(|e| &**e)
     }
 
     /// Whether `ty` is `of` or derives from it.
@@ -210,7 +218,7 @@ impl Model {
         let mut out = Vec::new();
         let mut t = self.types.get(ty);
         while let Some(def) = t {
-            out.extend(def.elements.iter());
+            out.extend(def.elements.iter().map(|e| &**e));
             t = def.base.and_then(|b| self.types.get(b));
         }
         out

@@ -81,8 +81,64 @@ fn prepare(body: &Value) -> Result<(String, String), ApiError> {
     Ok((topic.url, stored.to_string()))
 }
 
+/// Live subscriptions (not `off`) naming `url`: their ids and filters.
+async fn users_of(
+    hub: &Hub,
+    tenant: &str,
+    url: &str,
+) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    Ok(hub
+        .store
+        .search_subscriptions(tenant, &[], 10_000)
+        .await?
+        .into_iter()
+        .filter(|s| s.criteria == url && s.status != "off")
+        .map(|s| {
+            let filters = serde_json::from_str::<Value>(&s.resource)
+                .ok()
+                .and_then(|r| hub_fhir::subscription::validate(&r).ok())
+                .and_then(|spec| spec.topic)
+                .map(|t| t.filters)
+                .unwrap_or_default();
+            (s.id, filters)
+        })
+        .collect())
+}
+
 async fn put(hub: &Hub, tenant: &str, id: &str, body: &Value) -> Result<Response, ApiError> {
     let (url, stored) = prepare(body)?;
+    // an update must keep serving the subscriptions that use the topic
+    if let Some(old) = hub.store.get_topic(tenant, id).await? {
+        let users = users_of(hub, tenant, &old.url).await?;
+        let conflict = |msg: String| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                OperationOutcome::error(IssueType::Conflict, msg).at("SubscriptionTopic"),
+            )
+        };
+        if !users.is_empty() && old.url != url {
+            return Err(conflict(format!(
+                "the url cannot change while {} subscription(s) use the topic (first: {})",
+                users.len(),
+                users[0].0
+            )));
+        }
+        let new_topic = serde_json::from_str::<Value>(&stored)
+            .ok()
+            .and_then(|v| hub_fhir::topic::parse(&v).ok());
+        if let Some(t) = new_topic {
+            for (sub, filters) in &users {
+                for f in filters {
+                    if let Err(oo) = hub_fhir::topic::parse_filter(&t, f, "filter") {
+                        return Err(conflict(format!(
+                            "Subscription/{sub} filters on '{f}', which the updated topic would refuse ({})",
+                            oo.summary()
+                        )));
+                    }
+                }
+            }
+        }
+    }
     let (row, created) = hub
         .store
         .put_topic(tenant, id, &url, &stored)
@@ -179,13 +235,10 @@ pub async fn delete(
     let Some(row) = hub.store.get_topic(&caller.tenant, &id).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let users: Vec<String> = hub
-        .store
-        .search_subscriptions(&caller.tenant, &[], 10_000)
+    let users: Vec<String> = users_of(&hub, &caller.tenant, &row.url)
         .await?
         .into_iter()
-        .filter(|s| s.criteria == row.url && s.status != "off")
-        .map(|s| s.id)
+        .map(|(id, _)| id)
         .collect();
     if !users.is_empty() {
         return Err(ApiError::new(
