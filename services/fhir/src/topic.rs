@@ -225,13 +225,25 @@ pub fn parse(v: &Value) -> Result<Topic, OperationOutcome> {
         };
         let fhirpath = match t.get("fhirPathCriteria").and_then(Value::as_str) {
             None => None,
-            Some(src) => Some(Expression::parse(src).map_err(|e| {
-                bad(
-                    IssueType::Invalid,
-                    format!("fhirPathCriteria does not parse: {e}"),
-                    format!("{at}.fhirPathCriteria"),
-                )
-            })?),
+            Some(src) => {
+                let e = Expression::parse(src).map_err(|e| {
+                    bad(
+                        IssueType::Invalid,
+                        format!("fhirPathCriteria does not parse: {e}"),
+                        format!("{at}.fhirPathCriteria"),
+                    )
+                })?;
+                // a path that cannot exist on the resource would make the trigger silently
+                // never fire: refuse it now, naming the element
+                e.check(resource).map_err(|err| {
+                    bad(
+                        IssueType::Invalid,
+                        format!("fhirPathCriteria cannot run on {resource}: {err}"),
+                        format!("{at}.fhirPathCriteria"),
+                    )
+                })?;
+                Some(e)
+            }
         };
         triggers.push(ResourceTrigger {
             resource: resource.to_owned(),

@@ -17,6 +17,7 @@
 
 mod arith;
 pub mod ast;
+mod check;
 mod eval;
 mod functions;
 mod lexer;
@@ -57,6 +58,13 @@ impl Expression {
             source: source.to_string(),
             ast: parser::parse(source)?,
         })
+    }
+
+    /// Checks the expression statically as it would run on a resource of type `root`:
+    /// elements that cannot exist (`Observation.valueQuantity`, `(value as Period).unit`) and
+    /// a leading type that is not the resource's are [`EvalError::Semantic`] errors.
+    pub fn check(&self, root: &str) -> Result<(), EvalError> {
+        check::check(&self.ast, root)
     }
 
     pub fn source(&self) -> &str {

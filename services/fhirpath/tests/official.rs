@@ -68,6 +68,18 @@ fn run_one(t: &Json, inputs: &HashMap<String, Json>) -> Result<(), String> {
         Err(e) => return Err(format!("syntax error: {e}")),
     };
     let resource = t["inputjson"].as_str().and_then(|f| inputs.get(f));
+    // The static check against the input's type: in strict mode it runs first; on every
+    // valid expression it must not refuse anything (topics rely on it at write time).
+    if let Some(rt) = resource.and_then(|r| r["resourceType"].as_str())
+        && let Err(e) = parsed.check(rt)
+    {
+        if t["mode"].as_str() == Some("strict") && invalid {
+            return Ok(());
+        }
+        if !invalid {
+            return Err(format!("static check refused a valid expression: {e}"));
+        }
+    }
     let env = Env::new();
     let result = match parsed.evaluate(resource, &env) {
         Ok(r) => r,

@@ -85,6 +85,13 @@ fn unsupported_topics_are_refused_by_name() {
             .contains("fhirPathCriteria")
     );
     let mut t = lab_topic();
+    t["resourceTrigger"][0]["fhirPathCriteria"] = json!("%current.valueQuantity.value > 5");
+    let why = parse(&t).unwrap_err().summary();
+    assert!(why.contains("value.ofType(Quantity)"), "{why}");
+    let mut t = lab_topic();
+    t["resourceTrigger"][0]["fhirPathCriteria"] = json!("Encounter.status = 'finished'");
+    assert!(parse(&t).unwrap_err().summary().contains("about Encounter"));
+    let mut t = lab_topic();
     t["canFilterBy"][0]["filterParameter"] = json!("no-such-param");
     assert!(parse(&t).unwrap_err().summary().contains("no-such-param"));
     let mut t = lab_topic();

@@ -61,7 +61,7 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
             "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
             "resource": [{
                 "type": "SubscriptionTopic",
-                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
+                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
                 "interaction": [
                     {"code": "read"}, {"code": "update"}, {"code": "delete"},
                     {"code": "create"}, {"code": "search-type"}
