@@ -740,8 +740,12 @@ mod tests {
                 "Subscription.criteria",
             ),
             (
-                |s| s["criteria"] = json!("http://x/SubscriptionTopic/t"),
-                "Subscription.criteria",
+                |s| {
+                    // a topic-based subscription with a payload content the IG does not define
+                    s["criteria"] = json!("http://x/SubscriptionTopic/t");
+                    s["channel"]["_payload"] = json!({"extension": [{"url": PAYLOAD_CONTENT_EXTENSION, "valueCode": "all"}]});
+                },
+                "Subscription.channel.payload.extension",
             ),
             (
                 |s| s["channel"]["type"] = json!("email"),
