@@ -279,10 +279,14 @@ async fn status_machine_from_requested_to_active_through_error_and_off_and_back(
         .iter()
         .filter(|p| p["name"] == "notification-event")
         .count();
-    assert_eq!(
-        (n, all["entry"].as_array().unwrap().len()),
-        (2, 1),
-        "two events, no resources for id-only"
+    // id-only: an entry per focus with its fullUrl and request, without the resource
+    let entries = all["entry"].as_array().unwrap();
+    assert_eq!((n, entries.len()), (2, 3), "two events, two focus entries");
+    assert!(
+        entries[1..]
+            .iter()
+            .all(|e| e.get("resource").is_none() && e["fullUrl"].is_string()),
+        "no resources for id-only"
     );
     let (code, _) = hub
         .get(&format!(

@@ -60,19 +60,6 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
             "mode": "server",
             "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
             "resource": [{
-                "type": "SubscriptionTopic",
-                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
-                "interaction": [
-                    {"code": "read"}, {"code": "update"}, {"code": "delete"},
-                    {"code": "create"}, {"code": "search-type"}
-                ],
-                "updateCreate": true,
-                "searchParam": [
-                    {"name": "url", "type": "uri", "documentation": "exact match"},
-                    {"name": "status", "type": "token"},
-                    {"name": "resource", "type": "uri", "documentation": "a resourceTrigger's resource (type name or StructureDefinition url)"}
-                ]
-            }, {
                 "type": "Subscription",
                 "extension": topics,
                 "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
@@ -98,6 +85,19 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
                     {"name": "type", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-type"},
                     {"name": "url", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-url", "documentation": "exact match only"},
                     {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
+                ]
+            }, {
+                "type": "SubscriptionTopic",
+                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
+                "interaction": [
+                    {"code": "read"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "create"}, {"code": "search-type"}
+                ],
+                "updateCreate": true,
+                "searchParam": [
+                    {"name": "url", "type": "uri", "documentation": "exact match"},
+                    {"name": "status", "type": "token"},
+                    {"name": "resource", "type": "uri", "documentation": "a resourceTrigger's resource (type name or StructureDefinition url)"}
                 ]
             }]
         }]
