@@ -543,3 +543,46 @@ fn fhirpath_command_prints_json_or_an_operation_outcome() {
 fn obs_json() -> Value {
     obs("o1", "final", "Patient/p1")
 }
+
+/// Producers that do not send `previous` (bare resources on Kafka, most CDC feeds): the hub
+/// remembers the last version of the types a subscribed topic compares, so "became final"
+/// still fires exactly once.
+#[tokio::test]
+async fn previous_versions_are_supplied_when_events_lack_them() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(status, 201);
+    let mut rx = TestReceiver::start().await;
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &subscription(&rx.url, Some("id-only"), None),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+
+    let prelim = obs("v1", "preliminary", "Patient/p1");
+    let fin = obs("v1", "final", "Patient/p1");
+    // none of these envelopes carries `previous`
+    for (i, (action, r)) in [("create", &prelim), ("update", &fin), ("update", &fin)]
+        .into_iter()
+        .enumerate()
+    {
+        let (c, b) = hub.post_json("/events", &event(action, r, None)).await;
+        assert_eq!(c, 202, "{b}");
+        // one event per batch, so each sees the version the previous one left
+        if i < 2 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let r = rx.next(Duration::from_secs(20)).await;
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    let st = &b["entry"][0]["resource"];
+    assert_eq!(
+        param(st, "notification-event").unwrap()["part"][0]["valueString"],
+        "1"
+    );
+    // final → final (previous from the store) does not fire again
+    rx.assert_quiet(Duration::from_millis(1500)).await;
+}

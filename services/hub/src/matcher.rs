@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use hub_fhir::index::MatchIndex;
 use hub_fhir::{Action, ChangeEvent, Criteria};
 use hub_log::Consumed;
-use hub_store::{NewNotification, SubscriptionRow, TopicRow};
+use std::collections::HashMap;
+
+use hub_store::{NewNotification, ResourceKey, SubscriptionRow, TopicRow};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +78,10 @@ impl Index {
 
     pub fn len(&self) -> usize {
         self.inner.len() + self.topics.len()
+    }
+
+    pub fn needs_previous(&self, tenant: &str, resource_type: &str) -> bool {
+        self.topics.needs_previous(tenant, resource_type)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,6 +151,69 @@ async fn refresh(hub: &Hub, index: &mut Index) -> Result<(), hub_store::StoreErr
     Ok(())
 }
 
+/// Fill in `previous` for events of types a subscribed topic compares with the version before
+/// (from earlier events of the batch, then the store), and return the versions to record.
+/// `None` when stopped while the store was unavailable.
+async fn supply_previous(
+    hub: &Hub,
+    index: &Index,
+    events: &mut [ChangeEvent],
+    shutdown: &CancellationToken,
+) -> Option<Vec<(ResourceKey, Option<String>)>> {
+    let key = |e: &ChangeEvent| -> ResourceKey {
+        (
+            e.tenant.clone(),
+            e.resource_type.clone(),
+            e.resource_id.clone(),
+        )
+    };
+    let relevant = |e: &ChangeEvent| index.needs_previous(&e.tenant, &e.resource_type);
+    let mut wanted: Vec<ResourceKey> = events
+        .iter()
+        .filter(|e| relevant(e) && e.previous.is_none() && e.action != Action::Create)
+        .map(key)
+        .collect();
+    if !events.iter().any(relevant) {
+        return Some(Vec::new());
+    }
+    wanted.sort();
+    wanted.dedup();
+    let mut stored = HashMap::new();
+    if !wanted.is_empty() {
+        let mut wait = Duration::from_millis(200);
+        stored = loop {
+            match hub.store.last_versions(&wanted).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read previous resource versions; holding the batch");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+    }
+    let mut latest: HashMap<ResourceKey, Option<String>> = HashMap::new();
+    for e in events.iter_mut().filter(|e| relevant(e)) {
+        let k = key(e);
+        if e.previous.is_none() && e.action != Action::Create {
+            let before = match latest.get(&k) {
+                Some(v) => v.clone(),
+                None => stored.get(&k).cloned(),
+            };
+            e.previous = before.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        }
+        let now = match e.action {
+            Action::Delete => None,
+            _ => e.resource.as_ref().map(Value::to_string),
+        };
+        latest.insert(k, now);
+    }
+    Some(latest.into_iter().collect())
+}
+
 /// Run the matcher until `shutdown`.
 pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = &hub.config.matcher;
@@ -195,17 +264,26 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         let now = OffsetDateTime::now_utc();
         let mut notes = Vec::new();
         let mut malformed = 0;
+        let mut events = Vec::with_capacity(batch.len());
         for rec in &batch {
-            let event = match parse_record(rec, &hub.config.tenancy.default_tenant) {
-                Ok(e) => e,
+            match parse_record(rec, &hub.config.tenancy.default_tenant) {
+                Ok(e) => events.push(e),
                 Err(why) => {
                     // Retrying cannot fix a malformed record; skip it loudly.
                     tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, key = ?rec.key, error = %why, "skipping malformed change event");
                     malformed += 1;
-                    continue;
                 }
-            };
-            let matched = index.matches(&event, now);
+            }
+        }
+        // Topics comparing with the version before get it from the store when the event
+        // does not carry it; the versions this batch leaves are written after the
+        // notifications (a crash in between re-reads the batch against the older versions:
+        // same decisions, deduplicated notifications).
+        let Some(latest) = supply_previous(&hub, &index, &mut events, &shutdown).await else {
+            break 'outer;
+        };
+        for event in &events {
+            let matched = index.matches(event, now);
             if matched.is_empty() {
                 continue;
             }
@@ -240,6 +318,15 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                 }
             }
         };
+        let mut wait = Duration::from_millis(200);
+        while let Err(e) = hub.store.put_versions(&latest).await {
+            tracing::error!(error = %e, "cannot record resource versions; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
         if let Err(e) = consumer.ack(&batch).await {
             tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
         }

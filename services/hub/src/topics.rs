@@ -25,6 +25,9 @@ struct Entry {
 pub struct TopicIndex {
     by_tenant: HashMap<String, Vec<Entry>>,
     subscriptions: usize,
+    /// (tenant, resource type) whose changes a subscribed topic compares with the version
+    /// before: the matcher keeps their last version for events that do not carry it.
+    needs_previous: std::collections::HashSet<(String, String)>,
 }
 
 impl TopicIndex {
@@ -92,10 +95,37 @@ impl TopicIndex {
             });
             count += 1;
         }
+        let mut needs_previous = std::collections::HashSet::new();
+        for (tenant, entries) in &by_tenant {
+            for e in entries.iter().filter(|e| !e.subs.is_empty()) {
+                let filtered = e.subs.iter().any(|s| !s.filters.is_empty());
+                for t in &e.topic.triggers {
+                    let on_delete = t.interactions.is_empty()
+                        || t.interactions.contains(&hub_fhir::Action::Delete);
+                    let uses_previous = t.query.as_ref().is_some_and(|q| q.previous.is_some())
+                        || t.fhirpath
+                            .as_ref()
+                            .is_some_and(|f| f.source().contains("%previous"))
+                        || (on_delete && filtered);
+                    if uses_previous {
+                        needs_previous.insert((tenant.clone(), t.resource.clone()));
+                    }
+                }
+            }
+        }
         TopicIndex {
             by_tenant,
             subscriptions: count,
+            needs_previous,
         }
+    }
+
+    /// Whether the matcher should supply (and remember) previous versions of this type.
+    pub fn needs_previous(&self, tenant: &str, resource_type: &str) -> bool {
+        !self.needs_previous.is_empty()
+            && self
+                .needs_previous
+                .contains(&(tenant.to_owned(), resource_type.to_owned()))
     }
 
     /// How many topic-based subscriptions are indexed.

@@ -16,11 +16,13 @@ mod leases;
 mod notifications;
 mod subscriptions;
 mod topics;
+mod versions;
 
 pub use delivery::DeliveryState;
 pub use notifications::{NewNotification, Notification};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
 pub use topics::TopicRow;
+pub use versions::ResourceKey;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -31,8 +31,9 @@ entry is a backport-subscription-status-r4 Parameters (types handshake, heartbea
 event-notification; $status gives query-status, $events query-event), one event per bundle, \
 eventNumber gap-free per subscription. Topics: resourceTrigger with supportedInteraction, \
 queryCriteria (previous/current, resultForCreate, resultForDelete, requireBoth) and \
-fhirPathCriteria with %current/%previous (%previous is the change event's previous version; \
-without it an update is evaluated with %previous empty). Refused: eventTrigger, \
+fhirPathCriteria with %current/%previous (%previous is the change event's previous version or, \
+when the event lacks it, the last version the hub recorded for types that topics compare). \
+Refused: eventTrigger, \
 notificationShape include/revInclude, channel types other than rest-hook, payloads other than \
 FHIR JSON.";
 

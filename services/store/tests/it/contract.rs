@@ -458,3 +458,42 @@ pub(crate) async fn retention_purges_only_delivered_and_never_reuses_numbers(sto
         "nothing is older than the cutoff"
     );
 }
+
+pub(crate) async fn last_versions_are_kept_per_resource(store: Store) {
+    let k = |id: &str| {
+        (
+            "default".to_owned(),
+            "Observation".to_owned(),
+            id.to_owned(),
+        )
+    };
+    assert!(store.last_versions(&[k("a")]).await.unwrap().is_empty());
+    store
+        .put_versions(&[
+            (k("a"), Some("{\"v\":1}".into())),
+            (k("b"), Some("{\"v\":1}".into())),
+        ])
+        .await
+        .unwrap();
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":2}".into())), (k("b"), None)])
+        .await
+        .unwrap();
+    let got = store
+        .last_versions(&[k("a"), k("b"), k("c")])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[&k("a")], "{\"v\":2}");
+    // another tenant's resource with the same id is another resource
+    let other = ("t2".to_owned(), "Observation".to_owned(), "a".to_owned());
+    assert!(store.last_versions(&[other]).await.unwrap().is_empty());
+    // many keys at once
+    let many: Vec<_> = (0..250).map(|i| k(&format!("m{i}"))).collect();
+    let items: Vec<_> = many
+        .iter()
+        .map(|k| (k.clone(), Some("{}".to_owned())))
+        .collect();
+    store.put_versions(&items).await.unwrap();
+    assert_eq!(store.last_versions(&many).await.unwrap().len(), 250);
+}

@@ -68,6 +68,7 @@ contract_suite!(
     leases_give_each_subscription_one_owner,
     topics_by_id_and_url,
     retention_purges_only_delivered_and_never_reuses_numbers,
+    last_versions_are_kept_per_resource,
 );
 
 #[tokio::test]
