@@ -82,3 +82,59 @@ async fn observation_written_to_kafka_reaches_the_rest_hook() {
     );
     rx.assert_quiet(Duration::from_millis(1000)).await;
 }
+
+/// A topic-based subscription fed by bare resources that another system writes to Kafka
+/// (no envelope, no `previous`): "became final" fires once, numbered 1, with PostgreSQL
+/// keeping the versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_resources_on_kafka_drive_a_topic_subscription() {
+    let Some(brokers) = require_external("FHIR_HUB_TEST_KAFKA") else {
+        return;
+    };
+    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let topic = format!("fhir.changes.{}", uuid::Uuid::new_v4().simple());
+    let env = HubEnv::default()
+        .arg("--kafka-brokers")
+        .arg(&brokers)
+        .arg("--database-url")
+        .arg(&hub_store::fresh_postgres_schema(&pg, "e2e").await.unwrap())
+        .var("HUB_LOG__CHANGES_TOPIC", &topic)
+        .var("HUB_KAFKA__PARTITIONS", "3")
+        .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"));
+    let hub = Hub::start(env).await;
+    let (c, _) = hub
+        .post_json("/fhir/SubscriptionTopic", &crate::topics::topic())
+        .await;
+    assert_eq!(c, 201);
+    let mut rx = TestReceiver::start().await;
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &crate::topics::subscription(&rx.url, Some("full-resource"), Some("patient=Patient/k")),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+
+    let mut v1 = crate::topics::obs("kt1", "preliminary", "Patient/k");
+    v1["meta"] = serde_json::json!({"versionId": "1"});
+    let mut v2 = crate::topics::obs("kt1", "final", "Patient/k");
+    v2["meta"] = serde_json::json!({"versionId": "2"});
+    let mut v3 = v2.clone();
+    v3["meta"] = serde_json::json!({"versionId": "3"});
+    for v in [&v1, &v2, &v3] {
+        produce(&brokers, &topic, "Observation/kt1", v).await;
+    }
+    let r = rx.next(Duration::from_secs(30)).await;
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    let params = b["entry"][0]["resource"]["parameter"].as_array().unwrap();
+    let ev = params
+        .iter()
+        .find(|p| p["name"] == "notification-event")
+        .unwrap();
+    assert_eq!(ev["part"][0]["valueString"], "1");
+    assert_eq!(b["entry"][1]["resource"]["meta"]["versionId"], "2");
+    rx.assert_quiet(Duration::from_secs(2)).await;
+}

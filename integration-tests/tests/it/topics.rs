@@ -14,7 +14,7 @@ use crate::receiver::TestReceiver;
 const TOPIC: &str = "http://example.org/topics/lab-result-final";
 const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 
-fn topic() -> Value {
+pub(crate) fn topic() -> Value {
     json!({
         "resourceType": "SubscriptionTopic",
         "url": TOPIC,
@@ -33,7 +33,7 @@ fn topic() -> Value {
     })
 }
 
-fn subscription(endpoint: &str, content: Option<&str>, filter: Option<&str>) -> Value {
+pub(crate) fn subscription(endpoint: &str, content: Option<&str>, filter: Option<&str>) -> Value {
     let mut s = json!({
         "resourceType": "Subscription", "status": "requested", "reason": "topic e2e",
         "criteria": TOPIC,
@@ -50,7 +50,7 @@ fn subscription(endpoint: &str, content: Option<&str>, filter: Option<&str>) -> 
     s
 }
 
-fn obs(id: &str, status: &str, patient: &str) -> Value {
+pub(crate) fn obs(id: &str, status: &str, patient: &str) -> Value {
     json!({"resourceType": "Observation", "id": id, "status": status,
            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
            "subject": {"reference": patient}, "valueQuantity": {"value": 6.1}})
