@@ -586,3 +586,68 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
     // final → final (previous from the store) does not fire again
     rx.assert_quiet(Duration::from_millis(1500)).await;
 }
+
+/// `backport-max-count`: events waiting for delivery go out several to a bundle, in order.
+#[tokio::test]
+async fn max_count_groups_waiting_events_into_one_bundle() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(status, 201);
+    let mut rx = TestReceiver::start().await;
+    rx.respond_with(503); // the handshake fails until the events are waiting
+    let mut s = subscription(&rx.url, Some("id-only"), None);
+    s["channel"]["extension"] =
+        json!([{"url": format!("{BACKPORT}backport-max-count"), "valuePositiveInt": 5}]);
+    let (c, s) = hub.post_json("/fhir/Subscription", &s).await;
+    assert_eq!(c, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        let (c, _) = hub
+            .post_json(
+                "/events",
+                &event(
+                    "create",
+                    &obs(&format!("m{i}"), "final", "Patient/p1"),
+                    None,
+                ),
+            )
+            .await;
+        assert_eq!(c, 202);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, st) = hub.get(&format!("/fhir/Subscription/{id}/$status")).await;
+        let p = &st["entry"][0]["resource"];
+        if param(p, "events-since-subscription-start").unwrap()["valueString"] == "3" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events were not logged: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rx.respond_with(200);
+    hub.wait_status(&id, "active").await;
+    let r = rx.next(Duration::from_secs(20)).await;
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    let st = &b["entry"][0]["resource"];
+    let numbers: Vec<&str> = st["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "notification-event")
+        .map(|p| p["part"][0]["valueString"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["1", "2", "3"], "{b}");
+    assert_eq!(
+        param(st, "events-since-subscription-start").unwrap()["valueString"],
+        "3"
+    );
+    assert_eq!(
+        b["entry"].as_array().unwrap().len(),
+        4,
+        "status + three id-only entries"
+    );
+    rx.assert_quiet(Duration::from_millis(800)).await;
+}

@@ -28,7 +28,8 @@ application/fhir+json is required, with _payload.extension backport-payload-cont
 id-only (default) or full-resource; channel extensions backport-heartbeat-period, \
 backport-timeout (1-120 s) and backport-max-count. Notifications are history Bundles whose first \
 entry is a backport-subscription-status-r4 Parameters (types handshake, heartbeat, \
-event-notification; $status gives query-status, $events query-event), one event per bundle, \
+event-notification; $status gives query-status, $events query-event), one event per bundle or \
+up to backport-max-count waiting events, \
 eventNumber gap-free per subscription. Topics: resourceTrigger with supportedInteraction, \
 queryCriteria (previous/current, resultForCreate, resultForDelete, requireBoth) and \
 fhirPathCriteria with %current/%previous (%previous is the change event's previous version or, \

@@ -340,18 +340,28 @@ impl Worker {
             // notification: a crash re-sends at most that much, with the same webhook-ids.
             let mut recorded = delivered;
             let mut last_record = tokio::time::Instant::now();
-            for n in &batch {
+            // Topic-based subscriptions with backport-max-count get up to that many events
+            // per bundle; everything else one notification per request.
+            let per_message = self
+                .topic
+                .as_ref()
+                .and_then(|t| t.max_count)
+                .map_or(1, |m| m.max(1) as usize);
+            for group in batch.chunks(per_message) {
+                let Some(last) = group.last() else {
+                    continue;
+                };
                 let d = match &self.topic {
                     Some(t) => {
                         let st =
-                            self.topic_status(t, &status, "event-notification", n.event_number);
-                        send::topic_message(&self.channel, &st, t, std::slice::from_ref(n), None)
+                            self.topic_status(t, &status, "event-notification", last.event_number);
+                        send::topic_message(&self.channel, &st, t, group, None)
                     }
-                    None => send::notification(&self.channel, n),
+                    None => send::notification(&self.channel, last),
                 };
                 let result = self.deliver(d, &mut status).await;
                 if result == Final::Delivered {
-                    delivered = n.event_number;
+                    delivered = last.event_number;
                 }
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
