@@ -6,7 +6,7 @@
 # It installs or starts what is missing:
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
 #   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
-#   - a Python venv with standardwebhooks and fhir.resources; @medplum/core and fhirpath (npm);
+#   - a Python venv with standardwebhooks, fhir.resources and websockets; @medplum/core and fhirpath (npm);
 # and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
 #
 # Environment: FHIR_HUB_TEST_DATABASE_URL (default postgres://root@127.0.0.1:5432/test),
@@ -71,7 +71,7 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 # --- Python test clients (standardwebhooks verifies signatures, fhir.resources validates
-#     R4B/R5 notification bundles) ----------------------------------------------------------
+#     R4B/R5 notification bundles, websockets is a websocket subscriber) ---------------------
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" || {

@@ -258,9 +258,15 @@ async fn unsupported_topics_filters_channels_and_payloads_are_refused() {
     check("filter resource", c, b, "no trigger for Condition");
     // unsupported channel type
     let mut s = subscription(endpoint, None, None);
+    s["channel"]["type"] = json!("message");
+    let (c, b) = hub.post_json("/fhir/Subscription", &s).await;
+    check("message", c, b, "channel type 'message'");
+    // websocket carries topic-based notifications only
+    let mut s = subscription(endpoint, None, None);
+    s["criteria"] = json!("Observation?code=1234-5");
     s["channel"]["type"] = json!("websocket");
     let (c, b) = hub.post_json("/fhir/Subscription", &s).await;
-    check("websocket", c, b, "channel type 'websocket'");
+    check("websocket with R4 criteria", c, b, "topic-based");
     let mut s = subscription(endpoint, None, None);
     s["channel"]["type"] = json!("email");
     let (c, b) = hub.post_json("/fhir/Subscription", &s).await;
@@ -650,4 +656,119 @@ async fn max_count_groups_waiting_events_into_one_bundle() {
         "status + three id-only entries"
     );
     rx.assert_quiet(Duration::from_millis(800)).await;
+}
+
+/// The websocket channel with a real client (Python `websockets`): a token from
+/// `$get-ws-binding-token`, `bind-with-token`, a handshake bundle, then event-notification
+/// bundles numbered without gaps. A bad token gets an OperationOutcome.
+#[tokio::test]
+async fn websocket_subscriptions_bind_with_a_token_and_receive_bundles() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(status, 201);
+    let mut s = subscription("unused", Some("full-resource"), Some("patient=Patient/p1"));
+    s["channel"] = json!({"type": "websocket", "payload": "application/fhir+json",
+        "_payload": s["channel"]["_payload"].clone()});
+    let (c, s) = hub.post_json("/fhir/Subscription", &s).await;
+    assert_eq!(c, 201, "{s}");
+    assert_eq!(
+        s["status"], "active",
+        "nothing to hand-shake with until a client binds"
+    );
+    let id = s["id"].as_str().unwrap().to_owned();
+
+    // rest-hook subscriptions get no token
+    let rx = TestReceiver::start().await;
+    let (_, hook) = hub
+        .post_json("/fhir/Subscription", &subscription(&rx.url, None, None))
+        .await;
+    let (c, b) = hub
+        .get(&format!(
+            "/fhir/Subscription/{}/$get-ws-binding-token",
+            hook["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(c, 422, "{b}");
+
+    let (c, p) = hub
+        .get(&format!("/fhir/Subscription/{id}/$get-ws-binding-token"))
+        .await;
+    assert_eq!(c, 200, "{p}");
+    let token = param(&p, "token").unwrap()["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws_url = param(&p, "websocket-url").unwrap()["valueUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(ws_url.starts_with("ws://"), "{ws_url}");
+    assert!(param(&p, "expiration").is_some());
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/ws_client.py");
+    let mut child = std::process::Command::new(&python)
+        .args([script, &ws_url, &token, "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| -> Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no websocket message: {what}"));
+        serde_json::from_str(&line).unwrap()
+    };
+    let hs = next("handshake");
+    assert_eq!(
+        hs["entry"][0]["resource"]["parameter"][3]["valueCode"], "handshake",
+        "{hs}"
+    );
+
+    for (i, patient) in [(0, "Patient/p1"), (1, "Patient/p2"), (2, "Patient/p1")] {
+        let (c, _) = hub
+            .post_json(
+                "/events",
+                &event("create", &obs(&format!("w{i}"), "final", patient), None),
+            )
+            .await;
+        assert_eq!(c, 202);
+    }
+    for expected in ["1", "2"] {
+        let b = next("event-notification");
+        let st = &b["entry"][0]["resource"];
+        assert_eq!(
+            param(st, "type").unwrap()["valueCode"],
+            "event-notification"
+        );
+        assert_eq!(
+            param(st, "notification-event").unwrap()["part"][0]["valueString"],
+            expected
+        );
+        assert_eq!(
+            b["entry"][1]["resource"]["subject"]["reference"],
+            "Patient/p1"
+        );
+    }
+    assert!(child.wait().unwrap().success());
+
+    // an unknown token is refused with an OperationOutcome
+    let out = std::process::Command::new(&python)
+        .args([script, &ws_url, "not-a-token", "1"])
+        .output()
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["resourceType"], "OperationOutcome", "{reply}");
 }

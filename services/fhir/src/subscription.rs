@@ -391,26 +391,42 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
             "Subscription.channel.type",
         ));
     }
-    if kind != "rest-hook" {
+    let websocket = kind == "websocket";
+    if !websocket && kind != "rest-hook" {
         return Err(invalid(
             IssueType::NotSupported,
-            format!("channel type '{kind}' is not supported yet; this hub delivers rest-hook"),
+            format!(
+                "channel type '{kind}' is not supported yet; this hub delivers rest-hook and (topic-based) websocket"
+            ),
             "Subscription.channel.type",
         ));
     }
-    let endpoint = req_str(
-        resource,
-        "/channel/endpoint",
-        "Subscription.channel.endpoint",
-    )?;
-    let ok_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-    if !ok_scheme || endpoint.len() < 10 || endpoint.contains(char::is_whitespace) {
+    if websocket && !is_topic {
         return Err(invalid(
-            IssueType::Value,
-            format!("channel.endpoint '{endpoint}' must be an absolute http(s) URL"),
-            "Subscription.channel.endpoint",
+            IssueType::NotSupported,
+            "websocket channels carry topic-based notifications: criteria must be a topic canonical URL",
+            "Subscription.channel.type",
         ));
     }
+    // a websocket client connects to the hub; there is no endpoint to call
+    let endpoint = if websocket {
+        ""
+    } else {
+        let endpoint = req_str(
+            resource,
+            "/channel/endpoint",
+            "Subscription.channel.endpoint",
+        )?;
+        let ok_scheme = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !ok_scheme || endpoint.len() < 10 || endpoint.contains(char::is_whitespace) {
+            return Err(invalid(
+                IssueType::Value,
+                format!("channel.endpoint '{endpoint}' must be an absolute http(s) URL"),
+                "Subscription.channel.endpoint",
+            ));
+        }
+        endpoint
+    };
     let mut payload_version: Option<String> = None;
     let payload = match resource.pointer("/channel/payload") {
         None | Some(Value::Null) => None,

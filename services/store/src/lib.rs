@@ -17,6 +17,7 @@ mod notifications;
 mod subscriptions;
 mod topics;
 mod versions;
+mod ws_tokens;
 
 pub use delivery::DeliveryState;
 pub use notifications::{NewNotification, Notification};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use hub_fhir::notification::{self, EventInfo, StatusInfo};
+use hub_fhir::notification::{self, StatusInfo};
 use hub_fhir::subscription::Content;
 use hub_fhir::{IssueType, OperationOutcome};
 use serde_json::Value;
@@ -90,17 +90,7 @@ pub async fn events(
         Vec::new()
     };
     let base = base_url(&headers);
-    let events: Vec<EventInfo<'_>> = notes
-        .iter()
-        .map(|n| EventInfo {
-            number: n.event_number,
-            timestamp: &n.occurred_at,
-            focus_type: &n.focus_type,
-            focus_id: &n.focus_id,
-            action: &n.action,
-            resource: n.resource.as_deref(),
-        })
-        .collect();
+    let events = crate::delivery::send::event_infos(&notes);
     let status = StatusInfo {
         base: &base,
         subscription_id: &id,

@@ -35,8 +35,11 @@ queryCriteria (previous/current, resultForCreate, resultForDelete, requireBoth) 
 fhirPathCriteria with %current/%previous (%previous is the change event's previous version or, \
 when the event lacks it, the last version the hub recorded for types that topics compare). \
 Refused: eventTrigger, \
-notificationShape include/revInclude, channel types other than rest-hook, payloads other than \
-FHIR JSON.";
+notificationShape include/revInclude, channel types other than rest-hook and websocket, payloads \
+other than FHIR JSON. Websocket (topic-based only): $get-ws-binding-token gives a token and \
+the websocket-url (/fhir/$subscription-ws); the client sends 'bind-with-token: <token>' and \
+receives a handshake bundle, then event-notification bundles for events after it bound \
+(earlier ones with $events), and heartbeats.";
 
 pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
     let topics: Vec<serde_json::Value> = hub
@@ -64,7 +67,7 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
             "resource": [{
                 "type": "Subscription",
                 "extension": topics,
-                "documentation": format!("Channel types: rest-hook. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
+                "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
                     {"code": "update"},
@@ -74,7 +77,8 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
                 ],
                 "operation": [
                     {"name": "status", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"},
-                    {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"}
+                    {"name": "events", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"},
+                    {"name": "get-ws-binding-token", "definition": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-get-ws-binding-token"}
                 ],
                 "versioning": "versioned-update",
                 "readHistory": false,

@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod status;
 pub mod subscriptions;
 pub mod topics;
+pub mod websocket;
 
 pub use error::ApiError;
 
@@ -38,6 +39,11 @@ pub fn router(hub: Hub) -> Router {
         .route("/fhir/Subscription/$status", get(status::type_level))
         .route("/fhir/Subscription/{id}/$status", get(status::instance))
         .route("/fhir/Subscription/{id}/$events", get(events::events))
+        .route(
+            "/fhir/Subscription/{id}/$get-ws-binding-token",
+            get(websocket::binding_token).post(websocket::binding_token),
+        )
+        .route("/fhir/$subscription-ws", get(websocket::connect))
         .route(
             "/fhir/Subscription/{id}",
             get(subscriptions::read)

@@ -56,18 +56,21 @@ async fn prepare(
     if let Some(t) = &spec.topic {
         check_topic(hub, tenant, t).await?;
     }
-    hub.egress
-        .check(&spec.channel.endpoint)
-        .await
-        .map_err(|why| {
-            ApiError::unprocessable(
-                OperationOutcome::error(
-                    IssueType::Value,
-                    format!("channel.endpoint refused: {why}"),
+    let websocket = spec.channel.kind == "websocket";
+    if !websocket {
+        hub.egress
+            .check(&spec.channel.endpoint)
+            .await
+            .map_err(|why| {
+                ApiError::unprocessable(
+                    OperationOutcome::error(
+                        IssueType::Value,
+                        format!("channel.endpoint refused: {why}"),
+                    )
+                    .at("Subscription.channel.endpoint"),
                 )
-                .at("Subscription.channel.endpoint"),
-            )
-        })?;
+            })?;
+    }
     if let Some(pem) = &spec.channel.client_certificate {
         reqwest::Identity::from_pem(pem.as_bytes())
             .and_then(|id| reqwest::Client::builder().identity(id).build())
@@ -81,9 +84,12 @@ async fn prepare(
                 )
             })?;
     }
-    // A client asks (requested) or stops (off); the hub activates after the handshake.
+    // A client asks (requested) or stops (off); the hub activates a rest-hook after the
+    // handshake, a websocket subscription at once (its client connects to the hub and gets
+    // the handshake when it binds).
     let status = match spec.status {
         Status::Off => Status::Off,
+        _ if websocket => Status::Active,
         Status::Requested | Status::Active | Status::Error => Status::Requested,
     };
     let mut resource = body.clone();

@@ -81,6 +81,21 @@ pub fn handshake(channel: &Channel, subscription_id: &str, version: i64) -> Disp
     }
 }
 
+/// Logged notifications as the events of a notification bundle.
+pub fn event_infos(notes: &[Notification]) -> Vec<EventInfo<'_>> {
+    notes
+        .iter()
+        .map(|n| EventInfo {
+            number: n.event_number,
+            timestamp: &n.occurred_at,
+            focus_type: &n.focus_type,
+            focus_id: &n.focus_id,
+            action: &n.action,
+            resource: n.resource.as_deref(),
+        })
+        .collect()
+}
+
 /// A topic-based message (Backport IG, R4): a notification bundle POSTed to the endpoint.
 /// Handshakes and heartbeats pass no events; `webhook_id` defaults to the first event's
 /// notification id (stable across retries) or a fresh one.
@@ -91,17 +106,7 @@ pub fn topic_message(
     notes: &[Notification],
     webhook_id: Option<String>,
 ) -> Dispatch {
-    let events: Vec<EventInfo<'_>> = notes
-        .iter()
-        .map(|n| EventInfo {
-            number: n.event_number,
-            timestamp: &n.occurred_at,
-            focus_type: &n.focus_type,
-            focus_id: &n.focus_id,
-            action: &n.action,
-            resource: n.resource.as_deref(),
-        })
-        .collect();
+    let events = event_infos(notes);
     let bundle = notification::bundle_for(topic.version, status, &events, topic.content);
     let webhook_id = webhook_id
         .or_else(|| notes.first().map(|n| n.notification_id.clone()))

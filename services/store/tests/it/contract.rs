@@ -497,3 +497,20 @@ pub(crate) async fn last_versions_are_kept_per_resource(store: Store) {
     store.put_versions(&items).await.unwrap();
     assert_eq!(store.last_versions(&many).await.unwrap().len(), 250);
 }
+
+pub(crate) async fn ws_tokens_bind_until_they_expire(store: Store) {
+    store
+        .create_ws_token("tok1", "default", "s1", "9999-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    store
+        .create_ws_token("old", "default", "s1", "2000-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ws_token("tok1").await.unwrap(),
+        Some(("default".to_owned(), "s1".to_owned()))
+    );
+    assert_eq!(store.ws_token("old").await.unwrap(), None, "expired");
+    assert_eq!(store.ws_token("nope").await.unwrap(), None);
+}

@@ -69,6 +69,7 @@ contract_suite!(
     topics_by_id_and_url,
     retention_purges_only_delivered_and_never_reuses_numbers,
     last_versions_are_kept_per_resource,
+    ws_tokens_bind_until_they_expire,
 );
 
 #[tokio::test]
