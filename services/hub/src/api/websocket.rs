@@ -210,6 +210,7 @@ async fn send_pending(
                 continue;
             }
         };
+        let before = b.sent;
         let per_message = b.topic.max_count.map_or(1, |m| m.max(1) as usize);
         for group in notes.chunks(per_message) {
             let Some(last) = group.last() else {
@@ -230,6 +231,12 @@ async fn send_pending(
             }
             b.sent = last.event_number;
             b.last_message = tokio::time::Instant::now();
+        }
+        // what a socket received counts as delivered ($status, and retention may purge it)
+        if b.sent > before
+            && let Err(e) = hub.store.record_delivered(&b.tenant, &b.id, b.sent).await
+        {
+            tracing::warn!(subscription = %b.id, error = %e, "cannot record websocket delivery");
         }
         if let Some(period) = b.heartbeat
             && b.last_message.elapsed() >= period
