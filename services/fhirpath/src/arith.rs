@@ -139,16 +139,24 @@ pub(crate) fn arith<'a>(op: BinaryOp, x: &Value<'a>, y: &Value<'a>) -> R<Collect
                     (Some(ra), Some(rb)) if ra.dims == rb.dims => (ra.factor, rb.factor),
                     _ => return Ok(vec![]),
                 };
-                let bv = b.value * fb / fa;
-                let v = if op == B::Add {
-                    a.value + bv
-                } else {
-                    a.value - bv
-                };
-                Ok(vec![Value::Quantity(Quantity {
-                    value: v,
-                    unit: a.unit.clone(),
-                })])
+                let v = b
+                    .value
+                    .checked_mul(fb)
+                    .and_then(|x| x.checked_div(fa))
+                    .and_then(|bv| {
+                        if op == B::Add {
+                            a.value.checked_add(bv)
+                        } else {
+                            a.value.checked_sub(bv)
+                        }
+                    });
+                Ok(v.map(|value| {
+                    vec![Value::Quantity(Quantity {
+                        value,
+                        unit: a.unit.clone(),
+                    })]
+                })
+                .unwrap_or_default())
             }
             B::Mul | B::Div => {
                 let v = if op == B::Mul {

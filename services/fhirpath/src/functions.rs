@@ -430,7 +430,7 @@ pub(crate) fn call<'a>(
                 None => chars.len(),
             };
             let start = start as usize;
-            let end = (start + len).min(chars.len());
+            let end = start.saturating_add(len).min(chars.len());
             Ok(string_of(chars[start..end].iter().collect::<String>()))
         }
         "startsWith" | "endsWith" | "contains" => {
@@ -991,8 +991,12 @@ fn boundary<'a>(v: &Value<'a>, digits: Option<i64>, high: bool) -> R<Collection<
         if p > 28 {
             return None;
         }
-        let half = Decimal::new(5, scale + 1);
-        let b = if high { d + half } else { d - half };
+        let half = Decimal::try_new(5, scale + 1).ok()?;
+        let b = if high {
+            d.checked_add(half)?
+        } else {
+            d.checked_sub(half)?
+        };
         let step = Decimal::new(1, p);
         let r = if b.abs() < step {
             // below the resolution asked for: zero, keeping the side's sign

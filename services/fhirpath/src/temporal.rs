@@ -318,7 +318,7 @@ impl Temporal {
                 if t.precision < MONTH {
                     return t.add(amount / 12, "year");
                 }
-                let m = i64::from(t.year) * 12 + i64::from(t.month) - 1 + amount;
+                let m = (i64::from(t.year) * 12 + i64::from(t.month) - 1).checked_add(amount)?;
                 t.year = i32::try_from(m.div_euclid(12)).ok()?;
                 t.month = (m.rem_euclid(12) + 1) as u8;
                 t.day = t.day.min(days_in_month(t.year, t.month));
@@ -331,7 +331,11 @@ impl Temporal {
                 if t.precision < DAY {
                     return t.add(amount / 30, "month");
                 }
-                let d = days_from_civil(t.year, t.month, t.day) + amount;
+                let d = days_from_civil(t.year, t.month, t.day).checked_add(amount)?;
+                if d.abs() > 3_000_000 {
+                    // beyond the years FHIR can write (0001-9999)
+                    return None;
+                }
                 let (y, m, dd) = civil_from_days(d);
                 (t.year, t.month, t.day) = (y, m, dd);
             }
@@ -345,11 +349,11 @@ impl Temporal {
                 if t.kind == TKind::Date {
                     return t.add(ms / 86_400_000, "day");
                 }
-                let day_ms = ((i64::from(t.hour) * 60 + i64::from(t.minute)) * 60
+                let day_ms = (((i64::from(t.hour) * 60 + i64::from(t.minute)) * 60
                     + i64::from(t.second))
                     * 1000
-                    + i64::from(t.millis)
-                    + ms;
+                    + i64::from(t.millis))
+                .checked_add(ms)?;
                 let days = day_ms.div_euclid(86_400_000);
                 let rem = day_ms.rem_euclid(86_400_000);
                 t.hour = (rem / 3_600_000) as u8;

@@ -267,12 +267,12 @@ pub(crate) fn quantity_pair(a: &Quantity, b: &Quantity) -> Option<(Decimal, Deci
         if cal(&ua) && cal(&ub) {
             let months = |q: &Quantity, u: &str| {
                 if u == "year" {
-                    q.value * Decimal::from(12)
+                    q.value.checked_mul(Decimal::from(12))
                 } else {
-                    q.value
+                    Some(q.value)
                 }
             };
-            return Some((months(a, &ua), months(b, &ub)));
+            return Some((months(a, &ua)?, months(b, &ub)?));
         }
         return None;
     }

@@ -200,3 +200,67 @@ fn official_r4_suite() {
 fn official_r5_suite() {
     run_suite("r5", "r5/tests-fhir-r5.json");
 }
+
+/// Robustness: every suite expression against every input resource (most of them the wrong
+/// one), and some hostile ones, must answer a result or an error, never panic.
+#[test]
+fn no_expression_panics_on_any_input() {
+    let Some(dir) = shared() else {
+        return;
+    };
+    let mut inputs = vec![None];
+    for entry in std::fs::read_dir(dir.join("inputs-json")).unwrap() {
+        let path = entry.unwrap().path();
+        if let Ok(j) = serde_json::from_str::<Json>(&std::fs::read_to_string(&path).unwrap()) {
+            inputs.push(Some(j));
+        }
+    }
+    let mut exprs: Vec<String> = Vec::new();
+    for suite in ["r4/tests-fhir-r4.json", "r5/tests-fhir-r5.json"] {
+        let tests: Vec<Json> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(suite)).unwrap()).unwrap();
+        exprs.extend(
+            tests
+                .iter()
+                .filter_map(|t| t["expression"].as_str().map(str::to_owned)),
+        );
+    }
+    exprs.extend(
+        [
+            "'abc'.substring(1, 9223372036854775807)",
+            "@2019-01-01 + 9223372036854775807 days",
+            "@2019-01-01T10:00 + 9223372036854775807 'ms'",
+            "@2019 + 99999999999 months",
+            "79228162514264337593543950335 'g' + 1 'kg'",
+            "79228162514264337593543950335 * 10",
+            "0.0000000000000000000000000001.lowBoundary()",
+            "1.lowBoundary(99)",
+            "(1 | 2).skip(-5).take(9223372036854775807)",
+            "'x'.matches('(')",
+            "2147483647 + 1",
+            "(-2147483647 - 1) div -1",
+        ]
+        .map(str::to_owned),
+    );
+    for e in &exprs {
+        let Ok(parsed) = Expression::parse(e) else {
+            continue;
+        };
+        for input in &inputs {
+            let env = Env::new()
+                .with_resource("current", input.as_ref())
+                .with_resource("previous", input.as_ref());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = parsed.evaluate(input.as_ref(), &env);
+                if let Some(rt) = input.as_ref().and_then(|i| i["resourceType"].as_str()) {
+                    let _ = parsed.check(rt);
+                }
+            }));
+            assert!(
+                r.is_ok(),
+                "`{e}` panicked on {:?}",
+                input.as_ref().map(|i| &i["resourceType"])
+            );
+        }
+    }
+}
