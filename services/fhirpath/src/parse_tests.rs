@@ -95,3 +95,44 @@ fn official_suites_parse() {
         assert!(failures.is_empty(), "{suite}: {failures:#?}");
     }
 }
+
+/// Hostile input cannot exhaust the stack: deep nesting and overlong expressions are
+/// refused, and the longest accepted chain evaluates on a 2 MiB thread.
+#[test]
+fn nesting_and_length_are_bounded() {
+    let deep = format!("{}1{}", "(".repeat(100), ")".repeat(100));
+    assert!(parse(&format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000))).is_err());
+    assert!(parse(&deep).unwrap_err().message.contains("nested"));
+    let signs = format!("{}1", "-".repeat(5_000));
+    assert!(parse(&signs).is_err());
+    let long = format!("a{}", ".a".repeat(5_000));
+    assert!(parse(&long).unwrap_err().message.contains("tokens"));
+    let sum = format!("1{}", " + 1".repeat(5_000));
+    assert!(parse(&sum).is_err());
+    assert!(
+        parse(&format!("name{}", ".given".repeat(150)))
+            .unwrap_err()
+            .message
+            .contains("deep")
+    );
+    assert!(
+        parse(&format!("1{}", " + 1".repeat(150)))
+            .unwrap_err()
+            .message
+            .contains("deep")
+    );
+    // the deepest accepted trees evaluate on a small stack (even unoptimised)
+    let chain = format!("name{}", ".given".repeat(98));
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let e = crate::Expression::parse(&chain).unwrap();
+            let r = serde_json::json!({"resourceType": "Patient", "name": [{"given": ["a"]}]});
+            let _ = e.evaluate(Some(&r), &crate::Env::new());
+            let sum = format!("1{}", " + 1".repeat(98));
+            let e = crate::Expression::parse(&sum).unwrap();
+            assert_eq!(e.evaluate_json(None).unwrap(), vec![serde_json::json!(99)]);
+        })
+        .unwrap();
+    assert!(handle.join().is_ok());
+}

@@ -3,10 +3,49 @@
 use crate::ast::{BinaryOp, Expr, Invocation, Literal, SyntaxError, TypeSpecifier};
 use crate::lexer::{Tok, Token, tokenize};
 
+/// The most tokens an expression may have: it bounds the depth of the tree, so evaluating
+/// (and dropping) it cannot exhaust a thread's stack. Real expressions have a few dozen.
+pub(crate) const MAX_TOKENS: usize = 512;
+/// The deepest nesting of parentheses, unary signs and function arguments.
+const MAX_NESTING: usize = 64;
+/// The deepest syntax tree (a path of 100 steps, 100 chained operators): evaluation recurses
+/// along it, and real expressions stay far below.
+const MAX_DEPTH: usize = 100;
+
+/// The depth of a tree; only called on trees already known to be at most `MAX_DEPTH` deep
+/// below the new node, so the recursion is bounded.
+fn depth(e: &Expr) -> usize {
+    1 + match e {
+        Expr::Member(t, inv) => depth(t).max(invocation_depth(inv)),
+        Expr::Indexer(t, i) => depth(t).max(depth(i)),
+        Expr::Unary(_, x) | Expr::Is(x, _) | Expr::As(x, _) => depth(x),
+        Expr::Binary(_, l, r) => depth(l).max(depth(r)),
+        Expr::Invocation(inv) => invocation_depth(inv),
+        Expr::Literal(_) | Expr::Constant(_) | Expr::This | Expr::Index | Expr::Total => 0,
+    }
+}
+
+fn invocation_depth(inv: &Invocation) -> usize {
+    match inv {
+        Invocation::Function(_, args) => args.iter().map(depth).max().unwrap_or(0),
+        Invocation::Name(_) => 0,
+    }
+}
+
 /// Parse a FHIRPath expression.
 pub(crate) fn parse(src: &str) -> Result<Expr, SyntaxError> {
     let tokens = tokenize(src)?;
-    let mut p = Parser { tokens, pos: 0 };
+    if tokens.len() > MAX_TOKENS {
+        return Err(SyntaxError {
+            offset: tokens[MAX_TOKENS].offset,
+            message: format!("the expression is longer than {MAX_TOKENS} tokens"),
+        });
+    }
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        nesting: 0,
+    };
     let e = p.expression(0)?;
     match &p.peek().tok {
         Tok::End => Ok(e),
@@ -36,6 +75,7 @@ const DURATION_UNITS: &[&str] = &[
 struct Parser {
     tokens: Vec<Token>,
     pos: usize,
+    nesting: usize,
 }
 
 /// Binding power of infix operators (higher binds tighter), per the FHIRPath precedence.
@@ -101,8 +141,21 @@ impl Parser {
 
     /// Operators binding at least as tightly as `min`; left-associative.
     fn expression(&mut self, min: u8) -> Result<Expr, SyntaxError> {
+        self.nesting += 1;
+        if self.nesting > MAX_NESTING {
+            return Err(self.error(format!("nested more than {MAX_NESTING} levels deep")));
+        }
+        let r = self.expression_inner(min);
+        self.nesting -= 1;
+        let e = r?;
+        self.check_depth(&e)?;
+        Ok(e)
+    }
+
+    fn expression_inner(&mut self, min: u8) -> Result<Expr, SyntaxError> {
         let mut left = self.unary()?;
         while let Some((bp, op)) = infix(&self.peek().tok) {
+            self.check_depth(&left)?;
             if bp < min {
                 break;
             }
@@ -132,16 +185,31 @@ impl Parser {
                 } else {
                     '+'
                 };
-                let operand = self.unary()?;
-                Ok(Expr::Unary(sign, Box::new(operand)))
+                self.nesting += 1;
+                if self.nesting > MAX_NESTING {
+                    return Err(self.error(format!("nested more than {MAX_NESTING} levels deep")));
+                }
+                let operand = self.unary();
+                self.nesting -= 1;
+                Ok(Expr::Unary(sign, Box::new(operand?)))
             }
             _ => self.postfix(),
         }
     }
 
+    fn check_depth(&self, e: &Expr) -> Result<(), SyntaxError> {
+        if depth(e) > MAX_DEPTH {
+            return Err(self.error(format!(
+                "the expression is more than {MAX_DEPTH} levels deep"
+            )));
+        }
+        Ok(())
+    }
+
     fn postfix(&mut self) -> Result<Expr, SyntaxError> {
         let mut e = self.term()?;
         loop {
+            self.check_depth(&e)?;
             match self.peek().tok {
                 Tok::Sym(".") => {
                     self.next();
