@@ -478,6 +478,8 @@ impl ResourceTrigger {
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub resource: String,
+    /// The query part as written (`patient=Patient/123`), for combining filters.
+    pub query: String,
     pub criteria: Criteria,
 }
 
@@ -556,7 +558,11 @@ pub fn parse_filter(topic: &Topic, text: &str, at: &str) -> Result<Filter, Opera
         }
     }
     let criteria = Criteria::parse(&format!("{resource}?{query}")).map_err(|e| e.to_outcome(at))?;
-    Ok(Filter { resource, criteria })
+    Ok(Filter {
+        resource,
+        query,
+        criteria,
+    })
 }
 
 fn single_resource(topic: &Topic, at: &str) -> Result<String, OperationOutcome> {

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use hub_fhir::ChangeEvent;
+use hub_fhir::index::MatchIndex;
 use hub_fhir::topic::{self, Filter, Topic};
+use hub_fhir::{ChangeEvent, Criteria};
 use hub_store::{SubscriptionRow, TopicRow};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -18,6 +19,47 @@ struct TopicSub {
 struct Entry {
     topic: Topic,
     subs: Vec<TopicSub>,
+    /// Per trigger resource type: the subscribers' filters indexed (as the R4 criteria are),
+    /// and the subscribers without a filter on that type.
+    by_type: HashMap<String, (MatchIndex<usize>, Vec<usize>)>,
+}
+
+impl Entry {
+    /// Index the subscribers' filters per trigger resource type: a subscription's filters on
+    /// one type combine (AND) into one criteria; no filter on a type means every change.
+    fn index_filters(&mut self, tenant: &str) {
+        let mut types: Vec<&str> = self
+            .topic
+            .triggers
+            .iter()
+            .map(|t| t.resource.as_str())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        for ty in types {
+            let mut index = MatchIndex::new();
+            let mut unfiltered = Vec::new();
+            for (i, s) in self.subs.iter().enumerate() {
+                let queries: Vec<&str> = s
+                    .filters
+                    .iter()
+                    .filter(|f| f.resource == ty)
+                    .map(|f| f.query.as_str())
+                    .collect();
+                if queries.is_empty() {
+                    unfiltered.push(i);
+                    continue;
+                }
+                match Criteria::parse(&format!("{ty}?{}", queries.join("&"))) {
+                    Ok(c) => index.insert(tenant, c, i),
+                    Err(e) => {
+                        tracing::warn!(subscription = %s.id, error = %e, "subscription filters no longer combine; not matching it");
+                    }
+                }
+            }
+            self.by_type.insert(ty.to_owned(), (index, unfiltered));
+        }
+    }
 }
 
 /// Topics and their subscribers, per tenant.
@@ -45,6 +87,7 @@ impl TopicIndex {
                     .push(Entry {
                         topic: t,
                         subs: Vec::new(),
+                        by_type: HashMap::new(),
                     }),
                 Err(e) => {
                     tracing::warn!(topic = %row.id, tenant = %row.tenant, error = %e, "stored topic no longer validates; not matching it");
@@ -94,6 +137,11 @@ impl TopicIndex {
                 end,
             });
             count += 1;
+        }
+        for (tenant, entries) in by_tenant.iter_mut() {
+            for e in entries.iter_mut() {
+                e.index_filters(tenant);
+            }
         }
         let mut needs_previous = std::collections::HashSet::new();
         for (tenant, entries) in &by_tenant {
@@ -156,13 +204,18 @@ impl TopicIndex {
             if !fired {
                 continue;
             }
-            for s in &e.subs {
-                if s.end.is_some_and(|end| now >= end) {
-                    continue;
-                }
-                if s.filters
-                    .iter()
-                    .all(|f| f.accepts(&event.resource_type, current, previous))
+            let Some((index, unfiltered)) = e.by_type.get(&event.resource_type) else {
+                continue;
+            };
+            let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
+            // filters read the current version, or the previous one of a deletion
+            let filtered = current
+                .or(previous)
+                .map(|r| index.matches(&event.tenant, r, now_micros))
+                .unwrap_or_default();
+            for &i in unfiltered.iter().chain(filtered) {
+                if let Some(s) = e.subs.get(i)
+                    && s.end.is_none_or(|end| now < end)
                 {
                     out.push(&s.id);
                 }
