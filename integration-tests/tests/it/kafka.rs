@@ -26,14 +26,11 @@ async fn produce(brokers: &str, topic: &str, key: &str, value: &Value) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn observation_written_to_kafka_reaches_the_rest_hook() {
-    let Some(brokers) = require_external("FHIR_HUB_TEST_KAFKA") else {
-        return;
-    };
-    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
-        return;
-    };
+/// A hub on the test broker (its own changes topic and group) and a fresh PostgreSQL schema;
+/// `None` when those are not available (and not required).
+async fn kafka_hub() -> Option<(String, String, Hub)> {
+    let brokers = require_external("FHIR_HUB_TEST_KAFKA")?;
+    let pg = require_external("FHIR_HUB_TEST_DATABASE_URL")?;
     let topic = format!("fhir.changes.{}", uuid::Uuid::new_v4().simple());
     let env = HubEnv::default()
         .arg("--kafka-brokers")
@@ -44,6 +41,14 @@ async fn observation_written_to_kafka_reaches_the_rest_hook() {
         .var("HUB_KAFKA__PARTITIONS", "3")
         .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"));
     let hub = Hub::start(env).await;
+    Some((brokers, topic, hub))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observation_written_to_kafka_reaches_the_rest_hook() {
+    let Some((brokers, topic, hub)) = kafka_hub().await else {
+        return;
+    };
     let (_, health) = hub.get("/health").await;
     assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
     assert_eq!(
@@ -88,22 +93,9 @@ async fn observation_written_to_kafka_reaches_the_rest_hook() {
 /// keeping the versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_resources_on_kafka_drive_a_topic_subscription() {
-    let Some(brokers) = require_external("FHIR_HUB_TEST_KAFKA") else {
+    let Some((brokers, topic, hub)) = kafka_hub().await else {
         return;
     };
-    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
-        return;
-    };
-    let topic = format!("fhir.changes.{}", uuid::Uuid::new_v4().simple());
-    let env = HubEnv::default()
-        .arg("--kafka-brokers")
-        .arg(&brokers)
-        .arg("--database-url")
-        .arg(&hub_store::fresh_postgres_schema(&pg, "e2e").await.unwrap())
-        .var("HUB_LOG__CHANGES_TOPIC", &topic)
-        .var("HUB_KAFKA__PARTITIONS", "3")
-        .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"));
-    let hub = Hub::start(env).await;
     let (c, _) = hub
         .post_json("/fhir/SubscriptionTopic", &crate::topics::topic())
         .await;

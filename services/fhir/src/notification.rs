@@ -125,6 +125,23 @@ pub fn bundle_for(
         return bundle(s, events, content);
     }
     let status = subscription_status(s, events, content);
+    let kind = if version == FhirVersion::R5 {
+        "subscription-notification"
+    } else {
+        "history"
+    };
+    assemble(s, status, events, content, kind, None)
+}
+
+/// The Bundle around a status resource: the status first, then the focus entries.
+fn assemble(
+    s: &StatusInfo<'_>,
+    status: Value,
+    events: &[EventInfo<'_>],
+    content: Content,
+    bundle_type: &str,
+    profile: Option<&str>,
+) -> Value {
     let op = if s.kind == "query-event" {
         "$events"
     } else {
@@ -137,13 +154,17 @@ pub fn bundle_for(
         "response": {"status": "200"},
     })];
     entries.extend(focus_entries(s, events, content));
-    json!({
+    let mut b = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
-        "type": if version == FhirVersion::R5 { "subscription-notification" } else { "history" },
+        "type": bundle_type,
         "timestamp": crate::time_fmt::now_instant(),
         "entry": entries,
-    })
+    });
+    if let Some(p) = profile {
+        b["meta"] = json!({"profile": [p]});
+    }
+    b
 }
 
 fn focus_entries(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content) -> Vec<Value> {
@@ -178,26 +199,14 @@ fn focus_entries(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content)
 /// The whole notification bundle (R4 Backport form).
 pub fn bundle(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content) -> Value {
     let status = status_parameters(s, events, content);
-    let op = if s.kind == "query-event" {
-        "$events"
-    } else {
-        "$status"
-    };
-    let mut entries = vec![json!({
-        "fullUrl": format!("urn:uuid:{}", status["id"].as_str().unwrap_or_default()),
-        "resource": status,
-        "request": {"method": "GET", "url": format!("{}/Subscription/{}/{op}", s.base, s.subscription_id)},
-        "response": {"status": "200"},
-    })];
-    entries.extend(focus_entries(s, events, content));
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"profile": [NOTIFICATION_PROFILE]},
-        "type": "history",
-        "timestamp": crate::time_fmt::now_instant(),
-        "entry": entries,
-    })
+    assemble(
+        s,
+        status,
+        events,
+        content,
+        "history",
+        Some(NOTIFICATION_PROFILE),
+    )
 }
 
 #[cfg(test)]

@@ -55,11 +55,7 @@ pub async fn events(
             ),
         )));
     }
-    let row = hub
-        .store
-        .get_subscription(&caller.tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
+    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
     let since = number(&params, "eventsSinceNumber")?.unwrap_or(1).max(1);
     let until = number(&params, "eventsUntilNumber")?
         .unwrap_or(row.events_since_start)

@@ -87,11 +87,7 @@ pub async fn instance(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
-    let row = hub
-        .store
-        .get_subscription(&caller.tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
+    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
     let base = base_url(&headers);
     // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
     let topic = serde_json::from_str::<Value>(&row.resource)

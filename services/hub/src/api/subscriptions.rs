@@ -234,27 +234,13 @@ fn hide_secret(resource: &mut Value) {
 
 /// The resource as clients see it.
 pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_str(&row.resource).map_err(|e| {
-        ApiError::internal(format!("stored Subscription/{} is not JSON: {e}", row.id))
-    })?;
-    let Some(obj) = v.as_object_mut() else {
-        return Err(ApiError::internal(format!(
-            "stored Subscription/{} is not an object",
-            row.id
-        )));
-    };
-    let mut out = serde_json::Map::new();
-    out.insert("resourceType".into(), json!("Subscription"));
-    out.insert("id".into(), json!(row.id));
-    out.insert(
-        "meta".into(),
-        json!({"versionId": row.version_id.to_string(), "lastUpdated": row.last_updated}),
-    );
-    for (k, val) in std::mem::take(obj) {
-        if k != "resourceType" {
-            out.insert(k, val);
-        }
-    }
+    let mut out = stored_resource(
+        "Subscription",
+        &row.id,
+        row.version_id,
+        &row.last_updated,
+        &row.resource,
+    )?;
     out.insert("status".into(), json!(row.status));
     if let Some(e) = &row.error {
         out.insert("error".into(), json!(e));
@@ -262,6 +248,37 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = Value::Object(out);
     hide_secret(&mut v);
     Ok(v)
+}
+
+/// A stored resource as clients see it: `resourceType`, the hub's `id` and `meta` first, then
+/// the stored content (which keeps neither).
+pub(crate) fn stored_resource(
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    last_updated: &str,
+    stored: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let v: Value = serde_json::from_str(stored)
+        .map_err(|e| ApiError::internal(format!("stored {resource_type}/{id} is not JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::internal(format!(
+            "stored {resource_type}/{id} is not an object"
+        )));
+    };
+    let mut out = serde_json::Map::new();
+    out.insert("resourceType".into(), json!(resource_type));
+    out.insert("id".into(), json!(id));
+    out.insert(
+        "meta".into(),
+        json!({"versionId": version_id.to_string(), "lastUpdated": last_updated}),
+    );
+    for (k, val) in obj {
+        if k != "resourceType" {
+            out.insert(k, val);
+        }
+    }
+    Ok(out)
 }
 
 /// The resource with its secret, for the one answer that reveals a generated secret.
@@ -294,7 +311,20 @@ fn with_version_headers(status: StatusCode, row: &SubscriptionRow, body: Value) 
     res
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+/// The caller's subscription `id`, or 404.
+pub(crate) async fn existing(
+    hub: &Hub,
+    tenant: &str,
+    id: &str,
+) -> Result<SubscriptionRow, ApiError> {
+    hub.store
+        .get_subscription(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))
+}
+
+/// 400 unless `id` is a FHIR id.
+pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
     if is_fhir_id(id) {
         Ok(())
     } else {
@@ -334,11 +364,7 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
-    let row = hub
-        .store
-        .get_subscription(&caller.tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
+    let row = existing(&hub, &caller.tenant, &id).await?;
     let resource = to_resource(&row)?;
     Ok(with_version_headers(StatusCode::OK, &row, resource))
 }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hub_fhir::event::is_fhir_id;
 use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::TopicRow;
 use serde_json::{Value, json};
@@ -16,26 +15,18 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
+use super::subscriptions::check_id;
 use crate::Hub;
 
 fn to_resource(row: &TopicRow) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_str(&row.resource)
-        .map_err(|e| ApiError::internal(format!("stored topic {} is not JSON: {e}", row.id)))?;
-    let mut out = serde_json::Map::new();
-    out.insert("resourceType".into(), json!("SubscriptionTopic"));
-    out.insert("id".into(), json!(row.id));
-    out.insert(
-        "meta".into(),
-        json!({"versionId": row.version_id.to_string(), "lastUpdated": row.last_updated}),
-    );
-    if let Value::Object(obj) = v {
-        for (k, val) in obj {
-            if k != "resourceType" {
-                out.insert(k, val);
-            }
-        }
-    }
-    Ok(Value::Object(out))
+    super::subscriptions::stored_resource(
+        "SubscriptionTopic",
+        &row.id,
+        row.version_id,
+        &row.last_updated,
+        &row.resource,
+    )
+    .map(Value::Object)
 }
 
 fn respond(status: StatusCode, row: &TopicRow) -> Result<Response, ApiError> {
@@ -174,17 +165,6 @@ pub async fn create(
     let body = body.json()?;
     let id = uuid::Uuid::new_v4().to_string();
     put(&hub, &caller.tenant, &id, &body).await
-}
-
-fn check_id(id: &str) -> Result<(), ApiError> {
-    if is_fhir_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::Invalid,
-            format!("'{id}' is not a valid FHIR id"),
-        )))
-    }
 }
 
 /// `PUT /fhir/SubscriptionTopic/{id}`.

@@ -36,11 +36,7 @@ pub async fn binding_token(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
-    let row = hub
-        .store
-        .get_subscription(&caller.tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))?;
+    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
     if row.channel_type != "websocket" {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
