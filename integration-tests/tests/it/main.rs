@@ -16,5 +16,6 @@ mod kafka;
 mod medplum;
 mod mtls;
 mod multi_process;
+mod poison;
 mod receiver;
 mod topics;

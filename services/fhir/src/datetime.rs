@@ -114,6 +114,10 @@ pub fn parse(s: &str) -> Option<Range> {
             if frac.is_empty() {
                 (ss, 0, 1_000_000)
             } else {
+                // all ASCII digits first, so the cut below falls between characters
+                if !frac.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
                 let digits = frac.len().min(6);
                 let f = num(&frac[..digits])? * 10i64.pow(6 - digits as u32);
                 (ss, f, 10i64.pow(6 - digits as u32))
@@ -135,6 +139,9 @@ fn split_zone(t: &str) -> Option<(&str, i64)> {
         let (clock, zone) = t.split_at(pos);
         let sign = if zone.starts_with('-') { -1 } else { 1 };
         let (h, m) = zone[1..].split_once(':')?;
+        if h.len() != 2 || m.len() != 2 {
+            return None;
+        }
         let minutes = num(h)? * 60 + num(m)?;
         return Some((clock, sign * minutes * 60_000_000));
     }
@@ -203,5 +210,20 @@ mod tests {
             assert!(parse(s).is_none(), "{s}");
         }
         assert!(parse("1900-01-01").unwrap().lo < 0);
+    }
+
+    #[test]
+    fn multibyte_and_oversized_parts_are_refused_not_panics() {
+        for s in [
+            "2024-01-01T10:00:00.12345é",
+            "2024-01-01T10:00:00.é",
+            "2024-01-01T10:00:00.1234567é89",
+            "2024-01-01T10:00:00+99999999999999999:00",
+            "2024-01-01T10:00:00+é:00",
+            "2024-é1-01",
+            "é024",
+        ] {
+            assert!(parse(s).is_none(), "{s}");
+        }
     }
 }

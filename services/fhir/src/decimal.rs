@@ -34,7 +34,7 @@ impl SearchNumber {
         }
         Some(SearchNumber {
             value,
-            half: 0.5 * 10f64.powi(exp - decimals),
+            half: 0.5 * 10f64.powi(exp.saturating_sub(decimals)),
         })
     }
 

@@ -132,8 +132,9 @@ fn node_point(node: &Value, kind: ParamType, side: Side) -> Option<f64> {
                 x => x as f64,
             })
         }
-        ParamType::Number => node.as_f64().or_else(|| node.as_str()?.parse().ok()),
-        ParamType::Quantity => node.get("value")?.as_f64(),
+        // read numbers exactly as the linear evaluator does, or the two would disagree
+        ParamType::Number => crate::criteria::eval::number_of(node),
+        ParamType::Quantity => node.get("value").and_then(crate::criteria::eval::number_of),
         _ => None,
     }
 }

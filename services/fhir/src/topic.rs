@@ -425,12 +425,12 @@ impl ResourceTrigger {
         resource_type: &str,
         current: Option<&Value>,
         previous: Option<&Value>,
-    ) -> bool {
+    ) -> Result<bool, hub_fhirpath::EvalError> {
         if resource_type != self.resource {
-            return false;
+            return Ok(false);
         }
         if !self.interactions.is_empty() && !self.interactions.contains(&action) {
-            return false;
+            return Ok(false);
         }
         if let Some(q) = &self.query {
             let prev_ok = q.previous.as_ref().map(|c| match (action, previous) {
@@ -450,7 +450,7 @@ impl ResourceTrigger {
                 (Some(a), Some(b)) => a || b,
             };
             if !ok {
-                return false;
+                return Ok(false);
             }
         }
         if let Some(e) = &self.fhirpath {
@@ -463,13 +463,16 @@ impl ResourceTrigger {
                     let truthy = matches!(r.as_slice(), [hub_fhirpath::Value::Boolean(true)])
                         || matches!(r.as_slice(), [v] if matches!(v.to_system(), hub_fhirpath::Value::Boolean(true)));
                     if !truthy {
-                        return false;
+                        return Ok(false);
                     }
                 }
-                Err(_) => return false,
+                // over budget says nothing about the resource: the caller quarantines
+                Err(e @ hub_fhirpath::EvalError::Budget(_)) => return Err(e),
+                // an expression that does not apply to this resource is not satisfied
+                Err(_) => return Ok(false),
             }
         }
-        true
+        Ok(true)
     }
 }
 

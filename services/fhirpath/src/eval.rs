@@ -1,8 +1,10 @@
 //! The evaluator: walks a parsed expression over a JSON resource.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use serde_json::Value as Json;
@@ -20,6 +22,95 @@ pub struct Env<'a> {
     pub variables: HashMap<String, Collection<'a>>,
     /// What `now()`, `today()` and `timeOfDay()` return; the clock when `None`.
     pub now: Option<Temporal>,
+    /// How much one evaluation may spend before it fails with [`EvalError::Budget`].
+    pub limits: Limits,
+}
+
+/// The budget of one evaluation. Expressions come from topics that clients write and run on
+/// every matching change event, so an evaluation must end, and end small, whatever the
+/// expression and the resource: `replace('', …)` chains grow strings geometrically and
+/// `descendants().repeat($this)` walks a large resource quadratically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Work units: one per node evaluated plus one per item produced or compared.
+    pub max_steps: u64,
+    /// Items in any one intermediate collection.
+    pub max_items: usize,
+    /// Bytes of any one string produced.
+    pub max_string_bytes: usize,
+    /// Wall-clock time for the whole evaluation.
+    pub max_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_steps: 2_000_000,
+            max_items: 100_000,
+            max_string_bytes: 1 << 20,
+            max_time: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What one evaluation has left of its [`Limits`].
+pub(crate) struct Budget {
+    limits: Limits,
+    steps: Cell<u64>,
+    started: Instant,
+}
+
+impl Budget {
+    pub(crate) fn new(limits: Limits) -> Budget {
+        Budget {
+            limits,
+            steps: Cell::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Spend `n` work units; the clock is read every 4,096 units.
+    pub(crate) fn charge(&self, n: usize) -> R<()> {
+        let before = self.steps.get();
+        let after = before.saturating_add(n as u64);
+        self.steps.set(after);
+        if after > self.limits.max_steps {
+            return Err(EvalError::Budget(format!(
+                "more than {} evaluation steps",
+                self.limits.max_steps
+            )));
+        }
+        if before >> 12 != after >> 12 && self.started.elapsed() > self.limits.max_time {
+            return Err(EvalError::Budget(format!(
+                "evaluation took longer than {} ms",
+                self.limits.max_time.as_millis()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse a collection of more than `max_items`.
+    pub(crate) fn items(&self, n: usize) -> R<()> {
+        if n > self.limits.max_items {
+            return Err(EvalError::Budget(format!(
+                "a collection of more than {} items",
+                self.limits.max_items
+            )));
+        }
+        self.charge(n)
+    }
+
+    /// Refuse a string of more than `max_string_bytes`; every 64 bytes made cost a step, so
+    /// many large strings run out of steps before they run out of memory.
+    pub(crate) fn string(&self, bytes: usize) -> R<()> {
+        if bytes > self.limits.max_string_bytes {
+            return Err(EvalError::Budget(format!(
+                "a string of more than {} bytes",
+                self.limits.max_string_bytes
+            )));
+        }
+        self.charge(bytes / 64)
+    }
 }
 
 impl<'a> Env<'a> {
@@ -64,6 +155,7 @@ pub(crate) struct Evaluator<'e, 'a> {
     pub env: &'e Env<'a>,
     /// `%context` / `%resource`.
     pub context: &'e [Value<'a>],
+    pub budget: &'e Budget,
 }
 
 pub(crate) type R<T> = Result<T, EvalError>;
@@ -207,6 +299,18 @@ impl<'e, 'a> Evaluator<'e, 'a> {
     }
 
     pub(crate) fn eval(&self, e: &'a Expr, f: Frame<'_, 'a>) -> R<Collection<'a>> {
+        self.budget.charge(1)?;
+        let out = self.eval_node(e, f)?;
+        self.budget.items(out.len())?;
+        for v in &out {
+            if let Value::String(s) = v {
+                self.budget.string(s.len())?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn eval_node(&self, e: &'a Expr, f: Frame<'_, 'a>) -> R<Collection<'a>> {
         match e {
             Expr::Literal(l) => literal(l),
             Expr::Constant(name) => self.constant(name),

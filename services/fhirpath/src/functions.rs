@@ -218,6 +218,8 @@ pub(crate) fn call<'a>(
                 let mut next = Vec::new();
                 ev.each(&frontier, &args[0], f, |_, _, r| {
                     for v in r {
+                        // the membership test is linear: charge for it
+                        ev.budget.charge(out.len())?;
                         if !out.iter().any(|x| value::equals(x, &v) == Some(true)) {
                             out.push(v.clone());
                             next.push(v);
@@ -473,6 +475,14 @@ pub(crate) fn call<'a>(
             ) else {
                 return Ok(vec![]);
             };
+            // size the result before building it: replace('', …) chains grow geometrically
+            let hits = if pat.is_empty() {
+                s.chars().count() + 1
+            } else {
+                s.matches(pat.as_str()).count()
+            };
+            ev.budget
+                .string(s.len().saturating_add(hits.saturating_mul(rep.len())))?;
             Ok(string_of(if pat.is_empty() {
                 // an empty pattern goes around every character
                 let mut out = rep.clone();
@@ -506,6 +516,13 @@ pub(crate) fn call<'a>(
                 if pat.is_empty() {
                     return Ok(string_of(s.into_owned()));
                 }
+                // `$1` in the replacement may copy up to the whole input per match
+                let per_hit = rep
+                    .len()
+                    .saturating_add(if rep.contains('$') { s.len() } else { 0 });
+                let hits = re.find_iter(&s).count();
+                ev.budget
+                    .string(s.len().saturating_add(hits.saturating_mul(per_hit)))?;
                 return Ok(string_of(re.replace_all(&s, rep.as_str()).into_owned()));
             }
             Ok(bools(re.is_match(&s)))
@@ -523,10 +540,11 @@ pub(crate) fn call<'a>(
         }
         "join" => {
             let sep = ev.string_arg(args, 0, f, name)?.unwrap_or_default();
-            let parts: Vec<String> = focus
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
+            let parts: Vec<&str> = focus.iter().filter_map(Value::as_str).collect();
+            let total = parts.iter().fold(0usize, |n, p| {
+                n.saturating_add(p.len()).saturating_add(sep.len())
+            });
+            ev.budget.string(total)?;
             Ok(string_of(parts.join(&sep)))
         }
         "encode" | "decode" | "escape" | "unescape" => {
@@ -566,6 +584,7 @@ pub(crate) fn call<'a>(
                 if next.is_empty() {
                     break;
                 }
+                ev.budget.items(out.len() + next.len())?;
                 out.extend(next.iter().cloned());
                 if name == "children" {
                     break;

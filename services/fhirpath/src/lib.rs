@@ -28,7 +28,7 @@ pub mod ucum;
 pub mod value;
 
 pub use ast::{Expr, SyntaxError};
-pub use eval::{Env, resource_node};
+pub use eval::{Env, Limits, resource_node};
 pub use value::{Collection, Node, Quantity, Value, to_json};
 
 use eval::{Evaluator, Frame};
@@ -43,6 +43,10 @@ pub enum EvalError {
     /// The input made the expression fail (several items where one was expected, ...).
     #[error("{0}")]
     Execution(String),
+    /// The evaluation went over its [`Limits`]: not an answer about the resource, so callers
+    /// must not read it as `false`.
+    #[error("evaluation budget exceeded: {0}")]
+    Budget(String),
 }
 
 /// A parsed expression, ready to evaluate many times.
@@ -82,10 +86,12 @@ impl Expression {
         env: &Env<'a>,
     ) -> Result<Collection<'a>, EvalError> {
         let context: Collection<'a> = resource.map(|r| vec![resource_node(r)]).unwrap_or_default();
+        let budget = eval::Budget::new(env.limits);
         let ev = Evaluator {
             model: model::Model::r4(),
             env,
             context: &context,
+            budget: &budget,
         };
         ev.eval(
             &self.ast,

@@ -97,3 +97,64 @@ fn untyped_json_still_navigates() {
         vec![json!("Observation")]
     );
 }
+
+/// A resource with `n` nested components, each with codings: descendants() grows with it.
+fn large(n: usize) -> serde_json::Value {
+    let components: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({"code": {"coding": [{"system": "http://loinc.org", "code": format!("c{i}")}]},
+                         "valueQuantity": {"value": i, "unit": "mg"}})
+        })
+        .collect();
+    let mut o = obs("final", 1.0);
+    o["component"] = json!(components);
+    o
+}
+
+#[test]
+fn hostile_expressions_stop_at_the_budget() {
+    let o = large(2_000);
+    let env = Env::new();
+    // geometric string growth: ~10^6 times the input after six rounds
+    let grow = format!("id{}.length()", ".replace('', 'abcdefghij')".repeat(6));
+    // quadratic walk over a large resource
+    let walk = "descendants().repeat($this).count()";
+    // a wide cross product
+    let cross = "descendants().select(%resource.descendants()).count()";
+    for src in [grow.as_str(), walk, cross] {
+        let e = Expression::parse(src).unwrap();
+        let started = std::time::Instant::now();
+        let err = e.evaluate(Some(&o), &env).unwrap_err();
+        assert!(matches!(err, EvalError::Budget(_)), "{src}: {err}");
+        // the time limit (250 ms) plus one check interval; generous for a loaded machine
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{src} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn the_budget_leaves_ordinary_expressions_alone() {
+    let o = large(2_000);
+    let env = Env::new();
+    let e = Expression::parse("component.code.coding.where(code = 'c1999').exists()").unwrap();
+    assert_eq!(e.evaluate_bool(&o, &env).unwrap(), Some(true));
+    let e = Expression::parse("descendants().count() > 10000").unwrap();
+    assert_eq!(e.evaluate_bool(&o, &env).unwrap(), Some(true));
+    let e = Expression::parse("id.replace('', '-').length()").unwrap();
+    assert_eq!(e.evaluate_json(Some(&o)).unwrap(), vec![json!(5)]);
+}
+
+#[test]
+fn limits_are_configurable() {
+    let o = obs("final", 1.0);
+    let mut env = Env::new();
+    env.limits.max_steps = 5;
+    let e = Expression::parse("code.coding.code.first() = '2345-7'").unwrap();
+    assert!(matches!(
+        e.evaluate(Some(&o), &env),
+        Err(EvalError::Budget(_))
+    ));
+}

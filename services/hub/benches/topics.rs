@@ -91,7 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut matched = 0usize;
     for e in &events {
         let mut out = Vec::new();
-        index.matches(e, now, &mut out);
+        index.matches(e, now, &mut out, &mut Vec::new());
         matched += out.len();
     }
     let secs = t.elapsed().as_secs_f64();
@@ -125,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &e.resource_type,
                 e.resource.as_ref(),
                 e.previous.as_ref(),
-            )
+            ) == Ok(true)
         });
         if fired {
             linear_matched += filters
@@ -138,7 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut check = 0usize;
     for e in sample {
         let mut out = Vec::new();
-        index.matches(e, now, &mut out);
+        index.matches(e, now, &mut out, &mut Vec::new());
         check += out.len();
     }
     println!(

@@ -44,6 +44,7 @@ pub fn run(
             let kind = match e {
                 EvalError::Semantic(_) => IssueType::Invalid,
                 EvalError::Execution(_) => IssueType::Processing,
+                EvalError::Budget(_) => IssueType::TooCostly,
             };
             Ok((
                 2,

@@ -22,6 +22,7 @@ pub mod match_cmd;
 pub mod matcher;
 pub mod metrics;
 pub mod publish;
+pub mod retry;
 pub mod telemetry;
 pub mod topics;
 

@@ -16,12 +16,14 @@ use hub_fhir::{Action, ChangeEvent, Criteria};
 use hub_log::Consumed;
 use std::collections::HashMap;
 
-use hub_store::{NewNotification, ResourceKey, SubscriptionRow, TopicRow};
+use hub_store::{
+    NewNotification, NewQuarantined, QuarantineStage, ResourceKey, SubscriptionRow, TopicRow,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
+use crate::{Hub, retry};
 
 /// What the index returns for a match: the subscription and when it ends.
 struct Target {
@@ -88,15 +90,15 @@ impl Index {
         self.inner.is_empty() && self.topics.is_empty()
     }
 
-    /// Ids of the subscriptions `event` matches.
-    pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Vec<&str> {
-        let mut out = Vec::new();
+    /// The subscriptions `event` matches, and what could not be evaluated.
+    pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Matched<'_> {
+        let mut m = Matched::default();
         // R4 criteria describe a resource's content; a deletion carries none to match.
         if event.action != Action::Delete
             && let Some(resource) = &event.resource
         {
             let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
-            out.extend(
+            m.ids.extend(
                 self.inner
                     .matches(&event.tenant, resource, now_micros)
                     .into_iter()
@@ -104,9 +106,76 @@ impl Index {
                     .map(|t| t.id.as_str()),
             );
         }
-        self.topics.matches(event, now, &mut out);
-        out
+        self.topics.matches(event, now, &mut m.ids, &mut m.failures);
+        m
     }
+}
+
+/// What matching one event found.
+#[derive(Debug, Default)]
+pub struct Matched<'i> {
+    /// Subscriptions to notify.
+    pub ids: Vec<&'i str>,
+    /// Triggers that could not be evaluated (over budget): the event is quarantined for them
+    /// while the subscriptions that did match are notified.
+    pub failures: Vec<String>,
+}
+
+/// The text of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// A record's log position, the quarantine's key.
+fn source(rec: &Consumed) -> String {
+    format!("{}/{}@{}", rec.topic, rec.partition, rec.offset)
+}
+
+fn quarantined(
+    rec: &Consumed,
+    event: Option<&ChangeEvent>,
+    stage: QuarantineStage,
+    reason: String,
+) -> NewQuarantined {
+    tracing::warn!(
+        topic = %rec.topic,
+        partition = rec.partition,
+        offset = rec.offset,
+        stage = stage.as_str(),
+        error = %reason,
+        "change event quarantined"
+    );
+    NewQuarantined {
+        source: source(rec),
+        tenant: event.map(|e| e.tenant.clone()),
+        event_id: event.map(|e| e.id.clone()),
+        record_key: rec.key.clone(),
+        payload: rec.payload.clone(),
+        stage,
+        reason,
+    }
+}
+
+/// Run `f` with a panic caught and turned into an error naming `what`: no record may stop
+/// the matcher. (Memory exhaustion cannot be caught; the FHIRPath budget bounds it.)
+fn isolated<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| format!("{what} panicked: {}", panic_text(&*p)))
+}
+
+fn parse_isolated(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent, String> {
+    isolated("reading the event", || parse_record(rec, default_tenant)).and_then(|r| r)
+}
+
+fn match_isolated<'i>(
+    index: &'i Index,
+    event: &ChangeEvent,
+    now: OffsetDateTime,
+) -> Result<Matched<'i>, String> {
+    isolated("matching", || index.matches(event, now))
 }
 
 /// Parse a log record: an envelope, or a bare FHIR resource written by another system. A
@@ -142,13 +211,16 @@ async fn load_index(hub: &Hub) -> Result<Index, hub_store::StoreError> {
     Ok(index)
 }
 
-/// Reload when the generation moved. Errors keep the old index (and are retried).
-async fn refresh(hub: &Hub, index: &mut Index) -> Result<(), hub_store::StoreError> {
+/// A new index when the generation moved since `current`, `None` when it did not.
+async fn reload_if_changed(
+    hub: &Hub,
+    current: i64,
+) -> Result<Option<Index>, hub_store::StoreError> {
     let generation = hub.store.subscriptions_generation().await?;
-    if generation != index.generation {
-        *index = load_index(hub).await?;
+    if generation == current {
+        return Ok(None);
     }
-    Ok(())
+    load_index(hub).await.map(Some)
 }
 
 /// Fill in `previous` for events of types a subscribed topic compares with the version before
@@ -180,20 +252,10 @@ async fn supply_previous(
     wanted.dedup();
     let mut stored = HashMap::new();
     if !wanted.is_empty() {
-        let mut wait = Duration::from_millis(200);
-        stored = loop {
-            match hub.store.last_versions(&wanted).await {
-                Ok(v) => break v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read previous resource versions; holding the batch");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
-            }
-        };
+        stored = retry::until_ok(shutdown, "reading previous resource versions", || {
+            hub.store.last_versions(&wanted)
+        })
+        .await?;
     }
     let mut latest: HashMap<ResourceKey, Option<String>> = HashMap::new();
     for e in events.iter_mut().filter(|e| relevant(e)) {
@@ -228,7 +290,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let reload = Duration::from_millis(cfg.reload_ms);
     tracing::info!(%topic, "matcher consuming");
 
-    'outer: while !shutdown.is_cancelled() {
+    while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             b = consumer.poll(cfg.batch_size, poll) => b,
@@ -246,14 +308,15 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         if !batch.is_empty() || last_refresh.elapsed() >= reload {
             // Until the index is current, events must wait: matching with a stale index
             // could miss a subscription created before the event.
-            let mut wait = Duration::from_millis(200);
-            while let Err(e) = refresh(&hub, &mut index).await {
-                tracing::warn!(error = %e, "cannot check subscriptions; holding the batch");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(10));
+            let current = index.generation;
+            match retry::until_ok(&shutdown, "checking subscriptions", || {
+                reload_if_changed(&hub, current)
+            })
+            .await
+            {
+                None => break,
+                Some(Some(fresh)) => index = fresh,
+                Some(None) => {}
             }
             last_refresh = Instant::now();
         }
@@ -263,16 +326,17 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
 
         let now = OffsetDateTime::now_utc();
         let mut notes = Vec::new();
-        let mut malformed = 0;
+        let mut dead = Vec::new();
+        let mut records = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
         for rec in &batch {
-            match parse_record(rec, &hub.config.tenancy.default_tenant) {
-                Ok(e) => events.push(e),
-                Err(why) => {
-                    // Retrying cannot fix a malformed record; skip it loudly.
-                    tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, key = ?rec.key, error = %why, "skipping malformed change event");
-                    malformed += 1;
+            match parse_isolated(rec, &hub.config.tenancy.default_tenant) {
+                Ok(e) => {
+                    records.push(rec);
+                    events.push(e);
                 }
+                // Retrying cannot fix a malformed record: quarantine it and move on.
+                Err(why) => dead.push(quarantined(rec, None, QuarantineStage::Parse, why)),
             }
         }
         // Topics comparing with the version before get it from the store when the event
@@ -280,15 +344,27 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         // notifications (a crash in between re-reads the batch against the older versions:
         // same decisions, deduplicated notifications).
         let Some(latest) = supply_previous(&hub, &index, &mut events, &shutdown).await else {
-            break 'outer;
+            break;
         };
-        for event in &events {
-            let matched = index.matches(event, now);
-            if matched.is_empty() {
+        for (rec, event) in records.iter().zip(&events) {
+            let matched = match match_isolated(&index, event, now) {
+                Ok(m) => m,
+                Err(why) => {
+                    dead.push(quarantined(rec, Some(event), QuarantineStage::Match, why));
+                    continue;
+                }
+            };
+            if !matched.failures.is_empty() {
+                // The subscriptions that matched are notified now; a replay of the
+                // quarantined event adds nothing for them (the log deduplicates by event id).
+                let why = matched.failures.join("; ");
+                dead.push(quarantined(rec, Some(event), QuarantineStage::Match, why));
+            }
+            if matched.ids.is_empty() {
                 continue;
             }
             let resource = event.resource.as_ref().map(Value::to_string);
-            for id in matched {
+            for id in matched.ids {
                 notes.push(NewNotification {
                     tenant: event.tenant.clone(),
                     subscription_id: id.to_owned(),
@@ -303,36 +379,36 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             }
         }
 
-        let mut wait = Duration::from_millis(200);
-        let logged = loop {
-            match hub.store.append_notifications(&notes).await {
-                Ok(logged) => break logged,
-                Err(e) => {
-                    // Not acked, so nothing is lost: the batch stays ours to retry.
-                    tracing::error!(error = %e, notifications = notes.len(), "cannot log notifications; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
-            }
+        // Not acked until all of this is durable: a failure holds the batch, loses nothing.
+        let Some(logged) = retry::until_ok(&shutdown, "logging notifications", || {
+            hub.store.append_notifications(&notes)
+        })
+        .await
+        else {
+            break;
         };
-        let mut wait = Duration::from_millis(200);
-        while let Err(e) = hub.store.put_versions(&latest).await {
-            tracing::error!(error = %e, "cannot record resource versions; retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            wait = (wait * 2).min(Duration::from_secs(10));
+        if retry::until_ok(&shutdown, "quarantining change events", || {
+            hub.store.quarantine(&dead)
+        })
+        .await
+        .is_none()
+        {
+            break;
+        }
+        if retry::until_ok(&shutdown, "recording resource versions", || {
+            hub.store.put_versions(&latest)
+        })
+        .await
+        .is_none()
+        {
+            break;
         }
         if let Err(e) = consumer.ack(&batch).await {
             tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
         }
         crate::metrics::BatchMatched {
             events: batch.len(),
-            malformed,
+            quarantined: dead.len(),
             notifications: logged.len(),
         }
         .emit(&hub.metrics);
@@ -343,4 +419,38 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!("matcher draining");
     consumer.close().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_quarantine_reason() {
+        let r: Result<(), String> = isolated("matching", || panic!("boom at byte 7"));
+        assert_eq!(r, Err("matching panicked: boom at byte 7".to_owned()));
+        let owned: Result<(), String> = isolated("x", || panic!("{}", String::from("owned")));
+        assert_eq!(owned, Err("x panicked: owned".to_owned()));
+        assert_eq!(isolated("x", || 5), Ok(5));
+    }
+
+    #[test]
+    fn unreadable_records_are_errors_not_panics() {
+        for payload in [
+            &b"{not json \xff"[..],
+            b"[]",
+            b"42",
+            b"{}",
+            b"{\"resourceType\": 5}",
+        ] {
+            let rec = Consumed {
+                topic: "t".into(),
+                partition: 0,
+                offset: 1,
+                key: None,
+                payload: payload.to_vec(),
+            };
+            assert!(parse_isolated(&rec, "default").is_err());
+        }
+    }
 }

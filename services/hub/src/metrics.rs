@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     events_published: AtomicU64,
     events_consumed: AtomicU64,
-    events_malformed: AtomicU64,
+    events_quarantined: AtomicU64,
     notifications_logged: AtomicU64,
     deliveries_delivered: AtomicU64,
     deliveries_failed: AtomicU64,
@@ -36,10 +36,11 @@ impl EventsPublished {
     }
 }
 
-/// A matcher batch: events read, malformed ones skipped, notifications logged.
+/// A matcher batch: events read, events quarantined (unreadable, or matching failed),
+/// notifications logged.
 pub struct BatchMatched {
     pub events: usize,
-    pub malformed: usize,
+    pub quarantined: usize,
     pub notifications: usize,
 }
 
@@ -47,12 +48,12 @@ impl BatchMatched {
     pub fn emit(&self, m: &Metrics) {
         tracing::debug!(
             events = self.events,
-            malformed = self.malformed,
+            quarantined = self.quarantined,
             notifications = self.notifications,
             "batch matched"
         );
         add(&m.events_consumed, self.events as u64);
-        add(&m.events_malformed, self.malformed as u64);
+        add(&m.events_quarantined, self.quarantined as u64);
         add(&m.notifications_logged, self.notifications as u64);
     }
 }
@@ -103,7 +104,7 @@ impl StatusChanged<'_> {
 
 impl Metrics {
     /// The Prometheus text exposition, with `subscriptions` gauges by status.
-    pub fn render(&self, subscriptions: &[(String, i64)]) -> String {
+    pub fn render(&self, subscriptions: &[(String, i64)], quarantined: Option<i64>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
@@ -123,9 +124,9 @@ impl Metrics {
             &[("", get(&self.events_consumed))],
         );
         counter(
-            "fhir_hub_events_malformed_total",
-            "Log records skipped as not valid change events.",
-            &[("", get(&self.events_malformed))],
+            "fhir_hub_events_quarantined_total",
+            "Change events quarantined by this process's matcher (unreadable, or matching failed).",
+            &[("", get(&self.events_quarantined))],
         );
         counter(
             "fhir_hub_notifications_logged_total",
@@ -157,6 +158,12 @@ impl Metrics {
         for (status, n) in subscriptions {
             let _ = writeln!(out, "fhir_hub_subscriptions{{status=\"{status}\"}} {n}");
         }
+        if let Some(n) = quarantined {
+            let _ = writeln!(
+                out,
+                "# HELP fhir_hub_quarantined_events Change events waiting in quarantine, all tenants.\n# TYPE fhir_hub_quarantined_events gauge\nfhir_hub_quarantined_events {n}"
+            );
+        }
         out
     }
 }
@@ -170,9 +177,10 @@ mod tests {
         let m = Metrics::default();
         EventsPublished { count: 3 }.emit(&m);
         DeliveryAttempt::Failed.emit(&m);
-        let text = m.render(&[("active".into(), 2)]);
+        let text = m.render(&[("active".into(), 2)], Some(1));
         assert!(text.contains("fhir_hub_events_published_total 3"));
         assert!(text.contains("fhir_hub_delivery_attempts_total{outcome=\"failed\"} 1"));
         assert!(text.contains("fhir_hub_subscriptions{status=\"active\"} 2"));
+        assert!(text.contains("fhir_hub_quarantined_events 1"));
     }
 }

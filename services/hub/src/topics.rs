@@ -185,8 +185,15 @@ impl TopicIndex {
         self.subscriptions == 0
     }
 
-    /// Ids of the topic-based subscriptions an event notifies.
-    pub fn matches<'s>(&'s self, event: &ChangeEvent, now: OffsetDateTime, out: &mut Vec<&'s str>) {
+    /// Ids of the topic-based subscriptions an event notifies; a trigger that could not be
+    /// evaluated (over its budget) is reported in `failures` with the topic's url.
+    pub fn matches<'s>(
+        &'s self,
+        event: &ChangeEvent,
+        now: OffsetDateTime,
+        out: &mut Vec<&'s str>,
+        failures: &mut Vec<String>,
+    ) {
         let Some(entries) = self.by_tenant.get(&event.tenant) else {
             return;
         };
@@ -196,11 +203,17 @@ impl TopicIndex {
             if e.subs.is_empty() {
                 continue;
             }
-            let fired = e
-                .topic
-                .triggers
-                .iter()
-                .any(|t| t.fires(event.action, &event.resource_type, current, previous));
+            let mut fired = false;
+            for t in &e.topic.triggers {
+                match t.fires(event.action, &event.resource_type, current, previous) {
+                    Ok(true) => {
+                        fired = true;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(err) => failures.push(format!("topic {}: {err}", e.topic.url)),
+                }
+            }
             if !fired {
                 continue;
             }

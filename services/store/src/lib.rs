@@ -14,6 +14,7 @@ use sqlx::{AnyPool, Executor};
 mod delivery;
 mod leases;
 mod notifications;
+mod quarantine;
 mod subscriptions;
 mod topics;
 mod versions;
@@ -21,6 +22,7 @@ mod ws_tokens;
 
 pub use delivery::DeliveryState;
 pub use notifications::{NewNotification, Notification};
+pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;

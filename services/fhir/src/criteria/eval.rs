@@ -283,12 +283,15 @@ pub(crate) fn compare_ranges(prefix: Prefix, s: &Range, t: &Range, now: i64) -> 
     }
 }
 
-fn number_of(node: &Value) -> Option<f64> {
+/// A node's number: a JSON number, or a string holding one (lenient towards producers that
+/// quote decimals). NaN and infinities (`"NaN"`, `1e400`) are not numbers FHIR can carry.
+pub(crate) fn number_of(node: &Value) -> Option<f64> {
     match node {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
+    .filter(|x: &f64| x.is_finite())
 }
 
 /// Numbers in resources are taken at face value; the search value's precision sets `eq`.

@@ -17,7 +17,7 @@ use crate::outcome::{IssueType, OperationOutcome};
 use crate::registry::{ParamType, Registry, SearchParam};
 use crate::resource_types::is_r4_resource_type;
 
-mod eval;
+pub(crate) mod eval;
 #[cfg(test)]
 mod tests;
 mod text;

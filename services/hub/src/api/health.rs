@@ -48,12 +48,13 @@ pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
 pub async fn metrics(State(hub): State<Hub>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let by_status = hub.store.count_by_status().await.unwrap_or_default();
+    let quarantined = hub.store.count_quarantined().await.ok();
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        hub.metrics.render(&by_status),
+        hub.metrics.render(&by_status, quarantined),
     )
         .into_response()
 }

@@ -16,6 +16,7 @@ pub mod fhir_json;
 pub mod health;
 pub mod ingest;
 pub mod metadata;
+pub mod quarantine;
 pub mod status;
 pub mod subscriptions;
 pub mod topics;
@@ -58,6 +59,12 @@ pub fn router(hub: Hub) -> Router {
             "/fhir/SubscriptionTopic/{id}",
             get(topics::read).put(topics::update).delete(topics::delete),
         )
+        .route("/admin/quarantine", get(quarantine::list))
+        .route(
+            "/admin/quarantine/{id}",
+            get(quarantine::read).delete(quarantine::drop),
+        )
+        .route("/admin/quarantine/{id}/$replay", post(quarantine::replay))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -1,0 +1,149 @@
+//! `/admin/quarantine`: change events the matcher could not process, for an operator to
+//! inspect, replay (publish again to the changes topic, after fixing the topic or the data
+//! path that failed) or drop.
+//!
+//! Needs the `hub/admin` scope; a tenant-scoped caller sees only its own tenant's records.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use base64::Engine;
+use hub_fhir::{IssueType, OperationOutcome};
+use hub_log::Record;
+use hub_store::Quarantined;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::auth::Caller;
+use crate::Hub;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Records after this id (paging).
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_count")]
+    count: i64,
+}
+
+fn default_count() -> i64 {
+    100
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.scopes.iter().any(|s| s == "hub/admin") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            OperationOutcome::error(IssueType::Forbidden, "the quarantine needs scope hub/admin"),
+        ))
+    }
+}
+
+fn render(q: &Quarantined) -> Value {
+    let r = &q.record;
+    // The payload as written when it is text (it almost always is), base64 otherwise.
+    let payload = match std::str::from_utf8(&r.payload) {
+        Ok(text) => json!({"text": text}),
+        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(&r.payload)}),
+    };
+    json!({
+        "id": q.id,
+        "source": r.source,
+        "tenant": r.tenant,
+        "eventId": r.event_id,
+        "key": r.record_key,
+        "stage": r.stage.as_str(),
+        "reason": r.reason,
+        "quarantinedAt": q.quarantined_at,
+        "payload": payload,
+    })
+}
+
+/// The caller's view of one record: 404 when it is unknown, the id is not a number, or it
+/// belongs to a tenant the caller cannot publish to.
+async fn visible(hub: &Hub, caller: &Caller, id: &str) -> Result<(i64, Quarantined), ApiError> {
+    require_admin(caller)?;
+    let missing = || ApiError::not_found(format!("no quarantined event '{id}'"));
+    let id: i64 = id.parse().map_err(|_| missing())?;
+    let q = match hub.store.quarantined(id).await {
+        Err(hub_store::StoreError::NotFound) => return Err(missing()),
+        other => other?,
+    };
+    if q.record
+        .tenant
+        .as_deref()
+        .is_some_and(|t| !caller.may_publish_to(t))
+    {
+        return Err(missing());
+    }
+    Ok((id, q))
+}
+
+/// `GET /admin/quarantine?after=&count=`
+pub async fn list(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&caller)?;
+    let count = q.count.clamp(1, 1000);
+    let rows = hub.store.list_quarantined(None, q.after, count).await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .filter(|r| {
+            r.record
+                .tenant
+                .as_deref()
+                .is_none_or(|t| caller.may_publish_to(t))
+        })
+        .map(render)
+        .collect();
+    let total = hub.store.count_quarantined().await?;
+    Ok(Json(json!({"total": total, "items": items})))
+}
+
+/// `GET /admin/quarantine/{id}`
+pub async fn read(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(render(&visible(&hub, &caller, &id).await?.1)))
+}
+
+/// `POST /admin/quarantine/{id}/$replay`: publish the record again, exactly as it was read,
+/// then release it. A replayed event the matcher had partly processed adds nothing for the
+/// subscriptions it already notified (the log deduplicates by event id).
+pub async fn replay(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, q) = visible(&hub, &caller, &id).await?;
+    let record = Record {
+        key: q.record.record_key.clone().unwrap_or_default(),
+        payload: q.record.payload.clone(),
+    };
+    hub.log
+        .publish(&hub.config.log.changes_topic, &[record])
+        .await
+        .map_err(|e| ApiError::unavailable(format!("event log: {e}")))?;
+    hub.store.release_quarantined(id).await?;
+    tracing::info!(id, source = %q.record.source, subject = %caller.subject, "quarantined change event replayed");
+    Ok(Json(json!({"replayed": id})))
+}
+
+/// `DELETE /admin/quarantine/{id}`: drop a record for good.
+pub async fn drop(
+    State(hub): State<Hub>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (id, q) = visible(&hub, &caller, &id).await?;
+    hub.store.release_quarantined(id).await?;
+    tracing::info!(id, source = %q.record.source, subject = %caller.subject, "quarantined change event dropped");
+    Ok(StatusCode::NO_CONTENT)
+}
