@@ -36,11 +36,41 @@ impl Status {
     }
 }
 
+/// How notifications reach the subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelType {
+    /// The hub POSTs (or PUTs, R4 with payload) to the subscriber's endpoint.
+    RestHook,
+    /// The subscriber connects to the hub's websocket and binds with a token.
+    Websocket,
+}
+
+impl ChannelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelType::RestHook => "rest-hook",
+            ChannelType::Websocket => "websocket",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChannelType> {
+        match s {
+            "rest-hook" => Some(ChannelType::RestHook),
+            "websocket" => Some(ChannelType::Websocket),
+            _ => None,
+        }
+    }
+
+    /// Whether the hub calls out to an endpoint (and so checks it against the egress policy).
+    pub fn calls_out(self) -> bool {
+        self == ChannelType::RestHook
+    }
+}
+
 /// The channel the hub delivers over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
-    /// Only `rest-hook` today; the type is kept as text so stored rows survive new types.
-    pub kind: String,
+    pub kind: ChannelType,
     pub endpoint: String,
     /// MIME type of the payload; `None` means the R4 "no payload" notification (empty POST).
     pub payload: Option<String>,
@@ -391,8 +421,7 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
             "Subscription.channel.type",
         ));
     }
-    let websocket = kind == "websocket";
-    if !websocket && kind != "rest-hook" {
+    let Some(channel_type) = ChannelType::parse(kind) else {
         return Err(invalid(
             IssueType::NotSupported,
             format!(
@@ -400,7 +429,8 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
             ),
             "Subscription.channel.type",
         ));
-    }
+    };
+    let websocket = channel_type == ChannelType::Websocket;
     if websocket && !is_topic {
         return Err(invalid(
             IssueType::NotSupported,
@@ -574,7 +604,7 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
         parsed,
         topic,
         channel: Channel {
-            kind: kind.to_owned(),
+            kind: channel_type,
             endpoint: endpoint.to_owned(),
             payload,
             headers,

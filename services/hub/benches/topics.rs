@@ -73,11 +73,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             resource: resource.to_string(),
             events_since_start: 0,
             error: None,
+            secret: None,
+            client_certificate: None,
         }
     };
     let rows: Vec<SubscriptionRow> = (0..SUBSCRIPTIONS).map(sub).collect();
     let t = Instant::now();
-    let index = TopicIndex::build(&topics, &rows);
+    let subs = fhir_hub::model::Catalog::default().read_all(rows.clone());
+    let index = TopicIndex::build(&topics, &subs);
     let build = t.elapsed();
     println!(
         "topic index: {} subscriptions built in {:.2} s; {} events",

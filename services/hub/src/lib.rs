@@ -11,16 +11,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod channels;
 pub mod config;
 pub mod delivery;
 pub mod fhirpath_cmd;
 pub mod match_cmd;
 pub mod matcher;
 pub mod metrics;
+pub mod model;
 pub mod publish;
 pub mod retry;
 pub mod telemetry;
@@ -36,9 +37,14 @@ pub struct Hub {
     pub config: Arc<Config>,
     pub store: Store,
     pub log: Arc<dyn EventLog>,
-    /// Rung by the matcher after it logs notifications, so delivery in the same process
-    /// starts at once instead of at its next poll.
-    pub notifications_logged: Arc<Notify>,
+    /// Per-subscription wake-ups: the matcher (and, on PostgreSQL, the `LISTEN` task) tells
+    /// a subscription's readers that its log moved; nobody else wakes.
+    pub wakeups: Arc<channels::wake::Wakeups>,
+    /// Stored subscriptions as typed values, parsed once per version.
+    pub subscriptions: Arc<model::Catalog>,
+    /// The FHIR base URL clients reach this hub at (`server.base_url`, or the address the
+    /// API listens on): the one source for absolute URLs in answers and notifications.
+    pub base_url: Arc<str>,
     /// Where rest-hooks may go (SSRF protection).
     pub egress: Arc<delivery::ssrf::EgressPolicy>,
     pub schedule: Arc<delivery::schedule::Schedule>,
@@ -76,14 +82,20 @@ impl Hub {
             .await
             .context("opening the store")?;
         let log = open_log(&config).await?;
+        model::move_legacy_secrets(&store)
+            .await
+            .context("moving subscription secrets into their columns")?;
+        let cross_process = store.backend() == hub_store::Backend::Postgres;
         Ok(Hub {
+            wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
+            subscriptions: Arc::default(),
+            base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
             extra_roots: Arc::new(config.extra_roots()?),
             config: Arc::new(config),
             store,
             log,
-            notifications_logged: Arc::new(Notify::new()),
             metrics: Arc::default(),
         })
     }
@@ -96,7 +108,22 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let hub = Hub::connect(config).await?;
+    let mut hub = Hub::connect(config).await?;
+    let listener = match listener {
+        Some(l) => Some(l),
+        None if hub.config.has_role(Role::Api) => Some(
+            TcpListener::bind(hub.config.listen_addr()?)
+                .await
+                .with_context(|| format!("binding {}", hub.config.server.listen))?,
+        ),
+        None => None,
+    };
+    // Without a configured base URL, the address actually bound (port 0 picks one).
+    if hub.config.server.base_url.is_empty()
+        && let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok())
+    {
+        hub.base_url = Arc::from(format!("http://{addr}/fhir"));
+    }
     tracing::info!(
         store = ?hub.store.backend(),
         log = hub.log.backend(),
@@ -117,13 +144,17 @@ pub async fn run(
             Ok(())
         });
     }
-    if hub.config.has_role(Role::Api) {
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(hub.config.listen_addr()?)
-                .await
-                .with_context(|| format!("binding {}", hub.config.server.listen))?,
-        };
+    if hub.config.has_role(Role::Api) || hub.config.has_role(Role::Delivery) {
+        // readers live in these roles (websocket clients, rest-hook workers)
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            channels::wake::listen(h, s).await;
+            Ok(())
+        });
+    }
+    if hub.config.has_role(Role::Api)
+        && let Some(listener) = listener
+    {
         let (h, s) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { api::serve(h, listener, s).await.context("api role") });
     }

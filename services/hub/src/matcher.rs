@@ -12,17 +12,16 @@
 use std::time::{Duration, Instant};
 
 use hub_fhir::index::MatchIndex;
-use hub_fhir::{Action, ChangeEvent, Criteria};
+use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
 use std::collections::HashMap;
 
-use hub_store::{
-    NewNotification, NewQuarantined, QuarantineStage, ResourceKey, SubscriptionRow, TopicRow,
-};
+use hub_store::{NewNotification, NewQuarantined, QuarantineStage, ResourceKey, TopicRow};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::Subscription;
 use crate::{Hub, retry};
 
 /// What the index returns for a match: the subscription and when it ends.
@@ -40,37 +39,23 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn build(rows: &[SubscriptionRow], topics: &[TopicRow], generation: i64) -> Index {
+    pub fn build(subs: &[Subscription], topics: &[TopicRow], generation: i64) -> Index {
         let mut inner = MatchIndex::new();
-        for row in rows {
-            if hub_fhir::subscription::is_topic_canonical(&row.criteria) {
+        for sub in subs {
+            // topic-based subscriptions are indexed with their topic
+            let Some(criteria) = &sub.spec.parsed else {
                 continue;
-            }
-            let criteria = match Criteria::parse(&row.criteria) {
-                Ok(c) => c,
-                Err(e) => {
-                    // Accepted at create by an older version, refused by this one.
-                    tracing::warn!(subscription = %row.id, tenant = %row.tenant, error = %e, "subscription criteria no longer parse; not matching it");
-                    continue;
-                }
             };
-            let end = serde_json::from_str::<Value>(&row.resource)
-                .ok()
-                .and_then(|v| {
-                    v.get("end")
-                        .and_then(Value::as_str)
-                        .and_then(hub_fhir::time_fmt::parse_instant)
-                });
             inner.insert(
-                &row.tenant,
-                criteria,
+                &sub.tenant,
+                criteria.clone(),
                 Target {
-                    id: row.id.clone(),
-                    end,
+                    id: sub.id.clone(),
+                    end: sub.end(),
                 },
             );
         }
-        let topics = crate::topics::TopicIndex::build(topics, rows);
+        let topics = crate::topics::TopicIndex::build(topics, subs);
         Index {
             inner,
             topics,
@@ -200,9 +185,9 @@ pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent,
 
 async fn load_index(hub: &Hub) -> Result<Index, hub_store::StoreError> {
     let generation = hub.store.subscriptions_generation().await?;
-    let rows = hub.store.live_subscriptions().await?;
+    let subs = hub.subscriptions.live(&hub.store).await?;
     let topics = hub.store.list_topics(None).await?;
-    let index = Index::build(&rows, &topics, generation);
+    let index = Index::build(&subs, &topics, generation);
     tracing::info!(
         subscriptions = index.len(),
         generation,
@@ -412,8 +397,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             notifications: logged.len(),
         }
         .emit(&hub.metrics);
-        if !logged.is_empty() {
-            hub.notifications_logged.notify_waiters();
+        // wake the readers of these subscriptions, and nobody else
+        for n in &logged {
+            hub.wakeups
+                .logged(&n.tenant, &n.subscription_id, n.event_number);
         }
     }
     tracing::info!("matcher draining");

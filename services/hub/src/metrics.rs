@@ -79,22 +79,23 @@ impl DeliveryAttempt {
 pub struct StatusChanged<'a> {
     pub subscription: &'a str,
     pub tenant: &'a str,
-    pub to: &'a str,
+    pub to: hub_fhir::subscription::Status,
     pub error: Option<&'a str>,
 }
 
 impl StatusChanged<'_> {
     pub fn emit(&self, m: &Metrics) {
+        use hub_fhir::subscription::Status;
         match self.to {
-            "active" => {
+            Status::Active | Status::Requested => {
                 tracing::info!(subscription = %self.subscription, tenant = %self.tenant, "subscription active");
                 add(&m.status_active, 1);
             }
-            "error" => {
+            Status::Error => {
                 tracing::warn!(subscription = %self.subscription, tenant = %self.tenant, error = self.error, "subscription in error");
                 add(&m.status_error, 1);
             }
-            _ => {
+            Status::Off => {
                 tracing::warn!(subscription = %self.subscription, tenant = %self.tenant, error = self.error, "subscription off");
                 add(&m.status_off, 1);
             }

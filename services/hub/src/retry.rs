@@ -15,7 +15,8 @@ const MAX_WAIT: Duration = Duration::from_secs(10);
 const ESCALATE_AFTER: u32 = 5;
 
 /// Run `op` until it succeeds, waiting 200 ms, 400 ms, … up to 10 s between attempts.
-/// `None` when `shutdown` is cancelled first (the caller stops without acknowledging).
+/// `None` when it failed and `shutdown` was cancelled before it could succeed (the caller
+/// stops without acknowledging).
 pub async fn until_ok<T, E, F, Fut>(
     shutdown: &CancellationToken,
     what: &'static str,
@@ -29,9 +30,8 @@ where
     let mut wait = FIRST_WAIT;
     let mut failures = 0u32;
     loop {
-        if shutdown.is_cancelled() {
-            return None;
-        }
+        // always one attempt, even when shutting down: finishing in-flight work (recording a
+        // delivery that went out) is what a graceful stop is for
         match op().await {
             Ok(v) => {
                 if failures > 0 {
@@ -86,5 +86,10 @@ mod tests {
         });
         let v: Option<()> = until_ok(&stop, "test", || async { Err::<(), _>("down") }).await;
         assert_eq!(v, None);
+        // stopped already: one attempt still runs
+        assert_eq!(
+            until_ok(&stop, "test", || async { Ok::<_, &str>(7) }).await,
+            Some(7)
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use hub_fhir::index::MatchIndex;
 use hub_fhir::topic::{self, Filter, Topic};
 use hub_fhir::{ChangeEvent, Criteria};
-use hub_store::{SubscriptionRow, TopicRow};
+use hub_store::TopicRow;
+
+use crate::model::Subscription;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -74,7 +76,7 @@ pub struct TopicIndex {
 
 impl TopicIndex {
     /// Builds the index; topics or subscriptions that no longer validate are skipped loudly.
-    pub fn build(topics: &[TopicRow], subs: &[SubscriptionRow]) -> TopicIndex {
+    pub fn build(topics: &[TopicRow], subs: &[Subscription]) -> TopicIndex {
         let mut by_tenant: HashMap<String, Vec<Entry>> = HashMap::new();
         for row in topics {
             let parsed = serde_json::from_str::<Value>(&row.resource)
@@ -95,24 +97,14 @@ impl TopicIndex {
             }
         }
         let mut count = 0;
-        for row in subs {
-            let Some(entries) = by_tenant.get_mut(&row.tenant) else {
+        for sub in subs {
+            let Some(ts) = sub.topic() else {
                 continue;
             };
-            let Some(entry) = entries.iter_mut().find(|e| e.topic.url == row.criteria) else {
+            let Some(entries) = by_tenant.get_mut(&sub.tenant) else {
                 continue;
             };
-            let Ok(resource) = serde_json::from_str::<Value>(&row.resource) else {
-                continue;
-            };
-            let spec = match hub_fhir::subscription::validate(&resource) {
-                Ok(s) => s,
-                Err(oo) => {
-                    tracing::warn!(subscription = %row.id, error = %oo.summary(), "stored subscription no longer validates; not matching it");
-                    continue;
-                }
-            };
-            let Some(ts) = spec.topic else {
+            let Some(entry) = entries.iter_mut().find(|e| e.topic.url == ts.topic) else {
                 continue;
             };
             let filters: Result<Vec<Filter>, _> = ts
@@ -123,18 +115,14 @@ impl TopicIndex {
             let filters = match filters {
                 Ok(f) => f,
                 Err(oo) => {
-                    tracing::warn!(subscription = %row.id, error = %oo.summary(), "subscription filter no longer fits its topic; not matching it");
+                    tracing::warn!(subscription = %sub.id, error = %oo.summary(), "subscription filter no longer fits its topic; not matching it");
                     continue;
                 }
             };
-            let end = spec
-                .end
-                .as_deref()
-                .and_then(hub_fhir::time_fmt::parse_instant);
             entry.subs.push(TopicSub {
-                id: row.id.clone(),
+                id: sub.id.clone(),
                 filters,
-                end,
+                end: sub.end(),
             });
             count += 1;
         }

@@ -13,6 +13,7 @@ use sqlx::{AnyPool, Executor};
 
 mod delivery;
 mod leases;
+mod listen;
 mod notifications;
 mod quarantine;
 mod subscriptions;
@@ -21,6 +22,7 @@ mod versions;
 mod ws_tokens;
 
 pub use delivery::DeliveryState;
+pub use listen::{Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
@@ -69,10 +71,21 @@ pub enum Backend {
 }
 
 /// The store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL only: where a `LISTEN` connection goes (it cannot come from the pool).
+    listen_url: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the URL: it may hold a password
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -119,7 +132,12 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact(&url))))?;
-        let store = Store { pool, backend };
+        let listen_url = (backend == Backend::Postgres).then(|| std::sync::Arc::from(url.as_str()));
+        let store = Store {
+            pool,
+            backend,
+            listen_url,
+        };
         store.migrate().await?;
         Ok(store)
     }

@@ -173,6 +173,10 @@ impl Store {
                 logged.extend(rows);
             }
         }
+        if self.backend == crate::Backend::Postgres {
+            // Readers in other processes wake on this; PostgreSQL delivers it on commit.
+            crate::listen::notify_logged(&mut tx, logged.iter().map(|(_, n)| n)).await?;
+        }
         tx.commit().await?;
         logged.sort_by_key(|(i, _)| *i);
         Ok(logged.into_iter().map(|(_, n)| n).collect())
@@ -292,14 +296,35 @@ impl Store {
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Retention: delete notifications created before `before` (a stored instant) that were
-    /// delivered. Undelivered ones stay whatever their age; event numbers are never reused
-    /// because the counter lives on the subscription row. Returns how many were deleted.
+    /// The lowest event number still in the log for a subscription (`None` when its log is
+    /// empty): a reader asking for anything below it gets "history gone".
+    pub async fn first_retained(
+        &self,
+        tenant: &str,
+        subscription_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(event_number) FROM notifications WHERE tenant = $1 AND subscription_id = $2",
+        )
+        .bind(tenant)
+        .bind(subscription_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Retention: delete notifications created before `before` (a stored instant). A
+    /// rest-hook subscription's notifications go only once its delivery cursor passed them
+    /// (undelivered ones stay whatever their age); a stream subscription's (websocket) go by
+    /// age alone, since its readers are clients that come and go: one asking for purged
+    /// history is told so. Event numbers are never reused.
     pub async fn purge_notifications(&self, before: &str) -> Result<u64, StoreError> {
         let n = sqlx::query(
-            "DELETE FROM notifications WHERE created_at < $1 AND event_number <= \
+            "DELETE FROM notifications WHERE created_at < $1 AND (event_number <= \
              (SELECT d.delivered_through FROM delivery_state d \
-              WHERE d.tenant = notifications.tenant AND d.subscription_id = notifications.subscription_id)",
+              WHERE d.tenant = notifications.tenant AND d.subscription_id = notifications.subscription_id) \
+             OR NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.tenant = notifications.tenant \
+              AND s.id = notifications.subscription_id AND s.channel_type = 'rest-hook'))",
         )
         .bind(before)
         .execute(&self.pool)

@@ -21,6 +21,10 @@ pub struct SubscriptionRow {
     pub events_since_start: i64,
     /// Why the hub set the status to error or off (Subscription.error).
     pub error: Option<String>,
+    /// The Standard Webhooks signing secret; never part of `resource`.
+    pub secret: Option<String>,
+    /// PEM client certificate and key for mutual TLS; never part of `resource`.
+    pub client_certificate: Option<String>,
 }
 
 /// What a create or update writes.
@@ -30,12 +34,15 @@ pub struct SubscriptionWrite {
     pub criteria: String,
     pub channel_type: String,
     pub endpoint: String,
-    /// The resource JSON without `id`/`meta`: the store stamps them on read.
+    /// The resource JSON without `id`/`meta` and without secrets: the store stamps `id` and
+    /// `meta` on read.
     pub resource: String,
+    pub secret: Option<String>,
+    pub client_certificate: Option<String>,
 }
 
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
-                       endpoint, resource, events_since_start, error";
+                       endpoint, resource, events_since_start, error, secret, client_certificate";
 
 fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     Ok(SubscriptionRow {
@@ -50,6 +57,8 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
         resource: r.try_get(8)?,
         events_since_start: r.try_get(9)?,
         error: r.try_get(10)?,
+        secret: r.try_get(11)?,
+        client_certificate: r.try_get(12)?,
     })
 }
 
@@ -66,7 +75,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO subscriptions ({COLUMNS}) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0, NULL)
+            "INSERT INTO subscriptions ({COLUMNS})
+             VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -77,6 +87,8 @@ impl Store {
         .bind(&w.channel_type)
         .bind(&w.endpoint)
         .bind(&w.resource)
+        .bind(&w.secret)
+        .bind(&w.client_certificate)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -124,7 +136,7 @@ impl Store {
         let updated = sqlx::query(&format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
-                 error = NULL
+                 error = NULL, secret = $10, client_certificate = $11
              WHERE tenant = $1 AND id = $2 AND ($9 < 0 OR version_id = $9)
              RETURNING {COLUMNS}"
         ))
@@ -137,6 +149,8 @@ impl Store {
         .bind(&w.endpoint)
         .bind(&w.resource)
         .bind(if_version.unwrap_or(-1))
+        .bind(&w.secret)
+        .bind(&w.client_certificate)
         .fetch_optional(&mut *tx)
         .await?;
         match updated {
@@ -265,6 +279,41 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Subscriptions written before secrets had their own columns (both columns empty), for
+    /// the one-time move at start-up.
+    pub async fn subscriptions_without_secret(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE secret IS NULL AND client_certificate IS NULL"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Move a subscription's secrets into their columns and store the resource without them.
+    /// Not a new version: the client's content is unchanged.
+    pub async fn move_secrets(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: &str,
+        secret: Option<&str>,
+        client_certificate: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE subscriptions SET resource = $3, secret = $4, client_certificate = $5
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(resource)
+        .bind(secret)
+        .bind(client_certificate)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// How many subscriptions (all tenants) have each status.

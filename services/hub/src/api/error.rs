@@ -50,6 +50,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::model::ModelError> for ApiError {
+    fn from(e: crate::model::ModelError) -> Self {
+        match e {
+            crate::model::ModelError::Store(e) => e.into(),
+            corrupt @ crate::model::ModelError::Corrupt { .. } => ApiError::internal(corrupt),
+        }
+    }
+}
+
 impl From<hub_store::StoreError> for ApiError {
     fn from(e: hub_store::StoreError) -> Self {
         use hub_store::StoreError as E;

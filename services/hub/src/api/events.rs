@@ -5,17 +5,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use hub_fhir::notification::{self, StatusInfo};
 use hub_fhir::subscription::Content;
 use hub_fhir::{IssueType, OperationOutcome};
-use serde_json::Value;
 
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
-use super::subscriptions::base_url;
 use crate::Hub;
+use crate::channels::render::{self, Kind};
 
 /// The most events one `$events` call returns; ask again from the last number for more.
 const MAX_EVENTS: i64 = 1000;
@@ -38,7 +35,6 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, A
 pub async fn events(
     State(hub): State<Hub>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<FhirJson, ApiError> {
@@ -55,21 +51,13 @@ pub async fn events(
             ),
         )));
     }
-    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
+    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     let since = number(&params, "eventsSinceNumber")?.unwrap_or(1).max(1);
     let until = number(&params, "eventsUntilNumber")?
-        .unwrap_or(row.events_since_start)
-        .min(row.events_since_start);
-    let resource: Value = serde_json::from_str(&row.resource).unwrap_or(Value::Null);
-    let spec = hub_fhir::subscription::validate(&resource).ok();
-    let topic = spec.as_ref().and_then(|s| s.topic.clone());
-    let default_content = match &topic {
-        Some(t) => t.content,
-        None if resource.pointer("/channel/payload").is_some() => Content::FullResource,
-        None => Content::IdOnly,
-    };
+        .unwrap_or(sub.events_since_start)
+        .min(sub.events_since_start);
     let content = match params.get("content") {
-        None => default_content,
+        None => sub.content(),
         Some(c) => Content::parse(c).ok_or_else(|| {
             ApiError::bad_request(OperationOutcome::error(
                 IssueType::Value,
@@ -85,21 +73,13 @@ pub async fn events(
     } else {
         Vec::new()
     };
-    let base = base_url(&headers);
-    let events = crate::delivery::send::event_infos(&notes);
-    let status = StatusInfo {
-        base: &base,
-        subscription_id: &id,
-        topic: topic.as_ref().map(|t| t.topic.as_str()),
-        status: &row.status,
-        kind: "query-event",
-        events_since_start: row.events_since_start,
-        error: None,
-    };
-    let version = topic
-        .as_ref()
-        .map_or(hub_fhir::subscription::FhirVersion::R4, |t| t.version);
-    Ok(FhirJson(notification::bundle_for(
-        version, &status, &events, content,
+    Ok(FhirJson(render::bundle(
+        &sub,
+        &hub.base_url,
+        sub.status,
+        Kind::QueryEvent,
+        sub.events_since_start,
+        &notes,
+        content,
     )))
 }

@@ -2,28 +2,23 @@
 //! subscription-status Parameters per subscription, with the hub's delivery state
 //! (last success, last error, failed attempts, queued count) as an extension.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use hub_fhir::notification::{self, StatusInfo};
+use hub_fhir::notification;
 use hub_fhir::subscription::FhirVersion;
-use hub_store::SubscriptionRow;
 use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
-use super::subscriptions::base_url;
 use crate::Hub;
+use crate::channels::render::{self, Kind};
+use crate::model::Subscription;
 
-async fn status_parameters(
-    hub: &Hub,
-    base: &str,
-    row: &SubscriptionRow,
-) -> Result<Value, ApiError> {
-    let d = hub.store.delivery_state(&row.tenant, &row.id).await?;
-    let queued = (row.events_since_start - d.delivered_through).max(0);
+/// The backport-subscription-status-r4 Parameters, with the hub's delivery state (the
+/// rest-hook reader's cursor) as an extension.
+async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiError> {
+    let d = hub.store.delivery_state(&sub.tenant, &sub.id).await?;
+    let queued = (sub.events_since_start - d.delivered_through).max(0);
     let mut delivery = vec![
         json!({"url": "delivered-through", "valueInteger64": d.delivered_through.to_string()}),
         json!({"url": "queued", "valueInteger64": queued.to_string()}),
@@ -38,26 +33,16 @@ async fn status_parameters(
     if let Some(e) = &d.last_error {
         delivery.push(json!({"url": "last-error", "valueString": e}));
     }
-    let mut parameter = vec![
-        json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", row.id)}}),
-    ];
-    if hub_fhir::subscription::is_topic_canonical(&row.criteria) {
-        parameter.push(json!({"name": "topic", "valueCanonical": row.criteria}));
-    }
-    parameter.extend([
-        json!({"name": "status", "valueCode": row.status}),
-        json!({"name": "type", "valueCode": "query-status"}),
-        json!({"name": "events-since-subscription-start", "valueString": row.events_since_start.to_string()}),
-    ]);
-    if let Some(e) = &row.error {
-        parameter.push(json!({"name": "error", "valueCodeableConcept": {"text": e}}));
-    }
-    Ok(json!({
-        "resourceType": "Parameters",
-        "meta": {"profile": ["http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"]},
-        "extension": [{"url": "urn:fhir-hub:delivery-state", "extension": delivery}],
-        "parameter": parameter,
-    }))
+    let info = render::status_info(
+        sub,
+        &hub.base_url,
+        sub.status,
+        Kind::QueryStatus,
+        sub.events_since_start,
+    );
+    let mut p = notification::status_parameters(&info, &[], sub.content());
+    p["extension"] = json!([{"url": "urn:fhir-hub:delivery-state", "extension": delivery}]);
+    Ok(p)
 }
 
 fn bundle(base: &str, statuses: Vec<Value>) -> Value {
@@ -84,60 +69,54 @@ fn bundle(base: &str, statuses: Vec<Value>) -> Value {
 pub async fn instance(
     State(hub): State<Hub>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
-    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
-    let base = base_url(&headers);
+    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
-    let topic = serde_json::from_str::<Value>(&row.resource)
-        .ok()
-        .and_then(|r| hub_fhir::subscription::validate(&r).ok())
-        .and_then(|s| s.topic);
-    if let Some(t) = topic.filter(|t| t.version != FhirVersion::R4) {
-        let info = StatusInfo {
-            base: &base,
-            subscription_id: &row.id,
-            topic: Some(&t.topic),
-            status: &row.status,
-            kind: "query-status",
-            events_since_start: row.events_since_start,
-            error: row.error.as_deref(),
-        };
-        return Ok(FhirJson(notification::bundle_for(
-            t.version,
-            &info,
+    if sub.shape() != FhirVersion::R4 {
+        return Ok(FhirJson(render::bundle(
+            &sub,
+            &hub.base_url,
+            sub.status,
+            Kind::QueryStatus,
+            sub.events_since_start,
             &[],
-            t.content,
+            sub.content(),
         )));
     }
-    let p = status_parameters(&hub, &base, &row).await?;
-    Ok(FhirJson(bundle(&base, vec![p])))
+    let p = status_parameters(&hub, &sub).await?;
+    Ok(FhirJson(bundle(&hub.base_url, vec![p])))
 }
 
 /// `GET /fhir/Subscription/$status[?id=a,b][&status=active,error]`.
 pub async fn type_level(
     State(hub): State<Hub>,
     caller: Caller,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<FhirJson, ApiError> {
     let statuses: Vec<String> = params
-        .get("status")
-        .map(|s| s.split(',').map(str::to_owned).collect())
-        .unwrap_or_default();
+        .iter()
+        .filter(|(k, _)| k == "status")
+        .flat_map(|(_, v)| v.split(',').map(str::to_owned))
+        .collect();
+    let ids: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .map(|(_, v)| v.as_str())
+        .collect();
     let rows = hub
         .store
         .search_subscriptions(&caller.tenant, &statuses, 1000)
         .await?;
-    let base = base_url(&headers);
     let mut out = Vec::new();
-    for row in rows.iter().filter(|r| {
-        params
-            .get("id")
-            .is_none_or(|ids| ids.split(',').any(|i| i == r.id))
-    }) {
-        out.push(status_parameters(&hub, &base, row).await?);
+    // `id` may repeat and each may hold a comma-separated list
+    let ids: Vec<&str> = ids.iter().flat_map(|v| v.split(',')).collect();
+    for row in rows
+        .into_iter()
+        .filter(|r| ids.is_empty() || ids.contains(&r.id.as_str()))
+    {
+        let sub = hub.subscriptions.read(row)?;
+        out.push(status_parameters(&hub, &sub).await?);
     }
-    Ok(FhirJson(bundle(&base, out)))
+    Ok(FhirJson(bundle(&hub.base_url, out)))
 }

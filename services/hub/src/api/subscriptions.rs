@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hub_fhir::event::is_fhir_id;
-use hub_fhir::subscription::{self, Status};
+use hub_fhir::subscription::{self, ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::{SubscriptionRow, SubscriptionWrite};
 use serde_json::{Value, json};
@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
-use crate::Hub;
-use crate::delivery::{self, sign};
+use crate::delivery::sign;
+use crate::{Hub, model};
 
 /// Map a validation outcome to 400 (malformed) or 422 (well-formed but refused).
 fn validation_error(oo: OperationOutcome) -> ApiError {
@@ -56,8 +56,8 @@ async fn prepare(
     if let Some(t) = &spec.topic {
         check_topic(hub, tenant, t).await?;
     }
-    let websocket = spec.channel.kind == "websocket";
-    if !websocket {
+    let websocket = spec.channel.kind == ChannelType::Websocket;
+    if spec.channel.kind.calls_out() {
         hub.egress
             .check(&spec.channel.endpoint)
             .await
@@ -93,8 +93,9 @@ async fn prepare(
         Status::Requested | Status::Active | Status::Error => Status::Requested,
     };
     let mut resource = body.clone();
-    let client_secret = delivery::secret_of(body).map(str::to_owned);
-    if let Some(s) = &client_secret
+    // Secrets go to their own columns; the stored resource never holds one.
+    let sent = model::take_secrets(&mut resource);
+    if let Some(s) = &sent.secret
         && !sign::valid_secret(s)
     {
         return Err(ApiError::unprocessable(
@@ -105,32 +106,17 @@ async fn prepare(
             .at("Subscription.channel.extension"),
         ));
     }
-    let stored = existing.and_then(|row| serde_json::from_str::<Value>(&row.resource).ok());
-    let kept = stored
-        .as_ref()
-        .and_then(|v| delivery::secret_of(v).map(str::to_owned));
-    // Reads never show the client certificate, so an update that omits it keeps it.
-    if spec.channel.client_certificate.is_none()
-        && let Some(cert) = stored.as_ref().and_then(|v| {
-            v.pointer("/channel/extension")?
-                .as_array()?
-                .iter()
-                .find(|e| {
-                    e.get("url").and_then(Value::as_str)
-                        == Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
-                })
-        })
-        && let Some(list) = resource
-            .get_mut("channel")
-            .and_then(Value::as_object_mut)
-            .map(|c| c.entry("extension").or_insert_with(|| json!([])))
-            .and_then(Value::as_array_mut)
-    {
-        list.push(cert.clone());
-    }
-    let generated_secret = client_secret.is_none() && kept.is_none();
-    let secret = client_secret.or(kept).unwrap_or_else(sign::generate_secret);
-    set_secret(&mut resource, &secret);
+    // Reads never show the secret or the client certificate, so an update that omits them
+    // keeps the stored ones.
+    let kept_secret = existing.and_then(|row| row.secret.clone());
+    let generated_secret = sent.secret.is_none() && kept_secret.is_none();
+    let secret = sent
+        .secret
+        .or(kept_secret)
+        .unwrap_or_else(sign::generate_secret);
+    let client_certificate = sent
+        .client_certificate
+        .or_else(|| existing.and_then(|row| row.client_certificate.clone()));
     if let Some(obj) = resource.as_object_mut() {
         obj.remove("id");
         obj.remove("meta");
@@ -141,9 +127,11 @@ async fn prepare(
         write: SubscriptionWrite {
             status: status.as_str().to_owned(),
             criteria: spec.criteria,
-            channel_type: spec.channel.kind,
+            channel_type: spec.channel.kind.as_str().to_owned(),
             endpoint: spec.channel.endpoint,
             resource: resource.to_string(),
+            secret: Some(secret),
+            client_certificate,
         },
         generated_secret,
     })
@@ -192,7 +180,8 @@ async fn check_topic(
     Ok(())
 }
 
-fn set_secret(resource: &mut Value, secret: &str) {
+/// Put the signing secret into a rendered resource (the one answer that reveals it).
+fn show_secret(resource: &mut Value, secret: &str) {
     // the R4 form keeps it on channel, the R5 form (no channel element) on the resource
     let holder = if resource.get("channel").is_some() {
         resource.get_mut("channel")
@@ -204,31 +193,7 @@ fn set_secret(resource: &mut Value, secret: &str) {
     };
     let ext = channel.entry("extension").or_insert_with(|| json!([]));
     if let Some(list) = ext.as_array_mut() {
-        list.retain(|e| e.get("url").and_then(Value::as_str) != Some(delivery::SECRET_EXTENSION));
-        list.push(json!({"url": delivery::SECRET_EXTENSION, "valueString": secret}));
-    }
-}
-
-/// Remove the signing secret (shown once, when the hub generates it) and the client
-/// certificate's private key (never shown).
-fn hide_secret(resource: &mut Value) {
-    let strip = |holder: &mut serde_json::Map<String, Value>| {
-        if let Some(list) = holder.get_mut("extension").and_then(Value::as_array_mut) {
-            list.retain(|e| {
-                let url = e.get("url").and_then(Value::as_str);
-                url != Some(delivery::SECRET_EXTENSION)
-                    && url != Some(subscription::CLIENT_CERTIFICATE_EXTENSION)
-            });
-            if list.is_empty() {
-                holder.remove("extension");
-            }
-        }
-    };
-    if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) {
-        strip(channel);
-    }
-    if let Some(obj) = resource.as_object_mut() {
-        strip(obj);
+        list.push(json!({"url": model::SECRET_EXTENSION, "valueString": secret}));
     }
 }
 
@@ -246,7 +211,8 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
         out.insert("error".into(), json!(e));
     }
     let mut v = Value::Object(out);
-    hide_secret(&mut v);
+    // stored resources hold no secrets; this keeps a row written by hand from leaking one
+    model::take_secrets(&mut v);
     Ok(v)
 }
 
@@ -284,11 +250,8 @@ pub(crate) fn stored_resource(
 /// The resource with its secret, for the one answer that reveals a generated secret.
 fn with_secret(row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = to_resource(row)?;
-    if let Some(secret) = serde_json::from_str::<Value>(&row.resource)
-        .ok()
-        .and_then(|r| delivery::secret_of(&r).map(str::to_owned))
-    {
-        set_secret(&mut v, &secret);
+    if let Some(secret) = &row.secret {
+        show_secret(&mut v, secret);
     }
     Ok(v)
 }
@@ -319,6 +282,18 @@ pub(crate) async fn existing(
 ) -> Result<SubscriptionRow, ApiError> {
     hub.store
         .get_subscription(tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))
+}
+
+/// The caller's subscription `id`, typed, or 404.
+pub(crate) async fn typed(
+    hub: &Hub,
+    tenant: &str,
+    id: &str,
+) -> Result<model::Subscription, ApiError> {
+    hub.subscriptions
+        .get(&hub.store, tenant, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))
 }
@@ -431,7 +406,11 @@ pub async fn update(
         Ok(row) => {
             // Reactivating a subscription that was off: what it missed is readable with
             // $events rather than replayed as a flood.
-            if existing.as_ref().is_some_and(|e| e.status == "off") && row.status == "requested" {
+            if existing
+                .as_ref()
+                .is_some_and(|e| e.status == Status::Off.as_str())
+                && row.status == Status::Requested.as_str()
+            {
                 hub.store.skip_backlog(&caller.tenant, &id).await?;
             }
             tracing::info!(subscription = %id, tenant = %caller.tenant, version = row.version_id, status = %row.status, "subscription updated");
@@ -484,7 +463,6 @@ const SEARCH_PARAMS: &[&str] = &["status", "_id", "_count", "type", "url"];
 pub async fn search(
     State(hub): State<Hub>,
     caller: Caller,
-    headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     if let Some(unknown) = params.keys().find(|k| !SEARCH_PARAMS.contains(&k.as_str())) {
@@ -537,7 +515,7 @@ pub async fn search(
         })
         .filter(|r| params.get("url").is_none_or(|u| *u == r.endpoint))
         .collect();
-    let base = base_url(&headers);
+    let base = &hub.base_url;
     let mut entries = Vec::new();
     for r in rows.iter().take(count as usize) {
         entries.push(json!({
@@ -554,13 +532,4 @@ pub async fn search(
         "entry": entries,
     }))
     .into_response())
-}
-
-/// `http://host/fhir`, from the Host header the client used.
-pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/fhir")
 }

@@ -4,27 +4,31 @@
 //! subscriptions), gets a handshake bundle per binding, then each new notification as an
 //! event-notification bundle in event-number order, and heartbeat bundles when the
 //! subscription asks for them. Missed notifications are read with `$events`.
+//!
+//! Each binding is a reader of the subscription's stream (`channels::stream`) feeding the
+//! socket through one bounded outbox.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
-use hub_fhir::notification::{self, StatusInfo};
-use hub_fhir::subscription::TopicSubscription;
+use hub_fhir::subscription::{ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
-use hub_store::Notification;
 use rand::RngCore;
-use serde_json::{Value, json};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
-use super::subscriptions::base_url;
 use crate::Hub;
-use crate::delivery::send::event_infos;
+use crate::channels::render::{self, Kind};
+use crate::channels::stream::{Item, SubscriptionStream};
+use crate::model::Subscription;
 
 /// How long a binding token stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -33,16 +37,15 @@ const TOKEN_TTL: Duration = Duration::from_secs(600);
 pub async fn binding_token(
     State(hub): State<Hub>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
-    let row = super::subscriptions::existing(&hub, &caller.tenant, &id).await?;
-    if row.channel_type != "websocket" {
+    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
+    if sub.channel_type() != ChannelType::Websocket {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
             format!(
                 "Subscription/{id} uses channel type '{}'; binding tokens are for websocket subscriptions",
-                row.channel_type
+                sub.channel_type().as_str()
             ),
         )));
     }
@@ -56,7 +59,7 @@ pub async fn binding_token(
     hub.store
         .create_ws_token(&token, &caller.tenant, &id, &expires)
         .await?;
-    let ws_url = base_url(&headers).replacen("http", "ws", 1) + "/$subscription-ws";
+    let ws_url = hub.base_url.replacen("http", "ws", 1) + "/$subscription-ws";
     Ok(FhirJson(json!({
         "resourceType": "Parameters",
         "parameter": [
@@ -69,21 +72,13 @@ pub async fn binding_token(
 }
 
 /// `GET /fhir/$subscription-ws` (upgrade).
-pub async fn connect(State(hub): State<Hub>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let base = base_url(&headers);
-    ws.on_upgrade(move |socket| serve(hub, base, socket))
+pub async fn connect(State(hub): State<Hub>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve(hub, socket))
 }
 
-struct Binding {
-    tenant: String,
-    id: String,
-    topic: TopicSubscription,
-    status: String,
-    /// The last event number sent on this socket.
-    sent: i64,
-    heartbeat: Option<Duration>,
-    last_message: tokio::time::Instant,
-}
+/// Messages waiting for the socket, from all its bindings. Bounded: a client that does not
+/// read makes its bindings wait instead of growing memory.
+const OUTBOX: usize = 64;
 
 fn outcome(msg: impl Into<String>) -> Message {
     Message::Text(
@@ -94,61 +89,33 @@ fn outcome(msg: impl Into<String>) -> Message {
     )
 }
 
-async fn bind(hub: &Hub, token: &str) -> Result<Binding, String> {
+/// The subscription a token binds, if it may be bound.
+async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
     let Some((tenant, id)) = hub.store.ws_token(token).await.map_err(|e| e.to_string())? else {
         return Err("unknown or expired binding token".into());
     };
-    let row = hub
-        .store
-        .get_subscription(&tenant, &id)
+    let sub = hub
+        .subscriptions
+        .get(&hub.store, &tenant, &id)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("Subscription/{id} no longer exists"))?;
-    let resource: Value = serde_json::from_str(&row.resource).map_err(|e| e.to_string())?;
-    let spec = hub_fhir::subscription::validate(&resource).map_err(|oo| oo.summary())?;
-    let topic = spec
-        .topic
-        .ok_or_else(|| format!("Subscription/{id} is not topic-based"))?;
-    if row.status == "off" {
+    if sub.topic().is_none() {
+        return Err(format!("Subscription/{id} is not topic-based"));
+    }
+    if sub.status == Status::Off {
         return Err(format!("Subscription/{id} is off"));
     }
-    Ok(Binding {
-        tenant,
-        id,
-        topic,
-        status: row.status,
-        sent: row.events_since_start,
-        heartbeat: spec
-            .channel
-            .heartbeat_secs
-            .map(|s| Duration::from_secs(u64::from(s))),
-        last_message: tokio::time::Instant::now(),
-    })
+    Ok(sub)
 }
 
-fn bundle(base: &str, b: &Binding, kind: &str, since: i64, notes: &[Notification]) -> Message {
-    let events = event_infos(notes);
-    let info = StatusInfo {
-        base,
-        subscription_id: &b.id,
-        topic: Some(&b.topic.topic),
-        status: &b.status,
-        kind,
-        events_since_start: since,
-        error: None,
-    };
-    Message::Text(
-        notification::bundle_for(b.topic.version, &info, &events, b.topic.content)
-            .to_string()
-            .into(),
-    )
-}
-
-async fn serve(hub: Hub, base: String, mut socket: WebSocket) {
-    let mut bindings: Vec<Binding> = Vec::new();
-    let poll = Duration::from_millis(hub.config.delivery.poll_ms);
+async fn serve(hub: Hub, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
+    // every binding's reader stops with the socket
+    let stop = CancellationToken::new();
+    let _stop_readers = stop.clone().drop_guard();
+    let mut bound: HashMap<(String, String), CancellationToken> = HashMap::new();
     loop {
-        let wake = hub.notifications_logged.notified();
         tokio::select! {
             msg = socket.recv() => {
                 let text = match msg {
@@ -161,14 +128,14 @@ async fn serve(hub: Hub, base: String, mut socket: WebSocket) {
                     continue;
                 };
                 match bind(&hub, token.trim()).await {
-                    Ok(b) => {
-                        let hs = bundle(&base, &b, "handshake", b.sent, &[]);
-                        if socket.send(hs).await.is_err() {
-                            return;
+                    Ok(sub) => {
+                        tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
+                        // binding the same subscription again replaces its reader
+                        let reader = stop.child_token();
+                        if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
+                            old.cancel();
                         }
-                        tracing::info!(subscription = %b.id, tenant = %b.tenant, "websocket bound");
-                        bindings.retain(|x| !(x.tenant == b.tenant && x.id == b.id));
-                        bindings.push(b);
+                        tokio::spawn(read_binding(hub.clone(), sub, tx.clone(), reader));
                     }
                     Err(why) => {
                         let _ = socket.send(outcome(why)).await;
@@ -177,75 +144,74 @@ async fn serve(hub: Hub, base: String, mut socket: WebSocket) {
                     }
                 }
             }
-            _ = wake => {}
-            _ = tokio::time::sleep(poll) => {}
-        }
-        if !send_pending(&hub, &base, &mut socket, &mut bindings).await {
-            return;
+            out = rx.recv() => {
+                let Some(out) = out else { return };
+                if socket.send(out).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Send what each binding has not seen yet, and heartbeats that are due; false when the
-/// socket is gone.
-async fn send_pending(
-    hub: &Hub,
-    base: &str,
-    socket: &mut WebSocket,
-    bindings: &mut [Binding],
-) -> bool {
-    for b in bindings.iter_mut() {
-        let notes = match hub
-            .store
-            .notifications_after(&b.tenant, &b.id, b.sent, 100)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(subscription = %b.id, error = %e, "cannot read notifications for a websocket");
-                continue;
-            }
-        };
-        let before = b.sent;
-        let per_message = b.topic.max_count.map_or(1, |m| m.max(1) as usize);
-        for group in notes.chunks(per_message) {
-            let Some(last) = group.last() else {
-                continue;
-            };
-            if socket
-                .send(bundle(
-                    base,
-                    b,
-                    "event-notification",
-                    last.event_number,
-                    group,
-                ))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            b.sent = last.event_number;
-            b.last_message = tokio::time::Instant::now();
-        }
-        // what a socket received counts as delivered ($status, and retention may purge it)
-        if b.sent > before
-            && let Err(e) = hub.store.record_delivered(&b.tenant, &b.id, b.sent).await
-        {
-            tracing::warn!(subscription = %b.id, error = %e, "cannot record websocket delivery");
-        }
-        if let Some(period) = b.heartbeat
-            && b.last_message.elapsed() >= period
-        {
-            if socket
-                .send(bundle(base, b, "heartbeat", b.sent, &[]))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            b.last_message = tokio::time::Instant::now();
-        }
+/// One binding: a handshake, then the subscription's stream from the count at bind time
+/// (live notifications; missed ones are read with `$events`), grouped by max-count, with
+/// heartbeats on the subscription's period. This reader keeps no cursor in the store:
+/// what a socket was sent says nothing about what the client processed.
+async fn read_binding(
+    hub: Hub,
+    sub: Subscription,
+    tx: mpsc::Sender<Message>,
+    stop: CancellationToken,
+) {
+    let base = hub.base_url.clone();
+    let text = |kind: Kind, since: i64, notes: &[hub_store::Notification]| {
+        Message::Text(
+            render::bundle(&sub, &base, sub.status, kind, since, notes, sub.content())
+                .to_string()
+                .into(),
+        )
+    };
+    if tx
+        .send(text(Kind::Handshake, sub.events_since_start, &[]))
+        .await
+        .is_err()
+    {
+        return;
     }
-    true
+    let heartbeat = sub
+        .spec
+        .channel
+        .heartbeat_secs
+        .map(|s| Duration::from_secs(u64::from(s)));
+    let group = crate::channels::group_size(&sub);
+    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        let quiet_until = heartbeat.map(|p| last_sent + p);
+        let msgs = match stream.next(OUTBOX * group, quiet_until, &stop).await {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(subscription = %sub.id, error = %e, "cannot read notifications for a websocket");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            Some(Ok(Item::Quiet)) => vec![text(Kind::Heartbeat, stream.position(), &[])],
+            Some(Ok(Item::HistoryGone { after, resumes_at })) => vec![outcome(format!(
+                "events after {after} are no longer in the notification log; continuing from {resumes_at}"
+            ))],
+            Some(Ok(Item::Notifications(notes))) => notes
+                .chunks(group)
+                .filter_map(|g| Some(text(Kind::EventNotification, g.last()?.event_number, g)))
+                .collect(),
+        };
+        for m in msgs {
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+        last_sent = tokio::time::Instant::now();
+    }
 }

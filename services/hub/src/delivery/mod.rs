@@ -4,45 +4,27 @@
 //! off on 410 Gone or when the schedule runs out; only the client reactivates).
 //!
 //! Isolation: every subscription has its own worker and its own HTTP client, so a slow or
-//! dead endpoint only delays its own notifications. Progress (`delivered_through`) is stored
-//! after each success, so a restart resumes where delivery stopped; a notification whose
-//! success was not yet recorded is sent again with the same `webhook-id`.
+//! dead endpoint only delays its own notifications. A worker is the rest-hook *reader* of
+//! its subscription's stream (`channels::stream`): it is woken only when its subscription
+//! logs something, and its cursor is `delivered_through`, stored after each batch, so a
+//! restart resumes where delivery stopped; a notification whose success was not yet
+//! recorded is sent again with the same `webhook-id`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use hub_fhir::subscription;
-use hub_store::SubscriptionRow;
-use serde_json::Value;
-use tokio::sync::Notify;
+use hub_fhir::subscription::{ChannelType, Status};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
+use crate::model::Subscription;
 
 pub mod schedule;
 pub mod send;
 pub mod sign;
 pub mod ssrf;
 pub mod worker;
-
-/// The Subscription.channel extension that carries the Standard Webhooks signing secret.
-pub const SECRET_EXTENSION: &str = "urn:fhir-hub:webhook-secret";
-
-/// The signing secret stored in a Subscription resource, if any (on `channel` in the R4
-/// form, on the resource in the R5 form).
-pub fn secret_of(resource: &Value) -> Option<&str> {
-    ["/channel/extension", "/extension"].iter().find_map(|p| {
-        resource
-            .pointer(p)?
-            .as_array()?
-            .iter()
-            .find(|e| e.get("url").and_then(Value::as_str) == Some(SECRET_EXTENSION))?
-            .get("valueString")?
-            .as_str()
-    })
-}
 
 struct Running {
     version: i64,
@@ -52,33 +34,32 @@ struct Running {
 /// Run delivery until `shutdown`.
 pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let poll = Duration::from_millis(hub.config.delivery.poll_ms);
-    // Rung when new notifications may be waiting: workers re-read the store.
-    let work = Arc::new(Notify::new());
     let mut workers: HashMap<(String, String), Running> = HashMap::new();
     let mut tasks = JoinSet::new();
     // This process's identity for delivery leases.
     let owner = format!("delivery-{}", uuid::Uuid::new_v4());
     let ttl = hub.config.delivery.lease_ttl_ms;
 
+    // One query (and one lease renewal) per poll, however many subscriptions: the workers
+    // themselves wait on their subscription's wake-up.
     while !shutdown.is_cancelled() {
-        let logged = hub.notifications_logged.notified();
-        match hub.store.live_subscriptions().await {
-            Ok(rows) => {
-                let rows: Vec<SubscriptionRow> = rows
+        match hub.subscriptions.live(&hub.store).await {
+            Ok(subs) => {
+                let subs: Vec<Subscription> = subs
                     .into_iter()
-                    .filter(|r| r.channel_type == "rest-hook")
+                    .filter(|s| s.channel_type() == ChannelType::RestHook)
                     .collect();
-                let wanted: Vec<(String, String)> = rows
+                let wanted: Vec<(String, String)> = subs
                     .iter()
-                    .map(|r| (r.tenant.clone(), r.id.clone()))
+                    .map(|s| (s.tenant.clone(), s.id.clone()))
                     .collect();
                 match hub.store.claim_leases(&owner, &wanted, ttl).await {
                     Ok(held) => {
-                        let mine: Vec<SubscriptionRow> = rows
+                        let mine: Vec<Subscription> = subs
                             .into_iter()
-                            .filter(|r| held.contains(&(r.tenant.clone(), r.id.clone())))
+                            .filter(|s| held.contains(&(s.tenant.clone(), s.id.clone())))
                             .collect();
-                        reconcile(&hub, &work, &shutdown, &mine, &mut workers, &mut tasks).await;
+                        reconcile(&hub, &shutdown, mine, &mut workers, &mut tasks).await;
                     }
                     // Keep what runs: if the store is back within the lease, nothing changes.
                     Err(e) => tracing::warn!(error = %e, "cannot renew delivery leases"),
@@ -93,8 +74,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = logged => work.notify_waiters(),
-            _ = tokio::time::sleep(poll) => work.notify_waiters(),
+            _ = tokio::time::sleep(poll) => {}
         }
     }
     tracing::info!(
@@ -114,37 +94,36 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
 
 async fn reconcile(
     hub: &Hub,
-    work: &Arc<Notify>,
     shutdown: &CancellationToken,
-    rows: &[SubscriptionRow],
+    subs: Vec<Subscription>,
     workers: &mut HashMap<(String, String), Running>,
     tasks: &mut JoinSet<()>,
 ) {
-    let wanted: HashMap<(String, String), &SubscriptionRow> = rows
-        .iter()
-        .filter(|r| r.channel_type == "rest-hook")
-        .map(|r| ((r.tenant.clone(), r.id.clone()), r))
+    let wanted: HashMap<(String, String), Subscription> = subs
+        .into_iter()
+        .map(|s| ((s.tenant.clone(), s.id.clone()), s))
         .collect();
     // A worker lives as long as its subscription version: a client update restarts it.
     workers.retain(|key, w| {
         let keep =
-            !w.stop.is_cancelled() && wanted.get(key).is_some_and(|r| r.version_id == w.version);
+            !w.stop.is_cancelled() && wanted.get(key).is_some_and(|s| s.version == w.version);
         if !keep {
             w.stop.cancel();
         }
         keep
     });
-    for (key, row) in wanted {
+    for (key, sub) in wanted {
         if workers.contains_key(&key) {
             continue;
         }
-        let Some(worker) = prepare(hub, work, shutdown, row).await else {
+        let version = sub.version;
+        let Some(worker) = start_worker(hub, shutdown, sub).await else {
             continue;
         };
         workers.insert(
             key,
             Running {
-                version: row.version_id,
+                version,
                 stop: worker.stop.clone(),
             },
         );
@@ -157,43 +136,40 @@ async fn reconcile(
     }
 }
 
-/// Build a worker for a row: its channel, secret, a checked endpoint and a client pinned to
-/// the checked address.
-async fn prepare(
+/// A worker for a subscription: a checked endpoint and an HTTP client pinned to the checked
+/// address, with the subscription's client certificate.
+async fn start_worker(
     hub: &Hub,
-    work: &Arc<Notify>,
     shutdown: &CancellationToken,
-    row: &SubscriptionRow,
+    sub: Subscription,
 ) -> Option<worker::Worker> {
-    let resource: Value = serde_json::from_str(&row.resource).ok()?;
-    let (channel, topic) = match subscription::validate(&resource) {
-        Ok(spec) => (spec.channel, spec.topic),
-        Err(oo) => {
-            tracing::error!(subscription = %row.id, tenant = %row.tenant, error = %oo.summary(), "stored subscription is not deliverable");
-            return None;
-        }
-    };
-    let Some(secret) = secret_of(&resource).map(str::to_owned) else {
-        tracing::error!(subscription = %row.id, "stored subscription has no signing secret");
+    let Some(secret) = sub.secret.clone() else {
+        tracing::error!(subscription = %sub.id, "stored subscription has no signing secret");
         return None;
     };
+    let channel = &sub.spec.channel;
     let checked = match hub.egress.check(&channel.endpoint).await {
         Ok(c) => c,
         Err(why) => {
-            if row.status != "error" {
+            if sub.status != Status::Error {
                 let msg = format!("endpoint refused: {why}");
-                tracing::warn!(subscription = %row.id, tenant = %row.tenant, %msg, "not delivering");
+                tracing::warn!(subscription = %sub.id, tenant = %sub.tenant, %msg, "not delivering");
                 let _ = hub
                     .store
-                    .set_subscription_status(&row.tenant, &row.id, "error", Some(&msg))
+                    .set_subscription_status(
+                        &sub.tenant,
+                        &sub.id,
+                        Status::Error.as_str(),
+                        Some(&msg),
+                    )
                     .await;
             }
             return None;
         }
     };
     // backport-timeout, when the subscription sets one, replaces the hub's request timeout
-    let timeout = topic
-        .as_ref()
+    let timeout = sub
+        .topic()
         .and_then(|t| t.timeout_secs)
         .map(|s| Duration::from_secs(u64::from(s)))
         .unwrap_or(Duration::from_millis(
@@ -213,7 +189,7 @@ async fn prepare(
         match reqwest::Identity::from_pem(pem.as_bytes()) {
             Ok(identity) => builder = builder.identity(identity),
             Err(e) => {
-                tracing::error!(subscription = %row.id, error = %e, "stored client certificate is unusable");
+                tracing::error!(subscription = %sub.id, error = %e, "stored client certificate is unusable");
                 return None;
             }
         }
@@ -221,21 +197,14 @@ async fn prepare(
     let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(subscription = %row.id, error = %e, "cannot build an HTTP client");
+            tracing::error!(subscription = %sub.id, error = %e, "cannot build an HTTP client");
             return None;
         }
     };
     Some(worker::Worker {
         hub: hub.clone(),
         client,
-        work: Arc::clone(work),
-        tenant: row.tenant.clone(),
-        id: row.id.clone(),
-        version: row.version_id,
-        status: row.status.clone(),
-        channel,
-        topic,
-        base: hub.config.base_url(),
+        sub,
         secret,
         stop: shutdown.child_token(),
     })

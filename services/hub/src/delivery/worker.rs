@@ -5,16 +5,17 @@
 
 use std::time::Duration;
 
-use hub_fhir::subscription::Channel;
-use tokio::sync::Notify;
+use hub_fhir::subscription::Status;
+use hub_store::Notification;
 use tokio_util::sync::CancellationToken;
 
 use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
+use crate::channels::render::{self, Kind};
+use crate::channels::stream::{Item, SubscriptionStream};
 use crate::metrics::{DeliveryAttempt, StatusChanged};
-use hub_fhir::notification::StatusInfo;
-use hub_fhir::subscription::TopicSubscription;
+use crate::model::Subscription;
 
 /// How the retries of one message ended.
 #[derive(Debug, PartialEq)]
@@ -77,16 +78,9 @@ pub async fn deliver_with_retries<A: Attempt + Send>(
 pub(super) struct Worker {
     pub hub: Hub,
     pub client: reqwest::Client,
-    pub work: std::sync::Arc<Notify>,
-    pub tenant: String,
-    pub id: String,
-    pub version: i64,
-    pub status: String,
-    pub channel: Channel,
-    /// Topic-based: notifications are Backport IG bundles.
-    pub topic: Option<TopicSubscription>,
-    /// The FHIR base URL for references in bundles.
-    pub base: String,
+    /// The subscription at the version this worker was started for (a client update
+    /// restarts the worker).
+    pub sub: Subscription,
     pub secret: String,
     pub stop: CancellationToken,
 }
@@ -94,14 +88,14 @@ pub(super) struct Worker {
 struct HttpAttempt<'a> {
     w: &'a Worker,
     dispatch: Dispatch,
-    status: &'a mut String,
+    status: &'a mut Status,
 }
 
 impl Attempt for HttpAttempt<'_> {
     async fn attempt(&mut self) -> Outcome {
         let outcome = send::send(
             &self.w.client,
-            &self.w.channel,
+            &self.w.sub.spec.channel,
             &self.w.secret,
             &self.dispatch,
         )
@@ -117,14 +111,18 @@ impl Attempt for HttpAttempt<'_> {
 
     async fn failed(&mut self, failures: usize, reason: &str) {
         let w = self.w;
-        tracing::warn!(subscription = %w.id, tenant = %w.tenant, failures, %reason, "delivery attempt failed");
-        if let Err(e) = w.hub.store.record_failure(&w.tenant, &w.id, reason).await {
-            tracing::warn!(subscription = %w.id, error = %e, "cannot record a failure");
-        }
-        if failures >= w.hub.config.delivery.error_after_failures && self.status.as_str() != "error"
+        tracing::warn!(subscription = %w.sub.id, tenant = %w.sub.tenant, failures, %reason, "delivery attempt failed");
+        if let Err(e) = w
+            .hub
+            .store
+            .record_failure(&w.sub.tenant, &w.sub.id, reason)
+            .await
         {
-            w.set_status("error", Some(reason)).await;
-            "error".clone_into(self.status);
+            tracing::warn!(subscription = %w.sub.id, error = %e, "cannot record a failure");
+        }
+        if failures >= w.hub.config.delivery.error_after_failures && *self.status != Status::Error {
+            w.set_status(Status::Error, Some(reason)).await;
+            *self.status = Status::Error;
         }
     }
 }
@@ -137,41 +135,52 @@ impl Worker {
     /// store was unavailable (the next worker resends from the last record: duplicates with
     /// the same webhook-id, never a loss).
     async fn record(&self, through: i64) -> bool {
-        loop {
-            match self
-                .hub
+        crate::retry::until_ok(&self.stop, "recording a delivery", || {
+            self.hub
                 .store
-                .record_delivered(&self.tenant, &self.id, through)
-                .await
-            {
-                Ok(()) => return true,
-                Err(e) => {
-                    tracing::warn!(subscription = %self.id, error = %e, "cannot record a delivery");
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return false,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+                .record_delivered(&self.sub.tenant, &self.sub.id, through)
+        })
+        .await
+        .is_some()
+    }
+
+    /// The rendered message as a request to this subscription's endpoint.
+    fn dispatch(&self, m: render::Rendered) -> Dispatch {
+        let endpoint = &self.sub.spec.channel.endpoint;
+        let (method, url) = match &m.resource_path {
+            Some(path) => (
+                reqwest::Method::PUT,
+                format!("{}/{path}", endpoint.trim_end_matches('/')),
+            ),
+            None => (reqwest::Method::POST, endpoint.clone()),
+        };
+        Dispatch {
+            method,
+            url,
+            content_type: m.content_type,
+            body: m.body.unwrap_or_default(),
+            webhook_id: m.id,
         }
+    }
+
+    fn message(&self, status: Status, kind: Kind, since: i64, notes: &[Notification]) -> Dispatch {
+        let base = &self.hub.base_url;
+        self.dispatch(render::message(&self.sub, base, status, kind, since, notes))
     }
 
     /// One heartbeat attempt: not retried (the next one comes a period later), but failures
     /// count towards `error` like any other.
-    async fn heartbeat(&self, status: &mut String, failures: &mut usize) {
-        let d = match &self.topic {
-            Some(t) => {
-                let since = self.events_since_start().await;
-                send::topic_message(
-                    &self.channel,
-                    &self.topic_status(t, status, "heartbeat", since),
-                    t,
-                    &[],
-                    None,
-                )
-            }
-            None => send::heartbeat(&self.channel, &self.id),
+    async fn heartbeat(&self, status: &mut Status, failures: &mut usize) {
+        let since = match self
+            .hub
+            .store
+            .get_subscription(&self.sub.tenant, &self.sub.id)
+            .await
+        {
+            Ok(Some(row)) => row.events_since_start,
+            _ => self.sub.events_since_start,
         };
+        let d = self.message(*status, Kind::Heartbeat, since, &[]);
         let mut attempt = HttpAttempt {
             w: self,
             dispatch: d,
@@ -180,9 +189,9 @@ impl Worker {
         match attempt.attempt().await {
             Outcome::Delivered { .. } => {
                 *failures = 0;
-                if status.as_str() == "error" {
-                    self.set_status("active", None).await;
-                    "active".clone_into(status);
+                if *status == Status::Error {
+                    self.set_status(Status::Active, None).await;
+                    *status = Status::Active;
                 }
             }
             Outcome::Failed { reason, .. } => {
@@ -192,42 +201,10 @@ impl Worker {
         }
     }
 
-    /// The subscription's event count, for handshakes and heartbeats.
-    async fn events_since_start(&self) -> i64 {
-        match self
-            .hub
-            .store
-            .get_subscription(&self.tenant, &self.id)
-            .await
-        {
-            Ok(Some(row)) => row.events_since_start,
-            _ => 0,
-        }
-    }
-
-    fn topic_status<'s>(
-        &'s self,
-        t: &'s TopicSubscription,
-        status: &'s str,
-        kind: &'static str,
-        events_since_start: i64,
-    ) -> StatusInfo<'s> {
-        StatusInfo {
-            base: &self.base,
-            subscription_id: &self.id,
-            topic: Some(&t.topic),
-            // a handshake goes out while requested; the bundle reports what it is for
-            status,
-            kind,
-            events_since_start,
-            error: None,
-        }
-    }
-
-    async fn set_status(&self, status: &str, error: Option<&str>) {
+    async fn set_status(&self, status: Status, error: Option<&str>) {
         StatusChanged {
-            subscription: &self.id,
-            tenant: &self.tenant,
+            subscription: &self.sub.id,
+            tenant: &self.sub.tenant,
             to: status,
             error,
         }
@@ -235,15 +212,15 @@ impl Worker {
         if let Err(e) = self
             .hub
             .store
-            .set_subscription_status(&self.tenant, &self.id, status, error)
+            .set_subscription_status(&self.sub.tenant, &self.sub.id, status.as_str(), error)
             .await
         {
-            tracing::error!(subscription = %self.id, error = %e, "cannot record a status change");
+            tracing::error!(subscription = %self.sub.id, error = %e, "cannot record a status change");
         }
     }
 
     /// Retry one message; on success bring an errored subscription back to active.
-    async fn deliver(&self, dispatch: Dispatch, status: &mut String) -> Final {
+    async fn deliver(&self, dispatch: Dispatch, status: &mut Status) -> Final {
         let schedule: &Schedule = &self.hub.schedule;
         let mut attempt = HttpAttempt {
             w: self,
@@ -252,116 +229,101 @@ impl Worker {
         };
         let result = deliver_with_retries(&mut attempt, schedule, &self.stop).await;
         match &result {
-            Final::Delivered if status.as_str() != "active" => {
-                self.set_status("active", None).await;
-                "active".clone_into(status);
+            Final::Delivered if *status != Status::Active => {
+                self.set_status(Status::Active, None).await;
+                *status = Status::Active;
             }
             Final::Gone(reason) => {
                 self.set_status(
-                    "off",
+                    Status::Off,
                     Some(&format!("the endpoint answered 410 Gone ({reason})")),
                 )
                 .await;
             }
-            Final::GaveUp(reason) => self.set_status("off", Some(reason)).await,
+            Final::GaveUp(reason) => self.set_status(Status::Off, Some(reason)).await,
             _ => {}
         }
         result
     }
 
     pub(super) async fn run(self) {
-        let mut status = self.status.clone();
-        if status == "requested" {
-            let d = match &self.topic {
-                Some(t) => {
-                    let since = self.events_since_start().await;
-                    send::topic_message(
-                        &self.channel,
-                        &self.topic_status(t, &status, "handshake", since),
-                        t,
-                        &[],
-                        Some(format!("handshake-{}-{}", self.id, self.version)),
-                    )
-                }
-                None => send::handshake(&self.channel, &self.id, self.version),
-            };
+        let mut status = self.sub.status;
+        if status == Status::Requested {
+            let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
             if self.deliver(d, &mut status).await != Final::Delivered {
                 return;
             }
-            tracing::info!(subscription = %self.id, "handshake accepted");
+            tracing::info!(subscription = %self.sub.id, "handshake accepted");
         }
-        let store = &self.hub.store;
-        let cfg = &self.hub.config.delivery;
+        let hub = &self.hub;
+        let (tenant, id) = (&self.sub.tenant, &self.sub.id);
         let heartbeat = self
+            .sub
+            .spec
             .channel
             .heartbeat_secs
             .map(|s| Duration::from_secs(u64::from(s)));
         let mut last_sent = tokio::time::Instant::now();
         let mut heartbeat_failures = 0usize;
-        let idle = Duration::from_millis(cfg.poll_ms);
-        let mut delivered = match store.delivery_state(&self.tenant, &self.id).await {
-            Ok(s) => s.delivered_through,
-            Err(e) => {
-                tracing::warn!(subscription = %self.id, error = %e, "cannot read delivery state; worker restarts later");
-                return;
-            }
+        // This worker is the rest-hook reader: its cursor is `delivered_through`.
+        let Some(state) = crate::retry::until_ok(&self.stop, "reading delivery state", || {
+            hub.store.delivery_state(tenant, id)
+        })
+        .await
+        else {
+            return;
         };
+        let mut delivered = state.delivered_through;
+        let mut stream = SubscriptionStream::open(hub, tenant, id, delivered);
+        let group = crate::channels::group_size(&self.sub);
         loop {
-            let wake = self.work.notified();
-            let batch = match store
-                .notifications_after(&self.tenant, &self.id, delivered, cfg.batch_size)
+            let quiet_until = heartbeat.map(|p| last_sent + p);
+            let batch = match stream
+                .next(
+                    usize::try_from(hub.config.delivery.batch_size).unwrap_or(1),
+                    quiet_until,
+                    &self.stop,
+                )
                 .await
             {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(subscription = %self.id, error = %e, "cannot read notifications");
-                    Vec::new()
-                }
-            };
-            if batch.is_empty() {
-                let mut nap = idle;
-                if let Some(period) = heartbeat {
-                    let due = period.saturating_sub(last_sent.elapsed());
-                    if due.is_zero() {
-                        self.heartbeat(&mut status, &mut heartbeat_failures).await;
-                        last_sent = tokio::time::Instant::now();
-                        continue;
+                None => return,
+                Some(Err(e)) => {
+                    tracing::warn!(subscription = %id, error = %e, "cannot read notifications");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
-                    nap = nap.min(due);
                 }
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = wake => {}
-                    _ = tokio::time::sleep(nap) => {}
+                Some(Ok(Item::Quiet)) => {
+                    self.heartbeat(&mut status, &mut heartbeat_failures).await;
+                    last_sent = tokio::time::Instant::now();
+                    continue;
                 }
-                continue;
-            }
+                Some(Ok(Item::HistoryGone { after, resumes_at })) => {
+                    // Retention keeps what this reader has not delivered, so this means the
+                    // log was purged by hand: say so loudly and go on.
+                    tracing::error!(subscription = %id, tenant = %tenant, after, resumes_at, "notifications missing from the log; skipping to what remains");
+                    delivered = resumes_at - 1;
+                    if !self.record(delivered).await {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(Item::Notifications(batch))) => batch,
+            };
             // Progress is recorded once per batch (and at least every RECORD_EVERY), not per
             // notification: a crash re-sends at most that much, with the same webhook-ids.
             let mut recorded = delivered;
             let mut last_record = tokio::time::Instant::now();
-            // Topic-based subscriptions with backport-max-count get up to that many events
-            // per bundle; everything else one notification per request.
-            let per_message = self
-                .topic
-                .as_ref()
-                .and_then(|t| t.max_count)
-                .map_or(1, |m| m.max(1) as usize);
-            for group in batch.chunks(per_message) {
-                let Some(last) = group.last() else {
+            for notes in batch.chunks(group) {
+                let Some(last) = notes.last() else {
                     continue;
                 };
-                let d = match &self.topic {
-                    Some(t) => {
-                        let st =
-                            self.topic_status(t, &status, "event-notification", last.event_number);
-                        send::topic_message(&self.channel, &st, t, group, None)
-                    }
-                    None => send::notification(&self.channel, last),
-                };
+                let d = self.message(status, Kind::EventNotification, last.event_number, notes);
                 let result = self.deliver(d, &mut status).await;
                 if result == Final::Delivered {
                     delivered = last.event_number;
+                    last_sent = tokio::time::Instant::now();
                 }
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;

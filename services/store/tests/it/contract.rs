@@ -1,6 +1,8 @@
 //! Behaviour the store must show on every backend.
 
-use hub_store::{NewNotification, Store, StoreError, SubscriptionWrite};
+use hub_store::{
+    NewNotification, NewQuarantined, QuarantineStage, Store, StoreError, SubscriptionWrite,
+};
 
 pub(crate) fn write(status: &str) -> SubscriptionWrite {
     SubscriptionWrite {
@@ -9,6 +11,8 @@ pub(crate) fn write(status: &str) -> SubscriptionWrite {
         channel_type: "rest-hook".into(),
         endpoint: "http://example.test/hook".into(),
         resource: r#"{"resourceType":"Subscription"}"#.into(),
+        secret: Some("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0".into()),
+        client_certificate: None,
     }
 }
 
@@ -513,4 +517,96 @@ pub(crate) async fn ws_tokens_bind_until_they_expire(store: Store) {
     );
     assert_eq!(store.ws_token("old").await.unwrap(), None, "expired");
     assert_eq!(store.ws_token("nope").await.unwrap(), None);
+}
+
+pub(crate) async fn secrets_live_in_their_own_columns(store: Store) {
+    let mut w = write("requested");
+    w.client_certificate = Some("-----BEGIN CERTIFICATE-----".into());
+    let row = store
+        .create_subscription("default", "s1", &w)
+        .await
+        .unwrap();
+    assert_eq!(row.secret, w.secret);
+    assert_eq!(row.client_certificate, w.client_certificate);
+    assert!(!row.resource.contains("whsec_"));
+    // rows from before the columns existed are found and moved once
+    assert!(
+        store
+            .subscriptions_without_secret()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut legacy = write("requested");
+    legacy.secret = None;
+    store
+        .create_subscription("default", "old", &legacy)
+        .await
+        .unwrap();
+    let found = store.subscriptions_without_secret().await.unwrap();
+    assert_eq!(found.len(), 1);
+    store
+        .move_secrets("default", "old", "{}", Some("whsec_x"), None)
+        .await
+        .unwrap();
+    let moved = store
+        .get_subscription("default", "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (moved.resource.as_str(), moved.secret.as_deref()),
+        ("{}", Some("whsec_x"))
+    );
+    assert_eq!(moved.version_id, 1, "moving secrets is not a client edit");
+    assert!(
+        store
+            .subscriptions_without_secret()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(crate) async fn quarantine_keeps_one_row_per_position(store: Store) {
+    let q = |source: &str, tenant: Option<&str>| NewQuarantined {
+        source: source.into(),
+        tenant: tenant.map(str::to_owned),
+        event_id: None,
+        record_key: Some("Observation/1".into()),
+        payload: vec![0xff, b'{'],
+        stage: QuarantineStage::Parse,
+        reason: "not valid JSON".into(),
+    };
+    store
+        .quarantine(&[
+            q("fhir.changes/0@1", None),
+            q("fhir.changes/0@2", Some("a")),
+        ])
+        .await
+        .unwrap();
+    // a batch re-read after a crash quarantines nothing twice
+    store
+        .quarantine(&[q("fhir.changes/0@1", None)])
+        .await
+        .unwrap();
+    assert_eq!(store.count_quarantined().await.unwrap(), 2);
+    let all = store.list_quarantined(None, 0, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].record, q("fhir.changes/0@1", None));
+    let of_a = store.list_quarantined(Some("a"), 0, 10).await.unwrap();
+    assert_eq!(of_a.len(), 1);
+    let page = store.list_quarantined(None, all[0].id, 10).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(store.quarantined(all[1].id).await.unwrap(), all[1]);
+    store.release_quarantined(all[0].id).await.unwrap();
+    assert!(matches!(
+        store.release_quarantined(all[0].id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.quarantined(all[0].id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.count_quarantined().await.unwrap(), 1);
 }

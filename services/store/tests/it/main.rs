@@ -70,6 +70,8 @@ contract_suite!(
     retention_purges_only_delivered_and_never_reuses_numbers,
     last_versions_are_kept_per_resource,
     ws_tokens_bind_until_they_expire,
+    secrets_live_in_their_own_columns,
+    quarantine_keeps_one_row_per_position,
 );
 
 #[tokio::test]

@@ -1,0 +1,163 @@
+//! The one rendering of every message a subscription receives, whatever the channel:
+//! handshake, heartbeat and event-notification (and the query-status / query-event answers
+//! of `$status` and `$events`), as an R4 Backport, R4B or R5 notification bundle for
+//! topic-based subscriptions, or the classic R4 payloads for criteria subscriptions (an
+//! empty POST, or the resource PUT to `[endpoint]/[type]/[id]`).
+
+use hub_fhir::notification::{self, EventInfo, StatusInfo};
+use hub_fhir::subscription::{Content, FhirVersion, Status};
+use hub_store::Notification;
+use serde_json::Value;
+
+use crate::model::Subscription;
+
+/// Which message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Handshake,
+    Heartbeat,
+    EventNotification,
+    QueryStatus,
+    QueryEvent,
+}
+
+impl Kind {
+    /// The `type` code of the notification (SubscriptionStatus.type).
+    pub fn code(self) -> &'static str {
+        match self {
+            Kind::Handshake => "handshake",
+            Kind::Heartbeat => "heartbeat",
+            Kind::EventNotification => "event-notification",
+            Kind::QueryStatus => "query-status",
+            Kind::QueryEvent => "query-event",
+        }
+    }
+}
+
+/// A rendered message, for any channel to frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// `None`: an empty body (classic R4 without payload, handshakes and heartbeats).
+    pub body: Option<Vec<u8>>,
+    pub content_type: Option<String>,
+    /// Classic R4 with a payload: the resource goes to `[endpoint]/[type]/[id]` by PUT.
+    pub resource_path: Option<String>,
+    /// Stable across retries of the same message: the `webhook-id` of a rest-hook, the SSE
+    /// `id` companion, the gRPC notification id.
+    pub id: String,
+}
+
+/// The content type of a bundle of this shape.
+pub fn content_type(shape: FhirVersion) -> &'static str {
+    match shape {
+        FhirVersion::R4 => "application/fhir+json",
+        FhirVersion::R4B => "application/fhir+json; fhirVersion=4.3",
+        FhirVersion::R5 => "application/fhir+json; fhirVersion=5.0",
+    }
+}
+
+/// Logged notifications as the events of a bundle.
+pub fn event_infos(notes: &[Notification]) -> Vec<EventInfo<'_>> {
+    notes
+        .iter()
+        .map(|n| EventInfo {
+            number: n.event_number,
+            timestamp: &n.occurred_at,
+            focus_type: &n.focus_type,
+            focus_id: &n.focus_id,
+            action: &n.action,
+            resource: n.resource.as_deref(),
+        })
+        .collect()
+}
+
+/// The status part of every bundle.
+pub fn status_info<'s>(
+    sub: &'s Subscription,
+    base: &'s str,
+    status: Status,
+    kind: Kind,
+    events_since_start: i64,
+) -> StatusInfo<'s> {
+    StatusInfo {
+        base,
+        subscription_id: &sub.id,
+        topic: sub.topic().map(|t| t.topic.as_str()),
+        status: status.as_str(),
+        kind: kind.code(),
+        events_since_start,
+        // why the hub set error/off is part of the status answer, not of every message
+        error: if kind == Kind::QueryStatus {
+            sub.error.as_deref()
+        } else {
+            None
+        },
+    }
+}
+
+/// The notification bundle of a message, in the subscription's shape: what topic-based
+/// channels send, and what `$events`/`$status` answer.
+pub fn bundle(
+    sub: &Subscription,
+    base: &str,
+    status: Status,
+    kind: Kind,
+    events_since_start: i64,
+    notes: &[Notification],
+    content: Content,
+) -> Value {
+    let info = status_info(sub, base, status, kind, events_since_start);
+    notification::bundle_for(sub.shape(), &info, &event_infos(notes), content)
+}
+
+/// A message to `sub` as it is at `status`. `notes` are the events of an event-notification
+/// (one, or up to `backport-max-count`), empty otherwise.
+pub fn message(
+    sub: &Subscription,
+    base: &str,
+    status: Status,
+    kind: Kind,
+    events_since_start: i64,
+    notes: &[Notification],
+) -> Rendered {
+    let id = match kind {
+        Kind::Handshake => format!("handshake-{}-{}", sub.id, sub.version),
+        _ => match notes.first() {
+            Some(n) => n.notification_id.clone(),
+            None => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
+        },
+    };
+    if sub.topic().is_none() {
+        // classic R4: handshakes and heartbeats are empty POSTs; a notification carries the
+        // resource when the channel has a payload
+        return match (kind, &sub.spec.channel.payload, notes.last()) {
+            (Kind::EventNotification, Some(_), Some(n)) if n.resource.is_some() => Rendered {
+                body: n.resource.as_ref().map(|r| r.clone().into_bytes()),
+                content_type: sub.spec.channel.payload.clone(),
+                resource_path: Some(format!("{}/{}", n.focus_type, n.focus_id)),
+                id,
+            },
+            _ => Rendered {
+                body: None,
+                content_type: None,
+                resource_path: None,
+                id,
+            },
+        };
+    }
+    let body = bundle(
+        sub,
+        base,
+        status,
+        kind,
+        events_since_start,
+        notes,
+        sub.content(),
+    );
+    Rendered {
+        body: Some(body.to_string().into_bytes()),
+        content_type: Some(content_type(sub.shape()).to_owned()),
+        resource_path: None,
+        id,
+    }
+}

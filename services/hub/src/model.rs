@@ -1,0 +1,277 @@
+//! The subscription as every part of the hub reads it.
+//!
+//! A stored row carries the client's resource as JSON; validating it again on every read is
+//! how seven readers drifted apart. Here a row becomes a [`Subscription`] once per stored
+//! version: the [`Catalog`] caches the parsed [`SubscriptionSpec`] by (tenant, id, version),
+//! so a reader takes the typed value and the row's live state (status, error, event count,
+//! which change without a new version) and never re-validates. Secrets (the signing secret,
+//! the mTLS client certificate) come from their own columns, never from the resource JSON.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hub_fhir::subscription::{
+    self, ChannelType, Content, FhirVersion, Status, SubscriptionSpec, TopicSubscription,
+};
+use hub_store::{Store, StoreError, SubscriptionRow};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// A stored subscription, typed.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub tenant: String,
+    pub id: String,
+    /// `meta.versionId`: bumped by client writes only.
+    pub version: i64,
+    pub last_updated: String,
+    pub status: Status,
+    /// Why the hub set `error` or `off`.
+    pub error: Option<String>,
+    /// Every event generated so far; the last event number assigned.
+    pub events_since_start: i64,
+    pub spec: Arc<SubscriptionSpec>,
+    /// The Standard Webhooks signing secret (rest-hook).
+    pub secret: Option<String>,
+}
+
+impl Subscription {
+    pub fn channel_type(&self) -> ChannelType {
+        self.spec.channel.kind
+    }
+
+    pub fn topic(&self) -> Option<&TopicSubscription> {
+        self.spec.topic.as_ref()
+    }
+
+    /// The notification shape: the topic's FHIR version, R4 for criteria subscriptions.
+    pub fn shape(&self) -> FhirVersion {
+        self.topic().map_or(FhirVersion::R4, |t| t.version)
+    }
+
+    /// What a notification carries by default: the topic's content level; for R4 criteria,
+    /// the resource when the channel has a payload.
+    pub fn content(&self) -> Content {
+        match self.topic() {
+            Some(t) => t.content,
+            None if self.spec.channel.payload.is_some() => Content::FullResource,
+            None => Content::IdOnly,
+        }
+    }
+
+    /// `Subscription.end`, when set.
+    pub fn end(&self) -> Option<OffsetDateTime> {
+        self.spec
+            .end
+            .as_deref()
+            .and_then(hub_fhir::time_fmt::parse_instant)
+    }
+}
+
+/// Why a stored row cannot be read as a subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("stored Subscription/{id} is unreadable: {why}")]
+    Corrupt { id: String, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// (tenant, id) → (version, its parsed spec).
+type SpecCache = HashMap<(String, String), (i64, Arc<SubscriptionSpec>)>;
+
+/// The parsed specs of stored subscriptions, one per (tenant, id) at its latest version seen.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    specs: Mutex<SpecCache>,
+}
+
+/// Past this many cached specs the cache starts over (deleted subscriptions leave entries).
+const MAX_CACHED: usize = 200_000;
+
+impl Catalog {
+    /// The typed subscription of a stored row; the resource is validated only when this
+    /// version has not been seen.
+    pub fn read(&self, row: SubscriptionRow) -> Result<Subscription, ModelError> {
+        let corrupt = |why: String| ModelError::Corrupt {
+            id: row.id.clone(),
+            why,
+        };
+        let status = Status::parse(&row.status)
+            .ok_or_else(|| corrupt(format!("status '{}'", row.status)))?;
+        let key = (row.tenant.clone(), row.id.clone());
+        let cached = self
+            .specs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).filter(|(v, _)| *v == row.version_id).cloned());
+        let spec = match cached {
+            Some((_, spec)) => spec,
+            None => {
+                let resource: Value =
+                    serde_json::from_str(&row.resource).map_err(|e| corrupt(e.to_string()))?;
+                let mut spec =
+                    subscription::validate(&resource).map_err(|oo| corrupt(oo.summary()))?;
+                if spec.channel.client_certificate.is_none() {
+                    spec.channel.client_certificate = row.client_certificate.clone();
+                }
+                let spec = Arc::new(spec);
+                if let Ok(mut m) = self.specs.lock() {
+                    if m.len() >= MAX_CACHED {
+                        m.clear();
+                    }
+                    m.insert(key, (row.version_id, Arc::clone(&spec)));
+                }
+                spec
+            }
+        };
+        Ok(Subscription {
+            tenant: row.tenant,
+            id: row.id,
+            version: row.version_id,
+            last_updated: row.last_updated,
+            status,
+            error: row.error,
+            events_since_start: row.events_since_start,
+            spec,
+            secret: row.secret,
+        })
+    }
+
+    /// Typed subscriptions of rows; unreadable rows are skipped loudly (written by an older
+    /// version that accepted what this one refuses).
+    pub fn read_all(&self, rows: Vec<SubscriptionRow>) -> Vec<Subscription> {
+        rows.into_iter()
+            .filter_map(|row| {
+                let (tenant, id) = (row.tenant.clone(), row.id.clone());
+                self.read(row)
+                    .inspect_err(|e| {
+                        tracing::warn!(subscription = %id, %tenant, error = %e, "skipping a stored subscription");
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// One subscription of a tenant, `None` when there is none.
+    pub async fn get(
+        &self,
+        store: &Store,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<Subscription>, ModelError> {
+        match store.get_subscription(tenant, id).await? {
+            Some(row) => self.read(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live subscription (requested, active, error) of every tenant.
+    pub async fn live(&self, store: &Store) -> Result<Vec<Subscription>, StoreError> {
+        Ok(self.read_all(store.live_subscriptions().await?))
+    }
+}
+
+/// Move secrets that rows written before they had their own columns still keep in the
+/// resource JSON. Idempotent; run at start-up.
+pub async fn move_legacy_secrets(store: &Store) -> Result<usize, StoreError> {
+    let rows = store.subscriptions_without_secret().await?;
+    let mut moved = 0;
+    for row in rows {
+        let Ok(mut resource) = serde_json::from_str::<Value>(&row.resource) else {
+            continue;
+        };
+        let secrets = take_secrets(&mut resource);
+        if secrets.secret.is_none() && secrets.client_certificate.is_none() {
+            continue;
+        }
+        store
+            .move_secrets(
+                &row.tenant,
+                &row.id,
+                &resource.to_string(),
+                secrets.secret.as_deref(),
+                secrets.client_certificate.as_deref(),
+            )
+            .await?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(moved, "moved subscription secrets out of stored resources");
+    }
+    Ok(moved)
+}
+
+/// The hub's extension carrying the Standard Webhooks signing secret on `Subscription.channel`
+/// (on the resource itself in the R5 form).
+pub const SECRET_EXTENSION: &str = "urn:fhir-hub:webhook-secret";
+
+/// Secrets a client sent inside a Subscription.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Secrets {
+    pub secret: Option<String>,
+    pub client_certificate: Option<String>,
+}
+
+/// Remove the secret-carrying extensions from a Subscription (channel and resource level)
+/// and return their values: what is stored as the resource never holds a secret.
+pub fn take_secrets(resource: &mut Value) -> Secrets {
+    let mut out = Secrets::default();
+    let mut strip = |holder: &mut serde_json::Map<String, Value>| {
+        if let Some(list) = holder.get_mut("extension").and_then(Value::as_array_mut) {
+            list.retain(|e| {
+                let url = e.get("url").and_then(Value::as_str);
+                let value = e
+                    .get("valueString")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                match url {
+                    Some(SECRET_EXTENSION) => {
+                        out.secret = out.secret.take().or(value);
+                        false
+                    }
+                    Some(subscription::CLIENT_CERTIFICATE_EXTENSION) => {
+                        out.client_certificate = out.client_certificate.take().or(value);
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            if list.is_empty() {
+                holder.remove("extension");
+            }
+        }
+    };
+    if let Some(channel) = resource.get_mut("channel").and_then(Value::as_object_mut) {
+        strip(channel);
+    }
+    if let Some(obj) = resource.as_object_mut() {
+        strip(obj);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_are_taken_out_of_both_forms() {
+        let mut r4 = json!({"resourceType": "Subscription", "channel": {"type": "rest-hook",
+            "extension": [{"url": SECRET_EXTENSION, "valueString": "whsec_a"},
+                          {"url": subscription::CLIENT_CERTIFICATE_EXTENSION, "valueString": "PEM"},
+                          {"url": "urn:other", "valueString": "kept"}]}});
+        let s = take_secrets(&mut r4);
+        assert_eq!(s.secret.as_deref(), Some("whsec_a"));
+        assert_eq!(s.client_certificate.as_deref(), Some("PEM"));
+        assert_eq!(
+            r4["channel"]["extension"],
+            json!([{"url": "urn:other", "valueString": "kept"}])
+        );
+        let mut r5 = json!({"resourceType": "Subscription",
+            "extension": [{"url": SECRET_EXTENSION, "valueString": "whsec_b"}]});
+        assert_eq!(take_secrets(&mut r5).secret.as_deref(), Some("whsec_b"));
+        assert!(r5.get("extension").is_none());
+    }
+}
