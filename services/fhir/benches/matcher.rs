@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Instant;
 
 use hub_fhir::Criteria;
-use hub_fhir::index::MatchIndex;
+use hub_fhir::index::CriteriaIndex;
 use serde_json::{Value, json};
 
 fn data_path() -> String {
@@ -130,8 +130,8 @@ fn medplum_workload(d: &Data) -> Vec<String> {
     out
 }
 
-fn build(criteria: &[String]) -> MatchIndex<u32> {
-    let mut index = MatchIndex::new();
+fn build(criteria: &[String]) -> CriteriaIndex<u32> {
+    let mut index = CriteriaIndex::new();
     for (i, c) in criteria.iter().enumerate() {
         index.insert("t", Criteria::parse(c).unwrap(), i as u32);
     }
@@ -139,7 +139,7 @@ fn build(criteria: &[String]) -> MatchIndex<u32> {
 }
 
 /// (events/s, matches) for parse + match over `events`.
-fn run(index: &MatchIndex<u32>, events: &[Vec<u8>], linear: bool, now: i64) -> (f64, usize) {
+fn run(index: &CriteriaIndex<u32>, events: &[Vec<u8>], linear: bool, now: i64) -> (f64, usize) {
     let start = Instant::now();
     let mut matches = 0;
     for e in events {

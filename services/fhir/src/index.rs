@@ -63,12 +63,12 @@ struct TypeIndex {
 
 /// Criteria of many subscriptions, grouped by (partition, resource type). The partition is
 /// the tenant in the hub, so tenants never see each other's matches.
-pub struct MatchIndex<T> {
+pub struct CriteriaIndex<T> {
     entries: Vec<Entry<T>>,
     by_type: HashMap<(String, String), TypeIndex>,
 }
 
-impl<T> Default for MatchIndex<T> {
+impl<T> Default for CriteriaIndex<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
@@ -226,7 +226,7 @@ impl TypeIndex {
     }
 }
 
-impl<T> MatchIndex<T> {
+impl<T> CriteriaIndex<T> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -433,7 +433,7 @@ mod tests {
     #[test]
     fn indexed_matching_equals_a_linear_scan() {
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut index = MatchIndex::new();
+        let mut index = CriteriaIndex::new();
         for n in 0..400 {
             let clauses: Vec<String> = (0..1 + r.next() % 3).map(|_| clause(&mut r)).collect();
             let c = format!("Observation?{}", clauses.join("&"));
@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn partitions_are_separate() {
-        let mut index = MatchIndex::new();
+        let mut index = CriteriaIndex::new();
         index.insert("a", Criteria::parse("Observation?code=1").unwrap(), "a");
         index.insert("b", Criteria::parse("Observation?code=1").unwrap(), "b");
         let res = json!({"resourceType": "Observation", "code": {"coding": [{"code": "1"}]}});

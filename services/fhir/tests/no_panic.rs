@@ -4,7 +4,7 @@
 //! panic reachable from data is an outage. Deterministic (a fixed-seed generator), so a
 //! failure names its input and reproduces.
 
-use hub_fhir::index::MatchIndex;
+use hub_fhir::index::CriteriaIndex;
 use hub_fhir::{ChangeEvent, Criteria};
 use serde_json::{Value, json};
 
@@ -220,7 +220,7 @@ fn matching_never_panics_on_generated_resources() {
         .iter()
         .map(|c| Criteria::parse(c).unwrap_or_else(|e| panic!("{c}: {e}")))
         .collect();
-    let mut index = MatchIndex::new();
+    let mut index = CriteriaIndex::new();
     for (i, c) in criteria.iter().enumerate() {
         index.insert("t", c.clone(), i);
     }

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
 
-use fhir_hub::topics::TopicIndex;
+use fhir_hub::matcher::topic_index::TopicIndex;
 use hub_fhir::ChangeEvent;
 use hub_store::{SubscriptionRow, TopicRow};
 use serde_json::{Value, json};

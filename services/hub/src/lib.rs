@@ -25,7 +25,6 @@ pub mod model;
 pub mod publish;
 pub mod retry;
 pub mod telemetry;
-pub mod topics;
 
 use config::{Config, LogBackend, Role};
 use hub_log::EventLog;

@@ -9,9 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Executor, Row};
 
 mod delivery;
+mod generations;
 mod leases;
 mod listen;
 mod notifications;
@@ -166,6 +167,27 @@ impl Store {
     pub async fn health(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Statements the database has run so far (PostgreSQL's committed and rolled-back
+    /// transactions; every autocommit statement is one): for benchmarks that count what
+    /// idle work costs. 0 on SQLite.
+    pub async fn database_statements(&self) -> Result<i64, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(0);
+        }
+        // statistics are published at the end of each transaction, and read from a snapshot
+        // taken once per transaction: clear it first so this one sees the latest
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query(
+            "SELECT (xact_commit + xact_rollback)::BIGINT FROM pg_stat_database
+             WHERE datname = current_database()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Close the pool, waiting for connections in use.

@@ -96,7 +96,7 @@ async fn append_one(
 ) -> Result<Option<Notification>, StoreError> {
     let number: Option<i64> = sqlx::query(
         "UPDATE subscriptions SET events_since_start = events_since_start + 1
-         WHERE tenant = $1 AND id = $2 AND NOT EXISTS (
+         WHERE tenant = $1 AND id = $2 AND status <> 'off' AND NOT EXISTS (
              SELECT 1 FROM notifications
              WHERE tenant = $1 AND subscription_id = $2 AND event_id = $3)
          RETURNING events_since_start",
@@ -124,7 +124,9 @@ async fn append_one(
 impl Store {
     /// Log notifications in one transaction, assigning each the next event number of its
     /// subscription. Duplicates (same subscription and change event) and notifications for
-    /// subscriptions deleted meanwhile are skipped. Returns what was logged.
+    /// subscriptions deleted or turned `off` meanwhile are skipped (an `off` subscription
+    /// generates nothing, whether or not a matcher's index has caught up). Returns what was
+    /// logged.
     pub async fn append_notifications(
         &self,
         batch: &[NewNotification],
@@ -193,7 +195,7 @@ impl Store {
         // A no-op write first: it locks the row on PostgreSQL and takes SQLite's write lock
         // before anything is read, so no other writer can slip in between.
         let lock = "UPDATE subscriptions SET events_since_start = events_since_start
-                    WHERE tenant = $1 AND id = $2 RETURNING 1";
+                    WHERE tenant = $1 AND id = $2 AND status <> 'off' RETURNING 1";
         if sqlx::query(lock)
             .bind(tenant)
             .bind(sub)
@@ -201,7 +203,7 @@ impl Store {
             .await?
             .is_none()
         {
-            return Ok(Vec::new()); // deleted meanwhile
+            return Ok(Vec::new()); // deleted or turned off meanwhile
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for chunk in group.chunks(500) {

@@ -62,8 +62,6 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     })
 }
 
-const BUMP_COUNTER: &str = "UPDATE hub_counters SET value = value + 1 WHERE name = 'subscriptions'";
-
 impl Store {
     /// Insert a new subscription with id `id` at version 1.
     pub async fn create_subscription(
@@ -73,7 +71,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        crate::generations::bump(&mut tx, tenant).await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO subscriptions ({COLUMNS})
              VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
@@ -132,7 +130,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        crate::generations::bump(&mut tx, tenant).await?;
         let updated = sqlx::query(&format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
@@ -187,8 +185,9 @@ impl Store {
         status: &str,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
+        // not a client write: no generation bump, no index rebuild anywhere (the notification
+        // log refuses events for an `off` subscription by itself)
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE subscriptions SET status = $3, error = $4, last_updated = $5
              WHERE tenant = $1 AND id = $2",
@@ -224,7 +223,7 @@ impl Store {
     /// Returns whether it existed.
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        crate::generations::bump(&mut tx, tenant).await?;
         let n = sqlx::query("DELETE FROM subscriptions WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
@@ -316,6 +315,21 @@ impl Store {
         Ok(())
     }
 
+    /// One tenant's live subscriptions (requested, active or error).
+    pub async fn live_subscriptions_of(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions
+             WHERE tenant = $1 AND status IN ('requested', 'active', 'error')"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
     /// How many subscriptions (all tenants) have each status.
     pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
@@ -327,14 +341,5 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
-    }
-
-    /// A number that changes whenever any subscription is written: instances poll it to
-    /// know when to reload their index.
-    pub async fn subscriptions_generation(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT value FROM hub_counters WHERE name = 'subscriptions'")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
     }
 }

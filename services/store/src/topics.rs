@@ -18,7 +18,6 @@ pub struct TopicRow {
 }
 
 const COLUMNS: &str = "tenant, id, url, version_id, last_updated, resource";
-const BUMP_COUNTER: &str = "UPDATE hub_counters SET value = value + 1 WHERE name = 'subscriptions'";
 
 fn from_row(r: &AnyRow) -> Result<TopicRow, sqlx::Error> {
     Ok(TopicRow {
@@ -47,7 +46,7 @@ impl Store {
         resource: &str,
     ) -> Result<(TopicRow, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        crate::generations::bump(&mut tx, tenant).await?;
         let updated = sqlx::query(&format!(
             "UPDATE topics SET url = $3, version_id = version_id + 1, last_updated = $4, resource = $5
              WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"
@@ -137,7 +136,7 @@ impl Store {
     /// Delete a topic; returns whether it existed.
     pub async fn delete_topic(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BUMP_COUNTER).execute(&mut *tx).await?;
+        crate::generations::bump(&mut tx, tenant).await?;
         let n = sqlx::query("DELETE FROM topics WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)

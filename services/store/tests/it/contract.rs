@@ -610,3 +610,62 @@ pub(crate) async fn quarantine_keeps_one_row_per_position(store: Store) {
     ));
     assert_eq!(store.count_quarantined().await.unwrap(), 1);
 }
+
+pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store: Store) {
+    let gen_of =
+        |gens: &[(String, i64)], t: &str| gens.iter().find(|(n, _)| n == t).map(|(_, g)| *g);
+    store
+        .create_subscription("a", "s1", &write("requested"))
+        .await
+        .unwrap();
+    store
+        .create_subscription("b", "s1", &write("requested"))
+        .await
+        .unwrap();
+    let g0 = store.tenant_generations().await.unwrap();
+    let (a0, b0) = (gen_of(&g0, "a").unwrap(), gen_of(&g0, "b").unwrap());
+    // the hub's own status changes rebuild nothing
+    store
+        .set_subscription_status("a", "s1", "error", Some("endpoint down"))
+        .await
+        .unwrap();
+    store
+        .set_subscription_status("a", "s1", "active", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        gen_of(&store.tenant_generations().await.unwrap(), "a"),
+        Some(a0)
+    );
+    // a client write moves its own tenant only
+    store
+        .update_subscription("a", "s1", None, &write("requested"))
+        .await
+        .unwrap();
+    let g1 = store.tenant_generations().await.unwrap();
+    assert!(gen_of(&g1, "a").unwrap() > a0);
+    assert_eq!(gen_of(&g1, "b"), Some(b0));
+    store
+        .put_topic("b", "t1", "http://x/t", "{}")
+        .await
+        .unwrap();
+    assert!(gen_of(&store.tenant_generations().await.unwrap(), "b").unwrap() > b0);
+    // an `off` subscription generates nothing, even from a matcher whose index is behind
+    store
+        .set_subscription_status("a", "s1", "off", Some("gone"))
+        .await
+        .unwrap();
+    let mut n = note("s1", "e-off");
+    n.tenant = "a".into();
+    assert!(
+        store
+            .append_notifications(&[n.clone()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut burst = vec![n.clone(), n];
+    burst[1].event_id = "e-off-2".into();
+    assert!(store.append_notifications(&burst).await.unwrap().is_empty());
+    assert_eq!(store.live_subscriptions_of("b").await.unwrap().len(), 1);
+}

@@ -72,6 +72,7 @@ contract_suite!(
     ws_tokens_bind_until_they_expire,
     secrets_live_in_their_own_columns,
     quarantine_keeps_one_row_per_position,
+    generations_move_per_tenant_and_only_on_client_writes,
 );
 
 #[tokio::test]

@@ -11,90 +11,21 @@
 
 use std::time::{Duration, Instant};
 
-use hub_fhir::index::MatchIndex;
 use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
 use std::collections::HashMap;
 
-use hub_store::{NewNotification, NewQuarantined, QuarantineStage, ResourceKey, TopicRow};
+use hub_store::{NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Subscription;
 use crate::{Hub, retry};
 
-/// What the index returns for a match: the subscription and when it ends.
-struct Target {
-    id: String,
-    end: Option<OffsetDateTime>,
-}
+pub mod index;
+pub mod topic_index;
 
-/// Live subscriptions, indexed per tenant by their most selective criteria terms.
-#[derive(Default)]
-pub struct Index {
-    inner: MatchIndex<Target>,
-    topics: crate::topics::TopicIndex,
-    generation: i64,
-}
-
-impl Index {
-    pub fn build(subs: &[Subscription], topics: &[TopicRow], generation: i64) -> Index {
-        let mut inner = MatchIndex::new();
-        for sub in subs {
-            // topic-based subscriptions are indexed with their topic
-            let Some(criteria) = &sub.spec.parsed else {
-                continue;
-            };
-            inner.insert(
-                &sub.tenant,
-                criteria.clone(),
-                Target {
-                    id: sub.id.clone(),
-                    end: sub.end(),
-                },
-            );
-        }
-        let topics = crate::topics::TopicIndex::build(topics, subs);
-        Index {
-            inner,
-            topics,
-            generation,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner.len() + self.topics.len()
-    }
-
-    pub fn needs_previous(&self, tenant: &str, resource_type: &str) -> bool {
-        self.topics.needs_previous(tenant, resource_type)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.is_empty() && self.topics.is_empty()
-    }
-
-    /// The subscriptions `event` matches, and what could not be evaluated.
-    pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Matched<'_> {
-        let mut m = Matched::default();
-        // R4 criteria describe a resource's content; a deletion carries none to match.
-        if event.action != Action::Delete
-            && let Some(resource) = &event.resource
-        {
-            let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
-            m.ids.extend(
-                self.inner
-                    .matches(&event.tenant, resource, now_micros)
-                    .into_iter()
-                    .filter(|t| t.end.is_none_or(|end| now < end))
-                    .map(|t| t.id.as_str()),
-            );
-        }
-        self.topics.matches(event, now, &mut m.ids, &mut m.failures);
-        m
-    }
-}
+pub use index::{SubscriptionIndex, TenantIndex};
 
 /// What matching one event found.
 #[derive(Debug, Default)]
@@ -156,7 +87,7 @@ fn parse_isolated(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent, S
 }
 
 fn match_isolated<'i>(
-    index: &'i Index,
+    index: &'i SubscriptionIndex,
     event: &ChangeEvent,
     now: OffsetDateTime,
 ) -> Result<Matched<'i>, String> {
@@ -183,29 +114,26 @@ pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent,
     }
 }
 
-async fn load_index(hub: &Hub) -> Result<Index, hub_store::StoreError> {
-    let generation = hub.store.subscriptions_generation().await?;
-    let subs = hub.subscriptions.live(&hub.store).await?;
-    let topics = hub.store.list_topics(None).await?;
-    let index = Index::build(&subs, &topics, generation);
-    tracing::info!(
-        subscriptions = index.len(),
-        generation,
-        "matcher index loaded"
-    );
-    Ok(index)
-}
-
-/// A new index when the generation moved since `current`, `None` when it did not.
-async fn reload_if_changed(
+/// The tenants whose generation moved since `index` was built, rebuilt. Tenants of other
+/// processes' writes are found the same way; the hub's status changes move nothing.
+async fn changed_tenants(
     hub: &Hub,
-    current: i64,
-) -> Result<Option<Index>, hub_store::StoreError> {
-    let generation = hub.store.subscriptions_generation().await?;
-    if generation == current {
-        return Ok(None);
+    index: &SubscriptionIndex,
+) -> Result<Vec<(String, TenantIndex)>, hub_store::StoreError> {
+    let mut out = Vec::new();
+    for (tenant, generation) in hub.store.tenant_generations().await? {
+        if index.generation(&tenant) == Some(generation) {
+            continue;
+        }
+        let subs = hub
+            .subscriptions
+            .read_all(hub.store.live_subscriptions_of(&tenant).await?);
+        let topics = hub.store.list_topics(Some(&tenant)).await?;
+        let built = TenantIndex::build(&subs, &topics, generation);
+        tracing::info!(%tenant, generation, subscriptions = built.len(), "matcher index rebuilt for a tenant");
+        out.push((tenant, built));
     }
-    load_index(hub).await.map(Some)
+    Ok(out)
 }
 
 /// Fill in `previous` for events of types a subscribed topic compares with the version before
@@ -213,7 +141,7 @@ async fn reload_if_changed(
 /// `None` when stopped while the store was unavailable.
 async fn supply_previous(
     hub: &Hub,
-    index: &Index,
+    index: &SubscriptionIndex,
     events: &mut [ChangeEvent],
     shutdown: &CancellationToken,
 ) -> Option<Vec<(ResourceKey, Option<String>)>> {
@@ -269,7 +197,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         .log
         .consumer(&topic, &hub.config.kafka.matcher_group)
         .await?;
-    let mut index = load_index(&hub).await?;
+    let mut index = SubscriptionIndex::default();
     let mut last_refresh = Instant::now();
     let poll = Duration::from_millis(cfg.poll_ms);
     let reload = Duration::from_millis(cfg.reload_ms);
@@ -293,15 +221,13 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         if !batch.is_empty() || last_refresh.elapsed() >= reload {
             // Until the index is current, events must wait: matching with a stale index
             // could miss a subscription created before the event.
-            let current = index.generation;
             match retry::until_ok(&shutdown, "checking subscriptions", || {
-                reload_if_changed(&hub, current)
+                changed_tenants(&hub, &index)
             })
             .await
             {
                 None => break,
-                Some(Some(fresh)) => index = fresh,
-                Some(None) => {}
+                Some(rebuilt) => index.replace(rebuilt),
             }
             last_refresh = Instant::now();
         }

@@ -1,9 +1,9 @@
-//! The matcher's view of topic-based subscriptions: per tenant, each topic with the
+//! The matcher's topic index: per tenant, each topic with the
 //! subscriptions that name it and their filters.
 
 use std::collections::HashMap;
 
-use hub_fhir::index::MatchIndex;
+use hub_fhir::index::CriteriaIndex;
 use hub_fhir::topic::{self, Filter, Topic};
 use hub_fhir::{ChangeEvent, Criteria};
 use hub_store::TopicRow;
@@ -23,7 +23,7 @@ struct Entry {
     subs: Vec<TopicSub>,
     /// Per trigger resource type: the subscribers' filters indexed (as the R4 criteria are),
     /// and the subscribers without a filter on that type.
-    by_type: HashMap<String, (MatchIndex<usize>, Vec<usize>)>,
+    by_type: HashMap<String, (CriteriaIndex<usize>, Vec<usize>)>,
 }
 
 impl Entry {
@@ -39,7 +39,7 @@ impl Entry {
         types.sort_unstable();
         types.dedup();
         for ty in types {
-            let mut index = MatchIndex::new();
+            let mut index = CriteriaIndex::new();
             let mut unfiltered = Vec::new();
             for (i, s) in self.subs.iter().enumerate() {
                 let queries: Vec<&str> = s
