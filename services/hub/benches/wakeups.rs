@@ -65,7 +65,10 @@ async fn writer(url: &str) {
     for i in 0..LATENCY_EVENTS {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let id = format!("{}-{i}", now_nanos());
-        store.append_notifications(&[note("lat", id)]).await.unwrap();
+        store
+            .append_notifications(&[note("lat", id)])
+            .await
+            .unwrap();
     }
 }
 
@@ -102,7 +105,9 @@ async fn main() {
         writer(&url).await;
         return;
     }
-    let url = hub_store::fresh_postgres_schema(&base, "wake").await.unwrap();
+    let url = hub_store::fresh_postgres_schema(&base, "wake")
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(&url).await.unwrap();
     store
@@ -111,7 +116,9 @@ async fn main() {
         .unwrap();
 
     // 1. cross-process latency
-    let hub = fhir_hub::Hub::connect(config(&url, dir.path())).await.unwrap();
+    let hub = fhir_hub::Hub::connect(config(&url, dir.path()))
+        .await
+        .unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(fhir_hub::channels::wake::listen(hub.clone(), stop.clone()));
     while *hub.wakeups.polling().borrow() {

@@ -13,6 +13,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 mod delivery;
 mod generations;
+mod history;
 mod leases;
 mod listen;
 mod notifications;
@@ -23,6 +24,7 @@ mod versions;
 mod ws_tokens;
 
 pub use delivery::DeliveryState;
+pub use history::Version;
 pub use listen::{Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};

@@ -41,6 +41,17 @@ pub struct SubscriptionWrite {
     pub client_certificate: Option<String>,
 }
 
+/// The FHIR type, in the version history.
+const TYPE: &str = "Subscription";
+
+fn version_of(row: &SubscriptionRow) -> crate::history::Version {
+    crate::history::Version {
+        version_id: row.version_id,
+        last_updated: row.last_updated.clone(),
+        resource: Some(row.resource.clone()),
+    }
+}
+
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
                        endpoint, resource, events_since_start, error, secret, client_certificate";
 
@@ -72,9 +83,10 @@ impl Store {
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
+        let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO subscriptions ({COLUMNS})
-             VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
+             VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         ))
         .bind(tenant)
@@ -87,12 +99,20 @@ impl Store {
         .bind(&w.resource)
         .bind(&w.secret)
         .bind(&w.client_certificate)
+        .bind(version)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
             return Err(StoreError::AlreadyExists);
         };
         let row = from_row(&row)?;
+        crate::history::record(&mut tx, tenant, TYPE, id, &version_of(&row)).await?;
+        // a re-created id starts a new delivery cursor, whatever a deleted predecessor left
+        sqlx::query("DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO delivery_state (tenant, subscription_id) VALUES ($1, $2)
              ON CONFLICT (tenant, subscription_id) DO NOTHING",
@@ -154,6 +174,7 @@ impl Store {
         match updated {
             Some(row) => {
                 let row = from_row(&row)?;
+                crate::history::record(&mut tx, tenant, TYPE, id, &version_of(&row)).await?;
                 tx.commit().await?;
                 Ok(row)
             }
@@ -224,12 +245,24 @@ impl Store {
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
-        let n = sqlx::query("DELETE FROM subscriptions WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted: Option<i64> = sqlx::query(
+            "DELETE FROM subscriptions WHERE tenant = $1 AND id = $2 RETURNING version_id",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let n = u64::from(deleted.is_some());
+        if let Some(v) = deleted {
+            let gone = crate::history::Version {
+                version_id: v + 1,
+                last_updated: now(),
+                resource: None,
+            };
+            crate::history::record(&mut tx, tenant, TYPE, id, &gone).await?;
+        }
         for table in ["notifications", "delivery_state"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE tenant = $1 AND subscription_id = $2"

@@ -18,6 +18,8 @@ pub struct TopicRow {
 }
 
 const COLUMNS: &str = "tenant, id, url, version_id, last_updated, resource";
+/// The FHIR type, in the version history.
+const TYPE: &str = "SubscriptionTopic";
 
 fn from_row(r: &AnyRow) -> Result<TopicRow, sqlx::Error> {
     Ok(TopicRow {
@@ -36,7 +38,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 impl Store {
-    /// Create or replace the topic `id`; returns the row and whether it was created.
+    /// Create or replace the topic `id`; returns the row and whether it was created. With
+    /// `if_version`, fail with [`StoreError::VersionConflict`] unless the stored version is
+    /// that one ([`StoreError::NotFound`] when there is none).
     /// [`StoreError::AlreadyExists`] when another topic of the tenant has the same URL.
     pub async fn put_topic(
         &self,
@@ -44,9 +48,27 @@ impl Store {
         id: &str,
         url: &str,
         resource: &str,
+        if_version: Option<i64>,
     ) -> Result<(TopicRow, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
+        if let Some(want) = if_version {
+            let current: Option<i64> =
+                sqlx::query("SELECT version_id FROM topics WHERE tenant = $1 AND id = $2")
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+            match current {
+                None => return Err(StoreError::NotFound),
+                Some(current) if current != want => {
+                    return Err(StoreError::VersionConflict { current });
+                }
+                Some(_) => {}
+            }
+        }
         let updated = sqlx::query(&format!(
             "UPDATE topics SET url = $3, version_id = version_id + 1, last_updated = $4, resource = $5
              WHERE tenant = $1 AND id = $2 RETURNING {COLUMNS}"
@@ -61,14 +83,16 @@ impl Store {
         let (row, created) = match updated {
             Ok(Some(r)) => (from_row(&r)?, false),
             Ok(None) => {
+                let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
                 let r = sqlx::query(&format!(
-                    "INSERT INTO topics ({COLUMNS}) VALUES ($1, $2, $3, 1, $4, $5) RETURNING {COLUMNS}"
+                    "INSERT INTO topics ({COLUMNS}) VALUES ($1, $2, $3, $6, $4, $5) RETURNING {COLUMNS}"
                 ))
                 .bind(tenant)
                 .bind(id)
                 .bind(url)
                 .bind(now())
                 .bind(resource)
+                .bind(version)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| {
@@ -83,6 +107,12 @@ impl Store {
             Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists),
             Err(e) => return Err(e.into()),
         };
+        let v = crate::history::Version {
+            version_id: row.version_id,
+            last_updated: row.last_updated.clone(),
+            resource: Some(row.resource.clone()),
+        };
+        crate::history::record(&mut tx, tenant, TYPE, id, &v).await?;
         tx.commit().await?;
         Ok((row, created))
     }
@@ -137,13 +167,23 @@ impl Store {
     pub async fn delete_topic(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
-        let n = sqlx::query("DELETE FROM topics WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted: Option<i64> =
+            sqlx::query("DELETE FROM topics WHERE tenant = $1 AND id = $2 RETURNING version_id")
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        if let Some(v) = deleted {
+            let gone = crate::history::Version {
+                version_id: v + 1,
+                last_updated: now(),
+                resource: None,
+            };
+            crate::history::record(&mut tx, tenant, TYPE, id, &gone).await?;
+        }
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(deleted.is_some())
     }
 }

@@ -70,8 +70,10 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
                 "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
+                    {"code": "vread"},
                     {"code": "update"},
                     {"code": "delete"},
+                    {"code": "history-instance"},
                     {"code": "create"},
                     {"code": "search-type"}
                 ],
@@ -96,7 +98,8 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
                 "type": "SubscriptionTopic",
                 "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
                 "interaction": [
-                    {"code": "read"}, {"code": "update"}, {"code": "delete"},
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                    {"code": "delete"}, {"code": "history-instance"},
                     {"code": "create"}, {"code": "search-type"}
                 ],
                 "updateCreate": true,

@@ -8,6 +8,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
+use subscriptions::SubscriptionKind;
+use topics::TopicKind;
 
 pub mod auth;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod health;
 pub mod ingest;
 pub mod metadata;
 pub mod quarantine;
+pub mod resource;
 pub mod status;
 pub mod subscriptions;
 pub mod topics;
@@ -33,10 +36,6 @@ pub fn router(hub: Hub) -> Router {
         .route("/events", post(ingest::post_events))
         .route("/fhir", post(ingest::post_bundle))
         .route("/fhir/metadata", get(metadata::capability_statement))
-        .route(
-            "/fhir/Subscription",
-            get(subscriptions::search).post(subscriptions::create),
-        )
         .route("/fhir/Subscription/$status", get(status::type_level))
         .route("/fhir/Subscription/{id}/$status", get(status::instance))
         .route("/fhir/Subscription/{id}/$events", get(events::events))
@@ -45,20 +44,8 @@ pub fn router(hub: Hub) -> Router {
             get(websocket::binding_token).post(websocket::binding_token),
         )
         .route("/fhir/$subscription-ws", get(websocket::connect))
-        .route(
-            "/fhir/Subscription/{id}",
-            get(subscriptions::read)
-                .put(subscriptions::update)
-                .delete(subscriptions::delete),
-        )
-        .route(
-            "/fhir/SubscriptionTopic",
-            get(topics::search).post(topics::create),
-        )
-        .route(
-            "/fhir/SubscriptionTopic/{id}",
-            get(topics::read).put(topics::update).delete(topics::delete),
-        )
+        .merge(resource_routes::<SubscriptionKind>())
+        .merge(resource_routes::<TopicKind>())
         .route("/admin/quarantine", get(quarantine::list))
         .route(
             "/admin/quarantine/{id}",
@@ -70,6 +57,30 @@ pub fn router(hub: Hub) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(hub)
+}
+
+/// The FHIR interactions of one resource type.
+fn resource_routes<K: resource::ResourceKind>() -> Router<Hub> {
+    let ty = K::TYPE;
+    Router::new()
+        .route(
+            &format!("/fhir/{ty}"),
+            get(resource::search::<K>).post(resource::create::<K>),
+        )
+        .route(
+            &format!("/fhir/{ty}/{{id}}"),
+            get(resource::read::<K>)
+                .put(resource::update::<K>)
+                .delete(resource::delete::<K>),
+        )
+        .route(
+            &format!("/fhir/{ty}/{{id}}/_history"),
+            get(resource::history::<K>),
+        )
+        .route(
+            &format!("/fhir/{ty}/{{id}}/_history/{{vid}}"),
+            get(resource::vread::<K>),
+        )
 }
 
 /// Serve the API on `listener` until `shutdown`, then finish in-flight requests.

@@ -1,4 +1,5 @@
-//! `/fhir/Subscription`: create, read, update, delete and search.
+//! `/fhir/Subscription` in the one resource API (`api/resource.rs`): how a Subscription is
+//! validated, stored and searched.
 //!
 //! The hub owns `id`, `meta.versionId`, `meta.lastUpdated`, `error` and the server-driven
 //! part of `status`: a client sends `requested` (or `off`); the hub makes it `active` after a
@@ -7,12 +8,6 @@
 //! `urn:fhir-hub:webhook-secret` on `channel`), or one the hub generates and shows once, in
 //! the answer to the create.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use hub_fhir::event::is_fhir_id;
 use hub_fhir::subscription::{self, ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::{SubscriptionRow, SubscriptionWrite};
@@ -20,22 +15,9 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
-use super::fhir_json::{FhirJson, RawBody};
+use super::resource::{ResourceKind, Stored, Written, stored_resource, validation_error};
 use crate::delivery::sign;
 use crate::{Hub, model};
-
-/// Map a validation outcome to 400 (malformed) or 422 (well-formed but refused).
-fn validation_error(oo: OperationOutcome) -> ApiError {
-    let malformed = oo
-        .issues
-        .iter()
-        .any(|i| matches!(i.code, IssueType::Structure | IssueType::Required));
-    if malformed {
-        ApiError::bad_request(oo)
-    } else {
-        ApiError::unprocessable(oo)
-    }
-}
 
 /// A validated write and whether the hub generated its signing secret (then shown once).
 struct Prepared {
@@ -46,7 +28,7 @@ struct Prepared {
 /// The stored form: client content with hub-owned fields removed, the status settled, the
 /// endpoint checked against the egress policy, and a signing secret (the client's, the one
 /// already stored, or a new one).
-async fn prepare(
+async fn settle_write(
     hub: &Hub,
     tenant: &str,
     body: &Value,
@@ -216,37 +198,6 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// A stored resource as clients see it: `resourceType`, the hub's `id` and `meta` first, then
-/// the stored content (which keeps neither).
-pub(crate) fn stored_resource(
-    resource_type: &str,
-    id: &str,
-    version_id: i64,
-    last_updated: &str,
-    stored: &str,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let v: Value = serde_json::from_str(stored)
-        .map_err(|e| ApiError::internal(format!("stored {resource_type}/{id} is not JSON: {e}")))?;
-    let Value::Object(obj) = v else {
-        return Err(ApiError::internal(format!(
-            "stored {resource_type}/{id} is not an object"
-        )));
-    };
-    let mut out = serde_json::Map::new();
-    out.insert("resourceType".into(), json!(resource_type));
-    out.insert("id".into(), json!(id));
-    out.insert(
-        "meta".into(),
-        json!({"versionId": version_id.to_string(), "lastUpdated": last_updated}),
-    );
-    for (k, val) in obj {
-        if k != "resourceType" {
-            out.insert(k, val);
-        }
-    }
-    Ok(out)
-}
-
 /// The resource with its secret, for the one answer that reveals a generated secret.
 fn with_secret(row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = to_resource(row)?;
@@ -254,36 +205,6 @@ fn with_secret(row: &SubscriptionRow) -> Result<Value, ApiError> {
         show_secret(&mut v, secret);
     }
     Ok(v)
-}
-
-fn with_version_headers(status: StatusCode, row: &SubscriptionRow, body: Value) -> Response {
-    let mut res = (status, FhirJson(body)).into_response();
-    let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", row.version_id)) {
-        h.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "/fhir/Subscription/{}/_history/{}",
-        row.id, row.version_id
-    )) {
-        if status == StatusCode::CREATED {
-            h.insert(header::LOCATION, v.clone());
-        }
-        h.insert(header::CONTENT_LOCATION, v);
-    }
-    res
-}
-
-/// The caller's subscription `id`, or 404.
-pub(crate) async fn existing(
-    hub: &Hub,
-    tenant: &str,
-    id: &str,
-) -> Result<SubscriptionRow, ApiError> {
-    hub.store
-        .get_subscription(tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))
 }
 
 /// The caller's subscription `id`, typed, or 404.
@@ -298,238 +219,124 @@ pub(crate) async fn typed(
         .ok_or_else(|| ApiError::not_found(format!("Subscription/{id} is not known")))
 }
 
-/// 400 unless `id` is a FHIR id.
-pub(crate) fn check_id(id: &str) -> Result<(), ApiError> {
-    if is_fhir_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::Invalid,
-            format!("'{id}' is not a valid FHIR id"),
-        )))
+fn stored(row: &SubscriptionRow, resource: Value) -> Stored {
+    Stored {
+        id: row.id.clone(),
+        version: row.version_id,
+        last_updated: row.last_updated.clone(),
+        resource,
     }
 }
 
-/// `POST /fhir/Subscription`.
-pub async fn create(
-    State(hub): State<Hub>,
-    caller: Caller,
-    body: RawBody,
-) -> Result<Response, ApiError> {
-    let body = body.json()?;
-    let prepared = prepare(&hub, &caller.tenant, &body, None).await?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let row = hub
-        .store
-        .create_subscription(&caller.tenant, &id, &prepared.write)
-        .await?;
-    tracing::info!(subscription = %id, tenant = %caller.tenant, subject = %caller.subject, criteria = %row.criteria, "subscription created");
-    let resource = if prepared.generated_secret {
-        with_secret(&row)?
-    } else {
-        to_resource(&row)?
-    };
-    Ok(with_version_headers(StatusCode::CREATED, &row, resource))
-}
+/// Subscription in the one resource API.
+pub struct SubscriptionKind;
 
-/// `GET /fhir/Subscription/{id}`.
-pub async fn read(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let row = existing(&hub, &caller.tenant, &id).await?;
-    let resource = to_resource(&row)?;
-    Ok(with_version_headers(StatusCode::OK, &row, resource))
-}
+impl ResourceKind for SubscriptionKind {
+    const TYPE: &'static str = "Subscription";
+    const SEARCH_PARAMS: &'static [&'static str] = &["status", "_id", "type", "url"];
 
-/// `W/"3"` or `"3"` → 3.
-fn parse_if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let s = v.to_str().unwrap_or("");
-    s.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<i64>()
-        .map(Some)
-        .map_err(|_| {
-            ApiError::bad_request(OperationOutcome::error(
-                IssueType::Invalid,
-                format!("If-Match '{s}' is not a version ETag like W/\"1\""),
-            ))
-        })
-}
-
-/// `PUT /fhir/Subscription/{id}`: update, or create with that id.
-pub async fn update(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: RawBody,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let if_version = parse_if_match(&headers)?;
-    let body = body.json()?;
-    match body.get("id").and_then(Value::as_str) {
-        Some(b) if b == id => {}
-        Some(b) => {
-            return Err(ApiError::bad_request(
-                OperationOutcome::error(
-                    IssueType::Invalid,
-                    format!("the body's id '{b}' does not match the URL's id '{id}'"),
-                )
-                .at("Subscription.id"),
-            ));
-        }
-        None => {
-            return Err(ApiError::bad_request(
-                OperationOutcome::error(
-                    IssueType::Required,
-                    "an update must carry the resource id",
-                )
-                .at("Subscription.id"),
-            ));
+    async fn read(hub: &Hub, tenant: &str, id: &str) -> Result<Option<Stored>, ApiError> {
+        match hub.store.get_subscription(tenant, id).await? {
+            Some(row) => Ok(Some(stored(&row, to_resource(&row)?))),
+            None => Ok(None),
         }
     }
-    let existing = hub.store.get_subscription(&caller.tenant, &id).await?;
-    let prepared = prepare(&hub, &caller.tenant, &body, existing.as_ref()).await?;
-    let write = &prepared.write;
-    match hub
-        .store
-        .update_subscription(&caller.tenant, &id, if_version, write)
-        .await
-    {
-        Ok(row) => {
-            // Reactivating a subscription that was off: what it missed is readable with
-            // $events rather than replayed as a flood.
-            if existing
-                .as_ref()
-                .is_some_and(|e| e.status == Status::Off.as_str())
-                && row.status == Status::Requested.as_str()
-            {
-                hub.store.skip_backlog(&caller.tenant, &id).await?;
-            }
-            tracing::info!(subscription = %id, tenant = %caller.tenant, version = row.version_id, status = %row.status, "subscription updated");
-            let resource = to_resource(&row)?;
-            Ok(with_version_headers(StatusCode::OK, &row, resource))
-        }
-        Err(hub_store::StoreError::NotFound) if if_version.is_none() => {
-            let row = hub
-                .store
-                .create_subscription(&caller.tenant, &id, write)
-                .await?;
-            tracing::info!(subscription = %id, tenant = %caller.tenant, "subscription created by update");
+
+    async fn write(
+        hub: &Hub,
+        caller: &Caller,
+        id: &str,
+        body: &Value,
+        if_version: Option<i64>,
+        create_only: bool,
+    ) -> Result<Written, ApiError> {
+        let tenant = &caller.tenant;
+        let existing = if create_only {
+            None
+        } else {
+            hub.store.get_subscription(tenant, id).await?
+        };
+        let prepared = settle_write(hub, tenant, body, existing.as_ref()).await?;
+        let write = &prepared.write;
+        // the generated secret is shown once: in the answer that created it
+        let answer = |row: &SubscriptionRow| -> Result<Stored, ApiError> {
             let resource = if prepared.generated_secret {
-                with_secret(&row)?
+                with_secret(row)?
             } else {
-                to_resource(&row)?
+                to_resource(row)?
             };
-            Ok(with_version_headers(StatusCode::CREATED, &row, resource))
+            Ok(stored(row, resource))
+        };
+        if existing.is_none() && if_version.is_none() {
+            let row = hub.store.create_subscription(tenant, id, write).await?;
+            tracing::info!(subscription = %id, %tenant, subject = %caller.subject, "subscription created");
+            return Ok(Written {
+                stored: answer(&row)?,
+                created: true,
+            });
         }
-        Err(hub_store::StoreError::NotFound) => Err(ApiError::not_found(format!(
-            "Subscription/{id} is not known, so If-Match cannot hold"
-        ))),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// `DELETE /fhir/Subscription/{id}`.
-pub async fn delete(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    if !hub.store.delete_subscription(&caller.tenant, &id).await? {
-        return Err(ApiError::not_found(format!(
-            "Subscription/{id} is not known"
-        )));
-    }
-    tracing::info!(subscription = %id, tenant = %caller.tenant, subject = %caller.subject, "subscription deleted");
-    Ok((
-        StatusCode::OK,
-        FhirJson(OperationOutcome::information(format!("Subscription/{id} deleted")).to_json()),
-    )
-        .into_response())
-}
-
-const SEARCH_PARAMS: &[&str] = &["status", "_id", "_count", "type", "url"];
-
-/// `GET /fhir/Subscription?status=...`: a searchset Bundle.
-pub async fn search(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    if let Some(unknown) = params.keys().find(|k| !SEARCH_PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::NotSupported,
-            format!(
-                "search parameter '{unknown}' is not supported on Subscription (supported: {})",
-                SEARCH_PARAMS.join(", ")
-            ),
-        )));
-    }
-    let statuses: Vec<String> = params
-        .get("status")
-        .map(|s| s.split(',').map(str::to_owned).collect())
-        .unwrap_or_default();
-    if let Some(bad) = statuses.iter().find(|s| Status::parse(s).is_none()) {
-        return Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::Value,
-            format!("status '{bad}' is not requested, active, error or off"),
-        )));
-    }
-    let count = match params.get("_count") {
-        None => 100,
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (0..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(OperationOutcome::error(
-                    IssueType::Value,
-                    format!("_count '{c}' must be a number from 0 to 1000"),
-                ))
-            })?,
-    };
-    let rows = hub
-        .store
-        .search_subscriptions(&caller.tenant, &statuses, i64::MAX)
-        .await?;
-    let rows: Vec<&SubscriptionRow> = rows
-        .iter()
-        .filter(|r| {
-            params
-                .get("_id")
-                .is_none_or(|ids| ids.split(',').any(|i| i == r.id))
+        let row = match hub
+            .store
+            .update_subscription(tenant, id, if_version, write)
+            .await
+        {
+            Ok(row) => row,
+            Err(hub_store::StoreError::NotFound) => {
+                return Err(ApiError::not_found(format!(
+                    "Subscription/{id} is not known, so If-Match cannot hold"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Reactivating a subscription that was off: what it missed is readable with
+        // $events rather than replayed as a flood.
+        if existing
+            .as_ref()
+            .is_some_and(|e| e.status == Status::Off.as_str())
+            && row.status == Status::Requested.as_str()
+        {
+            hub.store.skip_backlog(tenant, id).await?;
+        }
+        tracing::info!(subscription = %id, %tenant, version = row.version_id, status = %row.status, "subscription updated");
+        Ok(Written {
+            stored: answer(&row)?,
+            created: false,
         })
-        .filter(|r| {
-            params
-                .get("type")
-                .is_none_or(|t| t.split(',').any(|t| t == r.channel_type))
-        })
-        .filter(|r| params.get("url").is_none_or(|u| *u == r.endpoint))
-        .collect();
-    let base = &hub.base_url;
-    let mut entries = Vec::new();
-    for r in rows.iter().take(count as usize) {
-        entries.push(json!({
-            "fullUrl": format!("{base}/Subscription/{}", r.id),
-            "resource": to_resource(r)?,
-            "search": {"mode": "match"},
-        }));
     }
-    Ok(FhirJson(json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": rows.len(),
-        "link": [{"relation": "self", "url": format!("{base}/Subscription")}],
-        "entry": entries,
-    }))
-    .into_response())
+
+    async fn delete(hub: &Hub, caller: &Caller, id: &str) -> Result<bool, ApiError> {
+        Ok(hub.store.delete_subscription(&caller.tenant, id).await?)
+    }
+
+    async fn search(
+        hub: &Hub,
+        tenant: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<Stored>, ApiError> {
+        let values = |name: &str| -> Vec<&str> {
+            params
+                .iter()
+                .filter(|(k, _)| k == name)
+                .flat_map(|(_, v)| v.split(','))
+                .collect()
+        };
+        let statuses: Vec<String> = values("status").into_iter().map(str::to_owned).collect();
+        if let Some(bad) = statuses.iter().find(|s| Status::parse(s).is_none()) {
+            return Err(ApiError::bad_request(OperationOutcome::error(
+                IssueType::Value,
+                format!("status '{bad}' is not requested, active, error or off"),
+            )));
+        }
+        let (ids, types, urls) = (values("_id"), values("type"), values("url"));
+        let rows = hub
+            .store
+            .search_subscriptions(tenant, &statuses, i64::MAX)
+            .await?;
+        rows.iter()
+            .filter(|r| ids.is_empty() || ids.contains(&r.id.as_str()))
+            .filter(|r| types.is_empty() || types.contains(&r.channel_type.as_str()))
+            .filter(|r| urls.is_empty() || urls.contains(&r.endpoint.as_str()))
+            .map(|r| Ok(stored(r, to_resource(r)?)))
+            .collect()
+    }
 }

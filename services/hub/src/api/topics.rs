@@ -1,69 +1,48 @@
-//! `/fhir/SubscriptionTopic`: the topics a tenant's topic-based subscriptions can name.
-//! Create, read, update (or create with an id), delete, and search by `url`, `status` or
-//! `resource`. A topic is validated before it is stored; a topic that subscriptions use
-//! cannot be deleted.
+//! `/fhir/SubscriptionTopic` in the one resource API (`api/resource.rs`): the topics a
+//! tenant's topic-based subscriptions can name, searchable by `url`, `status` or `resource`.
+//! A topic is validated before it is stored; a topic that subscriptions use cannot be
+//! deleted, nor changed so that they stop fitting it.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use hub_fhir::subscription::Status;
 use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::TopicRow;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ApiError;
 use super::auth::Caller;
-use super::fhir_json::{FhirJson, RawBody};
-use super::subscriptions::check_id;
+use super::resource::{ResourceKind, Stored, Written, stored_resource, validation_error};
 use crate::Hub;
 
-fn to_resource(row: &TopicRow) -> Result<Value, ApiError> {
-    super::subscriptions::stored_resource(
+fn to_stored(row: &TopicRow) -> Result<Stored, ApiError> {
+    let resource = stored_resource(
         "SubscriptionTopic",
         &row.id,
         row.version_id,
         &row.last_updated,
         &row.resource,
-    )
-    .map(Value::Object)
+    )?;
+    Ok(Stored {
+        id: row.id.clone(),
+        version: row.version_id,
+        last_updated: row.last_updated.clone(),
+        resource: Value::Object(resource),
+    })
 }
 
-fn respond(status: StatusCode, row: &TopicRow) -> Result<Response, ApiError> {
-    let mut res = (status, FhirJson(to_resource(row)?)).into_response();
-    let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", row.version_id)) {
-        h.insert(header::ETAG, v);
-    }
-    if status == StatusCode::CREATED
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "/fhir/SubscriptionTopic/{}/_history/{}",
-            row.id, row.version_id
-        ))
-    {
-        h.insert(header::LOCATION, v);
-    }
-    Ok(res)
+fn conflict(msg: String) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        OperationOutcome::error(IssueType::Conflict, msg).at("SubscriptionTopic"),
+    )
 }
 
 /// Validate and strip hub-owned fields; returns the url and the stored JSON. The Backport
 /// IG's R4 `Basic` representation is accepted and stored as the SubscriptionTopic it means.
-fn prepare(body: &Value) -> Result<(String, String), ApiError> {
+fn validate_topic(body: &Value) -> Result<(String, String), ApiError> {
     let converted = hub_fhir::topic::from_backport_basic(body);
     let body = converted.as_ref().unwrap_or(body);
-    let topic = hub_fhir::topic::parse(body).map_err(|oo| {
-        let malformed = oo.issues.iter().any(|i| {
-            matches!(
-                i.code,
-                IssueType::Structure | IssueType::Required | IssueType::Invalid
-            )
-        });
-        if malformed {
-            ApiError::bad_request(oo)
-        } else {
-            ApiError::unprocessable(oo)
-        }
-    })?;
+    let topic = hub_fhir::topic::parse(body).map_err(validation_error)?;
     let mut stored = body.clone();
     if let Some(obj) = stored.as_object_mut() {
         obj.remove("id");
@@ -78,220 +57,163 @@ async fn users_of(
     tenant: &str,
     url: &str,
 ) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let rows = hub.store.search_subscriptions(tenant, &[], 10_000).await?;
     Ok(hub
-        .store
-        .search_subscriptions(tenant, &[], 10_000)
-        .await?
+        .subscriptions
+        .read_all(rows)
         .into_iter()
-        .filter(|s| s.criteria == url && s.status != "off")
-        .map(|s| {
-            let filters = serde_json::from_str::<Value>(&s.resource)
-                .ok()
-                .and_then(|r| hub_fhir::subscription::validate(&r).ok())
-                .and_then(|spec| spec.topic)
-                .map(|t| t.filters)
-                .unwrap_or_default();
-            (s.id, filters)
+        .filter(|s| s.status != Status::Off)
+        .filter_map(|s| {
+            let t = s.topic().filter(|t| t.topic == url)?;
+            Some((s.id.clone(), t.filters.clone()))
         })
         .collect())
 }
 
-async fn put(hub: &Hub, tenant: &str, id: &str, body: &Value) -> Result<Response, ApiError> {
-    let (url, stored) = prepare(body)?;
-    // an update must keep serving the subscriptions that use the topic
-    if let Some(old) = hub.store.get_topic(tenant, id).await? {
-        let users = users_of(hub, tenant, &old.url).await?;
-        let conflict = |msg: String| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                OperationOutcome::error(IssueType::Conflict, msg).at("SubscriptionTopic"),
-            )
-        };
-        if !users.is_empty() && old.url != url {
-            return Err(conflict(format!(
-                "the url cannot change while {} subscription(s) use the topic (first: {})",
-                users.len(),
-                users[0].0
-            )));
-        }
-        let new_topic = serde_json::from_str::<Value>(&stored)
-            .ok()
-            .and_then(|v| hub_fhir::topic::parse(&v).ok());
-        if let Some(t) = new_topic {
-            for (sub, filters) in &users {
-                for f in filters {
-                    if let Err(oo) = hub_fhir::topic::parse_filter(&t, f, "filter") {
-                        return Err(conflict(format!(
-                            "Subscription/{sub} filters on '{f}', which the updated topic would refuse ({})",
-                            oo.summary()
-                        )));
-                    }
+/// An update must keep serving the subscriptions that use the topic: same url, and every
+/// subscriber's filters still allowed.
+async fn check_users_still_fit(
+    hub: &Hub,
+    tenant: &str,
+    old: &TopicRow,
+    url: &str,
+    stored: &str,
+) -> Result<(), ApiError> {
+    let users = users_of(hub, tenant, &old.url).await?;
+    if !users.is_empty() && old.url != url {
+        return Err(conflict(format!(
+            "the url cannot change while {} subscription(s) use the topic (first: {})",
+            users.len(),
+            users[0].0
+        )));
+    }
+    let new_topic = serde_json::from_str::<Value>(stored)
+        .ok()
+        .and_then(|v| hub_fhir::topic::parse(&v).ok());
+    if let Some(t) = new_topic {
+        for (sub, filters) in &users {
+            for f in filters {
+                if let Err(oo) = hub_fhir::topic::parse_filter(&t, f, "filter") {
+                    return Err(conflict(format!(
+                        "Subscription/{sub} filters on '{f}', which the updated topic would refuse ({})",
+                        oo.summary()
+                    )));
                 }
             }
         }
     }
-    let (row, created) = hub
-        .store
-        .put_topic(tenant, id, &url, &stored)
-        .await
-        .map_err(|e| match e {
-            hub_store::StoreError::AlreadyExists => ApiError::new(
-                StatusCode::CONFLICT,
-                OperationOutcome::error(
-                    IssueType::Conflict,
-                    format!("another SubscriptionTopic already has url '{url}'"),
-                )
-                .at("SubscriptionTopic.url"),
-            ),
-            e => e.into(),
-        })?;
-    tracing::info!(topic = %id, tenant, %url, created, "subscription topic stored");
-    respond(
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        &row,
-    )
+    Ok(())
 }
 
-/// `POST /fhir/SubscriptionTopic`.
-pub async fn create(
-    State(hub): State<Hub>,
-    caller: Caller,
-    body: RawBody,
-) -> Result<Response, ApiError> {
-    let body = body.json()?;
-    let id = uuid::Uuid::new_v4().to_string();
-    put(&hub, &caller.tenant, &id, &body).await
-}
+/// SubscriptionTopic in the one resource API.
+pub struct TopicKind;
 
-/// `PUT /fhir/SubscriptionTopic/{id}`.
-pub async fn update(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-    body: RawBody,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let body = body.json()?;
-    if let Some(b) = body.get("id").and_then(Value::as_str)
-        && b != id
-    {
-        return Err(ApiError::bad_request(
-            OperationOutcome::error(
-                IssueType::Invalid,
-                format!("the body's id '{b}' does not match the URL's id '{id}'"),
-            )
-            .at("SubscriptionTopic.id"),
-        ));
+impl ResourceKind for TopicKind {
+    const TYPE: &'static str = "SubscriptionTopic";
+    const SEARCH_PARAMS: &'static [&'static str] = &["url", "status", "resource"];
+
+    async fn read(hub: &Hub, tenant: &str, id: &str) -> Result<Option<Stored>, ApiError> {
+        match hub.store.get_topic(tenant, id).await? {
+            Some(row) => Ok(Some(to_stored(&row)?)),
+            None => Ok(None),
+        }
     }
-    put(&hub, &caller.tenant, &id, &body).await
-}
 
-/// `GET /fhir/SubscriptionTopic/{id}`.
-pub async fn read(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let row = hub
-        .store
-        .get_topic(&caller.tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("SubscriptionTopic/{id} is not known")))?;
-    respond(StatusCode::OK, &row)
-}
-
-/// `DELETE /fhir/SubscriptionTopic/{id}`: refused while live subscriptions use the topic.
-pub async fn delete(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    check_id(&id)?;
-    let Some(row) = hub.store.get_topic(&caller.tenant, &id).await? else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    };
-    let users: Vec<String> = users_of(&hub, &caller.tenant, &row.url)
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            OperationOutcome::error(
-                IssueType::Conflict,
-                format!(
-                    "SubscriptionTopic/{id} is used by {} subscription(s) ({}); turn them off or delete them first",
-                    users.len(),
-                    users.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    async fn write(
+        hub: &Hub,
+        caller: &Caller,
+        id: &str,
+        body: &Value,
+        if_version: Option<i64>,
+        create_only: bool,
+    ) -> Result<Written, ApiError> {
+        let tenant = &caller.tenant;
+        let (url, stored) = validate_topic(body)?;
+        if !create_only && let Some(old) = hub.store.get_topic(tenant, id).await? {
+            check_users_still_fit(hub, tenant, &old, &url, &stored).await?;
+        }
+        let (row, created) = hub
+            .store
+            .put_topic(tenant, id, &url, &stored, if_version)
+            .await
+            .map_err(|e| match e {
+                hub_store::StoreError::AlreadyExists => ApiError::new(
+                    StatusCode::CONFLICT,
+                    OperationOutcome::error(
+                        IssueType::Conflict,
+                        format!("another SubscriptionTopic already has url '{url}'"),
+                    )
+                    .at("SubscriptionTopic.url"),
                 ),
-            ),
-        ));
+                hub_store::StoreError::NotFound => ApiError::not_found(format!(
+                    "SubscriptionTopic/{id} is not known, so If-Match cannot hold"
+                )),
+                e => e.into(),
+            })?;
+        tracing::info!(topic = %id, %tenant, %url, created, "subscription topic stored");
+        Ok(Written {
+            stored: to_stored(&row)?,
+            created,
+        })
     }
-    hub.store.delete_topic(&caller.tenant, &id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
 
-/// `GET /fhir/SubscriptionTopic[?url=][&status=][&resource=]`: a searchset Bundle.
-pub async fn search(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<FhirJson, ApiError> {
-    if let Some(unknown) = params
-        .keys()
-        .find(|k| !matches!(k.as_str(), "url" | "status" | "resource" | "_count"))
-    {
-        return Err(ApiError::bad_request(OperationOutcome::error(
-            IssueType::NotSupported,
-            format!(
-                "SubscriptionTopic search has no parameter '{unknown}' (url, status, resource)"
-            ),
-        )));
+    /// Refused while live subscriptions use the topic.
+    async fn delete(hub: &Hub, caller: &Caller, id: &str) -> Result<bool, ApiError> {
+        let Some(row) = hub.store.get_topic(&caller.tenant, id).await? else {
+            return Ok(false);
+        };
+        let users: Vec<String> = users_of(hub, &caller.tenant, &row.url)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if !users.is_empty() {
+            return Err(conflict(format!(
+                "SubscriptionTopic/{id} is used by {} subscription(s) ({}); turn them off or delete them first",
+                users.len(),
+                users.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(hub.store.delete_topic(&caller.tenant, id).await?)
     }
-    let rows = hub.store.list_topics(Some(&caller.tenant)).await?;
-    let mut entries = Vec::new();
-    for row in &rows {
-        let r = to_resource(row)?;
-        if params.get("url").is_some_and(|u| *u != row.url) {
-            continue;
-        }
-        if params
-            .get("status")
-            .is_some_and(|s| r.get("status").and_then(Value::as_str) != Some(s.as_str()))
-        {
-            continue;
-        }
-        if let Some(want) = params.get("resource") {
-            let has = r
-                .get("resourceTrigger")
-                .and_then(Value::as_array)
-                .is_some_and(|ts| {
-                    ts.iter().any(|t| {
-                        t.get("resource").and_then(Value::as_str).is_some_and(|x| {
-                            hub_fhir::topic::resource_of(x) == hub_fhir::topic::resource_of(want)
-                        })
-                    })
-                });
-            if !has {
+
+    async fn search(
+        hub: &Hub,
+        tenant: &str,
+        params: &[(String, String)],
+    ) -> Result<Vec<Stored>, ApiError> {
+        let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let rows = hub.store.list_topics(Some(tenant)).await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let s = to_stored(row)?;
+            let r = &s.resource;
+            if get("url").is_some_and(|u| *u != row.url) {
                 continue;
             }
+            if get("status")
+                .is_some_and(|st| r.get("status").and_then(Value::as_str) != Some(st.as_str()))
+            {
+                continue;
+            }
+            if let Some(want) = get("resource") {
+                let has = r
+                    .get("resourceTrigger")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ts| {
+                        ts.iter().any(|t| {
+                            t.get("resource").and_then(Value::as_str).is_some_and(|x| {
+                                hub_fhir::topic::resource_of(x)
+                                    == hub_fhir::topic::resource_of(want)
+                            })
+                        })
+                    });
+                if !has {
+                    continue;
+                }
+            }
+            out.push(s);
         }
-        entries.push(json!({
-            "fullUrl": format!("SubscriptionTopic/{}", row.id),
-            "resource": r,
-            "search": {"mode": "match"},
-        }));
+        Ok(out)
     }
-    Ok(FhirJson(json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": entries.len(),
-        "entry": entries,
-    })))
 }

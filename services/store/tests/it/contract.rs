@@ -389,13 +389,19 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
 
 pub(crate) async fn topics_by_id_and_url(store: Store) {
     let (t, created) = store
-        .put_topic("default", "lab", "http://example.org/t/lab", "{}")
+        .put_topic("default", "lab", "http://example.org/t/lab", "{}", None)
         .await
         .unwrap();
     assert!(created);
     assert_eq!(t.version_id, 1);
     let (t, created) = store
-        .put_topic("default", "lab", "http://example.org/t/lab", "{\"a\":1}")
+        .put_topic(
+            "default",
+            "lab",
+            "http://example.org/t/lab",
+            "{\"a\":1}",
+            None,
+        )
         .await
         .unwrap();
     assert!(!created);
@@ -403,12 +409,12 @@ pub(crate) async fn topics_by_id_and_url(store: Store) {
     // another id with the same URL in the tenant is refused; another tenant may reuse it
     assert!(matches!(
         store
-            .put_topic("default", "lab2", "http://example.org/t/lab", "{}")
+            .put_topic("default", "lab2", "http://example.org/t/lab", "{}", None)
             .await,
         Err(StoreError::AlreadyExists)
     ));
     store
-        .put_topic("other", "lab", "http://example.org/t/lab", "{}")
+        .put_topic("other", "lab", "http://example.org/t/lab", "{}", None)
         .await
         .unwrap();
     let found = store
@@ -646,7 +652,7 @@ pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store:
     assert!(gen_of(&g1, "a").unwrap() > a0);
     assert_eq!(gen_of(&g1, "b"), Some(b0));
     store
-        .put_topic("b", "t1", "http://x/t", "{}")
+        .put_topic("b", "t1", "http://x/t", "{}", None)
         .await
         .unwrap();
     assert!(gen_of(&store.tenant_generations().await.unwrap(), "b").unwrap() > b0);
@@ -668,4 +674,97 @@ pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store:
     burst[1].event_id = "e-off-2".into();
     assert!(store.append_notifications(&burst).await.unwrap().is_empty());
     assert_eq!(store.live_subscriptions_of("b").await.unwrap().len(), 1);
+}
+
+pub(crate) async fn versions_are_kept_and_continue_after_a_delete(store: Store) {
+    let mut w = write("requested");
+    store
+        .create_subscription("default", "s1", &w)
+        .await
+        .unwrap();
+    w.resource = r#"{"resourceType":"Subscription","reason":"v2"}"#.into();
+    store
+        .update_subscription("default", "s1", Some(1), &w)
+        .await
+        .unwrap();
+    assert!(store.delete_subscription("default", "s1").await.unwrap());
+    let h = store
+        .history("default", "Subscription", "s1")
+        .await
+        .unwrap();
+    let versions: Vec<(i64, bool)> = h
+        .iter()
+        .map(|v| (v.version_id, v.resource.is_some()))
+        .collect();
+    assert_eq!(versions, vec![(3, false), (2, true), (1, true)]);
+    assert!(h[1].resource.as_deref().unwrap().contains("v2"));
+    // a re-create continues the numbering, with a fresh delivery cursor
+    let again = store
+        .create_subscription("default", "s1", &w)
+        .await
+        .unwrap();
+    assert_eq!(again.version_id, 4);
+    assert_eq!(
+        store
+            .delivery_state("default", "s1")
+            .await
+            .unwrap()
+            .delivered_through,
+        0
+    );
+    let v1 = store
+        .version("default", "Subscription", "s1", 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        v1.resource.as_deref(),
+        Some(r#"{"resourceType":"Subscription"}"#)
+    );
+    assert!(
+        store
+            .version("default", "Subscription", "s1", 9)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // topics: history, and If-Match
+    store
+        .put_topic("default", "t", "http://x/t", "{}", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .put_topic("default", "t", "http://x/t", "{}", Some(5))
+            .await,
+        Err(StoreError::VersionConflict { current: 1 })
+    ));
+    assert!(matches!(
+        store
+            .put_topic("default", "nope", "http://x/n", "{}", Some(1))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let (t2, created) = store
+        .put_topic("default", "t", "http://x/t", "{}", Some(1))
+        .await
+        .unwrap();
+    assert_eq!((t2.version_id, created), (2, false));
+    assert!(store.delete_topic("default", "t").await.unwrap());
+    assert_eq!(
+        store
+            .history("default", "SubscriptionTopic", "t")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // other tenants see nothing
+    assert!(
+        store
+            .history("other", "Subscription", "s1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

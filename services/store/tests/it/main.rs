@@ -73,6 +73,7 @@ contract_suite!(
     secrets_live_in_their_own_columns,
     quarantine_keeps_one_row_per_position,
     generations_move_per_tenant_and_only_on_client_writes,
+    versions_are_kept_and_continue_after_a_delete,
 );
 
 #[tokio::test]
