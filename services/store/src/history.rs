@@ -57,6 +57,43 @@ pub(crate) async fn record(
     Ok(())
 }
 
+/// One `i64` column of the row of `tenant`/`id` that `sql` selects or returns (`$1` is the
+/// tenant, `$2` the id); `None` when there is no such row.
+pub(crate) async fn keyed_number(
+    tx: &mut Transaction<'_, Any>,
+    sql: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query(sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// Delete `id` from `table` and record the delete as its next version; whether it existed.
+pub(crate) async fn delete_versioned(
+    tx: &mut Transaction<'_, Any>,
+    table: &str,
+    resource_type: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
+    let sql = format!("DELETE FROM {table} WHERE tenant = $1 AND id = $2 RETURNING version_id");
+    let Some(last) = keyed_number(tx, &sql, tenant, id).await? else {
+        return Ok(false);
+    };
+    let gone = Version {
+        version_id: last + 1,
+        last_updated: crate::now(),
+        resource: None,
+    };
+    record(tx, tenant, resource_type, id, &gone).await?;
+    Ok(true)
+}
+
 impl Store {
     /// Every version of a resource, newest first.
     pub async fn history(

@@ -52,6 +52,21 @@ fn version_of(row: &SubscriptionRow) -> crate::history::Version {
     }
 }
 
+/// Run a statement whose `$1` is the tenant and `$2` a subscription id.
+async fn keyed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    sql: &str,
+    tenant: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(sql)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
                        endpoint, resource, events_since_start, error, secret, client_certificate";
 
@@ -108,19 +123,12 @@ impl Store {
         let row = from_row(&row)?;
         crate::history::record(&mut tx, tenant, TYPE, id, &version_of(&row)).await?;
         // a re-created id starts a new delivery cursor, whatever a deleted predecessor left
-        sqlx::query("DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO delivery_state (tenant, subscription_id) VALUES ($1, $2)
-             ON CONFLICT (tenant, subscription_id) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        for sql in [
+            "DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2",
+            "INSERT INTO delivery_state (tenant, subscription_id) VALUES ($1, $2)",
+        ] {
+            keyed(&mut tx, sql, tenant, id).await?;
+        }
         tx.commit().await?;
         Ok(row)
     }
@@ -179,15 +187,8 @@ impl Store {
                 Ok(row)
             }
             None => {
-                let current: Option<i64> = sqlx::query(
-                    "SELECT version_id FROM subscriptions WHERE tenant = $1 AND id = $2",
-                )
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
+                let sql = "SELECT version_id FROM subscriptions WHERE tenant = $1 AND id = $2";
+                let current = crate::history::keyed_number(&mut tx, sql, tenant, id).await?;
                 match current {
                     Some(current) => Err(StoreError::VersionConflict { current }),
                     None => Err(StoreError::NotFound),
@@ -245,35 +246,14 @@ impl Store {
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
-        let deleted: Option<i64> = sqlx::query(
-            "DELETE FROM subscriptions WHERE tenant = $1 AND id = $2 RETURNING version_id",
-        )
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-        let n = u64::from(deleted.is_some());
-        if let Some(v) = deleted {
-            let gone = crate::history::Version {
-                version_id: v + 1,
-                last_updated: now(),
-                resource: None,
-            };
-            crate::history::record(&mut tx, tenant, TYPE, id, &gone).await?;
-        }
+        let deleted =
+            crate::history::delete_versioned(&mut tx, "subscriptions", TYPE, tenant, id).await?;
         for table in ["notifications", "delivery_state"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE tenant = $1 AND subscription_id = $2"
-            ))
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            let sql = format!("DELETE FROM {table} WHERE tenant = $1 AND subscription_id = $2");
+            keyed(&mut tx, &sql, tenant, id).await?;
         }
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(deleted)
     }
 
     /// A tenant's subscriptions, optionally with one of `statuses`, ordered by id.

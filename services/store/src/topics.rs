@@ -53,14 +53,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
         if let Some(want) = if_version {
-            let current: Option<i64> =
-                sqlx::query("SELECT version_id FROM topics WHERE tenant = $1 AND id = $2")
-                    .bind(tenant)
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| r.try_get(0))
-                    .transpose()?;
+            let sql = "SELECT version_id FROM topics WHERE tenant = $1 AND id = $2";
+            let current = crate::history::keyed_number(&mut tx, sql, tenant, id).await?;
             match current {
                 None => return Err(StoreError::NotFound),
                 Some(current) if current != want => {
@@ -167,23 +161,8 @@ impl Store {
     pub async fn delete_topic(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
-        let deleted: Option<i64> =
-            sqlx::query("DELETE FROM topics WHERE tenant = $1 AND id = $2 RETURNING version_id")
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-        if let Some(v) = deleted {
-            let gone = crate::history::Version {
-                version_id: v + 1,
-                last_updated: now(),
-                resource: None,
-            };
-            crate::history::record(&mut tx, tenant, TYPE, id, &gone).await?;
-        }
+        let deleted = crate::history::delete_versioned(&mut tx, "topics", TYPE, tenant, id).await?;
         tx.commit().await?;
-        Ok(deleted.is_some())
+        Ok(deleted)
     }
 }

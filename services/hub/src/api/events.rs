@@ -73,13 +73,13 @@ pub async fn events(
     } else {
         Vec::new()
     };
-    Ok(FhirJson(render::bundle(
+    let since_start = sub.events_since_start;
+    let message = render::Message::new(
         &sub,
         &hub.base_url,
         sub.status,
         Kind::QueryEvent,
-        sub.events_since_start,
-        &notes,
-        content,
-    )))
+        since_start,
+    );
+    Ok(FhirJson(message.with(&notes).bundle(content)))
 }

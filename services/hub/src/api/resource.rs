@@ -32,6 +32,19 @@ pub struct Stored {
     pub resource: Value,
 }
 
+/// A create or update, as the generic handlers checked it.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteRequest<'a> {
+    pub caller: &'a Caller,
+    pub id: &'a str,
+    pub body: &'a Value,
+    /// `If-Match`: the version the client last saw.
+    pub if_version: Option<i64>,
+    /// A create (POST, a fresh id); otherwise an update that creates when the id is
+    /// unknown and `if_version` is `None`.
+    pub create_only: bool,
+}
+
 /// The result of a create or update.
 #[derive(Debug)]
 pub struct Written {
@@ -52,15 +65,10 @@ pub trait ResourceKind: Send + Sync + 'static {
         id: &str,
     ) -> impl Future<Output = Result<Option<Stored>, ApiError>> + Send;
 
-    /// Validate and store `body` as `id`: a create (`create_only`), or an update that creates
-    /// when the id is unknown and `if_version` is `None`.
+    /// Validate and store a create or an update.
     fn write(
         hub: &Hub,
-        caller: &Caller,
-        id: &str,
-        body: &Value,
-        if_version: Option<i64>,
-        create_only: bool,
+        req: WriteRequest<'_>,
     ) -> impl Future<Output = Result<Written, ApiError>> + Send;
 
     /// Delete; `false` when there was nothing to delete.
@@ -201,7 +209,14 @@ pub async fn create<K: ResourceKind>(
 ) -> Result<Response, ApiError> {
     let body = body.json()?;
     let id = uuid::Uuid::new_v4().to_string();
-    let w = K::write(&hub, &caller, &id, &body, None, true).await?;
+    let req = WriteRequest {
+        caller: &caller,
+        id: &id,
+        body: &body,
+        if_version: None,
+        create_only: true,
+    };
+    let w = K::write(&hub, req).await?;
     Ok(respond::<K>(&hub, StatusCode::CREATED, w.stored))
 }
 
@@ -296,7 +311,14 @@ pub async fn update<K: ResourceKind>(
             ));
         }
     }
-    let w = K::write(&hub, &caller, &id, &body, if_version, false).await?;
+    let req = WriteRequest {
+        caller: &caller,
+        id: &id,
+        body: &body,
+        if_version,
+        create_only: false,
+    };
+    let w = K::write(&hub, req).await?;
     let status = if w.created {
         StatusCode::CREATED
     } else {

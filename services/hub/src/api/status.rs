@@ -14,6 +14,11 @@ use crate::Hub;
 use crate::channels::render::{self, Kind};
 use crate::model::Subscription;
 
+fn query_status<'a>(hub: &'a Hub, sub: &'a Subscription) -> render::Message<'a> {
+    let since = sub.events_since_start;
+    render::Message::new(sub, &hub.base_url, sub.status, Kind::QueryStatus, since)
+}
+
 /// The backport-subscription-status-r4 Parameters, with the hub's delivery state (the
 /// rest-hook reader's cursor) as an extension.
 async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiError> {
@@ -33,14 +38,8 @@ async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiEr
     if let Some(e) = &d.last_error {
         delivery.push(json!({"url": "last-error", "valueString": e}));
     }
-    let info = render::status_info(
-        sub,
-        &hub.base_url,
-        sub.status,
-        Kind::QueryStatus,
-        sub.events_since_start,
-    );
-    let mut p = notification::status_parameters(&info, &[], sub.content());
+    let message = query_status(hub, sub);
+    let mut p = notification::status_parameters(&message.status_info(), &[], sub.content());
     p["extension"] = json!([{"url": "urn:fhir-hub:delivery-state", "extension": delivery}]);
     Ok(p)
 }
@@ -74,15 +73,7 @@ pub async fn instance(
     let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
     if sub.shape() != FhirVersion::R4 {
-        return Ok(FhirJson(render::bundle(
-            &sub,
-            &hub.base_url,
-            sub.status,
-            Kind::QueryStatus,
-            sub.events_since_start,
-            &[],
-            sub.content(),
-        )));
+        return Ok(FhirJson(query_status(&hub, &sub).bundle(sub.content())));
     }
     let p = status_parameters(&hub, &sub).await?;
     Ok(FhirJson(bundle(&hub.base_url, vec![p])))

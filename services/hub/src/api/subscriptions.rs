@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
-use super::resource::{ResourceKind, Stored, Written, stored_resource, validation_error};
+use super::resource::{
+    ResourceKind, Stored, WriteRequest, Written, stored_resource, validation_error,
+};
 use crate::delivery::sign;
 use crate::{Hub, model};
 
@@ -242,15 +244,10 @@ impl ResourceKind for SubscriptionKind {
         }
     }
 
-    async fn write(
-        hub: &Hub,
-        caller: &Caller,
-        id: &str,
-        body: &Value,
-        if_version: Option<i64>,
-        create_only: bool,
-    ) -> Result<Written, ApiError> {
-        let tenant = &caller.tenant;
+    async fn write(hub: &Hub, req: WriteRequest<'_>) -> Result<Written, ApiError> {
+        let (tenant, id) = (&req.caller.tenant, req.id);
+        let (caller, body, if_version, create_only) =
+            (req.caller, req.body, req.if_version, req.create_only);
         let existing = if create_only {
             None
         } else {

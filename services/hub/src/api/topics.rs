@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::ApiError;
 use super::auth::Caller;
-use super::resource::{ResourceKind, Stored, Written, stored_resource, validation_error};
+use super::resource::{
+    ResourceKind, Stored, WriteRequest, Written, stored_resource, validation_error,
+};
 use crate::Hub;
 
 fn to_stored(row: &TopicRow) -> Result<Stored, ApiError> {
@@ -119,22 +121,17 @@ impl ResourceKind for TopicKind {
         }
     }
 
-    async fn write(
-        hub: &Hub,
-        caller: &Caller,
-        id: &str,
-        body: &Value,
-        if_version: Option<i64>,
-        create_only: bool,
-    ) -> Result<Written, ApiError> {
-        let tenant = &caller.tenant;
-        let (url, stored) = validate_topic(body)?;
-        if !create_only && let Some(old) = hub.store.get_topic(tenant, id).await? {
+    async fn write(hub: &Hub, req: WriteRequest<'_>) -> Result<Written, ApiError> {
+        let (tenant, id) = (&req.caller.tenant, req.id);
+        let (url, stored) = validate_topic(req.body)?;
+        if !req.create_only
+            && let Some(old) = hub.store.get_topic(tenant, id).await?
+        {
             check_users_still_fit(hub, tenant, &old, &url, &stored).await?;
         }
         let (row, created) = hub
             .store
-            .put_topic(tenant, id, &url, &stored, if_version)
+            .put_topic(tenant, id, &url, &stored, req.if_version)
             .await
             .map_err(|e| match e {
                 hub_store::StoreError::AlreadyExists => ApiError::new(

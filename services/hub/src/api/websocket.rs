@@ -167,7 +167,9 @@ async fn read_binding(
     let base = hub.base_url.clone();
     let text = |kind: Kind, since: i64, notes: &[hub_store::Notification]| {
         Message::Text(
-            render::bundle(&sub, &base, sub.status, kind, since, notes, sub.content())
+            render::Message::new(&sub, &base, sub.status, kind, since)
+                .with(notes)
+                .bundle(sub.content())
                 .to_string()
                 .into(),
         )

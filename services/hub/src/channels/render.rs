@@ -71,93 +71,106 @@ pub fn event_infos(notes: &[Notification]) -> Vec<EventInfo<'_>> {
         .collect()
 }
 
-/// The status part of every bundle.
-pub fn status_info<'s>(
-    sub: &'s Subscription,
-    base: &'s str,
-    status: Status,
-    kind: Kind,
-    events_since_start: i64,
-) -> StatusInfo<'s> {
-    StatusInfo {
-        base,
-        subscription_id: &sub.id,
-        topic: sub.topic().map(|t| t.topic.as_str()),
-        status: status.as_str(),
-        kind: kind.code(),
-        events_since_start,
-        // why the hub set error/off is part of the status answer, not of every message
-        error: if kind == Kind::QueryStatus {
-            sub.error.as_deref()
-        } else {
-            None
-        },
+/// One message to one subscription: everything a rendering depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub sub: &'a Subscription,
+    /// The FHIR base URL for references.
+    pub base: &'a str,
+    /// The subscription's status as the message reports it (a handshake goes out while
+    /// `requested`).
+    pub status: Status,
+    pub kind: Kind,
+    pub events_since_start: i64,
+    /// The events of an event-notification (one, or up to `backport-max-count`), or of a
+    /// query-event answer; empty otherwise.
+    pub notes: &'a [Notification],
+}
+
+impl<'a> Message<'a> {
+    /// A message without events.
+    pub fn new(
+        sub: &'a Subscription,
+        base: &'a str,
+        status: Status,
+        kind: Kind,
+        events_since_start: i64,
+    ) -> Message<'a> {
+        Message {
+            sub,
+            base,
+            status,
+            kind,
+            events_since_start,
+            notes: &[],
+        }
     }
-}
 
-/// The notification bundle of a message, in the subscription's shape: what topic-based
-/// channels send, and what `$events`/`$status` answer.
-pub fn bundle(
-    sub: &Subscription,
-    base: &str,
-    status: Status,
-    kind: Kind,
-    events_since_start: i64,
-    notes: &[Notification],
-    content: Content,
-) -> Value {
-    let info = status_info(sub, base, status, kind, events_since_start);
-    notification::bundle_for(sub.shape(), &info, &event_infos(notes), content)
-}
+    /// The same message carrying `notes`.
+    pub fn with(self, notes: &'a [Notification]) -> Message<'a> {
+        Message { notes, ..self }
+    }
 
-/// A message to `sub` as it is at `status`. `notes` are the events of an event-notification
-/// (one, or up to `backport-max-count`), empty otherwise.
-pub fn message(
-    sub: &Subscription,
-    base: &str,
-    status: Status,
-    kind: Kind,
-    events_since_start: i64,
-    notes: &[Notification],
-) -> Rendered {
-    let id = match kind {
-        Kind::Handshake => format!("handshake-{}-{}", sub.id, sub.version),
-        _ => match notes.first() {
-            Some(n) => n.notification_id.clone(),
-            None => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
-        },
-    };
-    if sub.topic().is_none() {
-        // classic R4: handshakes and heartbeats are empty POSTs; a notification carries the
-        // resource when the channel has a payload
-        return match (kind, &sub.spec.channel.payload, notes.last()) {
-            (Kind::EventNotification, Some(_), Some(n)) if n.resource.is_some() => Rendered {
-                body: n.resource.as_ref().map(|r| r.clone().into_bytes()),
-                content_type: sub.spec.channel.payload.clone(),
-                resource_path: Some(format!("{}/{}", n.focus_type, n.focus_id)),
-                id,
+    /// The status part of every bundle.
+    pub fn status_info(&self) -> StatusInfo<'a> {
+        StatusInfo {
+            base: self.base,
+            subscription_id: &self.sub.id,
+            topic: self.sub.topic().map(|t| t.topic.as_str()),
+            status: self.status.as_str(),
+            kind: self.kind.code(),
+            events_since_start: self.events_since_start,
+            // why the hub set error/off is part of the status answer, not of every message
+            error: if self.kind == Kind::QueryStatus {
+                self.sub.error.as_deref()
+            } else {
+                None
             },
-            _ => Rendered {
-                body: None,
-                content_type: None,
-                resource_path: None,
-                id,
+        }
+    }
+
+    /// The notification bundle, in the subscription's shape: what topic-based channels
+    /// send, and what `$events`/`$status` answer.
+    pub fn bundle(&self, content: Content) -> Value {
+        let events = event_infos(self.notes);
+        notification::bundle_for(self.sub.shape(), &self.status_info(), &events, content)
+    }
+
+    /// The message as a channel sends it: the subscription's bundle for topic-based
+    /// subscriptions, the classic R4 payload otherwise.
+    pub fn render(&self) -> Rendered {
+        let sub = self.sub;
+        let id = match self.kind {
+            Kind::Handshake => format!("handshake-{}-{}", sub.id, sub.version),
+            kind => match self.notes.first() {
+                Some(n) => n.notification_id.clone(),
+                None => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
             },
         };
-    }
-    let body = bundle(
-        sub,
-        base,
-        status,
-        kind,
-        events_since_start,
-        notes,
-        sub.content(),
-    );
-    Rendered {
-        body: Some(body.to_string().into_bytes()),
-        content_type: Some(content_type(sub.shape()).to_owned()),
-        resource_path: None,
-        id,
+        if sub.topic().is_none() {
+            // classic R4: handshakes and heartbeats are empty POSTs; a notification carries
+            // the resource when the channel has a payload
+            let last = self.notes.last();
+            return match (self.kind, &sub.spec.channel.payload, last) {
+                (Kind::EventNotification, Some(_), Some(n)) if n.resource.is_some() => Rendered {
+                    body: n.resource.as_ref().map(|r| r.clone().into_bytes()),
+                    content_type: sub.spec.channel.payload.clone(),
+                    resource_path: Some(format!("{}/{}", n.focus_type, n.focus_id)),
+                    id,
+                },
+                _ => Rendered {
+                    body: None,
+                    content_type: None,
+                    resource_path: None,
+                    id,
+                },
+            };
+        }
+        Rendered {
+            body: Some(self.bundle(sub.content()).to_string().into_bytes()),
+            content_type: Some(content_type(sub.shape()).to_owned()),
+            resource_path: None,
+            id,
+        }
     }
 }

@@ -165,7 +165,11 @@ impl Worker {
 
     fn message(&self, status: Status, kind: Kind, since: i64, notes: &[Notification]) -> Dispatch {
         let base = &self.hub.base_url;
-        self.dispatch(render::message(&self.sub, base, status, kind, since, notes))
+        self.dispatch(
+            render::Message::new(&self.sub, base, status, kind, since)
+                .with(notes)
+                .render(),
+        )
     }
 
     /// One heartbeat attempt: not retried (the next one comes a period later), but failures
