@@ -377,30 +377,39 @@ impl Temporal {
         let mut t = *self;
         if precision < t.precision {
             t.precision = precision;
-            if precision < MILLIS {
-                t.millis = 0;
-            }
-            if precision < SECOND {
-                t.second = 0;
-            }
-            if precision < MINUTE {
-                t.minute = 0;
-            }
+            t.fill_below(precision, false);
             if precision < HOUR {
-                t.hour = 0;
                 if t.kind == TKind::DateTime {
                     t.kind = TKind::Date;
                 }
                 t.tz = None;
             }
-            if precision < DAY {
-                t.day = 1;
-            }
-            if precision < MONTH {
-                t.month = 1;
-            }
         }
         t
+    }
+
+    /// Set every component finer than `precision` to its lowest value, or with `high` to
+    /// its highest (the last day of the month, 23:59:59.999).
+    fn fill_below(&mut self, precision: u8, high: bool) {
+        let pick = |lo, hi| if high { hi } else { lo };
+        if precision < MONTH {
+            self.month = pick(1, 12);
+        }
+        if precision < DAY {
+            self.day = pick(1, days_in_month(self.year, self.month));
+        }
+        if precision < HOUR {
+            self.hour = pick(0, 23);
+        }
+        if precision < MINUTE {
+            self.minute = pick(0, 59);
+        }
+        if precision < SECOND {
+            self.second = pick(0, 59);
+        }
+        if precision < MILLIS {
+            self.millis = if high { 999 } else { 0 };
+        }
     }
 
     /// Text as FHIRPath literals write it, without the `@`.
@@ -482,26 +491,8 @@ impl Temporal {
         if t.kind == TKind::Date && target > DAY {
             t.kind = TKind::DateTime;
         }
-        let p = t.precision;
         if high {
-            if p < MONTH {
-                t.month = 12;
-            }
-            if p < DAY {
-                t.day = days_in_month(t.year, t.month);
-            }
-            if p < HOUR {
-                t.hour = 23;
-            }
-            if p < MINUTE {
-                t.minute = 59;
-            }
-            if p < SECOND {
-                t.second = 59;
-            }
-            if p < MILLIS {
-                t.millis = 999;
-            }
+            t.fill_below(t.precision, true);
         }
         t.precision = target;
         if t.kind == TKind::DateTime && t.tz.is_none() && target >= HOUR {

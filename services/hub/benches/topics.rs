@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use fhir_hub::matcher::topic_index::TopicIndex;
 use hub_fhir::ChangeEvent;
-use hub_store::{SubscriptionRow, TopicRow};
+use hub_store::{SubscriptionRow, SubscriptionWrite, TopicRow};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -66,15 +66,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             id: format!("s{i}"),
             version_id: 1,
             last_updated: "2024-01-01T00:00:00Z".into(),
-            status: "active".into(),
-            criteria: URL.into(),
-            channel_type: "rest-hook".into(),
-            endpoint: "https://example.org/hook".into(),
-            resource: resource.to_string(),
             events_since_start: 0,
             error: None,
-            secret: None,
-            client_certificate: None,
+            write: SubscriptionWrite {
+                status: "active".into(),
+                criteria: URL.into(),
+                channel_type: "rest-hook".into(),
+                endpoint: "https://example.org/hook".into(),
+                resource: resource.to_string(),
+                secret: None,
+                client_certificate: None,
+            },
         }
     };
     let rows: Vec<SubscriptionRow> = (0..SUBSCRIPTIONS).map(sub).collect();

@@ -134,7 +134,7 @@ impl Catalog {
             error: row.error,
             events_since_start: row.events_since_start,
             spec,
-            secret: row.secret,
+            secret: row.write.secret,
         })
     }
 

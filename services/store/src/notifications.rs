@@ -14,7 +14,7 @@ use sqlx::{Any, Row, Transaction};
 use crate::{Store, StoreError, now};
 
 /// A notification to log for one subscription.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewNotification {
     pub tenant: String,
     pub subscription_id: String,
@@ -28,21 +28,23 @@ pub struct NewNotification {
     pub resource: Option<String>,
 }
 
-/// A logged notification.
+/// A logged notification: what was logged, with the number and id the log gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
-    pub tenant: String,
-    pub subscription_id: String,
     pub event_number: i64,
+    /// Stable across retries and replays (the `webhook-id`).
     pub notification_id: String,
-    pub event_id: String,
-    pub action: String,
-    pub focus_type: String,
-    pub focus_id: String,
-    pub focus_version: Option<String>,
-    pub occurred_at: String,
     pub created_at: String,
-    pub resource: Option<String>,
+    pub note: NewNotification,
+}
+
+impl std::ops::Deref for Notification {
+    type Target = NewNotification;
+
+    /// A logged notification reads as what was logged (`n.focus_type`, `n.resource`).
+    fn deref(&self) -> &NewNotification {
+        &self.note
+    }
 }
 
 const COLUMNS: &str = "tenant, subscription_id, event_number, notification_id, event_id, action, \
@@ -50,18 +52,20 @@ const COLUMNS: &str = "tenant, subscription_id, event_number, notification_id, e
 
 fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
     Ok(Notification {
-        tenant: r.try_get(0)?,
-        subscription_id: r.try_get(1)?,
         event_number: r.try_get(2)?,
         notification_id: r.try_get(3)?,
-        event_id: r.try_get(4)?,
-        action: r.try_get(5)?,
-        focus_type: r.try_get(6)?,
-        focus_id: r.try_get(7)?,
-        focus_version: r.try_get(8)?,
-        occurred_at: r.try_get(9)?,
         created_at: r.try_get(10)?,
-        resource: r.try_get(11)?,
+        note: NewNotification {
+            tenant: r.try_get(0)?,
+            subscription_id: r.try_get(1)?,
+            event_id: r.try_get(4)?,
+            action: r.try_get(5)?,
+            focus_type: r.try_get(6)?,
+            focus_id: r.try_get(7)?,
+            focus_version: r.try_get(8)?,
+            occurred_at: r.try_get(9)?,
+            resource: r.try_get(11)?,
+        },
     })
 }
 

@@ -5,30 +5,31 @@ use sqlx::any::AnyRow;
 
 use crate::{Store, StoreError, now};
 
-/// A stored Subscription.
+/// A stored Subscription: what the client's last write stored, and the hub's state of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionRow {
     pub tenant: String,
     pub id: String,
     pub version_id: i64,
     pub last_updated: String,
-    pub status: String,
-    pub criteria: String,
-    pub channel_type: String,
-    pub endpoint: String,
-    /// The resource JSON with hub-owned fields (id, meta, status) applied.
-    pub resource: String,
     pub events_since_start: i64,
     /// Why the hub set the status to error or off (Subscription.error).
     pub error: Option<String>,
-    /// The Standard Webhooks signing secret; never part of `resource`.
-    pub secret: Option<String>,
-    /// PEM client certificate and key for mutual TLS; never part of `resource`.
-    pub client_certificate: Option<String>,
+    /// As written, with the hub's current `status`.
+    pub write: SubscriptionWrite,
+}
+
+impl std::ops::Deref for SubscriptionRow {
+    type Target = SubscriptionWrite;
+
+    /// A row reads as what was written (`row.status`, `row.resource`).
+    fn deref(&self) -> &SubscriptionWrite {
+        &self.write
+    }
 }
 
 /// What a create or update writes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SubscriptionWrite {
     pub status: String,
     pub criteria: String,
@@ -37,7 +38,9 @@ pub struct SubscriptionWrite {
     /// The resource JSON without `id`/`meta` and without secrets: the store stamps `id` and
     /// `meta` on read.
     pub resource: String,
+    /// The Standard Webhooks signing secret; never part of `resource`.
     pub secret: Option<String>,
+    /// PEM client certificate and key for mutual TLS; never part of `resource`.
     pub client_certificate: Option<String>,
 }
 
@@ -50,6 +53,28 @@ fn version_of(row: &SubscriptionRow) -> crate::history::Version {
         last_updated: row.last_updated.clone(),
         resource: Some(row.resource.clone()),
     }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Bind a write as `$1` tenant, `$2` id, `$3` now, `$4`..`$8` status, criteria, channel type,
+/// endpoint, resource, `$9` secret, `$10` client certificate.
+fn bind_write<'q>(
+    q: AnyQuery<'q>,
+    tenant: &'q str,
+    id: &'q str,
+    w: &'q SubscriptionWrite,
+) -> AnyQuery<'q> {
+    q.bind(tenant)
+        .bind(id)
+        .bind(now())
+        .bind(&w.status)
+        .bind(&w.criteria)
+        .bind(&w.channel_type)
+        .bind(&w.endpoint)
+        .bind(&w.resource)
+        .bind(&w.secret)
+        .bind(&w.client_certificate)
 }
 
 /// Run a statement whose `$1` is the tenant and `$2` a subscription id.
@@ -76,20 +101,23 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
         id: r.try_get(1)?,
         version_id: r.try_get(2)?,
         last_updated: r.try_get(3)?,
-        status: r.try_get(4)?,
-        criteria: r.try_get(5)?,
-        channel_type: r.try_get(6)?,
-        endpoint: r.try_get(7)?,
-        resource: r.try_get(8)?,
         events_since_start: r.try_get(9)?,
         error: r.try_get(10)?,
-        secret: r.try_get(11)?,
-        client_certificate: r.try_get(12)?,
+        write: SubscriptionWrite {
+            status: r.try_get(4)?,
+            criteria: r.try_get(5)?,
+            channel_type: r.try_get(6)?,
+            endpoint: r.try_get(7)?,
+            resource: r.try_get(8)?,
+            secret: r.try_get(11)?,
+            client_certificate: r.try_get(12)?,
+        },
     })
 }
 
 impl Store {
-    /// Insert a new subscription with id `id` at version 1.
+    /// Insert a new subscription with id `id`, at version 1 (or one past the versions a
+    /// deleted subscription of that id had).
     pub async fn create_subscription(
         &self,
         tenant: &str,
@@ -99,24 +127,16 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
         let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
-        let inserted = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO subscriptions ({COLUMNS})
              VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .bind(now())
-        .bind(&w.status)
-        .bind(&w.criteria)
-        .bind(&w.channel_type)
-        .bind(&w.endpoint)
-        .bind(&w.resource)
-        .bind(&w.secret)
-        .bind(&w.client_certificate)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
+        );
+        let q = sqlx::query(&sql);
+        let inserted = bind_write(q, tenant, id, w)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = inserted else {
             return Err(StoreError::AlreadyExists);
         };
@@ -159,26 +179,17 @@ impl Store {
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant).await?;
-        let updated = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
-                 error = NULL, secret = $10, client_certificate = $11
-             WHERE tenant = $1 AND id = $2 AND ($9 < 0 OR version_id = $9)
+                 error = NULL, secret = $9, client_certificate = $10
+             WHERE tenant = $1 AND id = $2 AND ($11 < 0 OR version_id = $11)
              RETURNING {COLUMNS}"
-        ))
-        .bind(tenant)
-        .bind(id)
-        .bind(now())
-        .bind(&w.status)
-        .bind(&w.criteria)
-        .bind(&w.channel_type)
-        .bind(&w.endpoint)
-        .bind(&w.resource)
-        .bind(if_version.unwrap_or(-1))
-        .bind(&w.secret)
-        .bind(&w.client_certificate)
-        .fetch_optional(&mut *tx)
-        .await?;
+        );
+        let updated = bind_write(sqlx::query(&sql), tenant, id, w)
+            .bind(if_version.unwrap_or(-1))
+            .fetch_optional(&mut *tx)
+            .await?;
         match updated {
             Some(row) => {
                 let row = from_row(&row)?;
