@@ -308,3 +308,72 @@ pub(crate) fn envelope(resource: &Value, action: &str) -> Value {
            "resourceType": resource["resourceType"], "resourceId": resource["id"],
            "occurredAt": "2024-05-01T10:00:00Z", "resource": resource})
 }
+
+/// A Python test client (`integration-tests/python/SCRIPT`) whose stdout lines are JSON
+/// values, read as they come.
+pub(crate) struct PyClient {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PyClient {
+    pub(crate) fn start(python: &str, script: &str, args: &[&str]) -> PyClient {
+        let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new(python)
+            .arg(path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        PyClient { child, lines }
+    }
+
+    /// The next line as JSON; fails the test after 20 s.
+    pub(crate) fn next(&self, what: &str) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no message from the client: {what}"));
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Wait for the client to exit successfully.
+    pub(crate) fn finish(mut self) {
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for PyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hub {
+    /// Wait until the subscription has counted `n` events.
+    pub(crate) async fn wait_events(&self, id: &str, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, st) = self.get(&format!("/fhir/Subscription/{id}/$status")).await;
+            let text = st.to_string();
+            if text.contains(&format!(
+                r#""name":"events-since-subscription-start","valueString":"{n}""#
+            )) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never counted {n}: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -18,4 +18,5 @@ mod mtls;
 mod multi_process;
 mod poison;
 mod receiver;
+mod streams;
 mod topics;

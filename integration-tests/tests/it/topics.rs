@@ -56,7 +56,7 @@ pub(crate) fn obs(id: &str, status: &str, patient: &str) -> Value {
            "subject": {"reference": patient}, "valueQuantity": {"value": 6.1}})
 }
 
-fn event(action: &str, current: &Value, previous: Option<&Value>) -> Value {
+pub(crate) fn event(action: &str, current: &Value, previous: Option<&Value>) -> Value {
     let mut e = json!({"id": uuid::Uuid::new_v4().to_string(), "action": action,
         "resourceType": "Observation", "resourceId": current["id"],
         "occurredAt": "2024-05-01T10:00:00Z", "resource": current});
@@ -66,7 +66,7 @@ fn event(action: &str, current: &Value, previous: Option<&Value>) -> Value {
     e
 }
 
-fn param<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn param<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["parameter"]
         .as_array()?
         .iter()
@@ -708,29 +708,8 @@ async fn websocket_subscriptions_bind_with_a_token_and_receive_bundles() {
     assert!(ws_url.starts_with("ws://"), "{ws_url}");
     assert!(param(&p, "expiration").is_some());
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/ws_client.py");
-    let mut child = std::process::Command::new(&python)
-        .args([script, &ws_url, &token, "3"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let next = |what: &str| -> Value {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no websocket message: {what}"));
-        serde_json::from_str(&line).unwrap()
-    };
+    let client = crate::harness::PyClient::start(&python, "ws_client.py", &[&ws_url, &token, "3"]);
+    let next = |what: &str| client.next(what);
     let hs = next("handshake");
     assert_eq!(
         hs["entry"][0]["resource"]["parameter"][3]["valueCode"], "handshake",
@@ -762,7 +741,7 @@ async fn websocket_subscriptions_bind_with_a_token_and_receive_bundles() {
             "Patient/p1"
         );
     }
-    assert!(child.wait().unwrap().success());
+    client.finish();
     // Cursors belong to readers: a socket's bind or receipt marks nothing delivered in the
     // store (it used to mark everything up to the count at bind time, sent or not). The
     // subscription counts its events; the websocket reader keeps its own position.
@@ -778,10 +757,8 @@ async fn websocket_subscriptions_bind_with_a_token_and_receive_bundles() {
     );
 
     // an unknown token is refused with an OperationOutcome
-    let out = std::process::Command::new(&python)
-        .args([script, &ws_url, "not-a-token", "1"])
-        .output()
-        .unwrap();
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused =
+        crate::harness::PyClient::start(&python, "ws_client.py", &[&ws_url, "not-a-token", "1"]);
+    let reply = refused.next("refusal");
     assert_eq!(reply["resourceType"], "OperationOutcome", "{reply}");
 }

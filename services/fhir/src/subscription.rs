@@ -43,13 +43,21 @@ pub enum ChannelType {
     RestHook,
     /// The subscriber connects to the hub's websocket and binds with a token.
     Websocket,
+    /// Server-Sent Events: the subscriber reads `GET /fhir/Subscription/{id}/$stream`.
+    /// A hub channel type (code `sse` in [`HUB_CHANNEL_TYPES`]), named with the Backport
+    /// IG's `backport-channel-type` extension in R4 and as `channelType` in R5.
+    Sse,
 }
+
+/// The hub's code system for channel types FHIR does not define.
+pub const HUB_CHANNEL_TYPES: &str = "urn:fhir-hub:channel-type";
 
 impl ChannelType {
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelType::RestHook => "rest-hook",
             ChannelType::Websocket => "websocket",
+            ChannelType::Sse => "sse",
         }
     }
 
@@ -57,6 +65,15 @@ impl ChannelType {
         match s {
             "rest-hook" => Some(ChannelType::RestHook),
             "websocket" => Some(ChannelType::Websocket),
+            "sse" => Some(ChannelType::Sse),
+            _ => None,
+        }
+    }
+
+    /// A hub channel type, named by a Coding of [`HUB_CHANNEL_TYPES`].
+    pub fn from_hub_code(code: &str) -> Option<ChannelType> {
+        match code {
+            "sse" => Some(ChannelType::Sse),
             _ => None,
         }
     }
@@ -291,6 +308,12 @@ fn r5_as_backport(r: &Value) -> Result<Value, OperationOutcome> {
         .and_then(Value::as_str)
         .unwrap_or("");
     let mut channel = serde_json::json!({"type": channel_type});
+    // R5 names any channel type by a Coding; R4 needs the Backport extension for ours
+    if r.pointer("/channelType/system").and_then(Value::as_str) == Some(HUB_CHANNEL_TYPES) {
+        channel = serde_json::json!({"type": "rest-hook", "_type": {"extension": [{
+            "url": CHANNEL_TYPE_EXTENSION,
+            "valueCoding": {"system": HUB_CHANNEL_TYPES, "code": channel_type}}]}});
+    }
     if let Some(e) = r.get("endpoint") {
         channel["endpoint"] = e.clone();
     }
@@ -401,45 +424,54 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
     };
 
     let kind = req_str(resource, "/channel/type", "Subscription.channel.type")?;
-    if let Some(custom) = resource
+    let custom = resource
         .pointer("/channel/_type/extension")
         .and_then(Value::as_array)
         .and_then(|a| {
             a.iter()
                 .find(|e| e.get("url").and_then(Value::as_str) == Some(CHANNEL_TYPE_EXTENSION))
-        })
-    {
-        let code = custom
-            .pointer("/valueCoding/code")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        return Err(invalid(
-            IssueType::NotSupported,
-            format!(
-                "channel type '{code}' (backport-channel-type) is not supported; this hub delivers rest-hook"
-            ),
-            "Subscription.channel.type",
-        ));
-    }
-    let Some(channel_type) = ChannelType::parse(kind) else {
-        return Err(invalid(
-            IssueType::NotSupported,
-            format!(
-                "channel type '{kind}' is not supported yet; this hub delivers rest-hook and (topic-based) websocket"
-            ),
-            "Subscription.channel.type",
-        ));
+        });
+    let channel_type = match custom {
+        // the Backport IG's way to name a channel type R4 does not have
+        Some(custom) => {
+            let system = custom.pointer("/valueCoding/system").and_then(Value::as_str);
+            let code = custom
+                .pointer("/valueCoding/code")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            system
+                .filter(|s| *s == HUB_CHANNEL_TYPES)
+                .and_then(|_| ChannelType::from_hub_code(code))
+                .ok_or_else(|| {
+                    invalid(
+                        IssueType::NotSupported,
+                        format!(
+                            "channel type '{code}' (backport-channel-type, system {}) is not supported; this hub delivers rest-hook, websocket and {HUB_CHANNEL_TYPES}#sse",
+                            system.unwrap_or("none")
+                        ),
+                        "Subscription.channel.type",
+                    )
+                })?
+        }
+        None => ChannelType::parse(kind).filter(|t| *t != ChannelType::Sse).ok_or_else(|| {
+            invalid(
+                IssueType::NotSupported,
+                format!(
+                    "channel type '{kind}' is not supported yet; this hub delivers rest-hook, (topic-based) websocket and {HUB_CHANNEL_TYPES}#sse"
+                ),
+                "Subscription.channel.type",
+            )
+        })?,
     };
-    let websocket = channel_type == ChannelType::Websocket;
-    if websocket && !is_topic {
+    if channel_type == ChannelType::Websocket && !is_topic {
         return Err(invalid(
             IssueType::NotSupported,
             "websocket channels carry topic-based notifications: criteria must be a topic canonical URL",
             "Subscription.channel.type",
         ));
     }
-    // a websocket client connects to the hub; there is no endpoint to call
-    let endpoint = if websocket {
+    // a websocket or SSE client connects to the hub; there is no endpoint to call
+    let endpoint = if !channel_type.calls_out() {
         ""
     } else {
         let endpoint = req_str(
@@ -745,6 +777,39 @@ mod tests {
             "criteria": "Observation?code=http://loinc.org|2345-7",
             "channel": {"type": "rest-hook", "endpoint": "https://ehr.example/hook",
                         "payload": "application/fhir+json", "header": ["Authorization: Bearer x"]}})
+    }
+
+    #[test]
+    fn hub_channel_types_in_r4_and_r5() {
+        let sse_r4 = json!({"resourceType": "Subscription", "status": "requested", "reason": "r",
+            "criteria": "Observation?code=1",
+            "channel": {"type": "rest-hook", "payload": "application/fhir+json",
+                "_type": {"extension": [{"url": CHANNEL_TYPE_EXTENSION,
+                    "valueCoding": {"system": HUB_CHANNEL_TYPES, "code": "sse"}}]}}});
+        let spec = validate(&sse_r4).unwrap();
+        assert_eq!(spec.channel.kind, ChannelType::Sse);
+        assert_eq!(
+            spec.channel.endpoint, "",
+            "the client connects; nothing to call"
+        );
+        // a code of another system, or one the hub does not have, is refused by name
+        let mut other = sse_r4.clone();
+        other["channel"]["_type"]["extension"][0]["valueCoding"]["system"] = json!("urn:x");
+        let oo = validate(&other).unwrap_err();
+        assert!(oo.summary().contains("urn:x"), "{}", oo.summary());
+        let mut zulip = sse_r4.clone();
+        zulip["channel"]["_type"]["extension"][0]["valueCoding"]["code"] = json!("zulip");
+        assert!(validate(&zulip).is_err());
+        // "sse" is not an R4 channel.type code
+        let mut plain = sub();
+        plain["channel"]["type"] = json!("sse");
+        assert!(validate(&plain).is_err());
+        // R5: channelType is a Coding
+        let r5 = json!({"resourceType": "Subscription", "status": "requested", "reason": "r",
+            "topic": "http://example.org/t", "content": "id-only",
+            "channelType": {"system": HUB_CHANNEL_TYPES, "code": "sse"},
+            "contentType": "application/fhir+json"});
+        assert_eq!(validate(&r5).unwrap().channel.kind, ChannelType::Sse);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Hub {
     pub wakeups: Arc<channels::wake::Wakeups>,
     /// Stored subscriptions as typed values, parsed once per version.
     pub subscriptions: Arc<model::Catalog>,
+    /// Cancelled when the process stops: long-lived streams (websocket, SSE) end cleanly so
+    /// their clients resume elsewhere. `run` makes it a child of its shutdown token.
+    pub streams: CancellationToken,
     /// The FHIR base URL clients reach this hub at (`server.base_url`, or the address the
     /// API listens on): the one source for absolute URLs in answers and notifications.
     pub base_url: Arc<str>,
@@ -88,6 +91,7 @@ impl Hub {
         Ok(Hub {
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
             subscriptions: Arc::default(),
+            streams: CancellationToken::new(),
             base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
@@ -117,6 +121,7 @@ pub async fn run(
         ),
         None => None,
     };
+    hub.streams = shutdown.child_token();
     // Without a configured base URL, the address actually bound (port 0 picks one).
     if hub.config.server.base_url.is_empty()
         && let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok())

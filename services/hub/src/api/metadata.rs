@@ -35,11 +35,17 @@ queryCriteria (previous/current, resultForCreate, resultForDelete, requireBoth) 
 fhirPathCriteria with %current/%previous (%previous is the change event's previous version or, \
 when the event lacks it, the last version the hub recorded for types that topics compare). \
 Refused: eventTrigger, \
-notificationShape include/revInclude, channel types other than rest-hook and websocket, payloads \
-other than FHIR JSON. Websocket (topic-based only): $get-ws-binding-token gives a token and \
-the websocket-url (/fhir/$subscription-ws); the client sends 'bind-with-token: <token>' and \
-receives a handshake bundle, then event-notification bundles for events after it bound \
-(earlier ones with $events), and heartbeats.";
+notificationShape include/revInclude, channel types other than rest-hook, websocket and \
+urn:fhir-hub:channel-type#sse, payloads other than FHIR JSON. Websocket (topic-based only): \
+$get-ws-binding-token gives a token and the websocket-url (/fhir/$subscription-ws); the client \
+sends 'bind-with-token: <token>' and receives a handshake bundle, then event-notification \
+bundles for events after it bound (earlier ones with $events), and heartbeats; hub extension: \
+'bind-with-token: <token> <last event number seen>' resumes after that number. Server-Sent \
+Events (channel type code sse of system urn:fhir-hub:channel-type, as backport-channel-type on \
+channel.type in R4 or channelType in R5; topic-based or criteria): GET \
+[base]/Subscription/{id}/$stream, text/event-stream with id = event number, events handshake, \
+event-notification, heartbeat, history-gone, shutdown; resume with Last-Event-ID or ?from=N; \
+browsers pass a $get-ws-binding-token token as ?token=.";
 
 pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
     let topics: Vec<serde_json::Value> = hub
@@ -67,7 +73,7 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
             "resource": [{
                 "type": "Subscription",
                 "extension": topics,
-                "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
+                "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions; sse (urn:fhir-hub:channel-type) at [base]/Subscription/{{id}}/$stream. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
                     {"code": "vread"},

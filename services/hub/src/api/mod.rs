@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod metadata;
 pub mod quarantine;
 pub mod resource;
+pub mod sse;
 pub mod status;
 pub mod subscriptions;
 pub mod topics;
@@ -44,6 +45,16 @@ pub fn router(hub: Hub) -> Router {
             get(websocket::binding_token).post(websocket::binding_token),
         )
         .route("/fhir/$subscription-ws", get(websocket::connect))
+        .route(
+            "/fhir/Subscription/{id}/$stream",
+            // browsers' EventSource reads across origins
+            get(sse::stream).layer(
+                tower_http::cors::CorsLayer::new()
+                    .allow_origin(tower_http::cors::Any)
+                    .allow_methods([axum::http::Method::GET])
+                    .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
+            ),
+        )
         .merge(resource_routes::<SubscriptionKind>())
         .merge(resource_routes::<TopicKind>())
         .route("/admin/quarantine", get(quarantine::list))

@@ -8,7 +8,7 @@
 //! `urn:fhir-hub:webhook-secret` on `channel`), or one the hub generates and shows once, in
 //! the answer to the create.
 
-use hub_fhir::subscription::{self, ChannelType, Status};
+use hub_fhir::subscription::{self, Status};
 use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::{SubscriptionRow, SubscriptionWrite};
 use serde_json::{Value, json};
@@ -40,7 +40,8 @@ async fn settle_write(
     if let Some(t) = &spec.topic {
         check_topic(hub, tenant, t).await?;
     }
-    let websocket = spec.channel.kind == ChannelType::Websocket;
+    // websocket and SSE clients connect to the hub: nothing to hand-shake with
+    let connects_in = !spec.channel.kind.calls_out();
     if spec.channel.kind.calls_out() {
         hub.egress
             .check(&spec.channel.endpoint)
@@ -69,11 +70,11 @@ async fn settle_write(
             })?;
     }
     // A client asks (requested) or stops (off); the hub activates a rest-hook after the
-    // handshake, a websocket subscription at once (its client connects to the hub and gets
-    // the handshake when it binds).
+    // handshake, a websocket or SSE subscription at once (its client connects to the hub and
+    // gets the handshake when it binds).
     let status = match spec.status {
         Status::Off => Status::Off,
-        _ if websocket => Status::Active,
+        _ if connects_in => Status::Active,
         Status::Requested | Status::Active | Status::Error => Status::Requested,
     };
     let mut resource = body.clone();

@@ -11,11 +11,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
-use hub_fhir::subscription::{ChannelType, Status};
+use hub_fhir::subscription::Status;
 use hub_fhir::{IssueType, OperationOutcome};
 use rand::RngCore;
 use serde_json::json;
@@ -40,11 +40,11 @@ pub async fn binding_token(
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
     let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
-    if sub.channel_type() != ChannelType::Websocket {
+    if sub.channel_type().calls_out() {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
             format!(
-                "Subscription/{id} uses channel type '{}'; binding tokens are for websocket subscriptions",
+                "Subscription/{id} uses channel type '{}'; binding tokens are for websocket and SSE subscriptions",
                 sub.channel_type().as_str()
             ),
         )));
@@ -111,23 +111,31 @@ async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
 
 async fn serve(hub: Hub, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
-    // every binding's reader stops with the socket
-    let stop = CancellationToken::new();
+    // every binding's reader stops with the socket, and the socket with the hub
+    let stop = hub.streams.child_token();
     let _stop_readers = stop.clone().drop_guard();
     let mut bound: HashMap<(String, String), CancellationToken> = HashMap::new();
     loop {
         tokio::select! {
+            _ = stop.cancelled() => {
+                // 1001 Going Away: reconnect (anywhere) and bind again from the last number
+                let frame = CloseFrame { code: 1001, reason: "the hub is stopping".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
             msg = socket.recv() => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t.to_string(),
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
                 };
-                let Some(token) = text.trim().strip_prefix("bind-with-token:") else {
-                    let _ = socket.send(outcome("expected 'bind-with-token: <token>'")).await;
+                let Some((token, last_seen)) = parse_bind(&text) else {
+                    let _ = socket
+                        .send(outcome("expected 'bind-with-token: <token>' or 'bind-with-token: <token> <last event number seen>'"))
+                        .await;
                     continue;
                 };
-                match bind(&hub, token.trim()).await {
+                match bind(&hub, token).await {
                     Ok(sub) => {
                         tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
                         // binding the same subscription again replaces its reader
@@ -135,7 +143,7 @@ async fn serve(hub: Hub, mut socket: WebSocket) {
                         if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
                             old.cancel();
                         }
-                        tokio::spawn(read_binding(hub.clone(), sub, tx.clone(), reader));
+                        tokio::spawn(read_binding(hub.clone(), sub, last_seen, tx.clone(), reader));
                     }
                     Err(why) => {
                         let _ = socket.send(outcome(why)).await;
@@ -154,13 +162,32 @@ async fn serve(hub: Hub, mut socket: WebSocket) {
     }
 }
 
-/// One binding: a handshake, then the subscription's stream from the count at bind time
-/// (live notifications; missed ones are read with `$events`), grouped by max-count, with
-/// heartbeats on the subscription's period. This reader keeps no cursor in the store:
-/// what a socket was sent says nothing about what the client processed.
+/// `bind-with-token: <token>` (the Backport IG), or with the hub's resume extension
+/// `bind-with-token: <token> <last event number seen>`.
+fn parse_bind(text: &str) -> Option<(&str, Option<i64>)> {
+    let rest = text.trim().strip_prefix("bind-with-token:")?.trim();
+    let mut parts = rest.split_whitespace();
+    let token = parts.next()?;
+    let last_seen = match parts.next() {
+        None => None,
+        Some(n) => Some(n.parse::<i64>().ok().filter(|n| *n >= 0)?),
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((token, last_seen))
+}
+
+/// One binding: a handshake, then the subscription's stream, grouped by max-count, with
+/// heartbeats on the subscription's period: after `last_seen` when the client resumes
+/// (every later notification once, in order, before live ones; or a history-gone message),
+/// else from the count at bind time (live; missed ones are read with `$events`). This
+/// reader keeps no cursor in the store: what a socket was sent says nothing about what the
+/// client processed.
 async fn read_binding(
     hub: Hub,
     sub: Subscription,
+    last_seen: Option<i64>,
     tx: mpsc::Sender<Message>,
     stop: CancellationToken,
 ) {
@@ -187,7 +214,8 @@ async fn read_binding(
         .heartbeat_secs
         .map(|s| Duration::from_secs(u64::from(s)));
     let group = crate::channels::group_size(&sub);
-    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
+    let after = last_seen.unwrap_or(sub.events_since_start);
+    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
@@ -215,5 +243,24 @@ async fn read_binding(
             }
         }
         last_sent = tokio::time::Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bind;
+
+    #[test]
+    fn bind_lines() {
+        assert_eq!(parse_bind("bind-with-token: abc"), Some(("abc", None)));
+        assert_eq!(
+            parse_bind(" bind-with-token:abc 41 "),
+            Some(("abc", Some(41)))
+        );
+        assert_eq!(parse_bind("bind-with-token: abc -1"), None);
+        assert_eq!(parse_bind("bind-with-token: abc x"), None);
+        assert_eq!(parse_bind("bind-with-token: abc 1 2"), None);
+        assert_eq!(parse_bind("bind-with-token:"), None);
+        assert_eq!(parse_bind("bind abc"), None);
     }
 }

@@ -1,0 +1,31 @@
+"""An SSE subscriber using `httpx-sse`, the way a dashboard or a service reads a hub SSE
+subscription.
+
+Usage: sse_client.py URL COUNT [LAST_EVENT_ID]
+Connects (sending `Last-Event-ID` when given), prints every event received as one JSON line
+{"event", "id", "data"}, flushes, and exits after COUNT events (the handshake included).
+"""
+import json
+import sys
+
+import httpx
+from httpx_sse import connect_sse
+
+
+def main() -> int:
+    url, count = sys.argv[1], int(sys.argv[2])
+    headers = {"Last-Event-ID": sys.argv[3]} if len(sys.argv) > 3 else {}
+    with httpx.Client(timeout=httpx.Timeout(30.0)) as client:
+        with connect_sse(client, "GET", url, headers=headers) as source:
+            source.response.raise_for_status()
+            seen = 0
+            for sse in source.iter_sse():
+                print(json.dumps({"event": sse.event, "id": sse.id, "data": sse.data}), flush=True)
+                seen += 1
+                if seen >= count:
+                    break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

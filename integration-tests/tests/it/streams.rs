@@ -1,0 +1,190 @@
+//! Streaming channels with replayable offsets, with real third-party clients: SSE read by
+//! `httpx-sse` (resume with `Last-Event-ID` and `from`, history-gone after retention purged
+//! the asked-for numbers) and the websocket resume extension read by `websockets`.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Hub, HubEnv, PyClient};
+use crate::topics::{event, obs, param, subscription, topic};
+
+const SSE_TYPE: &str = "urn:fhir-hub:channel-type";
+const CHANNEL_TYPE: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type";
+
+fn sse_subscription() -> Value {
+    let mut s = subscription("unused", Some("full-resource"), None);
+    // the Backport IG's way to name a channel type R4 lacks
+    s["channel"] = json!({"type": "rest-hook", "payload": "application/fhir+json",
+        "_type": {"extension": [{"url": CHANNEL_TYPE,
+                                 "valueCoding": {"system": SSE_TYPE, "code": "sse"}}]},
+        "_payload": s["channel"]["_payload"].clone()});
+    s
+}
+
+async fn publish(hub: &Hub, ids: std::ops::Range<usize>) {
+    for i in ids {
+        let (c, b) = hub
+            .post_json(
+                "/events",
+                &event(
+                    "create",
+                    &obs(&format!("s{i}"), "final", "Patient/p1"),
+                    None,
+                ),
+            )
+            .await;
+        assert_eq!(c, 202, "{b}");
+    }
+}
+
+/// The event number a bundle carries in its (last) notification-event.
+fn event_number(bundle: &Value) -> String {
+    let status = &bundle["entry"][0]["resource"];
+    let events: Vec<&Value> = status["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "notification-event")
+        .collect();
+    events.last().unwrap()["part"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sse_resumes_by_event_number_and_says_when_history_is_gone() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let (c, t) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201, "{t}");
+    let (c, s) = hub
+        .post_json("/fhir/Subscription", &sse_subscription())
+        .await;
+    assert_eq!(c, 201, "{s}");
+    assert_eq!(s["status"], "active", "an SSE client connects to the hub");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/fhir/Subscription/{id}/$stream", hub.url);
+
+    publish(&hub, 1..4).await;
+    hub.wait_events(&id, 3).await;
+
+    // from=1: the handshake, then 1, 2, 3 in order
+    let from_start = format!("{url}?from=1");
+    let c = PyClient::start(&python, "sse_client.py", &[&from_start, "4"]);
+    let hs = c.next("handshake");
+    assert_eq!(hs["event"], "handshake", "{hs}");
+    for n in ["1", "2", "3"] {
+        let e = c.next("event-notification");
+        assert_eq!(
+            (e["event"].as_str(), e["id"].as_str()),
+            (Some("event-notification"), Some(n))
+        );
+        let bundle: Value = serde_json::from_str(e["data"].as_str().unwrap()).unwrap();
+        assert_eq!(event_number(&bundle), n);
+        assert_eq!(
+            bundle["entry"][1]["resource"]["resourceType"],
+            "Observation"
+        );
+    }
+    c.finish();
+
+    // Last-Event-ID: 2 resumes with 3, nothing repeated; then live events arrive in order
+    let c = PyClient::start(&python, "sse_client.py", &[&url, "4", "2"]);
+    assert_eq!(c.next("handshake")["event"], "handshake");
+    assert_eq!(c.next("resumed")["id"], "3");
+    publish(&hub, 4..6).await;
+    assert_eq!(c.next("live")["id"], "4");
+    assert_eq!(c.next("live")["id"], "5");
+    c.finish();
+
+    // retention purges the log (a stream subscription's notifications go by age alone)
+    let store = hub_store::Store::connect(&format!(
+        "sqlite://{}",
+        hub.data_dir.path().join("hub.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .purge_notifications("9999-01-01T00:00:00Z")
+            .await
+            .unwrap(),
+        5
+    );
+    let c = PyClient::start(&python, "sse_client.py", &[&from_start, "2"]);
+    assert_eq!(c.next("handshake")["event"], "handshake");
+    let gone = c.next("history-gone");
+    assert_eq!(gone["event"], "history-gone", "{gone}");
+    let oo: Value = serde_json::from_str(gone["data"].as_str().unwrap()).unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(oo.to_string().contains("continues from event 6"), "{oo}");
+    c.finish();
+
+    // refusals are OperationOutcomes
+    let (c, oo) = hub
+        .get(&format!("/fhir/Subscription/{id}/$stream?from=zero"))
+        .await;
+    assert_eq!(c, 400, "{oo}");
+    let rx = crate::receiver::TestReceiver::start().await;
+    let (_, hook) = hub
+        .post_json("/fhir/Subscription", &subscription(&rx.url, None, None))
+        .await;
+    let (c, oo) = hub
+        .get(&format!(
+            "/fhir/Subscription/{}/$stream",
+            hook["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(c, 422, "{oo}");
+    let (c, _) = hub.get("/fhir/Subscription/nobody/$stream").await;
+    assert_eq!(c, 404);
+    let (c, oo) = hub
+        .get(&format!("/fhir/Subscription/{id}/$stream?token=forged"))
+        .await;
+    assert_eq!(c, 401, "{oo}");
+}
+
+#[tokio::test]
+async fn websocket_binds_resume_after_the_last_event_seen() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let (c, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201);
+    let mut s = subscription("unused", Some("id-only"), None);
+    s["channel"] = json!({"type": "websocket", "payload": "application/fhir+json",
+        "_payload": s["channel"]["_payload"].clone()});
+    let (c, s) = hub.post_json("/fhir/Subscription", &s).await;
+    assert_eq!(c, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    publish(&hub, 1..4).await;
+    hub.wait_events(&id, 3).await;
+
+    let (_, p) = hub
+        .get(&format!("/fhir/Subscription/{id}/$get-ws-binding-token"))
+        .await;
+    let token = param(&p, "token").unwrap()["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws_url = param(&p, "websocket-url").unwrap()["valueUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // "I have seen 1": 2 and 3 come, in order, then live ones
+    let c = PyClient::start(&python, "ws_client.py", &[&ws_url, &token, "4", "1"]);
+    let hs = c.next("handshake");
+    assert_eq!(
+        param(&hs["entry"][0]["resource"], "type").unwrap()["valueCode"],
+        "handshake"
+    );
+    assert_eq!(event_number(&c.next("event 2")), "2");
+    assert_eq!(event_number(&c.next("event 3")), "3");
+    publish(&hub, 4..5).await;
+    assert_eq!(event_number(&c.next("event 4")), "4");
+    c.finish();
+}

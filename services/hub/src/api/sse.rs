@@ -1,0 +1,236 @@
+//! The Server-Sent Events channel: `GET /fhir/Subscription/{id}/$stream` streams an SSE
+//! subscription's notifications as `text/event-stream`, resumable by event number.
+//!
+//! - `id:` is the event number (of the bundle's last event, when `backport-max-count` groups
+//!   several), so a browser `EventSource` resumes on its own with `Last-Event-ID`; a client
+//!   may also ask `?from=N` for everything from event number N on. Without either, the
+//!   stream starts live, after the subscription's current count.
+//! - `event:` is `handshake` (first, without an id), `event-notification`, `heartbeat` (on
+//!   the subscription's heartbeat period), `history-gone` (events after the position were
+//!   purged by retention: an OperationOutcome saying from which number the stream resumes),
+//!   and `shutdown` (the hub is stopping: reconnect, anywhere, with `Last-Event-ID`).
+//! - `data:` is the notification bundle in the subscription's shape (R4 Backport, R4B, R5)
+//!   and content level; for an R4 criteria subscription, the resource when the channel has
+//!   a payload.
+//! - `retry:` advises 2 s; comments keep idle connections open through proxies.
+//!
+//! The body is pulled: the next notifications are read from the log only when the client
+//! has taken the previous ones, so a connection holds at most one batch, and a slow client
+//! falls behind on the log (and is told `history-gone` if retention passes it) instead of
+//! growing the hub's memory. Browsers cannot set headers on an `EventSource`; they pass a
+//! binding token from `$get-ws-binding-token` as `?token=`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use hub_fhir::subscription::ChannelType;
+use hub_fhir::{IssueType, OperationOutcome};
+use hub_store::Notification;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::ApiError;
+use super::auth::Caller;
+use super::resource::check_id;
+use crate::Hub;
+use crate::channels::render::{Kind, Message};
+use crate::channels::stream::{Item, SubscriptionStream};
+use crate::model::Subscription;
+
+/// Reconnection advice sent to clients.
+const RETRY: Duration = Duration::from_secs(2);
+/// Most notifications read from the log at a time for one connection.
+const BATCH: usize = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// The first event number wanted.
+    from: Option<String>,
+    /// A binding token (browsers: `EventSource` cannot send headers).
+    token: Option<String>,
+}
+
+fn bad(msg: String) -> ApiError {
+    ApiError::bad_request(OperationOutcome::error(IssueType::Value, msg))
+}
+
+/// The position to stream after: `Last-Event-ID`, else `from` − 1, else the current count.
+fn start_after(headers: &HeaderMap, q: &StreamQuery, sub: &Subscription) -> Result<i64, ApiError> {
+    if let Some(v) = headers.get("last-event-id") {
+        let s = v.to_str().unwrap_or("");
+        return s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| bad(format!("Last-Event-ID '{s}' is not an event number")));
+    }
+    if let Some(f) = &q.from {
+        return f
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(|n| n - 1)
+            .ok_or_else(|| bad(format!("from '{f}' must be an event number (1 or more)")));
+    }
+    Ok(sub.events_since_start)
+}
+
+/// `GET /fhir/Subscription/{id}/$stream`.
+pub async fn stream(
+    State(hub): State<Hub>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
+    if sub.channel_type() != ChannelType::Sse {
+        return Err(ApiError::unprocessable(OperationOutcome::error(
+            IssueType::NotSupported,
+            format!(
+                "Subscription/{id} uses channel type '{}'; $stream serves SSE subscriptions",
+                sub.channel_type().as_str()
+            ),
+        )));
+    }
+    if let Some(token) = &q.token {
+        let bound = hub.store.ws_token(token).await?;
+        if bound.as_ref().map(|(t, s)| (t.as_str(), s.as_str())) != Some((&sub.tenant, &sub.id)) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                OperationOutcome::error(
+                    IssueType::Security,
+                    "the token is unknown, expired, or for another subscription",
+                ),
+            ));
+        }
+    }
+    let after = start_after(&headers, &q, &sub)?;
+    tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "SSE stream opened");
+    let events = events(hub.clone(), sub, after, hub.streams.clone());
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+struct Reader {
+    hub: Hub,
+    sub: Subscription,
+    stream: SubscriptionStream,
+    pending: VecDeque<Event>,
+    heartbeat: Option<Duration>,
+    last_sent: tokio::time::Instant,
+    stop: CancellationToken,
+    done: bool,
+}
+
+impl Reader {
+    fn message(&self, kind: Kind, since: i64, notes: &[Notification]) -> Event {
+        let rendered = Message::new(&self.sub, &self.hub.base_url, self.sub.status, kind, since)
+            .with(notes)
+            .render();
+        let data = rendered
+            .body
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        Event::default().event(kind.code()).data(data)
+    }
+
+    /// Refill `pending` from the subscription stream; false when the stream is over.
+    async fn refill(&mut self) -> bool {
+        let quiet_until = self.heartbeat.map(|p| self.last_sent + p);
+        match self.stream.next(BATCH, quiet_until, &self.stop).await {
+            None => {
+                self.pending.push_back(
+                    Event::default()
+                        .event("shutdown")
+                        .data("the hub is stopping; reconnect with Last-Event-ID"),
+                );
+                self.done = true;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(subscription = %self.sub.id, error = %e, "cannot read notifications for an SSE stream");
+                self.pending.push_back(
+                    Event::default()
+                        .event("error")
+                        .data("the notification log is unavailable; reconnect with Last-Event-ID"),
+                );
+                self.done = true;
+            }
+            Some(Ok(Item::Quiet)) => {
+                let m = self.message(Kind::Heartbeat, self.stream.position(), &[]);
+                self.pending.push_back(m);
+            }
+            Some(Ok(Item::HistoryGone { after, resumes_at })) => {
+                let oo = OperationOutcome::error(
+                    IssueType::NotFound,
+                    format!(
+                        "events after {after} are no longer in the notification log (retention); the stream continues from event {resumes_at}"
+                    ),
+                );
+                self.pending.push_back(
+                    Event::default()
+                        .event("history-gone")
+                        .data(oo.to_json().to_string()),
+                );
+            }
+            Some(Ok(Item::Notifications(notes))) => {
+                let group = crate::channels::group_size(&self.sub);
+                for g in notes.chunks(group) {
+                    if let Some(last) = g.last() {
+                        let m = self.message(Kind::EventNotification, last.event_number, g);
+                        self.pending.push_back(m.id(last.event_number.to_string()));
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The event stream of one connection: a handshake, then the subscription's stream.
+fn events(
+    hub: Hub,
+    sub: Subscription,
+    after: i64,
+    stop: CancellationToken,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
+    let heartbeat = sub
+        .spec
+        .channel
+        .heartbeat_secs
+        .map(|s| Duration::from_secs(u64::from(s)));
+    let mut reader = Reader {
+        hub,
+        sub,
+        stream,
+        pending: VecDeque::new(),
+        heartbeat,
+        last_sent: tokio::time::Instant::now(),
+        stop,
+        done: false,
+    };
+    let handshake = reader
+        .message(Kind::Handshake, reader.sub.events_since_start, &[])
+        .retry(RETRY);
+    reader.pending.push_back(handshake);
+    futures::stream::unfold(reader, |mut r| async move {
+        while r.pending.is_empty() {
+            if r.done || !r.refill().await {
+                return None;
+            }
+        }
+        let event = r.pending.pop_front()?;
+        r.last_sent = tokio::time::Instant::now();
+        Some((Ok(event), r))
+    })
+}
