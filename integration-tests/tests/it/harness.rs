@@ -43,6 +43,8 @@ pub(crate) fn require_external(var: &str) -> Option<String> {
 /// A running hub process, killed on drop.
 pub(crate) struct Hub {
     pub url: String,
+    /// `http://127.0.0.1:PORT` of the gRPC listener.
+    pub grpc_url: String,
     pub child: Child,
     pub data_dir: tempfile::TempDir,
     pub http: reqwest::Client,
@@ -77,10 +79,14 @@ impl Hub {
         let mut child = spawn(&env, &data_dir);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let (gtx, grx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("fhir-hub listening on ") {
                     let _ = tx.send(url.to_owned());
+                }
+                if let Some(addr) = line.strip_prefix("fhir-hub grpc listening on ") {
+                    let _ = gtx.send(format!("http://{addr}"));
                 }
             }
         });
@@ -88,8 +94,12 @@ impl Hub {
             .await
             .unwrap()
             .expect("fhir-hub did not report its address within 60 s");
+        let grpc_url = grx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
         Hub {
             url,
+            grpc_url,
             child,
             data_dir,
             http: reqwest::Client::new(),
@@ -139,6 +149,8 @@ fn spawn(env: &HubEnv, data_dir: &tempfile::TempDir) -> Child {
         // The receivers run on loopback, which production refuses.
         .env("HUB_DELIVERY__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]")
         .env("HUB_MATCHER__POLL_MS", "100")
+        // every test hub picks free ports
+        .env("HUB_GRPC__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info,fhir_hub=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(

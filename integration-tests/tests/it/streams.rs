@@ -188,3 +188,157 @@ async fn websocket_binds_resume_after_the_last_event_seen() {
     assert_eq!(event_number(&c.next("event 4")), "4");
     c.finish();
 }
+
+fn hub_channel(code: &str, content: &str) -> Value {
+    let mut s = sse_subscription();
+    s["channel"]["_type"]["extension"][0]["valueCoding"]["code"] = json!(code);
+    s["channel"]["_payload"]["extension"][0]["valueCode"] = json!(content);
+    s
+}
+
+#[tokio::test]
+async fn grpc_streams_from_an_event_number_and_consumers_resume_from_commits() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let target = hub.grpc_url.trim_start_matches("http://").to_owned();
+    assert!(!target.is_empty(), "the hub printed its gRPC address");
+    let (c, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201);
+    let mut ids = Vec::new();
+    for (code, content) in [
+        ("grpc", "full-resource"),
+        ("grpc", "id-only"),
+        ("sse", "empty"),
+    ] {
+        let (c, s) = hub
+            .post_json("/fhir/Subscription", &hub_channel(code, content))
+            .await;
+        assert_eq!(c, 201, "{s}");
+        ids.push(s["id"].as_str().unwrap().to_owned());
+    }
+    let (a, b, sse) = (&ids[0], &ids[1], &ids[2]);
+    publish(&hub, 1..4).await;
+    hub.wait_events(a, 3).await;
+    hub.wait_events(b, 3).await;
+
+    let health = PyClient::start(&python, "grpc_client.py", &[&target, "health"]);
+    assert_eq!(health.next("health")["serving"], true);
+
+    // from an event number
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", a, "2", "2"],
+    );
+    for n in [2, 3] {
+        let m = c.next("notification");
+        assert_eq!(m["event_number"], n, "{m}");
+        assert_eq!(m["bundle_type"], "history");
+    }
+    c.finish();
+    // live (0), then a new event
+    let live = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", a, "0", "1"],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    publish(&hub, 4..5).await;
+    assert_eq!(live.next("live")["event_number"], 4);
+    live.finish();
+
+    // a named consumer commits, goes away, and resumes after its commit
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "etl", a, "2", "commit"],
+    );
+    assert_eq!(c.next("first")["event_number"], 1);
+    assert_eq!(c.next("second")["event_number"], 2);
+    c.finish();
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "etl", a, "2"],
+    );
+    assert_eq!(c.next("resumed")["event_number"], 3);
+    assert_eq!(c.next("resumed")["event_number"], 4);
+    c.finish();
+    // over two subscriptions: each from its own committed offset (b: never committed)
+    let ab = format!("{a},{b}");
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "etl", &ab, "6"],
+    );
+    let mut got: Vec<(String, i64)> = (0..6)
+        .map(|_| {
+            let m = c.next("merged");
+            (
+                m["subscription"].as_str().unwrap().to_owned(),
+                m["event_number"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    c.finish();
+    got.sort();
+    let mut want: Vec<(String, i64)> = vec![(a.clone(), 3), (a.clone(), 4)];
+    want.extend((1..=4).map(|n| (b.clone(), n)));
+    want.sort();
+    assert_eq!(got, want);
+
+    // one consumer name, one connection at a time
+    let holder = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "solo", a, "100"],
+    );
+    assert_eq!(holder.next("holder")["event_number"], 1);
+    let second = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "solo", a, "1"],
+    );
+    assert_eq!(second.next("refused")["error"], "ABORTED");
+    drop(holder);
+
+    // statuses
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", "nobody", "1", "1"],
+    );
+    assert_eq!(c.next("unknown")["error"], "NOT_FOUND");
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", sse, "1", "1"],
+    );
+    assert_eq!(c.next("not grpc")["error"], "FAILED_PRECONDITION");
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "commit", "etl", a, "99"],
+    );
+    assert_eq!(c.next("past the count")["error"], "INVALID_ARGUMENT");
+    let store = hub_store::Store::connect(&format!(
+        "sqlite://{}",
+        hub.data_dir.path().join("hub.db").display()
+    ))
+    .await
+    .unwrap();
+    store
+        .purge_notifications("9999-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    let c = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", a, "1", "1"],
+    );
+    let gone = c.next("purged");
+    assert_eq!(gone["error"], "OUT_OF_RANGE", "{gone}");
+    assert!(gone["details"].as_str().unwrap().contains("5"), "{gone}");
+}

@@ -47,6 +47,9 @@ pub enum ChannelType {
     /// A hub channel type (code `sse` in [`HUB_CHANNEL_TYPES`]), named with the Backport
     /// IG's `backport-channel-type` extension in R4 and as `channelType` in R5.
     Sse,
+    /// The hub's gRPC stream (`fhirhub.v1.NotificationStream`), code `grpc` in
+    /// [`HUB_CHANNEL_TYPES`].
+    Grpc,
 }
 
 /// The hub's code system for channel types FHIR does not define.
@@ -58,6 +61,7 @@ impl ChannelType {
             ChannelType::RestHook => "rest-hook",
             ChannelType::Websocket => "websocket",
             ChannelType::Sse => "sse",
+            ChannelType::Grpc => "grpc",
         }
     }
 
@@ -66,6 +70,7 @@ impl ChannelType {
             "rest-hook" => Some(ChannelType::RestHook),
             "websocket" => Some(ChannelType::Websocket),
             "sse" => Some(ChannelType::Sse),
+            "grpc" => Some(ChannelType::Grpc),
             _ => None,
         }
     }
@@ -74,6 +79,7 @@ impl ChannelType {
     pub fn from_hub_code(code: &str) -> Option<ChannelType> {
         match code {
             "sse" => Some(ChannelType::Sse),
+            "grpc" => Some(ChannelType::Grpc),
             _ => None,
         }
     }
@@ -446,18 +452,20 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
                     invalid(
                         IssueType::NotSupported,
                         format!(
-                            "channel type '{code}' (backport-channel-type, system {}) is not supported; this hub delivers rest-hook, websocket and {HUB_CHANNEL_TYPES}#sse",
+                            "channel type '{code}' (backport-channel-type, system {}) is not supported; this hub delivers rest-hook, websocket, {HUB_CHANNEL_TYPES}#sse and {HUB_CHANNEL_TYPES}#grpc",
                             system.unwrap_or("none")
                         ),
                         "Subscription.channel.type",
                     )
                 })?
         }
-        None => ChannelType::parse(kind).filter(|t| *t != ChannelType::Sse).ok_or_else(|| {
+        None => ChannelType::parse(kind)
+            .filter(|t| matches!(t, ChannelType::RestHook | ChannelType::Websocket))
+            .ok_or_else(|| {
             invalid(
                 IssueType::NotSupported,
                 format!(
-                    "channel type '{kind}' is not supported yet; this hub delivers rest-hook, (topic-based) websocket and {HUB_CHANNEL_TYPES}#sse"
+                    "channel type '{kind}' is not supported yet; this hub delivers rest-hook, (topic-based) websocket, {HUB_CHANNEL_TYPES}#sse and {HUB_CHANNEL_TYPES}#grpc"
                 ),
                 "Subscription.channel.type",
             )

@@ -111,6 +111,7 @@ async fn start_hub() -> HubProcess {
             "[\"0s\",\"1s\",\"2s\",\"5s\",\"10s\",\"30s\",\"1m\"]",
         )
         .env("HUB_MATCHER__POLL_MS", "20")
+        .env("HUB_GRPC__LISTEN", "")
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -23,6 +23,15 @@ pub struct Config {
     pub matcher: MatcherConfig,
     pub delivery: DeliveryConfig,
     pub tenancy: TenancyConfig,
+    pub grpc: GrpcConfig,
+}
+
+/// The gRPC notification stream (`proto/fhirhub/v1/stream.proto`), served by the api role.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address of the gRPC listener; empty turns it off. Port 0 picks a free port (printed).
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

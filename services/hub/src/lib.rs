@@ -122,6 +122,15 @@ pub async fn run(
         None => None,
     };
     hub.streams = shutdown.child_token();
+    let grpc_listener = match hub.config.grpc.listen.as_str() {
+        "" => None,
+        addr if hub.config.has_role(Role::Api) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding grpc.listen {addr}"))?,
+        ),
+        _ => None,
+    };
     // Without a configured base URL, the address actually bound (port 0 picks one).
     if hub.config.server.base_url.is_empty()
         && let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok())
@@ -161,6 +170,14 @@ pub async fn run(
     {
         let (h, s) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move { api::serve(h, listener, s).await.context("api role") });
+    }
+    if let Some(listener) = grpc_listener {
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            channels::grpc::serve(h, listener, s)
+                .await
+                .context("gRPC listener")
+        });
     }
 
     // A role that fails takes the process down (so a supervisor restarts it) after the

@@ -5,6 +5,7 @@
 //! [`Caller`], so authorization, auditing and tenant isolation need no rewrite.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use super::ApiError;
@@ -28,14 +29,20 @@ impl Caller {
     }
 }
 
+/// Establish the caller from a request's headers: the one function every surface (the HTTP
+/// API, websocket and SSE through the extractor below, and the gRPC server) goes through.
+pub fn establish(hub: &Hub, _headers: &HeaderMap) -> Result<Caller, ApiError> {
+    Ok(Caller {
+        subject: "anonymous".into(),
+        tenant: hub.config.tenancy.default_tenant.clone(),
+        scopes: vec!["hub/admin".into()],
+    })
+}
+
 impl FromRequestParts<Hub> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
-        Ok(Caller {
-            subject: "anonymous".into(),
-            tenant: hub.config.tenancy.default_tenant.clone(),
-            scopes: vec!["hub/admin".into()],
-        })
+    async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
+        establish(hub, &parts.headers)
     }
 }

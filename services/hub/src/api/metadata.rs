@@ -45,7 +45,10 @@ Events (channel type code sse of system urn:fhir-hub:channel-type, as backport-c
 channel.type in R4 or channelType in R5; topic-based or criteria): GET \
 [base]/Subscription/{id}/$stream, text/event-stream with id = event number, events handshake, \
 event-notification, heartbeat, history-gone, shutdown; resume with Last-Event-ID or ?from=N; \
-browsers pass a $get-ws-binding-token token as ?token=.";
+browsers pass a $get-ws-binding-token token as ?token=. gRPC (code grpc of \
+urn:fhir-hub:channel-type): fhirhub.v1.NotificationStream on the hub's gRPC listener \
+(grpc.listen; reflection and grpc.health.v1): Subscribe from an event number, Consume as a \
+named consumer resuming after its committed offsets, Commit.";
 
 pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
     let topics: Vec<serde_json::Value> = hub
@@ -73,7 +76,7 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
             "resource": [{
                 "type": "Subscription",
                 "extension": topics,
-                "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions; sse (urn:fhir-hub:channel-type) at [base]/Subscription/{{id}}/$stream. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
+                "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions; sse (urn:fhir-hub:channel-type) at [base]/Subscription/{{id}}/$stream; grpc (urn:fhir-hub:channel-type) on the gRPC listener. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
                     {"code": "vread"},

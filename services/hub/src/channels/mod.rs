@@ -9,6 +9,7 @@
 //! A channel adapter (rest-hook in `delivery`, the websocket in `api::websocket`) only
 //! frames, writes and reports its progress: cursors belong to readers.
 
+pub mod grpc;
 pub mod render;
 pub mod stream;
 pub mod wake;

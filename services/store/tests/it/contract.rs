@@ -768,3 +768,15 @@ pub(crate) async fn versions_are_kept_and_continue_after_a_delete(store: Store) 
             .is_empty()
     );
 }
+
+pub(crate) async fn consumer_offsets_only_move_forward(store: Store) {
+    assert_eq!(store.committed_offset("t", "etl", "s1").await.unwrap(), 0);
+    assert_eq!(store.commit_offset("t", "etl", "s1", 5).await.unwrap(), 5);
+    assert_eq!(store.commit_offset("t", "etl", "s1", 3).await.unwrap(), 5);
+    assert_eq!(store.commit_offset("t", "etl", "s1", 9).await.unwrap(), 9);
+    assert_eq!(store.committed_offset("t", "etl", "s1").await.unwrap(), 9);
+    // per consumer, per subscription, per tenant
+    assert_eq!(store.committed_offset("t", "other", "s1").await.unwrap(), 0);
+    assert_eq!(store.committed_offset("t", "etl", "s2").await.unwrap(), 0);
+    assert_eq!(store.committed_offset("u", "etl", "s1").await.unwrap(), 0);
+}

@@ -74,6 +74,7 @@ contract_suite!(
     quarantine_keeps_one_row_per_position,
     generations_move_per_tenant_and_only_on_client_writes,
     versions_are_kept_and_continue_after_a_delete,
+    consumer_offsets_only_move_forward,
 );
 
 #[tokio::test]

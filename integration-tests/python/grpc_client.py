@@ -1,0 +1,87 @@
+"""A gRPC client of the hub's NotificationStream using `grpcio`, with stubs generated from
+`proto/` by `grpc_tools.protoc` at start (as an analytics job would).
+
+Usage:
+  grpc_client.py TARGET subscribe SUBSCRIPTION FROM COUNT
+  grpc_client.py TARGET consume CONSUMER SUB[,SUB...] COUNT [commit]
+  grpc_client.py TARGET commit CONSUMER SUBSCRIPTION NUMBER
+  grpc_client.py TARGET health
+Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
+"bundle_type"}), or {"error": CODE, "details": ...} when the call fails, and exits after COUNT.
+"""
+import importlib
+import json
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_ROOT = os.path.join(HERE, "..", "..", "proto")
+
+
+def stubs():
+    out = tempfile.mkdtemp(prefix="fhirhub-stubs-")
+    args = ["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}", f"--grpc_python_out={out}",
+            os.path.join(PROTO_ROOT, "fhirhub", "v1", "stream.proto")]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    sys.path.insert(0, out)
+    pb = importlib.import_module("fhirhub.v1.stream_pb2")
+    rpc = importlib.import_module("fhirhub.v1.stream_pb2_grpc")
+    return pb, rpc
+
+
+def show(n):
+    bundle = json.loads(n.bundle_json)
+    print(json.dumps({"subscription": n.subscription_id, "event_number": n.event_number,
+                      "notification_id": n.notification_id, "bundle_type": bundle.get("type")}),
+          flush=True)
+
+
+def main() -> int:
+    target, mode = sys.argv[1], sys.argv[2]
+    channel = grpc.insecure_channel(target)
+    if mode == "health":
+        check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                    request_serializer=lambda b: b,
+                                    response_deserializer=lambda b: b)
+        # HealthCheckResponse { status = 1 (SERVING) } is the two bytes 08 01
+        print(json.dumps({"serving": check(b"", timeout=10) == b"\x08\x01"}), flush=True)
+        return 0
+    pb, rpc = stubs()
+    stub = rpc.NotificationStreamStub(channel)
+    try:
+        if mode == "subscribe":
+            sub, start, count = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+            stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, from_event_number=start))
+            for i, n in enumerate(stream):
+                show(n)
+                if i + 1 >= count:
+                    stream.cancel()
+                    break
+        elif mode == "consume":
+            consumer, subs, count = sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
+            commit = len(sys.argv) > 6 and sys.argv[6] == "commit"
+            stream = stub.Consume(pb.ConsumeRequest(consumer=consumer, subscription_ids=subs))
+            for i, n in enumerate(stream):
+                show(n)
+                if commit:
+                    stub.Commit(pb.CommitRequest(consumer=consumer, subscription_id=n.subscription_id,
+                                                 event_number=n.event_number))
+                if i + 1 >= count:
+                    stream.cancel()
+                    break
+        elif mode == "commit":
+            r = stub.Commit(pb.CommitRequest(consumer=sys.argv[3], subscription_id=sys.argv[4],
+                                             event_number=int(sys.argv[5])))
+            print(json.dumps({"committed": r.committed}), flush=True)
+    except grpc.RpcError as e:
+        print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

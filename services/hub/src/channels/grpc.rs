@@ -1,0 +1,349 @@
+//! The gRPC channel: `fhirhub.v1.NotificationStream` (`proto/fhirhub/v1/stream.proto`), a
+//! fourth adapter over the subscription stream, with server reflection and the standard
+//! health service on its own listener (`grpc.listen`).
+//!
+//! - `Subscribe(subscription, from_event_number)`: the subscription's notifications from
+//!   that number (0: only new ones), one message per event with its bundle.
+//! - `Consume(consumer, subscriptions)`: a named consumer resumes each subscription after
+//!   the offset it committed (`Commit`, kept in the store), like a Kafka consumer group of
+//!   one member: a second connection with the same name is refused (`ABORTED`) while the
+//!   first is open in this process.
+//! - Errors are gRPC statuses: `NOT_FOUND`, `FAILED_PRECONDITION` (not a gRPC subscription),
+//!   `OUT_OF_RANGE` (the asked-for numbers were purged), `UNAVAILABLE` (the hub is stopping,
+//!   or the store is), `INVALID_ARGUMENT`.
+//!
+//! Streams are pulled: the next notifications are read from the log when the client has
+//! taken the previous ones (HTTP/2 flow control), so a slow consumer lags on the log rather
+//! than in the hub's memory.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use hub_fhir::subscription::ChannelType;
+use hub_store::Notification;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::Hub;
+use crate::api::auth::{self, Caller};
+use crate::channels::render::{Kind, Message};
+use crate::channels::stream::{Item, SubscriptionStream};
+use crate::model::Subscription;
+
+/// The generated protocol.
+pub mod pb {
+    #![allow(unreachable_pub, clippy::all)]
+    tonic::include_proto!("fhirhub.v1");
+
+    /// For server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("fhirhub_descriptor");
+}
+
+use pb::notification_stream_server::{NotificationStream, NotificationStreamServer};
+
+type Notifications = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
+
+/// Most notifications read from the log at a time for one stream.
+const BATCH: usize = 500;
+/// Most subscriptions one consumer reads at once.
+const MAX_CONSUMER_SUBSCRIPTIONS: usize = 100;
+
+/// The service.
+pub struct Service {
+    hub: Hub,
+    /// Consumer names with an open connection in this process.
+    consuming: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
+    let headers = req.metadata().clone().into_headers();
+    auth::establish(hub, &headers).map_err(|e| Status::unauthenticated(e.outcome.summary()))
+}
+
+fn store_status(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("store unavailable: {e}"))
+}
+
+impl Service {
+    /// A gRPC subscription of the caller's tenant.
+    async fn subscription(&self, caller: &Caller, id: &str) -> Result<Subscription, Status> {
+        if !hub_fhir::event::is_fhir_id(id) {
+            return Err(Status::invalid_argument(format!(
+                "'{id}' is not a subscription id"
+            )));
+        }
+        let sub = self
+            .hub
+            .subscriptions
+            .get(&self.hub.store, &caller.tenant, id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("Subscription/{id} is not known")))?;
+        if sub.channel_type() != ChannelType::Grpc {
+            return Err(Status::failed_precondition(format!(
+                "Subscription/{id} uses channel type '{}'; NotificationStream serves grpc subscriptions",
+                sub.channel_type().as_str()
+            )));
+        }
+        Ok(sub)
+    }
+
+    /// Refuse a start position older than what retention kept.
+    async fn check_retained(&self, sub: &Subscription, after: i64) -> Result<(), Status> {
+        if after >= sub.events_since_start {
+            return Ok(());
+        }
+        let first = self
+            .hub
+            .store
+            .first_retained(&sub.tenant, &sub.id)
+            .await
+            .map_err(store_status)?;
+        let available = first.unwrap_or(sub.events_since_start + 1);
+        if available > after + 1 {
+            return Err(history_gone(&sub.id, after, available));
+        }
+        Ok(())
+    }
+}
+
+fn history_gone(id: &str, after: i64, available: i64) -> Status {
+    Status::out_of_range(format!(
+        "Subscription/{id}: events after {after} were purged by retention; the first still available is {available}"
+    ))
+}
+
+/// One subscription's notifications after `after`, as protocol messages.
+fn notifications(
+    hub: Hub,
+    sub: Subscription,
+    after: i64,
+    stop: CancellationToken,
+) -> Notifications {
+    let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
+    let state = (
+        hub,
+        sub,
+        stream,
+        VecDeque::<pb::Notification>::new(),
+        stop,
+        false,
+    );
+    Box::pin(futures::stream::unfold(
+        state,
+        |(hub, sub, mut stream, mut pending, stop, done)| async move {
+            if done {
+                return None;
+            }
+            while pending.is_empty() {
+                let failed = match stream.next(BATCH, None, &stop).await {
+                    None => Status::unavailable(
+                        "the hub is stopping; resume from the last event number",
+                    ),
+                    Some(Err(e)) => store_status(e),
+                    Some(Ok(Item::Quiet)) => continue,
+                    Some(Ok(Item::HistoryGone { after, resumes_at })) => {
+                        history_gone(&sub.id, after, resumes_at)
+                    }
+                    Some(Ok(Item::Notifications(notes))) => {
+                        pending.extend(notes.iter().map(|n| to_message(&hub, &sub, n)));
+                        continue;
+                    }
+                };
+                return Some((Err(failed), (hub, sub, stream, pending, stop, true)));
+            }
+            let next = pending.pop_front()?;
+            Some((Ok(next), (hub, sub, stream, pending, stop, false)))
+        },
+    ))
+}
+
+fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notification {
+    let bundle = Message::new(
+        sub,
+        &hub.base_url,
+        sub.status,
+        Kind::EventNotification,
+        n.event_number,
+    )
+    .with(std::slice::from_ref(n))
+    .bundle(sub.content());
+    pb::Notification {
+        subscription_id: sub.id.clone(),
+        event_number: n.event_number,
+        notification_id: n.notification_id.clone(),
+        focus_type: n.focus_type.clone(),
+        focus_id: n.focus_id.clone(),
+        action: n.action.clone(),
+        occurred_at: n.occurred_at.clone(),
+        bundle_json: bundle.to_string().into_bytes(),
+    }
+}
+
+/// Releases a consumer name when its stream is dropped.
+struct Claim {
+    consuming: Arc<Mutex<HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.consuming.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NotificationStream for Service {
+    type SubscribeStream = Notifications;
+    type ConsumeStream = Notifications;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Notifications>, Status> {
+        let caller = caller(&self.hub, &req)?;
+        let r = req.into_inner();
+        let sub = self.subscription(&caller, &r.subscription_id).await?;
+        let after = match r.from_event_number {
+            0 => sub.events_since_start,
+            n if n > 0 => n - 1,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "from_event_number {n} is negative"
+                )));
+            }
+        };
+        self.check_retained(&sub, after).await?;
+        tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "gRPC stream opened");
+        let stop = self.hub.streams.child_token();
+        Ok(Response::new(notifications(
+            self.hub.clone(),
+            sub,
+            after,
+            stop,
+        )))
+    }
+
+    async fn consume(
+        &self,
+        req: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<Notifications>, Status> {
+        let caller = caller(&self.hub, &req)?;
+        let r = req.into_inner();
+        if r.consumer.is_empty() || r.consumer.len() > 200 {
+            return Err(Status::invalid_argument(
+                "a consumer name of 1 to 200 characters is required",
+            ));
+        }
+        if r.subscription_ids.is_empty() || r.subscription_ids.len() > MAX_CONSUMER_SUBSCRIPTIONS {
+            return Err(Status::invalid_argument(format!(
+                "a consumer reads 1 to {MAX_CONSUMER_SUBSCRIPTIONS} subscriptions"
+            )));
+        }
+        let mut streams = Vec::with_capacity(r.subscription_ids.len());
+        let mut starts = Vec::with_capacity(r.subscription_ids.len());
+        for id in &r.subscription_ids {
+            let sub = self.subscription(&caller, id).await?;
+            let after = self
+                .hub
+                .store
+                .committed_offset(&caller.tenant, &r.consumer, id)
+                .await
+                .map_err(store_status)?;
+            self.check_retained(&sub, after).await?;
+            starts.push((sub, after));
+        }
+        let key = (caller.tenant.clone(), r.consumer.clone());
+        let claimed = self
+            .consuming
+            .lock()
+            .map(|mut set| set.insert(key.clone()))
+            .unwrap_or(false);
+        if !claimed {
+            return Err(Status::aborted(format!(
+                "consumer '{}' is already being read by another connection",
+                r.consumer
+            )));
+        }
+        let claim = Claim {
+            consuming: Arc::clone(&self.consuming),
+            key,
+        };
+        let stop = self.hub.streams.child_token();
+        for (sub, after) in starts {
+            streams.push(notifications(self.hub.clone(), sub, after, stop.clone()));
+        }
+        tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), "gRPC consumer opened");
+        // the claim lives as long as the merged stream
+        let merged = futures::stream::select_all(streams);
+        let guarded = futures::StreamExt::map(merged, move |item| {
+            let _hold = &claim;
+            item
+        });
+        Ok(Response::new(Box::pin(guarded)))
+    }
+
+    async fn commit(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let caller = caller(&self.hub, &req)?;
+        let r = req.into_inner();
+        if r.consumer.is_empty() {
+            return Err(Status::invalid_argument("a consumer name is required"));
+        }
+        let sub = self.subscription(&caller, &r.subscription_id).await?;
+        if r.event_number < 0 || r.event_number > sub.events_since_start {
+            return Err(Status::invalid_argument(format!(
+                "event_number {} is not between 0 and {} (the subscription's count)",
+                r.event_number, sub.events_since_start
+            )));
+        }
+        let committed = self
+            .hub
+            .store
+            .commit_offset(&caller.tenant, &r.consumer, &sub.id, r.event_number)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::CommitResponse { committed }))
+    }
+}
+
+/// Serve gRPC on `listener` until `shutdown`.
+pub async fn serve(
+    hub: Hub,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    println!("fhir-hub grpc listening on {addr}");
+    tracing::info!(%addr, "gRPC listening");
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<NotificationStreamServer<Service>>()
+        .await;
+    let service = Service {
+        hub,
+        consuming: Arc::default(),
+    };
+    tonic::transport::Server::builder()
+        .add_service(NotificationStreamServer::new(service))
+        .add_service(reflection)
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            async move { shutdown.cancelled().await },
+        )
+        .await?;
+    Ok(())
+}
