@@ -1,11 +1,13 @@
-"""A websocket subscriber using the `websockets` library, the way a FHIR client binds to a
-Backport IG websocket subscription.
+"""A websocket subscriber using the `websockets` library, the way a FHIR client binds.
 
 Usage: ws_client.py URL TOKEN COUNT [LAST_SEEN]
-Connects, sends `bind-with-token: TOKEN` (with the hub's resume extension
-`bind-with-token: TOKEN LAST_SEEN` when given), prints every message received as one line
-(the JSON as sent), flushes, and exits after COUNT messages (the handshake included).
+Connects and binds with the Backport IG protocol, `bind-with-token: TOKEN` (with the hub's
+resume extension `bind-with-token: TOKEN LAST_SEEN` when given), or, when TOKEN is
+`classic:ID`, with the classic R4 protocol (`bind ID`, answered `bound ID`, then `ping ID`
+per event). Prints every message received as one JSON line (JSON messages as sent, text ones
+as {"text": ...}), flushes, and exits after COUNT messages.
 """
+import json
 import sys
 
 from websockets.sync.client import connect
@@ -13,12 +15,19 @@ from websockets.sync.client import connect
 
 def main() -> int:
     url, token, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    resume = f" {sys.argv[4]}" if len(sys.argv) > 4 else ""
+    if token.startswith("classic:"):
+        bind = f"bind {token[len('classic:'):]}"
+    else:
+        resume = f" {sys.argv[4]}" if len(sys.argv) > 4 else ""
+        bind = f"bind-with-token: {token}{resume}"
     with connect(url, open_timeout=10) as ws:
-        ws.send(f"bind-with-token: {token}{resume}")
+        ws.send(bind)
         for _ in range(count):
             message = ws.recv(timeout=30)
-            print(message.replace("\n", " "), flush=True)
+            try:
+                print(json.dumps(json.loads(message)), flush=True)
+            except ValueError:
+                print(json.dumps({"text": message}), flush=True)
     return 0
 
 

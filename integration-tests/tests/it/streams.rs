@@ -342,3 +342,190 @@ async fn grpc_streams_from_an_event_number_and_consumers_resume_from_commits() {
     assert_eq!(gone["error"], "OUT_OF_RANGE", "{gone}");
     assert!(gone["details"].as_str().unwrap().contains("5"), "{gone}");
 }
+
+#[tokio::test]
+async fn classic_r4_websocket_binds_by_id_and_pings_per_event() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &json!({"resourceType": "Subscription", "status": "requested", "reason": "classic",
+                    "criteria": "Observation?code=http://loinc.org|2345-7",
+                    "channel": {"type": "websocket"}}),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    assert_eq!(s["status"], "active");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/$subscription-ws",
+        hub.url.replacen("http", "ws", 1) + "/fhir"
+    );
+    let c = PyClient::start(
+        &python,
+        "ws_client.py",
+        &[&ws_url, &format!("classic:{id}"), "3"],
+    );
+    assert_eq!(c.next("bound")["text"], format!("bound {id}"));
+    publish(&hub, 1..3).await;
+    for _ in 0..2 {
+        assert_eq!(c.next("ping")["text"], format!("ping {id}"));
+    }
+    c.finish();
+    // a topic-based or unknown id is refused in the classic protocol's words
+    let c = PyClient::start(&python, "ws_client.py", &[&ws_url, "classic:nobody", "1"]);
+    let refused = c.next("error");
+    assert!(
+        refused["text"].as_str().unwrap().starts_with("error "),
+        "{refused}"
+    );
+}
+
+/// Read `n` stream items from a client and return what identifies each (event numbers).
+fn numbers(c: &PyClient, n: usize, what: &str) -> Vec<i64> {
+    (0..n)
+        .map(|_| {
+            let m = c.next(what);
+            m["event_number"]
+                .as_i64()
+                .or_else(|| m["id"].as_str().and_then(|s| s.parse().ok()))
+                .or_else(|| event_number(&m).parse().ok())
+                .unwrap_or_else(|| panic!("no event number in {m}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_stream_client_resumes_after_the_hub_is_killed() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let mut hub = Hub::start(HubEnv::default()).await;
+    let (c, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201);
+    let mut ids = Vec::new();
+    for code in ["sse", "grpc"] {
+        let (c, s) = hub
+            .post_json("/fhir/Subscription", &hub_channel(code, "id-only"))
+            .await;
+        assert_eq!(c, 201, "{s}");
+        ids.push(s["id"].as_str().unwrap().to_owned());
+    }
+    let mut ws = subscription("unused", Some("id-only"), None);
+    ws["channel"] = json!({"type": "websocket", "payload": "application/fhir+json",
+        "_payload": ws["channel"]["_payload"].clone()});
+    let (c, s) = hub.post_json("/fhir/Subscription", &ws).await;
+    assert_eq!(c, 201, "{s}");
+    ids.push(s["id"].as_str().unwrap().to_owned());
+    let (sse, grpc, ws) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let token = |hub: &Hub, id: &str| {
+        let (hub_url, id) = (hub.url.clone(), id.to_owned());
+        async move {
+            let p: Value = reqwest::get(format!(
+                "{hub_url}/fhir/Subscription/{id}/$get-ws-binding-token"
+            ))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            (
+                param(&p, "token").unwrap()["valueString"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                param(&p, "websocket-url").unwrap()["valueUrl"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        }
+    };
+
+    // every client reads 1..3 and waits for more
+    publish(&hub, 1..4).await;
+    for id in &ids {
+        hub.wait_events(id, 3).await;
+    }
+    let sse_url = |hub: &Hub| format!("{}/fhir/Subscription/{sse}/$stream", hub.url);
+    let grpc_target = |hub: &Hub| hub.grpc_url.trim_start_matches("http://").to_owned();
+    let s = PyClient::start(
+        &python,
+        "sse_client.py",
+        &[&format!("{}?from=1", sse_url(&hub)), "20"],
+    );
+    assert_eq!(s.next("handshake")["event"], "handshake");
+    assert_eq!(numbers(&s, 3, "sse"), [1, 2, 3]);
+    let g = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&grpc_target(&hub), "subscribe", &grpc, "1", "20"],
+    );
+    assert_eq!(numbers(&g, 3, "grpc"), [1, 2, 3]);
+    let (tok, url) = token(&hub, &ws).await;
+    let w = PyClient::start(&python, "ws_client.py", &[&url, &tok, "20", "0"]);
+    w.next("handshake");
+    assert_eq!(numbers(&w, 3, "ws"), [1, 2, 3]);
+
+    // SIGKILL, mid-stream: no goodbye to anyone
+    let _ = hub.child.kill();
+    let _ = hub.child.wait();
+    drop((s, g, w));
+    let data_dir = std::mem::replace(&mut hub.data_dir, tempfile::tempdir().unwrap());
+    drop(hub);
+    let hub = Hub::start_in(HubEnv::default(), data_dir).await;
+
+    // each client resumes from its last number (3): 4 and 5, nothing missing or repeated
+    let s = PyClient::start(&python, "sse_client.py", &[&sse_url(&hub), "3", "3"]);
+    let g = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&grpc_target(&hub), "subscribe", &grpc, "4", "2"],
+    );
+    let (tok, url) = token(&hub, &ws).await;
+    let w = PyClient::start(&python, "ws_client.py", &[&url, &tok, "3", "3"]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    publish(&hub, 4..6).await;
+    assert_eq!(s.next("handshake")["event"], "handshake");
+    assert_eq!(numbers(&s, 2, "sse"), [4, 5]);
+    assert_eq!(numbers(&g, 2, "grpc"), [4, 5]);
+    w.next("handshake");
+    assert_eq!(numbers(&w, 2, "ws"), [4, 5]);
+    s.finish();
+    g.finish();
+    w.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_one_process_receives_what_another_process_logged() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let Some(pg) = crate::harness::require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let db = hub_store::fresh_postgres_schema(&pg, "streams")
+        .await
+        .unwrap();
+    let base = HubEnv::default().arg("--database-url").arg(&db);
+    // the process that ingests and matches
+    let matcher = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;
+    // the process a client streams from: no matcher here
+    let streams = Hub::start(base.clone().arg("--roles").arg("api")).await;
+    let (c, _) = matcher.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201);
+    let (c, s) = matcher
+        .post_json("/fhir/Subscription", &hub_channel("sse", "id-only"))
+        .await;
+    assert_eq!(c, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/fhir/Subscription/{id}/$stream", streams.url);
+    let c = PyClient::start(&python, "sse_client.py", &[&url, "3"]);
+    assert_eq!(c.next("handshake")["event"], "handshake");
+    publish(&matcher, 1..3).await;
+    assert_eq!(numbers(&c, 2, "cross-process"), [1, 2]);
+    c.finish();
+}

@@ -261,12 +261,6 @@ async fn unsupported_topics_filters_channels_and_payloads_are_refused() {
     s["channel"]["type"] = json!("message");
     let (c, b) = hub.post_json("/fhir/Subscription", &s).await;
     check("message", c, b, "channel type 'message'");
-    // websocket carries topic-based notifications only
-    let mut s = subscription(endpoint, None, None);
-    s["criteria"] = json!("Observation?code=1234-5");
-    s["channel"]["type"] = json!("websocket");
-    let (c, b) = hub.post_json("/fhir/Subscription", &s).await;
-    check("websocket with R4 criteria", c, b, "topic-based");
     let mut s = subscription(endpoint, None, None);
     s["channel"]["type"] = json!("email");
     let (c, b) = hub.post_json("/fhir/Subscription", &s).await;

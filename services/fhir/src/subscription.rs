@@ -471,13 +471,7 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
             )
         })?,
     };
-    if channel_type == ChannelType::Websocket && !is_topic {
-        return Err(invalid(
-            IssueType::NotSupported,
-            "websocket channels carry topic-based notifications: criteria must be a topic canonical URL",
-            "Subscription.channel.type",
-        ));
-    }
+    // websocket with R4 criteria is the classic R4 protocol (`bind <id>`, `ping <id>`)
     // a websocket or SSE client connects to the hub; there is no endpoint to call
     let endpoint = if !channel_type.calls_out() {
         ""

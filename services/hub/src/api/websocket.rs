@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use base64::Engine as _;
-use hub_fhir::subscription::Status;
+use hub_fhir::subscription::{ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
 use rand::RngCore;
 use serde_json::json;
@@ -71,9 +71,10 @@ pub async fn binding_token(
     })))
 }
 
-/// `GET /fhir/$subscription-ws` (upgrade).
-pub async fn connect(State(hub): State<Hub>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve(hub, socket))
+/// `GET /fhir/$subscription-ws` (upgrade). The caller established on the upgrade request is
+/// the one classic `bind <id>` requests are checked against.
+pub async fn connect(State(hub): State<Hub>, caller: Caller, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve(hub, caller, socket))
 }
 
 /// Messages waiting for the socket, from all its bindings. Bounded: a client that does not
@@ -109,7 +110,48 @@ async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
     Ok(sub)
 }
 
-async fn serve(hub: Hub, mut socket: WebSocket) {
+/// What a client asked to bind.
+#[derive(Debug, PartialEq, Eq)]
+enum Bind<'a> {
+    /// `bind-with-token: <token> [<last event number seen>]` (Backport IG, with the hub's
+    /// resume extension).
+    Backport {
+        token: &'a str,
+        last_seen: Option<i64>,
+    },
+    /// `bind <id>`: the classic R4 protocol for criteria subscriptions (`bound <id>`, then
+    /// `ping <id>` per event), as HAPI clients speak it.
+    Classic { id: &'a str },
+}
+
+fn parse_message(text: &str) -> Option<Bind<'_>> {
+    if let Some((token, last_seen)) = parse_bind(text) {
+        return Some(Bind::Backport { token, last_seen });
+    }
+    let id = text.trim().strip_prefix("bind ")?.trim();
+    (!id.is_empty() && !id.contains(char::is_whitespace)).then_some(Bind::Classic { id })
+}
+
+/// The R4 criteria subscription a classic `bind <id>` names, in the caller's tenant.
+async fn bind_classic(hub: &Hub, caller: &Caller, id: &str) -> Result<Subscription, String> {
+    let sub = hub
+        .subscriptions
+        .get(&hub.store, &caller.tenant, id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("Subscription/{id} is not known"))?;
+    if sub.topic().is_some() || sub.channel_type() != ChannelType::Websocket {
+        return Err(format!(
+            "Subscription/{id} is not an R4 criteria websocket subscription (topic-based ones bind with a token)"
+        ));
+    }
+    if sub.status == Status::Off {
+        return Err(format!("Subscription/{id} is off"));
+    }
+    Ok(sub)
+}
+
+async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
     // every binding's reader stops with the socket, and the socket with the hub
     let stop = hub.streams.child_token();
@@ -129,33 +171,83 @@ async fn serve(hub: Hub, mut socket: WebSocket) {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
                 };
-                let Some((token, last_seen)) = parse_bind(&text) else {
+                let Some(request) = parse_message(&text) else {
                     let _ = socket
-                        .send(outcome("expected 'bind-with-token: <token>' or 'bind-with-token: <token> <last event number seen>'"))
+                        .send(outcome("expected 'bind-with-token: <token>', 'bind-with-token: <token> <last event number seen>' or 'bind <id>'"))
                         .await;
                     continue;
                 };
-                match bind(&hub, token).await {
-                    Ok(sub) => {
-                        tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
-                        // binding the same subscription again replaces its reader
-                        let reader = stop.child_token();
-                        if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
-                            old.cancel();
-                        }
-                        tokio::spawn(read_binding(hub.clone(), sub, last_seen, tx.clone(), reader));
-                    }
+                let (found, last_seen) = match request {
+                    Bind::Backport { token, last_seen } => (bind(&hub, token).await, last_seen),
+                    Bind::Classic { id } => (bind_classic(&hub, &caller, id).await, None),
+                };
+                let sub = match found {
+                    Ok(sub) => sub,
                     Err(why) => {
-                        let _ = socket.send(outcome(why)).await;
+                        let refusal = match request {
+                            Bind::Classic { .. } => Message::Text(format!("error {why}").into()),
+                            Bind::Backport { .. } => outcome(why),
+                        };
+                        let _ = socket.send(refusal).await;
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }
+                };
+                tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
+                // binding the same subscription again replaces its reader
+                let reader = stop.child_token();
+                if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
+                    old.cancel();
+                }
+                if matches!(request, Bind::Classic { .. }) {
+                    if socket.send(Message::Text(format!("bound {}", sub.id).into())).await.is_err() {
+                        return;
+                    }
+                    tokio::spawn(read_classic(hub.clone(), sub, tx.clone(), reader));
+                } else {
+                    tokio::spawn(read_binding(hub.clone(), sub, last_seen, tx.clone(), reader));
                 }
             }
             out = rx.recv() => {
                 let Some(out) = out else { return };
                 if socket.send(out).await.is_err() {
                     return;
+                }
+            }
+        }
+    }
+}
+
+/// A classic R4 binding: `ping <id>` for each new event of the subscription, from the count
+/// at bind time.
+async fn read_classic(
+    hub: Hub,
+    sub: Subscription,
+    tx: mpsc::Sender<Message>,
+    stop: CancellationToken,
+) {
+    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
+    loop {
+        match stream.next(OUTBOX, None, &stop).await {
+            None => return,
+            Some(Ok(Item::Notifications(notes))) => {
+                for _ in &notes {
+                    if tx
+                        .send(Message::Text(format!("ping {}", sub.id).into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            // the classic protocol has no numbers: a purge or a quiet period changes nothing
+            Some(Ok(Item::Quiet | Item::HistoryGone { .. })) => {}
+            Some(Err(e)) => {
+                tracing::warn!(subscription = %sub.id, error = %e, "cannot read notifications for a websocket");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
@@ -248,7 +340,7 @@ async fn read_binding(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bind;
+    use super::{Bind, parse_bind, parse_message};
 
     #[test]
     fn bind_lines() {
@@ -262,5 +354,15 @@ mod tests {
         assert_eq!(parse_bind("bind-with-token: abc 1 2"), None);
         assert_eq!(parse_bind("bind-with-token:"), None);
         assert_eq!(parse_bind("bind abc"), None);
+        assert_eq!(parse_message("bind abc"), Some(Bind::Classic { id: "abc" }));
+        assert_eq!(parse_message("bind  "), None);
+        assert_eq!(parse_message("bind a b"), None);
+        assert_eq!(
+            parse_message("bind-with-token: t 3"),
+            Some(Bind::Backport {
+                token: "t",
+                last_seen: Some(3)
+            })
+        );
     }
 }
