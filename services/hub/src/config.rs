@@ -24,6 +24,15 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub tenancy: TenancyConfig,
     pub grpc: GrpcConfig,
+    pub streams: StreamsConfig,
+}
+
+/// Stream channels (websocket, SSE, gRPC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// The most notification bytes one connection holds in the hub at a time.
+    pub max_buffer_bytes: usize,
 }
 
 /// The gRPC notification stream (`proto/fhirhub/v1/stream.proto`), served by the api role.

@@ -19,7 +19,9 @@ use hub_fhir::subscription::{ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
 use rand::RngCore;
 use serde_json::json;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
@@ -77,9 +79,42 @@ pub async fn connect(State(hub): State<Hub>, caller: Caller, ws: WebSocketUpgrad
     ws.on_upgrade(move |socket| serve(hub, caller, socket))
 }
 
-/// Messages waiting for the socket, from all its bindings. Bounded: a client that does not
-/// read makes its bindings wait instead of growing memory.
-const OUTBOX: usize = 64;
+/// Most messages waiting for one socket (the byte budget usually binds first).
+const OUTBOX: usize = 1024;
+
+/// A socket's outbox: messages from all its bindings, bounded by bytes
+/// (`streams.max_buffer_bytes`). A client that does not read makes its bindings wait (each
+/// then falls behind on the notification log) instead of growing the hub's memory.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Outbox {
+    fn new(max_bytes: usize) -> (Outbox, mpsc::Receiver<(Message, OwnedSemaphorePermit)>) {
+        let max = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let budget = Arc::new(Semaphore::new(max as usize));
+        (Outbox { tx, budget, max }, rx)
+    }
+
+    /// Queue a message once its bytes fit; false when the socket is gone.
+    async fn send(&self, m: Message) -> bool {
+        let len = match &m {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
+        };
+        // a message larger than the whole budget waits for an empty outbox, then goes alone
+        let n = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.max);
+        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(n).await else {
+            return false;
+        };
+        self.tx.send((m, permit)).await.is_ok()
+    }
+}
 
 fn outcome(msg: impl Into<String>) -> Message {
     Message::Text(
@@ -152,7 +187,7 @@ async fn bind_classic(hub: &Hub, caller: &Caller, id: &str) -> Result<Subscripti
 }
 
 async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
-    let (tx, mut rx) = mpsc::channel::<Message>(OUTBOX);
+    let (tx, mut rx) = Outbox::new(hub.config.streams.max_buffer_bytes);
     // every binding's reader stops with the socket, and the socket with the hub
     let stop = hub.streams.child_token();
     let _stop_readers = stop.clone().drop_guard();
@@ -209,7 +244,8 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
                 }
             }
             out = rx.recv() => {
-                let Some(out) = out else { return };
+                // the permit goes back to the budget once the message is written
+                let Some((out, _permit)) = out else { return };
                 if socket.send(out).await.is_err() {
                     return;
                 }
@@ -220,22 +256,16 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
 
 /// A classic R4 binding: `ping <id>` for each new event of the subscription, from the count
 /// at bind time.
-async fn read_classic(
-    hub: Hub,
-    sub: Subscription,
-    tx: mpsc::Sender<Message>,
-    stop: CancellationToken,
-) {
+async fn read_classic(hub: Hub, sub: Subscription, tx: Outbox, stop: CancellationToken) {
     let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
     loop {
         match stream.next(OUTBOX, None, &stop).await {
             None => return,
             Some(Ok(Item::Notifications(notes))) => {
                 for _ in &notes {
-                    if tx
+                    if !tx
                         .send(Message::Text(format!("ping {}", sub.id).into()))
                         .await
-                        .is_err()
                     {
                         return;
                     }
@@ -280,7 +310,7 @@ async fn read_binding(
     hub: Hub,
     sub: Subscription,
     last_seen: Option<i64>,
-    tx: mpsc::Sender<Message>,
+    tx: Outbox,
     stop: CancellationToken,
 ) {
     let base = hub.base_url.clone();
@@ -293,10 +323,9 @@ async fn read_binding(
                 .into(),
         )
     };
-    if tx
+    if !tx
         .send(text(Kind::Handshake, sub.events_since_start, &[]))
         .await
-        .is_err()
     {
         return;
     }
@@ -330,7 +359,7 @@ async fn read_binding(
                 .collect(),
         };
         for m in msgs {
-            if tx.send(m).await.is_err() {
+            if !tx.send(m).await {
                 return;
             }
         }

@@ -39,6 +39,8 @@ pub struct SubscriptionStream {
     wake: watch::Receiver<Logged>,
     polling: watch::Receiver<bool>,
     poll: Duration,
+    /// The most notification bytes handed out at once (`streams.max_buffer_bytes`).
+    max_bytes: usize,
     /// Read the log at the next call whatever the wake-up says (at open, after a wake).
     look: bool,
     /// At open the wake-up knows nothing yet: an empty log is checked against the count.
@@ -56,6 +58,7 @@ impl SubscriptionStream {
             wake: hub.wakeups.watch(tenant, id),
             polling: hub.wakeups.polling(),
             poll: Duration::from_millis(hub.config.delivery.poll_ms),
+            max_bytes: hub.config.streams.max_buffer_bytes,
             look: true,
             opened: true,
         }
@@ -85,6 +88,8 @@ impl SubscriptionStream {
                 self.look = false;
                 match self.read(max, known.number).await {
                     Ok(Some(item)) => return Some(Ok(item)),
+                    // something was logged while we looked: look again at once
+                    Ok(None) if self.look => continue,
                     Ok(None) => {}
                     Err(e) => {
                         self.look = true;
@@ -124,10 +129,14 @@ impl SubscriptionStream {
     /// One look at the log. `None` when there is nothing after the position.
     async fn read(&mut self, max: usize, known: i64) -> Result<Option<Item>, StoreError> {
         let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let notes = self
+        let mut notes = self
             .store
             .notifications_after(&self.tenant, &self.id, self.position, max)
             .await?;
+        // within the byte budget (at least one): the rest is read at the next call
+        let fits = within_budget(&notes, self.max_bytes);
+        let cut = fits < notes.len();
+        notes.truncate(fits);
         if let Some(first) = notes.first() {
             if first.event_number > self.position + 1 {
                 let gone = Item::HistoryGone {
@@ -142,23 +151,91 @@ impl SubscriptionStream {
                 self.position = last.event_number;
             }
             // a full batch: there may be more waiting
-            self.look = notes.len() as i64 == max;
+            self.look = cut || notes.len() as i64 == max;
             self.opened = false;
             return Ok(Some(Item::Notifications(notes)));
         }
-        // Nothing after the position although more was logged: purged by retention.
+        // Nothing after the position although more may have been logged. Read the count
+        // first, then look again: an event counted is committed with its row, so a row still
+        // missing now was purged (the other order races with a matcher committing between
+        // the two reads and would call a fresh event gone).
         let check = std::mem::take(&mut self.opened) || known > self.position;
-        if check
-            && let Some(row) = self.store.get_subscription(&self.tenant, &self.id).await?
-            && row.events_since_start > self.position
-        {
-            let gone = Item::HistoryGone {
-                after: self.position,
-                resumes_at: row.events_since_start + 1,
-            };
-            self.position = row.events_since_start;
-            return Ok(Some(gone));
+        if !check {
+            return Ok(None);
         }
-        Ok(None)
+        let Some(row) = self.store.get_subscription(&self.tenant, &self.id).await? else {
+            return Ok(None);
+        };
+        if row.events_since_start <= self.position {
+            return Ok(None);
+        }
+        let again = self
+            .store
+            .notifications_after(&self.tenant, &self.id, self.position, 1)
+            .await?;
+        if !again.is_empty() {
+            // logged meanwhile: the next call reads it as usual
+            self.look = true;
+            return Ok(None);
+        }
+        let gone = Item::HistoryGone {
+            after: self.position,
+            resumes_at: row.events_since_start + 1,
+        };
+        self.position = row.events_since_start;
+        Ok(Some(gone))
+    }
+}
+
+/// What a notification costs in memory, roughly: its resource and a fixed part.
+fn size_of(n: &Notification) -> usize {
+    n.resource.as_ref().map_or(0, String::len) + 256
+}
+
+/// How many of `notes` fit in `budget` bytes; at least one, so a notification larger than
+/// the budget still goes out, alone.
+fn within_budget(notes: &[Notification], budget: usize) -> usize {
+    let mut used = 0usize;
+    let fit = notes
+        .iter()
+        .take_while(|n| {
+            used = used.saturating_add(size_of(n));
+            used <= budget
+        })
+        .count();
+    fit.max(1).min(notes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(bytes: usize) -> Notification {
+        Notification {
+            event_number: 1,
+            notification_id: String::new(),
+            created_at: String::new(),
+            note: hub_store::NewNotification {
+                tenant: String::new(),
+                subscription_id: String::new(),
+                event_id: String::new(),
+                action: String::new(),
+                focus_type: String::new(),
+                focus_id: String::new(),
+                focus_version: None,
+                occurred_at: String::new(),
+                resource: Some("x".repeat(bytes)),
+            },
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_the_byte_budget() {
+        let notes: Vec<Notification> = (0..10).map(|_| note(1000)).collect();
+        assert_eq!(within_budget(&notes, 1 << 20), 10);
+        assert_eq!(within_budget(&notes, 3 * 1256), 3);
+        // one larger than the budget still goes, alone
+        assert_eq!(within_budget(&[note(5 << 20), note(1)], 1 << 20), 1);
+        assert_eq!(within_budget(&[], 10), 0);
     }
 }
