@@ -76,8 +76,17 @@ pub async fn binding_token(
 /// `GET /fhir/$subscription-ws` (upgrade). The caller established on the upgrade request is
 /// the one classic `bind <id>` requests are checked against.
 pub async fn connect(State(hub): State<Hub>, caller: Caller, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve(hub, caller, socket))
+    // Clients only send short bind lines: small read buffers keep an idle socket cheap, and
+    // a message limit keeps anyone from making the hub read megabytes.
+    ws.read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(hub, caller, socket))
 }
+
+/// The largest message a websocket client may send (bind lines are far shorter).
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
 /// Most messages waiting for one socket (the byte budget usually binds first).
 const OUTBOX: usize = 1024;

@@ -33,6 +33,7 @@ pub enum Item {
 /// One reader's view of one subscription.
 pub struct SubscriptionStream {
     store: Store,
+    wakeups: std::sync::Arc<super::wake::Wakeups>,
     tenant: String,
     id: String,
     position: i64,
@@ -52,6 +53,7 @@ impl SubscriptionStream {
     pub fn open(hub: &Hub, tenant: &str, id: &str, after: i64) -> SubscriptionStream {
         SubscriptionStream {
             store: hub.store.clone(),
+            wakeups: std::sync::Arc::clone(&hub.wakeups),
             tenant: tenant.to_owned(),
             id: id.to_owned(),
             position: after.max(0),
@@ -129,10 +131,21 @@ impl SubscriptionStream {
     /// One look at the log. `None` when there is nothing after the position.
     async fn read(&mut self, max: usize, known: i64) -> Result<Option<Item>, StoreError> {
         let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
-        let mut notes = self
-            .store
-            .notifications_after(&self.tenant, &self.id, self.position, max)
-            .await?;
+        // readers at the head take what this process just logged from memory
+        let cached = self.wakeups.recent_after(
+            &self.tenant,
+            &self.id,
+            self.position,
+            usize::try_from(max).unwrap_or(usize::MAX),
+        );
+        let mut notes = match cached {
+            Some(notes) => notes,
+            None => {
+                self.store
+                    .notifications_after(&self.tenant, &self.id, self.position, max)
+                    .await?
+            }
+        };
         // within the byte budget (at least one): the rest is read at the next call
         let fits = within_budget(&notes, self.max_bytes);
         let cut = fits < notes.len();

@@ -9,10 +9,11 @@
 //! readers poll until it is back, then every reader is woken once (something may have been
 //! missed meanwhile): polling is only the fallback.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hub_store::Notification;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -29,10 +30,66 @@ pub struct Logged {
 
 type Key = (String, String);
 
+/// Recently logged notifications of one subscription, contiguous in event number, so that
+/// the readers at the head (a dashboard open in a thousand browsers) take a new event from
+/// memory instead of one query each. Filled only by this process's matcher; anything logged
+/// elsewhere (or a gap) starts it over, and a reader it cannot serve queries the log.
+#[derive(Debug, Default)]
+struct Recent {
+    notes: VecDeque<Notification>,
+    bytes: usize,
+}
+
+/// The most a subscription's recent-notifications cache holds.
+const RECENT_MAX: usize = 256;
+const RECENT_MAX_BYTES: usize = 256 * 1024;
+
+impl Recent {
+    fn push(&mut self, n: &Notification) {
+        if self
+            .notes
+            .back()
+            .is_some_and(|b| b.event_number + 1 != n.event_number)
+        {
+            self.notes.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost(n);
+        self.notes.push_back(n.clone());
+        while self.notes.len() > RECENT_MAX || self.bytes > RECENT_MAX_BYTES {
+            match self.notes.pop_front() {
+                Some(old) => self.bytes -= cost(&old),
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `max` notifications after `position`, if this cache holds `position + 1`.
+    fn after(&self, position: i64, max: usize) -> Option<Vec<Notification>> {
+        let first = self.notes.front()?.event_number;
+        let last = self.notes.back()?.event_number;
+        if first > position + 1 || last <= position {
+            return None;
+        }
+        let skip = usize::try_from(position + 1 - first).ok()?;
+        Some(self.notes.iter().skip(skip).take(max).cloned().collect())
+    }
+}
+
+fn cost(n: &Notification) -> usize {
+    n.resource.as_ref().map_or(0, String::len) + 256
+}
+
+#[derive(Debug)]
+struct Entry {
+    tx: watch::Sender<Logged>,
+    recent: Recent,
+}
+
 /// Per-subscription wake-ups for this process.
 #[derive(Debug)]
 pub struct Wakeups {
-    subs: Mutex<HashMap<Key, watch::Sender<Logged>>>,
+    subs: Mutex<HashMap<Key, Entry>>,
     epoch: Mutex<u64>,
     /// Whether readers must poll: true while a needed `LISTEN` connection is down.
     polling: watch::Sender<bool>,
@@ -54,22 +111,42 @@ impl Wakeups {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         subs.entry((tenant.to_owned(), id.to_owned()))
-            .or_insert_with(|| watch::Sender::new(Logged { number: 0, epoch }))
+            .or_insert_with(|| Entry {
+                tx: watch::Sender::new(Logged { number: 0, epoch }),
+                recent: Recent::default(),
+            })
+            .tx
             .subscribe()
     }
 
-    /// A subscription's log reached `number`: wake its readers (only if it moved).
+    /// A subscription's log reached `number` (logged by another process): wake its readers
+    /// (only if it moved).
     pub fn logged(&self, tenant: &str, id: &str, number: i64) {
+        self.moved(tenant, id, number, None);
+    }
+
+    /// This process logged `notes` (in event-number order per subscription): keep them for
+    /// the readers at the head and wake them.
+    pub fn logged_here(&self, notes: &[Notification]) {
+        for n in notes {
+            self.moved(&n.tenant, &n.subscription_id, n.event_number, Some(n));
+        }
+    }
+
+    fn moved(&self, tenant: &str, id: &str, number: i64, note: Option<&Notification>) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let key = (tenant.to_owned(), id.to_owned());
-        let Some(tx) = subs.get(&key) else {
+        let Some(entry) = subs.get_mut(&key) else {
             return; // no reader here
         };
-        if tx.receiver_count() == 0 {
+        if entry.tx.receiver_count() == 0 {
             subs.remove(&key);
             return;
         }
-        tx.send_if_modified(|l| {
+        if let Some(n) = note {
+            entry.recent.push(n);
+        }
+        entry.tx.send_if_modified(|l| {
             if number > l.number {
                 l.number = number;
                 true
@@ -79,21 +156,36 @@ impl Wakeups {
         });
     }
 
+    /// Up to `max` notifications after `position` from memory, when this process logged
+    /// them recently; `None`: ask the log.
+    pub fn recent_after(
+        &self,
+        tenant: &str,
+        id: &str,
+        position: i64,
+        max: usize,
+    ) -> Option<Vec<Notification>> {
+        let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.get(&(tenant.to_owned(), id.to_owned()))?
+            .recent
+            .after(position, max)
+    }
+
     /// Wake every reader once, whatever its number.
     pub fn wake_all(&self) {
         let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         *epoch += 1;
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|_, tx| tx.receiver_count() > 0);
-        for tx in subs.values() {
-            tx.send_modify(|l| l.epoch = *epoch);
+        subs.retain(|_, e| e.tx.receiver_count() > 0);
+        for e in subs.values() {
+            e.tx.send_modify(|l| l.epoch = *epoch);
         }
     }
 
     /// How many subscriptions have a reader in this process.
     pub fn readers(&self) -> usize {
         let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.values().filter(|tx| tx.receiver_count() > 0).count()
+        subs.values().filter(|e| e.tx.receiver_count() > 0).count()
     }
 
     /// Whether readers must poll now, and a receiver to learn when that changes.
@@ -153,6 +245,56 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(n: i64) -> Notification {
+        Notification {
+            event_number: n,
+            notification_id: format!("n{n}"),
+            created_at: String::new(),
+            note: hub_store::NewNotification {
+                tenant: "t".into(),
+                subscription_id: "a".into(),
+                event_id: format!("e{n}"),
+                action: "create".into(),
+                focus_type: "Observation".into(),
+                focus_id: "o".into(),
+                focus_version: None,
+                occurred_at: String::new(),
+                resource: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_at_the_head_are_served_from_memory() {
+        let w = Wakeups::new(false);
+        let _reader = w.watch("t", "a");
+        w.logged_here(&[note(1), note(2), note(3)]);
+        let got: Vec<i64> = w
+            .recent_after("t", "a", 1, 10)
+            .unwrap()
+            .iter()
+            .map(|n| n.event_number)
+            .collect();
+        assert_eq!(got, [2, 3]);
+        assert_eq!(w.recent_after("t", "a", 3, 10), None, "nothing newer");
+        // a gap (logged by another process) starts the cache over: 5 cannot serve 3 → 4
+        w.logged_here(&[note(5)]);
+        assert_eq!(w.recent_after("t", "a", 3, 10), None);
+        assert_eq!(w.recent_after("t", "a", 4, 10).unwrap().len(), 1);
+        // no reader, no cache
+        w.logged_here(&[note(1)].map(|mut n| {
+            n.note.subscription_id = "nobody".into();
+            n
+        }));
+        assert_eq!(w.recent_after("t", "nobody", 0, 10), None);
+        let mut r = Recent::default();
+        for i in 1..=(RECENT_MAX as i64 + 10) {
+            r.push(&note(i));
+        }
+        assert_eq!(r.notes.len(), RECENT_MAX);
+        assert_eq!(r.after(0, 10), None, "evicted");
+    }
 
     #[tokio::test]
     async fn only_the_subscription_that_logged_wakes() {

@@ -324,10 +324,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         }
         .emit(&hub.metrics);
         // wake the readers of these subscriptions, and nobody else
-        for n in &logged {
-            hub.wakeups
-                .logged(&n.tenant, &n.subscription_id, n.event_number);
-        }
+        hub.wakeups.logged_here(&logged);
     }
     tracing::info!("matcher draining");
     consumer.close().await?;

@@ -1,0 +1,376 @@
+//! Stream channel benchmark (docs/benchmarks.md): what idle stream connections cost the hub,
+//! how fast one event fans out to all of them, and how fast a gRPC consumer replays the log.
+//!
+//! `cargo bench -p fhir-hub --bench streams` (sizes: STREAMS_BENCH_CONNECTIONS, default
+//! 10,000; STREAMS_BENCH_REPLAY, default 1,000,000). The hub is the real binary in its own
+//! process (embedded mode), so its memory is measured alone (RSS growth from
+//! /proc/PID/status); the clients run here.
+//!
+//! 1. N SSE connections to one subscription, then N websocket bindings to another: RSS growth
+//!    per idle connection; then one matching event, and the time until every client has it
+//!    (p50/p99/max).
+//! 2. gRPC replay: R notifications logged for one subscription (written through the store,
+//!    as the matcher writes them), read by one `Subscribe` from event number 1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct HubProcess {
+    child: Child,
+    url: String,
+    grpc: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_hub() -> HubProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-hub"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HUB_GRPC__LISTEN", "127.0.0.1:0")
+        .env("HUB_MATCHER__POLL_MS", "20")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut grpc) = (String::new(), String::new());
+    while url.is_empty() || grpc.is_empty() {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("fhir-hub listening on ") {
+            url = u.to_owned();
+        }
+        if let Some(a) = line.strip_prefix("fhir-hub grpc listening on ") {
+            grpc = format!("http://{a}");
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    HubProcess {
+        child,
+        url,
+        grpc,
+        dir,
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+const TOPIC: &str = "http://example.org/topics/bench-streams";
+
+fn subscription(channel: Value) -> Value {
+    json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+           "criteria": TOPIC, "channel": channel})
+}
+
+fn hub_channel(code: &str) -> Value {
+    json!({"type": "rest-hook", "payload": "application/fhir+json",
+        "_type": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type",
+            "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": code}}]},
+        "_payload": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+            "valueCode": "id-only"}]}})
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn percentiles(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} clients)",
+        q(0.5),
+        q(0.99),
+        v[v.len() - 1],
+        v.len()
+    )
+}
+
+/// Open `n` connections with `open`, measure the hub's RSS growth, publish one event and
+/// time its arrival at every client (`wait` resolves when a client has it).
+async fn idle_and_fan_out<C, O, W, F1, F2>(what: &str, hub: &HubProcess, n: usize, open: O, wait: W)
+where
+    C: Send + 'static,
+    O: Fn(usize) -> F1,
+    F1: std::future::Future<Output = C>,
+    W: Fn(C) -> F2 + Send + Sync + Copy + 'static,
+    F2: std::future::Future<Output = ()> + Send,
+{
+    let pid = hub.child.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kb(pid);
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        clients.push(open(i).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kb(pid);
+    println!(
+        "{what}: {n} idle connections, hub RSS {} → {} MB: {:.1} KB per connection",
+        before / 1024,
+        after / 1024,
+        (after.saturating_sub(before)) as f64 / n as f64
+    );
+    let arrivals = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for c in clients {
+        let arrivals = Arc::clone(&arrivals);
+        tasks.push(tokio::spawn(async move {
+            wait(c).await;
+            arrivals
+                .lock()
+                .await
+                .push(start.elapsed().as_secs_f64() * 1000.0);
+        }));
+    }
+    let http = reqwest::Client::new();
+    let obs = json!({"resourceType": "Observation", "id": format!("fan-{what}"), "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+    post(&http, &format!("{}/events", hub.url), &obs).await;
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+    }
+    let got = arrivals.lock().await.clone();
+    println!("{what}: one event to every client: {}", percentiles(got));
+}
+
+/// A fresh hub with a topic and one subscription of each stream channel type; (hub, sse id,
+/// websocket id, grpc id). Each phase gets its own process, so memory one phase freed does
+/// not flatter the next.
+async fn prepared_hub() -> (HubProcess, String, String, String) {
+    let hub = start_hub();
+    let http = reqwest::Client::new();
+    let topic = json!({"resourceType": "SubscriptionTopic", "url": TOPIC, "status": "active",
+        "resourceTrigger": [{"resource": "http://hl7.org/fhir/StructureDefinition/Observation",
+                             "supportedInteraction": ["create", "update"]}]});
+    post(
+        &http,
+        &format!("{}/fhir/SubscriptionTopic", hub.url),
+        &topic,
+    )
+    .await;
+    let sse = post(
+        &http,
+        &format!("{}/fhir/Subscription", hub.url),
+        &subscription(hub_channel("sse")),
+    )
+    .await;
+    let sse_id = sse["id"].as_str().unwrap().to_owned();
+    let ws_channel = json!({"type": "websocket", "payload": "application/fhir+json"});
+    let ws = post(
+        &http,
+        &format!("{}/fhir/Subscription", hub.url),
+        &subscription(ws_channel),
+    )
+    .await;
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    let grpc = post(
+        &http,
+        &format!("{}/fhir/Subscription", hub.url),
+        &subscription(hub_channel("grpc")),
+    )
+    .await;
+    let grpc_id = grpc["id"].as_str().unwrap().to_owned();
+    (hub, sse_id, ws_id, grpc_id)
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("STREAMS_BENCH_CONNECTIONS", 10_000);
+    let replay = env_usize("STREAMS_BENCH_REPLAY", 1_000_000);
+    let http = reqwest::Client::new();
+
+    let (hub, sse_id, _, _) = prepared_hub().await;
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+
+    // SSE: a raw HTTP/1.1 request per connection; the handshake event proves it is open
+    let sse_path = format!("/fhir/Subscription/{sse_id}/$stream");
+    idle_and_fan_out(
+        "SSE",
+        &hub,
+        n,
+        |_| {
+            let (addr, path) = (addr.clone(), sse_path.clone());
+            async move {
+                let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                s.write_all(
+                    format!(
+                        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let mut buf = vec![0u8; 8192];
+                let mut seen = String::new();
+                while !seen.contains("event: handshake") {
+                    let k = s.read(&mut buf).await.unwrap();
+                    assert!(k > 0, "SSE connection closed");
+                    seen.push_str(&String::from_utf8_lossy(&buf[..k]));
+                }
+                s
+            }
+        },
+        |mut s: tokio::net::TcpStream| async move {
+            let mut buf = vec![0u8; 16384];
+            let mut seen = String::new();
+            while !seen.contains("event: event-notification") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => seen.push_str(&String::from_utf8_lossy(&buf[..k])),
+                }
+            }
+        },
+    )
+    .await;
+
+    drop(hub);
+
+    // websocket: one binding per connection
+    let (hub, _, ws_id, _) = prepared_hub().await;
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+    let ws_url = format!("ws://{addr}/fhir/$subscription-ws");
+    let token_url = format!(
+        "{}/fhir/Subscription/{ws_id}/$get-ws-binding-token",
+        hub.url
+    );
+    let p: Value = http
+        .get(&token_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = p["parameter"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    idle_and_fan_out(
+        "websocket",
+        &hub,
+        n,
+        |_| {
+            let (url, token) = (ws_url.clone(), token.clone());
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .unwrap();
+                ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+                    "bind-with-token: {token}"
+                )))
+                .await
+                .unwrap();
+                let _handshake = ws.next().await;
+                ws
+            }
+        },
+        |mut ws| async move {
+            let _ = ws.next().await;
+        },
+    )
+    .await;
+
+    drop(hub);
+
+    // gRPC replay
+    let (hub, _, _, grpc_id) = prepared_hub().await;
+    let store = hub_store::Store::connect(&format!(
+        "sqlite://{}",
+        hub.dir.path().join("hub.db").display()
+    ))
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut logged = 0usize;
+    while logged < replay {
+        let batch: Vec<hub_store::NewNotification> = (logged..(logged + 5000).min(replay))
+            .map(|i| hub_store::NewNotification {
+                tenant: "default".into(),
+                subscription_id: grpc_id.clone(),
+                event_id: format!("replay-{i}"),
+                action: "create".into(),
+                focus_type: "Observation".into(),
+                focus_id: format!("o{i}"),
+                focus_version: None,
+                occurred_at: "2024-01-01T00:00:00Z".into(),
+                resource: None,
+            })
+            .collect();
+        logged += store.append_notifications(&batch).await.unwrap().len();
+    }
+    println!(
+        "gRPC replay: {replay} notifications logged in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    use fhir_hub::channels::grpc::pb;
+    let mut client =
+        pb::notification_stream_client::NotificationStreamClient::connect(hub.grpc.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20);
+    let t = Instant::now();
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            subscription_id: grpc_id.clone(),
+            from_event_number: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut read = 0usize;
+    let mut last = 0i64;
+    while read < replay {
+        let n = stream.message().await.unwrap().unwrap();
+        assert_eq!(n.event_number, last + 1, "in order, no gap");
+        last = n.event_number;
+        read += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "gRPC replay: {read} notifications from event 1 in {secs:.1} s: {:.0} notifications/s (goal ≥ 100,000/s)",
+        read as f64 / secs
+    );
+}
