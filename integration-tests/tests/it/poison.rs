@@ -208,6 +208,11 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
     let (status, _) = hub.get("/admin/quarantine/abc").await;
     assert_eq!(status, 404);
 
+    // The matcher is still going round its loop: the process is ready.
+    let (status, ready) = hub.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["components"]["matcher"]["status"], "pass", "{ready}");
+
     // And the hub stops cleanly: nothing is stuck.
     assert!(hub.terminate().success());
 }

@@ -63,6 +63,13 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    /// `/ready` fails when the matcher role has not come round its loop for this long.
+    #[serde(default = "default_ready_stall_secs")]
+    pub ready_stall_secs: u64,
+}
+
+fn default_ready_stall_secs() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

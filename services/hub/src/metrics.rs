@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// This process's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Unix milliseconds of the matcher's last trip round its loop (0: not running here).
+    matcher_beat_ms: std::sync::atomic::AtomicI64,
     events_published: AtomicU64,
     events_consumed: AtomicU64,
     events_quarantined: AtomicU64,
@@ -103,7 +105,27 @@ impl StatusChanged<'_> {
     }
 }
 
+/// Now, in unix milliseconds.
+pub fn now_ms() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX)
+}
+
 impl Metrics {
+    /// The matcher came round its loop.
+    pub fn matcher_beat(&self) {
+        self.matcher_beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the matcher last came round its loop; `None` when no matcher runs
+    /// in this process.
+    pub fn matcher_stalled_ms(&self, now_ms: i64) -> Option<i64> {
+        match self.matcher_beat_ms.load(Ordering::Relaxed) {
+            0 => None,
+            beat => Some((now_ms - beat).max(0)),
+        }
+    }
+
     /// The Prometheus text exposition, with `subscriptions` gauges by status.
     pub fn render(&self, subscriptions: &[(String, i64)], quarantined: Option<i64>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -172,6 +194,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_matcher_beat_tells_how_long_it_stalled() {
+        let m = Metrics::default();
+        assert_eq!(m.matcher_stalled_ms(now_ms()), None, "no matcher here");
+        m.matcher_beat();
+        let now = now_ms();
+        assert!(m.matcher_stalled_ms(now).unwrap() < 1000);
+        assert!(m.matcher_stalled_ms(now + 90_000).unwrap() >= 90_000);
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -44,6 +44,36 @@ pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// `GET /ready`: whether this process does its work: the store and the log answer, and the
+/// matcher (when this process runs it) came round its loop within `server.ready_stall_secs`.
+/// 503 with the reason otherwise, so an orchestrator can restart or stop routing.
+pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
+    let (health_status, Json(health)) = health(State(hub.clone())).await;
+    let limit_ms = i64::try_from(hub.config.server.ready_stall_secs)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    let stalled = hub.metrics.matcher_stalled_ms(crate::metrics::now_ms());
+    let matcher = match stalled {
+        None => json!({"status": "pass", "note": "no matcher in this process"}),
+        Some(ms) if ms <= limit_ms => json!({"status": "pass", "sinceLastLoopMs": ms}),
+        Some(ms) => json!({"status": "fail", "sinceLastLoopMs": ms,
+            "error": format!("the matcher has not come round its loop for {} s (limit {} s)",
+                             ms / 1000, limit_ms / 1000)}),
+    };
+    let ok = health_status == StatusCode::OK && matcher["status"] == "pass";
+    let body = json!({
+        "status": if ok { "pass" } else { "fail" },
+        "components": {"store": health["components"]["store"], "log": health["components"]["log"],
+                       "matcher": matcher},
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(hub): State<Hub>) -> axum::response::Response {
     use axum::response::IntoResponse;

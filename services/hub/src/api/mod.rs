@@ -33,6 +33,7 @@ pub fn router(hub: Hub) -> Router {
     let limit = hub.config.server.max_body_bytes;
     Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/events", post(ingest::post_events))
         .route("/fhir", post(ingest::post_bundle))

@@ -203,7 +203,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let reload = Duration::from_millis(cfg.reload_ms);
     tracing::info!(%topic, "matcher consuming");
 
+    hub.metrics.matcher_beat();
     while !shutdown.is_cancelled() {
+        // `/ready` watches this: a batch held by an outage or a stuck evaluation stops it
+        hub.metrics.matcher_beat();
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             b = consumer.poll(cfg.batch_size, poll) => b,

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod readiness;
 mod resources;
 
 use axum::body::Body;
@@ -13,6 +14,7 @@ use tower::ServiceExt;
 
 pub(crate) struct TestHub {
     router: axum::Router,
+    pub hub: fhir_hub::Hub,
     _dir: tempfile::TempDir,
 }
 
@@ -23,15 +25,21 @@ pub(crate) struct Answer {
 }
 
 pub(crate) async fn spawn_hub() -> TestHub {
+    spawn_hub_with(|_| {}).await
+}
+
+pub(crate) async fn spawn_hub_with(adjust: impl FnOnce(&mut fhir_hub::config::Config)) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
     let mut config = fhir_hub::config::Config::defaults().unwrap();
     config.server.data_dir = dir.path().to_owned();
     config.server.base_url = "https://hub.example.org/fhir".into();
     // a loopback endpoint for the rest-hook subscriptions these tests create (never called)
     config.delivery.allowed_networks = vec!["127.0.0.0/8".into()];
+    adjust(&mut config);
     let hub = fhir_hub::Hub::connect(config).await.unwrap();
     TestHub {
-        router: fhir_hub::api::router(hub),
+        router: fhir_hub::api::router(hub.clone()),
+        hub,
         _dir: dir,
     }
 }
