@@ -107,8 +107,18 @@ fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
         })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run_command());
+    // Blocking tasks (a Kafka consumer being closed, a SQLite call) get a bounded time: the
+    // process never hangs at exit waiting for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    result
+}
+
+async fn run_command() -> anyhow::Result<()> {
     fhir_hub::telemetry::init();
     let cli = Cli::parse();
     let mut overrides = Overrides {
