@@ -55,6 +55,15 @@ pub struct Hub {
     pub extra_roots: Arc<Vec<reqwest::Certificate>>,
 }
 
+/// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
+/// tests and scripts read to learn a port picked with 0, and a log line.
+pub(crate) fn announce(listener: &TcpListener, what: &str, scheme: &str) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    println!("fhir-hub {what}listening on {scheme}{addr}");
+    tracing::info!(%addr, listener = what.trim(), "listening");
+    Ok(())
+}
+
 /// Open the event log the configuration names.
 pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
     let log: Arc<dyn EventLog> = match config.log.backend {

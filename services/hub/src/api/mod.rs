@@ -101,10 +101,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("fhir-hub listening on http://{addr}");
-    tracing::info!(%addr, "API listening");
+    crate::announce(&listener, "", "http://")?;
     axum::serve(listener, router(hub))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

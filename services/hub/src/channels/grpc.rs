@@ -321,10 +321,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    println!("fhir-hub grpc listening on {addr}");
-    tracing::info!(%addr, "gRPC listening");
+    crate::announce(&listener, "grpc ", "")?;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
