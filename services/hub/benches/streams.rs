@@ -45,9 +45,17 @@ impl Drop for HubProcess {
     }
 }
 
-fn start_hub() -> HubProcess {
+fn start_hub(kafka: Option<&str>) -> HubProcess {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fhir-hub"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-hub"));
+    if let Some(brokers) = kafka {
+        // a topic of its own on the shared broker
+        let topic = format!("bench.changes.{}", uuid::Uuid::new_v4().simple());
+        cmd.args(["--kafka-brokers", brokers])
+            .env("HUB_LOG__CHANGES_TOPIC", topic)
+            .env("HUB_KAFKA__PARTITIONS", "1");
+    }
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("HUB_GRPC__LISTEN", "127.0.0.1:0")
@@ -116,10 +124,13 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Value {
 }
 
 fn percentiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "nothing arrived".to_owned();
+    }
     v.sort_by(f64::total_cmp);
     let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     format!(
-        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} clients)",
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
         q(0.5),
         q(0.99),
         v[v.len() - 1],
@@ -180,7 +191,11 @@ where
 /// websocket id, grpc id). Each phase gets its own process, so memory one phase freed does
 /// not flatter the next.
 async fn prepared_hub() -> (HubProcess, String, String, String) {
-    let hub = start_hub();
+    prepared_hub_on(None).await
+}
+
+async fn prepared_hub_on(kafka: Option<&str>) -> (HubProcess, String, String, String) {
+    let hub = start_hub(kafka);
     let http = reqwest::Client::new();
     let topic = json!({"resourceType": "SubscriptionTopic", "url": TOPIC, "status": "active",
         "resourceTrigger": [{"resource": "http://hl7.org/fhir/StructureDefinition/Observation",
@@ -216,11 +231,101 @@ async fn prepared_hub() -> (HubProcess, String, String, String) {
     (hub, sse_id, ws_id, grpc_id)
 }
 
+/// Publish `rate` events/s for `secs` seconds, each one its own request, and time each from
+/// the request to its arrival on an SSE client of a subscription they all match.
+async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
+    let (hub, sse_id, _, _) = prepared_hub_on(kafka).await;
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+    let path = format!("/fhir/Subscription/{sse_id}/$stream");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let origin = Instant::now();
+    let total = (rate * secs) as usize;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut text = String::new();
+        let mut lat = Vec::with_capacity(total);
+        // a bundle names its focus more than once: count each event once
+        let mut seen = std::collections::HashSet::new();
+        // keep-alive comments keep the socket busy: stop after 20 s without a new event
+        let mut progress = Instant::now();
+        while lat.len() < total && progress.elapsed() < Duration::from_secs(20) {
+            let k = match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                Ok(Ok(k)) if k > 0 => k,
+                _ => break,
+            };
+            text.push_str(&String::from_utf8_lossy(&buf[..k]));
+            // each focus reference names the event: Observation/lat-<seq>-<micros since
+            // origin> (two sends can share a microsecond; the sequence keeps them apart)
+            while let Some(at) = text.find("Observation/lat-") {
+                let rest = &text[at + 16..];
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit() && c != '-')
+                    .unwrap_or(rest.len());
+                if end == rest.len() {
+                    break; // the name continues in the next read
+                }
+                let name = rest[..end].to_owned();
+                let sent: u64 = name
+                    .split('-')
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if seen.insert(name) {
+                    progress = Instant::now();
+                    let now = origin.elapsed().as_micros() as u64;
+                    lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+                }
+                text.drain(..at + 16 + end);
+            }
+        }
+        lat
+    });
+    let http = reqwest::Client::new();
+    let url = format!("{}/events", hub.url);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut sends = Vec::with_capacity(total);
+    for seq in 0..total {
+        tick.tick().await;
+        let (http, url) = (http.clone(), url.clone());
+        let sent = origin.elapsed().as_micros();
+        sends.push(tokio::spawn(async move {
+            let obs = json!({"resourceType": "Observation", "id": format!("lat-{seq}-{sent}"),
+                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+            http.post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(obs.to_string())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }));
+    }
+    let mut accepted = 0usize;
+    for t in sends {
+        accepted += usize::from(t.await.unwrap_or(false));
+    }
+    let offered = total as f64 / origin.elapsed().as_secs_f64();
+    let lat = reader.await.unwrap();
+    let received = lat.len();
+    println!(
+        "{mode}: publish → SSE client, {rate} events/s asked ({offered:.0}/s sent) for {secs} s: {} (received {received} of {accepted} accepted, {total} sent)",
+        percentiles(lat)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let n = env_usize("STREAMS_BENCH_CONNECTIONS", 10_000);
     let replay = env_usize("STREAMS_BENCH_REPLAY", 1_000_000);
     let http = reqwest::Client::new();
+
+    latency("embedded", None, 1000, 10).await;
+    match std::env::var("FHIR_HUB_TEST_KAFKA") {
+        Ok(brokers) if !brokers.is_empty() => latency("kafka", Some(&brokers), 1000, 10).await,
+        _ => println!("kafka: set FHIR_HUB_TEST_KAFKA to a broker to measure Kafka mode"),
+    }
 
     let (hub, sse_id, _, _) = prepared_hub().await;
     let addr = hub.url.trim_start_matches("http://").to_owned();

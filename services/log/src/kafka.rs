@@ -62,6 +62,20 @@ impl KafkaSettings {
     }
 }
 
+/// Set `pinned` keys after the operator's `kafka.client` overrides, saying so when an
+/// override tried to change one: the at-least-once guarantees depend on them.
+fn pin(cfg: &mut ClientConfig, pinned: &[(&str, &str)]) {
+    for (k, v) in pinned {
+        if cfg.get(k).is_some_and(|old| old != *v) {
+            tracing::warn!(
+                key = k,
+                "kafka.client cannot change this setting; ignoring the override"
+            );
+        }
+        cfg.set(*k, *v);
+    }
+}
+
 /// The Kafka event log.
 pub struct KafkaLog {
     settings: KafkaSettings,
@@ -79,6 +93,8 @@ impl KafkaLog {
         for (k, v) in &settings.client {
             cfg.set(k, v);
         }
+        // what no-loss rests on cannot be switched off by `kafka.client`
+        pin(&mut cfg, &[("enable.idempotence", "true"), ("acks", "all")]);
         let producer: FutureProducer = cfg.create()?;
         Ok(Self { settings, producer })
     }
@@ -203,10 +219,19 @@ impl EventLog for KafkaLog {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // librdkafka waits up to 500 ms for a fetch to fill by default: half a second of
+            // latency on every event when traffic is light. A short wait keeps an idle
+            // subscription's next event near real time (`kafka.client` can override it).
+            .set("fetch.wait.max.ms", "10");
         for (k, v) in &self.settings.client {
             cfg.set(k, v);
         }
+        // offsets are stored only after what a record caused is durable: not overridable
+        pin(
+            &mut cfg,
+            &[("group.id", group), ("enable.auto.offset.store", "false")],
+        );
         let consumer: StreamConsumer = cfg.create()?;
         consumer.subscribe(&[topic])?;
         Ok(Box::new(KafkaConsumer {
