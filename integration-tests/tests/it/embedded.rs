@@ -50,15 +50,7 @@ async fn matching_observation_reaches_the_rest_hook_and_others_do_not() {
     empty.assert_quiet(Duration::from_millis(100)).await;
 
     // Metrics count what happened, in the Prometheus text format.
-    let text = hub
-        .http
-        .get(format!("{}/metrics", hub.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = hub.metrics().await;
     assert!(text.contains("fhir_hub_events_published_total 2"), "{text}");
     assert!(
         text.contains("fhir_hub_notifications_logged_total 2"),

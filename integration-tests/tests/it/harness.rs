@@ -370,6 +370,12 @@ impl Drop for PyClient {
 }
 
 impl Hub {
+    /// `GET /metrics` as text.
+    pub(crate) async fn metrics(&self) -> String {
+        let res = self.http.get(format!("{}/metrics", self.url)).send().await;
+        res.unwrap().text().await.unwrap()
+    }
+
     /// Wait until the subscription has counted `n` events.
     pub(crate) async fn wait_events(&self, id: &str, n: i64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

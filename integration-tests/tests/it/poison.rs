@@ -44,17 +44,6 @@ async fn quarantine(hub: &Hub) -> Value {
     body
 }
 
-async fn metrics(hub: &Hub) -> String {
-    hub.http
-        .get(format!("{}/metrics", hub.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn poison_events_are_quarantined_and_the_rest_flows_on() {
     let mut hub = Hub::start(HubEnv::default()).await;
@@ -159,7 +148,7 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
         "{reason}"
     );
     assert_eq!(costly["tenant"], "default");
-    let text = metrics(&hub).await;
+    let text = hub.metrics().await;
     assert!(
         text.contains("fhir_hub_events_quarantined_total 3"),
         "{text}"

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::harness::{Hub, HubEnv, PyClient};
-use crate::topics::{event, obs, param, subscription, topic};
+use crate::topics::{param, publish_final, subscription, topic};
 
 const SSE_TYPE: &str = "urn:fhir-hub:channel-type";
 const CHANNEL_TYPE: &str =
@@ -22,19 +22,7 @@ fn sse_subscription() -> Value {
 }
 
 async fn publish(hub: &Hub, ids: std::ops::Range<usize>) {
-    for i in ids {
-        let (c, b) = hub
-            .post_json(
-                "/events",
-                &event(
-                    "create",
-                    &obs(&format!("s{i}"), "final", "Patient/p1"),
-                    None,
-                ),
-            )
-            .await;
-        assert_eq!(c, 202, "{b}");
-    }
+    publish_final(hub, "s", ids).await;
 }
 
 /// The event number a bundle carries in its (last) notification-event.

@@ -66,6 +66,15 @@ pub(crate) fn event(action: &str, current: &Value, previous: Option<&Value>) -> 
     e
 }
 
+/// Publish creates of final lab Observations `{prefix}{i}` for Patient/p1.
+pub(crate) async fn publish_final(hub: &Hub, prefix: &str, ids: std::ops::Range<usize>) {
+    for i in ids {
+        let o = obs(&format!("{prefix}{i}"), "final", "Patient/p1");
+        let (c, b) = hub.post_json("/events", &event("create", &o, None)).await;
+        assert_eq!(c, 202, "{b}");
+    }
+}
+
 pub(crate) fn param<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["parameter"]
         .as_array()?
@@ -601,19 +610,7 @@ async fn max_count_groups_waiting_events_into_one_bundle() {
     let (c, s) = hub.post_json("/fhir/Subscription", &s).await;
     assert_eq!(c, 201, "{s}");
     let id = s["id"].as_str().unwrap().to_owned();
-    for i in 0..3 {
-        let (c, _) = hub
-            .post_json(
-                "/events",
-                &event(
-                    "create",
-                    &obs(&format!("m{i}"), "final", "Patient/p1"),
-                    None,
-                ),
-            )
-            .await;
-        assert_eq!(c, 202);
-    }
+    publish_final(&hub, "m", 0..3).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (_, st) = hub.get(&format!("/fhir/Subscription/{id}/$status")).await;

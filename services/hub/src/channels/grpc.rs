@@ -104,7 +104,7 @@ impl Service {
             .await
             .map_err(store_status)?;
         let available = first.unwrap_or(sub.events_since_start + 1);
-        if available > after + 1 {
+        if available > after.saturating_add(1) {
             return Err(history_gone(&sub.id, after, available));
         }
         Ok(())

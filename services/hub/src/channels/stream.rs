@@ -151,7 +151,7 @@ impl SubscriptionStream {
         let cut = fits < notes.len();
         notes.truncate(fits);
         if let Some(first) = notes.first() {
-            if first.event_number > self.position + 1 {
+            if first.event_number > self.position.saturating_add(1) {
                 let gone = Item::HistoryGone {
                     after: self.position,
                     resumes_at: first.event_number,

@@ -68,10 +68,12 @@ impl Recent {
     fn after(&self, position: i64, max: usize) -> Option<Vec<Notification>> {
         let first = self.notes.front()?.event_number;
         let last = self.notes.back()?.event_number;
-        if first > position + 1 || last <= position {
+        // positions come from clients (Last-Event-ID, a resume number): any i64
+        let next = position.saturating_add(1);
+        if first > next || last <= position {
             return None;
         }
-        let skip = usize::try_from(position + 1 - first).ok()?;
+        let skip = usize::try_from(next.saturating_sub(first)).ok()?;
         Some(self.notes.iter().skip(skip).take(max).cloned().collect())
     }
 }
@@ -294,6 +296,11 @@ mod tests {
         }
         assert_eq!(r.notes.len(), RECENT_MAX);
         assert_eq!(r.after(0, 10), None, "evicted");
+        // any position a client may send: no overflow, no panic
+        for p in [i64::MIN, -1, i64::MAX - 1, i64::MAX] {
+            let _ = r.after(p, 10);
+            let _ = w.recent_after("t", "a", p, 10);
+        }
     }
 
     #[tokio::test]
