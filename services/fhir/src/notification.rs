@@ -42,7 +42,9 @@ pub fn status_parameters(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: 
         "name": "subscription",
         "valueReference": {"reference": format!("{}/Subscription/{}", s.base, s.subscription_id)}
     })];
-    if let Some(t) = s.topic {
+    // the IG: the topic SHOULD NOT be present with `empty` payloads (it can say more than
+    // the subscriber may see), SHOULD be with full-resource, MAY with id-only
+    if let Some(t) = s.topic.filter(|_| content != Content::Empty) {
         parameter.push(json!({"name": "topic", "valueCanonical": t}));
     }
     parameter.push(json!({"name": "status", "valueCode": s.status}));
@@ -91,7 +93,7 @@ pub fn subscription_status(
         "eventsSinceSubscriptionStart": s.events_since_start.to_string(),
         "subscription": {"reference": format!("{}/Subscription/{}", s.base, s.subscription_id)},
     });
-    if let Some(t) = s.topic {
+    if let Some(t) = s.topic.filter(|_| content != Content::Empty) {
         st["topic"] = json!(t);
     }
     if !events.is_empty() {
@@ -253,14 +255,21 @@ mod tests {
                 .iter()
                 .map(|x| x["name"].as_str().unwrap())
                 .collect();
-            // subscription, status, type are required (1..1); topic present for topics
-            for required in ["subscription", "status", "type", "topic"] {
+            // subscription, status, type are required (1..1)
+            for required in ["subscription", "status", "type"] {
                 assert_eq!(
                     names.iter().filter(|n| **n == required).count(),
                     1,
                     "{required}"
                 );
             }
+            // the topic: SHOULD NOT with empty, SHOULD with full-resource (MAY with id-only)
+            let topics = names.iter().filter(|n| **n == "topic").count();
+            assert_eq!(
+                topics,
+                usize::from(content != Content::Empty),
+                "{content:?}"
+            );
             assert!(
                 entries[0]["fullUrl"]
                     .as_str()

@@ -405,6 +405,8 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
             "resourceType",
         ));
     }
+    refuse_cross_version_extensions(resource, "Subscription")?;
+    refuse_unknown_criteria_extensions(resource)?;
     let status_s = req_str(resource, "/status", "Subscription.status")?;
     let status = Status::parse(status_s).ok_or_else(|| {
         invalid(
@@ -755,6 +757,80 @@ fn topic_fields(
     })
 }
 
+/// A cross-version extension (`http://hl7.org/fhir/5.0/StructureDefinition/extension-…`
+/// and the like) on an R4 Subscription. The Backport IG: these SHOULD NOT describe what the
+/// IG's own extensions describe, and the Inferno kit expects them refused. The hub refuses
+/// them everywhere in the resource rather than silently ignoring what they ask for, except
+/// R5's `Subscription.identifier`, which the IG's backport-subscription profile allows.
+fn is_cross_version_extension(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://hl7.org/fhir/") else {
+        return false;
+    };
+    if rest.ends_with("/StructureDefinition/extension-Subscription.identifier") {
+        return false;
+    }
+    let version = rest.split('/').next().unwrap_or("");
+    let mut parts = version.split('.');
+    let numeric =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric(parts.next()) && numeric(parts.next())
+}
+
+fn refuse_cross_version_extensions(v: &Value, at: &str) -> Result<(), OperationOutcome> {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if (k == "extension" || k == "modifierExtension")
+                    && let Value::Array(exts) = child
+                {
+                    for e in exts {
+                        let url = e.get("url").and_then(Value::as_str).unwrap_or("");
+                        if is_cross_version_extension(url) {
+                            return Err(invalid(
+                                IssueType::NotSupported,
+                                format!(
+                                    "cross-version extension '{url}' is not supported on an R4 Subscription: use the Subscriptions Backport IG's extensions (backport-filter-criteria, backport-payload-content, backport-channel-type, ...)"
+                                ),
+                                &format!("{at}.{k}"),
+                            ));
+                        }
+                    }
+                }
+                let name = k.strip_prefix('_').unwrap_or(k);
+                refuse_cross_version_extensions(child, &format!("{at}.{name}"))?;
+            }
+            Ok(())
+        }
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|i| refuse_cross_version_extensions(i, at)),
+        _ => Ok(()),
+    }
+}
+
+/// An extension on `criteria` changes what a subscription matches; one the hub does not
+/// know would be dropped silently and the subscriber would receive more than asked for.
+fn refuse_unknown_criteria_extensions(resource: &Value) -> Result<(), OperationOutcome> {
+    for e in resource
+        .pointer("/_criteria/extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let url = e.get("url").and_then(Value::as_str).unwrap_or("");
+        if url != FILTER_CRITERIA_EXTENSION {
+            return Err(invalid(
+                IssueType::NotSupported,
+                format!(
+                    "extension '{url}' on Subscription.criteria is not supported; the hub knows {FILTER_CRITERIA_EXTENSION}"
+                ),
+                "Subscription.criteria.extension",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn channel_extension<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
     resource
         .pointer("/channel/extension")?
@@ -877,6 +953,33 @@ mod tests {
                 "Subscription.channel.header[0]",
             ),
             (|s| s["status"] = json!("error"), "Subscription.status"),
+            (
+                // the Inferno kit's cross-version extension test
+                |s| {
+                    s["criteria"] = json!("http://x/SubscriptionTopic/t");
+                    s["_criteria"] = json!({"extension": [{
+                        "url": "http://hl7.org/fhir/5.0/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+                        "valueString": "Encounter.patient=Patient/123"}]});
+                },
+                "Subscription.criteria.extension",
+            ),
+            (
+                // a cross-version extension anywhere, here R5's channel.content on channel
+                |s| {
+                    s["channel"]["extension"] = json!([{
+                        "url": "http://hl7.org/fhir/4.3/StructureDefinition/extension-Subscription.content",
+                        "valueCode": "full-resource"}]);
+                },
+                "Subscription.channel.extension",
+            ),
+            (
+                // an extension on criteria the hub does not know would widen the match
+                |s| {
+                    s["criteria"] = json!("http://x/SubscriptionTopic/t");
+                    s["_criteria"] = json!({"extension": [{"url": "http://example.org/narrow", "valueString": "x"}]});
+                },
+                "Subscription.criteria.extension",
+            ),
             (
                 |s| {
                     s.as_object_mut().unwrap().remove("reason");

@@ -487,12 +487,17 @@ pub struct Filter {
 }
 
 /// Parse R4 Backport filter criteria (`Observation?patient=Patient/123`, or
-/// `patient=Patient/123` when the topic has one resource) against the topic.
+/// `patient=Patient/123` when the topic has one resource) against the topic. The dotted
+/// form `Encounter.patient=Patient/123` (each parameter prefixed by the type, as the
+/// Inferno Subscriptions Test Kit's sample subscriptions write it) means the same.
 pub fn parse_filter(topic: &Topic, text: &str, at: &str) -> Result<Filter, OperationOutcome> {
     let (resource, query) = match text.split_once('?') {
         Some((ty, q)) if !ty.is_empty() => (ty.to_owned(), q.to_owned()),
         Some((_, q)) => (single_resource(topic, at)?, q.to_owned()),
-        None => (single_resource(topic, at)?, text.to_owned()),
+        None => match dotted_filter(text) {
+            Some(typed) => typed,
+            None => (single_resource(topic, at)?, text.to_owned()),
+        },
     };
     if !topic.triggers.iter().any(|t| t.resource == resource) {
         return Err(bad(
@@ -566,6 +571,23 @@ pub fn parse_filter(topic: &Topic, text: &str, at: &str) -> Result<Filter, Opera
         query,
         criteria,
     })
+}
+
+/// `Encounter.patient=Patient/123&Encounter.status=finished` → (`Encounter`,
+/// `patient=Patient/123&status=finished`); `None` unless every parameter carries the same
+/// resource-type prefix.
+fn dotted_filter(text: &str) -> Option<(String, String)> {
+    let first = text.split('=').next()?;
+    let (ty, _) = first.split_once('.')?;
+    if !crate::resource_types::is_r4_resource_type(ty) {
+        return None;
+    }
+    let prefix = format!("{ty}.");
+    let mut query = Vec::new();
+    for pair in text.split('&') {
+        query.push(pair.strip_prefix(&prefix)?);
+    }
+    Some((ty.to_owned(), query.join("&")))
 }
 
 fn single_resource(topic: &Topic, at: &str) -> Result<String, OperationOutcome> {

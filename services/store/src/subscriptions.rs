@@ -208,32 +208,35 @@ impl Store {
         }
     }
 
-    /// A hub-driven status change (active → error, error → active, → off), with the reason.
-    /// It does not make a new version: versions are the client's edits, and delivery
-    /// restarts a subscription's worker only when its version changes.
+    /// A hub-driven status change (active → error, error → active, → off), with the reason,
+    /// made by whoever acted on `version` of the subscription. It does not make a new
+    /// version: versions are the client's edits, and delivery restarts a subscription's
+    /// worker only when its version changes. Fenced by that version: a worker still running
+    /// for an older version (the client has since set `requested` or `off`, or deleted and
+    /// re-created the id) changes nothing. Returns whether the status was written.
     pub async fn set_subscription_status(
         &self,
         tenant: &str,
         id: &str,
+        version: i64,
         status: &str,
         error: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         // not a client write: no generation bump, no index rebuild anywhere (the notification
         // log refuses events for an `off` subscription by itself)
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE subscriptions SET status = $3, error = $4, last_updated = $5
-             WHERE tenant = $1 AND id = $2",
+             WHERE tenant = $1 AND id = $2 AND version_id = $6",
         )
         .bind(tenant)
         .bind(id)
         .bind(status)
         .bind(error)
         .bind(now())
-        .execute(&mut *tx)
+        .bind(version)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Move the delivery cursor past every event generated so far: used when a client

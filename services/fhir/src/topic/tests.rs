@@ -59,6 +59,13 @@ fn filters_follow_can_filter_by() {
     assert!(!f.accepts("Observation", Some(&obs("final", "Patient/2")), None));
     // the single resource type may be left out
     assert!(parse_filter(&t, "patient=Patient/1", "f").is_ok());
+    // the dotted form of the Inferno kit's samples means the same
+    let f = parse_filter(&t, "Observation.patient=Patient/1", "f").unwrap();
+    assert_eq!(
+        (f.resource.as_str(), f.query.as_str()),
+        ("Observation", "patient=Patient/1")
+    );
+    assert!(!f.accepts("Observation", Some(&obs("final", "Patient/2")), None));
     assert!(parse_filter(&t, "value-quantity=gt5", "f").is_ok());
     let refused = |s: &str| parse_filter(&t, s, "f").unwrap_err().summary();
     assert!(refused("code=1234-5").contains("does not allow filtering on 'code'"));

@@ -24,8 +24,8 @@ pub const TOPIC_SUPPORT: &str = "Topic-based subscriptions (Subscriptions R5 Bac
 Subscription.criteria is the canonical url of a SubscriptionTopic stored at /SubscriptionTopic \
 (R4B/R5 JSON shape); filters in _criteria.extension backport-filter-criteria, limited to the \
 topic's canFilterBy (comparators and modifiers as listed; eq when none); channel.payload \
-application/fhir+json is required, with _payload.extension backport-payload-content empty, \
-id-only (default) or full-resource; channel extensions backport-heartbeat-period, \
+application/fhir+json is required (or application/json), with _payload.extension backport-payload-content empty, \
+id-only (default) or full-resource; notifications carry the payload MIME type as their content type; channel extensions backport-heartbeat-period, \
 backport-timeout (1-120 s) and backport-max-count. Notifications are history Bundles whose first \
 entry is a backport-subscription-status-r4 Parameters (types handshake, heartbeat, \
 event-notification; $status gives query-status, $events query-event), one event per bundle or \
@@ -50,6 +50,16 @@ urn:fhir-hub:channel-type): fhirhub.v1.NotificationStream on the hub's gRPC list
 (grpc.listen; reflection and grpc.health.v1): Subscribe from an event number, Consume as a \
 named consumer resuming after its committed offsets, Commit.";
 
+/// The Backport IG's R4 server CapabilityStatement, which this one instantiates.
+pub const BACKPORT_SERVER_R4: &str = "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4";
+pub const BACKPORT_IG: &str = "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide/hl7.fhir.uv.subscriptions-backport";
+pub const BACKPORT_SUBSCRIPTION_PROFILE: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription";
+
+/// The topic API. SubscriptionTopic is not an R4 resource type, so an R4
+/// CapabilityStatement cannot list it under `rest.resource`: it is described here instead.
+const TOPIC_API: &str = "SubscriptionTopic (not an R4 resource type, so described here rather than under rest.resource): [base]/SubscriptionTopic supports read, vread, update (update-create), delete, _history, create and search by url (exact), status and resource (a resourceTrigger's resource, type name or StructureDefinition url); the R4B/R5 SubscriptionTopic JSON shape, or the Backport IG's R4 Basic representation, stored as the topic it stands for. Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.";
+
 pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
     let topics: Vec<serde_json::Value> = hub
         .store
@@ -69,13 +79,18 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
         "software": {"name": "fhir-hub", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "FHIR Subscription Hub"},
         "fhirVersion": "4.0.1",
+        // the Backport IG: SHOULD instantiate its R4 server CapabilityStatement
+        "instantiates": [BACKPORT_SERVER_R4],
+        "implementationGuide": [BACKPORT_IG],
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON).",
+            "documentation": format!("POST [base] accepts history, transaction and batch Bundles as change events to publish (answered 202 with an OperationOutcome, not a transaction-response: the hub stores no clinical resources). POST /events accepts change-event envelopes (JSON or NDJSON). {TOPIC_API}"),
             "resource": [{
                 "type": "Subscription",
                 "extension": topics,
+                // the Backport IG: SHALL declare the Backport Subscription profile
+                "supportedProfile": [BACKPORT_SUBSCRIPTION_PROFILE],
                 "documentation": format!("Channel types: rest-hook; websocket for topic-based subscriptions; sse (urn:fhir-hub:channel-type) at [base]/Subscription/{{id}}/$stream; grpc (urn:fhir-hub:channel-type) on the gRPC listener. Payload: none (empty POST to the endpoint) or application/fhir+json (PUT [endpoint]/[type]/[id] with the resource). Every request carries Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature) signed with the subscription's secret (channel extension urn:fhir-hub:webhook-secret, or generated and returned once at create). Delivered means 2xx, or the statuses listed in the channel extension urn:fhir-hub:success-codes (valueString like 200-299,302). Mutual TLS: a PEM client certificate and key in the channel extension urn:fhir-hub:client-certificate (never shown on reads). Heartbeats: the Backport IG extension backport-heartbeat-period on channel (seconds) makes the hub send a signed empty POST after that much silence. Status: requested until an empty signed handshake POST succeeds, then active; error while deliveries fail; off on 410 Gone or when the retry schedule runs out; only the client sets requested again. Endpoints resolving to loopback, private, link-local, multicast or metadata addresses are refused (422). {CRITERIA_SUPPORT} {TOPIC_SUPPORT}"),
                 "interaction": [
                     {"code": "read"},
@@ -102,20 +117,6 @@ pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
                     {"name": "type", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-type"},
                     {"name": "url", "type": "uri", "definition": "http://hl7.org/fhir/SearchParameter/Subscription-url", "documentation": "exact match only"},
                     {"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}
-                ]
-            }, {
-                "type": "SubscriptionTopic",
-                "documentation": "Topics for topic-based subscriptions, in the R4B/R5 SubscriptionTopic JSON shape (the Backport IG's R4 Basic representation is accepted too and stored as the topic it stands for). Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.",
-                "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
-                    {"code": "delete"}, {"code": "history-instance"},
-                    {"code": "create"}, {"code": "search-type"}
-                ],
-                "updateCreate": true,
-                "searchParam": [
-                    {"name": "url", "type": "uri", "documentation": "exact match"},
-                    {"name": "status", "type": "token"},
-                    {"name": "resource", "type": "uri", "documentation": "a resourceTrigger's resource (type name or StructureDefinition url)"}
                 ]
             }]
         }]

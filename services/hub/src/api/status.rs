@@ -1,6 +1,8 @@
-//! `$status` (Subscriptions R5 Backport IG, R4 form): a history Bundle holding one
-//! subscription-status Parameters per subscription, with the hub's delivery state
-//! (last success, last error, failed attempts, queued count) as an extension.
+//! `$status` (Subscriptions R5 Backport IG, R4 form): a `searchset` Bundle holding one
+//! backport-subscription-status-r4 Parameters per subscription. The hub's delivery state
+//! (the rest-hook reader's cursor, queued count, failed attempts, last success, last error)
+//! rides in the same Parameters as one more parameter, `delivery-state`, with parts: the
+//! profile slices `parameter` openly, so the status stays valid R4 and valid to the profile.
 
 use axum::extract::{Path, Query, State};
 use hub_fhir::notification;
@@ -20,46 +22,54 @@ fn query_status<'a>(hub: &'a Hub, sub: &'a Subscription) -> render::Message<'a> 
 }
 
 /// The backport-subscription-status-r4 Parameters, with the hub's delivery state (the
-/// rest-hook reader's cursor) as an extension.
+/// rest-hook reader's cursor) as the `delivery-state` parameter. Counters that can pass
+/// 2^31 are strings, as the IG writes event numbers in R4 (which has no integer64).
 async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiError> {
     let d = hub.store.delivery_state(&sub.tenant, &sub.id).await?;
     let queued = (sub.events_since_start - d.delivered_through).max(0);
     let mut delivery = vec![
-        json!({"url": "delivered-through", "valueInteger64": d.delivered_through.to_string()}),
-        json!({"url": "queued", "valueInteger64": queued.to_string()}),
-        json!({"url": "failed-attempts", "valueInteger64": d.attempts.to_string()}),
+        json!({"name": "delivered-through", "valueString": d.delivered_through.to_string()}),
+        json!({"name": "queued", "valueString": queued.to_string()}),
+        json!({"name": "failed-attempts", "valueUnsignedInt": u32::try_from(d.attempts.max(0)).unwrap_or(u32::MAX)}),
     ];
     if let Some(t) = &d.last_success_at {
-        delivery.push(json!({"url": "last-success", "valueInstant": t}));
+        delivery.push(json!({"name": "last-success", "valueInstant": t}));
     }
     if let Some(t) = &d.last_attempt_at {
-        delivery.push(json!({"url": "last-attempt", "valueInstant": t}));
+        delivery.push(json!({"name": "last-attempt", "valueInstant": t}));
     }
     if let Some(e) = &d.last_error {
-        delivery.push(json!({"url": "last-error", "valueString": e}));
+        delivery.push(json!({"name": "last-error", "valueString": e}));
     }
     let message = query_status(hub, sub);
     let mut p = notification::status_parameters(&message.status_info(), &[], sub.content());
-    p["extension"] = json!([{"url": "urn:fhir-hub:delivery-state", "extension": delivery}]);
+    if let Some(params) = p["parameter"].as_array_mut() {
+        params.push(json!({"name": "delivery-state", "part": delivery}));
+    }
     Ok(p)
 }
 
-fn bundle(base: &str, statuses: Vec<Value>) -> Value {
+/// The `searchset` Bundle `$status` answers (the IG's operation definition): one `match`
+/// entry per subscription, without `request`/`response` (R4's bdl-3 and bdl-4 allow those
+/// only in history, batch and transaction bundles).
+fn bundle(statuses: Vec<Value>) -> Value {
+    let total = statuses.len();
     let entries: Vec<Value> = statuses
         .into_iter()
         .map(|p| {
             json!({
-                "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+                "fullUrl": format!("urn:uuid:{}", p["id"].as_str().unwrap_or_default()),
                 "resource": p,
-                "request": {"method": "GET", "url": format!("{base}/Subscription/$status")},
-                "response": {"status": "200"},
+                "search": {"mode": "match"},
             })
         })
         .collect();
     json!({
         "resourceType": "Bundle",
-        "type": "history",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
         "timestamp": hub_fhir::time_fmt::now_instant(),
+        "total": total,
         "entry": entries,
     })
 }
@@ -73,10 +83,12 @@ pub async fn instance(
     let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
     if sub.shape() != FhirVersion::R4 {
-        return Ok(FhirJson(query_status(&hub, &sub).bundle(sub.content())));
+        let message = query_status(&hub, &sub);
+        let status = notification::subscription_status(&message.status_info(), &[], sub.content());
+        return Ok(FhirJson(bundle(vec![status])));
     }
     let p = status_parameters(&hub, &sub).await?;
-    Ok(FhirJson(bundle(&hub.base_url, vec![p])))
+    Ok(FhirJson(bundle(vec![p])))
 }
 
 /// `GET /fhir/Subscription/$status[?id=a,b][&status=active,error]`.
@@ -109,5 +121,5 @@ pub async fn type_level(
         let sub = hub.subscriptions.read(row)?;
         out.push(status_parameters(&hub, &sub).await?);
     }
-    Ok(FhirJson(bundle(&hub.base_url, out)))
+    Ok(FhirJson(bundle(out)))
 }

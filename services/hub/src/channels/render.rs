@@ -47,12 +47,16 @@ pub struct Rendered {
     pub id: String,
 }
 
-/// The content type of a bundle of this shape.
-pub fn content_type(shape: FhirVersion) -> &'static str {
+/// The content type of a bundle of this shape for a subscription whose `channel.payload`
+/// names `payload` (the IG: the content type SHALL match the payload MIME type, so a
+/// subscriber that asked for `application/json` gets `application/json`), with the
+/// `fhirVersion` parameter when the shape is not the server's own R4.
+pub fn content_type(payload: Option<&str>, shape: FhirVersion) -> String {
+    let mime = payload.unwrap_or("application/fhir+json");
     match shape {
-        FhirVersion::R4 => "application/fhir+json",
-        FhirVersion::R4B => "application/fhir+json; fhirVersion=4.3",
-        FhirVersion::R5 => "application/fhir+json; fhirVersion=5.0",
+        FhirVersion::R4 => mime.to_owned(),
+        FhirVersion::R4B => format!("{mime}; fhirVersion=4.3"),
+        FhirVersion::R5 => format!("{mime}; fhirVersion=5.0"),
     }
 }
 
@@ -168,7 +172,10 @@ impl<'a> Message<'a> {
         }
         Rendered {
             body: Some(self.bundle(sub.content()).to_string().into_bytes()),
-            content_type: Some(content_type(sub.shape()).to_owned()),
+            content_type: Some(content_type(
+                sub.spec.channel.payload.as_deref(),
+                sub.shape(),
+            )),
             resource_path: None,
             id,
         }

@@ -159,6 +159,7 @@ async fn start_worker(
                     .set_subscription_status(
                         &sub.tenant,
                         &sub.id,
+                        sub.version,
                         Status::Error.as_str(),
                         Some(&msg),
                     )

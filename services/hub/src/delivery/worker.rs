@@ -89,6 +89,8 @@ struct HttpAttempt<'a> {
     w: &'a Worker,
     dispatch: Dispatch,
     status: &'a mut Status,
+    /// Failed attempts after which the subscription shows `error`.
+    error_after: usize,
 }
 
 impl Attempt for HttpAttempt<'_> {
@@ -120,7 +122,7 @@ impl Attempt for HttpAttempt<'_> {
         {
             tracing::warn!(subscription = %w.sub.id, error = %e, "cannot record a failure");
         }
-        if failures >= w.hub.config.delivery.error_after_failures && *self.status != Status::Error {
+        if failures >= self.error_after && *self.status != Status::Error {
             w.set_status(Status::Error, Some(reason)).await;
             *self.status = Status::Error;
         }
@@ -189,6 +191,7 @@ impl Worker {
             w: self,
             dispatch: d,
             status,
+            error_after: self.hub.config.delivery.error_after_failures,
         };
         match attempt.attempt().await {
             Outcome::Delivered { .. } => {
@@ -216,20 +219,34 @@ impl Worker {
         if let Err(e) = self
             .hub
             .store
-            .set_subscription_status(&self.sub.tenant, &self.sub.id, status.as_str(), error)
+            .set_subscription_status(
+                &self.sub.tenant,
+                &self.sub.id,
+                self.sub.version,
+                status.as_str(),
+                error,
+            )
             .await
         {
             tracing::error!(subscription = %self.sub.id, error = %e, "cannot record a status change");
         }
     }
 
-    /// Retry one message; on success bring an errored subscription back to active.
-    async fn deliver(&self, dispatch: Dispatch, status: &mut Status) -> Final {
+    /// Retry one message; on success bring an errored subscription back to active. A
+    /// handshake shows `error` at its first failure (the IG: any error in the initial
+    /// handshake SHALL set error), and keeps being retried on the schedule.
+    async fn deliver(&self, dispatch: Dispatch, kind: Kind, status: &mut Status) -> Final {
         let schedule: &Schedule = &self.hub.schedule;
+        let error_after = if kind == Kind::Handshake {
+            1
+        } else {
+            self.hub.config.delivery.error_after_failures
+        };
         let mut attempt = HttpAttempt {
             w: self,
             dispatch,
             status,
+            error_after,
         };
         let result = deliver_with_retries(&mut attempt, schedule, &self.stop).await;
         match &result {
@@ -254,7 +271,7 @@ impl Worker {
         let mut status = self.sub.status;
         if status == Status::Requested {
             let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
-            if self.deliver(d, &mut status).await != Final::Delivered {
+            if self.deliver(d, Kind::Handshake, &mut status).await != Final::Delivered {
                 return;
             }
             tracing::info!(subscription = %self.sub.id, "handshake accepted");
@@ -324,7 +341,7 @@ impl Worker {
                     continue;
                 };
                 let d = self.message(status, Kind::EventNotification, last.event_number, notes);
-                let result = self.deliver(d, &mut status).await;
+                let result = self.deliver(d, Kind::EventNotification, &mut status).await;
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();

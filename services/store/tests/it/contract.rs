@@ -99,7 +99,7 @@ pub(crate) async fn subscription_crud_with_versions(store: Store) {
     assert_eq!(live.len(), 1, "off subscriptions are not live");
 
     store
-        .set_subscription_status("default", "s1", "error", Some("HTTP 500"))
+        .set_subscription_status("default", "s1", 2, "error", Some("HTTP 500"))
         .await
         .unwrap();
     let e = store
@@ -121,6 +121,21 @@ pub(crate) async fn subscription_crud_with_versions(store: Store) {
         (up.version_id, up.error),
         (3, None),
         "a client update clears the error"
+    );
+    // a worker still acting on version 2 cannot overwrite the client's newer `requested`
+    let applied = store
+        .set_subscription_status("default", "s1", 2, "off", Some("gave up"))
+        .await
+        .unwrap();
+    assert!(!applied, "a stale version's status change is refused");
+    let now = store
+        .get_subscription("default", "s1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (now.status.as_str(), now.error.as_deref()),
+        ("requested", None)
     );
 
     assert!(store.delete_subscription("default", "s1").await.unwrap());
@@ -632,11 +647,11 @@ pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store:
     let (a0, b0) = (gen_of(&g0, "a").unwrap(), gen_of(&g0, "b").unwrap());
     // the hub's own status changes rebuild nothing
     store
-        .set_subscription_status("a", "s1", "error", Some("endpoint down"))
+        .set_subscription_status("a", "s1", 1, "error", Some("endpoint down"))
         .await
         .unwrap();
     store
-        .set_subscription_status("a", "s1", "active", None)
+        .set_subscription_status("a", "s1", 1, "active", None)
         .await
         .unwrap();
     assert_eq!(
@@ -658,7 +673,7 @@ pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store:
     assert!(gen_of(&store.tenant_generations().await.unwrap(), "b").unwrap() > b0);
     // an `off` subscription generates nothing, even from a matcher whose index is behind
     store
-        .set_subscription_status("a", "s1", "off", Some("gone"))
+        .set_subscription_status("a", "s1", 2, "off", Some("gone"))
         .await
         .unwrap();
     let mut n = note("s1", "e-off");
