@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the store contract on SQLite and PostgreSQL, the event-log
 # contract on the embedded log, librdkafka's MockCluster and a real tansu broker, and the
-# end-to-end tests that start the real fhir-hub binary.
+# end-to-end tests that start the real fhir-hub binary (with the ported Inferno suite), and
+# the short fault suite (tests/faults: its own PostgreSQL and tansu, killed and restarted).
 #
 # It installs or starts what is missing:
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
@@ -27,13 +28,14 @@ find_tansu() {
   done
   return 1
 }
-if [ -z "${FHIR_HUB_TEST_KAFKA:-}" ]; then
-  if ! TANSU=$(find_tansu); then
-    log "installing tansu 0.6.0 into $CACHE/tansu (a long build, done once)"
-    cargo install tansu@0.6.0 --locked --features dynostore,libsql --root "$CACHE/tansu"
-    TANSU=$(find_tansu)
-  fi
+# the fault suite (tests/faults) starts and kills a broker of its own, so tansu is needed
+# even when FHIR_HUB_TEST_KAFKA names an existing broker
+if ! TANSU=$(find_tansu); then
+  log "installing tansu 0.6.0 into $CACHE/tansu (a long build, done once)"
+  cargo install tansu@0.6.0 --locked --features dynostore,libsql --root "$CACHE/tansu"
+  TANSU=$(find_tansu)
 fi
+export FHIR_HUB_TANSU="$TANSU"
 
 # --- PostgreSQL ----------------------------------------------------------------------------
 export FHIR_HUB_TEST_DATABASE_URL="${FHIR_HUB_TEST_DATABASE_URL:-postgres://root@127.0.0.1:5432/test}"
@@ -64,6 +66,10 @@ if ! command -v pg_isready >/dev/null 2>&1 || ! pg_up; then
   fi
 fi
 psql "$FHIR_HUB_TEST_DATABASE_URL" -qc 'select 1' >/dev/null
+# the fault suite runs a PostgreSQL of its own (initdb in a temp dir) that it can kill
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "${FHIR_HUB_PG_BIN:-}" ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 
 # --- openssl (the mTLS test makes its own short-lived CA and certificates) -----------------
 if ! command -v openssl >/dev/null 2>&1; then

@@ -55,6 +55,9 @@ pub(crate) struct Hub {
 pub(crate) struct HubEnv {
     pub vars: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// `--listen` (default `127.0.0.1:0`); a fixed one lets a restarted process keep its
+    /// address.
+    pub listen: Option<String>,
 }
 
 impl HubEnv {
@@ -65,6 +68,12 @@ impl HubEnv {
 
     pub(crate) fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
+        self
+    }
+
+    #[allow(dead_code)] // used by the fault suite (tests/faults), which shares this file
+    pub(crate) fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.into());
         self
     }
 }
@@ -137,7 +146,7 @@ fn spawn(env: &HubEnv, data_dir: &tempfile::TempDir) -> Child {
     let mut cmd = Command::new(binary());
     cmd.arg("serve")
         .arg("--listen")
-        .arg("127.0.0.1:0")
+        .arg(env.listen.as_deref().unwrap_or("127.0.0.1:0"))
         .arg("--data-dir")
         .arg(data_dir.path())
         .args(&env.args)

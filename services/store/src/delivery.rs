@@ -49,11 +49,30 @@ impl Store {
         subscription_id: &str,
         event_number: i64,
     ) -> Result<(), StoreError> {
+        self.record_delivered_by(tenant, subscription_id, event_number, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::record_delivered`] fenced by the delivery lease: written only while `owner`
+    /// holds the subscription's lease. A process that lost its lease (it stalled past the
+    /// lease's TTL, or could not renew it) and still runs a worker has its progress refused
+    /// and learns it must stop: two processes never move one cursor. Returns whether the
+    /// progress was recorded.
+    pub async fn record_delivered_by(
+        &self,
+        tenant: &str,
+        subscription_id: &str,
+        event_number: i64,
+        owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let t = now();
-        sqlx::query(
+        let done = sqlx::query(
             "INSERT INTO delivery_state (tenant, subscription_id, delivered_through, attempts,
                  last_attempt_at, last_success_at, last_error)
-             VALUES ($1, $2, $3, 0, $4, $4, NULL)
+             SELECT $1, $2, $3, 0, $4, $4, NULL
+             WHERE $5 IS NULL OR EXISTS (SELECT 1 FROM delivery_leases l
+                 WHERE l.tenant = $1 AND l.subscription_id = $2 AND l.owner = $5)
              ON CONFLICT (tenant, subscription_id) DO UPDATE SET
                  delivered_through = CASE WHEN delivery_state.delivered_through > excluded.delivered_through
                      THEN delivery_state.delivered_through ELSE excluded.delivered_through END,
@@ -64,9 +83,10 @@ impl Store {
         .bind(subscription_id)
         .bind(event_number)
         .bind(t)
+        .bind(owner)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Record a failed attempt.

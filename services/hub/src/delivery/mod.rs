@@ -39,6 +39,8 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     // This process's identity for delivery leases.
     let owner = format!("delivery-{}", uuid::Uuid::new_v4());
     let ttl = hub.config.delivery.lease_ttl_ms;
+    let lease_ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
+    let mut renewed = tokio::time::Instant::now();
 
     // One query (and one lease renewal) per poll, however many subscriptions: the workers
     // themselves wait on their subscription's wake-up.
@@ -55,14 +57,34 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     .collect();
                 match hub.store.claim_leases(&owner, &wanted, ttl).await {
                     Ok(held) => {
+                        renewed = tokio::time::Instant::now();
                         let mine: Vec<Subscription> = subs
                             .into_iter()
                             .filter(|s| held.contains(&(s.tenant.clone(), s.id.clone())))
                             .collect();
-                        reconcile(&hub, &shutdown, mine, &mut workers, &mut tasks).await;
+                        reconcile(&hub, &shutdown, &owner, mine, &mut workers, &mut tasks).await;
                     }
-                    // Keep what runs: if the store is back within the lease, nothing changes.
-                    Err(e) => tracing::warn!(error = %e, "cannot renew delivery leases"),
+                    // Keep what runs while the leases last: if the store is back in time,
+                    // nothing changes. Past their TTL another process may own them: stop
+                    // every worker rather than send beside it.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew delivery leases");
+                        if renewed.elapsed() > lease_ttl && !workers.is_empty() {
+                            tracing::warn!(
+                                workers = workers.len(),
+                                "delivery leases expired unrenewed; stopping every worker"
+                            );
+                            reconcile(
+                                &hub,
+                                &shutdown,
+                                &owner,
+                                Vec::new(),
+                                &mut workers,
+                                &mut tasks,
+                            )
+                            .await;
+                        }
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list subscriptions for delivery"),
@@ -95,6 +117,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
 async fn reconcile(
     hub: &Hub,
     shutdown: &CancellationToken,
+    owner: &str,
     subs: Vec<Subscription>,
     workers: &mut HashMap<(String, String), Running>,
     tasks: &mut JoinSet<()>,
@@ -117,7 +140,7 @@ async fn reconcile(
             continue;
         }
         let version = sub.version;
-        let Some(worker) = start_worker(hub, shutdown, sub).await else {
+        let Some(worker) = start_worker(hub, shutdown, owner, sub).await else {
             continue;
         };
         workers.insert(
@@ -141,6 +164,7 @@ async fn reconcile(
 async fn start_worker(
     hub: &Hub,
     shutdown: &CancellationToken,
+    owner: &str,
     sub: Subscription,
 ) -> Option<worker::Worker> {
     let Some(secret) = sub.secret.clone() else {
@@ -208,6 +232,7 @@ async fn start_worker(
         sub,
         secret,
         stop: shutdown.child_token(),
+        owner: owner.to_owned(),
     })
 }
 

@@ -83,6 +83,9 @@ pub(super) struct Worker {
     pub sub: Subscription,
     pub secret: String,
     pub stop: CancellationToken,
+    /// This process's delivery lease owner id: progress is recorded only while it holds
+    /// the subscription's lease.
+    pub owner: String,
 }
 
 struct HttpAttempt<'a> {
@@ -136,14 +139,26 @@ impl Worker {
     /// Record that everything up to `through` is delivered; false if stopped while the
     /// store was unavailable (the next worker resends from the last record: duplicates with
     /// the same webhook-id, never a loss).
+    /// Fenced by the lease: when another process holds it now, this worker stops (that
+    /// process resends from the last recorded progress, with the same webhook-ids).
     async fn record(&self, through: i64) -> bool {
-        crate::retry::until_ok(&self.stop, "recording a delivery", || {
-            self.hub
-                .store
-                .record_delivered(&self.sub.tenant, &self.sub.id, through)
+        let recorded = crate::retry::until_ok(&self.stop, "recording a delivery", || {
+            self.hub.store.record_delivered_by(
+                &self.sub.tenant,
+                &self.sub.id,
+                through,
+                Some(&self.owner),
+            )
         })
-        .await
-        .is_some()
+        .await;
+        match recorded {
+            Some(true) => true,
+            Some(false) => {
+                tracing::warn!(subscription = %self.sub.id, tenant = %self.sub.tenant, "this process lost the subscription's delivery lease; its worker stops");
+                false
+            }
+            None => false,
+        }
     }
 
     /// The rendered message as a request to this subscription's endpoint.

@@ -391,6 +391,28 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
     assert_eq!(a.len(), 4);
     let b = store.claim_leases("b", &wanted, 60_000).await.unwrap();
     assert_eq!(b.len(), 4, "expired leases move on");
+    // fencing: the cursor moves only for the lease's owner; a stale owner is refused
+    assert!(
+        store
+            .record_delivered_by("default", "s0", 3, Some("b"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_delivered_by("default", "s0", 7, Some("a"))
+            .await
+            .unwrap(),
+        "a lost its lease: its progress is refused"
+    );
+    assert_eq!(
+        store
+            .delivery_state("default", "s0")
+            .await
+            .unwrap()
+            .delivered_through,
+        3
+    );
     store.release_leases("b").await.unwrap();
     assert_eq!(
         store

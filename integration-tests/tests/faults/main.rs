@@ -1,0 +1,1005 @@
+//! The fault suite: real processes, real faults, and a checker that proves nothing is lost.
+//!
+//! One run starts a PostgreSQL of its own (initdb in a temp dir on a free port, so it can be
+//! killed without touching the machine's), a tansu broker of its own, and the hub split by
+//! role into three processes (api, matcher, delivery) in Kafka mode. A publisher sends
+//! change events at a steady rate through the api (retrying a refused batch with the same
+//! event ids, as a producer should), with poison records written straight to the broker
+//! between them. Subscribers: rest-hook receivers that answer well, fail 30% of requests,
+//! are down for a while, or hang; and a Server-Sent Events reader that reads slowly and
+//! disconnects and resumes with `Last-Event-ID`. While events flow the suite kills (-9)
+//! each hub role, the broker and PostgreSQL, and restarts them.
+//!
+//! The checker, per subscription: every event number from 1 to the number of good events
+//! published arrived at least once, the first arrivals in event-number order (no gap, no
+//! reordering); duplicates are counted and carry the notification id of the first copy.
+//!
+//! Short run (the CI run): `cargo test -p integration-tests --test faults` (10,000 events).
+//! Long run: `FAULTS_EVENTS=200000 FAULTS_RATE=300 FAULTS_OUTAGE_SECS=180 cargo test
+//! --release -p integration-tests --test faults -- --nocapture` (docs/reliability.md).
+//! Needs `FHIR_HUB_TEST_KAFKA`-style prerequisites: the tansu binary (`FHIR_HUB_TANSU` or
+//! the cache path `scripts/test.sh` installs it in) and PostgreSQL's `initdb`/`postgres`.
+
+#![allow(clippy::unwrap_used)]
+
+#[allow(dead_code)]
+#[path = "../it/harness.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use harness::{Headless, Hub, HubEnv};
+
+const IG: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+const TOPIC: &str = "http://example.org/topics/admission";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL of the suite's own.
+
+struct Postgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("FHIR_HUB_PG_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// PostgreSQL refuses to run as root: as root, run it as the `postgres` user.
+fn as_db_user(bin: PathBuf) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = pg_bin().expect("PostgreSQL's initdb (set FHIR_HUB_PG_BIN to its bin dir)");
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let out = as_db_user(bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "root", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut pg = Postgres {
+            bin,
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        pg.spawn();
+        pg
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pg.log"))
+            .unwrap();
+        let child = as_db_user(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=300",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "postgres");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://root@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A crash: SIGQUIT is PostgreSQL's immediate shutdown (no checkpoint, crash recovery
+    /// at the next start), which also ends every backend at once.
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A tansu broker of the suite's own.
+
+struct Broker {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FHIR_HUB_TANSU") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("FHIR_HUB_CACHE").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/fhir-hub"),
+        PathBuf::from,
+    );
+    let p = cache.join("tansu/bin/tansu");
+    assert!(
+        p.exists(),
+        "tansu is missing: scripts/test.sh installs it, or set FHIR_HUB_TANSU"
+    );
+    p
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut b = Broker {
+            bin: tansu_bin(),
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "tansu");
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill9(&mut c);
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Receivers with faults, all recording into the checker.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Good,
+    /// 500 for about 30% of requests.
+    Flaky,
+    /// 503 to everything while the outage lasts.
+    Outage,
+    /// Holds every request without answering while the hang lasts.
+    Hang,
+}
+
+/// One arrival: (subscription, event number, notification id).
+#[derive(Default)]
+struct Checker {
+    arrivals: Mutex<Vec<(String, i64, String, Instant)>>,
+}
+
+impl Checker {
+    fn record(&self, sub: &str, number: i64, id: &str) {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push((sub.to_owned(), number, id.to_owned(), Instant::now()));
+    }
+
+    fn last_arrival(&self) -> Option<Instant> {
+        self.arrivals.lock().unwrap().last().map(|a| a.3)
+    }
+
+    fn distinct(&self, sub: &str) -> usize {
+        let a = self.arrivals.lock().unwrap();
+        let mut n: Vec<i64> = a.iter().filter(|x| x.0 == sub).map(|x| x.1).collect();
+        n.sort_unstable();
+        n.dedup();
+        n.len()
+    }
+
+    /// Every number 1..=expected, first arrivals in order, duplicates with the first copy's
+    /// id. Returns (delivered distinct, duplicates) or the violations.
+    fn verify(&self, sub: &str, expected: i64) -> Result<(usize, usize), String> {
+        let a = self.arrivals.lock().unwrap();
+        let mut first: BTreeMap<i64, &str> = BTreeMap::new();
+        let mut order = Vec::new();
+        let mut duplicates = 0;
+        let mut problems = Vec::new();
+        for (s, n, id, _) in a.iter().filter(|x| x.0 == sub) {
+            match first.get(n) {
+                None => {
+                    first.insert(*n, id);
+                    order.push(*n);
+                }
+                Some(prev) => {
+                    duplicates += 1;
+                    if *prev != id.as_str() {
+                        problems.push(format!(
+                            "{s}: event {n} came twice with different ids ({prev}, {id})"
+                        ));
+                    }
+                }
+            }
+        }
+        let missing: Vec<i64> = (1..=expected).filter(|n| !first.contains_key(n)).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "{sub}: {} of {expected} events never arrived (first: {:?})",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ));
+        }
+        if let Some(w) = order.windows(2).find(|w| w[1] < w[0]) {
+            problems.push(format!(
+                "{sub}: event {} first arrived after {}",
+                w[1], w[0]
+            ));
+        }
+        if let Some(extra) = first.keys().find(|n| **n > expected || **n < 1) {
+            problems.push(format!("{sub}: an event number out of range: {extra}"));
+        }
+        if problems.is_empty() {
+            Ok((first.len(), duplicates))
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    mode: Mode,
+    /// While true, an Outage or Hang receiver misbehaves.
+    faulty: Arc<AtomicBool>,
+    counter: Arc<AtomicU64>,
+    checker: Arc<Checker>,
+}
+
+fn status_param<'a>(bundle: &'a Value, name: &str) -> Vec<&'a Value> {
+    bundle["entry"][0]["resource"]["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == name)
+        .collect()
+}
+
+/// The subscription id and event numbers of an event-notification bundle.
+fn numbers_of(bundle: &Value) -> Option<(String, Vec<i64>)> {
+    if status_param(bundle, "type").first()?["valueCode"] != "event-notification" {
+        return None;
+    }
+    let sub = status_param(bundle, "subscription").first()?["valueReference"]["reference"]
+        .as_str()?
+        .rsplit('/')
+        .next()?
+        .to_owned();
+    let numbers = status_param(bundle, "notification-event")
+        .iter()
+        .filter_map(|e| e["part"][0]["valueString"].as_str()?.parse().ok())
+        .collect();
+    Some((sub, numbers))
+}
+
+async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let n = s.counter.fetch_add(1, Ordering::SeqCst);
+    let faulty = s.faulty.load(Ordering::SeqCst);
+    match s.mode {
+        Mode::Outage if faulty => return StatusCode::SERVICE_UNAVAILABLE,
+        Mode::Hang if faulty => {
+            while s.faulty.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // the hub gave up on this request long ago: it was not delivered
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        // a fixed pseudo-random 30%: 3 of every 10 requests, spread out
+        Mode::Flaky if (n * 7) % 10 < 3 => return StatusCode::INTERNAL_SERVER_ERROR,
+        _ => {}
+    }
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if let Some((sub, numbers)) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .as_ref()
+        .and_then(numbers_of)
+    {
+        for n in numbers {
+            s.checker.record(&sub, n, &id);
+        }
+    }
+    StatusCode::OK
+}
+
+struct Receiver {
+    url: String,
+    faulty: Arc<AtomicBool>,
+}
+
+async fn receiver(mode: Mode, checker: &Arc<Checker>) -> Receiver {
+    let faulty = Arc::new(AtomicBool::new(false));
+    let state = ReceiverState {
+        mode,
+        faulty: Arc::clone(&faulty),
+        counter: Arc::default(),
+        checker: Arc::clone(checker),
+    };
+    let app = Router::new().fallback(receive).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Receiver {
+        url: format!("http://{addr}/{mode:?}"),
+        faulty,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// An SSE reader that reads slowly and disconnects and resumes with Last-Event-ID.
+
+async fn sse_reader(
+    base: String,
+    id: String,
+    checker: Arc<Checker>,
+    expected: Arc<AtomicU64>,
+    resume_every: usize,
+) -> usize {
+    let http = reqwest::Client::new();
+    let mut last: i64 = 0;
+    let mut reconnects = 0;
+    loop {
+        let want = expected.load(Ordering::SeqCst);
+        if want > 0 && last >= i64::try_from(want).unwrap_or(i64::MAX) {
+            return reconnects;
+        }
+        let mut req = http.get(format!("{base}/fhir/Subscription/{id}/$stream"));
+        req = if last == 0 {
+            req.query(&[("from", "1")])
+        } else {
+            req.header("last-event-id", last.to_string())
+        };
+        let Ok(mut res) = req.send().await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        reconnects += 1;
+        let mut buf = String::new();
+        let mut this_connection = 0;
+        'read: loop {
+            let want = expected.load(Ordering::SeqCst);
+            if want > 0 && last >= i64::try_from(want).unwrap_or(i64::MAX) {
+                return reconnects;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(2), res.chunk()).await;
+            let chunk = match chunk {
+                Err(_) => continue 'read, // quiet: look at `expected` again
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(_) => break 'read,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                let mut event = "";
+                let mut data = String::new();
+                let mut fid = None;
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = if v == "event-notification" { "n" } else { "" };
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        fid = v.parse::<i64>().ok();
+                    }
+                }
+                if event == "n"
+                    && let Ok(bundle) = serde_json::from_str::<Value>(&data)
+                    && let Some((sub, numbers)) = numbers_of(&bundle)
+                {
+                    for n in numbers {
+                        // a stream's copies are keyed by number (the SSE id)
+                        checker.record(&sub, n, &format!("sse-{n}"));
+                    }
+                    if let Some(f) = fid {
+                        last = last.max(f);
+                    }
+                    let want = expected.load(Ordering::SeqCst);
+                    if want > 0 && last >= i64::try_from(want).unwrap_or(i64::MAX) {
+                        return reconnects;
+                    }
+                    this_connection += 1;
+                    // a slow reader
+                    if this_connection % 50 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if this_connection >= resume_every {
+                        break 'read;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The hub, split by role.
+
+struct Roles {
+    env: HubEnv,
+    api_port: u16,
+    api: Option<Hub>,
+    matcher: Option<Headless>,
+    delivery: Option<Headless>,
+}
+
+impl Roles {
+    async fn start(env: HubEnv) -> Roles {
+        let api_port = free_port();
+        let mut r = Roles {
+            env,
+            api_port,
+            api: None,
+            matcher: None,
+            delivery: None,
+        };
+        r.start_api().await;
+        r.matcher = Some(Headless::start(&r.role("matcher")));
+        r.delivery = Some(Headless::start(&r.role("delivery")));
+        r
+    }
+
+    fn role(&self, role: &str) -> HubEnv {
+        self.env.clone().arg("--roles").arg(role)
+    }
+
+    async fn start_api(&mut self) {
+        let env = self
+            .role("api")
+            .listen(&format!("127.0.0.1:{}", self.api_port));
+        self.api = Some(Hub::start(env).await);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    async fn kill_and_restart(&mut self, role: &str) {
+        match role {
+            "api" => {
+                if let Some(mut a) = self.api.take() {
+                    kill9(&mut a.child);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.start_api().await;
+            }
+            "matcher" | "delivery" => {
+                let slot = if role == "matcher" {
+                    &mut self.matcher
+                } else {
+                    &mut self.delivery
+                };
+                if let Some(mut h) = slot.take() {
+                    kill9(&mut h.child);
+                }
+                // A matcher comes back after its consumer-group session has expired (as a
+                // supervisor with a restart delay would bring it): tansu 0.6 sometimes
+                // forms the group with an empty assignment when a new member joins while a
+                // killed one is still in it (docs/reliability.md).
+                let delay = if role == "matcher" { 11_000 } else { 500 };
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let env = self.env.clone().arg("--roles").arg(role);
+                *slot = Some(Headless::start(&env));
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events and poison.
+
+fn encounter_event(i: u64) -> Value {
+    json!({
+        "id": format!("evt-{i}"), "action": "create", "resourceType": "Encounter",
+        "resourceId": format!("enc-{i}"), "occurredAt": "2024-05-01T10:00:00Z",
+        "resource": {"resourceType": "Encounter", "id": format!("enc-{i}"), "status": "in-progress",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": format!("Patient/p{}", i % 50)}}
+    })
+}
+
+/// Records no envelope check would let through the API, written straight to the topic:
+/// the reproduced crash (a multi-byte character inside a date's fraction), bytes that are
+/// not JSON, an envelope missing its resource, JSON nested past any parser's depth, a
+/// resource of the wrong shape.
+fn poison(i: u64) -> Vec<u8> {
+    match i % 5 {
+        0 => json!({"id": format!("poison-{i}"), "action": "create", "resourceType": "Observation",
+            "resourceId": format!("p{i}"), "occurredAt": "2024-05-01T10:00:00Z",
+            "resource": {"resourceType": "Observation", "id": format!("p{i}"), "status": "final",
+                "code": {"text": "x"}, "effectiveDateTime": "2024-01-01T10:00:00.12345é"}})
+        .to_string()
+        .into_bytes(),
+        1 => b"\xff\xfe not json at all".to_vec(),
+        2 => json!({"id": format!("poison-{i}"), "action": "update"})
+            .to_string()
+            .into_bytes(),
+        3 => format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        _ => json!({"id": format!("poison-{i}"), "action": "create", "resourceType": "Encounter",
+            "resourceId": format!("p{i}"), "occurredAt": "not a time",
+            "resource": {"resourceType": "Encounter", "id": 17, "status": ["in-progress"],
+                "subject": 5}})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+async fn produce_poison(brokers: &str, topic: &str, i: u64) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let payload = poison(i);
+    let key = format!("poison-{i}");
+    let record = FutureRecord::to(topic).payload(&payload).key(&key);
+    let _ = producer.send(record, Duration::from_secs(30)).await;
+}
+
+/// Publish `total` good events at about `rate` per second in NDJSON batches, retrying a
+/// refused batch (the api restarting, the broker down) with the same event ids until it
+/// is taken; a poison record every `poison_every` events.
+async fn publish(
+    url: String,
+    brokers: String,
+    topic: String,
+    total: u64,
+    rate: u64,
+    poison_every: u64,
+    published: Arc<AtomicU64>,
+) -> u64 {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let batch = 20u64;
+    let pause = Duration::from_millis(1000 * batch / rate.max(1));
+    let mut retries = 0;
+    let mut i = 0;
+    let mut poisons = 0;
+    while i < total {
+        let n = batch.min(total - i);
+        let body: String = (i..i + n)
+            .map(|k| encounter_event(k).to_string() + "\n")
+            .collect();
+        loop {
+            let sent = http
+                .post(format!("{url}/events"))
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().as_u16() == 202) {
+                break;
+            }
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        i += n;
+        published.store(i, Ordering::SeqCst);
+        if poison_every > 0 && i / poison_every > poisons {
+            poisons += 1;
+            produce_poison(&brokers, &topic, poisons).await;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    retries
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+async fn create(url: &str, body: &Value) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{url}/fhir/{}",
+            body["resourceType"].as_str().unwrap()
+        ))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+fn subscription(endpoint: &str, channel: &str) -> Value {
+    let mut s = json!({
+        "resourceType": "Subscription", "status": "requested", "reason": "fault suite",
+        "criteria": TOPIC,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+            // a backlog (after an outage, behind a flaky endpoint) goes out 50 events per
+            // bundle instead of one request each
+            "extension": [{"url": format!("{IG}backport-timeout"), "valueUnsignedInt": 2},
+                          {"url": format!("{IG}backport-max-count"), "valuePositiveInt": 50}],
+            "_payload": {"extension": [{"url": format!("{IG}backport-payload-content"), "valueCode": "id-only"}]}}
+    });
+    if channel == "sse" {
+        s["channel"] = json!({"type": "rest-hook", "payload": "application/fhir+json",
+            "_type": {"extension": [{"url": format!("{IG}backport-channel-type"),
+                "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": "sse"}}]},
+            "_payload": s["channel"]["_payload"].clone()});
+    }
+    s
+}
+
+async fn events_counted(url: &str, id: &str) -> Option<(i64, i64)> {
+    let v: Value = reqwest::get(format!("{url}/fhir/Subscription/{id}/$status"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let p = &v["entry"][0]["resource"];
+    let find = |name: &str| {
+        p["parameter"]
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == name)
+            .cloned()
+    };
+    let since = find("events-since-subscription-start")?["valueString"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let delivered = find("delivery-state")
+        .and_then(|d| {
+            d["part"]
+                .as_array()?
+                .iter()
+                .find(|x| x["name"] == "delivered-through")?["valueString"]
+                .as_str()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    Some((since, delivered))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_lost_under_faults() {
+    let total = env_num("FAULTS_EVENTS", 10_000);
+    let rate = env_num("FAULTS_RATE", 150);
+    let outage = Duration::from_secs(env_num("FAULTS_OUTAGE_SECS", 15));
+    let started = Instant::now();
+
+    let mut pg = Postgres::start();
+    let mut broker = Broker::start();
+    let topic = format!("faults-{}", uuid::Uuid::new_v4().simple());
+    // retries every 150 ms for 25 minutes: no subscription goes off during the run (one
+    // environment variable holds at most 128 KiB)
+    let mut schedule = vec!["\"0s\"".to_owned()];
+    schedule.extend(std::iter::repeat_n("\"150ms\"".to_owned(), 10_000));
+    let env = HubEnv::default()
+        .arg("--kafka-brokers")
+        .arg(&broker.addr())
+        .arg("--database-url")
+        .arg(&pg.url())
+        .var("HUB_LOG__CHANGES_TOPIC", &topic)
+        .var("HUB_KAFKA__PARTITIONS", "3")
+        .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"))
+        .var(
+            "HUB_DELIVERY__RETRY_SCHEDULE",
+            &format!("[{}]", schedule.join(",")),
+        )
+        .var("HUB_DELIVERY__LEASE_TTL_MS", "3000")
+        .var("RUST_LOG", "info");
+    let mut roles = Roles::start(env).await;
+    let url = roles.url();
+
+    let checker = Arc::new(Checker::default());
+    let good = receiver(Mode::Good, &checker).await;
+    let flaky = receiver(Mode::Flaky, &checker).await;
+    let down = receiver(Mode::Outage, &checker).await;
+    let hang = receiver(Mode::Hang, &checker).await;
+    create(
+        &url,
+        &json!({"resourceType": "SubscriptionTopic", "url": TOPIC, "status": "active",
+            "resourceTrigger": [{"resource": "http://hl7.org/fhir/StructureDefinition/Encounter", "supportedInteraction": ["create", "update"]}]}),
+    )
+    .await;
+    let mut subs: Vec<(&str, String)> = Vec::new();
+    for (name, r) in [
+        ("good", &good),
+        ("flaky", &flaky),
+        ("down", &down),
+        ("hang", &hang),
+    ] {
+        let s = create(&url, &subscription(&r.url, "rest-hook")).await;
+        subs.push((name, s["id"].as_str().unwrap().to_owned()));
+    }
+    let sse = create(&url, &subscription("", "sse")).await;
+    let sse_id = sse["id"].as_str().unwrap().to_owned();
+    subs.push(("sse", sse_id.clone()));
+    // every rest-hook subscription hand-shaken before the faults start
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (_, id) in &subs {
+        loop {
+            let v: Value = reqwest::get(format!("{url}/fhir/Subscription/{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["status"] == "active" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} never became active: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let published = Arc::new(AtomicU64::new(0));
+    let expected = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn(publish(
+        url.clone(),
+        broker.addr(),
+        topic.clone(),
+        total,
+        rate,
+        total / 10,
+        Arc::clone(&published),
+    ));
+    let reader = tokio::spawn(sse_reader(
+        url.clone(),
+        sse_id.clone(),
+        Arc::clone(&checker),
+        Arc::clone(&expected),
+        700,
+    ));
+
+    // The faults, one after another while events flow; each one's recovery time is the
+    // time from the restart to the next notification received anywhere.
+    let mut faults: Vec<(String, Duration)> = Vec::new();
+    let step = Duration::from_millis((1000 * total / rate.max(1) / 8).max(1500));
+    let recovered = |since: Instant, checker: &Arc<Checker>| {
+        let checker = Arc::clone(checker);
+        async move {
+            let deadline = since + Duration::from_secs(60);
+            loop {
+                if checker.last_arrival().is_some_and(|t| t > since) {
+                    return since.elapsed();
+                }
+                if Instant::now() > deadline {
+                    return Duration::from_secs(60);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    down.faulty.store(true, Ordering::SeqCst);
+    let outage_started = Instant::now();
+    for fault in ["matcher", "delivery", "api", "broker", "postgres", "hang"] {
+        tokio::time::sleep(step).await;
+        match fault {
+            "broker" => {
+                broker.kill();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                broker.spawn();
+            }
+            "postgres" => {
+                pg.crash();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                pg.spawn();
+            }
+            "hang" => {
+                hang.faulty.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                hang.faulty.store(false, Ordering::SeqCst);
+            }
+            role => roles.kill_and_restart(role).await,
+        }
+        let back = Instant::now();
+        let took = recovered(back, &checker).await;
+        eprintln!(
+            "fault: {fault} at {:?}, next notification {took:?} after recovery",
+            started.elapsed()
+        );
+        faults.push((fault.to_owned(), took));
+    }
+    let remaining = outage.saturating_sub(outage_started.elapsed());
+    tokio::time::sleep(remaining).await;
+    down.faulty.store(false, Ordering::SeqCst);
+    // at least FAULTS_OUTAGE_SECS, and as long as the fault sequence
+    let outage = outage_started.elapsed();
+    eprintln!("receiver outage over after {outage:?}");
+
+    let retries = publisher.await.unwrap();
+    let n = published.load(Ordering::SeqCst);
+    assert_eq!(n, total);
+    expected.store(n, Ordering::SeqCst);
+    let expected_n = i64::try_from(n).unwrap();
+
+    // Drain: every subscription counts every good event, every channel delivers them.
+    let deadline = Instant::now() + Duration::from_secs(env_num("FAULTS_DRAIN_SECS", 300));
+    for (name, id) in &subs {
+        loop {
+            let counted = events_counted(&url, id).await;
+            let received = checker.distinct(id);
+            let counted_all = counted.is_some_and(|(since, _)| since == expected_n);
+            if counted_all && received >= total as usize {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} ({id}) did not drain: counted {counted:?}, received {received} of {total}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let reconnects = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+
+    // The checker.
+    let mut report = Vec::new();
+    let mut problems = Vec::new();
+    let mut all_dup = 0;
+    for (name, id) in &subs {
+        match checker.verify(id, expected_n) {
+            Ok((delivered, duplicates)) => {
+                all_dup += duplicates;
+                report.push(format!(
+                    "{name:>6}: delivered {delivered}/{expected_n}, lost 0, duplicates {duplicates}"
+                ));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    // the poison is kept in quarantine with its reason, for an operator to list and replay
+    let quarantine: Value = reqwest::get(format!("{url}/admin/quarantine"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    let quarantined = quarantine["total"].as_u64().unwrap_or(0);
+    if quarantined == 0 {
+        problems.push(format!("no poison record was quarantined: {quarantine}"));
+    }
+    let mut summary: HashMap<&str, String> = HashMap::new();
+    summary.insert("events", format!("{total}"));
+    summary.insert("publish retries", format!("{retries}"));
+    summary.insert("sse reconnects", format!("{reconnects}"));
+    summary.insert("duplicates", format!("{all_dup}"));
+    summary.insert("quarantined", format!("{quarantined}"));
+    eprintln!(
+        "fault suite: {total} events at {rate}/s, {} faults ({}), receiver outage {:.1?}, in {:.1?}\n{}\n{summary:?}",
+        faults.len() + 3,
+        faults
+            .iter()
+            .map(|(f, t)| format!("{f} recovered in {t:.1?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        outage,
+        started.elapsed(),
+        report.join("\n")
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
