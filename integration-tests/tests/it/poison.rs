@@ -197,11 +197,55 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
     let (status, _) = hub.get("/admin/quarantine/abc").await;
     assert_eq!(status, 404);
 
-    // The matcher is still going round its loop: the process is ready.
+    // The matcher is still going round its loop, and has read everything: ready.
     let (status, ready) = hub.get("/ready").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["components"]["matcher"]["status"], "pass", "{ready}");
+    assert_eq!(
+        ready["components"]["consumerLag"]["status"], "pass",
+        "{ready}"
+    );
 
     // And the hub stops cleanly: nothing is stuck.
     assert!(hub.terminate().success());
+}
+
+/// `/ready` reports the matchers' lag on the change topic, and fails beyond
+/// `server.ready_max_lag`: here an api process whose matchers are not running.
+#[tokio::test]
+async fn ready_fails_when_the_matchers_fall_behind() {
+    let hub = Hub::start(
+        HubEnv::default()
+            .arg("--roles")
+            .arg("api")
+            .var("HUB_SERVER__READY_MAX_LAG", "5"),
+    )
+    .await;
+    let (status, ready) = hub.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["components"]["consumerLag"]["records"], 0, "{ready}");
+    for i in 0..8 {
+        let (c, b) = hub
+            .post_json(
+                "/events",
+                &crate::harness::envelope(&crate::harness::glucose(&format!("lag{i}")), "create"),
+            )
+            .await;
+        assert_eq!(c, 202, "{b}");
+    }
+    let (status, ready) = hub.get("/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    let lag = &ready["components"]["consumerLag"];
+    assert_eq!(
+        (lag["status"].as_str(), lag["records"].as_u64()),
+        (Some("fail"), Some(8)),
+        "{ready}"
+    );
+    assert!(
+        lag["error"]
+            .as_str()
+            .unwrap()
+            .contains("8 change events behind"),
+        "{ready}"
+    );
 }

@@ -66,10 +66,18 @@ pub struct ServerConfig {
     /// `/ready` fails when the matcher role has not come round its loop for this long.
     #[serde(default = "default_ready_stall_secs")]
     pub ready_stall_secs: u64,
+    /// `/ready` fails when the matchers are more than this many change events behind on
+    /// the change topic (their consumer group's lag); 0 reports the lag without failing.
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: u64,
 }
 
 fn default_ready_stall_secs() -> u64 {
     60
+}
+
+fn default_ready_max_lag() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

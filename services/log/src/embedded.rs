@@ -182,6 +182,26 @@ impl EventLog for EmbeddedLog {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
+        let end: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
+        )
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        let position: i64 = sqlx::query(
+            "SELECT next_offset FROM log_group_offsets WHERE group_id = ? AND topic = ?",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+        Ok(u64::try_from(end.saturating_sub(position)).unwrap_or(0))
+    }
 }
 
 struct EmbeddedConsumer {

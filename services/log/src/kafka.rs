@@ -18,7 +18,7 @@ use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -237,6 +237,39 @@ impl EventLog for KafkaLog {
         Ok(Box::new(KafkaConsumer {
             consumer: Some(consumer),
         }))
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
+        let mut cfg = self.settings.base_config();
+        // a consumer that never subscribes does not join the group: it only reads the
+        // group's committed offsets
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let topic = topic.to_owned();
+        let timeout = self.settings.request_timeout.min(Duration::from_secs(3));
+        tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
+            let consumer: BaseConsumer = cfg.create()?;
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let mut tpl = TopicPartitionList::new();
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(&topic, p.id());
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, timeout)?;
+            let mut lag = 0u64;
+            for e in committed.elements() {
+                let (low, high) = consumer.fetch_watermarks(&topic, e.partition(), timeout)?;
+                let position = match e.offset() {
+                    Offset::Offset(o) => o.max(low),
+                    _ => low,
+                };
+                lag = lag.saturating_add(u64::try_from(high - position).unwrap_or(0));
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(|e| LogError::Backend(e.to_string()))?
     }
 
     async fn health(&self) -> Result<(), LogError> {

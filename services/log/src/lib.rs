@@ -76,6 +76,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A cheap liveness check of the backend.
     async fn health(&self) -> Result<(), LogError>;
+
+    /// How many records of `topic` consumer group `group` has yet to acknowledge (the sum
+    /// over partitions of end offset minus committed position; a partition the group never
+    /// committed counts from its first record). Readable from any process, so the api can
+    /// report the matchers' lag.
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError>;
 }
 
 /// One member of a consumer group.

@@ -60,11 +60,13 @@ pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
             "error": format!("the matcher has not come round its loop for {} s (limit {} s)",
                              ms / 1000, limit_ms / 1000)}),
     };
-    let ok = health_status == StatusCode::OK && matcher["status"] == "pass";
+    let lag = consumer_lag(&hub).await;
+    let ok =
+        health_status == StatusCode::OK && matcher["status"] == "pass" && lag["status"] != "fail";
     let body = json!({
         "status": if ok { "pass" } else { "fail" },
         "components": {"store": health["components"]["store"], "log": health["components"]["log"],
-                       "matcher": matcher},
+                       "matcher": matcher, "consumerLag": lag},
     });
     let status = if ok {
         StatusCode::OK
@@ -72,6 +74,23 @@ pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// The matcher group's lag on the change topic, whichever process runs the matchers:
+/// `fail` beyond `server.ready_max_lag` records (0: reported, never failing).
+async fn consumer_lag(hub: &Hub) -> Value {
+    let limit = hub.config.server.ready_max_lag;
+    let topic = &hub.config.log.changes_topic;
+    let group = &hub.config.kafka.matcher_group;
+    match tokio::time::timeout(Duration::from_secs(5), hub.log.lag(topic, group)).await {
+        Ok(Ok(lag)) if limit > 0 && lag > limit => json!({"status": "fail", "records": lag,
+            "limit": limit,
+            "error": format!("the matchers are {lag} change events behind (limit {limit})")}),
+        Ok(Ok(lag)) => json!({"status": "pass", "records": lag, "limit": limit}),
+        // the log's own check above says whether it is down; an unknown lag fails nothing
+        Ok(Err(e)) => json!({"status": "warn", "error": e.to_string()}),
+        Err(_) => json!({"status": "warn", "error": "no answer within 5 s"}),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -101,6 +101,24 @@ pub(crate) async fn dropping_a_consumer_mid_stream_does_not_hang(
         .expect("dropping a consumer hung");
 }
 
+/// A group's lag: everything for a group that never read, what it has not acknowledged
+/// after it committed.
+pub(crate) async fn lag_counts_what_the_group_has_not_acknowledged(
+    log: Arc<dyn EventLog>,
+    topic: &str,
+) {
+    log.create_topics(&[topic]).await.unwrap();
+    publish_n(&*log, topic, 0..10).await;
+    assert_eq!(log.lag(topic, "lagging").await.unwrap(), 10);
+    let mut c = log.consumer(topic, "lagging").await.unwrap();
+    let got = collect(&mut *c, 10).await;
+    // one key, so one partition: acknowledging the first four leaves six
+    c.ack(&got[..4]).await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(log.lag(topic, "lagging").await.unwrap(), 6);
+    assert_eq!(log.lag(topic, "another").await.unwrap(), 10);
+}
+
 pub(crate) async fn health_reports_ok(log: Arc<dyn EventLog>, _topic: &str) {
     log.health().await.unwrap();
 }

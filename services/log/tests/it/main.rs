@@ -88,6 +88,7 @@ contract_suite!(
     unacked_records_are_redelivered_to_the_group,
     groups_are_independent,
     dropping_a_consumer_mid_stream_does_not_hang,
+    lag_counts_what_the_group_has_not_acknowledged,
     health_reports_ok,
 );
 
