@@ -67,6 +67,15 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
+/// A log file in `dir` that every restart of a process appends to.
+fn append_log(dir: &tempfile::TempDir, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join(name))
+        .unwrap()
+}
+
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -142,11 +151,7 @@ impl Postgres {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("pg.log"))
-            .unwrap();
+        let log = append_log(&self.dir, "pg.log");
         let child = as_db_user(self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
@@ -230,11 +235,7 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .unwrap();
+        let log = append_log(&self.dir, "tansu.log");
         let child = Command::new(&self.bin)
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])

@@ -46,6 +46,19 @@ pub struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
+    /// The group's committed position on `topic`: the next offset it reads (0 if never).
+    async fn committed(&self, topic: &str, group: &str) -> Result<i64, LogError> {
+        Ok(sqlx::query(
+            "SELECT next_offset FROM log_group_offsets WHERE group_id = ? AND topic = ?",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(0))
+    }
+
     /// Open (creating if needed) the log in `path`.
     pub async fn open(path: &Path) -> Result<Self, LogError> {
         if let Some(dir) = path.parent()
@@ -161,15 +174,7 @@ impl EventLog for EmbeddedLog {
         if !self.topic_exists(topic).await? {
             return Err(LogError::UnknownTopic(topic.to_owned()));
         }
-        let position: i64 = sqlx::query(
-            "SELECT next_offset FROM log_group_offsets WHERE group_id = ? AND topic = ?",
-        )
-        .bind(group)
-        .bind(topic)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0);
+        let position = self.committed(topic, group).await?;
         Ok(Box::new(EmbeddedConsumer {
             log: self.clone(),
             topic: topic.to_owned(),
@@ -191,15 +196,7 @@ impl EventLog for EmbeddedLog {
         .fetch_one(&self.pool)
         .await?
         .get(0);
-        let position: i64 = sqlx::query(
-            "SELECT next_offset FROM log_group_offsets WHERE group_id = ? AND topic = ?",
-        )
-        .bind(group)
-        .bind(topic)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| r.get(0))
-        .unwrap_or(0);
+        let position = self.committed(topic, group).await?;
         Ok(u64::try_from(end.saturating_sub(position)).unwrap_or(0))
     }
 }
