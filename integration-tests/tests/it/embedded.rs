@@ -184,3 +184,77 @@ async fn state_survives_a_graceful_restart() {
     // Nothing delivered before the restart comes again.
     rx.assert_quiet(Duration::from_millis(1000)).await;
 }
+
+/// A client that retries a request (after a 503, a timeout, a dropped connection) with the
+/// same `Idempotency-Key` causes no second notification: the events the hub names get the
+/// same ids again, and the notification log deduplicates by event id.
+#[tokio::test]
+async fn retries_with_an_idempotency_key_notify_once() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": glucose("idem-1"),
+        "request": {"method": "PUT", "url": "Observation/idem-1"}}]});
+    let post = |key: Option<&'static str>, body: Vec<u8>, path: &'static str, ct: &'static str| {
+        let mut req = hub
+            .http
+            .post(format!("{}{path}", hub.url))
+            .header("content-type", ct)
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        req.send()
+    };
+    let ndjson = format!("{}\n", glucose("idem-2")).into_bytes();
+    for _ in 0..3 {
+        let r = post(
+            Some("order-42"),
+            bundle.to_string().into_bytes(),
+            "/fhir",
+            "application/fhir+json",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+        let r = post(
+            Some("order-43"),
+            ndjson.clone(),
+            "/events",
+            "application/x-ndjson",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(rx.next(Duration::from_secs(20)).await.path);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["/hook/Observation/idem-1", "/hook/Observation/idem-2"]
+    );
+    rx.assert_quiet(Duration::from_millis(1500)).await;
+    // without a key, a resend is a new event
+    let r = post(None, ndjson.clone(), "/events", "application/x-ndjson")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        rx.next(Duration::from_secs(20)).await.path,
+        "/hook/Observation/idem-2"
+    );
+    // a key that is not a header token is refused with an OperationOutcome
+    let r = post(Some(" "), ndjson, "/events", "application/x-ndjson")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome", "{oo}");
+}

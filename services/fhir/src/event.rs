@@ -356,13 +356,27 @@ impl ChangeEvent {
         default_action: Option<Action>,
         tenant: &str,
     ) -> Result<Self, EventError> {
+        Self::from_ndjson_line_named(line, default_action, tenant).map(|(e, _)| e)
+    }
+
+    /// [`ChangeEvent::from_ndjson_line`], saying whether the hub named the event (a bare
+    /// resource: its `id` is the hub's) rather than the producer (an envelope's `id`).
+    pub fn from_ndjson_line_named(
+        line: &[u8],
+        default_action: Option<Action>,
+        tenant: &str,
+    ) -> Result<(Self, bool), EventError> {
         let value: Value = serde_json::from_slice(line).map_err(|e| EventError {
             message: format!("not valid JSON: {e}"),
             location: None,
         })?;
         match &value {
-            Value::Object(obj) if is_envelope(obj) => Self::from_envelope_value(value),
-            Value::Object(_) => Self::from_resource(value, default_action, tenant),
+            Value::Object(obj) if is_envelope(obj) => {
+                Self::from_envelope_value(value).map(|e| (e, false))
+            }
+            Value::Object(_) => {
+                Self::from_resource(value, default_action, tenant).map(|e| (e, true))
+            }
             _ => Err(EventError {
                 message: "each line must be a JSON object".into(),
                 location: None,

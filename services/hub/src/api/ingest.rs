@@ -5,10 +5,11 @@
 //! request publishes nothing.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hub_fhir::{ChangeEvent, IssueType, OperationOutcome};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use super::auth::Caller;
@@ -38,6 +39,41 @@ pub async fn publish_events(hub: &Hub, events: &[ChangeEvent]) -> Result<(), hub
     Ok(())
 }
 
+/// `Idempotency-Key` (the IETF draft's header, as Stripe and Svix take it): a client that
+/// retries a request after a 503, a timeout or a dropped connection sends the same key, and
+/// the events the hub names (bare resources, Bundle entries) get the same ids as the first
+/// time, derived from the tenant, the key and the event's place in the request. The
+/// notification log deduplicates by event id, so a retry makes no second notification.
+/// Envelopes keep the ids their producer gave them.
+fn apply_idempotency_key(
+    headers: &HeaderMap,
+    tenant: &str,
+    events: &mut [ChangeEvent],
+    hub_named: &[bool],
+) -> Result<(), ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(());
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(OperationOutcome::error(
+                IssueType::Value,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            ))
+        })?;
+    for (i, (e, named)) in events.iter_mut().zip(hub_named).enumerate() {
+        if *named {
+            let digest = Sha256::digest(format!("fhir-hub idempotency\n{tenant}\n{key}\n{i}"));
+            let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            e.id = format!("idem-{hex}");
+        }
+    }
+    Ok(())
+}
+
 fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError> {
     if let Some(e) = events.iter().find(|e| !caller.may_publish_to(&e.tenant)) {
         return Err(ApiError::new(
@@ -55,6 +91,7 @@ fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError
 pub async fn post_events(
     State(hub): State<Hub>,
     caller: Caller,
+    headers: HeaderMap,
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let ndjson = matches!(
@@ -74,19 +111,23 @@ pub async fn post_events(
         ));
     }
     let mut events = Vec::new();
+    let mut hub_named = Vec::new();
     if ndjson {
         for (i, line) in body.bytes.split(|b| *b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let e = ChangeEvent::from_ndjson_line(line, None, &caller.tenant).map_err(|e| {
-                let oo = e.to_outcome();
-                let msg = format!("line {}: {}", i + 1, oo.summary());
-                ApiError::bad_request(
-                    OperationOutcome::error(IssueType::Invalid, msg).at(format!("line {}", i + 1)),
-                )
-            })?;
+            let (e, named) = ChangeEvent::from_ndjson_line_named(line, None, &caller.tenant)
+                .map_err(|e| {
+                    let oo = e.to_outcome();
+                    let msg = format!("line {}: {}", i + 1, oo.summary());
+                    ApiError::bad_request(
+                        OperationOutcome::error(IssueType::Invalid, msg)
+                            .at(format!("line {}", i + 1)),
+                    )
+                })?;
             events.push(e);
+            hub_named.push(named);
         }
         if events.is_empty() {
             return Err(ApiError::bad_request(OperationOutcome::error(
@@ -95,10 +136,12 @@ pub async fn post_events(
             )));
         }
     } else {
-        let e = ChangeEvent::from_ndjson_line(&body.bytes, None, &caller.tenant)
+        let (e, named) = ChangeEvent::from_ndjson_line_named(&body.bytes, None, &caller.tenant)
             .map_err(|e| ApiError::bad_request(e.to_outcome()))?;
         events.push(e);
+        hub_named.push(named);
     }
+    apply_idempotency_key(&headers, &caller.tenant, &mut events, &hub_named)?;
     check_tenants(&caller, &events)?;
     publish_events(&hub, &events).await?;
     crate::metrics::EventsPublished {
@@ -118,11 +161,15 @@ pub async fn post_events(
 pub async fn post_bundle(
     State(hub): State<Hub>,
     caller: Caller,
+    headers: HeaderMap,
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let bundle = body.json()?;
-    let out = hub_fhir::bundle::events_from_bundle(&bundle, &caller.tenant)
+    let mut out = hub_fhir::bundle::events_from_bundle(&bundle, &caller.tenant)
         .map_err(ApiError::bad_request)?;
+    // every event of a Bundle is named by the hub
+    let hub_named = vec![true; out.events.len()];
+    apply_idempotency_key(&headers, &caller.tenant, &mut out.events, &hub_named)?;
     check_tenants(&caller, &out.events)?;
     publish_events(&hub, &out.events).await?;
     crate::metrics::EventsPublished {
