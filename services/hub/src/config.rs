@@ -87,10 +87,18 @@ pub struct DatabaseConfig {
     /// Days a delivered notification stays readable (`$events`, replay); 0 keeps them all.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Days the last-known version of a resource (the `%previous` the matcher supplies to
+    /// topics when producers send none) is kept without a change; 0 keeps them all.
+    #[serde(default = "default_previous_versions_days")]
+    pub previous_versions_days: u32,
 }
 
 fn default_retention_days() -> u32 {
     30
+}
+
+fn default_previous_versions_days() -> u32 {
+    365
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,37 @@ pub struct EmbeddedLog {
 }
 
 impl EmbeddedLog {
+    /// Append `records` to `topic` in one transaction. BEGIN IMMEDIATE takes the write lock
+    /// first, so two writers never read the same next offset; the sqlx transaction rolls
+    /// back if anything fails.
+    async fn append(&self, topic: &str, records: &[Record]) -> Result<(), LogError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
+        )
+        .bind(topic)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let now = now_millis();
+        for (i, r) in records.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO log_records (topic, record_offset, record_key, payload, appended_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(topic)
+            .bind(next + i as i64)
+            .bind(&r.key)
+            .bind(&r.payload)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
     /// The group's committed position on `topic`: the next offset it reads (0 if never).
     async fn committed(&self, topic: &str, group: &str) -> Result<i64, LogError> {
         Ok(sqlx::query(
@@ -125,49 +156,16 @@ impl EventLog for EmbeddedLog {
         if !self.topic_exists(topic).await? {
             return Err(LogError::UnknownTopic(topic.to_owned()));
         }
-        // BEGIN IMMEDIATE takes the write lock first, so two writers never read the same
-        // next offset.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result: Result<(), LogError> = async {
-            let next: i64 = sqlx::query(
-                "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
-            )
-            .bind(topic)
-            .fetch_one(&mut *conn)
-            .await?
-            .get(0);
-            let now = now_millis();
-            for (i, r) in records.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO log_records (topic, record_offset, record_key, payload, appended_at)
-                     VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(topic)
-                .bind(next + i as i64)
-                .bind(&r.key)
-                .bind(&r.payload)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                self.appended.notify_waiters();
-                Ok(())
-            }
-            Err(e) => {
-                // The connection goes back to the pool; a failed ROLLBACK closes it.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.detach();
-                }
-                Err(e)
-            }
-        }
+        // The transaction runs in a task of its own: a request dropped mid-way (a client
+        // that disconnects) cannot cancel it between BEGIN and COMMIT, so no connection goes
+        // back to the pool inside its transaction (holding the write lock, or showing
+        // uncommitted rows whose offsets a later publish would reuse).
+        let log = self.clone();
+        let topic = topic.to_owned();
+        let records = records.to_vec();
+        tokio::spawn(async move { log.append(&topic, &records).await })
+            .await
+            .map_err(|e| LogError::Backend(format!("the append task failed: {e}")))?
     }
 
     async fn consumer(&self, topic: &str, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
@@ -186,6 +184,23 @@ impl EventLog for EmbeddedLog {
     async fn health(&self) -> Result<(), LogError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn purge_consumed(&self, before_ms: i64) -> Result<u64, LogError> {
+        // A topic no group has read keeps everything (a group may still come). The newest
+        // record of a topic always stays: the next offset is counted from it, and offsets
+        // must never be reused.
+        let n = sqlx::query(
+            "DELETE FROM log_records WHERE appended_at < ? AND record_offset < \
+             (SELECT MIN(g.next_offset) FROM log_group_offsets g WHERE g.topic = log_records.topic) \
+             AND record_offset < (SELECT MAX(r.record_offset) FROM log_records r \
+             WHERE r.topic = log_records.topic)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {

@@ -82,6 +82,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// committed counts from its first record). Readable from any process, so the api can
     /// report the matchers' lag.
     async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError>;
+
+    /// Delete records appended before `before_ms` (Unix milliseconds) that every consumer
+    /// group has acknowledged; the number deleted. Kafka keeps its own retention
+    /// (`retention.ms` on the topic), so only the embedded log does anything here.
+    async fn purge_consumed(&self, before_ms: i64) -> Result<u64, LogError> {
+        let _ = before_ms;
+        Ok(0)
+    }
 }
 
 /// One member of a consumer group.

@@ -15,6 +15,7 @@ mod consumers;
 mod delivery;
 mod generations;
 mod history;
+mod housekeeping;
 mod leases;
 mod listen;
 mod notifications;
@@ -26,6 +27,7 @@ mod ws_tokens;
 
 pub use delivery::DeliveryState;
 pub use history::Version;
+pub use housekeeping::Purged;
 pub use listen::{Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};

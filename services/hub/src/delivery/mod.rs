@@ -236,28 +236,67 @@ async fn start_worker(
     })
 }
 
-/// Purge delivered notifications older than `database.retention_days`, hourly.
+/// Hourly housekeeping: delivered notifications older than `database.retention_days`;
+/// embedded-log records every group has read, as old; leases and consumer offsets of
+/// deleted subscriptions; resource versions unchanged for `database.previous_versions_days`.
 pub async fn retention(hub: Hub, shutdown: CancellationToken) {
     let days = hub.config.database.retention_days;
-    if days == 0 {
-        return;
-    }
+    let version_days = hub.config.database.previous_versions_days;
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    let instant = |days_ago: u32| {
+        let t = time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(days_ago));
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
-        let Ok(before) = cutoff.format(&time::format_description::well_known::Rfc3339) else {
+        if days > 0
+            && let Some(before) = instant(days)
+        {
+            match hub.store.purge_notifications(&before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, %before, "notification log retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification log retention failed; retrying next hour")
+                }
+            }
+            let before_ms = (time::OffsetDateTime::now_utc()
+                - time::Duration::days(i64::from(days)))
+            .unix_timestamp()
+            .saturating_mul(1000);
+            match hub.log.purge_consumed(before_ms).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "event log retention"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event log retention failed; retrying next hour")
+                }
+            }
+        }
+        let Some(now) = instant(0) else {
             continue;
         };
-        match hub.store.purge_notifications(&before).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, %before, "notification log retention"),
-            Err(e) => {
-                tracing::warn!(error = %e, "notification log retention failed; retrying next hour")
-            }
+        let versions_before = if version_days > 0 {
+            instant(version_days)
+        } else {
+            None
+        };
+        match hub
+            .store
+            .purge_stale(&now, versions_before.as_deref())
+            .await
+        {
+            Ok(p) if p.total() == 0 => {}
+            Ok(p) => tracing::info!(
+                leases = p.leases,
+                consumer_offsets = p.consumer_offsets,
+                ws_tokens = p.ws_tokens,
+                resource_versions = p.resource_versions,
+                "housekeeping"
+            ),
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying next hour"),
         }
     }
 }

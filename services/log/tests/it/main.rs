@@ -9,6 +9,7 @@
 mod contract;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hub_log::EventLog;
 use hub_log::embedded::EmbeddedLog;
@@ -126,4 +127,91 @@ async fn embedded_log_survives_reopen() {
     let mut c = log.consumer("t", "g").await.unwrap();
     let got = contract::collect(&mut *c, 1).await;
     assert_eq!(got[0].payload, b"2");
+}
+
+/// The embedded log purges what every group has acknowledged, keeps the rest and the
+/// newest record, and never reuses an offset.
+#[tokio::test]
+async fn embedded_purge_keeps_unread_records_and_never_reuses_offsets() {
+    let (log, _dir) = embedded().await;
+    let topic = unique("purge");
+    log.create_topics(&[&topic]).await.unwrap();
+    contract::publish_n(&*log, &topic, 0..10).await;
+    let far_future = i64::MAX;
+    assert_eq!(
+        log.purge_consumed(far_future).await.unwrap(),
+        0,
+        "no group has read the topic: nothing goes"
+    );
+    let mut c = log.consumer(&topic, "g").await.unwrap();
+    let got = contract::collect(&mut *c, 10).await;
+    c.ack(&got[..6]).await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(log.purge_consumed(0).await.unwrap(), 0, "too young");
+    assert_eq!(log.purge_consumed(far_future).await.unwrap(), 6);
+    assert_eq!(log.lag(&topic, "g").await.unwrap(), 4);
+    // everything acknowledged: the newest record stays, so offsets go on from it
+    let mut c = log.consumer(&topic, "g").await.unwrap();
+    let rest = contract::collect(&mut *c, 4).await;
+    c.ack(&rest).await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(log.purge_consumed(far_future).await.unwrap(), 3);
+    contract::publish_n(&*log, &topic, 10..11).await;
+    let mut c = log.consumer(&topic, "g").await.unwrap();
+    let next = contract::collect(&mut *c, 1).await;
+    assert_eq!(
+        (next[0].offset, next[0].payload.as_slice()),
+        (10, b"10".as_slice())
+    );
+    c.close().await.unwrap();
+}
+
+/// A publish whose request is dropped mid-transaction (a client that disconnects) leaves
+/// nothing behind: no half-written batch, no connection returned to the pool inside its
+/// transaction (which would hold SQLite's write lock, or let readers see uncommitted rows
+/// whose offsets a later publish reuses).
+#[tokio::test]
+async fn embedded_publish_dropped_mid_transaction_leaves_nothing_behind() {
+    let (log, _dir) = embedded().await;
+    let topic = unique("cancel");
+    log.create_topics(&[&topic]).await.unwrap();
+    let big: Vec<hub_log::Record> = (0..2000)
+        .map(|i| hub_log::Record {
+            key: "k".into(),
+            payload: format!("dropped-{i}").into_bytes(),
+        })
+        .collect();
+    let mut committed = 0u32;
+    for round in 0..20u64 {
+        // dropped after a few records at most: the future is cancelled inside the transaction
+        let _ = tokio::time::timeout(
+            Duration::from_micros(200 + round * 50),
+            log.publish(&topic, &big),
+        )
+        .await;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            contract::publish_n(&*log, &topic, committed..committed + 1),
+        )
+        .await
+        .expect("a publish after a dropped one must not wait on a held write lock");
+        committed += 1;
+    }
+    // what a consumer reads: our records, and of the dropped batches only whole ones
+    let mut c = log.consumer(&topic, "g").await.unwrap();
+    let lag = log.lag(&topic, "g").await.unwrap();
+    let got = contract::collect(&mut *c, usize::try_from(lag).unwrap()).await;
+    let offsets: Vec<i64> = got.iter().map(|r| r.offset).collect();
+    let expected: Vec<i64> = (0..i64::try_from(got.len()).unwrap()).collect();
+    assert_eq!(
+        offsets, expected,
+        "offsets are contiguous: none reused, none skipped"
+    );
+    let dropped = got
+        .iter()
+        .filter(|r| r.payload.starts_with(b"dropped-"))
+        .count();
+    assert_eq!(dropped % 2000, 0, "a dropped batch is all or nothing");
+    assert_eq!(got.len() - dropped, committed as usize);
+    c.close().await.unwrap();
 }

@@ -817,3 +817,72 @@ pub(crate) async fn consumer_offsets_only_move_forward(store: Store) {
     assert_eq!(store.committed_offset("t", "etl", "s2").await.unwrap(), 0);
     assert_eq!(store.committed_offset("u", "etl", "s1").await.unwrap(), 0);
 }
+
+/// Housekeeping removes leases and consumer offsets of deleted subscriptions and, past a
+/// cut-off, last-known resource versions; what live subscriptions use stays.
+pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
+    for id in ["live", "gone"] {
+        store
+            .create_subscription("default", id, &write("requested"))
+            .await
+            .unwrap();
+    }
+    let wanted: Vec<(String, String)> = ["live", "gone"]
+        .iter()
+        .map(|id| ("default".to_owned(), (*id).to_owned()))
+        .collect();
+    assert_eq!(
+        store
+            .claim_leases("p", &wanted, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    for id in ["live", "gone"] {
+        store.commit_offset("default", "c", id, 1).await.unwrap();
+    }
+    assert!(store.delete_subscription("default", "gone").await.unwrap());
+    let key = (
+        "default".to_owned(),
+        "Observation".to_owned(),
+        "o1".to_owned(),
+    );
+    store
+        .put_versions(&[(key.clone(), Some("{}".to_owned()))])
+        .await
+        .unwrap();
+    let now = "2999-01-01T00:00:00Z";
+    let p = store.purge_stale(now, None).await.unwrap();
+    assert_eq!(
+        (p.leases, p.consumer_offsets, p.resource_versions),
+        (1, 1, 0),
+        "{p:?}"
+    );
+    // the live subscription keeps its lease and its consumer's offset
+    assert!(
+        store
+            .claim_leases("q", &wanted[..1], 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .committed_offset("default", "c", "live")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .last_versions(std::slice::from_ref(&key))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let p = store.purge_stale(now, Some(now)).await.unwrap();
+    assert_eq!(p.resource_versions, 1);
+    assert!(store.last_versions(&[key]).await.unwrap().is_empty());
+}

@@ -75,6 +75,7 @@ contract_suite!(
     generations_move_per_tenant_and_only_on_client_writes,
     versions_are_kept_and_continue_after_a_delete,
     consumer_offsets_only_move_forward,
+    housekeeping_purges_what_nothing_needs,
 );
 
 #[tokio::test]
