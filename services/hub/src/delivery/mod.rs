@@ -151,12 +151,25 @@ async fn reconcile(
             },
         );
         let stop = worker.stop.clone();
-        tasks.spawn(async move {
-            worker.run().await;
-            // Finished (off, or stopped): let reconcile start a new one when the row changes.
-            stop.cancel();
-        });
+        let id = worker.sub.id.clone();
+        tasks.spawn(supervised(id, stop, worker.run()));
     }
+}
+
+/// Run a worker; however it ends (finished, stopped, or a panic), cancel its token, so the
+/// next reconcile sees it gone and starts a new one while this process holds the lease. A
+/// panicking worker that kept its entry would hold the subscription's lease and deliver
+/// nothing, silently, for ever.
+async fn supervised(subscription: String, stop: CancellationToken, run: impl Future<Output = ()>) {
+    use futures::FutureExt;
+    if std::panic::AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(%subscription, "a delivery worker panicked; a new one starts at the next poll");
+    }
+    stop.cancel();
 }
 
 /// A worker for a subscription: a checked endpoint and an HTTP client pinned to the checked
@@ -298,5 +311,23 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
             ),
             Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying next hour"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_worker_gives_its_place_back() {
+        let stop = CancellationToken::new();
+        supervised("s1".into(), stop.clone(), async {
+            panic!("a bug in a worker");
+        })
+        .await;
+        assert!(stop.is_cancelled(), "reconcile must see the worker gone");
+        let stop = CancellationToken::new();
+        supervised("s2".into(), stop.clone(), async {}).await;
+        assert!(stop.is_cancelled());
     }
 }
