@@ -211,3 +211,46 @@ async fn subscription_api_follows_fhir_rest() {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     assert_eq!(cs["rest"][0]["resource"][0]["type"], "Subscription");
 }
+
+/// A write without `Content-Type` is refused (415, OperationOutcome): a browser page can
+/// send one without a CORS preflight (a `Blob` body without a type), so accepting it would
+/// let any page opened inside the network create subscriptions or publish events (CSRF).
+#[tokio::test]
+async fn writes_without_a_content_type_are_refused() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "csrf",
+        "criteria": "Observation?code=1",
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}});
+    for (path, body) in [
+        ("/fhir/Subscription", sub.to_string()),
+        (
+            "/events",
+            crate::harness::envelope(&crate::harness::glucose("c1"), "create").to_string(),
+        ),
+        (
+            "/fhir",
+            json!({"resourceType": "Bundle", "type": "batch", "entry": []}).to_string(),
+        ),
+    ] {
+        let res = hub
+            .http
+            .post(format!("{}{path}", hub.url))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 415, "{path}");
+        let oo: Value = res.json().await.unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{path}: {oo}");
+    }
+    let res = hub
+        .http
+        .put(format!("{}/fhir/Subscription/x1", hub.url))
+        .body(sub.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let (s, all) = hub.get("/fhir/Subscription").await;
+    assert_eq!((s, all["total"].as_u64()), (200, Some(0)), "{all}");
+}

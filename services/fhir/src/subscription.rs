@@ -229,6 +229,10 @@ pub struct SubscriptionSpec {
     pub end: Option<String>,
 }
 
+/// The longest criteria (and filter criteria) string accepted: far beyond any real search
+/// (HAPI and browsers cap URLs near 8 KiB), and a bound on what every match evaluates.
+pub const MAX_CRITERIA_BYTES: usize = 8 * 1024;
+
 fn invalid(code: IssueType, msg: impl Into<String>, at: &str) -> OperationOutcome {
     OperationOutcome::error(code, msg).at(at.to_owned())
 }
@@ -424,6 +428,16 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
     }
     req_str(resource, "/reason", "Subscription.reason")?;
     let criteria = req_str(resource, "/criteria", "Subscription.criteria")?;
+    if criteria.len() > MAX_CRITERIA_BYTES {
+        return Err(invalid(
+            IssueType::TooLong,
+            format!(
+                "Subscription.criteria is {} bytes; at most {MAX_CRITERIA_BYTES} are accepted",
+                criteria.len()
+            ),
+            "Subscription.criteria",
+        ));
+    }
     let is_topic = is_topic_canonical(criteria);
     let parsed = if is_topic {
         None
@@ -670,6 +684,16 @@ fn topic_fields(
             continue;
         }
         match e.get("valueString").and_then(Value::as_str) {
+            Some(f) if f.len() > MAX_CRITERIA_BYTES => {
+                return Err(invalid(
+                    IssueType::TooLong,
+                    format!(
+                        "a backport-filter-criteria is {} bytes; at most {MAX_CRITERIA_BYTES} are accepted",
+                        f.len()
+                    ),
+                    "Subscription.criteria.extension",
+                ));
+            }
             Some(f) if !f.trim().is_empty() => filters.push(f.trim().to_owned()),
             _ => {
                 return Err(invalid(
@@ -953,6 +977,11 @@ mod tests {
                 "Subscription.channel.header[0]",
             ),
             (|s| s["status"] = json!("error"), "Subscription.status"),
+            (
+                // 14 MB of criteria were accepted once
+                |s| s["criteria"] = json!(format!("Observation?code={}", "1,".repeat(5000))),
+                "Subscription.criteria",
+            ),
             (
                 // the Inferno kit's cross-version extension test
                 |s| {

@@ -70,9 +70,26 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 }
 
 impl RawBody {
+    /// A body without `Content-Type` is refused: a browser sends one (a `Blob` without a
+    /// type) without a CORS preflight, so accepting it would let any page a user inside the
+    /// network opens write to the hub (CSRF). JSON media types always need a preflight.
+    pub fn require_content_type(&self) -> Result<(), ApiError> {
+        if self.content_type.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                OperationOutcome::error(
+                    IssueType::NotSupported,
+                    "a request body needs a Content-Type: application/fhir+json (or application/x-ndjson for POST /events)",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Parse as one JSON object, refusing media types that are not JSON.
     pub fn json(&self) -> Result<Value, ApiError> {
-        if !self.content_type.is_empty() && !is_json_type(&self.content_type) {
+        self.require_content_type()?;
+        if !is_json_type(&self.content_type) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 OperationOutcome::error(

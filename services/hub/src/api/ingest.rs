@@ -98,7 +98,8 @@ pub async fn post_events(
         body.content_type.as_str(),
         "application/x-ndjson" | "application/ndjson" | "application/fhir+ndjson"
     );
-    if !ndjson && !body.content_type.is_empty() && !is_json_type(&body.content_type) {
+    body.require_content_type()?;
+    if !ndjson && !is_json_type(&body.content_type) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             OperationOutcome::error(
