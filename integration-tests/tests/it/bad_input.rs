@@ -254,3 +254,35 @@ async fn writes_without_a_content_type_are_refused() {
     let (s, all) = hub.get("/fhir/Subscription").await;
     assert_eq!((s, all["total"].as_u64()), (200, Some(0)), "{all}");
 }
+
+/// `fhir-hub config` never prints credentials: the database password and Kafka client
+/// secrets are shown as `***`.
+#[test]
+fn the_config_command_hides_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hub.toml");
+    let toml = "[kafka.client]\n\"sasl.password\" = \"kafka-s3cret\"\n\"linger.ms\" = \"5\"\n";
+    std::fs::write(&file, toml).unwrap();
+    let out = std::process::Command::new(crate::harness::binary())
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .env(
+            "HUB_DATABASE__URL",
+            "postgres://hub:s3cret-pw@db.example.org:5432/hub",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains("postgres://hub:***@db.example.org:5432/hub"),
+        "{text}"
+    );
+    assert!(text.contains(r#""linger.ms": "5""#), "{text}");
+}

@@ -167,6 +167,23 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The configuration as `fhir-hub config` shows it: the database password and any
+    /// `kafka.client` credential (a key naming a password, secret or key) replaced by `***`.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        c.database.url = hub_store::redact(&c.database.url);
+        for (k, v) in c.kafka.client.iter_mut() {
+            let k = k.to_ascii_lowercase();
+            if ["password", "secret", "key", "token", "jaas"]
+                .iter()
+                .any(|s| k.contains(s))
+            {
+                *v = "***".to_owned();
+            }
+        }
+        c
+    }
+
     /// Load from the layers. `file` is the explicit `--config`; without it `./config.toml`
     /// is read when present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {

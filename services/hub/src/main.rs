@@ -205,7 +205,7 @@ async fn run_command() -> anyhow::Result<()> {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&config).context("rendering config")?
+                serde_json::to_string_pretty(&config.redacted()).context("rendering config")?
             );
             Ok(())
         }
