@@ -11,6 +11,7 @@
 //! `spawn_blocking` with a timeout.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -80,6 +81,9 @@ fn pin(cfg: &mut ClientConfig, pinned: &[(&str, &str)]) {
 pub struct KafkaLog {
     settings: KafkaSettings,
     producer: FutureProducer,
+    /// One client per group for [`EventLog::lag`], made at the first ask and kept: `/ready`
+    /// is asked every few seconds, and a librdkafka client is threads and connections.
+    lag_readers: std::sync::Mutex<std::collections::HashMap<String, Arc<BaseConsumer>>>,
 }
 
 impl KafkaLog {
@@ -96,7 +100,29 @@ impl KafkaLog {
         // what no-loss rests on cannot be switched off by `kafka.client`
         pin(&mut cfg, &[("enable.idempotence", "true"), ("acks", "all")]);
         let producer: FutureProducer = cfg.create()?;
-        Ok(Self { settings, producer })
+        Ok(Self {
+            settings,
+            producer,
+            lag_readers: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The kept client that reads `group`'s committed offsets. It never subscribes, so it
+    /// never joins the group.
+    fn lag_reader(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut readers = self
+            .lag_readers
+            .lock()
+            .map_err(|_| LogError::Backend("lag reader lock poisoned".into()))?;
+        if let Some(c) = readers.get(group) {
+            return Ok(Arc::clone(c));
+        }
+        let mut cfg = self.settings.base_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer: Arc<BaseConsumer> = Arc::new(cfg.create()?);
+        readers.insert(group.to_owned(), Arc::clone(&consumer));
+        Ok(consumer)
     }
 
     fn topic_names(&self) -> Result<Vec<String>, LogError> {
@@ -240,15 +266,10 @@ impl EventLog for KafkaLog {
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
-        let mut cfg = self.settings.base_config();
-        // a consumer that never subscribes does not join the group: it only reads the
-        // group's committed offsets
-        cfg.set("group.id", group)
-            .set("enable.auto.commit", "false");
+        let consumer = self.lag_reader(group)?;
         let topic = topic.to_owned();
         let timeout = self.settings.request_timeout.min(Duration::from_secs(3));
         tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
-            let consumer: BaseConsumer = cfg.create()?;
             let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
             let mut tpl = TopicPartitionList::new();
             for t in metadata.topics() {

@@ -256,8 +256,7 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
     let days = hub.config.database.retention_days;
     let version_days = hub.config.database.previous_versions_days;
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    let instant = |days_ago: u32| {
-        let t = time::OffsetDateTime::now_utc() - time::Duration::days(i64::from(days_ago));
+    let instant = |t: time::OffsetDateTime| {
         t.format(&time::format_description::well_known::Rfc3339)
             .ok()
     };
@@ -266,8 +265,10 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let now = time::OffsetDateTime::now_utc();
+        let ago = |d: u32| now - time::Duration::days(i64::from(d));
         if days > 0
-            && let Some(before) = instant(days)
+            && let Some(before) = instant(ago(days))
         {
             match hub.store.purge_notifications(&before).await {
                 Ok(0) => {}
@@ -276,10 +277,7 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
                     tracing::warn!(error = %e, "notification log retention failed; retrying next hour")
                 }
             }
-            let before_ms = (time::OffsetDateTime::now_utc()
-                - time::Duration::days(i64::from(days)))
-            .unix_timestamp()
-            .saturating_mul(1000);
+            let before_ms = ago(days).unix_timestamp().saturating_mul(1000);
             match hub.log.purge_consumed(before_ms).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "event log retention"),
@@ -288,14 +286,12 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
                 }
             }
         }
-        let Some(now) = instant(0) else {
+        let Some(now) = instant(now) else {
             continue;
         };
-        let versions_before = if version_days > 0 {
-            instant(version_days)
-        } else {
-            None
-        };
+        let versions_before = (version_days > 0)
+            .then(|| instant(ago(version_days)))
+            .flatten();
         match hub
             .store
             .purge_stale(&now, versions_before.as_deref())
