@@ -8,6 +8,7 @@ Usage:
   grpc_client.py TARGET health
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
 "bundle_type"}), or {"error": CODE, "details": ...} when the call fails, and exits after COUNT.
+With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`.
 """
 import importlib
 import json
@@ -53,10 +54,13 @@ def main() -> int:
         return 0
     pb, rpc = stubs()
     stub = rpc.NotificationStreamStub(channel)
+    token = os.environ.get("FHIR_HUB_TOKEN")
+    md = [("authorization", f"Bearer {token}")] if token else None
     try:
         if mode == "subscribe":
             sub, start, count = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-            stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, from_event_number=start))
+            stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, from_event_number=start),
+                                    metadata=md)
             for i, n in enumerate(stream):
                 show(n)
                 if i + 1 >= count:
@@ -65,18 +69,18 @@ def main() -> int:
         elif mode == "consume":
             consumer, subs, count = sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
             commit = len(sys.argv) > 6 and sys.argv[6] == "commit"
-            stream = stub.Consume(pb.ConsumeRequest(consumer=consumer, subscription_ids=subs))
+            stream = stub.Consume(pb.ConsumeRequest(consumer=consumer, subscription_ids=subs), metadata=md)
             for i, n in enumerate(stream):
                 show(n)
                 if commit:
                     stub.Commit(pb.CommitRequest(consumer=consumer, subscription_id=n.subscription_id,
-                                                 event_number=n.event_number))
+                                                 event_number=n.event_number), metadata=md)
                 if i + 1 >= count:
                     stream.cancel()
                     break
         elif mode == "commit":
             r = stub.Commit(pb.CommitRequest(consumer=sys.argv[3], subscription_id=sys.argv[4],
-                                             event_number=int(sys.argv[5])))
+                                             event_number=int(sys.argv[5])), metadata=md)
             print(json.dumps({"committed": r.committed}), flush=True)
     except grpc.RpcError as e:
         print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)

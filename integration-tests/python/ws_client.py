@@ -5,8 +5,10 @@ Connects and binds with the Backport IG protocol, `bind-with-token: TOKEN` (with
 resume extension `bind-with-token: TOKEN LAST_SEEN` when given), or, when TOKEN is
 `classic:ID`, with the classic R4 protocol (`bind ID`, answered `bound ID`, then `ping ID`
 per event). Prints every message received as one JSON line (JSON messages as sent, text ones
-as {"text": ...}), flushes, and exits after COUNT messages.
+as {"text": ...}), flushes, and exits after COUNT messages. With FHIR_HUB_TOKEN set, the
+upgrade request carries `Authorization: Bearer <token>`.
 """
+import os
 import json
 import sys
 
@@ -20,7 +22,9 @@ def main() -> int:
     else:
         resume = f" {sys.argv[4]}" if len(sys.argv) > 4 else ""
         bind = f"bind-with-token: {token}{resume}"
-    with connect(url, open_timeout=10) as ws:
+    token_env = os.environ.get("FHIR_HUB_TOKEN")
+    headers = {"Authorization": f"Bearer {token_env}"} if token_env else None
+    with connect(url, open_timeout=10, additional_headers=headers) as ws:
         ws.send(bind)
         for _ in range(count):
             message = ws.recv(timeout=30)

@@ -339,10 +339,21 @@ pub(crate) struct PyClient {
 
 impl PyClient {
     pub(crate) fn start(python: &str, script: &str, args: &[&str]) -> PyClient {
+        Self::start_with(python, script, args, &[])
+    }
+
+    /// With extra environment variables (a credential in `FHIR_HUB_TOKEN`).
+    pub(crate) fn start_with(
+        python: &str,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PyClient {
         let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(python)
             .arg(path)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

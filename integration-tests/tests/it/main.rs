@@ -19,5 +19,6 @@ mod mtls;
 mod multi_process;
 mod poison;
 mod receiver;
+mod security;
 mod streams;
 mod topics;

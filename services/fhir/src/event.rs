@@ -372,7 +372,14 @@ impl ChangeEvent {
         })?;
         match &value {
             Value::Object(obj) if is_envelope(obj) => {
-                Self::from_envelope_value(value).map(|e| (e, false))
+                // an envelope that names no tenant is in the publisher's tenant
+                let names_tenant = obj.contains_key("tenant");
+                Self::from_envelope_value(value).map(|mut e| {
+                    if !names_tenant {
+                        e.tenant = tenant.to_owned();
+                    }
+                    (e, false)
+                })
             }
             Value::Object(_) => {
                 Self::from_resource(value, default_action, tenant).map(|e| (e, true))

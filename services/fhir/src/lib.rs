@@ -9,6 +9,7 @@
 //! crates (`hub-log`, `hub-store`) and the `fhir-hub` binary build on it.
 
 pub mod bundle;
+pub mod compartment;
 pub mod criteria;
 mod criteria_keys;
 pub mod datetime;

@@ -546,6 +546,17 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
                     .and_then(|s| s.split_once(':'))
                     .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
                     .filter(|(n, v)| is_header_name(n) && !v.contains(['\r', '\n']));
+                if let Some((n, _)) = &parsed
+                    && is_reserved_header(n)
+                {
+                    return Err(invalid(
+                        IssueType::Value,
+                        format!(
+                            "{at}: header '{n}' is set by the hub (framing, host and webhook signature headers cannot be chosen)"
+                        ),
+                        &at,
+                    ));
+                }
                 match parsed {
                     Some(pair) => headers.push(pair),
                     None => {
@@ -863,6 +874,27 @@ fn channel_extension<'a>(resource: &'a Value, url: &str) -> Option<&'a Value> {
         .find(|e| e.get("url").and_then(Value::as_str) == Some(url))
 }
 
+/// Headers a subscription may not set: HTTP framing and routing (a `Host` aims the request
+/// elsewhere), and the Standard Webhooks headers (a second `webhook-signature` beside the
+/// real one).
+fn is_reserved_header(n: &str) -> bool {
+    let n = n.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "host"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
+            | "connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "keep-alive"
+            | "expect"
+    ) || n.starts_with("webhook-")
+        || n.starts_with("proxy-")
+}
+
 fn is_header_name(n: &str) -> bool {
     !n.is_empty()
         && n.bytes()
@@ -975,6 +1007,14 @@ mod tests {
             (
                 |s| s["channel"]["header"] = json!(["bad header"]),
                 "Subscription.channel.header[0]",
+            ),
+            (
+                |s| s["channel"]["header"] = json!(["Host: internal.example"]),
+                "Subscription.channel.header[0]",
+            ),
+            (
+                |s| s["channel"]["header"] = json!(["X-Ok: 1", "Webhook-Signature: v1,forged"]),
+                "Subscription.channel.header[1]",
             ),
             (|s| s["status"] = json!("error"), "Subscription.status"),
             (

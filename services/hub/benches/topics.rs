@@ -76,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 resource: resource.to_string(),
                 secret: None,
                 client_certificate: None,
+                owner: None,
             },
         }
     };

@@ -42,6 +42,7 @@ fn write(i: usize) -> SubscriptionWrite {
         resource: format!(r#"{{"resourceType":"Subscription","reason":"bench {i}"}}"#),
         secret: None,
         client_certificate: None,
+        owner: None,
     }
 }
 

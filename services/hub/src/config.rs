@@ -25,6 +25,99 @@ pub struct Config {
     pub tenancy: TenancyConfig,
     pub grpc: GrpcConfig,
     pub streams: StreamsConfig,
+    pub auth: AuthConfig,
+    pub audit: AuditConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Keys that seal secrets at rest (`auth::sealed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The key id new secrets are sealed with; empty: the local key file on SQLite, none on
+    /// PostgreSQL.
+    pub active: String,
+    /// Key id → 32 bytes in base64.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// `open`: no credential needed (a laptop; loopback addresses only). `required`: every
+/// request authenticates (production).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Open,
+    Required,
+}
+
+/// Authentication and limits per credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Requests per second per credential (0: no limit), and the burst allowed above it.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    /// Most subscriptions one credential may own (0: no limit).
+    pub max_subscriptions_per_credential: usize,
+    /// Most open websocket, SSE and gRPC streams per credential (0: no limit).
+    pub max_streams_per_credential: usize,
+    /// Least seconds between two JWKS fetches of one issuer for unknown `kid`s.
+    pub jwks_min_refresh_secs: u64,
+    /// Token issuers the hub trusts (SMART Backend Services).
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// Where its public keys are (a JWKS document).
+    pub jwks_url: String,
+    /// The `aud` its tokens must carry for this hub.
+    pub audience: String,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim naming the tenant; absent in a token: `tenant` below, then the default tenant.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    #[serde(default)]
+    pub tenant: String,
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS384", "ES384", "RS256", "ES256"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn default_tenant_claim() -> String {
+    "tenant".into()
+}
+
+fn default_scope_claim() -> String {
+    "scope".into()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Days audit rows are kept (0: forever).
+    pub retention_days: u32,
 }
 
 /// Stream channels (websocket, SSE, gRPC).
@@ -70,6 +163,25 @@ pub struct ServerConfig {
     /// the change topic (their consumer group's lag); 0 reports the lag without failing.
     #[serde(default = "default_ready_max_lag")]
     pub ready_max_lag: u64,
+    /// Seconds a client has to send a request's headers (and an idle keep-alive connection
+    /// stays open); slow or idle connections are closed after it.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Most open HTTP connections; more wait in the kernel's queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_allowed_ports() -> Vec<u16> {
+    vec![80, 443, 8080, 8443]
+}
+
+fn default_header_read_timeout() -> u64 {
+    10
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_ready_stall_secs() -> u64 {
@@ -144,6 +256,9 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<String>,
     pub error_after_failures: usize,
     pub allowed_networks: Vec<String>,
+    /// Ports public endpoints may use (empty: any); endpoints in allowed_networks may use any.
+    #[serde(default = "default_allowed_ports")]
+    pub allowed_ports: Vec<u16>,
     pub https_only: bool,
     pub ca_certificates: Vec<PathBuf>,
     pub lease_ttl_ms: i64,
@@ -172,6 +287,9 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         c.database.url = hub_store::redact(&c.database.url);
+        for v in c.secrets.keys.values_mut() {
+            *v = "***".to_owned();
+        }
         for (k, v) in c.kafka.client.iter_mut() {
             let k = k.to_ascii_lowercase();
             if ["password", "secret", "key", "token", "jaas"]
@@ -275,10 +393,65 @@ impl Config {
         if self.delivery.error_after_failures == 0 {
             anyhow::bail!("delivery.error_after_failures must be at least 1");
         }
+        self.check_open_mode()?;
+        for i in &self.auth.issuers {
+            if i.issuer.is_empty() || i.jwks_url.is_empty() || i.audience.is_empty() {
+                anyhow::bail!("auth.issuers: each issuer needs issuer, jwks_url and audience");
+            }
+        }
         if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
             anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
         }
         Ok(())
+    }
+
+    /// Open mode serves anyone who reaches the port: only on loopback addresses (as Redis'
+    /// protected mode).
+    fn check_open_mode(&self) -> anyhow::Result<()> {
+        if self.auth.mode != AuthMode::Open {
+            return Ok(());
+        }
+        let mut exposed = Vec::new();
+        if self.has_role(Role::Api) && !self.listen_addr()?.ip().is_loopback() {
+            exposed.push(format!("server.listen {}", self.server.listen));
+        }
+        if self.has_role(Role::Api)
+            && !self.grpc.listen.is_empty()
+            && self
+                .grpc
+                .listen
+                .parse::<SocketAddr>()
+                .map_or(true, |a| !a.ip().is_loopback())
+        {
+            exposed.push(format!("grpc.listen {}", self.grpc.listen));
+        }
+        if !exposed.is_empty() {
+            anyhow::bail!(
+                "auth.mode is \"open\" (no credentials needed) but {} is not a loopback address. \
+                 Set auth.mode = \"required\" (HUB_AUTH__MODE=required) and create an API key with \
+                 `fhir-hub keys create --tenant <tenant> --scope \"system/Subscription.cruds system/*.rs\"`, \
+                 or configure auth.issuers for OAuth2 tokens; or listen on 127.0.0.1 only.",
+                exposed.join(" and ")
+            );
+        }
+        Ok(())
+    }
+
+    /// What seals secrets at rest: the configured keys; on SQLite without them, a key kept
+    /// in the data directory; on PostgreSQL without them, nothing (with a warning).
+    pub fn sealer(&self) -> anyhow::Result<crate::auth::sealed::Sealer> {
+        use crate::auth::sealed::Sealer;
+        if !self.secrets.keys.is_empty() || !self.secrets.active.is_empty() {
+            let keys = self.secrets.keys.clone().into_iter().collect();
+            return Sealer::new(&keys, &self.secrets.active);
+        }
+        if self.database_url().starts_with("sqlite:") {
+            return Sealer::local(&self.server.data_dir);
+        }
+        tracing::warn!(
+            "secrets.active is not set: webhook secrets, client keys and credential headers are stored unsealed in PostgreSQL"
+        );
+        Ok(Sealer::default())
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -304,6 +477,7 @@ impl Config {
         Ok(crate::delivery::ssrf::EgressPolicy {
             allowed,
             https_only: self.delivery.https_only,
+            ports: self.delivery.allowed_ports.clone(),
         })
     }
 
@@ -372,6 +546,26 @@ mod tests {
         assert_eq!(c.log.backend, LogBackend::Embedded);
         assert_eq!(c.database_url(), "sqlite://./data/hub.db");
         assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.auth.mode, AuthMode::Open);
+    }
+
+    #[test]
+    fn open_mode_refuses_other_than_loopback() {
+        let mut c = Config::defaults().unwrap();
+        c.server.listen = "0.0.0.0:8080".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("auth.mode") && e.contains("keys create"), "{e}");
+        c.auth.mode = AuthMode::Required;
+        c.validate().unwrap();
+        let mut c = Config::defaults().unwrap();
+        c.grpc.listen = "[::]:50051".into();
+        assert!(c.validate().is_err());
+        c.grpc.listen = "[::1]:50051".into();
+        c.validate().unwrap();
+        // a process without the api role listens on nothing
+        c.server.listen = "0.0.0.0:8080".into();
+        c.server.roles = vec![Role::Matcher];
+        c.validate().unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod delivery;
@@ -53,6 +54,8 @@ pub struct Hub {
     pub metrics: Arc<metrics::Metrics>,
     /// Extra trusted roots for rest-hook endpoints (`delivery.ca_certificates`).
     pub extra_roots: Arc<Vec<reqwest::Certificate>>,
+    /// Credentials, token issuers' keys, rate limits per credential.
+    pub auth: Arc<auth::Authenticator>,
 }
 
 /// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
@@ -99,12 +102,13 @@ impl Hub {
         let cross_process = store.backend() == hub_store::Backend::Postgres;
         Ok(Hub {
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
-            subscriptions: Arc::default(),
+            subscriptions: Arc::new(model::Catalog::new(config.sealer()?)),
             streams: CancellationToken::new(),
             base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
             extra_roots: Arc::new(config.extra_roots()?),
+            auth: Arc::new(auth::Authenticator::new(&config.auth)),
             config: Arc::new(config),
             store,
             log,

@@ -86,6 +86,41 @@ enum Command {
     },
     /// Print the effective configuration as JSON.
     Config,
+    /// Manage API keys (in the configured database; no running hub needed).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its token (shown this once; only a hash is stored).
+    Create {
+        /// The tenant the key acts in.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Scopes, space-separated or repeated: SMART v2 (system/Subscription.cruds,
+        /// system/Observation.rs, patient/Observation.rs), hub/admin, hub/publish, hub/metrics.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A name for people reading `keys list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The patient context of patient/ scopes.
+        #[arg(long)]
+        patient: Option<String>,
+        /// Days until the key stops working (none: no expiry).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key at once.
+    Revoke { id: String },
 }
 
 fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
@@ -201,6 +236,10 @@ async fn run_command() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Keys { command } => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            keys_command(&config, command).await
+        }
         Command::Config => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             println!(
@@ -210,6 +249,54 @@ async fn run_command() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use fhir_hub::auth::keys;
+    let store = hub_store::Store::connect(&config.database_url())
+        .await
+        .context("opening the store")?;
+    match command {
+        KeysCommand::Create {
+            tenant,
+            scopes,
+            name,
+            patient,
+            expires_in_days,
+        } => {
+            let expires_at = expires_in_days.map(|d| {
+                hub_fhir::time_fmt::instant(
+                    time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(d)),
+                )
+            });
+            let spec = keys::KeySpec {
+                tenant: tenant.unwrap_or_else(|| config.tenancy.default_tenant.clone()),
+                name,
+                scopes: scopes.join(" "),
+                patient,
+                expires_at,
+            };
+            let (row, token) = keys::create(&store, spec).await?;
+            eprintln!(
+                "created API key {} for tenant '{}' (scopes: {}); the token below is shown once:",
+                row.id, row.tenant, row.scopes
+            );
+            println!("{token}");
+        }
+        KeysCommand::List { tenant } => {
+            let rows = store.api_keys(tenant.as_deref()).await?;
+            let list: Vec<_> = rows.iter().map(keys::to_json).collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_api_key(&id).await? {
+                anyhow::bail!("no usable API key '{id}'");
+            }
+            println!("revoked API key {id}");
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 /// Cancel `shutdown` on SIGTERM or Ctrl-C; a second signal exits at once.

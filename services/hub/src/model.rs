@@ -33,6 +33,8 @@ pub struct Subscription {
     pub spec: Arc<SubscriptionSpec>,
     /// The Standard Webhooks signing secret (rest-hook).
     pub secret: Option<String>,
+    /// Who wrote it, with the grants it had (`None`: written before the hub kept owners).
+    pub owner: Option<Arc<crate::auth::Owner>>,
 }
 
 impl Subscription {
@@ -57,6 +59,13 @@ impl Subscription {
             None if self.spec.channel.payload.is_some() => Content::FullResource,
             None => Content::IdOnly,
         }
+    }
+
+    /// The owner's credential subject, for the audit trail.
+    pub fn owner_subject(&self) -> String {
+        self.owner
+            .as_ref()
+            .map_or_else(|| "anonymous".to_owned(), |o| o.subject.clone())
     }
 
     /// `Subscription.end`, when set.
@@ -84,12 +93,26 @@ type SpecCache = HashMap<(String, String), (i64, Arc<SubscriptionSpec>)>;
 #[derive(Debug, Default)]
 pub struct Catalog {
     specs: Mutex<SpecCache>,
+    /// Opens the secrets stored sealed (`auth::sealed`).
+    sealer: crate::auth::sealed::Sealer,
 }
 
 /// Past this many cached specs the cache starts over (deleted subscriptions leave entries).
 const MAX_CACHED: usize = 200_000;
 
 impl Catalog {
+    pub fn new(sealer: crate::auth::sealed::Sealer) -> Catalog {
+        Catalog {
+            specs: Mutex::default(),
+            sealer,
+        }
+    }
+
+    /// What seals and opens secrets at rest.
+    pub fn sealer(&self) -> &crate::auth::sealed::Sealer {
+        &self.sealer
+    }
+
     /// The typed subscription of a stored row; the resource is validated only when this
     /// version has not been seen.
     pub fn read(&self, row: SubscriptionRow) -> Result<Subscription, ModelError> {
@@ -108,12 +131,18 @@ impl Catalog {
         let spec = match cached {
             Some((_, spec)) => spec,
             None => {
-                let resource: Value =
+                let mut resource: Value =
                     serde_json::from_str(&row.resource).map_err(|e| corrupt(e.to_string()))?;
+                open_headers(&self.sealer, &mut resource).map_err(corrupt)?;
                 let mut spec =
                     subscription::validate(&resource).map_err(|oo| corrupt(oo.summary()))?;
                 if spec.channel.client_certificate.is_none() {
-                    spec.channel.client_certificate = row.client_certificate.clone();
+                    spec.channel.client_certificate = row
+                        .client_certificate
+                        .as_deref()
+                        .map(|c| self.sealer.open(c))
+                        .transpose()
+                        .map_err(corrupt)?;
                 }
                 let spec = Arc::new(spec);
                 if let Ok(mut m) = self.specs.lock() {
@@ -125,6 +154,13 @@ impl Catalog {
                 spec
             }
         };
+        let secret = row
+            .write
+            .secret
+            .as_deref()
+            .map(|s| self.sealer.open(s))
+            .transpose()
+            .map_err(corrupt)?;
         Ok(Subscription {
             tenant: row.tenant,
             id: row.id,
@@ -134,7 +170,13 @@ impl Catalog {
             error: row.error,
             events_since_start: row.events_since_start,
             spec,
-            secret: row.write.secret,
+            owner: row
+                .write
+                .owner
+                .as_deref()
+                .and_then(crate::auth::Owner::parse)
+                .map(Arc::new),
+            secret,
         })
     }
 
@@ -251,10 +293,118 @@ pub fn take_secrets(resource: &mut Value) -> Secrets {
     out
 }
 
+/// What reads show instead of a credential a channel header carries.
+pub const REDACTED: &str = "[redacted]";
+
+/// Whether a channel header carries a credential (reads never show its value).
+pub fn is_secret_header(name: &str) -> bool {
+    matches!(
+        name.trim().to_ascii_lowercase().as_str(),
+        "authorization" | "cookie" | "x-api-key" | "api-key" | "x-auth-token" | "x-access-token"
+    )
+}
+
+/// The channel headers of a Subscription in either form, as mutable `(name, value)` slots:
+/// R4 `channel.header` strings `Name: value`, R5 `parameter` `{name, value}`.
+fn for_each_header(resource: &mut Value, mut f: impl FnMut(&str, &mut String)) {
+    if let Some(list) = resource
+        .pointer_mut("/channel/header")
+        .and_then(Value::as_array_mut)
+    {
+        for h in list {
+            let Some((name, value)) = h.as_str().and_then(|s| s.split_once(':')) else {
+                continue;
+            };
+            let (name, mut value) = (name.trim().to_owned(), value.trim().to_owned());
+            f(&name, &mut value);
+            *h = Value::String(format!("{name}: {value}"));
+        }
+    }
+    if let Some(list) = resource.get_mut("parameter").and_then(Value::as_array_mut) {
+        for p in list {
+            let Some(name) = p.get("name").and_then(Value::as_str).map(str::to_owned) else {
+                continue;
+            };
+            if let Some(v) = p.get_mut("value")
+                && let Some(text) = v.as_str()
+            {
+                let mut value = text.to_owned();
+                f(&name, &mut value);
+                *v = Value::String(value);
+            }
+        }
+    }
+}
+
+/// Seal the values of credential headers before a Subscription is stored.
+pub fn seal_headers(sealer: &crate::auth::sealed::Sealer, resource: &mut Value) {
+    for_each_header(resource, |name, value| {
+        if is_secret_header(name) && value != REDACTED {
+            *value = sealer.seal(value);
+        }
+    });
+}
+
+/// Open sealed header values of a stored Subscription (for delivery).
+pub fn open_headers(
+    sealer: &crate::auth::sealed::Sealer,
+    resource: &mut Value,
+) -> Result<(), String> {
+    let mut failed = None;
+    for_each_header(resource, |_, value| match sealer.open(value) {
+        Ok(v) => *value = v,
+        Err(e) => failed = Some(e),
+    });
+    failed.map_or(Ok(()), Err)
+}
+
+/// Hide the values of credential headers in a Subscription about to be shown.
+pub fn redact_headers(resource: &mut Value) {
+    for_each_header(resource, |name, value| {
+        if is_secret_header(name) {
+            *value = REDACTED.to_owned();
+        }
+    });
+}
+
+/// In an update, a credential header sent back as [`REDACTED`] keeps the stored value (a
+/// client that PUTs what it read keeps its credentials).
+pub fn restore_headers(sent: &mut Value, stored: &Value) {
+    let mut kept: Vec<(String, String)> = Vec::new();
+    let mut stored = stored.clone();
+    for_each_header(&mut stored, |name, value| {
+        kept.push((name.to_ascii_lowercase(), value.clone()));
+    });
+    for_each_header(sent, |name, value| {
+        if value == REDACTED
+            && let Some((_, v)) = kept.iter().find(|(n, _)| *n == name.to_ascii_lowercase())
+        {
+            *value = v.clone();
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn credential_headers_are_redacted_and_kept_on_update() {
+        let stored = json!({"channel": {"header": ["Authorization: Bearer abc", "X-Trace: 1"]}});
+        let mut shown = stored.clone();
+        redact_headers(&mut shown);
+        assert_eq!(
+            shown["channel"]["header"],
+            json!(["Authorization: [redacted]", "X-Trace: 1"])
+        );
+        let mut sent = shown.clone();
+        restore_headers(&mut sent, &stored);
+        assert_eq!(sent, stored);
+        let mut r5 = json!({"parameter": [{"name": "authorization", "value": "Bearer x"}]});
+        redact_headers(&mut r5);
+        assert_eq!(r5["parameter"][0]["value"], json!(REDACTED));
+    }
 
     #[test]
     fn secrets_are_taken_out_of_both_forms() {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+mod api_keys;
+mod audit;
 mod consumers;
 mod delivery;
 mod generations;
@@ -25,6 +27,8 @@ mod topics;
 mod versions;
 mod ws_tokens;
 
+pub use api_keys::ApiKeyRow;
+pub use audit::{AuditQuery, AuditRow, NewAudit};
 pub use delivery::DeliveryState;
 pub use history::Version;
 pub use housekeeping::Purged;

@@ -42,6 +42,9 @@ pub struct SubscriptionWrite {
     pub secret: Option<String>,
     /// PEM client certificate and key for mutual TLS; never part of `resource`.
     pub client_certificate: Option<String>,
+    /// Who wrote it (JSON from the hub's auth layer: subject, key id, scopes, patient); what
+    /// the subscription may receive is decided from it. `None` for rows from before owners.
+    pub owner: Option<String>,
 }
 
 /// The FHIR type, in the version history.
@@ -93,7 +96,7 @@ async fn keyed(
 }
 
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
-                       endpoint, resource, events_since_start, error, secret, client_certificate";
+                       endpoint, resource, events_since_start, error, secret, client_certificate, owner";
 
 fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     Ok(SubscriptionRow {
@@ -111,6 +114,7 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
             resource: r.try_get(8)?,
             secret: r.try_get(11)?,
             client_certificate: r.try_get(12)?,
+            owner: r.try_get(13)?,
         },
     })
 }
@@ -129,12 +133,13 @@ impl Store {
         let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
         let sql = format!(
             "INSERT INTO subscriptions ({COLUMNS})
-             VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10)
+             VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10, $12)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         );
         let q = sqlx::query(&sql);
         let inserted = bind_write(q, tenant, id, w)
             .bind(version)
+            .bind(&w.owner)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = inserted else {
@@ -182,12 +187,13 @@ impl Store {
         let sql = format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
-                 error = NULL, secret = $9, client_certificate = $10
+                 error = NULL, secret = $9, client_certificate = $10, owner = $12
              WHERE tenant = $1 AND id = $2 AND ($11 < 0 OR version_id = $11)
              RETURNING {COLUMNS}"
         );
         let updated = bind_write(sqlx::query(&sql), tenant, id, w)
             .bind(if_version.unwrap_or(-1))
+            .bind(&w.owner)
             .fetch_optional(&mut *tx)
             .await?;
         match updated {
@@ -355,6 +361,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// How many subscriptions of `tenant` have an owner whose stored JSON starts with
+    /// `owner_prefix`.
+    pub async fn count_owned_subscriptions(
+        &self,
+        tenant: &str,
+        owner_prefix: &str,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM subscriptions WHERE tenant = $1 AND substr(owner, 1, CAST($3 AS INTEGER)) = $2",
+        )
+        .bind(tenant)
+        .bind(owner_prefix)
+        .bind(owner_prefix.chars().count() as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// How many subscriptions (all tenants) have each status.

@@ -44,4 +44,21 @@ impl Store {
             None => None,
         })
     }
+
+    /// Use a token up: the tenant and subscription it binds, if it existed and had not
+    /// expired; it cannot bind again.
+    pub async fn take_ws_token(&self, token: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM ws_tokens WHERE token = $1 AND expires_at >= $2
+             RETURNING tenant, subscription_id",
+        )
+        .bind(token)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
 }

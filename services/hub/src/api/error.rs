@@ -1,7 +1,7 @@
 //! The API's one error type: every failure becomes a FHIR OperationOutcome with the right
 //! HTTP status.
 
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hub_fhir::{IssueType, OperationOutcome};
 
@@ -12,11 +12,30 @@ use super::fhir_json::FhirJson;
 pub struct ApiError {
     pub status: StatusCode,
     pub outcome: OperationOutcome,
+    /// Headers the answer carries (`WWW-Authenticate`, `Retry-After`, `RateLimit-*`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, outcome: OperationOutcome) -> Self {
-        Self { status, outcome }
+        Self {
+            status,
+            outcome,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Add a header to the answer.
+    pub fn with_header(mut self, name: HeaderName, value: String) -> Self {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    /// Add a header named by a static lower-case string.
+    pub fn with_header_name(self, name: &'static str, value: String) -> Self {
+        self.with_header(HeaderName::from_static(name), value)
     }
 
     pub fn bad_request(outcome: OperationOutcome) -> Self {
@@ -41,11 +60,17 @@ impl ApiError {
         )
     }
 
+    /// A 500 whose details go to the log under a reference the answer names: internal
+    /// texts (SQL, paths, stored data) never reach clients.
     pub fn internal(what: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %what, "internal error answering a request");
+        let reference = uuid::Uuid::new_v4();
+        tracing::error!(error = %what, %reference, "internal error answering a request");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            OperationOutcome::error(IssueType::Exception, format!("internal error: {what}")),
+            OperationOutcome::error(
+                IssueType::Exception,
+                format!("internal error (reference {reference}; the hub's log has the details)"),
+            ),
         )
     }
 }
@@ -94,7 +119,11 @@ impl From<hub_log::LogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, FhirJson(self.outcome.to_json())).into_response()
+        let mut res = (self.status, FhirJson(self.outcome.to_json())).into_response();
+        for (k, v) in self.headers {
+            res.headers_mut().append(k, v);
+        }
+        res
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn events(
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<FhirJson, ApiError> {
+    caller.require("Subscription", crate::auth::Perm::Read)?;
     if let Some(unknown) = params.keys().find(|k| {
         !matches!(
             k.as_str(),
@@ -73,6 +74,9 @@ pub async fn events(
     } else {
         Vec::new()
     };
+    if content != Content::Empty {
+        crate::channels::disclose(&hub, &sub, "$events", &caller.subject, &notes).await;
+    }
     let since_start = sub.events_since_start;
     let message = render::Message::new(
         &sub,

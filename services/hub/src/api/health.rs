@@ -94,8 +94,21 @@ async fn consumer_lag(hub: &Hub) -> Value {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(hub): State<Hub>) -> axum::response::Response {
+pub async fn metrics(
+    State(hub): State<Hub>,
+    caller: crate::auth::Caller,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if !caller.scopes.may_read_metrics() {
+        return super::ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            hub_fhir::OperationOutcome::error(
+                hub_fhir::IssueType::Forbidden,
+                "/metrics needs scope hub/metrics (or hub/admin)",
+            ),
+        )
+        .into_response();
+    }
     let by_status = hub.store.count_by_status().await.unwrap_or_default();
     let quarantined = hub.store.count_quarantined().await.ok();
     (

@@ -75,6 +75,15 @@ fn apply_idempotency_key(
 }
 
 fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError> {
+    if !caller.scopes.may_publish() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            OperationOutcome::error(
+                IssueType::Forbidden,
+                "publishing change events needs scope hub/publish (or hub/admin)",
+            ),
+        ));
+    }
     if let Some(e) = events.iter().find(|e| !caller.may_publish_to(&e.tenant)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -60,12 +60,21 @@ pub const BACKPORT_SUBSCRIPTION_PROFILE: &str =
 /// CapabilityStatement cannot list it under `rest.resource`: it is described here instead.
 const TOPIC_API: &str = "SubscriptionTopic (not an R4 resource type, so described here rather than under rest.resource): [base]/SubscriptionTopic supports read, vread, update (update-create), delete, _history, create and search by url (exact), status and resource (a resourceTrigger's resource, type name or StructureDefinition url); the R4B/R5 SubscriptionTopic JSON shape, or the Backport IG's R4 Basic representation, stored as the topic it stands for. Refused at write: eventTrigger, notificationShape include/revInclude, fhirPathCriteria that do not parse or name elements the resource cannot have, canFilterBy parameters the matcher cannot evaluate. A topic in use by a subscription cannot be deleted.";
 
-pub async fn capability_statement(State(hub): State<Hub>) -> FhirJson {
-    let topics: Vec<serde_json::Value> = hub
-        .store
-        .list_topics(Some(&hub.config.tenancy.default_tenant))
-        .await
-        .unwrap_or_default()
+/// `GET /fhir/metadata`: answered without a credential (discovery); the topics it lists are
+/// the caller's tenant's, so an anonymous caller of a hub that requires credentials sees none.
+pub async fn capability_statement(
+    State(hub): State<Hub>,
+    super::auth::MaybeCaller(caller): super::auth::MaybeCaller,
+) -> FhirJson {
+    let topics = match &caller {
+        Some(c) => hub
+            .store
+            .list_topics(Some(&c.tenant))
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let topics: Vec<serde_json::Value> = topics
         .into_iter()
         .map(|t| {
             json!({"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical", "valueCanonical": t.url})

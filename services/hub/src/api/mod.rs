@@ -11,6 +11,7 @@ use crate::Hub;
 use subscriptions::SubscriptionKind;
 use topics::TopicKind;
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -64,6 +65,12 @@ pub fn router(hub: Hub) -> Router {
             get(quarantine::read).delete(quarantine::drop),
         )
         .route("/admin/quarantine/{id}/$replay", post(quarantine::replay))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route(
+            "/admin/keys/{id}",
+            axum::routing::delete(admin::revoke_key).patch(admin::set_key_scopes),
+        )
+        .route("/fhir/AuditEvent", get(admin::audit_events))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -96,14 +103,83 @@ fn resource_routes<K: resource::ResourceKind>() -> Router<Hub> {
 }
 
 /// Serve the API on `listener` until `shutdown`, then finish in-flight requests.
+///
+/// Each connection must send a request's headers within `server.header_read_timeout_secs`
+/// (slowloris and idle keep-alive connections are closed), and at most
+/// `server.max_connections` are open at once: past that, new connections wait in the
+/// kernel's accept queue instead of using up file descriptors.
 pub async fn serve(
     hub: Hub,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     crate::announce(&listener, "", "http://")?;
-    axum::serve(listener, router(hub))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let grace = std::time::Duration::from_secs(hub.config.server.shutdown_grace_secs);
+    let header_timeout =
+        std::time::Duration::from_secs(hub.config.server.header_read_timeout_secs.max(1));
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        hub.config.server.max_connections.max(1),
+    ));
+    let app = router(hub);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    loop {
+        let permit = tokio::select! {
+            p = std::sync::Arc::clone(&limit).acquire_owned() => p?,
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // out of file descriptors and the like: wait, never spin
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (service, builder, watcher) = (
+            TowerToHyperService::new(app.clone()),
+            builder.clone(),
+            graceful.watcher(),
+        );
+        tokio::spawn(async move {
+            // a connection that sends nothing at all is closed after the header timeout too
+            // (hyper's own timer starts with the first byte)
+            let mut first = [0u8; 1];
+            if matches!(
+                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(n)) if n > 0
+            ) {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let _ = watcher.watch(conn).await;
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after the grace period; closing them");
+    }
     Ok(())
 }

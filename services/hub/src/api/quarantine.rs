@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine;
-use hub_fhir::{IssueType, OperationOutcome};
 use hub_log::Record;
 use hub_store::Quarantined;
 use serde::Deserialize;
@@ -32,14 +31,7 @@ fn default_count() -> i64 {
 }
 
 fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.scopes.iter().any(|s| s == "hub/admin") {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            OperationOutcome::error(IssueType::Forbidden, "the quarantine needs scope hub/admin"),
-        ))
-    }
+    caller.require_admin()
 }
 
 fn render(q: &Quarantined) -> Value {

@@ -22,6 +22,7 @@ use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
 use crate::Hub;
+use crate::auth::Perm;
 
 /// A resource as clients see it, at one version.
 #[derive(Debug, Clone)]
@@ -197,6 +198,23 @@ fn respond<K: ResourceKind>(hub: &Hub, status: StatusCode, s: Stored) -> Respons
     res
 }
 
+/// Record a client's change of a resource in the audit trail.
+async fn audit_change<K: ResourceKind>(hub: &Hub, caller: &Caller, action: &str, id: &str) {
+    crate::auth::record(
+        hub,
+        vec![hub_store::NewAudit {
+            tenant: caller.tenant.clone(),
+            kind: "change".into(),
+            action: action.into(),
+            agent: caller.subject.clone(),
+            entity: Some(format!("{}/{id}", K::TYPE)),
+            outcome: "0".into(),
+            ..Default::default()
+        }],
+    )
+    .await;
+}
+
 fn unknown<K: ResourceKind>(id: &str) -> ApiError {
     ApiError::not_found(format!("{}/{id} is not known", K::TYPE))
 }
@@ -207,6 +225,7 @@ pub async fn create<K: ResourceKind>(
     caller: Caller,
     body: RawBody,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Create)?;
     let body = body.json()?;
     let id = uuid::Uuid::new_v4().to_string();
     let req = WriteRequest {
@@ -217,6 +236,7 @@ pub async fn create<K: ResourceKind>(
         create_only: true,
     };
     let w = K::write(&hub, req).await?;
+    audit_change::<K>(&hub, &caller, "C", &id).await;
     Ok(respond::<K>(&hub, StatusCode::CREATED, w.stored))
 }
 
@@ -226,6 +246,7 @@ pub async fn read<K: ResourceKind>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Read)?;
     check_id(&id)?;
     let s = K::read(&hub, &caller.tenant, &id)
         .await?
@@ -239,6 +260,7 @@ pub async fn vread<K: ResourceKind>(
     caller: Caller,
     Path((id, vid)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Read)?;
     check_id(&id)?;
     let version: i64 = vid
         .parse()
@@ -266,6 +288,7 @@ pub async fn vread<K: ResourceKind>(
     let resource = stored_resource(K::TYPE, &id, version, &v.last_updated, stored)?;
     let mut resource = Value::Object(resource);
     crate::model::take_secrets(&mut resource);
+    crate::model::redact_headers(&mut resource);
     Ok(respond::<K>(
         &hub,
         StatusCode::OK,
@@ -286,6 +309,7 @@ pub async fn update<K: ResourceKind>(
     headers: HeaderMap,
     body: RawBody,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Update)?;
     check_id(&id)?;
     let if_version = parse_if_match(&headers)?;
     let body = body.json()?;
@@ -319,6 +343,7 @@ pub async fn update<K: ResourceKind>(
         create_only: false,
     };
     let w = K::write(&hub, req).await?;
+    audit_change::<K>(&hub, &caller, if w.created { "C" } else { "U" }, &id).await;
     let status = if w.created {
         StatusCode::CREATED
     } else {
@@ -333,10 +358,12 @@ pub async fn delete<K: ResourceKind>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Delete)?;
     check_id(&id)?;
     if !K::delete(&hub, &caller, &id).await? {
         return Err(unknown::<K>(&id));
     }
+    audit_change::<K>(&hub, &caller, "D", &id).await;
     tracing::info!(resource = K::TYPE, %id, tenant = %caller.tenant, subject = %caller.subject, "resource deleted");
     Ok((
         StatusCode::OK,
@@ -351,6 +378,7 @@ pub async fn search<K: ResourceKind>(
     caller: Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Search)?;
     if let Some((unknown, _)) = params
         .iter()
         .find(|(k, _)| k != "_count" && !K::SEARCH_PARAMS.contains(&k.as_str()))
@@ -406,6 +434,7 @@ pub async fn history<K: ResourceKind>(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(K::TYPE, Perm::Read)?;
     check_id(&id)?;
     let versions = hub.store.history(&caller.tenant, K::TYPE, &id).await?;
     if versions.is_empty() {
@@ -431,6 +460,7 @@ pub async fn history<K: ResourceKind>(
                     stored,
                 )?);
                 crate::model::take_secrets(&mut r);
+                crate::model::redact_headers(&mut r);
                 entry["resource"] = r;
                 let method = if v.version_id == oldest {
                     "POST"

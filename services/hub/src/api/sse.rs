@@ -36,7 +36,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
-use super::auth::Caller;
+use super::auth::MaybeCaller;
 use super::resource::check_id;
 use crate::Hub;
 use crate::channels::render::{Kind, Message};
@@ -82,16 +82,51 @@ fn start_after(headers: &HeaderMap, q: &StreamQuery, sub: &Subscription) -> Resu
     Ok(sub.events_since_start)
 }
 
-/// `GET /fhir/Subscription/{id}/$stream`.
+/// `GET /fhir/Subscription/{id}/$stream`: with a credential (`Authorization`), or with a
+/// binding token (`?token=`, from `$get-ws-binding-token`) for a browser `EventSource`,
+/// which cannot send headers. A token stays usable until it expires, so `EventSource`'s own
+/// reconnects (with `Last-Event-ID`) work.
 pub async fn stream(
     State(hub): State<Hub>,
-    caller: Caller,
+    MaybeCaller(caller): MaybeCaller,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
-    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
+    let refused = || {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            OperationOutcome::error(
+                IssueType::Security,
+                "the token is unknown, expired, or for another subscription",
+            ),
+        )
+    };
+    // the tenant comes from the credential, or from the token when there is none
+    let (tenant, agent) = match (&caller, &q.token) {
+        (Some(c), _) => {
+            c.require("Subscription", crate::auth::Perm::Read)?;
+            (c.tenant.clone(), Some(c.subject.clone()))
+        }
+        (None, Some(token)) => {
+            let (tenant, sub_id) = hub.store.ws_token(token).await?.ok_or_else(refused)?;
+            if sub_id != id {
+                return Err(refused());
+            }
+            (tenant, None)
+        }
+        (None, None) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                OperationOutcome::error(
+                    IssueType::Security,
+                    "this stream needs a credential (Authorization: Bearer …) or ?token= from $get-ws-binding-token",
+                ),
+            ));
+        }
+    };
+    let sub = super::subscriptions::typed(&hub, &tenant, &id).await?;
     if sub.channel_type() != ChannelType::Sse {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
@@ -104,18 +139,20 @@ pub async fn stream(
     if let Some(token) = &q.token {
         let bound = hub.store.ws_token(token).await?;
         if bound.as_ref().map(|(t, s)| (t.as_str(), s.as_str())) != Some((&sub.tenant, &sub.id)) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                OperationOutcome::error(
-                    IssueType::Security,
-                    "the token is unknown, expired, or for another subscription",
-                ),
-            ));
+            return Err(refused());
         }
     }
+    let slot = match &caller {
+        Some(c) => Some(
+            hub.auth
+                .stream_slot(c, hub.config.auth.max_streams_per_credential)?,
+        ),
+        None => None,
+    };
     let after = start_after(&headers, &q, &sub)?;
     tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "SSE stream opened");
-    let events = events(hub.clone(), sub, after, hub.streams.clone());
+    let agent = agent.unwrap_or_else(|| sub.owner_subject());
+    let events = events(hub.clone(), sub, after, hub.streams.clone(), agent, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -130,6 +167,10 @@ struct Reader {
     last_sent: tokio::time::Instant,
     stop: CancellationToken,
     done: bool,
+    /// Who receives (the audit trail's agent).
+    agent: String,
+    /// The credential's place among its open streams, held while the stream lives.
+    _slot: Option<crate::auth::StreamSlot>,
 }
 
 impl Reader {
@@ -183,6 +224,7 @@ impl Reader {
                 );
             }
             Some(Ok(Item::Notifications(notes))) => {
+                crate::channels::disclose(&self.hub, &self.sub, "sse", &self.agent, &notes).await;
                 let group = crate::channels::group_size(&self.sub);
                 for g in notes.chunks(group) {
                     if let Some(last) = g.last() {
@@ -202,6 +244,8 @@ fn events(
     sub: Subscription,
     after: i64,
     stop: CancellationToken,
+    agent: String,
+    slot: Option<crate::auth::StreamSlot>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
     let heartbeat = sub
@@ -218,6 +262,8 @@ fn events(
         last_sent: tokio::time::Instant::now(),
         stop,
         done: false,
+        agent,
+        _slot: slot,
     };
     let handshake = reader
         .message(Kind::Handshake, reader.sub.events_since_start, &[])

@@ -80,6 +80,7 @@ pub async fn instance(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
+    caller.require("Subscription", crate::auth::Perm::Read)?;
     let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     // an R4B/R5 topic-based subscription gets its own version's SubscriptionStatus
     if sub.shape() != FhirVersion::R4 {
@@ -97,6 +98,7 @@ pub async fn type_level(
     caller: Caller,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<FhirJson, ApiError> {
+    caller.require("Subscription", crate::auth::Perm::Search)?;
     let statuses: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "status")

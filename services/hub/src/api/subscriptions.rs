@@ -32,14 +32,18 @@ struct Prepared {
 /// already stored, or a new one).
 async fn settle_write(
     hub: &Hub,
-    tenant: &str,
+    caller: &Caller,
     body: &Value,
     existing: Option<&SubscriptionRow>,
 ) -> Result<Prepared, ApiError> {
+    let tenant = caller.tenant.as_str();
     let spec = subscription::validate(body).map_err(validation_error)?;
-    if let Some(t) = &spec.topic {
-        check_topic(hub, tenant, t).await?;
-    }
+    let receives = match (&spec.topic, &spec.parsed) {
+        (Some(t), _) => check_topic(hub, tenant, t).await?,
+        (None, Some(c)) => vec![(c.resource_type.clone(), query_pairs(&spec.criteria))],
+        (None, None) => Vec::new(),
+    };
+    check_receivable(caller, &receives)?;
     // websocket and SSE clients connect to the hub: nothing to hand-shake with
     let connects_in = !spec.channel.kind.calls_out();
     if spec.channel.kind.calls_out() {
@@ -78,6 +82,15 @@ async fn settle_write(
         Status::Requested | Status::Active | Status::Error => Status::Requested,
     };
     let mut resource = body.clone();
+    // credentials stay with the endpoint they were given for: a changed endpoint keeps no
+    // stored secret, client certificate or redacted header
+    let same_endpoint = existing.is_some_and(|row| row.endpoint == spec.channel.endpoint);
+    let existing = existing.filter(|_| same_endpoint);
+    if let Some(row) = existing
+        && let Ok(stored) = serde_json::from_str::<Value>(&row.resource)
+    {
+        model::restore_headers(&mut resource, &stored);
+    }
     // Secrets go to their own columns; the stored resource never holds one.
     let sent = model::take_secrets(&mut resource);
     if let Some(s) = &sent.secret
@@ -102,6 +115,11 @@ async fn settle_write(
     let client_certificate = sent
         .client_certificate
         .or_else(|| existing.and_then(|row| row.client_certificate.clone()));
+    // stored sealed (values already sealed stay as they are)
+    let sealer = hub.subscriptions.sealer();
+    let secret = sealer.seal(&secret);
+    let client_certificate = client_certificate.map(|c| sealer.seal(&c));
+    model::seal_headers(sealer, &mut resource);
     if let Some(obj) = resource.as_object_mut() {
         obj.remove("id");
         obj.remove("meta");
@@ -117,9 +135,59 @@ async fn settle_write(
             resource: resource.to_string(),
             secret: Some(secret),
             client_certificate,
+            owner: Some(caller.owner().to_json()),
         },
         generated_secret,
     })
+}
+
+/// The `name=value` pairs of a query (`Observation?subject=Patient/1&code=x` or `a=b&c=d`).
+fn query_pairs(criteria: &str) -> Vec<(String, String)> {
+    let query = criteria.split_once('?').map_or(criteria, |(_, q)| q);
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The caller's scopes must let it read every resource type the subscription would
+/// receive; with `patient/` scopes only, the criteria (or topic filters) must confine each
+/// type to the caller's patient. The matcher checks every notification again against the
+/// owner's grants at the time it is logged.
+fn check_receivable(
+    caller: &Caller,
+    receives: &[(String, Vec<(String, String)>)],
+) -> Result<(), ApiError> {
+    use crate::auth::{Access, Perm};
+    let refuse = |msg: String| {
+        ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            OperationOutcome::error(IssueType::Forbidden, msg).at("Subscription.criteria"),
+        )
+    };
+    for (ty, pairs) in receives {
+        match caller.scopes.access(ty, Perm::Read) {
+            Access::All => {}
+            Access::Patient => {
+                let Some(patient) = &caller.patient else {
+                    return Err(refuse(format!(
+                        "patient/{ty} scopes need a patient context, and this credential has none"
+                    )));
+                };
+                if !hub_fhir::compartment::query_confined_to(ty, pairs, patient) {
+                    let params = hub_fhir::compartment::patient_params(ty).join(", ");
+                    return Err(refuse(format!(
+                        "this credential may only subscribe to {ty} resources of Patient/{patient}: the criteria must name that patient on one of {params}"
+                    )));
+                }
+            }
+            Access::None => {
+                return Err(refuse(format!(
+                    "this subscription would receive {ty} resources, which needs scope system/{ty}.r (or patient/{ty}.r)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A topic-based subscription must name a topic this tenant has, and filter only as the
@@ -128,7 +196,7 @@ async fn check_topic(
     hub: &Hub,
     tenant: &str,
     t: &subscription::TopicSubscription,
-) -> Result<(), ApiError> {
+) -> Result<Vec<(String, Vec<(String, String)>)>, ApiError> {
     let refuse = |msg: String, at: &str| {
         ApiError::unprocessable(
             OperationOutcome::error(IssueType::NotSupported, msg).at(at.to_owned()),
@@ -158,9 +226,50 @@ async fn check_topic(
             "Subscription.criteria",
         ));
     }
+    let mut filters = Vec::new();
     for f in &t.filters {
-        hub_fhir::topic::parse_filter(&topic, f, "Subscription.criteria.extension")
-            .map_err(ApiError::unprocessable)?;
+        filters.push(
+            hub_fhir::topic::parse_filter(&topic, f, "Subscription.criteria.extension")
+                .map_err(ApiError::unprocessable)?,
+        );
+    }
+    // what it would receive: each trigger's type, with the filters that apply to it
+    let mut receives: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for trigger in &topic.triggers {
+        let ty = hub_fhir::topic::resource_of(&trigger.resource).to_owned();
+        if receives.iter().any(|(t, _)| *t == ty) {
+            continue;
+        }
+        let pairs = filters
+            .iter()
+            .filter(|f| f.resource == ty)
+            .flat_map(|f| query_pairs(&f.query))
+            .collect();
+        receives.push((ty, pairs));
+    }
+    Ok(receives)
+}
+
+/// At most `auth.max_subscriptions_per_credential` subscriptions per credential.
+async fn check_quota(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
+    let max = hub.config.auth.max_subscriptions_per_credential;
+    if max == 0 || caller.subject == "anonymous" {
+        return Ok(());
+    }
+    let owned = hub
+        .store
+        .count_owned_subscriptions(&caller.tenant, &caller.owner().subject_prefix())
+        .await?;
+    if owned >= max as i64 {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            OperationOutcome::error(
+                IssueType::TooCostly,
+                format!(
+                    "this credential already owns {owned} subscriptions (auth.max_subscriptions_per_credential = {max}); delete some first"
+                ),
+            ),
+        ));
     }
     Ok(())
 }
@@ -198,14 +307,20 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = Value::Object(out);
     // stored resources hold no secrets; this keeps a row written by hand from leaking one
     model::take_secrets(&mut v);
+    model::redact_headers(&mut v);
     Ok(v)
 }
 
 /// The resource with its secret, for the one answer that reveals a generated secret.
-fn with_secret(row: &SubscriptionRow) -> Result<Value, ApiError> {
+fn with_secret(hub: &Hub, row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = to_resource(row)?;
     if let Some(secret) = &row.secret {
-        show_secret(&mut v, secret);
+        let secret = hub
+            .subscriptions
+            .sealer()
+            .open(secret)
+            .map_err(ApiError::internal)?;
+        show_secret(&mut v, &secret);
     }
     Ok(v)
 }
@@ -254,18 +369,21 @@ impl ResourceKind for SubscriptionKind {
         } else {
             hub.store.get_subscription(tenant, id).await?
         };
-        let prepared = settle_write(hub, tenant, body, existing.as_ref()).await?;
+        let prepared = settle_write(hub, caller, body, existing.as_ref()).await?;
         let write = &prepared.write;
         // the generated secret is shown once: in the answer that created it
         let answer = |row: &SubscriptionRow| -> Result<Stored, ApiError> {
-            let resource = if prepared.generated_secret {
-                with_secret(row)?
+            let mut resource = if prepared.generated_secret {
+                with_secret(hub, row)?
             } else {
                 to_resource(row)?
             };
+            // the answer to a write echoes the headers the client just sent (reads redact)
+            model::restore_headers(&mut resource, body);
             Ok(stored(row, resource))
         };
         if existing.is_none() && if_version.is_none() {
+            check_quota(hub, caller).await?;
             let row = hub.store.create_subscription(tenant, id, write).await?;
             tracing::info!(subscription = %id, %tenant, subject = %caller.subject, "subscription created");
             return Ok(Written {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hub_fhir::subscription::{ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ApiError;
-use super::auth::Caller;
+use super::auth::{Caller, MaybeCaller};
 use super::fhir_json::FhirJson;
 use crate::Hub;
 use crate::channels::render::{self, Kind};
@@ -41,6 +41,7 @@ pub async fn binding_token(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
+    caller.require("Subscription", crate::auth::Perm::Read)?;
     let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     if sub.channel_type().calls_out() {
         return Err(ApiError::unprocessable(OperationOutcome::error(
@@ -75,14 +76,32 @@ pub async fn binding_token(
 
 /// `GET /fhir/$subscription-ws` (upgrade). The caller established on the upgrade request is
 /// the one classic `bind <id>` requests are checked against.
-pub async fn connect(State(hub): State<Hub>, caller: Caller, ws: WebSocketUpgrade) -> Response {
+pub async fn connect(
+    State(hub): State<Hub>,
+    MaybeCaller(caller): MaybeCaller,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // a credentialed socket counts against its credential's open streams
+    let slot = match &caller {
+        Some(c) => match hub
+            .auth
+            .stream_slot(c, hub.config.auth.max_streams_per_credential)
+        {
+            Ok(slot) => Some(slot),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
     // Clients only send short bind lines: small read buffers keep an idle socket cheap, and
     // a message limit keeps anyone from making the hub read megabytes.
     ws.read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(hub, caller, socket))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            serve(hub, caller, socket).await;
+        })
 }
 
 /// The largest message a websocket client may send (bind lines are far shorter).
@@ -134,10 +153,16 @@ fn outcome(msg: impl Into<String>) -> Message {
     )
 }
 
-/// The subscription a token binds, if it may be bound.
+/// The subscription a token binds, if it may be bound. A token binds one socket: binding
+/// uses it up.
 async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
-    let Some((tenant, id)) = hub.store.ws_token(token).await.map_err(|e| e.to_string())? else {
-        return Err("unknown or expired binding token".into());
+    let Some((tenant, id)) = hub
+        .store
+        .take_ws_token(token)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Err("unknown, used or expired binding token".into());
     };
     let sub = hub
         .subscriptions
@@ -177,7 +202,20 @@ fn parse_message(text: &str) -> Option<Bind<'_>> {
 }
 
 /// The R4 criteria subscription a classic `bind <id>` names, in the caller's tenant.
-async fn bind_classic(hub: &Hub, caller: &Caller, id: &str) -> Result<Subscription, String> {
+async fn bind_classic(
+    hub: &Hub,
+    caller: Option<&Caller>,
+    id: &str,
+) -> Result<Subscription, String> {
+    let Some(caller) = caller else {
+        return Err(
+            "'bind <id>' needs a credential on the websocket upgrade (Authorization: Bearer …)"
+                .into(),
+        );
+    };
+    caller
+        .require("Subscription", crate::auth::Perm::Read)
+        .map_err(|e| e.outcome.summary())?;
     let sub = hub
         .subscriptions
         .get(&hub.store, &caller.tenant, id)
@@ -195,7 +233,7 @@ async fn bind_classic(hub: &Hub, caller: &Caller, id: &str) -> Result<Subscripti
     Ok(sub)
 }
 
-async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
+async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
     let (tx, mut rx) = Outbox::new(hub.config.streams.max_buffer_bytes);
     // every binding's reader stops with the socket, and the socket with the hub
     let stop = hub.streams.child_token();
@@ -223,7 +261,7 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
                 };
                 let (found, last_seen) = match request {
                     Bind::Backport { token, last_seen } => (bind(&hub, token).await, last_seen),
-                    Bind::Classic { id } => (bind_classic(&hub, &caller, id).await, None),
+                    Bind::Classic { id } => (bind_classic(&hub, caller.as_ref(), id).await, None),
                 };
                 let sub = match found {
                     Ok(sub) => sub,
@@ -238,6 +276,10 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
                     }
                 };
                 tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
+                let agent: Arc<str> = caller
+                    .as_ref()
+                    .map_or_else(|| sub.owner_subject(), |c| c.subject.clone())
+                    .into();
                 // binding the same subscription again replaces its reader
                 let reader = stop.child_token();
                 if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
@@ -247,9 +289,10 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
                     if socket.send(Message::Text(format!("bound {}", sub.id).into())).await.is_err() {
                         return;
                     }
-                    tokio::spawn(read_classic(hub.clone(), sub, tx.clone(), reader));
+                    tokio::spawn(read_classic(hub.clone(), sub, tx.clone(), reader, agent));
                 } else {
-                    tokio::spawn(read_binding(hub.clone(), sub, last_seen, tx.clone(), reader));
+                    let binding = Binding { sub, last_seen, agent };
+                    tokio::spawn(read_binding(hub.clone(), binding, tx.clone(), reader));
                 }
             }
             out = rx.recv() => {
@@ -265,12 +308,19 @@ async fn serve(hub: Hub, caller: Caller, mut socket: WebSocket) {
 
 /// A classic R4 binding: `ping <id>` for each new event of the subscription, from the count
 /// at bind time.
-async fn read_classic(hub: Hub, sub: Subscription, tx: Outbox, stop: CancellationToken) {
+async fn read_classic(
+    hub: Hub,
+    sub: Subscription,
+    tx: Outbox,
+    stop: CancellationToken,
+    agent: Arc<str>,
+) {
     let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
     loop {
         match stream.next(OUTBOX, None, &stop).await {
             None => return,
             Some(Ok(Item::Notifications(notes))) => {
+                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
                 for _ in &notes {
                     if !tx
                         .send(Message::Text(format!("ping {}", sub.id).into()))
@@ -315,13 +365,20 @@ fn parse_bind(text: &str) -> Option<(&str, Option<i64>)> {
 /// else from the count at bind time (live; missed ones are read with `$events`). This
 /// reader keeps no cursor in the store: what a socket was sent says nothing about what the
 /// client processed.
-async fn read_binding(
-    hub: Hub,
+/// What one Backport binding reads.
+struct Binding {
     sub: Subscription,
     last_seen: Option<i64>,
-    tx: Outbox,
-    stop: CancellationToken,
-) {
+    /// Who receives (the audit trail's agent).
+    agent: Arc<str>,
+}
+
+async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: CancellationToken) {
+    let Binding {
+        sub,
+        last_seen,
+        agent,
+    } = binding;
     let base = hub.base_url.clone();
     let text = |kind: Kind, since: i64, notes: &[hub_store::Notification]| {
         Message::Text(
@@ -362,10 +419,13 @@ async fn read_binding(
             Some(Ok(Item::HistoryGone { after, resumes_at })) => vec![outcome(format!(
                 "events after {after} are no longer in the notification log; continuing from {resumes_at}"
             ))],
-            Some(Ok(Item::Notifications(notes))) => notes
-                .chunks(group)
-                .filter_map(|g| Some(text(Kind::EventNotification, g.last()?.event_number, g)))
-                .collect(),
+            Some(Ok(Item::Notifications(notes))) => {
+                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
+                notes
+                    .chunks(group)
+                    .filter_map(|g| Some(text(Kind::EventNotification, g.last()?.event_number, g)))
+                    .collect()
+            }
         };
         for m in msgs {
             if !tx.send(m).await {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::Hub;
-use crate::api::auth::{self, Caller};
+use crate::auth::{self, Caller};
 use crate::channels::render::{Kind, Message};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
@@ -59,9 +59,26 @@ pub struct Service {
     consuming: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
-fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
+/// The caller of a gRPC request, allowed to read subscriptions.
+async fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
     let headers = req.metadata().clone().into_headers();
-    auth::establish(hub, &headers).map_err(|e| Status::unauthenticated(e.outcome.summary()))
+    let caller = auth::establish(hub, &headers).await.map_err(to_status)?;
+    caller
+        .require("Subscription", auth::Perm::Read)
+        .map_err(to_status)?;
+    Ok(caller)
+}
+
+/// An API refusal as a gRPC status.
+fn to_status(e: crate::api::ApiError) -> Status {
+    let msg = e.outcome.summary();
+    match e.status.as_u16() {
+        401 => Status::unauthenticated(msg),
+        403 => Status::permission_denied(msg),
+        404 => Status::not_found(msg),
+        429 => Status::resource_exhausted(msg),
+        _ => Status::unavailable(msg),
+    }
 }
 
 fn store_status(e: impl std::fmt::Display) -> Status {
@@ -69,6 +86,14 @@ fn store_status(e: impl std::fmt::Display) -> Status {
 }
 
 impl Service {
+    /// A place for one more stream of the caller.
+    fn slot(&self, caller: &Caller) -> Result<auth::StreamSlot, Status> {
+        self.hub
+            .auth
+            .stream_slot(caller, self.hub.config.auth.max_streams_per_credential)
+            .map_err(to_status)
+    }
+
     /// A gRPC subscription of the caller's tenant.
     async fn subscription(&self, caller: &Caller, id: &str) -> Result<Subscription, Status> {
         if !hub_fhir::event::is_fhir_id(id) {
@@ -123,10 +148,11 @@ fn notifications(
     sub: Subscription,
     after: i64,
     stop: CancellationToken,
+    agent: Arc<str>,
 ) -> Notifications {
     let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
     let state = (
-        hub,
+        (hub, agent),
         sub,
         stream,
         VecDeque::<pb::Notification>::new(),
@@ -135,7 +161,7 @@ fn notifications(
     );
     Box::pin(futures::stream::unfold(
         state,
-        |(hub, sub, mut stream, mut pending, stop, done)| async move {
+        |((hub, agent), sub, mut stream, mut pending, stop, done)| async move {
             if done {
                 return None;
             }
@@ -150,14 +176,18 @@ fn notifications(
                         history_gone(&sub.id, after, resumes_at)
                     }
                     Some(Ok(Item::Notifications(notes))) => {
+                        super::disclose(&hub, &sub, "grpc", &agent, &notes).await;
                         pending.extend(notes.iter().map(|n| to_message(&hub, &sub, n)));
                         continue;
                     }
                 };
-                return Some((Err(failed), (hub, sub, stream, pending, stop, true)));
+                return Some((
+                    Err(failed),
+                    ((hub, agent), sub, stream, pending, stop, true),
+                ));
             }
             let next = pending.pop_front()?;
-            Some((Ok(next), (hub, sub, stream, pending, stop, false)))
+            Some((Ok(next), ((hub, agent), sub, stream, pending, stop, false)))
         },
     ))
 }
@@ -207,7 +237,7 @@ impl NotificationStream for Service {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Notifications>, Status> {
-        let caller = caller(&self.hub, &req)?;
+        let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
         let sub = self.subscription(&caller, &r.subscription_id).await?;
         let after = match r.from_event_number {
@@ -220,21 +250,25 @@ impl NotificationStream for Service {
             }
         };
         self.check_retained(&sub, after).await?;
+        let slot = self.slot(&caller)?;
         tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "gRPC stream opened");
         let stop = self.hub.streams.child_token();
-        Ok(Response::new(notifications(
-            self.hub.clone(),
-            sub,
-            after,
-            stop,
-        )))
+        let stream = notifications(self.hub.clone(), sub, after, stop, caller.subject.into());
+        // the stream holds the caller's place until it is dropped
+        Ok(Response::new(Box::pin(futures::StreamExt::map(
+            stream,
+            move |item| {
+                let _hold = &slot;
+                item
+            },
+        ))))
     }
 
     async fn consume(
         &self,
         req: Request<pb::ConsumeRequest>,
     ) -> Result<Response<Notifications>, Status> {
-        let caller = caller(&self.hub, &req)?;
+        let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
         if r.consumer.is_empty() || r.consumer.len() > 200 {
             return Err(Status::invalid_argument(
@@ -275,15 +309,23 @@ impl NotificationStream for Service {
             consuming: Arc::clone(&self.consuming),
             key,
         };
+        let slot = self.slot(&caller)?;
+        let agent: Arc<str> = caller.subject.clone().into();
         let stop = self.hub.streams.child_token();
         for (sub, after) in starts {
-            streams.push(notifications(self.hub.clone(), sub, after, stop.clone()));
+            streams.push(notifications(
+                self.hub.clone(),
+                sub,
+                after,
+                stop.clone(),
+                Arc::clone(&agent),
+            ));
         }
         tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), "gRPC consumer opened");
         // the claim lives as long as the merged stream
         let merged = futures::stream::select_all(streams);
         let guarded = futures::StreamExt::map(merged, move |item| {
-            let _hold = &claim;
+            let _hold = (&claim, &slot);
             item
         });
         Ok(Response::new(Box::pin(guarded)))
@@ -293,7 +335,7 @@ impl NotificationStream for Service {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let caller = caller(&self.hub, &req)?;
+        let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
         if r.consumer.is_empty() {
             return Err(Status::invalid_argument("a consumer name is required"));

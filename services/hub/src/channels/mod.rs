@@ -14,7 +14,46 @@ pub mod render;
 pub mod stream;
 pub mod wake;
 
+use hub_store::{NewAudit, Notification};
+
+use crate::Hub;
 use crate::model::Subscription;
+
+/// Record in the audit trail that `notes` of `sub` were handed to `channel` for `agent` (the
+/// credential reading a stream, or the subscription's owner for a rest-hook): one
+/// disclosure per notification.
+pub async fn disclose(
+    hub: &Hub,
+    sub: &Subscription,
+    channel: &str,
+    agent: &str,
+    notes: &[Notification],
+) {
+    crate::auth::record(hub, disclosures(sub, channel, agent, notes)).await;
+}
+
+/// The audit rows of [`disclose`], for a caller that writes them later in one go.
+pub fn disclosures(
+    sub: &Subscription,
+    channel: &str,
+    agent: &str,
+    notes: &[Notification],
+) -> Vec<NewAudit> {
+    notes
+        .iter()
+        .map(|n| NewAudit {
+            tenant: sub.tenant.clone(),
+            kind: "disclosure".into(),
+            action: "R".into(),
+            agent: agent.to_owned(),
+            entity: (!n.focus_type.is_empty()).then(|| format!("{}/{}", n.focus_type, n.focus_id)),
+            subscription_id: Some(sub.id.clone()),
+            channel: Some(channel.to_owned()),
+            outcome: "0".into(),
+            detail: Some(format!("event {}", n.event_number)),
+        })
+        .collect()
+}
 
 /// How many events one message carries: the topic's `backport-max-count`, else one.
 pub fn group_size(sub: &Subscription) -> usize {

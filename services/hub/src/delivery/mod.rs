@@ -213,7 +213,10 @@ async fn start_worker(
         .unwrap_or(Duration::from_millis(
             hub.config.delivery.request_timeout_ms,
         ));
+    // never a proxy from HTTP(S)_PROXY: a proxy would resolve the name itself, and the
+    // checked, pinned address would no longer be where the request goes
     let mut builder = reqwest::Client::builder()
+        .no_proxy()
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("fhir-hub/", env!("CARGO_PKG_VERSION")));
@@ -251,7 +254,8 @@ async fn start_worker(
 
 /// Hourly housekeeping: delivered notifications older than `database.retention_days`;
 /// embedded-log records every group has read, as old; leases and consumer offsets of
-/// deleted subscriptions; resource versions unchanged for `database.previous_versions_days`.
+/// deleted subscriptions; resource versions unchanged for `database.previous_versions_days`;
+/// audit rows older than `audit.retention_days`.
 pub async fn retention(hub: Hub, shutdown: CancellationToken) {
     let days = hub.config.database.retention_days;
     let version_days = hub.config.database.previous_versions_days;
@@ -284,6 +288,16 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
                 Err(e) => {
                     tracing::warn!(error = %e, "event log retention failed; retrying next hour")
                 }
+            }
+        }
+        let audit_days = hub.config.audit.retention_days;
+        if audit_days > 0
+            && let Some(before) = instant(ago(audit_days))
+        {
+            match hub.store.purge_audit(&before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, %before, "audit trail retention"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed; retrying next hour"),
             }
         }
         let Some(now) = instant(now) else {

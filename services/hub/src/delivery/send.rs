@@ -95,7 +95,8 @@ pub async fn send(
             }
         }
         Err(e) if e.is_timeout() => Outcome::failed("request timed out"),
-        Err(e) if e.is_connect() => Outcome::failed(format!("cannot connect: {e}")),
-        Err(e) => Outcome::failed(format!("request failed: {e}")),
+        // never the URL: with a payload it ends in the resource type and id
+        Err(e) if e.is_connect() => Outcome::failed(format!("cannot connect: {}", e.without_url())),
+        Err(e) => Outcome::failed(format!("request failed: {}", e.without_url())),
     }
 }

@@ -61,6 +61,8 @@ pub struct EgressPolicy {
     /// Networks allowed even though they are private (development, tests, on-premise).
     pub allowed: Vec<Network>,
     pub https_only: bool,
+    /// Ports public endpoints may use (empty: any). Addresses in `allowed` may use any port.
+    pub ports: Vec<u16>,
 }
 
 /// Why an address may not be contacted, if it may not.
@@ -80,6 +82,11 @@ pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
             }
             if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 return forbidden_v4(Ipv4Addr::from((u128::from(v6) & 0xffff_ffff) as u32));
+            }
+            // 6to4 (2002:a.b.c.d::/48) carries an IPv4 address in its second and third groups
+            if seg[0] == 0x2002 {
+                let v4 = Ipv4Addr::from((u32::from(seg[1]) << 16) | u32::from(seg[2]));
+                return forbidden_v4(v4).or(Some("6to4"));
             }
             forbidden_v6(v6)
         }
@@ -104,6 +111,14 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         "reserved"
     } else if o[0] == 100 && (64..128).contains(&o[1]) {
         "carrier-grade NAT"
+    } else if o[0] == 198 && (o[1] == 18 || o[1] == 19) {
+        "benchmarking"
+    } else if o[..3] == [192, 0, 0] {
+        "IETF protocol assignment"
+    } else if o[..3] == [192, 0, 2] || o[..3] == [198, 51, 100] || o[..3] == [203, 0, 113] {
+        "documentation"
+    } else if o[..3] == [192, 88, 99] {
+        "6to4 relay anycast"
     } else {
         return None;
     })
@@ -121,6 +136,18 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "link-local"
     } else if first & 0xff00 == 0xff00 {
         "multicast"
+    } else if first == 0x2001 && ip.segments()[1] == 0 {
+        "Teredo"
+    } else if first == 0x2001 && ip.segments()[1] == 2 && ip.segments()[2] == 0 {
+        "benchmarking"
+    } else if first == 0x2001 && ip.segments()[1] < 0x200 {
+        "IETF protocol assignment"
+    } else if first == 0x0064 && ip.segments()[1] == 0xff9b && ip.segments()[2] == 1 {
+        "NAT64 local-use"
+    } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
+        "documentation"
+    } else if first == 0x0100 && ip.segments()[1..4] == [0, 0, 0] {
+        "discard-only"
     } else {
         return None;
     })
@@ -135,9 +162,20 @@ pub struct CheckedEndpoint {
 }
 
 impl EgressPolicy {
-    fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+    fn check_ip(&self, ip: IpAddr, port: u16) -> Result<(), String> {
+        let allowed = self.allowed.iter().any(|n| n.contains(ip));
+        if !allowed && !self.ports.is_empty() && !self.ports.contains(&port) {
+            return Err(format!(
+                "port {port} is not one endpoints may use ({}; delivery.allowed_ports)",
+                self.ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         match forbidden_reason(ip) {
-            Some(why) if !self.allowed.iter().any(|n| n.contains(ip)) => Err(format!(
+            Some(why) if !allowed => Err(format!(
                 "{ip} is a {why} address; endpoints must be public (operators can allow networks in delivery.allowed_networks)"
             )),
             _ => Ok(()),
@@ -160,14 +198,18 @@ impl EgressPolicy {
         }
         let port = url.port_or_known_default().unwrap_or(443);
         match url.host() {
-            Some(Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map(|()| CheckedEndpoint {
-                url: url.clone(),
-                pinned: None,
-            }),
-            Some(Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map(|()| CheckedEndpoint {
-                url: url.clone(),
-                pinned: None,
-            }),
+            Some(Host::Ipv4(ip)) => self
+                .check_ip(IpAddr::V4(ip), port)
+                .map(|()| CheckedEndpoint {
+                    url: url.clone(),
+                    pinned: None,
+                }),
+            Some(Host::Ipv6(ip)) => self
+                .check_ip(IpAddr::V6(ip), port)
+                .map(|()| CheckedEndpoint {
+                    url: url.clone(),
+                    pinned: None,
+                }),
             Some(Host::Domain(name)) => {
                 let name = name.to_owned();
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), port))
@@ -178,7 +220,7 @@ impl EgressPolicy {
                     .first()
                     .ok_or_else(|| format!("'{name}' has no addresses"))?;
                 for a in &addrs {
-                    self.check_ip(a.ip())
+                    self.check_ip(a.ip(), port)
                         .map_err(|e| format!("'{name}' resolves to {e}"))?;
                 }
                 Ok(CheckedEndpoint {
@@ -227,6 +269,19 @@ mod tests {
             "http://127.1/h",
             "http://localhost/h",
             "http://100.64.0.1/h",
+            // 6to4 of 127.0.0.1 and 10.0.0.1, Teredo, NAT64 local-use, benchmarking,
+            // IETF protocol assignments, documentation
+            "http://[2002:7f00:1::]/h",
+            "http://[2002:a00:1::1]/h",
+            "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/h",
+            "http://[64:ff9b:1::a00:1]/h",
+            "http://198.18.0.1/h",
+            "http://198.19.255.1/h",
+            "http://[2001:2::1]/h",
+            "http://192.0.0.8/h",
+            "http://[2001:10::1]/h",
+            "http://192.0.2.1/h",
+            "http://[2001:db8::1]/h",
         ] {
             let r = policy().check(url).await;
             assert!(r.is_err(), "{url} must be refused");
@@ -243,16 +298,37 @@ mod tests {
                 .is_ok()
         );
         let dev = EgressPolicy {
+            ports: Vec::new(),
             allowed: vec![Network::parse("127.0.0.0/8").unwrap()],
             https_only: false,
         };
         assert!(dev.check("http://127.0.0.1:9000/hook").await.is_ok());
         assert!(dev.check("http://10.0.0.1/hook").await.is_err());
         let strict = EgressPolicy {
+            ports: Vec::new(),
             https_only: true,
             ..Default::default()
         };
         assert!(strict.check("http://93.184.216.34/hook").await.is_err());
+        // ports: public endpoints only on listed ones; allowed networks on any
+        let ported = EgressPolicy {
+            ports: vec![443, 8443],
+            allowed: vec![Network::parse("127.0.0.0/8").unwrap()],
+            https_only: false,
+        };
+        assert!(ported.check("https://93.184.216.34/hook").await.is_ok());
+        assert!(
+            ported
+                .check("https://93.184.216.34:8443/hook")
+                .await
+                .is_ok()
+        );
+        let e = ported
+            .check("http://93.184.216.34:22/hook")
+            .await
+            .unwrap_err();
+        assert!(e.contains("port 22"), "{e}");
+        assert!(ported.check("http://127.0.0.1:9000/hook").await.is_ok());
         assert!(
             policy()
                 .check("http://user:pw@93.184.216.34/hook")

@@ -351,6 +351,9 @@ impl Worker {
             // notification: a crash re-sends at most that much, with the same webhook-ids.
             let mut recorded = delivered;
             let mut last_record = tokio::time::Instant::now();
+            // one disclosure per delivered notification, written with the progress records
+            let agent = self.sub.owner_subject();
+            let mut disclosed = Vec::new();
             for notes in batch.chunks(group) {
                 let Some(last) = notes.last() else {
                     continue;
@@ -360,10 +363,17 @@ impl Worker {
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();
+                    disclosed.extend(crate::channels::disclosures(
+                        &self.sub,
+                        "rest-hook",
+                        &agent,
+                        notes,
+                    ));
                 }
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
                 if must_record && delivered > recorded {
+                    crate::auth::record(hub, std::mem::take(&mut disclosed)).await;
                     if !self.record(delivered).await {
                         return;
                     }
@@ -374,6 +384,7 @@ impl Worker {
                     return;
                 }
             }
+            crate::auth::record(hub, disclosed).await;
             if delivered > recorded && !self.record(delivered).await {
                 return;
             }

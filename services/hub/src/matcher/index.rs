@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::Matched;
 use super::topic_index::TopicIndex;
+use crate::auth::Grant;
 use crate::model::Subscription;
 
 /// What the criteria index returns for a match: the subscription and when it ends.
@@ -25,11 +26,19 @@ pub struct TenantIndex {
     criteria: CriteriaIndex<Target>,
     topics: TopicIndex,
     generation: i64,
+    /// What each owned subscription may receive (subscriptions from before owners were
+    /// kept have none and are not restricted).
+    grants: HashMap<String, Grant>,
 }
 
 impl TenantIndex {
     /// Index one tenant's live subscriptions and topics.
-    pub fn build(subs: &[Subscription], topics: &[TopicRow], generation: i64) -> TenantIndex {
+    pub fn build(
+        subs: &[Subscription],
+        topics: &[TopicRow],
+        generation: i64,
+        grants: HashMap<String, Grant>,
+    ) -> TenantIndex {
         let mut criteria = CriteriaIndex::new();
         for sub in subs {
             // topic-based subscriptions are indexed with their topic
@@ -49,6 +58,7 @@ impl TenantIndex {
             criteria,
             topics: TopicIndex::build(topics, subs),
             generation,
+            grants,
         }
     }
 
@@ -117,6 +127,11 @@ impl SubscriptionIndex {
             );
         }
         t.topics.matches(event, now, &mut m.ids, &mut m.failures);
+        // a subscription receives only what its owner may read now
+        if !t.grants.is_empty() {
+            m.ids
+                .retain(|id| t.grants.get(*id).is_none_or(|g| g.may_receive(event, now)));
+        }
         m
     }
 }

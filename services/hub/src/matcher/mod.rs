@@ -9,11 +9,11 @@
 //!    there; re-processing the same change event adds nothing);
 //! 4. only then ack the batch, so its offsets are committed.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
-use std::collections::HashMap;
 
 use hub_store::{NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
 use serde_json::Value;
@@ -61,7 +61,7 @@ fn quarantined(
         partition = rec.partition,
         offset = rec.offset,
         stage = stage.as_str(),
-        error = %reason,
+        reason_chars = reason.len(),
         "change event quarantined"
     );
     NewQuarantined {
@@ -129,7 +129,22 @@ async fn changed_tenants(
             .subscriptions
             .read_all(hub.store.live_subscriptions_of(&tenant).await?);
         let topics = hub.store.list_topics(Some(&tenant)).await?;
-        let built = TenantIndex::build(&subs, &topics, generation);
+        // what each subscription may receive: its owner's grants (an API key's as they are now)
+        let keys: HashMap<String, hub_store::ApiKeyRow> = hub
+            .store
+            .api_keys(Some(&tenant))
+            .await?
+            .into_iter()
+            .map(|k| (k.id.clone(), k))
+            .collect();
+        let grants = subs
+            .iter()
+            .filter_map(|s| {
+                let owner = s.owner.as_ref()?;
+                Some((s.id.clone(), crate::auth::Grant::of(owner, &keys)))
+            })
+            .collect();
+        let built = TenantIndex::build(&subs, &topics, generation, grants);
         tracing::info!(%tenant, generation, subscriptions = built.len(), "matcher index rebuilt for a tenant");
         out.push((tenant, built));
     }

@@ -13,6 +13,7 @@ pub(crate) fn write(status: &str) -> SubscriptionWrite {
         resource: r#"{"resourceType":"Subscription"}"#.into(),
         secret: Some("whsec_c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0".into()),
         client_certificate: None,
+        owner: None,
     }
 }
 

@@ -1,0 +1,549 @@
+//! Who is calling: the one place where a request's credential becomes a [`Caller`] (tenant,
+//! scopes, patient context), for every surface — the HTTP API, websocket and SSE upgrades,
+//! and the gRPC server.
+//!
+//! `auth.mode = "open"` (a laptop: no credential needed; the hub refuses to start open on a
+//! non-loopback address) or `"required"` (production). Credentials are `Authorization:
+//! Bearer` with an API key (`fhk_…`, [`keys`]) or a JWT from a configured issuer ([`jwt`]).
+//! Every authenticated caller is rate-limited per credential (`auth.rate_limit_per_sec`,
+//! `auth.rate_limit_burst`): 429 with `Retry-After` and `RateLimit-*` headers.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hub_fhir::{IssueType, OperationOutcome};
+use hub_store::{ApiKeyRow, NewAudit};
+use serde::{Deserialize, Serialize};
+
+use crate::Hub;
+use crate::api::ApiError;
+use crate::config::AuthMode;
+
+pub mod jwt;
+pub mod keys;
+pub mod scopes;
+pub mod sealed;
+
+pub use scopes::{Access, Perm, Scopes};
+
+/// Who is calling, for which tenant, allowed to do what.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Stable identity for the audit trail: `anonymous` (open mode), `key:<id>` or
+    /// `jwt:<issuer>#<sub>`.
+    pub subject: String,
+    /// The tenant every read and write of this request is confined to.
+    pub tenant: String,
+    pub scopes: Scopes,
+    /// The scopes as granted, for the record a subscription keeps of its owner.
+    pub scope_text: String,
+    /// The patient context of `patient/` scopes (the token's `patient` claim, a key's patient).
+    pub patient: Option<String>,
+    /// The API key this caller used, if any (a subscription it owns follows the key's
+    /// current scopes, and stops receiving when the key is revoked).
+    pub key_id: Option<String>,
+}
+
+fn forbidden(msg: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        OperationOutcome::error(IssueType::Forbidden, msg),
+    )
+}
+
+impl Caller {
+    fn open(tenant: &str) -> Caller {
+        Caller {
+            subject: "anonymous".into(),
+            tenant: tenant.to_owned(),
+            scopes: Scopes::all(),
+            scope_text: "hub/admin system/*.cruds".into(),
+            patient: None,
+            key_id: None,
+        }
+    }
+
+    /// Whether the caller may publish change events for `tenant`: `hub/publish` for its own
+    /// tenant, `hub/admin` for any.
+    pub fn may_publish_to(&self, tenant: &str) -> bool {
+        self.scopes.is_admin() || (self.scopes.may_publish() && self.tenant == tenant)
+    }
+
+    /// 403 unless the caller may use `perm` on the hub's `resource_type` resources.
+    pub fn require(&self, resource_type: &str, perm: Perm) -> Result<(), ApiError> {
+        match self.scopes.access(resource_type, perm) {
+            Access::All => Ok(()),
+            // patient/Subscription.* does not exist for the hub's own resources
+            Access::Patient | Access::None => Err(forbidden(format!(
+                "this needs scope system/{resource_type}.{} (or broader)",
+                match perm {
+                    Perm::Create => 'c',
+                    Perm::Read => 'r',
+                    Perm::Update => 'u',
+                    Perm::Delete => 'd',
+                    Perm::Search => 's',
+                }
+            ))),
+        }
+    }
+
+    /// 403 unless the caller holds `hub/admin`.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.scopes.is_admin() {
+            Ok(())
+        } else {
+            Err(forbidden("this needs scope hub/admin"))
+        }
+    }
+
+    /// What a subscription written by this caller records of it.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            subject: self.subject.clone(),
+            key: self.key_id.clone(),
+            scopes: self.scope_text.clone(),
+            patient: self.patient.clone(),
+        }
+    }
+}
+
+/// The owner of a subscription, as stored with it (JSON in `subscriptions.owner`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub scopes: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+}
+
+impl Owner {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn parse(s: &str) -> Option<Owner> {
+        serde_json::from_str(s).ok()
+    }
+
+    /// How the stored JSON of every owner with this subject begins (the subject is the first
+    /// field), for counting a credential's subscriptions.
+    pub fn subject_prefix(&self) -> String {
+        format!(
+            "{{\"subject\":{},",
+            serde_json::to_string(&self.subject).unwrap_or_default()
+        )
+    }
+}
+
+/// What a subscription may receive: its owner's grants now.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub scopes: Scopes,
+    pub patient: Option<String>,
+    /// When an API key's grant ends.
+    pub expires: Option<time::OffsetDateTime>,
+}
+
+impl Grant {
+    /// The grant of `owner`: for an API key, the key's scopes now (nothing once revoked or
+    /// expired); for a token, the scopes it carried at the subscription's last write.
+    pub fn of(owner: &Owner, keys: &HashMap<String, ApiKeyRow>) -> Grant {
+        match &owner.key {
+            Some(id) => match keys.get(id).filter(|k| key_usable(k)) {
+                Some(k) => Grant {
+                    scopes: Scopes::parse([k.scopes.as_str()]),
+                    patient: k.patient.clone(),
+                    expires: k
+                        .expires_at
+                        .as_deref()
+                        .and_then(hub_fhir::time_fmt::parse_instant),
+                },
+                None => Grant {
+                    scopes: Scopes::default(),
+                    patient: None,
+                    expires: None,
+                },
+            },
+            None => Grant {
+                scopes: Scopes::parse([owner.scopes.as_str()]),
+                patient: owner.patient.clone(),
+                expires: None,
+            },
+        }
+    }
+
+    /// Whether a notification about `event` may go to the subscription.
+    pub fn may_receive(&self, event: &hub_fhir::ChangeEvent, now: time::OffsetDateTime) -> bool {
+        if self.expires.is_some_and(|end| now >= end) {
+            return false;
+        }
+        match self.scopes.access(&event.resource_type, Perm::Read) {
+            Access::All => true,
+            Access::Patient => match (&self.patient, &event.resource) {
+                (Some(p), Some(r)) => hub_fhir::compartment::in_patient_compartment(r, p),
+                // a delete without the resource cannot be placed in a compartment
+                _ => false,
+            },
+            Access::None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(resource: serde_json::Value) -> hub_fhir::ChangeEvent {
+        hub_fhir::ChangeEvent::from_resource(resource, None, "t").expect("a resource")
+    }
+
+    #[test]
+    fn grants_decide_what_a_subscription_receives() {
+        let now = time::OffsetDateTime::now_utc();
+        let obs = |id: &str, patient: &str| {
+            event(
+                json!({"resourceType": "Observation", "id": id, "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}}),
+            )
+        };
+        let pat = Grant {
+            scopes: Scopes::parse(["patient/Observation.rs"]),
+            patient: Some("p1".into()),
+            expires: None,
+        };
+        assert!(pat.may_receive(&obs("a", "p1"), now));
+        assert!(!pat.may_receive(&obs("b", "p2"), now));
+        let enc = event(
+            json!({"resourceType": "Encounter", "id": "e", "status": "finished",
+            "class": {"code": "AMB"}, "subject": {"reference": "Patient/p1"}}),
+        );
+        assert!(!pat.may_receive(&enc, now), "no Encounter scope");
+        let sys = Grant {
+            scopes: Scopes::parse(["system/Observation.rs"]),
+            patient: None,
+            expires: Some(now + time::Duration::hours(1)),
+        };
+        assert!(sys.may_receive(&obs("c", "p2"), now));
+        assert!(
+            !sys.may_receive(&obs("c", "p2"), now + time::Duration::hours(2)),
+            "expired"
+        );
+        // an API key owner follows the key: revoked → nothing
+        let owner = Owner {
+            subject: "key:k".into(),
+            key: Some("k".into()),
+            scopes: "system/*.rs".into(),
+            patient: None,
+        };
+        let mut key = ApiKeyRow {
+            id: "k".into(),
+            tenant: "t".into(),
+            name: String::new(),
+            secret_hash: String::new(),
+            scopes: "system/Observation.rs".into(),
+            patient: None,
+            created_at: String::new(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let keys = HashMap::from([("k".to_owned(), key.clone())]);
+        assert!(Grant::of(&owner, &keys).may_receive(&obs("d", "p"), now));
+        key.revoked_at = Some("2026-01-01T00:00:00Z".into());
+        let keys = HashMap::from([("k".to_owned(), key)]);
+        assert!(!Grant::of(&owner, &keys).may_receive(&obs("d", "p"), now));
+        assert!(!Grant::of(&owner, &HashMap::new()).may_receive(&obs("d", "p"), now));
+    }
+}
+
+/// Not revoked and not expired.
+pub fn key_usable(k: &ApiKeyRow) -> bool {
+    if k.revoked_at.is_some() {
+        return false;
+    }
+    match k
+        .expires_at
+        .as_deref()
+        .map(hub_fhir::time_fmt::parse_instant)
+    {
+        None => true,
+        Some(Some(at)) => time::OffsetDateTime::now_utc() < at,
+        Some(None) => false,
+    }
+}
+
+/// Open stream connections per credential.
+#[derive(Debug, Default)]
+struct StreamCounts(Mutex<HashMap<String, usize>>);
+
+/// Held while a stream connection is open; frees its place when dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    subject: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.counts.0.lock()
+            && let Some(n) = m.get_mut(&self.subject)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// The authentication state a hub process keeps.
+pub struct Authenticator {
+    pub verifier: jwt::Verifier,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    limit_per_sec: u32,
+    streams: Arc<StreamCounts>,
+    /// When each key's use was last recorded (the store is told at most once a minute).
+    touched: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config: &crate::config::AuthConfig) -> Authenticator {
+        let limiter = NonZeroU32::new(config.rate_limit_per_sec).map(|rate| {
+            let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Authenticator {
+            verifier: jwt::Verifier::new(
+                config.issuers.clone(),
+                Duration::from_secs(config.jwks_min_refresh_secs),
+            ),
+            limiter,
+            limit_per_sec: config.rate_limit_per_sec,
+            streams: Arc::default(),
+            touched: Mutex::default(),
+        }
+    }
+
+    /// 429 when `subject` is over its rate.
+    fn check_rate(&self, subject: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        // keys are credential subjects, few; the limiter forgets idle ones on its own schedule
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
+        match limiter.check_key(&subject.to_owned()) {
+            Ok(_) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    OperationOutcome::error(
+                        IssueType::Throttled,
+                        format!("too many requests for this credential; retry in {secs} s"),
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, secs.to_string())
+                .with_header_name("ratelimit-limit", self.limit_per_sec.to_string())
+                .with_header_name("ratelimit-remaining", "0".into())
+                .with_header_name("ratelimit-reset", secs.to_string()))
+            }
+        }
+    }
+
+    /// A place for one more open stream of `caller`, or 429 past `auth.max_streams_per_credential`.
+    pub fn stream_slot(&self, caller: &Caller, max: usize) -> Result<StreamSlot, ApiError> {
+        let mut m = self
+            .streams
+            .0
+            .lock()
+            .map_err(|_| ApiError::unavailable("stream accounting is unavailable"))?;
+        let n = m.entry(caller.subject.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                OperationOutcome::error(
+                    IssueType::Throttled,
+                    format!(
+                        "this credential already has {max} open streams (auth.max_streams_per_credential)"
+                    ),
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            counts: Arc::clone(&self.streams),
+            subject: caller.subject.clone(),
+        })
+    }
+
+    fn should_touch(&self, key: &str) -> bool {
+        let Ok(mut m) = self.touched.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        if m.len() > 10_000 {
+            m.clear();
+        }
+        match m.get(key) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
+            _ => {
+                m.insert(key.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+fn unauthorized(msg: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        OperationOutcome::error(IssueType::Security, msg),
+    )
+    .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"fhir-hub\"".into())
+}
+
+/// Record a refused credential (never the credential itself).
+async fn audit_refusal(hub: &Hub, tenant: &str, agent: &str, why: &str) {
+    record(
+        hub,
+        vec![NewAudit {
+            tenant: tenant.to_owned(),
+            kind: "credential".into(),
+            action: "E".into(),
+            agent: agent.to_owned(),
+            outcome: "4".into(),
+            detail: Some(why.to_owned()),
+            ..Default::default()
+        }],
+    )
+    .await;
+}
+
+/// Append audit rows; a failure is logged loudly (the request it records has happened).
+pub async fn record(hub: &Hub, rows: Vec<NewAudit>) {
+    if let Err(e) = hub.store.audit(&rows).await {
+        tracing::error!(error = %e, rows = rows.len(), "could not write the audit trail");
+    }
+}
+
+async fn by_key(hub: &Hub, id: &str, secret: &str) -> Result<Caller, ApiError> {
+    const REFUSED: &str = "the API key is unknown, revoked or expired";
+    let row = hub.store.api_key(id).await?;
+    let Some(row) = row.filter(|k| keys::same_digest(&keys::hash_secret(secret), &k.secret_hash))
+    else {
+        audit_refusal(
+            hub,
+            &hub.config.tenancy.default_tenant,
+            &format!("key:{id}"),
+            REFUSED,
+        )
+        .await;
+        return Err(unauthorized(REFUSED));
+    };
+    if !key_usable(&row) {
+        audit_refusal(hub, &row.tenant, &format!("key:{id}"), REFUSED).await;
+        return Err(unauthorized(REFUSED));
+    }
+    if hub.auth.should_touch(id) {
+        let store = hub.store.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(&id).await {
+                tracing::warn!(error = %e, "could not record an API key's last use");
+            }
+        });
+    }
+    Ok(Caller {
+        subject: format!("key:{id}"),
+        tenant: row.tenant,
+        scopes: Scopes::parse([row.scopes.as_str()]),
+        scope_text: row.scopes,
+        patient: row.patient,
+        key_id: Some(id.to_owned()),
+    })
+}
+
+async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
+    let default_tenant = &hub.config.tenancy.default_tenant;
+    if hub.auth.verifier.is_empty() {
+        return Err(unauthorized(
+            "the bearer token is not an API key and this hub trusts no token issuer (auth.issuers)",
+        ));
+    }
+    match hub.auth.verifier.verify(token, default_tenant).await {
+        Ok(c) => Ok(Caller {
+            subject: format!("jwt:{}#{}", c.issuer, c.subject),
+            tenant: c.tenant,
+            scopes: Scopes::parse(c.scopes.iter().map(String::as_str)),
+            scope_text: c.scopes.join(" "),
+            patient: c.patient,
+            key_id: None,
+        }),
+        Err(e) => {
+            let why = e.to_string();
+            audit_refusal(hub, default_tenant, "jwt", &why).await;
+            Err(unauthorized(why))
+        }
+    }
+}
+
+/// Establish the caller from a request's headers: the one function every surface goes
+/// through. `None` in open mode without credentials means the open caller.
+pub async fn establish(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = match credential(headers)? {
+        None if hub.config.auth.mode == AuthMode::Open => {
+            return Ok(Caller::open(&hub.config.tenancy.default_tenant));
+        }
+        None => {
+            return Err(unauthorized(
+                "this hub needs a credential: send Authorization: Bearer <API key or token>",
+            ));
+        }
+        Some(token) => match keys::split(token) {
+            Some((id, secret)) => by_key(hub, id, secret).await?,
+            None => by_jwt(hub, token).await?,
+        },
+    };
+    hub.auth.check_rate(&caller.subject)?;
+    Ok(caller)
+}
+
+/// The bearer token of a request, if it sends one.
+fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not text"))?;
+    let (scheme, token) = v.trim().split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(unauthorized(
+            "the Authorization header must be 'Bearer <API key or token>'",
+        ));
+    }
+    Ok(Some(token.trim()))
+}
+
+/// Whether a request carries a credential (websocket upgrades may come without one: a
+/// binding token authenticates their binds).
+pub fn has_credential(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+}

@@ -1,0 +1,205 @@
+//! SMART on FHIR scopes (v2 `system/Observation.rs`, with the v1 forms `read`, `write`, `*`
+//! read as v2), and the hub's own: `hub/admin` (operator: keys, quarantine, audit, publishing
+//! into any tenant) and `hub/publish` (publish change events into the caller's tenant).
+//!
+//! Scopes decide two things: which interactions a caller may use on `Subscription` and
+//! `SubscriptionTopic`, and which resource types (and, for `patient/` scopes, which patient's
+//! resources) a subscription it owns may receive.
+
+/// One interaction a scope permits: SMART v2's c, r, u, d, s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Search,
+}
+
+impl Perm {
+    fn letter(self) -> char {
+        match self {
+            Perm::Create => 'c',
+            Perm::Read => 'r',
+            Perm::Update => 'u',
+            Perm::Delete => 'd',
+            Perm::Search => 's',
+        }
+    }
+}
+
+/// Whose data a scope reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// `system/` (and `user/`, which a backend service is not given, read as system).
+    System,
+    /// `patient/`: one patient's compartment, from the credential's patient context.
+    Patient,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Scope {
+    context: Context,
+    /// `None`: `*`.
+    resource: Option<String>,
+    /// The v2 letters granted, in `cruds` order.
+    perms: String,
+}
+
+/// What a caller may reach for one resource type and interaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Every resource of the type in the caller's tenant.
+    All,
+    /// Resources in the caller's patient's compartment only.
+    Patient,
+    None,
+}
+
+/// A caller's parsed scopes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes {
+    list: Vec<Scope>,
+    admin: bool,
+    publish: bool,
+    metrics: bool,
+}
+
+pub const ADMIN: &str = "hub/admin";
+pub const PUBLISH: &str = "hub/publish";
+pub const METRICS: &str = "hub/metrics";
+
+/// `cruds` letters of a v2 permission string, or of a v1 `read` / `write` / `*`.
+fn perms_of(s: &str) -> Option<String> {
+    match s {
+        "read" => return Some("rs".into()),
+        "write" => return Some("cud".into()),
+        "*" => return Some("cruds".into()),
+        _ => {}
+    }
+    // v2: letters in order, each at most once
+    let order = "cruds";
+    let mut last = None;
+    for c in s.chars() {
+        let pos = order.find(c)?;
+        if last.is_some_and(|l| pos <= l) {
+            return None;
+        }
+        last = Some(pos);
+    }
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn parse_one(s: &str) -> Option<Scope> {
+    // SMART v2 allows `?param=value` restrictions; the hub does not honour them, so a scope
+    // carrying one grants nothing rather than more than it says
+    if s.contains('?') {
+        return None;
+    }
+    let (context, rest) = s.split_once('/')?;
+    let context = match context {
+        "system" | "user" => Context::System,
+        "patient" => Context::Patient,
+        _ => return None,
+    };
+    let (resource, perms) = rest.rsplit_once('.')?;
+    let resource = match resource {
+        "*" => None,
+        r if !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(r.to_owned()),
+        _ => return None,
+    };
+    Some(Scope {
+        context,
+        resource,
+        perms: perms_of(perms)?,
+    })
+}
+
+impl Scopes {
+    /// Parse space-separated or listed scopes; ones the hub does not know grant nothing.
+    pub fn parse<'a>(scopes: impl IntoIterator<Item = &'a str>) -> Scopes {
+        let mut out = Scopes::default();
+        for s in scopes.into_iter().flat_map(str::split_whitespace) {
+            match s {
+                ADMIN => out.admin = true,
+                PUBLISH => out.publish = true,
+                METRICS => out.metrics = true,
+                _ => out.list.extend(parse_one(s)),
+            }
+        }
+        out
+    }
+
+    /// Everything (open mode).
+    pub fn all() -> Scopes {
+        Scopes::parse(["hub/admin system/*.cruds"])
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    /// May publish change events into the caller's tenant.
+    pub fn may_publish(&self) -> bool {
+        self.publish || self.admin
+    }
+
+    /// May read `/metrics`.
+    pub fn may_read_metrics(&self) -> bool {
+        self.metrics || self.admin
+    }
+
+    /// What `perm` on `resource_type` reaches.
+    pub fn access(&self, resource_type: &str, perm: Perm) -> Access {
+        let mut best = Access::None;
+        for s in &self.list {
+            let type_ok = s.resource.as_deref().is_none_or(|r| r == resource_type);
+            if !type_ok || !s.perms.contains(perm.letter()) {
+                continue;
+            }
+            match s.context {
+                Context::System => return Access::All,
+                Context::Patient => best = Access::Patient,
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_and_v1_scopes() {
+        let s = Scopes::parse(["system/Subscription.cruds system/Observation.rs"]);
+        assert_eq!(s.access("Subscription", Perm::Delete), Access::All);
+        assert_eq!(s.access("Observation", Perm::Read), Access::All);
+        assert_eq!(s.access("Observation", Perm::Create), Access::None);
+        assert_eq!(s.access("Patient", Perm::Read), Access::None);
+        let v1 = Scopes::parse(["system/*.read"]);
+        assert_eq!(v1.access("Encounter", Perm::Search), Access::All);
+        assert_eq!(v1.access("Encounter", Perm::Update), Access::None);
+        let p = Scopes::parse(["patient/Observation.rs", "system/Subscription.c"]);
+        assert_eq!(p.access("Observation", Perm::Read), Access::Patient);
+        assert!(!p.is_admin() && !p.may_publish());
+        assert!(Scopes::parse(["hub/publish"]).may_publish());
+        assert!(Scopes::all().is_admin());
+    }
+
+    #[test]
+    fn malformed_or_restricted_scopes_grant_nothing() {
+        for bad in [
+            "system/Observation.sr",
+            "system/Observation.rr",
+            "system/Observation.x",
+            "system/.rs",
+            "openid",
+            "system/Observation.rs?category=laboratory",
+            "admin/*.*",
+            "system/Obs-ervation.rs",
+        ] {
+            assert_eq!(Scopes::parse([bad]), Scopes::default(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Secrets at rest: webhook signing secrets, mTLS client certificates (with their keys) and
+//! credential-carrying channel headers are sealed with AES-256-GCM before they reach the
+//! database, with a key from `secrets.keys` (key id → 32 bytes in base64); `secrets.active`
+//! names the key new values are sealed with. A sealed value reads
+//! `enc:v1:<key id>:<base64(nonce ‖ ciphertext)>`, so keys rotate: configure the new key as
+//! active and keep the old one listed until the values it sealed were rewritten. Values
+//! without the prefix (stored before a key was configured) are read as they are.
+//!
+//! Without a configured key, a hub on SQLite keeps one in `<data_dir>/secrets.key`
+//! (created with mode 0600 on first start); on PostgreSQL, where several processes must share
+//! it, the key has to be configured, and the hub warns at start when it is not.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use rand::RngCore;
+
+const PREFIX: &str = "enc:v1:";
+/// Bound into every ciphertext: a sealed value only opens as a hub secret.
+const AAD: &[u8] = b"fhir-hub secret v1";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Seals and opens secrets; without keys it passes values through.
+#[derive(Default, Clone)]
+pub struct Sealer {
+    keys: HashMap<String, Aes256Gcm>,
+    active: Option<String>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // never the keys
+        f.debug_struct("Sealer")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+fn cipher(id: &str, b64: &str) -> anyhow::Result<Aes256Gcm> {
+    let bytes = B64
+        .decode(b64.trim())
+        .map_err(|e| anyhow::anyhow!("secrets.keys.{id}: not base64: {e}"))?;
+    if bytes.len() != 32 {
+        anyhow::bail!(
+            "secrets.keys.{id}: a key is 32 bytes (openssl rand -base64 32), not {}",
+            bytes.len()
+        );
+    }
+    Aes256Gcm::new_from_slice(&bytes).map_err(|e| anyhow::anyhow!("secrets.keys.{id}: {e}"))
+}
+
+impl Sealer {
+    /// From configured keys (id → base64) and the active key's id.
+    pub fn new(keys: &HashMap<String, String>, active: &str) -> anyhow::Result<Sealer> {
+        let mut out = Sealer::default();
+        for (id, b64) in keys {
+            if id.is_empty() || id.contains(':') {
+                anyhow::bail!("secrets.keys: key id '{id}' must be non-empty and without ':'");
+            }
+            out.keys.insert(id.clone(), cipher(id, b64)?);
+        }
+        if !active.is_empty() {
+            if !out.keys.contains_key(active) {
+                anyhow::bail!("secrets.active '{active}' is not one of secrets.keys");
+            }
+            out.active = Some(active.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// The key kept in `dir/secrets.key` (made on first use), as key id `local`.
+    pub fn local(dir: &Path) -> anyhow::Result<Sealer> {
+        let path = dir.join("secrets.key");
+        let b64 = match std::fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                let b64 = B64.encode(key);
+                std::fs::create_dir_all(dir)?;
+                write_private(&path, &b64)?;
+                tracing::info!(path = %path.display(), "created the key that seals secrets at rest");
+                b64
+            }
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        };
+        let keys = HashMap::from([("local".to_owned(), b64)]);
+        Sealer::new(&keys, "local")
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Seal a value with the active key (a sealed value, or no active key: as it is).
+    pub fn seal(&self, plain: &str) -> String {
+        let Some((id, c)) = self
+            .active
+            .as_ref()
+            .and_then(|id| Some((id, self.keys.get(id)?)))
+        else {
+            return plain.to_owned();
+        };
+        if plain.starts_with(PREFIX) {
+            return plain.to_owned();
+        }
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: plain.as_bytes(),
+            aad: AAD,
+        };
+        match c.encrypt(Nonce::from_slice(&nonce), payload) {
+            Ok(ct) => {
+                let mut raw = nonce.to_vec();
+                raw.extend(ct);
+                format!("{PREFIX}{id}:{}", B64.encode(raw))
+            }
+            // AES-GCM encryption fails only for messages beyond 64 GiB
+            Err(_) => plain.to_owned(),
+        }
+    }
+
+    /// Open a stored value (one without the prefix is returned as it is).
+    pub fn open(&self, stored: &str) -> Result<String, String> {
+        let Some(rest) = stored.strip_prefix(PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let (id, b64) = rest
+            .split_once(':')
+            .ok_or_else(|| "a sealed value without a key id".to_owned())?;
+        let c = self.keys.get(id).ok_or_else(|| {
+            format!("a secret is sealed with key '{id}', which is not in secrets.keys")
+        })?;
+        let raw = B64
+            .decode(b64)
+            .map_err(|_| "a sealed value is not base64".to_owned())?;
+        if raw.len() < 12 + 16 {
+            return Err("a sealed value is too short".into());
+        }
+        let (nonce, ct) = raw.split_at(12);
+        let plain = c
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
+            .map_err(|_| {
+                format!("a secret sealed with key '{id}' does not open (wrong key or altered)")
+            })?;
+        String::from_utf8(plain).map_err(|_| "a sealed value is not text".to_owned())
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        B64.encode([7u8; 32])
+    }
+
+    #[test]
+    fn seal_open_and_rotate() {
+        let one = Sealer::new(&HashMap::from([("k1".into(), key())]), "k1").unwrap();
+        let sealed = one.seal("whsec_abc");
+        assert!(sealed.starts_with("enc:v1:k1:"), "{sealed}");
+        assert!(!sealed.contains("whsec_abc"));
+        assert_ne!(one.seal("whsec_abc"), sealed, "a fresh nonce each time");
+        assert_eq!(one.seal(&sealed), sealed, "sealing twice is sealing once");
+        assert_eq!(one.open(&sealed).unwrap(), "whsec_abc");
+        assert_eq!(one.open("plain from before").unwrap(), "plain from before");
+        // rotation: k2 active, k1 still listed → old values open, new ones use k2
+        let two = Sealer::new(
+            &HashMap::from([("k1".into(), key()), ("k2".into(), B64.encode([9u8; 32]))]),
+            "k2",
+        )
+        .unwrap();
+        assert_eq!(two.open(&sealed).unwrap(), "whsec_abc");
+        assert!(two.seal("x").starts_with("enc:v1:k2:"));
+        // without k1: a clear error, not garbage
+        let only2 =
+            Sealer::new(&HashMap::from([("k2".into(), B64.encode([9u8; 32]))]), "k2").unwrap();
+        assert!(only2.open(&sealed).unwrap_err().contains("'k1'"));
+        // altered ciphertext does not open
+        let mut bad = sealed.clone();
+        bad.pop();
+        bad.push(if sealed.ends_with('A') { 'B' } else { 'A' });
+        assert!(one.open(&bad).is_err());
+    }
+
+    #[test]
+    fn bad_keys_are_refused_and_no_key_passes_through() {
+        assert!(Sealer::new(&HashMap::from([("k".into(), "short".into())]), "k").is_err());
+        assert!(Sealer::new(&HashMap::new(), "missing").is_err());
+        let none = Sealer::default();
+        assert_eq!(none.seal("x"), "x");
+        let dir = tempfile::tempdir().unwrap();
+        let a = Sealer::local(dir.path()).unwrap();
+        let b = Sealer::local(dir.path()).unwrap();
+        assert_eq!(
+            b.open(&a.seal("kept")).unwrap(),
+            "kept",
+            "the local key persists"
+        );
+    }
+}
