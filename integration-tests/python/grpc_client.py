@@ -8,7 +8,8 @@ Usage:
   grpc_client.py TARGET health
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
 "bundle_type"}), or {"error": CODE, "details": ...} when the call fails, and exits after COUNT.
-With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`.
+With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`; with FHIR_HUB_CA
+(a PEM file), the channel is TLS trusting that CA.
 """
 import importlib
 import json
@@ -44,7 +45,12 @@ def show(n):
 
 def main() -> int:
     target, mode = sys.argv[1], sys.argv[2]
-    channel = grpc.insecure_channel(target)
+    ca = os.environ.get("FHIR_HUB_CA")
+    if ca:
+        with open(ca, "rb") as f:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(target)
     if mode == "health":
         check = channel.unary_unary("/grpc.health.v1.Health/Check",
                                     request_serializer=lambda b: b,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Hub, HubEnv, glucose, require_external};
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -24,7 +24,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all short-lived.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",

@@ -365,6 +365,35 @@ async fn keys_scopes_tenants_audit_and_clean_logs() {
     assert!(String::from_utf8_lossy(&got.body).contains(MARKER));
     rx_p.assert_quiet(Duration::from_secs(1)).await;
 
+    // event ids are per producer: a second producer reusing an id suppresses nothing
+    let (_, publisher2) = admin_key(
+        &hub,
+        &admin,
+        json!({"tenant": "alpha", "scopes": "hub/publish"}),
+    )
+    .await;
+    for (who, obs) in [
+        (&publisher, "obs-same-id-1"),
+        (&publisher2, "obs-same-id-2"),
+    ] {
+        let mut env = envelope(&observation(obs, "other"), "create");
+        env["id"] = json!("shared-event-id");
+        let res = hub
+            .http
+            .post(format!("{}/events", hub.url))
+            .bearer_auth(who)
+            .header("content-type", "application/json")
+            .body(env.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 202);
+    }
+    for obs in ["obs-same-id-1", "obs-same-id-2"] {
+        let got = rx_a.next(Duration::from_secs(20)).await;
+        assert!(String::from_utf8_lossy(&got.body).contains(obs), "{obs}");
+    }
+
     // the key loses Observation.rs: its subscription stops receiving Observations at once
     let (s, _, b) = call(
         &hub,
@@ -414,7 +443,7 @@ async fn keys_scopes_tenants_audit_and_clean_logs() {
 
     // the audit trail: one disclosure per delivered notification, with what and to whom
     let d = disclosures(&hub, &admin, "alpha", &sub_a).await;
-    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d.len(), 4, "{d:?}");
     assert!(
         d.iter()
             .all(|e| e["agent"][0]["who"]["identifier"]["value"] == format!("key:{a_id}"))
@@ -684,4 +713,101 @@ fn open_mode_refuses_a_public_address() {
         err.contains("auth.mode") && err.contains("keys create"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn tls_listeners_and_client_certificates_as_credentials() {
+    let Some(python) = require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    crate::mtls::make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f).display().to_string();
+    // the client certificate's fingerprint maps it to an API key
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-in",
+            &p("client.pem"),
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+        ])
+        .output()
+        .unwrap();
+    let fp: String = String::from_utf8_lossy(&out.stdout)
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    let dir = tempfile::tempdir().unwrap();
+    let token = cli_key(dir.path(), "default", "system/Subscription.cruds");
+    let key_id = &token[4..20];
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[auth]\nmode = \"required\"\n[auth.client_certificates]\n\"{fp}\" = \"{key_id}\"\n\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start_in(HubEnv::default(), dir).await;
+    assert!(hub.url.starts_with("https://"), "{}", hub.url);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(p("ca.pem")).unwrap()).unwrap();
+    let tls_client = reqwest::Client::builder()
+        .add_root_certificate(ca.clone())
+        .build()
+        .unwrap();
+    let url = format!("{}/fhir/Subscription", hub.url);
+    // TLS without a credential: 401; with the bearer key: 200
+    let res = tls_client.get(&url).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let res = tls_client
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    // the mapped client certificate is the credential
+    let mut pem = std::fs::read(p("client.pem")).unwrap();
+    pem.extend(std::fs::read(p("client.key")).unwrap());
+    let mtls = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let res = mtls.get(&url).send().await.unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    // plain HTTP to the TLS port gets no answer
+    let plain = hub.url.replacen("https", "http", 1);
+    let res = reqwest::get(format!("{plain}/health")).await;
+    assert!(res.map(|r| !r.status().is_success()).unwrap_or(true));
+
+    // gRPC over TLS (grpcio trusting the test CA), with the bearer key
+    let target = hub.grpc_url.trim_start_matches("http://").to_owned();
+    let h = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "health"],
+        &[("FHIR_HUB_CA", &p("ca.pem"))],
+    );
+    assert_eq!(h.next("gRPC health over TLS")["serving"], true);
+    let g = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", "nope", "1", "1"],
+        &[("FHIR_HUB_CA", &p("ca.pem")), ("FHIR_HUB_TOKEN", &token)],
+    );
+    assert_eq!(g.next("gRPC over TLS")["error"], "NOT_FOUND");
 }

@@ -28,6 +28,19 @@ pub struct Config {
     pub auth: AuthConfig,
     pub audit: AuditConfig,
     pub secrets: SecretsConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS on the HTTP and gRPC listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty: plain TCP.
+    pub cert_file: PathBuf,
+    /// PEM private key of the certificate.
+    pub key_file: PathBuf,
+    /// PEM CAs whose client certificates are verified (optional client authentication).
+    pub client_ca_file: PathBuf,
 }
 
 /// Keys that seal secrets at rest (`auth::sealed`).
@@ -68,6 +81,10 @@ pub struct AuthConfig {
     /// Token issuers the hub trusts (SMART Backend Services).
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Client certificates (lower-case hex SHA-256 of the DER) that act as an API key (its
+    /// id), when `tls.client_ca_file` verifies them.
+    #[serde(default)]
+    pub client_certificates: BTreeMap<String, String>,
 }
 
 /// One trusted token issuer.
@@ -394,6 +411,14 @@ impl Config {
             anyhow::bail!("delivery.error_after_failures must be at least 1");
         }
         self.check_open_mode()?;
+        if self.tls.cert_file.as_os_str().is_empty() != self.tls.key_file.as_os_str().is_empty() {
+            anyhow::bail!("tls.cert_file and tls.key_file go together");
+        }
+        if !self.auth.client_certificates.is_empty()
+            && self.tls.client_ca_file.as_os_str().is_empty()
+        {
+            anyhow::bail!("auth.client_certificates needs tls.client_ca_file to verify them");
+        }
         for i in &self.auth.issuers {
             if i.issuer.is_empty() || i.jwks_url.is_empty() || i.audience.is_empty() {
                 anyhow::bail!("auth.issuers: each issuer needs issuer, jwks_url and audience");
@@ -500,10 +525,19 @@ impl Config {
         self.server.roles.contains(&role)
     }
 
+    /// `https` with TLS configured, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.cert_file.as_os_str().is_empty() {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
     /// The FHIR base URL for references in notifications (no trailing slash).
     pub fn base_url(&self) -> String {
         if self.server.base_url.is_empty() {
-            format!("http://{}/fhir", self.server.listen)
+            format!("{}://{}/fhir", self.scheme(), self.server.listen)
         } else {
             self.server.base_url.trim_end_matches('/').to_owned()
         }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod publish;
 pub mod retry;
 pub mod telemetry;
+pub mod tls;
 
 use config::{Config, LogBackend, Role};
 use hub_log::EventLog;
@@ -148,7 +149,7 @@ pub async fn run(
     if hub.config.server.base_url.is_empty()
         && let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok())
     {
-        hub.base_url = Arc::from(format!("http://{addr}/fhir"));
+        hub.base_url = Arc::from(format!("{}://{addr}/fhir", hub.config.scheme()));
     }
     tracing::info!(
         store = ?hub.store.backend(),

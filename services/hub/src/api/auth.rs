@@ -11,7 +11,8 @@ impl FromRequestParts<Hub> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
-        crate::auth::establish(hub, &parts.headers).await
+        let peer = parts.extensions.get::<crate::tls::PeerCertificate>();
+        crate::auth::establish(hub, &parts.headers, peer).await
     }
 }
 
@@ -25,10 +26,11 @@ impl FromRequestParts<Hub> for MaybeCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
-        if crate::auth::has_credential(&parts.headers)
+        let peer = parts.extensions.get::<crate::tls::PeerCertificate>();
+        if crate::auth::has_credential(&parts.headers, peer)
             || hub.config.auth.mode == crate::config::AuthMode::Open
         {
-            crate::auth::establish(hub, &parts.headers)
+            crate::auth::establish(hub, &parts.headers, peer)
                 .await
                 .map(Some)
                 .map(MaybeCaller)

@@ -74,6 +74,27 @@ fn apply_idempotency_key(
     Ok(())
 }
 
+/// Event ids are the deduplication key. A producer below `hub/admin` gets its ids prefixed
+/// with a digest of its credential, so one producer cannot suppress another's events by
+/// sending their ids (its own retries still deduplicate).
+fn namespace_ids(caller: &Caller, events: &mut [ChangeEvent]) {
+    if caller.scopes.is_admin() {
+        return;
+    }
+    let digest = Sha256::digest(format!("fhir-hub producer\n{}", caller.subject));
+    let prefix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    for e in events {
+        let id = format!("p{prefix}:{}", e.id);
+        e.id = if id.len() <= 128 {
+            id
+        } else {
+            let h = Sha256::digest(e.id.as_bytes());
+            let h: String = h.iter().take(20).map(|b| format!("{b:02x}")).collect();
+            format!("p{prefix}:h{h}")
+        };
+    }
+}
+
 fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError> {
     if !caller.scopes.may_publish() {
         return Err(ApiError::new(
@@ -153,6 +174,7 @@ pub async fn post_events(
     }
     apply_idempotency_key(&headers, &caller.tenant, &mut events, &hub_named)?;
     check_tenants(&caller, &events)?;
+    namespace_ids(&caller, &mut events);
     publish_events(&hub, &events).await?;
     crate::metrics::EventsPublished {
         count: events.len(),
@@ -181,6 +203,7 @@ pub async fn post_bundle(
     let hub_named = vec![true; out.events.len()];
     apply_idempotency_key(&headers, &caller.tenant, &mut out.events, &hub_named)?;
     check_tenants(&caller, &out.events)?;
+    namespace_ids(&caller, &mut out.events);
     publish_events(&hub, &out.events).await?;
     crate::metrics::EventsPublished {
         count: out.events.len(),

@@ -117,7 +117,13 @@ pub async fn serve(
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
-    crate::announce(&listener, "", "http://")?;
+    let tls = crate::tls::server_config(&hub.config.tls, &[b"h2", b"http/1.1"])?
+        .map(tokio_rustls::TlsAcceptor::from);
+    crate::announce(
+        &listener,
+        "",
+        if tls.is_some() { "https://" } else { "http://" },
+    )?;
     let grace = std::time::Duration::from_secs(hub.config.server.shutdown_grace_secs);
     let header_timeout =
         std::time::Duration::from_secs(hub.config.server.header_read_timeout_secs.max(1));
@@ -153,23 +159,56 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (service, builder, watcher) = (
-            TowerToHyperService::new(app.clone()),
+        let (app, builder, watcher, tls) = (
+            app.clone(),
             builder.clone(),
             graceful.watcher(),
+            tls.clone(),
         );
         tokio::spawn(async move {
             // a connection that sends nothing at all is closed after the header timeout too
             // (hyper's own timer starts with the first byte)
             let mut first = [0u8; 1];
-            if matches!(
+            let sent = matches!(
                 tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
                 Ok(Ok(n)) if n > 0
-            ) {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
+            );
+            if !sent {
+                return;
+            }
+            match tls {
+                None => {
+                    let service = TowerToHyperService::new(app);
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    // the handshake gets the same time as a request's headers
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    // a verified client certificate travels with every request
+                    let peer = crate::tls::peer_of(tls.get_ref().1);
+                    let service = tower::ServiceBuilder::new()
+                        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                            if let Some(p) = &peer {
+                                req.extensions_mut().insert(p.clone());
+                            }
+                            req
+                        })
+                        .service(app);
+                    let conn = builder
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(tls),
+                            TowerToHyperService::new(service),
+                        )
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
             }
             drop(permit);
         });

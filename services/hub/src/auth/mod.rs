@@ -443,20 +443,40 @@ pub async fn record(hub: &Hub, rows: Vec<NewAudit>) {
     }
 }
 
+const REFUSED: &str = "the API key is unknown, revoked or expired";
+
 async fn by_key(hub: &Hub, id: &str, secret: &str) -> Result<Caller, ApiError> {
-    const REFUSED: &str = "the API key is unknown, revoked or expired";
     let row = hub.store.api_key(id).await?;
     let Some(row) = row.filter(|k| keys::same_digest(&keys::hash_secret(secret), &k.secret_hash))
     else {
-        audit_refusal(
-            hub,
-            &hub.config.tenancy.default_tenant,
-            &format!("key:{id}"),
-            REFUSED,
-        )
-        .await;
+        let agent = format!("key:{id}");
+        audit_refusal(hub, &hub.config.tenancy.default_tenant, &agent, REFUSED).await;
         return Err(unauthorized(REFUSED));
     };
+    as_key(hub, row).await
+}
+
+/// A verified client certificate listed in `auth.client_certificates`: the key it maps to.
+async fn by_certificate(hub: &Hub, peer: &crate::tls::PeerCertificate) -> Result<Caller, ApiError> {
+    let tenant = &hub.config.tenancy.default_tenant;
+    let Some(id) = hub.config.auth.client_certificates.get(&peer.0) else {
+        let agent = format!("cert:{}", peer.0);
+        audit_refusal(hub, tenant, &agent, "unmapped client certificate").await;
+        return Err(unauthorized(
+            "the client certificate is not mapped to a credential (auth.client_certificates)",
+        ));
+    };
+    let Some(row) = hub.store.api_key(id).await? else {
+        audit_refusal(hub, tenant, &format!("key:{id}"), REFUSED).await;
+        return Err(unauthorized(REFUSED));
+    };
+    as_key(hub, row).await
+}
+
+/// The caller of a usable key.
+async fn as_key(hub: &Hub, row: ApiKeyRow) -> Result<Caller, ApiError> {
+    let id = row.id.clone();
+    let id = id.as_str();
     if !key_usable(&row) {
         audit_refusal(hub, &row.tenant, &format!("key:{id}"), REFUSED).await;
         return Err(unauthorized(REFUSED));
@@ -506,8 +526,14 @@ async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
 
 /// Establish the caller from a request's headers: the one function every surface goes
 /// through. `None` in open mode without credentials means the open caller.
-pub async fn establish(hub: &Hub, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub async fn establish(
+    hub: &Hub,
+    headers: &HeaderMap,
+    peer: Option<&crate::tls::PeerCertificate>,
+) -> Result<Caller, ApiError> {
     let caller = match credential(headers)? {
+        // a bearer credential wins; without one, a mapped client certificate
+        None if let Some(p) = peer => by_certificate(hub, p).await?,
         None if hub.config.auth.mode == AuthMode::Open => {
             return Ok(Caller::open(&hub.config.tenancy.default_tenant));
         }
@@ -544,6 +570,6 @@ fn credential(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// Whether a request carries a credential (websocket upgrades may come without one: a
 /// binding token authenticates their binds).
-pub fn has_credential(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION)
+pub fn has_credential(headers: &HeaderMap, peer: Option<&crate::tls::PeerCertificate>) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || peer.is_some()
 }

@@ -62,7 +62,14 @@ pub struct Service {
 /// The caller of a gRPC request, allowed to read subscriptions.
 async fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
     let headers = req.metadata().clone().into_headers();
-    let caller = auth::establish(hub, &headers).await.map_err(to_status)?;
+    let peer = req.peer_certs().and_then(|certs| {
+        certs
+            .first()
+            .map(|c| crate::tls::PeerCertificate(crate::tls::fingerprint(c)))
+    });
+    let caller = auth::establish(hub, &headers, peer.as_ref())
+        .await
+        .map_err(to_status)?;
     caller
         .require("Subscription", auth::Perm::Read)
         .map_err(to_status)?;
@@ -364,6 +371,24 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::announce(&listener, "grpc ", "")?;
+    let tls = &hub.config.tls;
+    let mut builder = tonic::transport::Server::builder();
+    if !tls.cert_file.as_os_str().is_empty() {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?),
+        );
+        if !tls.client_ca_file.as_os_str().is_empty() {
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    &tls.client_ca_file,
+                )?))
+                .client_auth_optional(true);
+        }
+        builder = builder.tls_config(config)?;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -375,7 +400,7 @@ pub async fn serve(
         hub,
         consuming: Arc::default(),
     };
-    tonic::transport::Server::builder()
+    builder
         .add_service(NotificationStreamServer::new(service))
         .add_service(reflection)
         .add_service(health_service)
