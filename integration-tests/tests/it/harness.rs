@@ -297,12 +297,25 @@ impl Drop for Hub {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log")) else {
+            return;
+        };
         // A failing test shows what the hub logged.
-        if std::thread::panicking()
-            && let Ok(log) = std::fs::read_to_string(self.data_dir.path().join("hub.log"))
-        {
+        if std::thread::panicking() {
             eprintln!("---- fhir-hub log ----\n{log}");
+            return;
         }
+        // Every end-to-end test checks that the hub logged no resource body and no patient
+        // reference (the tests' resources are about Patient/p1 and similar).
+        let leaks: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("\"resourceType\"") || l.contains("Patient/"))
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "the hub logged resource content or identifiers:\n{}",
+            leaks.join("\n")
+        );
     }
 }
 

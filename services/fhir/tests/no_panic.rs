@@ -271,6 +271,51 @@ fn matching_never_panics_on_generated_resources() {
 }
 
 #[test]
+fn ingest_and_resource_parsers_never_panic_on_mutated_documents() {
+    // the shapes producers and clients send: Bundles, Subscriptions, topics, NDJSON lines
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": observation(),
+         "request": {"method": "PUT", "url": "Observation/o1"}},
+        {"request": {"method": "DELETE", "url": "Patient/p1"}},
+        {"resource": {"resourceType": "Patient", "id": "p1"}, "request": {"method": "POST", "url": "Patient"}}]});
+    let subscription = json!({"resourceType": "Subscription", "status": "requested",
+        "reason": "r", "criteria": "Observation?code=x",
+        "channel": {"type": "rest-hook", "endpoint": "https://e.example/h",
+                    "payload": "application/fhir+json", "header": ["A: b"],
+                    "extension": [{"url": "x", "valueString": "y"}]}});
+    let topic = json!({"resourceType": "SubscriptionTopic", "url": "http://t", "status": "active",
+        "resourceTrigger": [{"resource": "Observation", "supportedInteraction": ["create"],
+            "queryCriteria": {"current": "status=final", "resultForCreate": "test-passes"},
+            "fhirPathCriteria": "%current.status = 'final'"}],
+        "canFilterBy": [{"resource": "Observation", "filterParameter": "patient"}]});
+    let mut g = Gen(0x5eed_1234_abcd_0003);
+    for _ in 0..5_000 {
+        for (doc, which) in [(&bundle, 0), (&subscription, 1), (&topic, 2)] {
+            let mut d = doc.clone();
+            g.mutate(&mut d);
+            if g.below(3) != 0 {
+                d["resourceType"] = doc["resourceType"].clone();
+            }
+            match which {
+                0 => {
+                    let _ = hub_fhir::bundle::events_from_bundle(&d, "t");
+                }
+                1 => {
+                    let _ = hub_fhir::subscription::validate(&d);
+                }
+                _ => {
+                    let _ = hub_fhir::topic::parse(&d);
+                }
+            }
+            let line = d.to_string();
+            let _ = ChangeEvent::from_ndjson_line_named(line.as_bytes(), None, "t");
+            let cut = (g.next() as usize) % (line.len() + 1);
+            let _ = ChangeEvent::from_ndjson_line_named(&line.as_bytes()[..cut], None, "t");
+        }
+    }
+}
+
+#[test]
 fn decimals_keep_their_written_form() {
     // Subscribers receive the producer's resource exactly: significant figures are data.
     let text = r#"{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.50},"x":123456789012345678901234567890,"y":0.1000}"#;

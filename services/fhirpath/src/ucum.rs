@@ -213,9 +213,10 @@ fn component(s: &str) -> Option<Reduced> {
     } else {
         let mut found = None;
         for plen in [1, 2] {
+            // `get`: a prefix length that falls inside a multi-byte character is no prefix
             if body.len() > plen
-                && let Some(p) = prefix(&body[..plen])
-                && let Some((f, d, true)) = atom(&body[plen..])
+                && let Some(p) = body.get(..plen).and_then(prefix)
+                && let Some((f, d, true)) = body.get(plen..).and_then(atom)
             {
                 found = Some((dec(p)?.checked_mul(dec(f)?)?, d));
                 break;

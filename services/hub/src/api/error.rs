@@ -127,6 +127,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Errors that axum's extractors answer in plain text (a malformed query string or path, a
+/// body over the limit) become OperationOutcomes like every other error.
+pub async fn plain_text_as_outcome(res: Response) -> Response {
+    let status = res.status();
+    let plain = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return res;
+    }
+    let bytes = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => IssueType::TooLong,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => IssueType::NotSupported,
+        s if s.is_server_error() => IssueType::Exception,
+        _ => IssueType::Invalid,
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    ApiError::new(status, OperationOutcome::error(code, text.trim())).into_response()
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no resource or operation at {}", uri.path()))
 }

@@ -74,6 +74,7 @@ pub fn router(hub: Hub) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(error::plain_text_as_outcome))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(hub)
 }

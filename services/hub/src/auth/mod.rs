@@ -393,6 +393,10 @@ impl Authenticator {
         })
     }
 
+    fn should_record_use(&self, subject: &str) -> bool {
+        self.should_touch(&format!("use:{subject}"))
+    }
+
     fn should_touch(&self, key: &str) -> bool {
         let Ok(mut m) = self.touched.lock() else {
             return false;
@@ -481,7 +485,7 @@ async fn as_key(hub: &Hub, row: ApiKeyRow) -> Result<Caller, ApiError> {
         audit_refusal(hub, &row.tenant, &format!("key:{id}"), REFUSED).await;
         return Err(unauthorized(REFUSED));
     }
-    if hub.auth.should_touch(id) {
+    if hub.auth.should_touch(&format!("key:{id}")) {
         let store = hub.store.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
@@ -548,6 +552,22 @@ pub async fn establish(
         },
     };
     hub.auth.check_rate(&caller.subject)?;
+    // credential use in the audit trail: at most once a minute per credential and process
+    if caller.subject != "anonymous" && hub.auth.should_record_use(&caller.subject) {
+        let (hub, row) = (
+            hub.clone(),
+            NewAudit {
+                tenant: caller.tenant.clone(),
+                kind: "credential".into(),
+                action: "E".into(),
+                agent: caller.subject.clone(),
+                outcome: "0".into(),
+                detail: Some("credential used".into()),
+                ..Default::default()
+            },
+        );
+        tokio::spawn(async move { record(&hub, vec![row]).await });
+    }
     Ok(caller)
 }
 
