@@ -644,6 +644,41 @@ async fn jwt_bearer_tokens_from_a_jwks() {
     )
     .await;
     assert_eq!(s, 200);
+
+    // a token client that loses Observation.rs stops receiving Observations
+    let mut rx = TestReceiver::start().await;
+    let client = token("tenant=alpha&sub=lab-client".into()).await;
+    let (s, _, sub) = call(
+        hub,
+        Method::POST,
+        "/fhir/Subscription",
+        Some(&client),
+        Some(&rest_hook(
+            "Observation?code=http://loinc.org|2345-7",
+            &rx.url,
+        )),
+    )
+    .await;
+    assert_eq!(s, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    wait_active(hub, &client, &sub_id).await;
+    let publisher = token("tenant=alpha&sub=producer&scope=hub/publish".into()).await;
+    assert_eq!(
+        publish(hub, &publisher, &observation("obs-jwt-1", "other")).await,
+        202
+    );
+    let got = rx.next(Duration::from_secs(20)).await;
+    assert!(String::from_utf8_lossy(&got.body).contains("obs-jwt-1"));
+    let lost = token("tenant=alpha&sub=lab-client&scope=system/Subscription.cruds".into()).await;
+    let (s, _, _) = call(hub, Method::GET, "/fhir/Subscription", Some(&lost), None).await;
+    assert_eq!(s, 200);
+    // the grant is written through in the background; then the matcher rebuilds
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        publish(hub, &publisher, &observation("obs-jwt-2", "other")).await,
+        202
+    );
+    rx.assert_quiet(Duration::from_secs(2)).await;
 }
 
 #[tokio::test]

@@ -381,6 +381,34 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// Give every subscription of `tenant` whose owner JSON starts with `owner_prefix` the
+    /// owner `owner` (a token client's current grant); the tenant's generation moves when any
+    /// changed, so matchers apply the new grant. The number changed.
+    pub async fn refresh_owner(
+        &self,
+        tenant: &str,
+        owner_prefix: &str,
+        owner: &str,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE subscriptions SET owner = $4
+             WHERE tenant = $1 AND substr(owner, 1, CAST($3 AS INTEGER)) = $2 AND owner <> $4",
+        )
+        .bind(tenant)
+        .bind(owner_prefix)
+        .bind(owner_prefix.chars().count() as i64)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed > 0 {
+            crate::generations::bump(&mut tx, tenant).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     /// How many subscriptions (all tenants) have each status.
     pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(

@@ -512,14 +512,39 @@ async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
         ));
     }
     match hub.auth.verifier.verify(token, default_tenant).await {
-        Ok(c) => Ok(Caller {
-            subject: format!("jwt:{}#{}", c.issuer, c.subject),
-            tenant: c.tenant,
-            scopes: Scopes::parse(c.scopes.iter().map(String::as_str)),
-            scope_text: c.scopes.join(" "),
-            patient: c.patient,
-            key_id: None,
-        }),
+        Ok(c) => {
+            let caller = Caller {
+                subject: format!("jwt:{}#{}", c.issuer, c.subject),
+                tenant: c.tenant,
+                scopes: Scopes::parse(c.scopes.iter().map(String::as_str)),
+                scope_text: c.scopes.join(" "),
+                patient: c.patient,
+                key_id: None,
+            };
+            // A token client's subscriptions follow the grant it presents now: a client whose
+            // token lost a scope stops receiving those resources (a grant not seen in the last
+            // minute is written through).
+            let seen = format!(
+                "grant:{}:{}:{}",
+                caller.subject,
+                caller.scope_text,
+                caller.patient.as_deref().unwrap_or("")
+            );
+            if hub.auth.should_touch(&seen) {
+                let (hub, owner) = (hub.clone(), caller.owner());
+                let tenant = caller.tenant.clone();
+                tokio::spawn(async move {
+                    let r = hub
+                        .store
+                        .refresh_owner(&tenant, &owner.subject_prefix(), &owner.to_json())
+                        .await;
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "could not refresh a token client's grant");
+                    }
+                });
+            }
+            Ok(caller)
+        }
         Err(e) => {
             let why = e.to_string();
             audit_refusal(hub, default_tenant, "jwt", &why).await;
