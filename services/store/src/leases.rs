@@ -1,6 +1,7 @@
 //! Delivery leases: one delivery process at a time per subscription, so several processes
 //! can run the delivery role without sending every notification twice. A process renews its
 //! leases while it runs; a lease not renewed in time is taken over by another process.
+//! Expiry is measured on the database's clock, the one clock every process shares.
 
 use std::collections::HashSet;
 
@@ -8,14 +9,23 @@ use sqlx::Row;
 
 use crate::{Store, StoreError};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
+    /// The database's clock in milliseconds since the epoch: every delivery process compares
+    /// lease expiry against this one clock, so a host whose clock runs ahead cannot take
+    /// over live leases, nor one that runs behind keep expired ones.
+    pub async fn db_now_ms(&self) -> Result<i64, StoreError> {
+        let sql = match self.backend {
+            crate::Backend::Postgres => {
+                "SELECT CAST(floor(extract(epoch from clock_timestamp()) * 1000) AS BIGINT)"
+            }
+            crate::Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+            }
+        };
+        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Renew `owner`'s leases and claim the `wanted` subscriptions that nobody holds (or
     /// whose holder let the lease expire). Returns every subscription `owner` now holds
     /// among `wanted`.
@@ -25,7 +35,7 @@ impl Store {
         wanted: &[(String, String)],
         ttl_ms: i64,
     ) -> Result<HashSet<(String, String)>, StoreError> {
-        let now = now_ms();
+        let now = self.db_now_ms().await?;
         let until = now + ttl_ms;
         sqlx::query("UPDATE delivery_leases SET expires_at = $2 WHERE owner = $1")
             .bind(owner)

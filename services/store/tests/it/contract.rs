@@ -371,6 +371,13 @@ pub(crate) async fn tenants_are_isolated(store: Store) {
 }
 
 pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
+    // leases expire on the database's clock (here it is the host's, so they agree)
+    let db = store.db_now_ms().await.unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((db - host).abs() < 5_000, "database clock {db} vs host {host}");
     let wanted: Vec<(String, String)> = (0..4)
         .map(|i| ("default".to_owned(), format!("s{i}")))
         .collect();
