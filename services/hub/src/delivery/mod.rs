@@ -205,6 +205,31 @@ async fn start_worker(
             return None;
         }
     };
+    let client = match client_for(hub, &sub, &checked) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(subscription = %sub.id, error = %e, "cannot build an HTTP client");
+            return None;
+        }
+    };
+    Some(worker::Worker {
+        hub: hub.clone(),
+        client: std::sync::Mutex::new(client),
+        pinned_addr: std::sync::Mutex::new(checked.pinned.as_ref().map(|(_, a)| *a)),
+        sub,
+        secret,
+        stop: shutdown.child_token(),
+        owner: owner.to_owned(),
+    })
+}
+
+/// The HTTP client of one subscription's endpoint, connecting to the checked address.
+pub(super) fn client_for(
+    hub: &Hub,
+    sub: &Subscription,
+    checked: &ssrf::CheckedEndpoint,
+) -> Result<reqwest::Client, String> {
+    let channel = &sub.spec.channel;
     // backport-timeout, when the subscription sets one, replaces the hub's request timeout
     let timeout = sub
         .topic()
@@ -227,29 +252,11 @@ async fn start_worker(
         builder = builder.add_root_certificate(root.clone());
     }
     if let Some(pem) = &channel.client_certificate {
-        match reqwest::Identity::from_pem(pem.as_bytes()) {
-            Ok(identity) => builder = builder.identity(identity),
-            Err(e) => {
-                tracing::error!(subscription = %sub.id, error = %e, "stored client certificate is unusable");
-                return None;
-            }
-        }
+        let identity = reqwest::Identity::from_pem(pem.as_bytes())
+            .map_err(|e| format!("stored client certificate is unusable: {e}"))?;
+        builder = builder.identity(identity);
     }
-    let client = match builder.build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(subscription = %sub.id, error = %e, "cannot build an HTTP client");
-            return None;
-        }
-    };
-    Some(worker::Worker {
-        hub: hub.clone(),
-        client,
-        sub,
-        secret,
-        stop: shutdown.child_token(),
-        owner: owner.to_owned(),
-    })
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// Hourly housekeeping: delivered notifications older than `database.retention_days`;

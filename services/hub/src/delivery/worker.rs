@@ -77,7 +77,8 @@ pub async fn deliver_with_retries<A: Attempt + Send>(
 
 pub(super) struct Worker {
     pub hub: Hub,
-    pub client: reqwest::Client,
+    /// Connects to the endpoint's checked address; resolved again after a failed attempt.
+    pub client: std::sync::Mutex<reqwest::Client>,
     /// The subscription at the version this worker was started for (a client update
     /// restarts the worker).
     pub sub: Subscription,
@@ -86,6 +87,8 @@ pub(super) struct Worker {
     /// This process's delivery lease owner id: progress is recorded only while it holds
     /// the subscription's lease.
     pub owner: String,
+    /// The address a named endpoint was resolved to (`None` for IP literals).
+    pub pinned_addr: std::sync::Mutex<Option<std::net::SocketAddr>>,
 }
 
 struct HttpAttempt<'a> {
@@ -98,8 +101,12 @@ struct HttpAttempt<'a> {
 
 impl Attempt for HttpAttempt<'_> {
     async fn attempt(&mut self) -> Outcome {
+        let client = match self.w.client.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         let outcome = send::send(
-            &self.w.client,
+            &client,
             &self.w.sub.spec.channel,
             &self.w.secret,
             &self.dispatch,
@@ -116,6 +123,8 @@ impl Attempt for HttpAttempt<'_> {
 
     async fn failed(&mut self, failures: usize, reason: &str) {
         let w = self.w;
+        // the endpoint may have moved (DNS): the next attempt goes to where its name points now
+        w.resolve_again().await;
         tracing::warn!(subscription = %w.sub.id, tenant = %w.sub.tenant, failures, %reason, "delivery attempt failed");
         if let Err(e) = w
             .hub
@@ -136,6 +145,43 @@ impl Attempt for HttpAttempt<'_> {
 const RECORD_EVERY: Duration = Duration::from_millis(500);
 
 impl Worker {
+    /// Resolve and check the endpoint again and connect the next attempt to the address it
+    /// has now (still within the egress policy; an address now refused keeps the old one).
+    async fn resolve_again(&self) {
+        let Some(pinned_before) = self.pinned() else {
+            return;
+        };
+        match self.hub.egress.check(&self.sub.spec.channel.endpoint).await {
+            Ok(checked) => {
+                let now = checked.pinned.as_ref().map(|(_, a)| *a);
+                if now == Some(pinned_before) {
+                    return;
+                }
+                match super::client_for(&self.hub, &self.sub, &checked) {
+                    Ok(c) => {
+                        tracing::info!(subscription = %self.sub.id, "endpoint address changed; using the new one");
+                        if let Ok(mut slot) = self.client.lock() {
+                            *slot = c;
+                        }
+                        if let Ok(mut p) = self.pinned_addr.lock() {
+                            *p = now;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(subscription = %self.sub.id, error = %e, "cannot build an HTTP client")
+                    }
+                }
+            }
+            Err(why) => {
+                tracing::warn!(subscription = %self.sub.id, %why, "the endpoint's name now resolves to a refused address; keeping the checked one");
+            }
+        }
+    }
+
+    fn pinned(&self) -> Option<std::net::SocketAddr> {
+        self.pinned_addr.lock().ok().and_then(|p| *p)
+    }
+
     /// Record that everything up to `through` is delivered; false if stopped while the
     /// store was unavailable (the next worker resends from the last record: duplicates with
     /// the same webhook-id, never a loss).

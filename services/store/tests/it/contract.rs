@@ -377,7 +377,10 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    assert!((db - host).abs() < 5_000, "database clock {db} vs host {host}");
+    assert!(
+        (db - host).abs() < 5_000,
+        "database clock {db} vs host {host}"
+    );
     let wanted: Vec<(String, String)> = (0..4)
         .map(|i| ("default".to_owned(), format!("s{i}")))
         .collect();
