@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod channels;
 pub mod config;
@@ -57,6 +58,8 @@ pub struct Hub {
     pub extra_roots: Arc<Vec<reqwest::Certificate>>,
     /// Credentials, token issuers' keys, rate limits per credential.
     pub auth: Arc<auth::Authenticator>,
+    /// The audit trail's writer (group commit).
+    pub audit: audit::AuditSink,
 }
 
 /// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
@@ -110,6 +113,7 @@ impl Hub {
             schedule: Arc::new(config.retry_schedule()?),
             extra_roots: Arc::new(config.extra_roots()?),
             auth: Arc::new(auth::Authenticator::new(&config.auth)),
+            audit: audit::AuditSink::start(store.clone()),
             config: Arc::new(config),
             store,
             log,

@@ -65,7 +65,7 @@ impl Subscription {
     pub fn owner_subject(&self) -> String {
         self.owner
             .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), |o| o.subject.clone())
+            .map_or_else(|| crate::auth::ANONYMOUS.to_owned(), |o| o.subject.clone())
     }
 
     /// `Subscription.end`, when set.

@@ -253,7 +253,7 @@ async fn check_topic(
 /// At most `auth.max_subscriptions_per_credential` subscriptions per credential.
 async fn check_quota(hub: &Hub, caller: &Caller) -> Result<(), ApiError> {
     let max = hub.config.auth.max_subscriptions_per_credential;
-    if max == 0 || caller.subject == "anonymous" {
+    if max == 0 || caller.subject == crate::auth::ANONYMOUS {
         return Ok(());
     }
     let owned = hub
