@@ -381,25 +381,26 @@ async fn main() {
         "{}/fhir/Subscription/{ws_id}/$get-ws-binding-token",
         hub.url
     );
-    let p: Value = http
-        .get(&token_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = p["parameter"][0]["valueString"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     idle_and_fan_out(
         "websocket",
         &hub,
         n,
         |_| {
-            let (url, token) = (ws_url.clone(), token.clone());
+            let (url, token_url, http) = (ws_url.clone(), token_url.clone(), http.clone());
             async move {
+                // a binding token binds one socket: one token per connection
+                let p: Value = http
+                    .get(&token_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let token = p["parameter"][0]["valueString"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
                     .await
                     .unwrap();

@@ -198,7 +198,14 @@ fn default_header_read_timeout() -> u64 {
 }
 
 fn default_max_connections() -> usize {
-    10_000
+    0
+}
+
+/// The process's open-file limit (Linux: `/proc/self/limits`), if it can be read.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 fn default_ready_stall_secs() -> u64 {
@@ -525,6 +532,17 @@ impl Config {
         self.server.roles.contains(&role)
     }
 
+    /// The most open HTTP connections: `server.max_connections`, or (0) the open-file limit
+    /// less 1,000 descriptors kept for the store, the log and outgoing deliveries.
+    pub fn max_connections(&self) -> usize {
+        match self.server.max_connections {
+            0 => open_files_limit()
+                .map_or(10_000, |n| n.saturating_sub(1_000))
+                .max(256),
+            n => n,
+        }
+    }
+
     /// `https` with TLS configured, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.cert_file.as_os_str().is_empty() {
@@ -581,6 +599,21 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite://./data/hub.db");
         assert_eq!(c.server.listen, "127.0.0.1:8080");
         assert_eq!(c.auth.mode, AuthMode::Open);
+    }
+
+    #[test]
+    fn connection_cap_follows_the_open_files_limit() {
+        let mut c = Config::defaults().unwrap();
+        let auto = c.max_connections();
+        assert!(auto >= 256, "{auto}");
+        if let Some(limit) = open_files_limit() {
+            assert!(
+                auto < limit.max(257),
+                "the cap leaves descriptors for the rest"
+            );
+        }
+        c.server.max_connections = 123;
+        assert_eq!(c.max_connections(), 123);
     }
 
     #[test]

@@ -86,39 +86,43 @@ impl Store {
 
     /// Revoke a key at once; `false` when there is no such (unrevoked) key.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let tenant: Option<String> = sqlx::query(
+        self.change_usable_key(
             "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL
              RETURNING tenant",
+            id,
+            &now(),
         )
-        .bind(id)
-        .bind(now())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-        let Some(tenant) = tenant else {
-            return Ok(false);
-        };
-        crate::generations::bump(&mut tx, &tenant).await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     /// Change a usable key's scopes (at once: its tenant's matchers re-read what the
     /// subscriptions it owns may receive); `false` when there is no such usable key.
     pub async fn set_api_key_scopes(&self, id: &str, scopes: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let tenant: Option<String> = sqlx::query(
+        self.change_usable_key(
             "UPDATE api_keys SET scopes = $2 WHERE id = $1 AND revoked_at IS NULL
              RETURNING tenant",
+            id,
+            scopes,
         )
-        .bind(id)
-        .bind(scopes)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
+        .await
+    }
+
+    /// Run a key update (`$1` id, `$2` value, `RETURNING tenant`) and move the key's tenant's
+    /// generation in the same transaction; `false` when no row changed.
+    async fn change_usable_key(
+        &self,
+        sql: &str,
+        id: &str,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let tenant: Option<String> = sqlx::query(sql)
+            .bind(id)
+            .bind(value)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
         let Some(tenant) = tenant else {
             return Ok(false);
         };

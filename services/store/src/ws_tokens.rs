@@ -32,30 +32,36 @@ impl Store {
 
     /// The tenant and subscription a token binds, if it exists and has not expired.
     pub async fn ws_token(&self, token: &str) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query(
+        self.token_binding(
             "SELECT tenant, subscription_id FROM ws_tokens WHERE token = $1 AND expires_at >= $2",
+            token,
         )
-        .bind(token)
-        .bind(now())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        .await
     }
 
     /// Use a token up: the tenant and subscription it binds, if it existed and had not
     /// expired; it cannot bind again.
     pub async fn take_ws_token(&self, token: &str) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query(
+        self.token_binding(
             "DELETE FROM ws_tokens WHERE token = $1 AND expires_at >= $2
              RETURNING tenant, subscription_id",
+            token,
         )
-        .bind(token)
-        .bind(now())
-        .fetch_optional(&self.pool)
-        .await?;
+        .await
+    }
+
+    /// `(tenant, subscription_id)` of a statement over one unexpired token (`$1` the token,
+    /// `$2` now).
+    async fn token_binding(
+        &self,
+        sql: &str,
+        token: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(token)
+            .bind(now())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,

@@ -129,7 +129,7 @@ pub async fn serve(
     let header_timeout =
         std::time::Duration::from_secs(hub.config.server.header_read_timeout_secs.max(1));
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        hub.config.server.max_connections.max(1),
+        hub.config.max_connections().max(1),
     ));
     let app = router(hub);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

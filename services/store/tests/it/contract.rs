@@ -897,3 +897,135 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
     assert_eq!(p.resource_versions, 1);
     assert!(store.last_versions(&[key]).await.unwrap().is_empty());
 }
+
+pub(crate) async fn audit_rows_are_searched_and_purged(store: Store) {
+    use hub_store::{AuditQuery, NewAudit};
+    // more than one INSERT's worth of rows
+    let rows: Vec<NewAudit> = (0..2_500)
+        .map(|i| NewAudit {
+            tenant: if i % 2 == 0 { "a" } else { "b" }.into(),
+            kind: "disclosure".into(),
+            action: "R".into(),
+            agent: format!("key:{}", i % 5),
+            entity: Some(format!("Observation/{i}")),
+            subscription_id: Some("s1".into()),
+            channel: Some("sse".into()),
+            outcome: "0".into(),
+            detail: None,
+        })
+        .collect();
+    store.audit(&rows).await.unwrap();
+    let q = |tenant: Option<&str>, agent: Option<&str>, entity: Option<&str>| AuditQuery {
+        tenant: tenant.map(str::to_owned),
+        agent: agent.map(str::to_owned),
+        entity: entity.map(str::to_owned),
+        limit: 10_000,
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .audit_events(&q(None, None, None))
+            .await
+            .unwrap()
+            .len(),
+        2_500
+    );
+    assert_eq!(
+        store
+            .audit_events(&q(Some("a"), None, None))
+            .await
+            .unwrap()
+            .len(),
+        1_250
+    );
+    let one = store
+        .audit_events(&q(Some("a"), None, Some("Observation/42")))
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].audit.agent, "key:2");
+    assert_eq!(
+        store
+            .audit_events(&q(None, Some("key:0"), None))
+            .await
+            .unwrap()
+            .len(),
+        500
+    );
+    // newest first, limited
+    let mut limited = q(None, None, None);
+    limited.limit = 3;
+    let newest = store.audit_events(&limited).await.unwrap();
+    assert_eq!(newest.len(), 3);
+    assert!(newest[0].id > newest[1].id);
+    // a date range that ends before anything was recorded finds nothing; purge removes all
+    let mut before = q(None, None, None);
+    before.until = Some("2000-01-01T00:00:00Z".into());
+    assert!(store.audit_events(&before).await.unwrap().is_empty());
+    assert_eq!(
+        store.purge_audit("9999-01-01T00:00:00Z").await.unwrap(),
+        2_500
+    );
+}
+
+pub(crate) async fn api_keys_are_created_changed_and_revoked(store: Store) {
+    let key = hub_store::ApiKeyRow {
+        id: "0123456789abcdef".into(),
+        tenant: "t".into(),
+        name: "n".into(),
+        secret_hash: "h".into(),
+        scopes: "system/Subscription.r".into(),
+        patient: None,
+        created_at: String::new(),
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let g0 = store.subscriptions_generation().await.unwrap();
+    let made = store.create_api_key(&key).await.unwrap();
+    assert!(!made.created_at.is_empty());
+    assert!(
+        store.subscriptions_generation().await.unwrap() > g0,
+        "keys move matching"
+    );
+    assert!(
+        store
+            .set_api_key_scopes(&key.id, "hub/admin")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.api_key(&key.id).await.unwrap().unwrap().scopes,
+        "hub/admin"
+    );
+    store.touch_api_key(&key.id).await.unwrap();
+    assert!(
+        store
+            .api_key(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+            .is_some()
+    );
+    assert_eq!(store.api_keys(Some("t")).await.unwrap().len(), 1);
+    assert!(store.api_keys(Some("other")).await.unwrap().is_empty());
+    assert!(store.revoke_api_key(&key.id).await.unwrap());
+    assert!(
+        !store.revoke_api_key(&key.id).await.unwrap(),
+        "revoked once"
+    );
+    assert!(
+        !store.set_api_key_scopes(&key.id, "x").await.unwrap(),
+        "a revoked key stays as it was"
+    );
+    assert!(
+        store
+            .api_key(&key.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+}

@@ -66,6 +66,8 @@ contract_suite!(
     delivery_state_moves_forward_only,
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
+    audit_rows_are_searched_and_purged,
+    api_keys_are_created_changed_and_revoked,
     topics_by_id_and_url,
     retention_purges_only_delivered_and_never_reuses_numbers,
     last_versions_are_kept_per_resource,
