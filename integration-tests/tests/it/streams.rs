@@ -516,4 +516,49 @@ async fn a_stream_on_one_process_receives_what_another_process_logged() {
     publish(&matcher, 1..3).await;
     assert_eq!(numbers(&c, 2, "cross-process"), [1, 2]);
     c.finish();
+
+    // a named gRPC consumer is read by one connection in the whole cluster
+    let (c, g) = matcher
+        .post_json("/fhir/Subscription", &hub_channel("grpc", "id-only"))
+        .await;
+    assert_eq!(c, 201, "{g}");
+    let grpc_id = g["id"].as_str().unwrap().to_owned();
+    publish(&matcher, 3..4).await;
+    let on_a = matcher.grpc_url.trim_start_matches("http://").to_owned();
+    let on_b = streams.grpc_url.trim_start_matches("http://").to_owned();
+    let first = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&on_a, "consume", "etl", &grpc_id, "100"],
+    );
+    assert_eq!(first.next("consumer on process A")["event_number"], 1);
+    let second = PyClient::start(
+        &python,
+        "grpc_client.py",
+        &[&on_b, "consume", "etl", &grpc_id, "1"],
+    );
+    assert_eq!(
+        second.next("same consumer on process B")["error"],
+        "ABORTED"
+    );
+    // the first connection goes away: the consumer is free for the other process
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let again = PyClient::start(
+            &python,
+            "grpc_client.py",
+            &[&on_b, "consume", "etl", &grpc_id, "1"],
+        );
+        let m = again.next("consumer taken over on process B");
+        if m["event_number"] == 1 {
+            break;
+        }
+        assert_eq!(m["error"], "ABORTED", "{m}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim was never released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

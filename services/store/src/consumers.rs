@@ -51,4 +51,50 @@ impl Store {
         .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
     }
+
+    /// Claim (or renew) a named consumer for `owner` (one connection) for `ttl_ms` on the
+    /// database's clock; `false` while another owner holds an unexpired claim.
+    pub async fn claim_consumer(
+        &self,
+        tenant: &str,
+        consumer: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = self.db_now_ms().await?;
+        let got = sqlx::query(
+            "INSERT INTO consumer_claims (tenant, consumer, owner, expires_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant, consumer) DO UPDATE
+             SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE consumer_claims.owner = excluded.owner OR consumer_claims.expires_at < $5
+             RETURNING owner",
+        )
+        .bind(tenant)
+        .bind(consumer)
+        .bind(owner)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(got.is_some())
+    }
+
+    /// Give a claim up (the connection ended).
+    pub async fn release_consumer(
+        &self,
+        tenant: &str,
+        consumer: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM consumer_claims WHERE tenant = $1 AND consumer = $2 AND owner = $3",
+        )
+        .bind(tenant)
+        .bind(consumer)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }

@@ -16,9 +16,9 @@
 //! taken the previous ones (HTTP/2 flow control), so a slow consumer lags on the log rather
 //! than in the hub's memory.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::Stream;
 use hub_fhir::subscription::ChannelType;
@@ -55,8 +55,6 @@ const MAX_CONSUMER_SUBSCRIPTIONS: usize = 100;
 /// The service.
 pub struct Service {
     hub: Hub,
-    /// Consumer names with an open connection in this process.
-    consuming: Arc<Mutex<HashSet<(String, String)>>>,
 }
 
 /// The caller of a gRPC request, allowed to read subscriptions.
@@ -221,16 +219,90 @@ fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notificati
     }
 }
 
-/// Releases a consumer name when its stream is dropped.
+/// How long a consumer claim lives without renewal (a process that died frees its
+/// consumers after this); renewed every third of it.
+const CLAIM_TTL_MS: i64 = 15_000;
+
+/// A named consumer claimed in the store for one connection (exclusive across every api
+/// process); renewed while the stream lives, released when it is dropped.
 struct Claim {
-    consuming: Arc<Mutex<HashSet<(String, String)>>>,
-    key: (String, String),
+    store: hub_store::Store,
+    tenant: String,
+    consumer: String,
+    owner: String,
+    renewal: CancellationToken,
+}
+
+impl Claim {
+    /// Claim `consumer` or say who has it; the stream ends (`stop`) if the claim is lost.
+    async fn take(
+        hub: &Hub,
+        tenant: &str,
+        consumer: &str,
+        stop: CancellationToken,
+    ) -> Result<Claim, Status> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let store = hub.store.clone();
+        let got = store
+            .claim_consumer(tenant, consumer, &owner, CLAIM_TTL_MS)
+            .await
+            .map_err(store_status)?;
+        if !got {
+            return Err(Status::aborted(format!(
+                "consumer '{consumer}' is already being read by another connection"
+            )));
+        }
+        let renewal = CancellationToken::new();
+        let (r, s, t, c, o) = (
+            renewal.clone(),
+            store.clone(),
+            tenant.to_owned(),
+            consumer.to_owned(),
+            owner.clone(),
+        );
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_millis((CLAIM_TTL_MS / 3) as u64);
+            loop {
+                tokio::select! {
+                    _ = r.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match s.claim_consumer(&t, &c, &o, CLAIM_TTL_MS).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(consumer = %c, tenant = %t, "lost a consumer claim; ending its stream");
+                        stop.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew a consumer claim"),
+                }
+            }
+        });
+        Ok(Claim {
+            store,
+            tenant: tenant.to_owned(),
+            consumer: consumer.to_owned(),
+            owner,
+            renewal,
+        })
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.consuming.lock() {
-            set.remove(&self.key);
+        self.renewal.cancel();
+        let (s, t, c, o) = (
+            self.store.clone(),
+            std::mem::take(&mut self.tenant),
+            std::mem::take(&mut self.consumer),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = s.release_consumer(&t, &c, &o).await {
+                    tracing::warn!(error = %e, "cannot release a consumer claim; it expires on its own");
+                }
+            });
         }
     }
 }
@@ -300,25 +372,10 @@ impl NotificationStream for Service {
             self.check_retained(&sub, after).await?;
             starts.push((sub, after));
         }
-        let key = (caller.tenant.clone(), r.consumer.clone());
-        let claimed = self
-            .consuming
-            .lock()
-            .map(|mut set| set.insert(key.clone()))
-            .unwrap_or(false);
-        if !claimed {
-            return Err(Status::aborted(format!(
-                "consumer '{}' is already being read by another connection",
-                r.consumer
-            )));
-        }
-        let claim = Claim {
-            consuming: Arc::clone(&self.consuming),
-            key,
-        };
         let slot = self.slot(&caller)?;
-        let agent: Arc<str> = caller.subject.clone().into();
         let stop = self.hub.streams.child_token();
+        let claim = Claim::take(&self.hub, &caller.tenant, &r.consumer, stop.clone()).await?;
+        let agent: Arc<str> = caller.subject.clone().into();
         for (sub, after) in starts {
             streams.push(notifications(
                 self.hub.clone(),
@@ -396,10 +453,7 @@ pub async fn serve(
     health
         .set_serving::<NotificationStreamServer<Service>>()
         .await;
-    let service = Service {
-        hub,
-        consuming: Arc::default(),
-    };
+    let service = Service { hub };
     builder
         .add_service(NotificationStreamServer::new(service))
         .add_service(reflection)
