@@ -84,13 +84,7 @@ impl Caller {
             // patient/Subscription.* does not exist for the hub's own resources
             Access::Patient | Access::None => Err(forbidden(format!(
                 "this needs scope system/{resource_type}.{} (or broader)",
-                match perm {
-                    Perm::Create => 'c',
-                    Perm::Read => 'r',
-                    Perm::Update => 'u',
-                    Perm::Delete => 'd',
-                    Perm::Search => 's',
-                }
+                perm.letter()
             ))),
         }
     }

@@ -17,7 +17,8 @@ pub enum Perm {
 }
 
 impl Perm {
-    fn letter(self) -> char {
+    /// The SMART v2 letter (`c`, `r`, `u`, `d`, `s`).
+    pub fn letter(self) -> char {
         match self {
             Perm::Create => 'c',
             Perm::Read => 'r',
