@@ -2,13 +2,15 @@
 //!
 //! One run starts a PostgreSQL of its own (initdb in a temp dir on a free port, so it can be
 //! killed without touching the machine's), a tansu broker of its own, and the hub split by
-//! role into three processes (api, matcher, delivery) in Kafka mode. A publisher sends
-//! change events at a steady rate through the api (retrying a refused batch with the same
-//! event ids, as a producer should), with poison records written straight to the broker
-//! between them. Subscribers: rest-hook receivers that answer well, fail 30% of requests,
-//! are down for a while, or hang; and a Server-Sent Events reader that reads slowly and
-//! disconnects and resumes with `Last-Event-ID`. While events flow the suite kills (-9)
-//! each hub role, the broker and PostgreSQL, and restarts them.
+//! role in Kafka mode: two api processes, a matcher and two delivery processes. A publisher
+//! sends change events at a steady rate through the first api (retrying a refused batch
+//! with the same event ids, as a producer should), with poison records written straight to
+//! the broker between them. Subscribers: rest-hook receivers that answer well, fail 30% of
+//! requests, are down for a while, or hang; and, on the second api process, a Server-Sent
+//! Events reader that reads slowly and resumes with `Last-Event-ID`, a websocket client that
+//! binds again with the last number it saw, and a named gRPC consumer that commits and
+//! resumes from its committed offset. While events flow the suite kills (-9) every hub
+//! process, the broker and PostgreSQL, and restarts them.
 //!
 //! The checker, per subscription: every event number from 1 to the number of good events
 //! published arrived at least once, the first arrivals in event-number order (no gap, no
@@ -533,14 +535,189 @@ async fn sse_reader(
 }
 
 // ---------------------------------------------------------------------------------------
+// A gRPC analytics consumer: a named consumer that commits every 100 notifications, drops
+// its stream now and then, and resumes from its committed offset (re-reading what it had
+// not committed: duplicates with the same notification id).
+
+fn reached(last: i64, expected: &AtomicU64) -> bool {
+    let want = expected.load(Ordering::SeqCst);
+    want > 0 && last >= i64::try_from(want).unwrap_or(i64::MAX)
+}
+
+async fn grpc_consumer(
+    grpc: String,
+    id: String,
+    checker: Arc<Checker>,
+    expected: Arc<AtomicU64>,
+    resume_every: usize,
+) -> usize {
+    use fhir_hub::channels::grpc::pb;
+    use pb::notification_stream_client::NotificationStreamClient;
+    let consumer = "fault-suite-analytics".to_owned();
+    let mut last = 0i64;
+    let mut reconnects = 0;
+    loop {
+        if reached(last, &expected) {
+            return reconnects;
+        }
+        let Ok(mut client) = NotificationStreamClient::connect(grpc.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let request = pb::ConsumeRequest {
+            consumer: consumer.clone(),
+            subscription_ids: vec![id.clone()],
+        };
+        // refused while the previous connection's claim lives (ABORTED), or the api is down
+        let Ok(res) = client.consume(request).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        reconnects += 1;
+        let mut stream = res.into_inner();
+        let mut this_connection = 0;
+        loop {
+            if reached(last, &expected) {
+                let _ = client
+                    .commit(pb::CommitRequest {
+                        consumer: consumer.clone(),
+                        subscription_id: id.clone(),
+                        event_number: last,
+                    })
+                    .await;
+                return reconnects;
+            }
+            let n = match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(n))) => n,
+                Ok(_) => break,
+            };
+            checker.record(&n.subscription_id, n.event_number, &n.notification_id);
+            last = last.max(n.event_number);
+            this_connection += 1;
+            if this_connection % 100 == 0 {
+                let _ = client
+                    .commit(pb::CommitRequest {
+                        consumer: consumer.clone(),
+                        subscription_id: id.clone(),
+                        event_number: last,
+                    })
+                    .await;
+            }
+            if this_connection >= resume_every {
+                break;
+            }
+        }
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A websocket client that binds with the last event number it saw, disconnects now and
+// then and binds again (a fresh single-use token each time).
+
+async fn ws_reader(
+    base: String,
+    id: String,
+    checker: Arc<Checker>,
+    expected: Arc<AtomicU64>,
+    resume_every: usize,
+) -> usize {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let http = reqwest::Client::new();
+    let mut last = 0i64;
+    let mut reconnects = 0;
+    loop {
+        if reached(last, &expected) {
+            return reconnects;
+        }
+        let token: Option<Value> = match http
+            .post(format!(
+                "{base}/fhir/Subscription/{id}/$get-ws-binding-token"
+            ))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        let param = |v: &Value, name: &str, key: &str| {
+            v["parameter"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .and_then(|p| p[key].as_str())
+                .map(str::to_owned)
+        };
+        let Some((token, url)) = token.and_then(|v| {
+            Some((
+                param(&v, "token", "valueString")?,
+                param(&v, "websocket-url", "valueUrl")?,
+            ))
+        }) else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        };
+        if ws
+            .send(Message::text(format!("bind-with-token: {token} {last}")))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        reconnects += 1;
+        let mut this_connection = 0;
+        loop {
+            if reached(last, &expected) {
+                let _ = ws.close(None).await;
+                return reconnects;
+            }
+            let text = match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+                Err(_) => continue,
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                Ok(_) => break,
+            };
+            let Ok(bundle) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if let Some((sub, numbers)) = numbers_of(&bundle) {
+                for n in numbers {
+                    checker.record(&sub, n, &format!("ws-{n}"));
+                    last = last.max(n);
+                }
+                this_connection += 1;
+                if this_connection >= resume_every {
+                    let _ = ws.close(None).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The hub, split by role.
 
 struct Roles {
     env: HubEnv,
     api_port: u16,
     api: Option<Hub>,
+    /// A second api process (streams read from it: what the matcher logged reaches it
+    /// through the store's wake-ups), with a fixed gRPC port so a restart keeps it.
+    api2_port: u16,
+    grpc2_port: u16,
+    api2: Option<Hub>,
     matcher: Option<Headless>,
+    /// Two delivery processes: subscriptions are shared out by leases; a killed one's
+    /// subscriptions move to the other.
     delivery: Option<Headless>,
+    delivery2: Option<Headless>,
 }
 
 impl Roles {
@@ -550,13 +727,38 @@ impl Roles {
             env,
             api_port,
             api: None,
+            api2_port: free_port(),
+            grpc2_port: free_port(),
+            api2: None,
             matcher: None,
             delivery: None,
+            delivery2: None,
         };
         r.start_api().await;
+        r.start_api2().await;
         r.matcher = Some(Headless::start(&r.role("matcher")));
         r.delivery = Some(Headless::start(&r.role("delivery")));
+        r.delivery2 = Some(Headless::start(&r.role("delivery")));
         r
+    }
+
+    async fn start_api2(&mut self) {
+        let env = self
+            .role("api")
+            .listen(&format!("127.0.0.1:{}", self.api2_port))
+            .var(
+                "HUB_GRPC__LISTEN",
+                &format!("127.0.0.1:{}", self.grpc2_port),
+            );
+        self.api2 = Some(Hub::start(env).await);
+    }
+
+    fn url2(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api2_port)
+    }
+
+    fn grpc2(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc2_port)
     }
 
     fn role(&self, role: &str) -> HubEnv {
@@ -583,11 +785,18 @@ impl Roles {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 self.start_api().await;
             }
-            "matcher" | "delivery" => {
-                let slot = if role == "matcher" {
-                    &mut self.matcher
-                } else {
-                    &mut self.delivery
+            "api2" => {
+                if let Some(mut a) = self.api2.take() {
+                    kill9(&mut a.child);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.start_api2().await;
+            }
+            "matcher" | "delivery" | "delivery2" => {
+                let slot = match role {
+                    "matcher" => &mut self.matcher,
+                    "delivery" => &mut self.delivery,
+                    _ => &mut self.delivery2,
                 };
                 if let Some(mut h) = slot.take() {
                     kill9(&mut h.child);
@@ -598,7 +807,11 @@ impl Roles {
                 // killed one is still in it (docs/reliability.md).
                 let delay = if role == "matcher" { 11_000 } else { 500 };
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                let env = self.env.clone().arg("--roles").arg(role);
+                let env = self
+                    .env
+                    .clone()
+                    .arg("--roles")
+                    .arg(role.trim_end_matches('2'));
                 *slot = Some(Headless::start(&env));
             }
             _ => unreachable!(),
@@ -739,10 +952,14 @@ fn subscription(endpoint: &str, channel: &str) -> Value {
                           {"url": format!("{IG}backport-max-count"), "valuePositiveInt": 50}],
             "_payload": {"extension": [{"url": format!("{IG}backport-payload-content"), "valueCode": "id-only"}]}}
     });
-    if channel == "sse" {
+    if channel == "sse" || channel == "grpc" {
         s["channel"] = json!({"type": "rest-hook", "payload": "application/fhir+json",
             "_type": {"extension": [{"url": format!("{IG}backport-channel-type"),
-                "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": "sse"}}]},
+                "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": channel}}]},
+            "_payload": s["channel"]["_payload"].clone()});
+    }
+    if channel == "websocket" {
+        s["channel"] = json!({"type": "websocket", "payload": "application/fhir+json",
             "_payload": s["channel"]["_payload"].clone()});
     }
     s
@@ -820,6 +1037,12 @@ async fn nothing_is_lost_under_faults() {
     let sse = create(&url, &subscription("", "sse")).await;
     let sse_id = sse["id"].as_str().unwrap().to_owned();
     subs.push(("sse", sse_id.clone()));
+    let grpc = create(&url, &subscription("", "grpc")).await;
+    let grpc_id = grpc["id"].as_str().unwrap().to_owned();
+    subs.push(("grpc", grpc_id.clone()));
+    let ws = create(&url, &subscription("", "websocket")).await;
+    let ws_id = ws["id"].as_str().unwrap().to_owned();
+    subs.push(("ws", ws_id.clone()));
     // every rest-hook subscription hand-shaken before the faults start
     let deadline = Instant::now() + Duration::from_secs(60);
     for (_, id) in &subs {
@@ -849,18 +1072,34 @@ async fn nothing_is_lost_under_faults() {
         total / 10,
         Arc::clone(&published),
     ));
+    // the stream readers read from the second api process: what the matcher logs reaches
+    // them through the store's wake-ups
     let reader = tokio::spawn(sse_reader(
-        url.clone(),
+        roles.url2(),
         sse_id.clone(),
         Arc::clone(&checker),
         Arc::clone(&expected),
         700,
     ));
+    let grpc_reader = tokio::spawn(grpc_consumer(
+        roles.grpc2(),
+        grpc_id.clone(),
+        Arc::clone(&checker),
+        Arc::clone(&expected),
+        900,
+    ));
+    let ws_reader = tokio::spawn(ws_reader(
+        roles.url2(),
+        ws_id.clone(),
+        Arc::clone(&checker),
+        Arc::clone(&expected),
+        60,
+    ));
 
     // The faults, one after another while events flow; each one's recovery time is the
     // time from the restart to the next notification received anywhere.
     let mut faults: Vec<(String, Duration)> = Vec::new();
-    let step = Duration::from_millis((1000 * total / rate.max(1) / 8).max(1500));
+    let step = Duration::from_millis((1000 * total / rate.max(1) / 11).max(1500));
     let recovered = |since: Instant, checker: &Arc<Checker>| {
         let checker = Arc::clone(checker);
         async move {
@@ -878,7 +1117,16 @@ async fn nothing_is_lost_under_faults() {
     };
     down.faulty.store(true, Ordering::SeqCst);
     let outage_started = Instant::now();
-    for fault in ["matcher", "delivery", "api", "broker", "postgres", "hang"] {
+    for fault in [
+        "matcher",
+        "delivery",
+        "api",
+        "api2",
+        "broker",
+        "postgres",
+        "delivery2",
+        "hang",
+    ] {
         tokio::time::sleep(step).await;
         match fault {
             "broker" => {
@@ -941,6 +1189,16 @@ async fn nothing_is_lost_under_faults() {
         .ok()
         .and_then(Result::ok)
         .unwrap_or(0);
+    let grpc_reconnects = tokio::time::timeout(Duration::from_secs(60), grpc_reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let ws_reconnects = tokio::time::timeout(Duration::from_secs(60), ws_reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
 
     // The checker.
     let mut report = Vec::new();
@@ -972,6 +1230,8 @@ async fn nothing_is_lost_under_faults() {
     summary.insert("events", format!("{total}"));
     summary.insert("publish retries", format!("{retries}"));
     summary.insert("sse reconnects", format!("{reconnects}"));
+    summary.insert("grpc reconnects", format!("{grpc_reconnects}"));
+    summary.insert("ws reconnects", format!("{ws_reconnects}"));
     summary.insert("duplicates", format!("{all_dup}"));
     summary.insert("quarantined", format!("{quarantined}"));
     eprintln!(

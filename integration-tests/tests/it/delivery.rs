@@ -356,3 +356,89 @@ async fn heartbeats_follow_the_backport_heartbeat_period() {
         .await;
     assert_eq!(status, 422, "{oo}");
 }
+
+/// A line of `/etc/hosts` naming a test host, removed again on drop.
+struct HostsEntry {
+    name: String,
+}
+
+const HOSTS: &str = "/etc/hosts";
+
+impl HostsEntry {
+    /// `None` where `/etc/hosts` cannot be written (not root): the caller skips.
+    fn add(name: &str, ip: &str) -> Option<HostsEntry> {
+        let entry = HostsEntry {
+            name: name.to_owned(),
+        };
+        entry.point_to(ip).then_some(entry)
+    }
+
+    /// Point the name at `ip` (the resolver reads the file at every lookup).
+    fn point_to(&self, ip: &str) -> bool {
+        let Ok(text) = std::fs::read_to_string(HOSTS) else {
+            return false;
+        };
+        let mut kept: String = text
+            .lines()
+            .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        kept.push_str(&format!("{ip} {}\n", self.name));
+        std::fs::write(HOSTS, kept).is_ok()
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(HOSTS) {
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(HOSTS, kept);
+        }
+    }
+}
+
+/// A receiver whose DNS name moves to a new address: the worker resolves the name again
+/// after a failed attempt and delivers to the new address, well before the subscription's
+/// retry schedule would turn it off.
+#[tokio::test]
+async fn an_endpoint_whose_name_moves_gets_its_events_at_the_new_address() {
+    let name = format!("moving-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
+    let Some(hosts) = HostsEntry::add(&name, "127.0.0.2") else {
+        assert!(
+            std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("skipping: /etc/hosts is not writable");
+        return;
+    };
+    let mut old = TestReceiver::start_at("127.0.0.2:0").await;
+    let port = old
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook")
+        .to_owned();
+    let endpoint = format!("http://{name}:{port}/hook");
+    let hub = Hub::start(HubEnv::default()).await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &endpoint, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    hub.post_json("/events", &glucose("dns1")).await;
+    assert_eq!(old.next(WAIT).await.path, "/hook/Observation/dns1");
+
+    // the name moves: the old address now fails, the new one answers
+    let mut new = TestReceiver::start_at(&format!("127.0.0.3:{port}")).await;
+    assert!(hosts.point_to("127.0.0.3"));
+    old.respond_with(503);
+    hub.post_json("/events", &glucose("dns2")).await;
+    assert_eq!(new.next(WAIT).await.path, "/hook/Observation/dns2");
+    let (_, sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;
+    assert_ne!(sub["status"], "off", "{sub}");
+    drop(hosts);
+}

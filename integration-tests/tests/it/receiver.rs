@@ -74,6 +74,11 @@ async fn record(
 
 impl TestReceiver {
     pub(crate) async fn start() -> TestReceiver {
+        Self::start_at("127.0.0.1:0").await
+    }
+
+    /// A receiver on `addr` (an `ip:port`; port 0 picks one).
+    pub(crate) async fn start_at(addr: &str) -> TestReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
         let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -88,7 +93,7 @@ impl TestReceiver {
             heartbeats: Arc::clone(&heartbeats),
             control: Arc::clone(&control),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         TestReceiver {

@@ -227,6 +227,14 @@ pub struct DatabaseConfig {
     /// topics when producers send none) is kept without a change; 0 keeps them all.
     #[serde(default = "default_previous_versions_days")]
     pub previous_versions_days: u32,
+    /// Connections of the delivery role's own pool (its polling never takes the
+    /// connections the matcher's appends and the API need).
+    #[serde(default = "default_delivery_pool_size")]
+    pub delivery_pool_size: u32,
+}
+
+fn default_delivery_pool_size() -> u32 {
+    4
 }
 
 fn default_retention_days() -> u32 {

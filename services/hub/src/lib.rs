@@ -167,7 +167,12 @@ pub async fn run(
         tasks.spawn(async move { matcher::run(h, s).await.context("matcher role") });
     }
     if hub.config.has_role(Role::Delivery) {
-        let (h, s) = (hub.clone(), shutdown.clone());
+        let (mut h, s) = (hub.clone(), shutdown.clone());
+        h.store = hub
+            .store
+            .own_pool(hub.config.database.delivery_pool_size)
+            .await
+            .context("cannot open the delivery role's database connections")?;
         tasks.spawn(async move { delivery::run(h, s).await.context("delivery role") });
         let (h, s) = (hub.clone(), shutdown.clone());
         tasks.spawn(async move {

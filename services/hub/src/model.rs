@@ -385,9 +385,49 @@ pub fn restore_headers(sent: &mut Value, stored: &Value) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An active R4 Backport topic subscription grouping up to ten events, for unit tests.
+    pub(crate) fn topic_subscription() -> Subscription {
+        let resource = json!({
+            "resourceType": "Subscription",
+            "status": "active",
+            "reason": "test",
+            "criteria": "http://example.org/topic/obs",
+            "_criteria": {"extension": [{
+                "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+                "valueString": "Observation?code=1"}]},
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": "http://example.test/hook",
+                "payload": "application/fhir+json",
+                "_payload": {"extension": [{
+                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+                    "valueCode": "id-only"}]},
+                "extension": [{
+                    "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-max-count",
+                    "valuePositiveInt": 10}]
+            }
+        });
+        let spec = match hub_fhir::subscription::validate(&resource) {
+            Ok(spec) => spec,
+            Err(e) => panic!("test subscription refused: {e:?}"),
+        };
+        Subscription {
+            tenant: "default".into(),
+            id: "s".into(),
+            version: 1,
+            last_updated: "2024-01-01T00:00:00Z".into(),
+            status: Status::Active,
+            error: None,
+            events_since_start: 0,
+            spec: Arc::new(spec),
+            secret: None,
+            owner: None,
+        }
+    }
 
     #[test]
     fn credential_headers_are_redacted_and_kept_on_update() {

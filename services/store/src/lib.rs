@@ -85,8 +85,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// PostgreSQL only: where a `LISTEN` connection goes (it cannot come from the pool).
-    listen_url: Option<std::sync::Arc<str>>,
+    /// Where the pool connects: a `LISTEN` connection (PostgreSQL) and [`Store::own_pool`]
+    /// open connections of their own there.
+    url: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -123,30 +124,12 @@ impl Store {
         } else {
             url.to_owned()
         };
-        let opts = AnyConnectOptions::from_str(&url)?;
-        let mut pool_opts = AnyPoolOptions::new()
-            .acquire_timeout(Duration::from_secs(10))
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
-        if backend == Backend::Sqlite {
-            pool_opts = pool_opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = pool_opts
-            .connect_with(opts)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact(&url))))?;
-        let listen_url = (backend == Backend::Postgres).then(|| std::sync::Arc::from(url.as_str()));
+        let size = if backend == Backend::Sqlite { 4 } else { 16 };
+        let pool = open_pool(&url, backend, size).await?;
         let store = Store {
             pool,
             backend,
-            listen_url,
+            url: std::sync::Arc::from(url.as_str()),
         };
         store.migrate().await?;
         Ok(store)
@@ -170,6 +153,22 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The same database through a pool of its own (`max_connections`): a role that polls
+    /// a lot (delivery) cannot then take the connections another role's writes need (the
+    /// matcher's appends).
+    pub async fn own_pool(&self, max_connections: u32) -> Result<Store, StoreError> {
+        Ok(Store {
+            pool: open_pool(&self.url, self.backend, max_connections.max(1)).await?,
+            backend: self.backend,
+            url: std::sync::Arc::clone(&self.url),
+        })
+    }
+
+    /// Connections of this store's pool now open, and how many of them are idle.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
     }
 
     /// A cheap round trip to the database.
@@ -203,6 +202,28 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn open_pool(url: &str, backend: Backend, size: u32) -> Result<AnyPool, StoreError> {
+    let opts = AnyConnectOptions::from_str(url)?;
+    let mut pool_opts = AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(size);
+    if backend == Backend::Sqlite {
+        pool_opts = pool_opts.after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        });
+    }
+    pool_opts
+        .connect_with(opts)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact(url))))
 }
 
 /// A URL whose connections use a new, empty schema on the PostgreSQL server at `base`:

@@ -78,9 +78,10 @@ impl LoggedListener {
 impl Store {
     /// A listener for notifications logged by any process; `None` on SQLite (one process).
     pub async fn listen_logged(&self) -> Result<Option<LoggedListener>, StoreError> {
-        let Some(url) = self.listen_url.as_deref() else {
+        if self.backend != crate::Backend::Postgres {
             return Ok(None);
-        };
+        }
+        let url = &*self.url;
         let mut inner = PgListener::connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;

@@ -165,6 +165,9 @@ impl Store {
             });
             g.push((i, n));
         }
+        // Rows are locked in one order whatever the batch order: two matchers whose batches
+        // name the same subscriptions in different orders would otherwise deadlock.
+        order.sort_unstable();
         let mut tx = self.pool.begin().await?;
         let created_at = now();
         let mut logged: Vec<(usize, Notification)> = Vec::with_capacity(batch.len());

@@ -146,9 +146,14 @@ impl<'a> Message<'a> {
         let sub = self.sub;
         let id = match self.kind {
             Kind::Handshake => format!("handshake-{}-{}", sub.id, sub.version),
-            kind => match self.notes.first() {
-                Some(n) => n.notification_id.clone(),
-                None => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
+            // The id names exactly what the message carries: one event is its notification
+            // id; a group names its first notification and its last event number, so a group
+            // cut differently after a restart is a different message (a receiver
+            // deduplicating on `webhook-id` would otherwise drop the events it never had).
+            kind => match self.notes {
+                [] => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
+                [one] => one.notification_id.clone(),
+                [first, .., last] => format!("{}..{}", first.notification_id, last.event_number),
             },
         };
         if sub.topic().is_none() {
@@ -179,5 +184,53 @@ impl<'a> Message<'a> {
             resource_path: None,
             id,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(number: i64) -> Notification {
+        Notification {
+            event_number: number,
+            notification_id: format!("n{number}"),
+            created_at: String::new(),
+            note: hub_store::NewNotification {
+                tenant: "default".into(),
+                subscription_id: "s".into(),
+                event_id: format!("e{number}"),
+                action: "create".into(),
+                focus_type: "Observation".into(),
+                focus_id: format!("o{number}"),
+                focus_version: None,
+                occurred_at: "2024-01-01T00:00:00Z".into(),
+                resource: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_message_id_names_exactly_the_events_it_carries() {
+        let sub = crate::model::tests::topic_subscription();
+        let notes: Vec<Notification> = (1..=8).map(note).collect();
+        let id = |notes: &[Notification]| {
+            Message::new(
+                &sub,
+                "http://hub/fhir",
+                Status::Active,
+                Kind::EventNotification,
+                8,
+            )
+            .with(notes)
+            .render()
+            .id
+        };
+        assert_eq!(id(&notes[..1]), "n1", "one event: its notification id");
+        // the same group again (a retry) keeps its id
+        assert_eq!(id(&notes[..5]), id(&notes[..5]));
+        // cut differently after a restart: a different message, a different id
+        assert_ne!(id(&notes[..5]), id(&notes[..8]));
+        assert_ne!(id(&notes[..1]), id(&notes[..2]));
     }
 }

@@ -300,6 +300,95 @@ pub(crate) async fn concurrent_appends_never_repeat_or_skip_a_number(store: Stor
     );
 }
 
+/// Two matchers logging batches that name the same subscriptions in opposite orders (two
+/// partitions, events for the same patients' subscriptions) must not deadlock: rows are
+/// locked in one order whatever the batch order.
+pub(crate) async fn opposite_batch_orders_never_deadlock(store: Store) {
+    let subs = ["a", "b", "c", "d"];
+    for s in subs {
+        store
+            .create_subscription("default", s, &write("active"))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let mut order = subs.to_vec();
+                if w == 1 {
+                    order.reverse();
+                }
+                // two events per subscription, so every subscription takes the group path
+                let batch: Vec<NewNotification> = order
+                    .iter()
+                    .flat_map(|s| {
+                        [
+                            note(s, &format!("w{w}-{i}-x")),
+                            note(s, &format!("w{w}-{i}-y")),
+                        ]
+                    })
+                    .collect();
+                store.append_notifications(&batch).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for s in subs {
+        let all = store
+            .notifications_after("default", s, 0, 1000)
+            .await
+            .unwrap();
+        let nums: Vec<i64> = all.iter().map(|n| n.event_number).collect();
+        assert_eq!(nums, (1..=160).collect::<Vec<_>>(), "subscription {s}");
+    }
+}
+
+/// The delivery role's pool reads and writes the same data through connections of its own:
+/// however busy it is, it never holds one of the main pool's connections.
+pub(crate) async fn a_pool_of_its_own_shares_data_not_connections(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let own = store.own_pool(2).await.unwrap();
+    assert!(
+        own.get_subscription("default", "s1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    own.record_delivered("default", "s1", 0).await.unwrap();
+    let main_before = store.pool_usage().0;
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let own = own.clone();
+            tokio::spawn(async move { own.delivery_state("default", "s1").await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(own.pool_usage().0 <= 2, "{:?}", own.pool_usage());
+    assert_eq!(
+        store.pool_usage().0,
+        main_before,
+        "the main pool opened nothing"
+    );
+    // and what one pool writes, the other reads
+    store.record_delivered("default", "s1", 0).await.unwrap();
+    assert_eq!(
+        own.delivery_state("default", "s1")
+            .await
+            .unwrap()
+            .delivered_through,
+        0
+    );
+}
+
 pub(crate) async fn delivery_state_moves_forward_only(store: Store) {
     store
         .create_subscription("default", "s1", &write("active"))

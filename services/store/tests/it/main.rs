@@ -63,6 +63,8 @@ contract_suite!(
     event_numbers_are_gap_free_and_deduplicated,
     bursts_for_one_subscription_take_a_block_of_numbers,
     concurrent_appends_never_repeat_or_skip_a_number,
+    opposite_batch_orders_never_deadlock,
+    a_pool_of_its_own_shares_data_not_connections,
     delivery_state_moves_forward_only,
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
