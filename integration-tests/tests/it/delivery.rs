@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Hub, HubEnv, glucose, require_external};
+use crate::harness::{HostsEntry, Hub, HubEnv, glucose, require_external};
 use crate::receiver::{Received, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -355,50 +355,6 @@ async fn heartbeats_follow_the_backport_heartbeat_period() {
                                "valueUnsignedInt": 0}]}}))
         .await;
     assert_eq!(status, 422, "{oo}");
-}
-
-/// A line of `/etc/hosts` naming a test host, removed again on drop.
-struct HostsEntry {
-    name: String,
-}
-
-const HOSTS: &str = "/etc/hosts";
-
-impl HostsEntry {
-    /// `None` where `/etc/hosts` cannot be written (not root): the caller skips.
-    fn add(name: &str, ip: &str) -> Option<HostsEntry> {
-        let entry = HostsEntry {
-            name: name.to_owned(),
-        };
-        entry.point_to(ip).then_some(entry)
-    }
-
-    /// Point the name at `ip` (the resolver reads the file at every lookup).
-    fn point_to(&self, ip: &str) -> bool {
-        let Ok(text) = std::fs::read_to_string(HOSTS) else {
-            return false;
-        };
-        let mut kept: String = text
-            .lines()
-            .filter(|l| !l.ends_with(&format!(" {}", self.name)))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        kept.push_str(&format!("{ip} {}\n", self.name));
-        std::fs::write(HOSTS, kept).is_ok()
-    }
-}
-
-impl Drop for HostsEntry {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(HOSTS) {
-            let kept: String = text
-                .lines()
-                .filter(|l| !l.ends_with(&format!(" {}", self.name)))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            let _ = std::fs::write(HOSTS, kept);
-        }
-    }
 }
 
 /// A receiver whose DNS name moves to a new address: the worker resolves the name again

@@ -428,3 +428,47 @@ impl Hub {
         }
     }
 }
+
+/// A line of `/etc/hosts` naming a test host, removed again on drop.
+pub(crate) struct HostsEntry {
+    name: String,
+}
+
+const HOSTS: &str = "/etc/hosts";
+
+impl HostsEntry {
+    /// `None` where `/etc/hosts` cannot be written (not root): the caller skips.
+    pub(crate) fn add(name: &str, ip: &str) -> Option<HostsEntry> {
+        let entry = HostsEntry {
+            name: name.to_owned(),
+        };
+        entry.point_to(ip).then_some(entry)
+    }
+
+    /// Point the name at `ip` (the resolver reads the file at every lookup).
+    pub(crate) fn point_to(&self, ip: &str) -> bool {
+        let Ok(text) = std::fs::read_to_string(HOSTS) else {
+            return false;
+        };
+        let mut kept: String = text
+            .lines()
+            .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        kept.push_str(&format!("{ip} {}\n", self.name));
+        std::fs::write(HOSTS, kept).is_ok()
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(HOSTS) {
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(HOSTS, kept);
+        }
+    }
+}
