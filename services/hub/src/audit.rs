@@ -1,8 +1,9 @@
 //! The audit trail's writer: group commit. Every writer (a request handler, a stream reader,
 //! a delivery worker) hands its rows over and waits until they are stored, so nothing is
 //! disclosed before its audit row is durable; rows that arrive while a write is running go
-//! into the next write together. One event fanned out to 10,000 stream readers becomes a few
-//! multi-row INSERTs, not 10,000 statements.
+//! into the next write together. Identical rows of one write (one credential reading the same
+//! notification on 10,000 connections) become one row that says how many connections
+//! received it: one event fanned out to 10,000 stream readers is one INSERT.
 
 use hub_store::{NewAudit, Store};
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +51,39 @@ async fn write(store: &Store, rows: &[NewAudit]) {
     }
 }
 
+/// Identical rows as one, in first-seen order; the detail of a row that stood for several
+/// says to how many connections it went.
+fn collapse(rows: Vec<NewAudit>) -> Vec<NewAudit> {
+    if rows.len() < 2 {
+        return rows;
+    }
+    let mut counts: std::collections::HashMap<NewAudit, usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    let mut order = Vec::with_capacity(rows.len());
+    for r in rows {
+        match counts.get_mut(&r) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(r.clone(), 1);
+                order.push(r);
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|mut r| {
+            let n = counts.get(&r).copied().unwrap_or(1);
+            if n > 1 {
+                r.detail = Some(match r.detail.take() {
+                    Some(d) => format!("{d} (to {n} connections)"),
+                    None => format!("to {n} connections"),
+                });
+            }
+            r
+        })
+        .collect()
+}
+
 async fn write_loop(store: Store, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut rows = first.0;
@@ -63,9 +97,44 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        write(&store, &rows).await;
+        write(&store, &collapse(rows)).await;
         for w in waiting {
             let _ = w.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(agent: &str, detail: &str) -> NewAudit {
+        NewAudit {
+            tenant: "t".into(),
+            kind: "disclosure".into(),
+            action: "R".into(),
+            agent: agent.into(),
+            entity: Some("Observation/1".into()),
+            subscription_id: Some("s".into()),
+            channel: Some("sse".into()),
+            outcome: "0".into(),
+            detail: Some(detail.into()),
+        }
+    }
+
+    #[test]
+    fn identical_rows_become_one_that_counts_the_connections() {
+        let mut rows = vec![row("key:a", "event 1"); 3];
+        rows.push(row("key:b", "event 1"));
+        rows.push(row("key:a", "event 2"));
+        let out = collapse(rows);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].detail.as_deref(), Some("event 1 (to 3 connections)"));
+        assert_eq!(
+            (out[1].agent.as_str(), out[1].detail.as_deref()),
+            ("key:b", Some("event 1"))
+        );
+        assert_eq!(out[2].detail.as_deref(), Some("event 2"));
+        assert_eq!(collapse(vec![row("key:a", "e")]), vec![row("key:a", "e")]);
     }
 }

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use crate::{Store, StoreError, now};
 
 /// One audit row as written.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct NewAudit {
     pub tenant: String,
     /// `change`, `credential` or `disclosure`.
@@ -68,12 +68,12 @@ fn from_row(r: &AnyRow) -> Result<AuditRow, sqlx::Error> {
     })
 }
 
-/// Rows per multi-row INSERT (9 parameters each: 9,001 in all, under SQLite's 32,766 and
+/// Rows per multi-row INSERT (10 parameters each: 10,000 in all, under SQLite's 32,766 and
 /// PostgreSQL's 65,535).
 const CHUNK: usize = 1000;
 
 impl Store {
-    /// Append audit rows (one statement per 200).
+    /// Append audit rows (one statement per 1,000).
     pub async fn audit(&self, rows: &[NewAudit]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -85,26 +85,16 @@ impl Store {
                  subscription_id, channel, outcome, detail) VALUES ",
             );
             for i in 0..chunk.len() {
-                let b = i * 9 + 2;
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!(
-                    "($1, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
+                let p = crate::placeholders(self.backend, i * 10 + 1, 10);
+                sql.push_str(&format!("({})", p.join(", ")));
             }
-            let mut q = sqlx::query(&sql).bind(&recorded);
+            let mut q = sqlx::query(&sql);
             for a in chunk {
                 q = q
+                    .bind(&recorded)
                     .bind(&a.tenant)
                     .bind(&a.kind)
                     .bind(&a.action)

@@ -204,6 +204,21 @@ impl Store {
     }
 }
 
+/// `count` bind placeholders numbered from `first`: `$first`, `$first+1`, … on PostgreSQL;
+/// bare `?` on SQLite, which numbers them in the order they appear (so a statement built
+/// with these must use them for every parameter, bound in textual order). SQLite finds a
+/// named parameter such as `$7` by walking a list, and the driver asks for every parameter's
+/// name: a statement with thousands of named parameters costs the square of their number
+/// (a 9,000-parameter audit INSERT spent most of the hub's time there).
+pub(crate) fn placeholders(backend: Backend, first: usize, count: usize) -> Vec<String> {
+    (first..first + count)
+        .map(|i| match backend {
+            Backend::Postgres => format!("${i}"),
+            Backend::Sqlite => "?".to_owned(),
+        })
+        .collect()
+}
+
 async fn open_pool(url: &str, backend: Backend, size: u32) -> Result<AnyPool, StoreError> {
     let opts = AnyConnectOptions::from_str(url)?;
     let mut pool_opts = AnyPoolOptions::new()

@@ -178,7 +178,8 @@ impl Store {
                     logged.push((*i, row));
                 }
             } else {
-                let rows = Self::append_group(&mut tx, key, &group, &created_at).await?;
+                let rows =
+                    Self::append_group(self.backend, &mut tx, key, &group, &created_at).await?;
                 logged.extend(rows);
             }
         }
@@ -194,6 +195,7 @@ impl Store {
     /// Several events for one subscription: lock it, drop events already logged, take a
     /// block of event numbers with one update, insert the rows together.
     async fn append_group(
+        backend: crate::Backend,
         tx: &mut Transaction<'_, Any>,
         (tenant, sub): (&str, &str),
         group: &[(usize, &NewNotification)],
@@ -214,12 +216,13 @@ impl Store {
         }
         let mut seen: HashSet<&str> = HashSet::new();
         for chunk in group.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let p = crate::placeholders(backend, 1, chunk.len() + 2);
             let sql = format!(
-                "SELECT event_id FROM notifications WHERE tenant = $1 AND subscription_id = $2
+                "SELECT event_id FROM notifications WHERE tenant = {} AND subscription_id = {}
                  AND event_id IN ({})",
-                placeholders.join(", ")
+                p[0],
+                p[1],
+                p[2..].join(", ")
             );
             let mut q = sqlx::query(&sql).bind(tenant).bind(sub);
             for (_, n) in chunk {
@@ -259,8 +262,7 @@ impl Store {
         for chunk in fresh.chunks(400) {
             let mut values = Vec::with_capacity(chunk.len());
             for j in 0..chunk.len() {
-                let b = j * 12;
-                let p: Vec<String> = (1..=12).map(|c| format!("${}", b + c)).collect();
+                let p = crate::placeholders(backend, j * 12 + 1, 12);
                 values.push(format!("({})", p.join(", ")));
             }
             let sql = format!(

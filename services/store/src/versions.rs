@@ -25,12 +25,10 @@ impl Store {
                 if i > 0 {
                     sql.push_str(" OR ");
                 }
-                let b = i * 3;
+                let p = crate::placeholders(self.backend, i * 3 + 1, 3);
                 sql.push_str(&format!(
-                    "(tenant = ${} AND resource_type = ${} AND resource_id = ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3
+                    "(tenant = {} AND resource_type = {} AND resource_id = {})",
+                    p[0], p[1], p[2]
                 ));
             }
             let mut q = sqlx::query(&sql);
