@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fhir_hub::config::{Config, Overrides, Role};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: the notification paths allocate many small buffers
+/// (rows, JSON values, frames) across threads, where glibc's free and consolidation took a
+/// fifth of the hub's CPU in the stream replay profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "fhir-hub", version, about = "FHIR Subscription Hub")]
 struct Cli {

@@ -1,6 +1,7 @@
 //! The embedded single-node log: one SQLite file, one partition per topic.
 //!
-//! Publishing a batch is one transaction, so a batch is all-or-nothing. Consumers in the
+//! Publishing a batch is all-or-nothing; publishes that arrive together are committed in
+//! one transaction by the append task (group commit). Consumers in the
 //! same process are woken at once through a [`Notify`]; writers in other processes (such as
 //! `fhir-hub publish`) are seen within the poll interval.
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tokio::sync::Notify;
+use std::collections::HashMap;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{Consumed, EventLog, LogConsumer, LogError, Record, highest_offsets};
 
@@ -43,40 +46,111 @@ pub struct EmbeddedLog {
     pool: SqlitePool,
     /// Wakes this process's consumers when this process appends.
     appended: Arc<Notify>,
+    /// One writer at a time in this process: writers queue here, in order, instead of in
+    /// SQLite's busy handler, whose sleeps (1 ms growing to 100 ms) were the tail of the
+    /// publish-to-notification latency.
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// Publishes go to the append task, which commits what arrived together in one
+    /// transaction (group commit).
+    appends: mpsc::Sender<AppendJob>,
 }
 
-impl EmbeddedLog {
-    /// Append `records` to `topic` in one transaction. BEGIN IMMEDIATE takes the write lock
-    /// first, so two writers never read the same next offset; the sqlx transaction rolls
-    /// back if anything fails.
-    async fn append(&self, topic: &str, records: &[Record]) -> Result<(), LogError> {
+type AppendJob = (String, Vec<Record>, oneshot::Sender<Result<(), LogError>>);
+
+/// The most records one group commit takes.
+const MAX_GROUP_RECORDS: usize = 5_000;
+
+/// Records per multi-row INSERT (5 parameters each).
+const INSERT_CHUNK: usize = 500;
+
+/// What the append task needs (not the sender: the task ends when every log is dropped).
+struct Appender {
+    pool: SqlitePool,
+    appended: Arc<Notify>,
+    writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Appender {
+    /// Append every job's records, each job's in order after the previous job's, in one
+    /// transaction. BEGIN IMMEDIATE takes the write lock first, so two writers (another
+    /// process) never read the same next offset; the sqlx transaction rolls back if
+    /// anything fails, and then every job of the group fails (each job stays
+    /// all-or-nothing).
+    async fn append(&self, jobs: &[AppendJob]) -> Result<(), LogError> {
+        let _writing = self.writing.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let next: i64 = sqlx::query(
-            "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
-        )
-        .bind(topic)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
+        let mut next: HashMap<&str, i64> = HashMap::new();
         let now = now_millis();
-        for (i, r) in records.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO log_records (topic, record_offset, record_key, payload, appended_at)
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(topic)
-            .bind(next + i as i64)
-            .bind(&r.key)
-            .bind(&r.payload)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let mut rows: Vec<(&str, i64, &Record)> = Vec::new();
+        for (topic, records, _) in jobs {
+            let at = match next.get(topic.as_str()) {
+                Some(n) => *n,
+                None => sqlx::query(
+                    "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
+                )
+                .bind(topic)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0),
+            };
+            for (i, r) in records.iter().enumerate() {
+                rows.push((topic, at + i as i64, r));
+            }
+            next.insert(topic, at + records.len() as i64);
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "INSERT INTO log_records (topic, record_offset, record_key, payload, appended_at) \
+                 VALUES {values}"
+            );
+            let mut q = sqlx::query(&sql);
+            for (topic, offset, r) in chunk {
+                q = q
+                    .bind(*topic)
+                    .bind(*offset)
+                    .bind(&r.key)
+                    .bind(&r.payload)
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.appended.notify_waiters();
         Ok(())
     }
 
+    async fn run(self, mut rx: mpsc::Receiver<AppendJob>) {
+        while let Some(first) = rx.recv().await {
+            let mut count = first.1.len();
+            let mut jobs = vec![first];
+            while count < MAX_GROUP_RECORDS {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        count += job.1.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.append(&jobs).await {
+                Ok(()) => {
+                    for (_, _, done) in jobs {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    for (_, _, done) in jobs {
+                        let _ = done.send(Err(LogError::Backend(why.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EmbeddedLog {
     /// The group's committed position on `topic`: the next offset it reads (0 if never).
     async fn committed(&self, topic: &str, group: &str) -> Result<i64, LogError> {
         Ok(sqlx::query(
@@ -111,9 +185,20 @@ impl EmbeddedLog {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
         }
+        let appended = Arc::new(Notify::new());
+        let writing: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        let (appends, rx) = mpsc::channel(1024);
+        let appender = Appender {
+            pool: pool.clone(),
+            appended: Arc::clone(&appended),
+            writing: Arc::clone(&writing),
+        };
+        tokio::spawn(appender.run(rx));
         Ok(Self {
             pool,
-            appended: Arc::new(Notify::new()),
+            appended,
+            writing,
+            appends,
         })
     }
 
@@ -140,6 +225,7 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn create_topics(&self, topics: &[&str]) -> Result<(), LogError> {
+        let _writing = self.writing.lock().await;
         for t in topics {
             sqlx::query("INSERT INTO log_topics (name) VALUES (?) ON CONFLICT DO NOTHING")
                 .bind(t)
@@ -156,16 +242,19 @@ impl EventLog for EmbeddedLog {
         if !self.topic_exists(topic).await? {
             return Err(LogError::UnknownTopic(topic.to_owned()));
         }
-        // The transaction runs in a task of its own: a request dropped mid-way (a client
+        // The transaction runs in the append task: a request dropped mid-way (a client
         // that disconnects) cannot cancel it between BEGIN and COMMIT, so no connection goes
         // back to the pool inside its transaction (holding the write lock, or showing
-        // uncommitted rows whose offsets a later publish would reuse).
-        let log = self.clone();
-        let topic = topic.to_owned();
-        let records = records.to_vec();
-        tokio::spawn(async move { log.append(&topic, &records).await })
+        // uncommitted rows whose offsets a later publish would reuse). Publishes that arrive
+        // while a commit runs go into the next one together.
+        let (done, committed) = oneshot::channel();
+        self.appends
+            .send((topic.to_owned(), records.to_vec(), done))
             .await
-            .map_err(|e| LogError::Backend(format!("the append task failed: {e}")))?
+            .map_err(|_| LogError::Unavailable("the append task has stopped".into()))?;
+        committed
+            .await
+            .map_err(|_| LogError::Backend("the append task dropped a publish".into()))?
     }
 
     async fn consumer(&self, topic: &str, group: &str) -> Result<Box<dyn LogConsumer>, LogError> {
@@ -190,6 +279,7 @@ impl EventLog for EmbeddedLog {
         // A topic no group has read keeps everything (a group may still come). The newest
         // record of a topic always stays: the next offset is counted from it, and offsets
         // must never be reused.
+        let _writing = self.writing.lock().await;
         let n = sqlx::query(
             "DELETE FROM log_records WHERE appended_at < ? AND record_offset < \
              (SELECT MIN(g.next_offset) FROM log_group_offsets g WHERE g.topic = log_records.topic) \
@@ -271,6 +361,7 @@ impl LogConsumer for EmbeddedConsumer {
     }
 
     async fn ack(&mut self, records: &[Consumed]) -> Result<(), LogError> {
+        let _writing = self.log.writing.lock().await;
         for (topic, _, offset) in highest_offsets(records) {
             sqlx::query(
                 "INSERT INTO log_group_offsets (group_id, topic, next_offset) VALUES (?, ?, ?)

@@ -48,7 +48,7 @@ use pb::notification_stream_server::{NotificationStream, NotificationStreamServe
 type Notifications = Pin<Box<dyn Stream<Item = Result<pb::Notification, Status>> + Send>>;
 
 /// Most notifications read from the log at a time for one stream.
-const BATCH: usize = 500;
+const BATCH: usize = 1000;
 /// Most subscriptions one consumer reads at once.
 const MAX_CONSUMER_SUBSCRIPTIONS: usize = 100;
 
