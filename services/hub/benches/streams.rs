@@ -2,7 +2,9 @@
 //! how fast one event fans out to all of them, and how fast a gRPC consumer replays the log.
 //!
 //! `cargo bench -p fhir-hub --bench streams` (sizes: STREAMS_BENCH_CONNECTIONS, default
-//! 10,000; STREAMS_BENCH_REPLAY, default 1,000,000). The hub is the real binary in its own
+//! 10,000; STREAMS_BENCH_REPLAY, default 1,000,000; STREAMS_BENCH_RATE, the offered load of
+//! the latency runs, default 1,000 events/s; with FHIR_HUB_TEST_KAFKA, Kafka mode and the
+//! broker's own latency too). The hub is the real binary in its own
 //! process (embedded mode), so its memory is measured alone (RSS growth from
 //! /proc/PID/status); the clients run here.
 //!
@@ -294,23 +296,122 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
         sends.push(tokio::spawn(async move {
             let obs = json!({"resourceType": "Observation", "id": format!("lat-{seq}-{sent}"),
                 "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
-            http.post(&url)
+            let t = Instant::now();
+            let ok = http
+                .post(&url)
                 .header("content-type", "application/fhir+json")
                 .body(obs.to_string())
                 .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
+                .is_ok_and(|r| r.status().is_success());
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
         }));
     }
     let mut accepted = 0usize;
+    let mut answered = Vec::with_capacity(total);
     for t in sends {
-        accepted += usize::from(t.await.unwrap_or(false));
+        if let Ok((ok, ms)) = t.await {
+            accepted += usize::from(ok);
+            answered.push(ms);
+        }
     }
     let offered = total as f64 / origin.elapsed().as_secs_f64();
     let lat = reader.await.unwrap();
     let received = lat.len();
     println!(
-        "{mode}: publish → SSE client, {rate} events/s asked ({offered:.0}/s sent) for {secs} s: {} (received {received} of {accepted} accepted, {total} sent)",
+        "{mode}: publish → SSE client, {rate} events/s asked ({offered:.0}/s sent) for {secs} s: {} (received {received} of {accepted} accepted, {total} sent); the publish request alone (sent → 202): {}",
+        percentiles(lat),
+        percentiles(answered)
+    );
+}
+
+/// The broker's own latency, the floor for Kafka mode: a plain librdkafka producer (the
+/// hub's producer settings: idempotent, acks=all, linger 5 ms) sends `rate` records/s for
+/// `secs` seconds to a topic of its own, and a consumer (the hub's fetch settings) times each
+/// from send to receipt.
+async fn broker_latency(brokers: &str, rate: u64, secs: u64) {
+    use rdkafka::ClientConfig;
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                &topic,
+                1,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let origin = Instant::now();
+    let total = (rate * secs) as usize;
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total);
+        while lat.len() < total {
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(20), consumer.recv()).await
+            else {
+                break;
+            };
+            let sent: Option<u64> = m
+                .payload()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|p| p.parse().ok());
+            if let Some(sent) = sent {
+                let now = origin.elapsed().as_micros() as u64;
+                lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+            }
+        }
+        lat
+    });
+    // the consumer has joined its group before the clock starts
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut sends = Vec::with_capacity(total);
+    for i in 0..total {
+        tick.tick().await;
+        let payload = (origin.elapsed().as_micros() as u64).to_string();
+        let (producer, topic) = (producer.clone(), topic.clone());
+        sends.push(tokio::spawn(async move {
+            let key = format!("k{i}");
+            producer
+                .send(
+                    FutureRecord::to(&topic).payload(&payload).key(&key),
+                    Duration::from_secs(30),
+                )
+                .await
+                .is_ok()
+        }));
+    }
+    for s in sends {
+        let _ = s.await;
+    }
+    let lat = reader.await.unwrap();
+    println!(
+        "kafka broker alone (librdkafka producer → consumer, the hub's settings), {rate} records/s for {secs} s: {}",
         percentiles(lat)
     );
 }
@@ -321,9 +422,13 @@ async fn main() {
     let replay = env_usize("STREAMS_BENCH_REPLAY", 1_000_000);
     let http = reqwest::Client::new();
 
-    latency("embedded", None, 1000, 10).await;
+    let rate = env_usize("STREAMS_BENCH_RATE", 1000) as u64;
+    latency("embedded", None, rate, 10).await;
     match std::env::var("FHIR_HUB_TEST_KAFKA") {
-        Ok(brokers) if !brokers.is_empty() => latency("kafka", Some(&brokers), 1000, 10).await,
+        Ok(brokers) if !brokers.is_empty() => {
+            broker_latency(&brokers, rate, 10).await;
+            latency("kafka", Some(&brokers), rate, 10).await
+        }
         _ => println!("kafka: set FHIR_HUB_TEST_KAFKA to a broker to measure Kafka mode"),
     }
 
