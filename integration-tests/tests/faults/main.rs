@@ -457,15 +457,29 @@ async fn receiver_at(mode: Mode, checker: &Arc<Checker>, addr: &str) -> Receiver
 }
 
 // ---------------------------------------------------------------------------------------
-// An SSE reader that reads slowly and disconnects and resumes with Last-Event-ID.
+// Stream clients: each reads one subscription from `base` until it has `expected` events,
+// recording every arrival in the checker, and disconnects after `resume_every` messages to
+// resume; each returns how many times it connected.
 
-async fn sse_reader(
+struct Reader {
     base: String,
     id: String,
     checker: Arc<Checker>,
     expected: Arc<AtomicU64>,
     resume_every: usize,
-) -> usize {
+}
+
+// ---------------------------------------------------------------------------------------
+// An SSE reader that reads slowly and disconnects and resumes with Last-Event-ID.
+
+async fn sse_reader(r: Reader) -> usize {
+    let Reader {
+        base,
+        id,
+        checker,
+        expected,
+        resume_every,
+    } = r;
     let http = reqwest::Client::new();
     let mut last: i64 = 0;
     let mut reconnects = 0;
@@ -552,13 +566,14 @@ fn reached(last: i64, expected: &AtomicU64) -> bool {
     want > 0 && last >= i64::try_from(want).unwrap_or(i64::MAX)
 }
 
-async fn grpc_consumer(
-    grpc: String,
-    id: String,
-    checker: Arc<Checker>,
-    expected: Arc<AtomicU64>,
-    resume_every: usize,
-) -> usize {
+async fn grpc_consumer(r: Reader) -> usize {
+    let Reader {
+        base: grpc,
+        id,
+        checker,
+        expected,
+        resume_every,
+    } = r;
     use fhir_hub::channels::grpc::pb;
     use pb::notification_stream_client::NotificationStreamClient;
     let consumer = "fault-suite-analytics".to_owned();
@@ -625,13 +640,14 @@ async fn grpc_consumer(
 // A websocket client that binds with the last event number it saw, disconnects now and
 // then and binds again (a fresh single-use token each time).
 
-async fn ws_reader(
-    base: String,
-    id: String,
-    checker: Arc<Checker>,
-    expected: Arc<AtomicU64>,
-    resume_every: usize,
-) -> usize {
+async fn ws_reader(r: Reader) -> usize {
+    let Reader {
+        base,
+        id,
+        checker,
+        expected,
+        resume_every,
+    } = r;
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let http = reqwest::Client::new();
@@ -1099,27 +1115,16 @@ async fn nothing_is_lost_under_faults() {
     ));
     // the stream readers read from the second api process: what the matcher logs reaches
     // them through the store's wake-ups
-    let reader = tokio::spawn(sse_reader(
-        roles.url2(),
-        sse_id.clone(),
-        Arc::clone(&checker),
-        Arc::clone(&expected),
-        700,
-    ));
-    let grpc_reader = tokio::spawn(grpc_consumer(
-        roles.grpc2(),
-        grpc_id.clone(),
-        Arc::clone(&checker),
-        Arc::clone(&expected),
-        900,
-    ));
-    let ws_reader = tokio::spawn(ws_reader(
-        roles.url2(),
-        ws_id.clone(),
-        Arc::clone(&checker),
-        Arc::clone(&expected),
-        60,
-    ));
+    let reader_of = |base: String, id: &str, resume_every| Reader {
+        base,
+        id: id.to_owned(),
+        checker: Arc::clone(&checker),
+        expected: Arc::clone(&expected),
+        resume_every,
+    };
+    let reader = tokio::spawn(sse_reader(reader_of(roles.url2(), &sse_id, 700)));
+    let grpc_reader = tokio::spawn(grpc_consumer(reader_of(roles.grpc2(), &grpc_id, 900)));
+    let ws_reader = tokio::spawn(ws_reader(reader_of(roles.url2(), &ws_id, 60)));
 
     // The faults, one after another while events flow; each one's recovery time is the
     // time from the restart to the next notification received anywhere.
@@ -1214,21 +1219,17 @@ async fn nothing_is_lost_under_faults() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let reconnects = tokio::time::timeout(Duration::from_secs(60), reader)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let grpc_reconnects = tokio::time::timeout(Duration::from_secs(60), grpc_reader)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
-    let ws_reconnects = tokio::time::timeout(Duration::from_secs(60), ws_reader)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or(0);
+    // each stream reader ends once it has every event, saying how often it connected
+    let connections = |reader: tokio::task::JoinHandle<usize>| async move {
+        tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    };
+    let reconnects = connections(reader).await;
+    let grpc_reconnects = connections(grpc_reader).await;
+    let ws_reconnects = connections(ws_reader).await;
 
     // The checker.
     let mut report = Vec::new();

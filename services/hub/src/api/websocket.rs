@@ -384,8 +384,7 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
         Message::Text(
             render::Message::new(&sub, &base, sub.status, kind, since)
                 .with(notes)
-                .bundle(sub.content())
-                .to_string()
+                .bundle_text(sub.content())
                 .into(),
         )
     };

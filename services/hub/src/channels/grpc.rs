@@ -206,7 +206,7 @@ fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notificati
         n.event_number,
     )
     .with(std::slice::from_ref(n))
-    .bundle(sub.content());
+    .bundle_text(sub.content());
     pb::Notification {
         subscription_id: sub.id.clone(),
         event_number: n.event_number,
@@ -215,7 +215,7 @@ fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notificati
         focus_id: n.focus_id.clone(),
         action: n.action.clone(),
         occurred_at: n.occurred_at.clone(),
-        bundle_json: bundle.to_string().into_bytes(),
+        bundle_json: bundle.into_bytes(),
     }
 }
 

@@ -140,6 +140,17 @@ impl<'a> Message<'a> {
         notification::bundle_for(self.sub.shape(), &self.status_info(), &events, content)
     }
 
+    /// [`Message::bundle`] as JSON text; the R4 shape is written straight to text, without
+    /// building the tree (most of what a stream replay spent per notification).
+    pub fn bundle_text(&self, content: Content) -> String {
+        if self.sub.shape() == FhirVersion::R4 {
+            let events = event_infos(self.notes);
+            notification::bundle_text(&self.status_info(), &events, content)
+        } else {
+            self.bundle(content).to_string()
+        }
+    }
+
     /// The message as a channel sends it: the subscription's bundle for topic-based
     /// subscriptions, the classic R4 payload otherwise.
     pub fn render(&self) -> Rendered {
@@ -176,7 +187,7 @@ impl<'a> Message<'a> {
             };
         }
         Rendered {
-            body: Some(self.bundle(sub.content()).to_string().into_bytes()),
+            body: Some(self.bundle_text(sub.content()).into_bytes()),
             content_type: Some(content_type(
                 sub.spec.channel.payload.as_deref(),
                 sub.shape(),

@@ -389,6 +389,42 @@ pub(crate) async fn a_pool_of_its_own_shares_data_not_connections(store: Store) 
     );
 }
 
+/// What is read back is exactly what was logged: text with quotes, escapes, non-ASCII and
+/// line breaks, decimals as written, absent values as absent.
+pub(crate) async fn notifications_read_back_exactly(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let mut odd = note("s1", "e-odd");
+    odd.focus_id = "o\"1\\é".into();
+    odd.focus_version = None;
+    odd.resource = Some(
+        "{\"resourceType\":\"Observation\",\"note\":\"a\\nb \u{1F600}\",\"value\":1.50}".into(),
+    );
+    let mut deleted = note("s1", "e-deleted");
+    deleted.action = "delete".into();
+    deleted.resource = None;
+    let logged = store
+        .append_notifications(&[odd.clone(), deleted.clone()])
+        .await
+        .unwrap();
+    let read = store
+        .notifications_after("default", "s1", 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(read, logged);
+    assert_eq!(read[0].note, odd);
+    assert_eq!(read[1].note, deleted);
+    assert!(
+        store
+            .notifications_after("default", "s1", 2, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub(crate) async fn delivery_state_moves_forward_only(store: Store) {
     store
         .create_subscription("default", "s1", &write("active"))

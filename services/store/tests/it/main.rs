@@ -65,6 +65,7 @@ contract_suite!(
     concurrent_appends_never_repeat_or_skip_a_number,
     opposite_batch_orders_never_deadlock,
     a_pool_of_its_own_shares_data_not_connections,
+    notifications_read_back_exactly,
     delivery_state_moves_forward_only,
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
