@@ -139,6 +139,21 @@ pub fn bundle_for(
     assemble(s, status, events, content, kind, None)
 }
 
+/// [`bundle_for`] as JSON text: the R4 shape written straight to text ([`bundle_text`]),
+/// the others serialized from their tree.
+pub fn bundle_text_for(
+    version: FhirVersion,
+    s: &StatusInfo<'_>,
+    events: &[EventInfo<'_>],
+    content: Content,
+) -> String {
+    if version == FhirVersion::R4 {
+        bundle_text(s, events, content)
+    } else {
+        bundle_for(version, s, events, content).to_string()
+    }
+}
+
 /// The Bundle around a status resource: the status first, then the focus entries.
 fn assemble(
     s: &StatusInfo<'_>,

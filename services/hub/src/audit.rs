@@ -57,22 +57,22 @@ fn collapse(rows: Vec<NewAudit>) -> Vec<NewAudit> {
     if rows.len() < 2 {
         return rows;
     }
-    let mut counts: std::collections::HashMap<NewAudit, usize> =
+    // each distinct row once, with how many times it came
+    let mut first: std::collections::HashMap<NewAudit, usize> =
         std::collections::HashMap::with_capacity(rows.len());
-    let mut order = Vec::with_capacity(rows.len());
+    let mut distinct: Vec<(NewAudit, usize)> = Vec::with_capacity(rows.len());
     for r in rows {
-        match counts.get_mut(&r) {
-            Some(n) => *n += 1,
+        match first.get(&r) {
+            Some(&i) => distinct[i].1 += 1,
             None => {
-                counts.insert(r.clone(), 1);
-                order.push(r);
+                first.insert(r.clone(), distinct.len());
+                distinct.push((r, 1));
             }
         }
     }
-    order
+    distinct
         .into_iter()
-        .map(|mut r| {
-            let n = counts.get(&r).copied().unwrap_or(1);
+        .map(|(mut r, n)| {
             if n > 1 {
                 r.detail = Some(match r.detail.take() {
                     Some(d) => format!("{d} (to {n} connections)"),

@@ -5,6 +5,7 @@
 //! same process are woken at once through a [`Notify`]; writers in other processes (such as
 //! `fhir-hub publish`) are seen within the poll interval.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,8 +14,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use std::collections::HashMap;
-
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::{Consumed, EventLog, LogConsumer, LogError, Record, highest_offsets};

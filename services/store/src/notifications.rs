@@ -92,6 +92,45 @@ fn bind_row<'q>(
         .bind(&n.resource)
 }
 
+/// Rows read as one JSON array of arrays, each in [`COLUMNS`] order.
+fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
+    type Columns = (
+        String,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        String,
+        Option<String>,
+    );
+    let rows: Vec<Columns> = serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|c| Notification {
+            event_number: c.2,
+            notification_id: c.3,
+            created_at: c.10,
+            note: NewNotification {
+                tenant: c.0,
+                subscription_id: c.1,
+                event_id: c.4,
+                action: c.5,
+                focus_type: c.6,
+                focus_id: c.7,
+                focus_version: c.8,
+                occurred_at: c.9,
+                resource: c.11,
+            },
+        })
+        .collect())
+}
+
 /// One event for one subscription: the counter update skips an event already logged.
 async fn append_one(
     tx: &mut Transaction<'_, Any>,
@@ -294,9 +333,22 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
         if self.backend == crate::Backend::Sqlite {
-            return self
-                .notifications_after_sqlite(tenant, subscription_id, after, limit)
-                .await;
+            // The driver hands every result row from SQLite's thread to the runtime on its
+            // own (a channel send and a wake-up each), which was half of what a stream replay
+            // cost per notification: the rows come back as one JSON array in one row instead.
+            let row = sqlx::query(&format!(
+                "SELECT json_group_array(json_array({COLUMNS}) ORDER BY event_number) FROM
+                 (SELECT {COLUMNS} FROM notifications
+                  WHERE tenant = ? AND subscription_id = ? AND event_number > ?
+                  ORDER BY event_number LIMIT ?)"
+            ))
+            .bind(tenant)
+            .bind(subscription_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .await?;
+            return from_json_rows(&row.try_get::<String, _>(0)?);
         }
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM notifications
@@ -310,67 +362,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
-    }
-
-    /// [`Store::notifications_after`] on SQLite: the rows come back as one JSON array in one
-    /// row. The driver hands every result row from SQLite's thread to the runtime on its
-    /// own (a channel send and a wake-up each), which was half of what a stream replay cost
-    /// per notification; one row of 1,000 costs one hand-over.
-    async fn notifications_after_sqlite(
-        &self,
-        tenant: &str,
-        subscription_id: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Notification>, StoreError> {
-        type Columns = (
-            String,
-            String,
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            String,
-            Option<String>,
-        );
-        let row = sqlx::query(&format!(
-            "SELECT json_group_array(json_array({COLUMNS}) ORDER BY event_number) FROM
-             (SELECT {COLUMNS} FROM notifications
-              WHERE tenant = ? AND subscription_id = ? AND event_number > ?
-              ORDER BY event_number LIMIT ?)"
-        ))
-        .bind(tenant)
-        .bind(subscription_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_one(&self.pool)
-        .await?;
-        let text: String = row.try_get(0)?;
-        let rows: Vec<Columns> = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
-        Ok(rows
-            .into_iter()
-            .map(|c| Notification {
-                event_number: c.2,
-                notification_id: c.3,
-                created_at: c.10,
-                note: NewNotification {
-                    tenant: c.0,
-                    subscription_id: c.1,
-                    event_id: c.4,
-                    action: c.5,
-                    focus_type: c.6,
-                    focus_id: c.7,
-                    focus_version: c.8,
-                    occurred_at: c.9,
-                    resource: c.11,
-                },
-            })
-            .collect())
     }
 
     /// The lowest event number still in the log for a subscription (`None` when its log is

@@ -140,15 +140,10 @@ impl<'a> Message<'a> {
         notification::bundle_for(self.sub.shape(), &self.status_info(), &events, content)
     }
 
-    /// [`Message::bundle`] as JSON text; the R4 shape is written straight to text, without
-    /// building the tree (most of what a stream replay spent per notification).
+    /// [`Message::bundle`] as JSON text (the R4 shape is written without building the tree).
     pub fn bundle_text(&self, content: Content) -> String {
-        if self.sub.shape() == FhirVersion::R4 {
-            let events = event_infos(self.notes);
-            notification::bundle_text(&self.status_info(), &events, content)
-        } else {
-            self.bundle(content).to_string()
-        }
+        let events = event_infos(self.notes);
+        notification::bundle_text_for(self.sub.shape(), &self.status_info(), &events, content)
     }
 
     /// The message as a channel sends it: the subscription's bundle for topic-based
