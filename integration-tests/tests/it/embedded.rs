@@ -157,6 +157,75 @@ async fn a_receiver_that_is_down_gets_everything_in_order_once_it_is_up() {
     assert_eq!(sub["status"], "active");
 }
 
+/// Subscription writes change the matcher's index in place: an edited criteria matches
+/// what it says now (and no longer what it said), a deleted subscription matches nothing,
+/// and the tenant is indexed whole only once.
+#[tokio::test]
+async fn edits_and_deletes_change_matching_in_place() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let mut other_rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    let keep = hub
+        .subscribe("Observation?code=2345-7", &other_rx.url, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    hub.wait_status(&keep, "active").await;
+    hub.post_json("/events", &glucose("before")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/before");
+    assert_eq!(other_rx.next(WAIT).await.path, "/hook/Observation/before");
+
+    // edit: the criteria now names the other code
+    let (_, mut sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;
+    sub["criteria"] = json!("Observation?code=8867-4");
+    let answer = hub
+        .put_json(&format!("/fhir/Subscription/{id}"), &sub, None)
+        .await;
+    assert_eq!(answer.status(), 200);
+    hub.wait_status(&id, "active").await;
+    hub.post_json("/events", &glucose("old-code")).await;
+    hub.post_json("/events", &other_observation("new-code"))
+        .await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/new-code");
+    // the untouched subscription kept matching all along
+    assert_eq!(other_rx.next(WAIT).await.path, "/hook/Observation/old-code");
+
+    // delete: nothing more for it, the other one still matches
+    let status = hub
+        .http
+        .delete(format!("{}/fhir/Subscription/{id}", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    hub.post_json("/events", &other_observation("after-delete"))
+        .await;
+    hub.post_json("/events", &glucose("still-kept")).await;
+    assert_eq!(
+        other_rx.next(WAIT).await.path,
+        "/hook/Observation/still-kept"
+    );
+    rx.assert_quiet(Duration::from_millis(700)).await;
+
+    // a fresh subscription with the first one's criteria matches at once
+    let again = hub
+        .subscribe("Observation?code=8867-4", &rx.url, true)
+        .await;
+    hub.wait_status(&again, "active").await;
+    hub.post_json("/events", &other_observation("fresh")).await;
+    assert_eq!(rx.next(WAIT).await.path, "/hook/Observation/fresh");
+
+    let log = std::fs::read_to_string(hub.data_dir.path().join("hub.log")).unwrap();
+    let built = log.matches("matcher index built for a tenant").count();
+    assert_eq!(
+        built, 1,
+        "the tenant is indexed whole once, then changed in place:\n{log}"
+    );
+}
+
 #[tokio::test]
 async fn state_survives_a_graceful_restart() {
     let mut hub = Hub::start(HubEnv::default()).await;

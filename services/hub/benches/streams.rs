@@ -47,13 +47,32 @@ impl Drop for HubProcess {
     }
 }
 
+/// `fetch.wait.max.ms` for Kafka mode and the broker's own figure
+/// (`STREAMS_BENCH_FETCH_WAIT_MS`, default 1): tansu answers a fetch only when that wait
+/// ends, even with records waiting, so it sets the floor of every latency there (a Kafka
+/// broker answers as soon as a record arrives, whatever the setting).
+fn fetch_wait_ms() -> usize {
+    env_usize("STREAMS_BENCH_FETCH_WAIT_MS", 1)
+}
+
 fn start_hub(kafka: Option<&str>) -> HubProcess {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-hub"));
     if let Some(brokers) = kafka {
+        let config = dir.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka.client]\n\"fetch.wait.max.ms\" = \"{}\"\n",
+                fetch_wait_ms()
+            ),
+        )
+        .unwrap();
         // a topic of its own on the shared broker
         let topic = format!("bench.changes.{}", uuid::Uuid::new_v4().simple());
-        cmd.args(["--kafka-brokers", brokers])
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--kafka-brokers", brokers])
             .env("HUB_LOG__CHANGES_TOPIC", topic)
             .env("HUB_KAFKA__PARTITIONS", "1");
     }
@@ -234,7 +253,8 @@ async fn prepared_hub_on(kafka: Option<&str>) -> (HubProcess, String, String, St
 }
 
 /// Publish `rate` events/s for `secs` seconds, each one its own request, and time each from
-/// the request to its arrival on an SSE client of a subscription they all match.
+/// the request to its arrival on an SSE client of a subscription they all match (after ten
+/// warm-up events have gone through).
 async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
     let (hub, sse_id, _, _) = prepared_hub_on(kafka).await;
     let addr = hub.url.trim_start_matches("http://").to_owned();
@@ -243,6 +263,33 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
+    // Warm up before the clock starts, as the broker's own figure does: ten events through
+    // the whole path (the matcher's consumer has joined its group, connections are open).
+    let http = reqwest::Client::new();
+    let url = format!("{}/events", hub.url);
+    {
+        let mut buf = vec![0u8; 65536];
+        let mut text = String::new();
+        for i in 0..10 {
+            let obs = json!({"resourceType": "Observation", "id": format!("warm-{i}"),
+                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+            http.post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(obs.to_string())
+                .send()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !text.contains("Observation/warm-9") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(k)) if k > 0 => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+                _ => panic!("{mode}: the warm-up events did not arrive within 60 s"),
+            }
+        }
+    }
     let origin = Instant::now();
     let total = (rate * secs) as usize;
     let reader = tokio::spawn(async move {
@@ -278,15 +325,13 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
                 if seen.insert(name) {
                     progress = Instant::now();
                     let now = origin.elapsed().as_micros() as u64;
-                    lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+                    lat.push((sent, now.saturating_sub(sent) as f64 / 1000.0));
                 }
                 text.drain(..at + 16 + end);
             }
         }
         lat
     });
-    let http = reqwest::Client::new();
-    let url = format!("{}/events", hub.url);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut sends = Vec::with_capacity(total);
     for seq in 0..total {
@@ -316,7 +361,23 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
         }
     }
     let offered = total as f64 / origin.elapsed().as_secs_f64();
-    let lat = reader.await.unwrap();
+    let timed = reader.await.unwrap();
+    if std::env::var("STREAMS_BENCH_TIMELINE").is_ok() {
+        // where the slow ones are: per 500 ms of sending, how many and the worst
+        let mut slots = std::collections::BTreeMap::<u64, (usize, f64)>::new();
+        for &(sent, ms) in &timed {
+            let s = slots.entry(sent / 500_000).or_default();
+            s.0 += 1;
+            s.1 = s.1.max(ms);
+        }
+        for (slot, (n, worst)) in slots {
+            println!(
+                "  {mode} t={:>5.1}s events {n:>4} worst {worst:>7.1} ms",
+                slot as f64 / 2.0
+            );
+        }
+    }
+    let lat: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
     let received = lat.len();
     println!(
         "{mode}: publish → SSE client, {rate} events/s asked ({offered:.0}/s sent) for {secs} s: {} (received {received} of {accepted} accepted, {total} sent); the publish request alone (sent → 202): {}",
@@ -362,7 +423,7 @@ async fn broker_latency(brokers: &str, rate: u64, secs: u64) {
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-{topic}"))
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait_ms().to_string())
         .set("session.timeout.ms", "10000")
         .create()
         .unwrap();
@@ -411,7 +472,8 @@ async fn broker_latency(brokers: &str, rate: u64, secs: u64) {
     }
     let lat = reader.await.unwrap();
     println!(
-        "kafka broker alone (librdkafka producer → consumer, the hub's settings), {rate} records/s for {secs} s: {}",
+        "kafka broker alone (librdkafka producer → consumer, the hub's settings, fetch.wait.max.ms {}), {rate} records/s for {secs} s: {}",
+        fetch_wait_ms(),
         percentiles(lat)
     );
 }

@@ -14,11 +14,17 @@ pub struct Purged {
     /// Last-known resource versions (the `%previous` the matcher supplies) not updated since
     /// the cut-off.
     pub resource_versions: u64,
+    /// Matching changes beyond the last `KEPT_CHANGES` of each tenant.
+    pub matching_changes: u64,
 }
 
 impl Purged {
     pub fn total(&self) -> u64 {
-        self.leases + self.consumer_offsets + self.ws_tokens + self.resource_versions
+        self.leases
+            + self.consumer_offsets
+            + self.ws_tokens
+            + self.resource_versions
+            + self.matching_changes
     }
 }
 
@@ -59,11 +65,21 @@ impl Store {
                 .rows_affected(),
             None => 0,
         };
+        let matching_changes = sqlx::query(
+            "DELETE FROM matching_changes WHERE generation <= (
+                 SELECT c.value FROM hub_counters c
+                 WHERE c.name = 'subscriptions:' || matching_changes.tenant) - $1",
+        )
+        .bind(crate::generations::KEPT_CHANGES)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(Purged {
             leases,
             consumer_offsets,
             ws_tokens,
             resource_versions,
+            matching_changes,
         })
     }
 }

@@ -30,6 +30,7 @@ mod ws_tokens;
 pub use api_keys::ApiKeyRow;
 pub use audit::{AuditQuery, AuditRow, NewAudit};
 pub use delivery::DeliveryState;
+pub use generations::MatchingChanges;
 pub use history::Version;
 pub use housekeeping::Purged;
 pub use listen::{Logged, LoggedListener};

@@ -129,7 +129,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant).await?;
+        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
         let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
         let sql = format!(
             "INSERT INTO subscriptions ({COLUMNS})
@@ -183,7 +183,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant).await?;
+        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
         let sql = format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
@@ -265,7 +265,7 @@ impl Store {
     /// Returns whether it existed.
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant).await?;
+        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
         let deleted =
             crate::history::delete_versioned(&mut tx, "subscriptions", TYPE, tenant, id).await?;
         for table in ["notifications", "delivery_state"] {
@@ -363,6 +363,35 @@ impl Store {
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Those of `ids` in `tenant` that are live (requested, active or error).
+    pub async fn live_subscriptions_among(
+        &self,
+        tenant: &str,
+        ids: &[String],
+    ) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks = crate::placeholders(self.backend, 2, chunk.len()).join(", ");
+            let tenant_mark = match self.backend {
+                crate::Backend::Postgres => "$1",
+                crate::Backend::Sqlite => "?",
+            };
+            let sql = format!(
+                "SELECT {COLUMNS} FROM subscriptions
+                 WHERE tenant = {tenant_mark} AND status IN ('requested', 'active', 'error')
+                   AND id IN ({marks})"
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many subscriptions of `tenant` have an owner whose stored JSON starts with
     /// `owner_prefix`.
     pub async fn count_owned_subscriptions(
@@ -403,7 +432,7 @@ impl Store {
         .await?
         .rows_affected();
         if changed > 0 {
-            crate::generations::bump(&mut tx, tenant).await?;
+            crate::generations::bump(&mut tx, tenant, None).await?;
         }
         tx.commit().await?;
         Ok(changed)

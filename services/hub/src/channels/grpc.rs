@@ -13,8 +13,8 @@
 //!   or the store is), `INVALID_ARGUMENT`.
 //!
 //! Streams are pulled: the next notifications are read from the log when the client has
-//! taken the previous ones (HTTP/2 flow control), so a slow consumer lags on the log rather
-//! than in the hub's memory.
+//! taken the previous ones (HTTP/2 flow control), one batch ahead of what is being sent, so a
+//! slow consumer lags on the log rather than in the hub's memory.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -148,6 +148,12 @@ fn history_gone(id: &str, after: i64, available: i64) -> Status {
 }
 
 /// One subscription's notifications after `after`, as protocol messages.
+///
+/// A task of its own reads, audits and renders the next batch while the connection sends the
+/// one before: the store, the rendering and the HTTP/2 framing overlap instead of taking
+/// turns. It reads a batch only when the previous one has been taken, so at most two batches
+/// are in memory, each within half of `streams.max_buffer_bytes`; a slow consumer lags on the
+/// log rather than in the hub's memory.
 fn notifications(
     hub: Hub,
     sub: Subscription,
@@ -155,46 +161,74 @@ fn notifications(
     stop: CancellationToken,
     agent: Arc<str>,
 ) -> Notifications {
-    let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
-    let state = (
-        (hub, agent),
-        sub,
-        stream,
-        VecDeque::<pb::Notification>::new(),
-        stop,
-        false,
-    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(produce(hub, sub, after, stop, agent, tx));
+    let state = (rx, VecDeque::<pb::Notification>::new(), false);
     Box::pin(futures::stream::unfold(
         state,
-        |((hub, agent), sub, mut stream, mut pending, stop, done)| async move {
-            if done {
-                return None;
+        |(mut rx, mut pending, done)| async move {
+            loop {
+                if let Some(n) = pending.pop_front() {
+                    return Some((Ok(n), (rx, pending, done)));
+                }
+                if done {
+                    return None;
+                }
+                match rx.recv().await {
+                    Some(Ok(batch)) => pending.extend(batch),
+                    Some(Err(status)) => return Some((Err(status), (rx, pending, true))),
+                    // the producer ended without a word: only when the runtime is stopping
+                    None => return None,
+                }
             }
-            while pending.is_empty() {
-                let failed = match stream.next(BATCH, None, &stop).await {
-                    None => Status::unavailable(
-                        "the hub is stopping; resume from the last event number",
-                    ),
-                    Some(Err(e)) => store_status(e),
-                    Some(Ok(Item::Quiet)) => continue,
-                    Some(Ok(Item::HistoryGone { after, resumes_at })) => {
-                        history_gone(&sub.id, after, resumes_at)
-                    }
-                    Some(Ok(Item::Notifications(notes))) => {
-                        super::disclose(&hub, &sub, "grpc", &agent, &notes).await;
-                        pending.extend(notes.iter().map(|n| to_message(&hub, &sub, n)));
-                        continue;
-                    }
-                };
-                return Some((
-                    Err(failed),
-                    ((hub, agent), sub, stream, pending, stop, true),
-                ));
-            }
-            let next = pending.pop_front()?;
-            Some((Ok(next), ((hub, agent), sub, stream, pending, stop, false)))
         },
     ))
+}
+
+type Batch = Result<Vec<pb::Notification>, Status>;
+
+/// Read, audit and render batches into `tx` until the stream ends (with a status) or the
+/// connection is gone.
+async fn produce(
+    hub: Hub,
+    sub: Subscription,
+    after: i64,
+    stop: CancellationToken,
+    agent: Arc<str>,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) {
+    let budget = hub.config.streams.max_buffer_bytes / 2;
+    let mut stream =
+        SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after).with_budget(budget);
+    loop {
+        // the next batch is read once there is room for it
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        let item = tokio::select! {
+            _ = tx.closed() => return,
+            item = stream.next(BATCH, None, &stop) => item,
+        };
+        let failed = match item {
+            None => Status::unavailable("the hub is stopping; resume from the last event number"),
+            Some(Err(e)) => store_status(e),
+            Some(Ok(Item::Quiet)) => continue,
+            Some(Ok(Item::HistoryGone { after, resumes_at })) => {
+                history_gone(&sub.id, after, resumes_at)
+            }
+            Some(Ok(Item::Notifications(notes))) => {
+                // nothing is handed over before its disclosure is recorded
+                super::disclose(&hub, &sub, "grpc", &agent, &notes).await;
+                permit.send(Ok(notes
+                    .iter()
+                    .map(|n| to_message(&hub, &sub, n))
+                    .collect()));
+                continue;
+            }
+        };
+        permit.send(Err(failed));
+        return;
+    }
 }
 
 fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notification {

@@ -67,6 +67,13 @@ impl SubscriptionStream {
     }
 
     /// The last event number handed out.
+    /// Read batches within `bytes` instead of `streams.max_buffer_bytes` (a reader that keeps
+    /// two batches in memory gives each half).
+    pub fn with_budget(mut self, bytes: usize) -> SubscriptionStream {
+        self.max_bytes = bytes;
+        self
+    }
+
     pub fn position(&self) -> i64 {
         self.position
     }

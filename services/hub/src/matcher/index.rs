@@ -1,11 +1,12 @@
 //! What the matcher matches against: per tenant, the R4 criteria subscriptions in a
 //! [`CriteriaIndex`] (by their most selective terms) and the topic-based ones in a
-//! [`TopicIndex`], each tenant with the generation it was built at, so a client write in one
-//! tenant rebuilds that tenant only.
+//! [`TopicIndex`], each tenant with the generation it is current at. A subscription write
+//! changes its tenant's index in place ([`TenantIndex::insert`], [`TenantIndex::remove`]);
+//! a topic or API key write rebuilds that tenant only.
 
 use std::collections::HashMap;
 
-use hub_fhir::index::CriteriaIndex;
+use hub_fhir::index::{CriteriaIndex, Handle};
 use hub_fhir::{Action, ChangeEvent};
 use hub_store::TopicRow;
 use time::OffsetDateTime;
@@ -24,6 +25,8 @@ struct Target {
 /// One tenant's subscriptions, as of one generation.
 pub struct TenantIndex {
     criteria: CriteriaIndex<Target>,
+    /// Where each criteria subscription sits in `criteria`.
+    handles: HashMap<String, Handle>,
     topics: TopicIndex,
     generation: i64,
     /// What each owned subscription may receive (subscriptions from before owners were
@@ -39,27 +42,55 @@ impl TenantIndex {
         generation: i64,
         grants: HashMap<String, Grant>,
     ) -> TenantIndex {
-        let mut criteria = CriteriaIndex::new();
-        for sub in subs {
-            // topic-based subscriptions are indexed with their topic
-            let Some(c) = &sub.spec.parsed else {
-                continue;
-            };
-            criteria.insert(
-                &sub.tenant,
-                c.clone(),
-                Target {
-                    id: sub.id.clone(),
-                    end: sub.end(),
-                },
-            );
-        }
-        TenantIndex {
-            criteria,
+        let mut index = TenantIndex {
+            criteria: CriteriaIndex::new(),
+            handles: HashMap::new(),
             topics: TopicIndex::build(topics, subs),
             generation,
             grants,
+        };
+        for sub in subs {
+            index.insert_criteria(sub);
         }
+        index
+    }
+
+    /// R4 criteria subscriptions go in the criteria index (topic-based ones are indexed with
+    /// their topic).
+    fn insert_criteria(&mut self, sub: &Subscription) {
+        let Some(c) = &sub.spec.parsed else {
+            return;
+        };
+        let target = Target {
+            id: sub.id.clone(),
+            end: sub.end(),
+        };
+        let h = self.criteria.insert(&sub.tenant, c.clone(), target);
+        self.handles.insert(sub.id.clone(), h);
+    }
+
+    /// Index (or re-index) one live subscription in place, with what its owner may receive.
+    pub fn insert(&mut self, sub: &Subscription, grant: Option<Grant>) {
+        self.remove(&sub.tenant, &sub.id);
+        self.insert_criteria(sub);
+        self.topics.insert(sub);
+        if let Some(g) = grant {
+            self.grants.insert(sub.id.clone(), g);
+        }
+    }
+
+    /// Take one subscription out in place (deleted, or no longer live).
+    pub fn remove(&mut self, tenant: &str, id: &str) {
+        if let Some(h) = self.handles.remove(id) {
+            self.criteria.remove(tenant, h);
+        }
+        self.topics.remove(tenant, id);
+        self.grants.remove(id);
+    }
+
+    /// The generation this index is current at.
+    pub fn generation(&self) -> i64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {
@@ -69,6 +100,20 @@ impl TenantIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A change to the index, read from the store before it is applied.
+pub enum Update {
+    /// A tenant indexed afresh.
+    Rebuilt(String, Box<TenantIndex>),
+    /// Subscriptions `ids` of `tenant` changed as of `generation`; `live` are those of them
+    /// still live, as they are now (with their owners' grants), the others are gone.
+    Patched {
+        tenant: String,
+        generation: i64,
+        ids: Vec<String>,
+        live: Vec<(Subscription, Option<Grant>)>,
+    },
 }
 
 /// Every tenant's index.
@@ -83,10 +128,31 @@ impl SubscriptionIndex {
         self.tenants.get(tenant).map(|t| t.generation)
     }
 
-    /// Swap in rebuilt tenants.
-    pub fn replace(&mut self, rebuilt: Vec<(String, TenantIndex)>) {
-        for (tenant, index) in rebuilt {
-            self.tenants.insert(tenant, index);
+    /// Apply what changed: rebuilt tenants swap in, patched ones change in place.
+    pub fn apply(&mut self, updates: Vec<Update>) {
+        for u in updates {
+            match u {
+                Update::Rebuilt(tenant, index) => {
+                    self.tenants.insert(tenant, *index);
+                }
+                Update::Patched {
+                    tenant,
+                    generation,
+                    ids,
+                    live,
+                } => {
+                    let Some(t) = self.tenants.get_mut(&tenant) else {
+                        continue;
+                    };
+                    for id in &ids {
+                        t.remove(&tenant, id);
+                    }
+                    for (sub, grant) in &live {
+                        t.insert(sub, grant.clone());
+                    }
+                    t.generation = generation;
+                }
+            }
         }
     }
 

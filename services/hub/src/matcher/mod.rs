@@ -3,8 +3,9 @@
 //!
 //! Order of operations per batch (this is what makes delivery at-least-once without gaps):
 //! 1. poll a batch from the changes topic;
-//! 2. if any subscription changed on any instance (the store's generation counter), reload
-//!    the index, so a subscription committed before an event is read sees that event;
+//! 2. if any subscription changed on any instance (the store's generation counters), bring
+//!    the index up to date (in place: only the subscriptions written since are re-read), so a
+//!    subscription committed before an event is read sees that event;
 //! 3. match and append the notifications in one store transaction (event numbers assigned
 //!    there; re-processing the same change event adds nothing);
 //! 4. only then ack the batch, so its offsets are committed.
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
 
-use hub_store::{NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
+use hub_store::{MatchingChanges, NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,9 @@ use crate::{Hub, retry};
 pub mod index;
 pub mod topic_index;
 
-pub use index::{SubscriptionIndex, TenantIndex};
+pub use index::{SubscriptionIndex, TenantIndex, Update};
+
+use crate::model::Subscription;
 
 /// What matching one event found.
 #[derive(Debug, Default)]
@@ -114,39 +117,80 @@ pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent,
     }
 }
 
-/// The tenants whose generation moved since `index` was built, rebuilt. Tenants of other
-/// processes' writes are found the same way; the hub's status changes move nothing.
+/// What changed in the tenants whose generation moved since `index` was current: the
+/// subscriptions written since, to change in place; a tenant whose topics or API keys
+/// changed (or that is not indexed yet, or too far behind) read whole. Other processes'
+/// writes are found the same way; the hub's status changes move nothing.
 async fn changed_tenants(
     hub: &Hub,
     index: &SubscriptionIndex,
-) -> Result<Vec<(String, TenantIndex)>, hub_store::StoreError> {
+) -> Result<Vec<Update>, hub_store::StoreError> {
     let mut out = Vec::new();
     for (tenant, generation) in hub.store.tenant_generations().await? {
-        if index.generation(&tenant) == Some(generation) {
+        let at = index.generation(&tenant);
+        if at == Some(generation) {
             continue;
         }
-        let subs = hub
-            .subscriptions
-            .read_all(hub.store.live_subscriptions_of(&tenant).await?);
-        let topics = hub.store.list_topics(Some(&tenant)).await?;
+        let changes = match at {
+            Some(at) => hub.store.matching_changes(&tenant, at, generation).await?,
+            None => MatchingChanges::Rebuild,
+        };
         // what each subscription may receive: its owner's grants (an API key's as they are now)
-        let keys: HashMap<String, hub_store::ApiKeyRow> = hub
-            .store
-            .api_keys(Some(&tenant))
-            .await?
-            .into_iter()
-            .map(|k| (k.id.clone(), k))
-            .collect();
-        let grants = subs
-            .iter()
-            .filter_map(|s| {
-                let owner = s.owner.as_ref()?;
-                Some((s.id.clone(), crate::auth::Grant::of(owner, &keys)))
-            })
-            .collect();
-        let built = TenantIndex::build(&subs, &topics, generation, grants);
-        tracing::info!(%tenant, generation, subscriptions = built.len(), "matcher index rebuilt for a tenant");
-        out.push((tenant, built));
+        let keys = || async {
+            Ok::<_, hub_store::StoreError>(
+                hub.store
+                    .api_keys(Some(&tenant))
+                    .await?
+                    .into_iter()
+                    .map(|k| (k.id.clone(), k))
+                    .collect::<HashMap<String, hub_store::ApiKeyRow>>(),
+            )
+        };
+        let grant = |s: &Subscription, keys: &HashMap<String, hub_store::ApiKeyRow>| {
+            s.owner
+                .as_ref()
+                .map(|owner| crate::auth::Grant::of(owner, keys))
+        };
+        match changes {
+            MatchingChanges::Subscriptions { generation, ids } => {
+                let subs = hub
+                    .subscriptions
+                    .read_all(hub.store.live_subscriptions_among(&tenant, &ids).await?);
+                let keys = if subs.iter().any(|s| s.owner.is_some()) {
+                    keys().await?
+                } else {
+                    HashMap::new()
+                };
+                let live = subs
+                    .into_iter()
+                    .map(|s| {
+                        let g = grant(&s, &keys);
+                        (s, g)
+                    })
+                    .collect();
+                tracing::debug!(%tenant, generation, changed = ids.len(), "matcher index changed in place");
+                out.push(Update::Patched {
+                    tenant,
+                    generation,
+                    ids,
+                    live,
+                });
+            }
+            MatchingChanges::Rebuild => {
+                let subs = hub
+                    .subscriptions
+                    .read_all(hub.store.live_subscriptions_of(&tenant).await?);
+                let topics = hub.store.list_topics(Some(&tenant)).await?;
+                let keys = keys().await?;
+                let grants = subs
+                    .iter()
+                    .filter_map(|s| Some((s.id.clone(), grant(s, &keys)?)))
+                    .collect();
+                let built = TenantIndex::build(&subs, &topics, generation, grants);
+                tracing::info!(%tenant, generation, subscriptions = built.len(), "matcher index built for a tenant");
+                out.push(Update::Rebuilt(tenant, Box::new(built)));
+            }
+        }
     }
     Ok(out)
 }
@@ -245,7 +289,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             .await
             {
                 None => break,
-                Some(rebuilt) => index.replace(rebuilt),
+                Some(updates) => index.apply(updates),
             }
             last_refresh = Instant::now();
         }

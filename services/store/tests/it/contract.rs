@@ -790,6 +790,97 @@ pub(crate) async fn quarantine_keeps_one_row_per_position(store: Store) {
     assert_eq!(store.count_quarantined().await.unwrap(), 1);
 }
 
+pub(crate) async fn matching_changes_name_what_each_write_touched(store: Store) {
+    use hub_store::MatchingChanges;
+    let gen_of = |gens: &[(String, i64)], t: &str| {
+        gens.iter()
+            .find(|(n, _)| n == t)
+            .map(|(_, g)| *g)
+            .unwrap_or(0)
+    };
+    store
+        .create_subscription("a", "s1", &write("requested"))
+        .await
+        .unwrap();
+    let g0 = gen_of(&store.tenant_generations().await.unwrap(), "a");
+    store
+        .create_subscription("a", "s2", &write("requested"))
+        .await
+        .unwrap();
+    store
+        .update_subscription("a", "s1", None, &write("active"))
+        .await
+        .unwrap();
+    store.delete_subscription("a", "s2").await.unwrap();
+    // another tenant's writes are not this tenant's changes
+    store
+        .create_subscription("b", "s9", &write("requested"))
+        .await
+        .unwrap();
+    let g1 = gen_of(&store.tenant_generations().await.unwrap(), "a");
+    assert_eq!(g1, g0 + 3, "one generation per client write");
+    assert_eq!(
+        store.matching_changes("a", g0, g1).await.unwrap(),
+        MatchingChanges::Subscriptions {
+            generation: g1,
+            ids: vec!["s1".into(), "s2".into()]
+        }
+    );
+    // up to a generation read earlier, not beyond
+    assert_eq!(
+        store.matching_changes("a", g0, g0 + 1).await.unwrap(),
+        MatchingChanges::Subscriptions {
+            generation: g0 + 1,
+            ids: vec!["s2".into()]
+        }
+    );
+    assert_eq!(
+        store.matching_changes("a", g1, g1).await.unwrap(),
+        MatchingChanges::Subscriptions {
+            generation: g1,
+            ids: vec![]
+        }
+    );
+    // the hub's status changes are not changes
+    store
+        .set_subscription_status("a", "s1", 2, "error", Some("down"))
+        .await
+        .unwrap();
+    assert_eq!(gen_of(&store.tenant_generations().await.unwrap(), "a"), g1);
+    // only live subscriptions are read back
+    let live = store
+        .live_subscriptions_among("a", &["s1".into(), "s2".into(), "nope".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["s1"]
+    );
+    // a topic write needs the tenant read whole
+    store
+        .put_topic("a", "t1", "http://x/t", "{}", None)
+        .await
+        .unwrap();
+    let g2 = gen_of(&store.tenant_generations().await.unwrap(), "a");
+    assert_eq!(
+        store.matching_changes("a", g1, g2).await.unwrap(),
+        MatchingChanges::Rebuild
+    );
+    // so does a matcher further behind than the changes kept
+    assert_eq!(
+        store.matching_changes("a", g2 - 20_000, g2).await.unwrap(),
+        MatchingChanges::Rebuild
+    );
+    // from the tenant's first write on, every change is there
+    assert_eq!(
+        store.matching_changes("a", g0 - 1, g1).await.unwrap(),
+        MatchingChanges::Subscriptions {
+            generation: g1,
+            ids: vec!["s1".into(), "s2".into()]
+        }
+    );
+}
+
 pub(crate) async fn generations_move_per_tenant_and_only_on_client_writes(store: Store) {
     let gen_of =
         |gens: &[(String, i64)], t: &str| gens.iter().find(|(n, _)| n == t).map(|(_, g)| *g);

@@ -78,6 +78,7 @@ contract_suite!(
     secrets_live_in_their_own_columns,
     quarantine_keeps_one_row_per_position,
     generations_move_per_tenant_and_only_on_client_writes,
+    matching_changes_name_what_each_write_touched,
     versions_are_kept_and_continue_after_a_delete,
     consumer_offsets_only_move_forward,
     housekeeping_purges_what_nothing_needs,
