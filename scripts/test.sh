@@ -134,6 +134,10 @@ cargo test --locked --workspace "$@" 2>&1 | tee "$SCRATCH/test.out" || status=$?
 if [ "$status" != 0 ] && [ -n "$TANSU_PID" ]; then
   log "tansu log (last 40 lines)"; tail -n 40 "$SCRATCH/tansu.log" >&2 || true
 fi
+# The end-to-end benchmark's smoke (300 events through Kafka and embedded mode, both
+# clients), so the benchmark keeps compiling and running; its figures are not checked.
+log "end-to-end benchmark, smoke"
+cargo test --locked -p fhir-hub --bench e2e 2>&1 | tail -n 9 || status=$?
 # The official FHIRPath suites' figures (the test above enforces the known-failure lists).
 cargo test --locked -q -p hub-fhirpath --test official -- --nocapture --test-threads=1 2>&1 | grep -o 'FHIRPath r[0-9] suite: .*' || true
 # One closing line for the whole run (cargo's last line is a doc-test summary).

@@ -16,8 +16,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,26 +26,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct HubProcess {
-    child: Child,
-    url: String,
-    grpc: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{HubProcess, env_usize, hub_channel, percentiles, post, rss_kb};
 
 /// `fetch.wait.max.ms` for Kafka mode and the broker's own figure
 /// (`STREAMS_BENCH_FETCH_WAIT_MS`, default 1): tansu answers a fetch only when that wait
@@ -56,63 +37,11 @@ fn fetch_wait_ms() -> usize {
 }
 
 fn start_hub(kafka: Option<&str>) -> HubProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-hub"));
-    if let Some(brokers) = kafka {
-        let config = dir.path().join("bench.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[kafka.client]\n\"fetch.wait.max.ms\" = \"{}\"\n",
-                fetch_wait_ms()
-            ),
-        )
-        .unwrap();
-        // a topic of its own on the shared broker
-        let topic = format!("bench.changes.{}", uuid::Uuid::new_v4().simple());
-        cmd.arg("--config")
-            .arg(&config)
-            .args(["--kafka-brokers", brokers])
-            .env("HUB_LOG__CHANGES_TOPIC", topic)
-            .env("HUB_KAFKA__PARTITIONS", "1");
-    }
-    let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("HUB_GRPC__LISTEN", "127.0.0.1:0")
-        .env("HUB_MATCHER__POLL_MS", "20")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut url, mut grpc) = (String::new(), String::new());
-    while url.is_empty() || grpc.is_empty() {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(u) = line.strip_prefix("fhir-hub listening on ") {
-            url = u.to_owned();
-        }
-        if let Some(a) = line.strip_prefix("fhir-hub grpc listening on ") {
-            grpc = format!("http://{a}");
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    HubProcess {
-        child,
-        url,
-        grpc,
-        dir,
-    }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    let config = format!(
+        "[kafka.client]\n\"fetch.wait.max.ms\" = \"{}\"\n",
+        fetch_wait_ms()
+    );
+    common::start_hub(kafka.map(|b| (b, 1)), &config)
 }
 
 const TOPIC: &str = "http://example.org/topics/bench-streams";
@@ -120,43 +49,6 @@ const TOPIC: &str = "http://example.org/topics/bench-streams";
 fn subscription(channel: Value) -> Value {
     json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
            "criteria": TOPIC, "channel": channel})
-}
-
-fn hub_channel(code: &str) -> Value {
-    json!({"type": "rest-hook", "payload": "application/fhir+json",
-        "_type": {"extension": [{
-            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type",
-            "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": code}}]},
-        "_payload": {"extension": [{
-            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
-            "valueCode": "id-only"}]}})
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Value {
-    http.post(url)
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-fn percentiles(mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return "nothing arrived".to_owned();
-    }
-    v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-    format!(
-        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-        q(0.5),
-        q(0.99),
-        v[v.len() - 1],
-        v.len()
-    )
 }
 
 /// Open `n` connections with `open`, measure the hub's RSS growth, publish one event and

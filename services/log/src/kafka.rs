@@ -77,6 +77,35 @@ fn pin(cfg: &mut ClientConfig, pinned: &[(&str, &str)]) {
     }
 }
 
+/// Chunks of one [`EventLog::publish_many`] queued before the oldest must be acknowledged.
+const MAX_CHUNKS_IN_FLIGHT: usize = 8;
+/// How long a record may wait for room in the producer's queue.
+const QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+fn produce_error(topic: &str, e: KafkaError) -> LogError {
+    match e {
+        KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            LogError::UnknownTopic(topic.to_owned())
+        }
+        other => LogError::Unavailable(other.to_string()),
+    }
+}
+
+/// Wait until every queued record is acknowledged (or one failed).
+async fn wait_delivered(
+    topic: &str,
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+) -> Result<(), LogError> {
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(produce_error(topic, e)),
+            Err(_) => return Err(LogError::Unavailable("the producer was dropped".into())),
+        }
+    }
+    Ok(())
+}
+
 /// The Kafka event log.
 pub struct KafkaLog {
     settings: KafkaSettings,
@@ -105,6 +134,35 @@ impl KafkaLog {
             producer,
             lag_readers: std::sync::Mutex::default(),
         })
+    }
+
+    /// Queue `records` in order, waiting (in order) while the producer's queue is full.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        records: &[Record],
+    ) -> Result<Vec<rdkafka::producer::DeliveryFuture>, LogError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let mut record = FutureRecord::to(topic).key(&r.key).payload(&r.payload);
+            let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(d) => {
+                        out.push(d);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(produce_error(topic, e)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The kept client that reads `group`'s committed offsets. It never subscribes, so it
@@ -213,24 +271,32 @@ impl EventLog for KafkaLog {
     }
 
     async fn publish(&self, topic: &str, records: &[Record]) -> Result<(), LogError> {
-        let sends: Vec<_> = records
-            .iter()
-            .map(|r| {
-                self.producer.send(
-                    FutureRecord::to(topic).key(&r.key).payload(&r.payload),
-                    Duration::from_secs(30),
-                )
-            })
-            .collect();
-        for result in futures::future::join_all(sends).await {
-            if let Err((e, _)) = result {
-                return Err(match e {
-                    KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                        LogError::UnknownTopic(topic.to_owned())
-                    }
-                    other => LogError::Unavailable(other.to_string()),
-                });
+        let deliveries = self.enqueue(topic, records).await?;
+        wait_delivered(topic, deliveries).await
+    }
+
+    async fn publish_many(
+        &self,
+        topic: &str,
+        records: &[Record],
+        chunk: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), LogError> {
+        // Chunks are queued in order by this one task, so they stay in order however many
+        // are in flight; the idempotent producer keeps them in order on the wire.
+        let mut in_flight = std::collections::VecDeque::new();
+        for c in records.chunks(chunk.max(1)) {
+            in_flight.push_back((c.len(), self.enqueue(topic, c).await?));
+            while in_flight.len() > MAX_CHUNKS_IN_FLIGHT {
+                if let Some((n, d)) = in_flight.pop_front() {
+                    wait_delivered(topic, d).await?;
+                    progress(n);
+                }
             }
+        }
+        for (n, d) in in_flight {
+            wait_delivered(topic, d).await?;
+            progress(n);
         }
         Ok(())
     }

@@ -71,6 +71,23 @@ pub trait EventLog: Send + Sync + 'static {
     /// and consumers deduplicate on the event id.
     async fn publish(&self, topic: &str, records: &[Record]) -> Result<(), LogError>;
 
+    /// Publish many records in order, `chunk` at a time, calling `progress` with the number
+    /// of each chunk once it is durable. A log that can keep several chunks in flight without
+    /// reordering them (Kafka) does; by default each chunk waits for the one before.
+    async fn publish_many(
+        &self,
+        topic: &str,
+        records: &[Record],
+        chunk: usize,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<(), LogError> {
+        for c in records.chunks(chunk.max(1)) {
+            self.publish(topic, c).await?;
+            progress(c.len());
+        }
+        Ok(())
+    }
+
     /// Join consumer group `group` on `topic`.
     async fn consumer(&self, topic: &str, group: &str) -> Result<Box<dyn LogConsumer>, LogError>;
 

@@ -16,15 +16,17 @@ use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody, is_json_type};
 use crate::Hub;
 
-/// Log records for events: key `Type/id`, the envelope as JSON.
+/// The log record of an event: key `Type/id`, the envelope as JSON.
+pub fn record(e: &ChangeEvent) -> hub_log::Record {
+    hub_log::Record {
+        key: e.key(),
+        payload: e.to_json_bytes(),
+    }
+}
+
+/// Log records for events.
 pub fn records(events: &[ChangeEvent]) -> Vec<hub_log::Record> {
-    events
-        .iter()
-        .map(|e| hub_log::Record {
-            key: e.key(),
-            payload: e.to_json_bytes(),
-        })
-        .collect()
+    events.iter().map(record).collect()
 }
 
 /// Publish validated events to the changes topic, in order.

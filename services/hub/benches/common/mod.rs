@@ -1,0 +1,154 @@
+//! What the benchmarks that run the real `fhir-hub` binary share: starting it, reading its
+//! memory and CPU from /proc, and printing latencies.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A hub process (all roles), killed on drop.
+pub(crate) struct HubProcess {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) grpc: String,
+    pub(crate) dir: tempfile::TempDir,
+    /// The changes topic in Kafka mode.
+    pub(crate) topic: Option<String>,
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start the release binary on free ports with a data directory of its own: embedded mode, or
+/// Kafka mode on `kafka` = (brokers, partitions) with a changes topic of its own; `config`
+/// is TOML added to the defaults.
+pub(crate) fn start_hub(kafka: Option<(&str, usize)>, config: &str) -> HubProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-hub"));
+    cmd.arg("--config").arg(&file);
+    let mut topic = None;
+    if let Some((brokers, partitions)) = kafka {
+        let t = format!("bench.changes.{}", uuid::Uuid::new_v4().simple());
+        cmd.args(["--kafka-brokers", brokers])
+            .env("HUB_LOG__CHANGES_TOPIC", &t)
+            .env("HUB_KAFKA__PARTITIONS", partitions.to_string());
+        topic = Some(t);
+    }
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HUB_GRPC__LISTEN", "127.0.0.1:0")
+        .env("HUB_MATCHER__POLL_MS", "20")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut url, mut grpc) = (String::new(), String::new());
+    while url.is_empty() || grpc.is_empty() {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(u) = line.strip_prefix("fhir-hub listening on ") {
+            url = u.to_owned();
+        }
+        if let Some(a) = line.strip_prefix("fhir-hub grpc listening on ") {
+            grpc = format!("http://{a}");
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    HubProcess {
+        child,
+        url,
+        grpc,
+        dir,
+        topic,
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process now, in KB.
+pub(crate) fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had, in KB.
+pub(crate) fn peak_rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// CPU seconds (user + system) a process has used.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A channel of one of the hub's own types (`sse`, `grpc`) in the Backport R4 form, id-only.
+pub(crate) fn hub_channel(code: &str) -> Value {
+    json!({"type": "rest-hook", "payload": "application/fhir+json",
+        "_type": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type",
+            "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": code}}]},
+        "_payload": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+            "valueCode": "id-only"}]}})
+}
+
+pub(crate) async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// (p50, p95, p99, max) of latencies in ms.
+pub(crate) fn quantiles(v: &mut [f64]) -> Option<(f64, f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    Some((q(0.5), q(0.95), q(0.99), v[v.len() - 1]))
+}
+
+pub(crate) fn percentiles(mut v: Vec<f64>) -> String {
+    match quantiles(&mut v) {
+        None => "nothing arrived".to_owned(),
+        Some((p50, _, p99, max)) => format!(
+            "p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({} samples)",
+            v.len()
+        ),
+    }
+}
