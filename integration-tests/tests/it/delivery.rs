@@ -95,6 +95,49 @@ async fn signatures_verify_with_standardwebhooks() {
     assert!(verify(&python, mine, &r, None));
 }
 
+/// Per-patient subscriptions pointing at one EHR share its origin's client: however many
+/// there are, the endpoint sees at most `delivery.connections_per_origin` connections, and
+/// every subscription still gets each of its notifications, in its own order.
+#[tokio::test]
+async fn subscriptions_to_one_origin_share_a_few_connections() {
+    let hub = Hub::start(HubEnv::default().var("HUB_DELIVERY__CONNECTIONS_PER_ORIGIN", "2")).await;
+    let mut rx = TestReceiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(
+            hub.subscribe("Observation?code=2345-7", &rx.url, true)
+                .await,
+        );
+    }
+    for id in &ids {
+        hub.wait_status(id, "active").await;
+    }
+    for i in 0..3 {
+        hub.post_json("/events", &glucose(&format!("c{i}"))).await;
+    }
+    // every subscription gets each event once
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut webhook_ids = std::collections::HashSet::new();
+    for _ in 0..90 {
+        let got = rx.next(WAIT).await;
+        webhook_ids.insert(got.headers["webhook-id"].to_str().unwrap().to_owned());
+        *counts.entry(got.path).or_default() += 1;
+    }
+    assert_eq!(webhook_ids.len(), 90, "one webhook-id per notification");
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| (format!("/hook/Observation/c{i}"), 30))
+            .collect::<Vec<_>>()
+    );
+    rx.assert_quiet(Duration::from_millis(500)).await;
+    assert!(
+        rx.connections() <= 2,
+        "30 subscriptions to one origin came on {} connections",
+        rx.connections()
+    );
+}
+
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_delay_another_subscription() {
     let hub = Hub::start(HubEnv::default().var("HUB_DELIVERY__REQUEST_TIMEOUT_MS", "60000")).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use tokio::sync::mpsc;
 
@@ -26,6 +26,7 @@ struct Shared {
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
     control: Arc<std::sync::Mutex<Vec<Bytes>>>,
+    peers: Arc<std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
 }
 
 pub(crate) struct TestReceiver {
@@ -36,15 +37,18 @@ pub(crate) struct TestReceiver {
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
     control: Arc<std::sync::Mutex<Vec<Bytes>>>,
+    peers: Arc<std::sync::Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
 }
 
 async fn record(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    s.peers.lock().unwrap().insert(peer);
     if s.hang.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
@@ -85,6 +89,7 @@ impl TestReceiver {
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let heartbeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let control = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
         let app = Router::new().fallback(record).with_state(Shared {
             tx,
             status: Arc::clone(&status),
@@ -92,10 +97,17 @@ impl TestReceiver {
             handshakes: Arc::clone(&handshakes),
             heartbeats: Arc::clone(&heartbeats),
             control: Arc::clone(&control),
+            peers: Arc::clone(&peers),
         });
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
         TestReceiver {
             url: format!("http://{addr}/hook"),
             rx,
@@ -104,7 +116,13 @@ impl TestReceiver {
             handshakes,
             heartbeats,
             control,
+            peers,
         }
+    }
+
+    /// How many distinct connections (client address and port) requests came on.
+    pub(crate) fn connections(&self) -> usize {
+        self.peers.lock().unwrap().len()
     }
 
     /// Bodies of the accepted handshakes and heartbeats, in arrival order.

@@ -13,6 +13,18 @@
 //! 3. **Embedded mode**: the same, published with `POST /events` (NDJSON, 1,000 per request,
 //!    four requests at a time).
 //!
+//! 4. **Churn** (embedded): B subscriptions (`Observation?patient=…`, gRPC channel) made
+//!    through the API, then new ones at 100/s for 20 s; right after each is made, an event
+//!    for its patient is published, and the time from the create's answer to its first
+//!    notification on a gRPC `Subscribe` is taken (the goal: p99 < 1 s with 100,000).
+//!    `E2E_BENCH_SUBSCRIPTIONS` sets B (default 100,000).
+//!
+//! 5. **Rest-hook scale** (embedded): R rest-hook subscriptions to one endpoint (an HTTP
+//!    receiver here); once all are active: the hub's RSS growth per subscription and its open
+//!    descriptors; one event all of them match, and the time until every one is delivered;
+//!    then 100 more subscriptions, each timed from its create to `active` (its handshake
+//!    delivered). `E2E_BENCH_RESTHOOKS` sets R (default 20,000).
+//!
 //! For each hub process: CPU seconds (user + system) and peak RSS over its run. The table is
 //! printed as markdown and written with the figures as JSON to `$FHIR_HUB_BENCH_OUT`
 //! (`e2e.md`, `e2e.json`) when that is set. Sizes: `E2E_BENCH_EVENTS` (default: all 88,674
@@ -296,6 +308,227 @@ where
     }
 }
 
+/// Subscriptions of the churn phase: one patient each, read over gRPC.
+fn patient_subscription(patient: &str) -> Value {
+    let mut channel = hub_channel("grpc");
+    channel.as_object_mut().unwrap().remove("_payload");
+    json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+           "criteria": format!("Observation?patient=Patient/{patient}"), "channel": channel})
+}
+
+/// Make `base` subscriptions, then `rate` more per second for `secs` seconds, each followed by
+/// an event for its patient: (subscriptions made per second at the start, latencies in ms
+/// from each create's answer to its first notification, creates done per second).
+async fn churn(hub: &HubProcess, base: usize, rate: u64, secs: u64) -> (f64, Vec<f64>, f64) {
+    use fhir_hub::channels::grpc::pb;
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    let subs = format!("{}/fhir/Subscription", hub.url);
+    let t = Instant::now();
+    let mut made = futures::stream::iter((0..base).map(|i| {
+        let (http, subs) = (http.clone(), subs.clone());
+        async move {
+            let r = http
+                .post(&subs)
+                .header("content-type", "application/fhir+json")
+                .body(patient_subscription(&format!("base-{i}")).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "creating subscription {i}");
+        }
+    }))
+    .buffer_unordered(16);
+    while made.next().await.is_some() {}
+    let base_rate = base as f64 / t.elapsed().as_secs_f64();
+    let client =
+        pb::notification_stream_client::NotificationStreamClient::connect(hub.grpc.clone())
+            .await
+            .unwrap();
+    let events = format!("{}/events", hub.url);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..(rate * secs) as usize {
+        tick.tick().await;
+        let (http, subs, events, mut client) =
+            (http.clone(), subs.clone(), events.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let patient = format!("churn-{k}");
+            let r = http
+                .post(&subs)
+                .header("content-type", "application/fhir+json")
+                .body(patient_subscription(&patient).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let made = Instant::now();
+            let sub: Value = r.json().await.unwrap();
+            let id = sub["id"].as_str().unwrap().to_owned();
+            let mut stream = client
+                .subscribe(pb::SubscribeRequest {
+                    subscription_id: id,
+                    from_event_number: 1,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let obs = json!({"resourceType": "Observation", "id": format!("obs-{patient}"),
+                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                "subject": {"reference": format!("Patient/{patient}")}});
+            let r = http
+                .post(&events)
+                .header("content-type", "application/fhir+json")
+                .body(obs.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                Ok(Ok(Some(_))) => Some(made.elapsed().as_secs_f64() * 1000.0),
+                _ => None,
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut missed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Some(ms) => lat.push(ms),
+            None => missed += 1,
+        }
+    }
+    assert_eq!(
+        missed, 0,
+        "new subscriptions that never matched within 30 s"
+    );
+    let done_rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    (base_rate, lat, done_rate)
+}
+
+/// An endpoint that answers 200 to everything and counts what it got.
+async fn counting_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    let app = axum::Router::new().fallback(move || {
+        let c = std::sync::Arc::clone(&c);
+        async move {
+            c.fetch_add(1, Ordering::Relaxed);
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, count)
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// What the rest-hook scale phase measured.
+struct Scale {
+    per_sub_kb: f64,
+    open_files: usize,
+    activation_s: f64,
+    fan_out_s: f64,
+    new_sub_ms: Vec<f64>,
+}
+
+async fn resthook_scale(n: usize) -> Scale {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    let hub = common::start_hub(
+        None,
+        "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nallowed_ports = []\n",
+    );
+    let pid = hub.child.id();
+    let (endpoint, received) = counting_receiver().await;
+    let http = reqwest::Client::new();
+    let subs = format!("{}/fhir/Subscription", hub.url);
+    let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+        "criteria": "Observation?code=http://loinc.org|2345-7",
+        "channel": {"type": "rest-hook", "endpoint": endpoint}})
+    .to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = common::rss_kb(pid);
+    let t = Instant::now();
+    let mut made = futures::stream::iter((0..n).map(|_| {
+        let (http, subs, body) = (http.clone(), subs.clone(), body.clone());
+        async move {
+            let r = http
+                .post(&subs)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    }))
+    .buffer_unordered(16);
+    while made.next().await.is_some() {}
+    // every subscription's handshake reached the endpoint
+    while received.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "only {} of {n} handshakes in 30 minutes",
+            received.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let activation_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per_sub_kb = common::rss_kb(pid).saturating_sub(before) as f64 / n as f64;
+    let open = open_files(pid);
+    // one event to all of them
+    let t = Instant::now();
+    let obs = json!({"resourceType": "Observation", "id": "scale-1", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+    post(&http, &format!("{}/events", hub.url), &obs).await;
+    while received.load(Ordering::Relaxed) < 2 * n {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the event did not reach every subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fan_out_s = t.elapsed().as_secs_f64();
+    // new subscriptions among them: create → active
+    let mut new_sub_ms = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let s = post(&http, &subs, &serde_json::from_str(&body).unwrap()).await;
+        let id = s["id"].as_str().unwrap().to_owned();
+        loop {
+            let r: Value = http
+                .get(format!("{subs}/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if r["status"] == "active" {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "never active: {r}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        new_sub_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Scale {
+        per_sub_kb,
+        open_files: open,
+        activation_s,
+        fan_out_s,
+        new_sub_ms,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -318,7 +551,11 @@ async fn main() {
     let brokers = std::env::var("FHIR_HUB_TEST_KAFKA")
         .ok()
         .filter(|b| !b.is_empty());
-    if let Some(brokers) = brokers.as_deref() {
+    // E2E_BENCH_PHASES=kafka,embedded,churn,resthook runs only those (default: all)
+    let phase = |name: &str| {
+        std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
+    };
+    if let Some(brokers) = brokers.as_deref().filter(|_| phase("kafka")) {
         let (produce, consume) = broker_raw(brokers, &lines).await;
         let limit = produce.min(consume);
         rows.push(row(
@@ -382,44 +619,101 @@ async fn main() {
         println!("  (Kafka mode skipped: set FHIR_HUB_TEST_KAFKA to a broker)");
     }
 
-    let hub = common::start_hub(None, "");
-    let url = format!("{}/events", hub.url);
-    let run = end_to_end(&hub, labs, n, || async {
-        let http = reqwest::Client::new();
-        let chunks: Vec<String> = lines.chunks(1000).map(|c| c.join("\n")).collect();
-        let mut pending = futures::stream::iter(chunks.into_iter().map(|body| {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let r = http
-                    .post(&url)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success(), "POST /events: {}", r.status());
-            }
-        }))
-        .buffer_unordered(4);
-        use futures::StreamExt;
-        while pending.next().await.is_some() {}
-    })
-    .await;
-    rows.push(row(
-        "embedded end to end: publish → both clients have every notification",
-        format!("{:.0} events/s", run.events_per_s),
-        format!(
-            "{} notifications ({:.0}/s); `POST /events` alone {:.0} events/s; hub CPU {:.1} s, peak RSS {:.0} MB",
-            run.notifications,
-            run.notifications as f64 * run.events_per_s / n as f64,
-            run.publish_per_s,
-            run.cpu_s,
-            run.peak_rss_mb
-        ),
-        "embedded_end_to_end_per_s",
-        json!({"events_per_s": run.events_per_s, "publish_per_s": run.publish_per_s,
-               "hub_cpu_s": run.cpu_s, "hub_peak_rss_mb": run.peak_rss_mb}),
-    ));
+    if phase("embedded") {
+        let hub = common::start_hub(None, "");
+        let url = format!("{}/events", hub.url);
+        let run = end_to_end(&hub, labs, n, || async {
+            let http = reqwest::Client::new();
+            let chunks: Vec<String> = lines.chunks(1000).map(|c| c.join("\n")).collect();
+            let mut pending = futures::stream::iter(chunks.into_iter().map(|body| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "POST /events: {}", r.status());
+                }
+            }))
+            .buffer_unordered(4);
+            use futures::StreamExt;
+            while pending.next().await.is_some() {}
+        })
+        .await;
+        rows.push(row(
+            "embedded end to end: publish → both clients have every notification",
+            format!("{:.0} events/s", run.events_per_s),
+            format!(
+                "{} notifications ({:.0}/s); `POST /events` alone {:.0} events/s; hub CPU {:.1} s, peak RSS {:.0} MB",
+                run.notifications,
+                run.notifications as f64 * run.events_per_s / n as f64,
+                run.publish_per_s,
+                run.cpu_s,
+                run.peak_rss_mb
+            ),
+            "embedded_end_to_end_per_s",
+            json!({"events_per_s": run.events_per_s, "publish_per_s": run.publish_per_s,
+                   "hub_cpu_s": run.cpu_s, "hub_peak_rss_mb": run.peak_rss_mb}),
+        ));
+
+        drop(hub);
+    }
+    if phase("churn") {
+        let (base, rate, secs) = if smoke {
+            (100, 10, 2)
+        } else {
+            (env_usize("E2E_BENCH_SUBSCRIPTIONS", 100_000), 100, 20)
+        };
+        let hub = common::start_hub(None, "");
+        let pid = hub.child.id();
+        let (base_rate, mut lat, done_rate) = churn(&hub, base, rate, secs).await;
+        let q = common::quantiles(&mut lat).unwrap_or_default();
+        rows.push(row(
+            &format!("churn: {base} subscriptions, then {rate} more per second for {secs} s"),
+            format!(
+                "create → first notification p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                q.0, q.1, q.2, q.3
+            ),
+            format!(
+                "goal p99 < 1 s; the first {base} made at {base_rate:.0}/s; {done_rate:.0} creates/s kept up; hub peak RSS {:.0} MB",
+                peak_rss_kb(pid) as f64 / 1024.0
+            ),
+            "churn",
+            json!({"subscriptions": base, "creates_per_s": rate, "p50_ms": q.0, "p95_ms": q.1,
+                   "p99_ms": q.2, "max_ms": q.3, "base_creates_per_s": base_rate}),
+        ));
+        drop(hub);
+    }
+    if phase("resthook") {
+        let resthooks = if smoke {
+            50
+        } else {
+            env_usize("E2E_BENCH_RESTHOOKS", 20_000)
+        };
+        let mut sc = resthook_scale(resthooks).await;
+        let q = common::quantiles(&mut sc.new_sub_ms).unwrap_or_default();
+        rows.push(row(
+            &format!("rest-hook scale: {resthooks} live subscriptions to one endpoint"),
+            format!(
+                "{:.1} KB of hub RSS each, {} open descriptors; one event to all in {:.2} s ({:.0} deliveries/s)",
+                sc.per_sub_kb,
+                sc.open_files,
+                sc.fan_out_s,
+                resthooks as f64 / sc.fan_out_s
+            ),
+            format!(
+                "goal < 2 KB each, descriptors bounded by the pool; all {resthooks} made and active in {:.1} s; 100 more, create → active: p50 {:.0} ms, p99 {:.0} ms (goal p99 < 1 s)",
+                sc.activation_s, q.0, q.2
+            ),
+            "resthook_scale",
+            json!({"subscriptions": resthooks, "kb_per_subscription": sc.per_sub_kb,
+                   "open_files": sc.open_files, "fan_out_s": sc.fan_out_s,
+                   "activation_s": sc.activation_s, "new_p50_ms": q.0, "new_p99_ms": q.2}),
+        ));
+    }
 
     let mut md = String::from("| what | measured | against |\n|---|---|---|\n");
     for r in &rows {

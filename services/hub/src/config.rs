@@ -295,6 +295,8 @@ pub struct DeliveryConfig {
     pub ca_certificates: Vec<PathBuf>,
     pub lease_ttl_ms: i64,
     pub batch_size: i64,
+    /// Concurrent requests (and kept connections) per endpoint origin.
+    pub connections_per_origin: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

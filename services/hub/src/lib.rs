@@ -60,6 +60,10 @@ pub struct Hub {
     pub auth: Arc<auth::Authenticator>,
     /// The audit trail's writer (group commit).
     pub audit: audit::AuditSink,
+    /// Told when a client writes a subscription in this process: delivery starts (or stops)
+    /// its worker at once instead of at its next poll (other processes' writes are found
+    /// by that poll).
+    pub subscription_writes: Arc<tokio::sync::Notify>,
 }
 
 /// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
@@ -118,6 +122,7 @@ impl Hub {
             store,
             log,
             metrics: Arc::default(),
+            subscription_writes: Arc::default(),
         })
     }
 }

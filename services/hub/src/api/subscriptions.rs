@@ -385,6 +385,7 @@ impl ResourceKind for SubscriptionKind {
         if existing.is_none() && if_version.is_none() {
             check_quota(hub, caller).await?;
             let row = hub.store.create_subscription(tenant, id, write).await?;
+            hub.subscription_writes.notify_one();
             tracing::info!(subscription = %id, %tenant, subject = %caller.subject, "subscription created");
             return Ok(Written {
                 stored: answer(&row)?,
@@ -396,7 +397,10 @@ impl ResourceKind for SubscriptionKind {
             .update_subscription(tenant, id, if_version, write)
             .await
         {
-            Ok(row) => row,
+            Ok(row) => {
+                hub.subscription_writes.notify_one();
+                row
+            }
             Err(hub_store::StoreError::NotFound) => {
                 return Err(ApiError::not_found(format!(
                     "Subscription/{id} is not known, so If-Match cannot hold"
@@ -421,7 +425,9 @@ impl ResourceKind for SubscriptionKind {
     }
 
     async fn delete(hub: &Hub, caller: &Caller, id: &str) -> Result<bool, ApiError> {
-        Ok(hub.store.delete_subscription(&caller.tenant, id).await?)
+        let deleted = hub.store.delete_subscription(&caller.tenant, id).await?;
+        hub.subscription_writes.notify_one();
+        Ok(deleted)
     }
 
     async fn search(

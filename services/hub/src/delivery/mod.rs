@@ -3,8 +3,9 @@
 //! specification and the Backport IG (requested → handshake → active; error while failing;
 //! off on 410 Gone or when the schedule runs out; only the client reactivates).
 //!
-//! Isolation: every subscription has its own worker and its own HTTP client, so a slow or
-//! dead endpoint only delays its own notifications. A worker is the rest-hook *reader* of
+//! Isolation: every subscription has its own worker (its order, its retries); requests go
+//! through one HTTP client per endpoint origin with a cap on concurrent requests
+//! ([`clients`]), so a slow or dead endpoint only delays the subscriptions pointing at it. A worker is the rest-hook *reader* of
 //! its subscription's stream (`channels::stream`): it is woken only when its subscription
 //! logs something, and its cursor is `delivered_through`, stored after each batch, so a
 //! restart resumes where delivery stopped; a notification whose success was not yet
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Hub;
 use crate::model::Subscription;
 
+pub mod clients;
 pub mod schedule;
 pub mod send;
 pub mod sign;
@@ -41,6 +43,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ttl = hub.config.delivery.lease_ttl_ms;
     let lease_ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
     let mut renewed = tokio::time::Instant::now();
+    let clients = std::sync::Arc::new(clients::Clients::default());
 
     // One query (and one lease renewal) per poll, however many subscriptions: the workers
     // themselves wait on their subscription's wake-up.
@@ -62,7 +65,16 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                             .into_iter()
                             .filter(|s| held.contains(&(s.tenant.clone(), s.id.clone())))
                             .collect();
-                        reconcile(&hub, &shutdown, &owner, mine, &mut workers, &mut tasks).await;
+                        reconcile(
+                            &hub,
+                            &shutdown,
+                            &owner,
+                            &clients,
+                            mine,
+                            &mut workers,
+                            &mut tasks,
+                        )
+                        .await;
                     }
                     // Keep what runs while the leases last: if the store is back in time,
                     // nothing changes. Past their TTL another process may own them: stop
@@ -78,6 +90,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                                 &hub,
                                 &shutdown,
                                 &owner,
+                                &clients,
                                 Vec::new(),
                                 &mut workers,
                                 &mut tasks,
@@ -97,6 +110,8 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(poll) => {}
+            // a subscription written here starts its worker now, not at the next poll
+            _ = hub.subscription_writes.notified() => {}
         }
     }
     tracing::info!(
@@ -118,6 +133,7 @@ async fn reconcile(
     hub: &Hub,
     shutdown: &CancellationToken,
     owner: &str,
+    clients: &std::sync::Arc<clients::Clients>,
     subs: Vec<Subscription>,
     workers: &mut HashMap<(String, String), Running>,
     tasks: &mut JoinSet<()>,
@@ -140,7 +156,7 @@ async fn reconcile(
             continue;
         }
         let version = sub.version;
-        let Some(worker) = start_worker(hub, shutdown, owner, sub).await else {
+        let Some(worker) = start_worker(hub, shutdown, owner, clients, sub).await else {
             continue;
         };
         workers.insert(
@@ -172,12 +188,13 @@ async fn supervised(subscription: String, stop: CancellationToken, run: impl Fut
     stop.cancel();
 }
 
-/// A worker for a subscription: a checked endpoint and an HTTP client pinned to the checked
-/// address, with the subscription's client certificate.
+/// A worker for a subscription: a checked endpoint and its origin's HTTP client, pinned to
+/// the checked address, with the subscription's client certificate.
 async fn start_worker(
     hub: &Hub,
     shutdown: &CancellationToken,
     owner: &str,
+    clients: &std::sync::Arc<clients::Clients>,
     sub: Subscription,
 ) -> Option<worker::Worker> {
     let Some(secret) = sub.secret.clone() else {
@@ -205,7 +222,7 @@ async fn start_worker(
             return None;
         }
     };
-    let client = match client_for(hub, &sub, &checked) {
+    let client = match clients.get(hub, &sub, &checked) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(subscription = %sub.id, error = %e, "cannot build an HTTP client");
@@ -215,48 +232,13 @@ async fn start_worker(
     Some(worker::Worker {
         hub: hub.clone(),
         client: std::sync::Mutex::new(client),
+        clients: std::sync::Arc::clone(clients),
         pinned_addr: std::sync::Mutex::new(checked.pinned.as_ref().map(|(_, a)| *a)),
         sub,
         secret,
         stop: shutdown.child_token(),
         owner: owner.to_owned(),
     })
-}
-
-/// The HTTP client of one subscription's endpoint, connecting to the checked address.
-pub(super) fn client_for(
-    hub: &Hub,
-    sub: &Subscription,
-    checked: &ssrf::CheckedEndpoint,
-) -> Result<reqwest::Client, String> {
-    let channel = &sub.spec.channel;
-    // backport-timeout, when the subscription sets one, replaces the hub's request timeout
-    let timeout = sub
-        .topic()
-        .and_then(|t| t.timeout_secs)
-        .map(|s| Duration::from_secs(u64::from(s)))
-        .unwrap_or(Duration::from_millis(
-            hub.config.delivery.request_timeout_ms,
-        ));
-    // never a proxy from HTTP(S)_PROXY: a proxy would resolve the name itself, and the
-    // checked, pinned address would no longer be where the request goes
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("fhir-hub/", env!("CARGO_PKG_VERSION")));
-    if let Some((name, addr)) = &checked.pinned {
-        builder = builder.resolve(name, *addr);
-    }
-    for root in hub.extra_roots.iter() {
-        builder = builder.add_root_certificate(root.clone());
-    }
-    if let Some(pem) = &channel.client_certificate {
-        let identity = reqwest::Identity::from_pem(pem.as_bytes())
-            .map_err(|e| format!("stored client certificate is unusable: {e}"))?;
-        builder = builder.identity(identity);
-    }
-    builder.build().map_err(|e| e.to_string())
 }
 
 /// Hourly housekeeping: delivered notifications older than `database.retention_days`;
@@ -324,6 +306,7 @@ pub async fn retention(hub: Hub, shutdown: CancellationToken) {
                 consumer_offsets = p.consumer_offsets,
                 ws_tokens = p.ws_tokens,
                 resource_versions = p.resource_versions,
+                matching_changes = p.matching_changes,
                 "housekeeping"
             ),
             Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying next hour"),

@@ -77,8 +77,11 @@ pub async fn deliver_with_retries<A: Attempt + Send>(
 
 pub(super) struct Worker {
     pub hub: Hub,
-    /// Connects to the endpoint's checked address; resolved again after a failed attempt.
-    pub client: std::sync::Mutex<reqwest::Client>,
+    /// The endpoint origin's shared client, connecting to its checked address; resolved
+    /// again after a failed attempt.
+    pub client: std::sync::Mutex<super::clients::OriginClient>,
+    /// Where origin clients come from (a moved endpoint gets another).
+    pub clients: std::sync::Arc<super::clients::Clients>,
     /// The subscription at the version this worker was started for (a client update
     /// restarts the worker).
     pub sub: Subscription,
@@ -105,8 +108,10 @@ impl Attempt for HttpAttempt<'_> {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
+        // one of the origin's request slots for the time of the request
+        let _slot = client.slot().await;
         let outcome = send::send(
-            &client,
+            &client.client,
             &self.w.sub.spec.channel,
             &self.w.secret,
             &self.dispatch,
@@ -157,7 +162,7 @@ impl Worker {
                 if now == Some(pinned_before) {
                     return;
                 }
-                match super::client_for(&self.hub, &self.sub, &checked) {
+                match self.clients.get(&self.hub, &self.sub, &checked) {
                     Ok(c) => {
                         tracing::info!(subscription = %self.sub.id, "endpoint address changed; using the new one");
                         if let Ok(mut slot) = self.client.lock() {
