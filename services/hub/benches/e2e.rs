@@ -103,33 +103,9 @@ fn row(what: &str, figure: String, note: String, key: &str, value: Value) -> Row
 async fn broker_raw(brokers: &str, lines: &[String]) -> (f64, f64) {
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let topic = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .unwrap();
-    admin
-        .create_topics(
-            &[rdkafka::admin::NewTopic::new(
-                &topic,
-                PARTITIONS as i32,
-                rdkafka::admin::TopicReplication::Fixed(1),
-            )],
-            &rdkafka::admin::AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    // the hub's producer settings (services/log/src/kafka.rs)
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    use rdkafka::producer::FutureRecord;
+    let topic = common::create_topic(brokers, "bench.raw", PARTITIONS as i32).await;
+    let producer = common::hub_like_producer(brokers);
     // the producer has its metadata and producer id before the clock starts
     producer
         .send(

@@ -286,31 +286,9 @@ async fn broker_latency(brokers: &str, rate: u64, secs: u64) {
     use rdkafka::ClientConfig;
     use rdkafka::Message;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let topic = format!("bench.raw.{}", uuid::Uuid::new_v4().simple());
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .unwrap();
-    admin
-        .create_topics(
-            &[rdkafka::admin::NewTopic::new(
-                &topic,
-                1,
-                rdkafka::admin::TopicReplication::Fixed(1),
-            )],
-            &rdkafka::admin::AdminOptions::new(),
-        )
-        .await
-        .unwrap();
+    use rdkafka::producer::FutureRecord;
+    let topic = common::create_topic(brokers, "bench.raw", 1).await;
+    let producer = common::hub_like_producer(brokers);
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-{topic}"))

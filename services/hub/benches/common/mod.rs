@@ -152,3 +152,38 @@ pub(crate) fn percentiles(mut v: Vec<f64>) -> String {
         ),
     }
 }
+
+/// A new topic of `partitions` on `brokers`, named after `prefix`.
+pub(crate) async fn create_topic(brokers: &str, prefix: &str, partitions: i32) -> String {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let topic = format!("{prefix}.{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    topic
+}
+
+/// A plain librdkafka producer with the hub's producer settings (services/log/src/kafka.rs).
+pub(crate) fn hub_like_producer(brokers: &str) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
