@@ -76,12 +76,13 @@ fn bind_row<'q>(
     q: AnyQuery<'q>,
     n: &'q NewNotification,
     number: i64,
+    id: &'q str,
     created_at: &'q str,
 ) -> AnyQuery<'q> {
     q.bind(&n.tenant)
         .bind(&n.subscription_id)
         .bind(number)
-        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(id)
         .bind(&n.event_id)
         .bind(&n.action)
         .bind(&n.focus_type)
@@ -90,6 +91,22 @@ fn bind_row<'q>(
         .bind(&n.occurred_at)
         .bind(created_at)
         .bind(&n.resource)
+}
+
+/// A new notification id: time-ordered, unique, made here rather than by the database so
+/// that a logged row need not be read back.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// What a row written with these values holds, without reading it back.
+fn logged(n: &NewNotification, number: i64, id: String, created_at: &str) -> Notification {
+    Notification {
+        event_number: number,
+        notification_id: id,
+        created_at: created_at.to_owned(),
+        note: n.clone(),
+    }
 }
 
 /// Rows read as one JSON array of arrays, each in [`COLUMNS`] order.
@@ -156,12 +173,13 @@ async fn append_one(
     };
     let sql = format!(
         "INSERT INTO notifications ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     );
-    let row = bind_row(sqlx::query(&sql), n, event_number, created_at)
-        .fetch_one(&mut **tx)
+    let id = new_id();
+    bind_row(sqlx::query(&sql), n, event_number, &id, created_at)
+        .execute(&mut **tx)
         .await?;
-    Ok(Some(from_row(&row)?))
+    Ok(Some(logged(n, event_number, id, created_at)))
 }
 
 impl Store {
@@ -304,21 +322,21 @@ impl Store {
                 let p = crate::placeholders(backend, j * 12 + 1, 12);
                 values.push(format!("({})", p.join(", ")));
             }
+            // Nothing is read back: every value of the rows is known here (reading them back
+            // copied each resource out of SQLite again and handed every row over on its own).
             let sql = format!(
-                "INSERT INTO notifications ({COLUMNS}) VALUES {} RETURNING {COLUMNS}",
+                "INSERT INTO notifications ({COLUMNS}) VALUES {}",
                 values.join(", ")
             );
+            let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
             let mut q = sqlx::query(&sql);
-            for (_, n) in chunk {
-                q = bind_row(q, n, next, created_at);
-                next += 1;
+            for (j, (_, n)) in chunk.iter().enumerate() {
+                q = bind_row(q, n, next + j as i64, &ids[j], created_at);
             }
-            let rows = q.fetch_all(&mut **tx).await?;
-            let mut parsed: Vec<Notification> =
-                rows.iter().map(from_row).collect::<Result<_, _>>()?;
-            parsed.sort_by_key(|n| n.event_number);
-            for ((i, _), n) in chunk.iter().zip(parsed) {
-                out.push((*i, n));
+            q.execute(&mut **tx).await?;
+            for ((i, n), id) in chunk.iter().zip(ids) {
+                out.push((*i, logged(n, next, id, created_at)));
+                next += 1;
             }
         }
         Ok(out)
