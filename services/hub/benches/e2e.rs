@@ -350,9 +350,7 @@ async fn churn(hub: &HubProcess, base: usize, rate: u64, secs: u64) -> (f64, Vec
                 .await
                 .unwrap()
                 .into_inner();
-            let obs = json!({"resourceType": "Observation", "id": format!("obs-{patient}"),
-                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-                "subject": {"reference": format!("Patient/{patient}")}});
+            let obs = common::glucose(&format!("obs-{patient}"), Some(&patient));
             let r = http
                 .post(&events)
                 .header("content-type", "application/fhir+json")
@@ -462,8 +460,7 @@ async fn resthook_scale(n: usize) -> Scale {
     let open = open_files(pid);
     // one event to all of them
     let t = Instant::now();
-    let obs = json!({"resourceType": "Observation", "id": "scale-1", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+    let obs = common::glucose("scale-1", None);
     post(&http, &format!("{}/events", hub.url), &obs).await;
     while received.load(Ordering::Relaxed) < 2 * n {
         assert!(

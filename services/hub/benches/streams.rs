@@ -90,8 +90,7 @@ where
         }));
     }
     let http = reqwest::Client::new();
-    let obs = json!({"resourceType": "Observation", "id": format!("fan-{what}"), "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+    let obs = common::glucose(&format!("fan-{what}"), None);
     post(&http, &format!("{}/events", hub.url), &obs).await;
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
@@ -163,8 +162,7 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
         let mut buf = vec![0u8; 65536];
         let mut text = String::new();
         for i in 0..10 {
-            let obs = json!({"resourceType": "Observation", "id": format!("warm-{i}"),
-                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+            let obs = common::glucose(&format!("warm-{i}"), None);
             http.post(&url)
                 .header("content-type", "application/fhir+json")
                 .body(obs.to_string())
@@ -231,8 +229,7 @@ async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
         let (http, url) = (http.clone(), url.clone());
         let sent = origin.elapsed().as_micros();
         sends.push(tokio::spawn(async move {
-            let obs = json!({"resourceType": "Observation", "id": format!("lat-{seq}-{sent}"),
-                "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+            let obs = common::glucose(&format!("lat-{seq}-{sent}"), None);
             let t = Instant::now();
             let ok = http
                 .post(&url)

@@ -187,3 +187,14 @@ pub(crate) fn hub_like_producer(brokers: &str) -> rdkafka::producer::FutureProdu
         .create()
         .unwrap()
 }
+
+/// A final glucose Observation (LOINC 2345-7) named `id`, for `patient` if given: what the
+/// benchmarks' subscriptions match.
+pub(crate) fn glucose(id: &str, patient: Option<&str>) -> Value {
+    let mut obs = json!({"resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}});
+    if let Some(p) = patient {
+        obs["subject"] = json!({"reference": format!("Patient/{p}")});
+    }
+    obs
+}
