@@ -287,11 +287,11 @@ impl EventLog for KafkaLog {
         let mut in_flight = std::collections::VecDeque::new();
         for c in records.chunks(chunk.max(1)) {
             in_flight.push_back((c.len(), self.enqueue(topic, c).await?));
-            while in_flight.len() > MAX_CHUNKS_IN_FLIGHT {
-                if let Some((n, d)) = in_flight.pop_front() {
-                    wait_delivered(topic, d).await?;
-                    progress(n);
-                }
+            if in_flight.len() > MAX_CHUNKS_IN_FLIGHT
+                && let Some((n, d)) = in_flight.pop_front()
+            {
+                wait_delivered(topic, d).await?;
+                progress(n);
             }
         }
         for (n, d) in in_flight {

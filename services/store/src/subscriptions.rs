@@ -371,15 +371,13 @@ impl Store {
     ) -> Result<Vec<SubscriptionRow>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let marks = crate::placeholders(self.backend, 2, chunk.len()).join(", ");
-            let tenant_mark = match self.backend {
-                crate::Backend::Postgres => "$1",
-                crate::Backend::Sqlite => "?",
-            };
+            let p = crate::placeholders(self.backend, 1, chunk.len() + 1);
             let sql = format!(
                 "SELECT {COLUMNS} FROM subscriptions
-                 WHERE tenant = {tenant_mark} AND status IN ('requested', 'active', 'error')
-                   AND id IN ({marks})"
+                 WHERE tenant = {} AND status IN ('requested', 'active', 'error')
+                   AND id IN ({})",
+                p[0],
+                p[1..].join(", ")
             );
             let mut q = sqlx::query(&sql).bind(tenant);
             for id in chunk {

@@ -66,7 +66,6 @@ impl SubscriptionStream {
         }
     }
 
-    /// The last event number handed out.
     /// Read batches within `bytes` instead of `streams.max_buffer_bytes` (a reader that keeps
     /// two batches in memory gives each half).
     pub fn with_budget(mut self, bytes: usize) -> SubscriptionStream {
@@ -74,6 +73,7 @@ impl SubscriptionStream {
         self
     }
 
+    /// The last event number handed out.
     pub fn position(&self) -> i64 {
         self.position
     }

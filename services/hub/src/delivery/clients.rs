@@ -42,19 +42,20 @@ impl OriginClient {
     pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.slots).acquire_owned().await.ok()
     }
-
-    pub fn same_as(&self, other: &OriginClient) -> bool {
-        Arc::ptr_eq(&self.slots, &other.slots)
-    }
 }
 
 /// The clients of one delivery process.
 #[derive(Debug, Default)]
 pub struct Clients {
-    by_key: Mutex<HashMap<Key, OriginClient>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_key: HashMap<Key, OriginClient>,
     /// Size at which unused clients (an origin whose subscriptions all went, an address a
     /// name no longer points to) are dropped.
-    prune_at: Mutex<usize>,
+    prune_at: usize,
 }
 
 impl Clients {
@@ -82,11 +83,11 @@ impl Clients {
                 .as_ref()
                 .map(|pem| Sha256::digest(pem.as_bytes()).into()),
         };
-        let mut map = self
-            .by_key
+        let mut table = self
+            .table
             .lock()
             .map_err(|_| "the client table lock is poisoned".to_owned())?;
-        if let Some(c) = map.get(&key) {
+        if let Some(c) = table.by_key.get(&key) {
             return Ok(c.clone());
         }
         let per_origin = hub.config.delivery.connections_per_origin.max(1);
@@ -94,24 +95,13 @@ impl Clients {
             client: build(hub, sub, checked, timeout, per_origin)?,
             slots: Arc::new(Semaphore::new(per_origin)),
         };
-        map.insert(key, made.clone());
-        if let Ok(mut at) = self.prune_at.lock()
-            && map.len() >= (*at).max(64)
-        {
+        table.by_key.insert(key, made.clone());
+        if table.by_key.len() >= table.prune_at.max(64) {
             // a client only this table holds serves nobody
-            map.retain(|_, c| Arc::strong_count(&c.slots) > 1);
-            *at = map.len() * 2;
+            table.by_key.retain(|_, c| Arc::strong_count(&c.slots) > 1);
+            table.prune_at = table.by_key.len() * 2;
         }
         Ok(made)
-    }
-
-    /// How many distinct clients are held (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.by_key.lock().map_or(0, |m| m.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

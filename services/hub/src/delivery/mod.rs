@@ -5,8 +5,8 @@
 //!
 //! Isolation: every subscription has its own worker (its order, its retries); requests go
 //! through one HTTP client per endpoint origin with a cap on concurrent requests
-//! ([`clients`]), so a slow or dead endpoint only delays the subscriptions pointing at it. A worker is the rest-hook *reader* of
-//! its subscription's stream (`channels::stream`): it is woken only when its subscription
+//! ([`clients`]), so a slow or dead endpoint only delays the subscriptions pointing at it.
+//! A worker is the rest-hook *reader* of its subscription's stream (`channels::stream`): it is woken only when its subscription
 //! logs something, and its cursor is `delivered_through`, stored after each batch, so a
 //! restart resumes where delivery stopped; a notification whose success was not yet
 //! recorded is sent again with the same `webhook-id`.

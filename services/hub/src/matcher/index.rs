@@ -88,11 +88,6 @@ impl TenantIndex {
         self.grants.remove(id);
     }
 
-    /// The generation this index is current at.
-    pub fn generation(&self) -> i64 {
-        self.generation
-    }
-
     pub fn len(&self) -> usize {
         self.criteria.len() + self.topics.len()
     }
@@ -144,11 +139,15 @@ impl SubscriptionIndex {
                     let Some(t) = self.tenants.get_mut(&tenant) else {
                         continue;
                     };
-                    for id in &ids {
+                    // the live ones are re-indexed (insert takes the old entry out first);
+                    // the others are gone
+                    let still: std::collections::HashSet<&str> =
+                        live.iter().map(|(s, _)| s.id.as_str()).collect();
+                    for id in ids.iter().filter(|id| !still.contains(id.as_str())) {
                         t.remove(&tenant, id);
                     }
-                    for (sub, grant) in &live {
-                        t.insert(sub, grant.clone());
+                    for (sub, grant) in live {
+                        t.insert(&sub, grant);
                     }
                     t.generation = generation;
                 }
