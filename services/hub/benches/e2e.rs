@@ -381,6 +381,109 @@ async fn churn(hub: &HubProcess, base: usize, rate: u64, secs: u64) -> (f64, Vec
     (base_rate, lat, done_rate)
 }
 
+/// What the fan-out phase measured.
+struct FanOut {
+    /// Bytes of the notification log (rows and their index) per notification.
+    row_bytes: f64,
+    /// Bytes of the stored events (resource, fields, index) per event.
+    event_bytes: f64,
+    notifications: usize,
+    per_s: f64,
+}
+
+/// Bytes of each table and index of the hub's SQLite store, read through SQLite's `dbstat`.
+async fn table_bytes(db: &std::path::Path) -> std::collections::HashMap<String, i64> {
+    use sqlx::Row;
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let rows = sqlx::query("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect()
+}
+
+/// The hub's count of logged notifications, from `/metrics`.
+async fn logged_total(http: &reqwest::Client, hub: &HubProcess) -> usize {
+    let text = http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("fhir_hub_notifications_logged_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as usize)
+}
+
+/// `subs` websocket subscriptions to the same glucose code, then `events` glucose
+/// Observations, each reaching all of them: what the log stores per notification beyond the
+/// event, and how fast it logs them.
+async fn fan_out(hub: &HubProcess, subs: usize, events: usize) -> FanOut {
+    use futures::StreamExt;
+    let http = reqwest::Client::new();
+    let url = format!("{}/fhir/Subscription", hub.url);
+    let mut made = futures::stream::iter((0..subs).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut channel = hub_channel("websocket");
+            channel.as_object_mut().unwrap().remove("_payload");
+            let body = json!({"resourceType": "Subscription", "status": "requested",
+                "reason": format!("ward dashboard {i}"),
+                "criteria": "Observation?code=http://loinc.org|2345-7", "channel": channel});
+            post(&http, &url, &body).await;
+        }
+    }))
+    .buffer_unordered(16);
+    while made.next().await.is_some() {}
+    let db = hub.dir.path().join("hub.db");
+    let before = table_bytes(&db).await;
+    let logged0 = logged_total(&http, hub).await;
+    let body: Vec<String> = (0..events)
+        .map(|i| common::glucose(&format!("fan-{i}"), Some("p1")).to_string())
+        .collect();
+    let want = logged0 + subs * events;
+    let t = Instant::now();
+    let r = http
+        .post(format!("{}/events", hub.url))
+        .header("content-type", "application/x-ndjson")
+        .body(body.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "POST /events: {}", r.status());
+    while logged_total(&http, hub).await < want {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "fan-out never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let after = table_bytes(&db).await;
+    let grew = |names: &[&str]| -> i64 {
+        names
+            .iter()
+            .map(|n| after.get(*n).unwrap_or(&0) - before.get(*n).unwrap_or(&0))
+            .sum()
+    };
+    let notifications = subs * events;
+    FanOut {
+        row_bytes: grew(&["notification_log", "notification_log_event"]) as f64
+            / notifications as f64,
+        event_bytes: grew(&["logged_events", "sqlite_autoindex_logged_events_1"]) as f64
+            / events as f64,
+        notifications,
+        per_s: notifications as f64 / secs,
+    }
+}
+
 /// An endpoint that answers 200 to everything and counts what it got.
 async fn counting_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -524,7 +627,7 @@ async fn main() {
     let brokers = std::env::var("FHIR_HUB_TEST_KAFKA")
         .ok()
         .filter(|b| !b.is_empty());
-    // E2E_BENCH_PHASES=kafka,embedded,churn,resthook runs only those (default: all)
+    // E2E_BENCH_PHASES=kafka,embedded,churn,fanout,resthook runs only those (default: all)
     let phase = |name: &str| {
         std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
     };
@@ -657,6 +760,30 @@ async fn main() {
             "churn",
             json!({"subscriptions": base, "creates_per_s": rate, "p50_ms": q.0, "p95_ms": q.1,
                    "p99_ms": q.2, "max_ms": q.3, "base_creates_per_s": base_rate}),
+        ));
+        drop(hub);
+    }
+    if phase("fanout") {
+        let (subs, events) = if smoke {
+            (50, 4)
+        } else {
+            (env_usize("E2E_BENCH_FANOUT", 10_000), 20)
+        };
+        let hub = common::start_hub(None, "");
+        let f = fan_out(&hub, subs, events).await;
+        rows.push(row(
+            &format!("fan-out: {events} events, each reaching {subs} subscriptions"),
+            format!(
+                "{:.0} bytes of log per notification; {:.0} notifications/s logged",
+                f.row_bytes, f.per_s
+            ),
+            format!(
+                "goal < 100 bytes beyond the event and ≥ 100,000/s; {} notifications; each event stored once ({:.0} bytes with its resource)",
+                f.notifications, f.event_bytes
+            ),
+            "fan_out",
+            json!({"subscriptions": subs, "events": events, "bytes_per_notification": f.row_bytes,
+                   "bytes_per_event": f.event_bytes, "notifications_per_s": f.per_s}),
         ));
         drop(hub);
     }

@@ -1,13 +1,24 @@
 //! Delivery leases: one delivery process at a time per subscription, so several processes
-//! can run the delivery role without sending every notification twice. A process renews its
-//! leases while it runs; a lease not renewed in time is taken over by another process.
-//! Expiry is measured on the database's clock, the one clock every process shares.
+//! can run the delivery role without sending every notification twice. A process renews one
+//! heartbeat row while it runs (not each lease); the leases of a process whose heartbeat
+//! lapsed are taken over by another. Expiry is measured on the database's clock, the one
+//! clock every process shares.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use sqlx::Row;
 
 use crate::{Store, StoreError};
+
+/// What a delivery process's heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The heartbeat was still live: every lease the process held is still its own. `false`
+    /// when it had lapsed (others may have taken its subscriptions) or there was none yet.
+    pub kept: bool,
+    /// The other delivery processes alive now.
+    pub others: BTreeSet<String>,
+}
 
 impl Store {
     /// The database's clock in milliseconds since the epoch: every delivery process compares
@@ -26,9 +37,58 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Renew `owner`'s leases and claim the `wanted` subscriptions that nobody holds (or
-    /// whose holder let the lease expire). Returns every subscription `owner` now holds
-    /// among `wanted`.
+    /// Renew `owner`'s heartbeat (one row, however many leases it holds) until `ttl_ms` from
+    /// now on the database's clock, and say whether its leases are still its own and which
+    /// other delivery processes are alive.
+    pub async fn heartbeat(&self, owner: &str, ttl_ms: i64) -> Result<Heartbeat, StoreError> {
+        let now = self.db_now_ms().await?;
+        let kept = sqlx::query(
+            "UPDATE delivery_owners SET expires_at = $2 WHERE owner = $1 AND expires_at >= $3",
+        )
+        .bind(owner)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if !kept {
+            self.register(owner, now + ttl_ms).await?;
+        }
+        let mut others = BTreeSet::new();
+        for row in sqlx::query("SELECT owner FROM delivery_owners WHERE expires_at >= $1")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let who: String = row.try_get(0)?;
+            if who != owner {
+                others.insert(who);
+            }
+        }
+        Ok(Heartbeat { kept, others })
+    }
+
+    async fn register(&self, owner: &str, until: i64) -> Result<(), StoreError> {
+        // processes gone for a day: their rows say nothing any more (a restart is a new owner)
+        sqlx::query("DELETE FROM delivery_owners WHERE expires_at < $1")
+            .bind(until - 86_400_000)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO delivery_owners (owner, expires_at) VALUES ($1, $2)
+             ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
+        )
+        .bind(owner)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Renew `owner`'s heartbeat and claim the `wanted` subscriptions that nobody holds, or
+    /// whose holder's heartbeat lapsed. Returns every subscription `owner` now holds among
+    /// `wanted`. A few statements per 200 subscriptions, whatever the lease table holds.
     pub async fn claim_leases(
         &self,
         owner: &str,
@@ -36,63 +96,50 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<HashSet<(String, String)>, StoreError> {
         let now = self.db_now_ms().await?;
-        let until = now + ttl_ms;
-        sqlx::query("UPDATE delivery_leases SET expires_at = $2 WHERE owner = $1")
-            .bind(owner)
-            .bind(until)
-            .execute(&self.pool)
-            .await?;
-        let mut held: HashSet<(String, String)> = HashSet::new();
-        let mut taken: HashSet<(String, String)> = HashSet::new();
-        for row in
-            sqlx::query("SELECT tenant, subscription_id, owner, expires_at FROM delivery_leases")
-                .fetch_all(&self.pool)
-                .await?
-        {
-            let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            let who: String = row.try_get(2)?;
-            let expires: i64 = row.try_get(3)?;
-            if who == owner {
-                held.insert(key);
-            } else if expires >= now {
-                taken.insert(key);
-            }
-        }
-        for key in wanted {
-            if held.contains(key) || taken.contains(key) {
-                continue;
-            }
-            // Insert, or take over an expired lease; a live lease of another owner stays.
-            let got = sqlx::query(
+        self.register(owner, now + ttl_ms).await?;
+        let mut keys: Vec<&(String, String)> = wanted.iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut held = HashSet::new();
+        for chunk in keys.chunks(200) {
+            // every value in the order it appears (SQLite numbers `?` that way)
+            let p = crate::placeholders(self.backend, 1, chunk.len() * 3 + 1);
+            let values: Vec<String> = p[..chunk.len() * 3]
+                .chunks(3)
+                .map(|r| format!("({}, {}, {}, 0)", r[0], r[1], r[2]))
+                .collect();
+            // Insert, or take over a lease whose owner is not alive; a live owner's stays.
+            let sql = format!(
                 "INSERT INTO delivery_leases (tenant, subscription_id, owner, expires_at)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (tenant, subscription_id) DO UPDATE
-                 SET owner = excluded.owner, expires_at = excluded.expires_at
-                 WHERE delivery_leases.owner = excluded.owner OR delivery_leases.expires_at < $5
-                 RETURNING owner",
-            )
-            .bind(&key.0)
-            .bind(&key.1)
-            .bind(owner)
-            .bind(until)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
-            if got.is_some() {
-                held.insert(key.clone());
+                 VALUES {}
+                 ON CONFLICT (tenant, subscription_id) DO UPDATE SET owner = excluded.owner
+                 WHERE delivery_leases.owner = excluded.owner OR NOT EXISTS (
+                     SELECT 1 FROM delivery_owners o
+                     WHERE o.owner = delivery_leases.owner AND o.expires_at >= {})
+                 RETURNING tenant, subscription_id",
+                values.join(", "),
+                p[chunk.len() * 3]
+            );
+            let mut q = sqlx::query(&sql);
+            for (tenant, id) in chunk {
+                q = q.bind(tenant).bind(id).bind(owner);
+            }
+            let q = q.bind(now);
+            for row in q.fetch_all(&self.pool).await? {
+                held.insert((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        let wanted: HashSet<&(String, String)> = wanted.iter().collect();
-        held.retain(|k| wanted.contains(k));
         Ok(held)
     }
 
     /// Give up every lease of `owner` (clean shutdown), so others take over at once.
     pub async fn release_leases(&self, owner: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM delivery_leases WHERE owner = $1")
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+        for sql in [
+            "DELETE FROM delivery_leases WHERE owner = $1",
+            "DELETE FROM delivery_owners WHERE owner = $1",
+        ] {
+            sqlx::query(sql).bind(owner).execute(&self.pool).await?;
+        }
         Ok(())
     }
 }

@@ -33,6 +33,7 @@ pub use delivery::DeliveryState;
 pub use generations::MatchingChanges;
 pub use history::Version;
 pub use housekeeping::Purged;
+pub use leases::Heartbeat;
 pub use listen::{Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};

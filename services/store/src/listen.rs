@@ -1,6 +1,9 @@
-//! Cross-process wake-ups on PostgreSQL: the transaction that logs notifications sends one
-//! `NOTIFY` per subscription (delivered on commit), and readers in every process `LISTEN`.
+//! Cross-process wake-ups on PostgreSQL: the transaction that logs notifications sends the
+//! subscriptions it logged for, in as few `NOTIFY`s as fit (delivered on commit), and readers
+//! in every process `LISTEN`.
 //! SQLite is one process (the embedded default), so it has no listener.
+
+use std::collections::HashMap;
 
 use sqlx::postgres::PgListener;
 use sqlx::{Any, Transaction};
@@ -21,27 +24,49 @@ pub struct Logged {
     pub event_number: i64,
 }
 
-/// One `NOTIFY` per subscription with the highest number logged for it.
+/// PostgreSQL refuses a payload of 8,000 bytes or more; a `NOTIFY` carries the subscriptions
+/// that fit below this.
+const MAX_PAYLOAD: usize = 7_000;
+
+/// The highest number logged for each subscription, several subscriptions to a `NOTIFY`
+/// (one event reaching 10,000 subscriptions sends a few dozen, not 10,000).
 pub(crate) async fn notify_logged<'n>(
     tx: &mut Transaction<'_, Any>,
     logged: impl Iterator<Item = &'n Notification>,
 ) -> Result<(), StoreError> {
     let mut top: Vec<Logged> = Vec::new();
+    let mut at: HashMap<(&str, &str), usize> = HashMap::new();
     for n in logged {
-        match top
-            .iter_mut()
-            .find(|l| l.tenant == n.tenant && l.subscription_id == n.subscription_id)
-        {
-            Some(l) => l.event_number = l.event_number.max(n.event_number),
-            None => top.push(Logged {
-                tenant: n.tenant.clone(),
-                subscription_id: n.subscription_id.clone(),
-                event_number: n.event_number,
-            }),
+        match at.get(&(n.tenant.as_str(), n.subscription_id.as_str())) {
+            Some(i) => top[*i].event_number = top[*i].event_number.max(n.event_number),
+            None => {
+                at.insert((&n.tenant, &n.subscription_id), top.len());
+                top.push(Logged {
+                    tenant: n.tenant.clone(),
+                    subscription_id: n.subscription_id.clone(),
+                    event_number: n.event_number,
+                });
+            }
         }
     }
-    for l in top {
-        let payload = serde_json::to_string(&l).map_err(|e| StoreError::Database(e.to_string()))?;
+    let mut payloads = Vec::new();
+    let mut payload = String::from("[");
+    for l in &top {
+        let one = serde_json::to_string(l).map_err(|e| StoreError::Database(e.to_string()))?;
+        if payload.len() > 1 && payload.len() + one.len() + 2 > MAX_PAYLOAD {
+            payload.push(']');
+            payloads.push(std::mem::replace(&mut payload, String::from("[")));
+        }
+        if payload.len() > 1 {
+            payload.push(',');
+        }
+        payload.push_str(&one);
+    }
+    if payload.len() > 1 {
+        payload.push(']');
+        payloads.push(payload);
+    }
+    for payload in payloads {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)
@@ -57,15 +82,15 @@ pub struct LoggedListener {
 }
 
 impl LoggedListener {
-    /// The next notification; an error means the connection is gone (the caller reconnects
-    /// and, since some may have been missed, wakes every reader once).
-    pub async fn recv(&mut self) -> Result<Logged, StoreError> {
+    /// The subscriptions of the next notification; an error means the connection is gone
+    /// (the caller reconnects and, since some may have been missed, wakes every reader once).
+    pub async fn recv(&mut self) -> Result<Vec<Logged>, StoreError> {
         loop {
             let n =
                 self.inner.try_recv().await?.ok_or_else(|| {
                     StoreError::Unavailable("the LISTEN connection closed".into())
                 })?;
-            match serde_json::from_str::<Logged>(n.payload()) {
+            match serde_json::from_str::<Vec<Logged>>(n.payload()) {
                 Ok(l) => return Ok(l),
                 Err(e) => {
                     tracing::warn!(payload = n.payload(), error = %e, "ignoring an unreadable notification")

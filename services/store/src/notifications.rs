@@ -1,17 +1,23 @@
-//! The per-subscription notification log.
+//! The per-subscription notification log, stored fanned out.
+//!
+//! A change event that reaches any subscription is stored once (`logged_events`, its
+//! resource included); each subscription it reaches gets a short row in `notification_log`:
+//! the subscription's log key, its event number and which event. One event matching 10,000
+//! subscriptions writes one copy of the resource and 10,000 rows of a few bytes.
 //!
 //! Event numbers are assigned here, inside the same transaction that stores the
 //! notification: `events_since_start` is incremented on the subscription row (which locks it
 //! on PostgreSQL and takes the write lock on SQLite) and the new value is the event number.
-//! A change event already logged for a subscription is skipped by the same statement, so a
-//! matcher that re-reads the log after a crash or rebalance adds nothing and leaves no gap.
+//! A change event already logged for a subscription is skipped, so a matcher that re-reads
+//! the log after a crash or rebalance adds nothing and leaves no gap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::{Store, StoreError, now};
+use crate::{Backend, Store, StoreError, now, placeholders};
 
 /// A notification to log for one subscription.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,8 +30,9 @@ pub struct NewNotification {
     pub focus_id: String,
     pub focus_version: Option<String>,
     pub occurred_at: String,
-    /// The resource JSON as carried by the event.
-    pub resource: Option<String>,
+    /// The resource JSON as carried by the event, shared by every notification of the event
+    /// (and stored once for all of them).
+    pub resource: Option<Arc<str>>,
 }
 
 /// A logged notification: what was logged, with the number and id the log gave it.
@@ -47,139 +54,319 @@ impl std::ops::Deref for Notification {
     }
 }
 
-const COLUMNS: &str = "tenant, subscription_id, event_number, notification_id, event_id, action, \
-                       focus_type, focus_id, focus_version, occurred_at, created_at, resource";
+/// Notification ids are UUIDv5 names under this namespace (fixed: ids must not change
+/// between releases, or a replay would look like a new message to a receiver).
+const ID_NAMESPACE: uuid::Uuid = uuid::uuid!("97613067-05f3-4e86-a52b-44d10c0277ff");
 
-fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
-    Ok(Notification {
-        event_number: r.try_get(2)?,
-        notification_id: r.try_get(3)?,
-        created_at: r.try_get(10)?,
-        note: NewNotification {
-            tenant: r.try_get(0)?,
-            subscription_id: r.try_get(1)?,
-            event_id: r.try_get(4)?,
-            action: r.try_get(5)?,
-            focus_type: r.try_get(6)?,
-            focus_id: r.try_get(7)?,
-            focus_version: r.try_get(8)?,
-            occurred_at: r.try_get(9)?,
-            resource: r.try_get(11)?,
-        },
-    })
+/// The id of a notification: derived from what identifies it (tenant, subscription, the
+/// subscription's log key, which differs for a re-created id, and the change event), so it
+/// is the same on every retry and replay without being stored. Rows logged before the
+/// fanned-out log keep the id they were stored with.
+fn notification_id(tenant: &str, subscription_id: &str, log_key: i64, event_id: &str) -> String {
+    let name = format!("{tenant}\n{subscription_id}\n{log_key}\n{event_id}");
+    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+/// What a read selects, in this order.
+const READ_COLUMNS: &str = "e.tenant, s.id, n.event_number, n.notification_id, e.event_id, \
+                            e.action, e.focus_type, e.focus_id, e.focus_version, e.occurred_at, \
+                            e.logged_at, e.resource, n.log_key";
 
-/// Bind the twelve columns of one notification row, in `COLUMNS` order.
-fn bind_row<'q>(
-    q: AnyQuery<'q>,
-    n: &'q NewNotification,
-    number: i64,
-    id: &'q str,
-    created_at: &'q str,
-) -> AnyQuery<'q> {
-    q.bind(&n.tenant)
-        .bind(&n.subscription_id)
-        .bind(number)
-        .bind(id)
-        .bind(&n.event_id)
-        .bind(&n.action)
-        .bind(&n.focus_type)
-        .bind(&n.focus_id)
-        .bind(&n.focus_version)
-        .bind(&n.occurred_at)
-        .bind(created_at)
-        .bind(&n.resource)
-}
+/// [`READ_COLUMNS`] by name, as a subquery yields them.
+const NAMES: &str = "tenant, id, event_number, notification_id, event_id, action, focus_type, \
+                     focus_id, focus_version, occurred_at, logged_at, resource, log_key";
 
-/// A new notification id: time-ordered, unique, made here rather than by the database so
-/// that a logged row need not be read back.
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
+/// The log of one subscription joined with its events; binds tenant, id, after, limit.
+const READ_FROM: &str = "FROM subscriptions s
+     JOIN notification_log n ON n.log_key = s.log_key
+     JOIN logged_events e ON e.seq = n.event_seq
+     WHERE s.tenant = $1 AND s.id = $2 AND n.event_number > $3
+     ORDER BY n.event_number LIMIT $4";
 
-/// What a row written with these values holds, without reading it back.
-fn logged(n: &NewNotification, number: i64, id: String, created_at: &str) -> Notification {
+/// The columns of one read row, in [`READ_COLUMNS`] order.
+type Columns = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    i64,
+);
+
+fn from_columns(c: Columns) -> Notification {
+    let notification_id =
+        c.3.unwrap_or_else(|| notification_id(&c.0, &c.1, c.12, &c.4));
     Notification {
-        event_number: number,
-        notification_id: id,
-        created_at: created_at.to_owned(),
-        note: n.clone(),
+        event_number: c.2,
+        notification_id,
+        created_at: c.10,
+        note: NewNotification {
+            tenant: c.0,
+            subscription_id: c.1,
+            event_id: c.4,
+            action: c.5,
+            focus_type: c.6,
+            focus_id: c.7,
+            focus_version: c.8,
+            occurred_at: c.9,
+            resource: c.11.map(Arc::from),
+        },
     }
 }
 
-/// Rows read as one JSON array of arrays, each in [`COLUMNS`] order.
-fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
-    type Columns = (
-        String,
-        String,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        Option<String>,
-        String,
-        String,
-        Option<String>,
-    );
-    let rows: Vec<Columns> = serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
-    Ok(rows
-        .into_iter()
-        .map(|c| Notification {
-            event_number: c.2,
-            notification_id: c.3,
-            created_at: c.10,
-            note: NewNotification {
-                tenant: c.0,
-                subscription_id: c.1,
-                event_id: c.4,
-                action: c.5,
-                focus_type: c.6,
-                focus_id: c.7,
-                focus_version: c.8,
-                occurred_at: c.9,
-                resource: c.11,
-            },
-        })
-        .collect())
+fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
+    Ok(from_columns((
+        r.try_get(0)?,
+        r.try_get(1)?,
+        r.try_get(2)?,
+        r.try_get(3)?,
+        r.try_get(4)?,
+        r.try_get(5)?,
+        r.try_get(6)?,
+        r.try_get(7)?,
+        r.try_get(8)?,
+        r.try_get(9)?,
+        r.try_get(10)?,
+        r.try_get(11)?,
+        r.try_get(12)?,
+    )))
 }
 
-/// One event for one subscription: the counter update skips an event already logged.
-async fn append_one(
+/// Rows read as one JSON array of arrays, each in [`READ_COLUMNS`] order.
+fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
+    let rows: Vec<Columns> = serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
+    Ok(rows.into_iter().map(from_columns).collect())
+}
+
+/// A change event of the batch as stored: its sequence number, when it was first logged,
+/// and whether this transaction stored it (no subscription can have it yet).
+struct StoredEvent {
+    seq: i64,
+    logged_at: String,
+    fresh: bool,
+}
+
+/// A tenant and an id, borrowed from the batch.
+type Key<'a> = (&'a str, &'a str);
+
+/// Rows per multi-row statement: well under SQLite's and PostgreSQL's bound-value limits.
+const CHUNK: usize = 500;
+
+/// Store the batch's change events once each (those already stored are looked up): what
+/// each one's notifications refer to.
+async fn store_events<'a>(
+    backend: Backend,
     tx: &mut Transaction<'_, Any>,
-    n: &NewNotification,
+    batch: &'a [NewNotification],
     created_at: &str,
-) -> Result<Option<Notification>, StoreError> {
-    let number: Option<i64> = sqlx::query(
-        "UPDATE subscriptions SET events_since_start = events_since_start + 1
-         WHERE tenant = $1 AND id = $2 AND status <> 'off' AND NOT EXISTS (
-             SELECT 1 FROM notifications
-             WHERE tenant = $1 AND subscription_id = $2 AND event_id = $3)
-         RETURNING events_since_start",
-    )
-    .bind(&n.tenant)
-    .bind(&n.subscription_id)
-    .bind(&n.event_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(|r| r.try_get(0))
-    .transpose()?;
-    let Some(event_number) = number else {
-        return Ok(None);
-    };
-    let sql = format!(
-        "INSERT INTO notifications ({COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    );
-    let id = new_id();
-    bind_row(sqlx::query(&sql), n, event_number, &id, created_at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(Some(logged(n, event_number, id, created_at)))
+) -> Result<HashMap<Key<'a>, StoredEvent>, StoreError> {
+    let mut firsts: Vec<&NewNotification> = Vec::new();
+    let mut seen: HashSet<Key<'a>> = HashSet::new();
+    for n in batch {
+        if seen.insert((n.tenant.as_str(), n.event_id.as_str())) {
+            firsts.push(n);
+        }
+    }
+    let mut stored: HashMap<Key<'a>, StoredEvent> = HashMap::with_capacity(firsts.len());
+    for chunk in firsts.chunks(CHUNK / 2) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|j| format!("({})", placeholders(backend, j * 9 + 1, 9).join(", ")))
+            .collect();
+        let sql = format!(
+            "INSERT INTO logged_events (tenant, event_id, action, focus_type, focus_id,
+                 focus_version, occurred_at, logged_at, resource)
+             VALUES {} ON CONFLICT (tenant, event_id) DO NOTHING RETURNING seq, tenant, event_id",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for n in chunk {
+            q = q
+                .bind(&n.tenant)
+                .bind(&n.event_id)
+                .bind(&n.action)
+                .bind(&n.focus_type)
+                .bind(&n.focus_id)
+                .bind(&n.focus_version)
+                .bind(&n.occurred_at)
+                .bind(created_at)
+                .bind(n.resource.as_deref());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let (seq, tenant, event_id): (i64, String, String) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            if let Some(n) = chunk
+                .iter()
+                .find(|n| n.tenant == tenant && n.event_id == event_id)
+            {
+                let event = StoredEvent {
+                    seq,
+                    logged_at: created_at.to_owned(),
+                    fresh: true,
+                };
+                stored.insert((n.tenant.as_str(), n.event_id.as_str()), event);
+            }
+        }
+    }
+    // Events stored before (a re-read batch, or a race with another matcher): look them up.
+    let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in &firsts {
+        if !stored.contains_key(&(n.tenant.as_str(), n.event_id.as_str())) {
+            missing.entry(&n.tenant).or_default().push(&n.event_id);
+        }
+    }
+    for (tenant, ids) in missing {
+        for chunk in ids.chunks(CHUNK) {
+            let p = placeholders(backend, 2, chunk.len());
+            let sql = format!(
+                "SELECT seq, event_id, logged_at FROM logged_events
+                 WHERE tenant = {} AND event_id IN ({})",
+                placeholders(backend, 1, 1).join(""),
+                p.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let id: String = row.try_get(1)?;
+                if let Some(key) = chunk.iter().find(|e| **e == id) {
+                    let event = StoredEvent {
+                        seq: row.try_get(0)?,
+                        logged_at: row.try_get(2)?,
+                        fresh: false,
+                    };
+                    stored.insert((tenant, *key), event);
+                }
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// The log keys of the batch's subscriptions that can take notifications (neither deleted
+/// nor `off`), their rows locked in key order on PostgreSQL (SQLite holds its one write lock
+/// already) so two matchers never wait on each other in a cycle.
+async fn lock_subscriptions<'a>(
+    backend: Backend,
+    tx: &mut Transaction<'_, Any>,
+    batch: &'a [NewNotification],
+) -> Result<HashMap<Key<'a>, i64>, StoreError> {
+    let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in batch {
+        by_tenant
+            .entry(n.tenant.as_str())
+            .or_default()
+            .push(&n.subscription_id);
+    }
+    let mut keys = HashMap::new();
+    for (tenant, mut ids) in by_tenant {
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(CHUNK) {
+            let p = placeholders(backend, 2, chunk.len());
+            let lock = match backend {
+                Backend::Postgres => " ORDER BY id FOR UPDATE",
+                Backend::Sqlite => "",
+            };
+            let sql = format!(
+                "SELECT id, log_key FROM subscriptions
+                 WHERE tenant = {} AND id IN ({}) AND status <> 'off'{lock}",
+                placeholders(backend, 1, 1).join(""),
+                p.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let id: String = row.try_get(0)?;
+                let key: Option<i64> = row.try_get(1)?;
+                if let (Some(found), Some(key)) = (chunk.iter().find(|i| **i == id), key) {
+                    keys.insert((tenant, *found), key);
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Of these (log key, event) pairs, the ones already in the log.
+async fn already_logged(
+    backend: Backend,
+    tx: &mut Transaction<'_, Any>,
+    pairs: &[(i64, i64)],
+) -> Result<HashSet<(i64, i64)>, StoreError> {
+    let mut found = HashSet::new();
+    if pairs.is_empty() {
+        return Ok(found);
+    }
+    let mut keys: Vec<i64> = pairs.iter().map(|p| p.0).collect();
+    let mut seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+    for v in [&mut keys, &mut seqs] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    let wanted: HashSet<(i64, i64)> = pairs.iter().copied().collect();
+    for keys in keys.chunks(CHUNK / 2) {
+        for seqs in seqs.chunks(CHUNK / 2) {
+            let sql = format!(
+                "SELECT log_key, event_seq FROM notification_log
+                 WHERE log_key IN ({}) AND event_seq IN ({})",
+                placeholders(backend, 1, keys.len()).join(", "),
+                placeholders(backend, keys.len() + 1, seqs.len()).join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for k in keys.iter().chain(seqs) {
+                q = q.bind(*k);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let pair: (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                if wanted.contains(&pair) {
+                    found.insert(pair);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Add `count` to the event counter of each log key; the new top number of each.
+async fn take_numbers(
+    backend: Backend,
+    tx: &mut Transaction<'_, Any>,
+    counts: &BTreeMap<i64, i64>,
+) -> Result<HashMap<i64, i64>, StoreError> {
+    let mut by_count: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (key, count) in counts {
+        by_count.entry(*count).or_default().push(*key);
+    }
+    let mut tops = HashMap::with_capacity(counts.len());
+    for (count, keys) in by_count {
+        for chunk in keys.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE subscriptions SET events_since_start = events_since_start + {}
+                 WHERE log_key IN ({}) RETURNING log_key, events_since_start",
+                placeholders(backend, 1, 1).join(""),
+                placeholders(backend, 2, chunk.len()).join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(count);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                tops.insert(row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?);
+            }
+        }
+    }
+    Ok(tops)
 }
 
 impl Store {
@@ -187,7 +374,7 @@ impl Store {
     /// subscription. Duplicates (same subscription and change event) and notifications for
     /// subscriptions deleted or turned `off` meanwhile are skipped (an `off` subscription
     /// generates nothing, whether or not a matcher's index has caught up). Returns what was
-    /// logged.
+    /// logged, in batch order.
     pub async fn append_notifications(
         &self,
         batch: &[NewNotification],
@@ -210,136 +397,92 @@ impl Store {
         &self,
         batch: &[NewNotification],
     ) -> Result<Vec<Notification>, StoreError> {
-        // Group by subscription, keeping each subscription's events in order, so that a burst
-        // fanning out to many subscriptions costs a few statements per subscription.
-        let mut order: Vec<(&str, &str)> = Vec::new();
-        let mut groups: HashMap<(&str, &str), Vec<(usize, &NewNotification)>> = HashMap::new();
-        for (i, n) in batch.iter().enumerate() {
-            let key = (n.tenant.as_str(), n.subscription_id.as_str());
-            let g = groups.entry(key).or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            });
-            g.push((i, n));
-        }
-        // Rows are locked in one order whatever the batch order: two matchers whose batches
-        // name the same subscriptions in different orders would otherwise deadlock.
-        order.sort_unstable();
-        let mut tx = self.pool.begin().await?;
+        let backend = self.backend;
         let created_at = now();
-        let mut logged: Vec<(usize, Notification)> = Vec::with_capacity(batch.len());
-        for key in order {
-            let group = groups.remove(&key).unwrap_or_default();
-            if let [(i, n)] = group.as_slice() {
-                if let Some(row) = append_one(&mut tx, n, &created_at).await? {
-                    logged.push((*i, row));
-                }
-            } else {
-                let rows =
-                    Self::append_group(self.backend, &mut tx, key, &group, &created_at).await?;
-                logged.extend(rows);
-            }
-        }
-        if self.backend == crate::Backend::Postgres {
-            // Readers in other processes wake on this; PostgreSQL delivers it on commit.
-            crate::listen::notify_logged(&mut tx, logged.iter().map(|(_, n)| n)).await?;
-        }
-        tx.commit().await?;
-        logged.sort_by_key(|(i, _)| *i);
-        Ok(logged.into_iter().map(|(_, n)| n).collect())
-    }
+        let mut tx = self.pool.begin().await?;
+        // The events first: a write, so SQLite's write lock is held from here on.
+        let events = store_events(backend, &mut tx, batch, &created_at).await?;
+        let keys = lock_subscriptions(backend, &mut tx, batch).await?;
 
-    /// Several events for one subscription: lock it, drop events already logged, take a
-    /// block of event numbers with one update, insert the rows together.
-    async fn append_group(
-        backend: crate::Backend,
-        tx: &mut Transaction<'_, Any>,
-        (tenant, sub): (&str, &str),
-        group: &[(usize, &NewNotification)],
-        created_at: &str,
-    ) -> Result<Vec<(usize, Notification)>, StoreError> {
-        // A no-op write first: it locks the row on PostgreSQL and takes SQLite's write lock
-        // before anything is read, so no other writer can slip in between.
-        let lock = "UPDATE subscriptions SET events_since_start = events_since_start
-                    WHERE tenant = $1 AND id = $2 AND status <> 'off' RETURNING 1";
-        if sqlx::query(lock)
-            .bind(tenant)
-            .bind(sub)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_none()
-        {
-            return Ok(Vec::new()); // deleted or turned off meanwhile
-        }
-        let mut seen: HashSet<&str> = HashSet::new();
-        for chunk in group.chunks(500) {
-            let p = crate::placeholders(backend, 1, chunk.len() + 2);
-            let sql = format!(
-                "SELECT event_id FROM notifications WHERE tenant = {} AND subscription_id = {}
-                 AND event_id IN ({})",
-                p[0],
-                p[1],
-                p[2..].join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(tenant).bind(sub);
-            for (_, n) in chunk {
-                q = q.bind(n.event_id.as_str());
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                let id: String = row.try_get(0)?;
-                if let Some((_, n)) = group.iter().find(|(_, n)| n.event_id == id) {
-                    seen.insert(n.event_id.as_str());
-                }
+        // What each notification would be: (batch index, log key, event); the ones whose
+        // subscription is gone or off are dropped, and so are repeats within the batch.
+        let mut planned: Vec<(usize, i64, &StoredEvent)> = Vec::with_capacity(batch.len());
+        let mut in_batch: HashSet<(i64, i64)> = HashSet::with_capacity(batch.len());
+        for (i, n) in batch.iter().enumerate() {
+            let (Some(key), Some(event)) = (
+                keys.get(&(n.tenant.as_str(), n.subscription_id.as_str())),
+                events.get(&(n.tenant.as_str(), n.event_id.as_str())),
+            ) else {
+                continue;
+            };
+            if in_batch.insert((*key, event.seq)) {
+                planned.push((i, *key, event));
             }
         }
-        let fresh: Vec<&(usize, &NewNotification)> = group
+        // Only an event stored before this transaction can be in a subscription's log.
+        let old: Vec<(i64, i64)> = planned
             .iter()
-            .filter(|(_, n)| seen.insert(n.event_id.as_str()))
+            .filter(|(_, _, e)| !e.fresh)
+            .map(|(_, k, e)| (*k, e.seq))
             .collect();
-        if fresh.is_empty() {
-            return Ok(Vec::new());
+        let done = already_logged(backend, &mut tx, &old).await?;
+        planned.retain(|(_, k, e)| !done.contains(&(*k, e.seq)));
+
+        let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+        for (_, key, _) in &planned {
+            *counts.entry(*key).or_default() += 1;
         }
-        let k = fresh.len() as i64;
-        let top: Option<i64> = sqlx::query(
-            "UPDATE subscriptions SET events_since_start = events_since_start + $3
-             WHERE tenant = $1 AND id = $2 RETURNING events_since_start",
-        )
-        .bind(tenant)
-        .bind(sub)
-        .bind(k)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-        let Some(top) = top else {
-            return Ok(Vec::new());
-        };
-        let mut next = top - k + 1;
-        let mut out = Vec::with_capacity(fresh.len());
-        for chunk in fresh.chunks(400) {
-            let mut values = Vec::with_capacity(chunk.len());
-            for j in 0..chunk.len() {
-                let p = crate::placeholders(backend, j * 12 + 1, 12);
-                values.push(format!("({})", p.join(", ")));
+        let tops = take_numbers(backend, &mut tx, &counts).await?;
+        // The next number of each subscription: its block's first, taken in batch order.
+        let mut next: HashMap<i64, i64> = counts
+            .iter()
+            .filter_map(|(k, c)| tops.get(k).map(|top| (*k, top - c + 1)))
+            .collect();
+        let mut rows: Vec<(usize, i64, i64, &StoredEvent)> = Vec::with_capacity(planned.len());
+        for (i, key, event) in planned {
+            if let Some(n) = next.get_mut(&key) {
+                rows.push((i, key, *n, event));
+                *n += 1;
             }
-            // Nothing is read back: every value of the rows is known here (reading them back
-            // copied each resource out of SQLite again and handed every row over on its own).
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|j| format!("({})", placeholders(backend, j * 3 + 1, 3).join(", ")))
+                .collect();
             let sql = format!(
-                "INSERT INTO notifications ({COLUMNS}) VALUES {}",
+                "INSERT INTO notification_log (log_key, event_number, event_seq) VALUES {}",
                 values.join(", ")
             );
-            let ids: Vec<String> = chunk.iter().map(|_| new_id()).collect();
             let mut q = sqlx::query(&sql);
-            for (j, (_, n)) in chunk.iter().enumerate() {
-                q = bind_row(q, n, next + j as i64, &ids[j], created_at);
+            for (_, key, number, event) in chunk {
+                q = q.bind(*key).bind(*number).bind(event.seq);
             }
-            q.execute(&mut **tx).await?;
-            for ((i, n), id) in chunk.iter().zip(ids) {
-                out.push((*i, logged(n, next, id, created_at)));
-                next += 1;
-            }
+            q.execute(&mut *tx).await?;
         }
-        Ok(out)
+        // Every value of the rows is known here: nothing is read back.
+        let logged: Vec<Notification> = rows
+            .iter()
+            .map(|(i, key, number, event)| {
+                let n = &batch[*i];
+                Notification {
+                    event_number: *number,
+                    notification_id: notification_id(
+                        &n.tenant,
+                        &n.subscription_id,
+                        *key,
+                        &n.event_id,
+                    ),
+                    created_at: event.logged_at.clone(),
+                    note: n.clone(),
+                }
+            })
+            .collect();
+        if backend == Backend::Postgres {
+            // Readers in other processes wake on this; PostgreSQL delivers it on commit.
+            crate::listen::notify_logged(&mut tx, logged.iter()).await?;
+        }
+        tx.commit().await?;
+        Ok(logged)
     }
 
     /// Notifications of a subscription with event numbers above `after`, in order.
@@ -350,15 +493,13 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        if self.backend == crate::Backend::Sqlite {
+        if self.backend == Backend::Sqlite {
             // The driver hands every result row from SQLite's thread to the runtime on its
             // own (a channel send and a wake-up each), which was half of what a stream replay
             // cost per notification: the rows come back as one JSON array in one row instead.
             let row = sqlx::query(&format!(
-                "SELECT json_group_array(json_array({COLUMNS}) ORDER BY event_number) FROM
-                 (SELECT {COLUMNS} FROM notifications
-                  WHERE tenant = ? AND subscription_id = ? AND event_number > ?
-                  ORDER BY event_number LIMIT ?)"
+                "SELECT json_group_array(json_array({NAMES}) ORDER BY event_number) FROM
+                 (SELECT {READ_COLUMNS} {READ_FROM})"
             ))
             .bind(tenant)
             .bind(subscription_id)
@@ -368,17 +509,13 @@ impl Store {
             .await?;
             return from_json_rows(&row.try_get::<String, _>(0)?);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM notifications
-             WHERE tenant = $1 AND subscription_id = $2 AND event_number > $3
-             ORDER BY event_number LIMIT $4"
-        ))
-        .bind(tenant)
-        .bind(subscription_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {READ_FROM}"))
+            .bind(tenant)
+            .bind(subscription_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
 
@@ -390,7 +527,9 @@ impl Store {
         subscription_id: &str,
     ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT MIN(event_number) FROM notifications WHERE tenant = $1 AND subscription_id = $2",
+            "SELECT MIN(n.event_number) FROM subscriptions s
+             JOIN notification_log n ON n.log_key = s.log_key
+             WHERE s.tenant = $1 AND s.id = $2",
         )
         .bind(tenant)
         .bind(subscription_id)
@@ -399,23 +538,33 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Retention: delete notifications created before `before` (a stored instant). A
-    /// rest-hook subscription's notifications go only once its delivery cursor passed them
+    /// Retention: delete notifications of events logged before `before` (a stored instant).
+    /// A rest-hook subscription's notifications go only once its delivery cursor passed them
     /// (undelivered ones stay whatever their age); a stream subscription's (websocket) go by
     /// age alone, since its readers are clients that come and go: one asking for purged
-    /// history is told so. Event numbers are never reused.
+    /// history is told so. Event numbers are never reused. Then the events no notification
+    /// refers to any more go too. Returns the notifications deleted.
     pub async fn purge_notifications(&self, before: &str) -> Result<u64, StoreError> {
         let n = sqlx::query(
-            "DELETE FROM notifications WHERE created_at < $1 AND (event_number <= \
-             (SELECT d.delivered_through FROM delivery_state d \
-              WHERE d.tenant = notifications.tenant AND d.subscription_id = notifications.subscription_id) \
-             OR NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.tenant = notifications.tenant \
-              AND s.id = notifications.subscription_id AND s.channel_type = 'rest-hook'))",
+            "DELETE FROM notification_log
+             WHERE event_seq IN (SELECT seq FROM logged_events WHERE logged_at < $1)
+             AND (NOT EXISTS (SELECT 1 FROM subscriptions s
+                      WHERE s.log_key = notification_log.log_key AND s.channel_type = 'rest-hook')
+                  OR event_number <= (SELECT d.delivered_through FROM subscriptions s
+                      JOIN delivery_state d ON d.tenant = s.tenant AND d.subscription_id = s.id
+                      WHERE s.log_key = notification_log.log_key))",
         )
         .bind(before)
         .execute(&self.pool)
         .await?
         .rows_affected();
+        sqlx::query(
+            "DELETE FROM logged_events WHERE logged_at < $1
+             AND seq NOT IN (SELECT event_seq FROM notification_log)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
         Ok(n)
     }
 }

@@ -131,15 +131,23 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant, Some(id)).await?;
         let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
+        // its notification log's key: never reused, so a re-created id starts an empty log
+        let log_key: i64 = sqlx::query(
+            "UPDATE hub_counters SET value = value + 1 WHERE name = 'log_keys' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
         let sql = format!(
-            "INSERT INTO subscriptions ({COLUMNS})
-             VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10, $12)
+            "INSERT INTO subscriptions ({COLUMNS}, log_key)
+             VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10, $12, $13)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         );
         let q = sqlx::query(&sql);
         let inserted = bind_write(q, tenant, id, w)
             .bind(version)
             .bind(&w.owner)
+            .bind(log_key)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = inserted else {
@@ -266,12 +274,16 @@ impl Store {
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, tenant, Some(id)).await?;
+        // its log first: the log key is found through the subscription row
+        for sql in [
+            "DELETE FROM notification_log WHERE log_key IN
+                 (SELECT log_key FROM subscriptions WHERE tenant = $1 AND id = $2)",
+            "DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2",
+        ] {
+            keyed(&mut tx, sql, tenant, id).await?;
+        }
         let deleted =
             crate::history::delete_versioned(&mut tx, "subscriptions", TYPE, tenant, id).await?;
-        for table in ["notifications", "delivery_state"] {
-            let sql = format!("DELETE FROM {table} WHERE tenant = $1 AND subscription_id = $2");
-            keyed(&mut tx, &sql, tenant, id).await?;
-        }
         tx.commit().await?;
         Ok(deleted)
     }

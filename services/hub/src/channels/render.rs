@@ -168,7 +168,7 @@ impl<'a> Message<'a> {
             let last = self.notes.last();
             return match (self.kind, &sub.spec.channel.payload, last) {
                 (Kind::EventNotification, Some(_), Some(n)) if n.resource.is_some() => Rendered {
-                    body: n.resource.as_ref().map(|r| r.clone().into_bytes()),
+                    body: n.resource.as_ref().map(|r| r.as_bytes().to_vec()),
                     content_type: sub.spec.channel.payload.clone(),
                     resource_path: Some(format!("{}/{}", n.focus_type, n.focus_id)),
                     id,

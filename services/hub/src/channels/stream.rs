@@ -209,7 +209,7 @@ impl SubscriptionStream {
 
 /// What a notification costs in memory, roughly: its resource and a fixed part.
 fn size_of(n: &Notification) -> usize {
-    n.resource.as_ref().map_or(0, String::len) + 256
+    n.resource.as_ref().map_or(0, |r| r.len()) + 256
 }
 
 /// How many of `notes` fit in `budget` bytes; at least one, so a notification larger than
@@ -244,7 +244,7 @@ mod tests {
                 focus_id: String::new(),
                 focus_version: None,
                 occurred_at: String::new(),
-                resource: Some("x".repeat(bytes)),
+                resource: Some("x".repeat(bytes).into()),
             },
         }
     }

@@ -79,7 +79,7 @@ impl Recent {
 }
 
 fn cost(n: &Notification) -> usize {
-    n.resource.as_ref().map_or(0, String::len) + 256
+    n.resource.as_ref().map_or(0, |r| r.len()) + 256
 }
 
 #[derive(Debug)]
@@ -221,7 +221,9 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         got = listener.recv() => match got {
-                            Ok(l) => hub.wakeups.logged(&l.tenant, &l.subscription_id, l.event_number),
+                            Ok(all) => for l in all {
+                                hub.wakeups.logged(&l.tenant, &l.subscription_id, l.event_number);
+                            },
                             Err(e) => {
                                 tracing::warn!(error = %e, "the LISTEN connection was lost; readers poll until it is back");
                                 break;

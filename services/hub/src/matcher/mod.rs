@@ -336,7 +336,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             if matched.ids.is_empty() {
                 continue;
             }
-            let resource = event.resource.as_ref().map(Value::to_string);
+            // one copy of the resource for every subscription the event reaches
+            let resource: Option<std::sync::Arc<str>> =
+                event.resource.as_ref().map(|r| r.to_string().into());
             for id in matched.ids {
                 notes.push(NewNotification {
                     tenant: event.tenant.clone(),

@@ -1245,3 +1245,167 @@ pub(crate) async fn api_keys_are_created_changed_and_revoked(store: Store) {
             .is_some()
     );
 }
+
+pub(crate) async fn one_event_reaching_many_subscriptions_reads_back_for_each(store: Store) {
+    let subs: Vec<String> = (0..120).map(|i| format!("fan-{i:03}")).collect();
+    for s in &subs {
+        store
+            .create_subscription("default", s, &write("active"))
+            .await
+            .unwrap();
+    }
+    store
+        .set_subscription_status("default", "fan-007", 1, "off", None)
+        .await
+        .unwrap();
+    let batch: Vec<NewNotification> = subs
+        .iter()
+        .flat_map(|s| [note(s, "e1"), note(s, "e2")])
+        .collect();
+    let logged = store.append_notifications(&batch).await.unwrap();
+    assert_eq!(
+        logged.len(),
+        2 * 119,
+        "all but the subscription that is off"
+    );
+    let ids: std::collections::HashSet<&str> =
+        logged.iter().map(|n| n.notification_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        logged.len(),
+        "every notification has an id of its own"
+    );
+    for s in subs.iter().filter(|s| *s != "fan-007") {
+        let read = store
+            .notifications_after("default", s, 0, 10)
+            .await
+            .unwrap();
+        let mine: Vec<&hub_store::Notification> =
+            logged.iter().filter(|n| &n.subscription_id == s).collect();
+        assert_eq!(
+            read.iter().collect::<Vec<_>>(),
+            mine,
+            "{s} reads what was logged"
+        );
+        assert_eq!(
+            read.iter()
+                .map(|n| (n.event_id.as_str(), n.event_number))
+                .collect::<Vec<_>>(),
+            [("e1", 1), ("e2", 2)]
+        );
+        assert_eq!(read[0].resource, note(s, "e1").resource);
+    }
+    // The same event again reaches only a subscription that does not have it yet.
+    store
+        .create_subscription("default", "late", &write("active"))
+        .await
+        .unwrap();
+    let again: Vec<NewNotification> = ["fan-000", "fan-001", "late"]
+        .iter()
+        .map(|s| note(s, "e1"))
+        .collect();
+    let logged = store.append_notifications(&again).await.unwrap();
+    assert_eq!(
+        logged
+            .iter()
+            .map(|n| (n.subscription_id.as_str(), n.event_number))
+            .collect::<Vec<_>>(),
+        [("late", 1)]
+    );
+    // A deleted and re-created id starts an empty log, with new ids for the same events.
+    let before = store
+        .notifications_after("default", "fan-000", 0, 10)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_subscription("default", "fan-000")
+            .await
+            .unwrap()
+    );
+    store
+        .create_subscription("default", "fan-000", &write("active"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .notifications_after("default", "fan-000", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let logged = store
+        .append_notifications(&[note("fan-000", "e1")])
+        .await
+        .unwrap();
+    assert_eq!(logged[0].event_number, 1);
+    assert_ne!(logged[0].notification_id, before[0].notification_id);
+}
+
+pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store) {
+    let wanted: Vec<(String, String)> = (0..3)
+        .map(|i| ("default".to_owned(), format!("h{i}")))
+        .collect();
+    let first = store.heartbeat("a", 60_000).await.unwrap();
+    assert!(!first.kept, "a new process holds nothing yet");
+    assert!(first.others.is_empty());
+    assert_eq!(
+        store
+            .claim_leases("a", &wanted, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(store.heartbeat("a", 60_000).await.unwrap().kept);
+    let b = store.heartbeat("b", 60_000).await.unwrap();
+    assert_eq!(b.others.into_iter().collect::<Vec<_>>(), ["a"]);
+    assert!(
+        store
+            .claim_leases("b", &wanted, 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a's heartbeat is live: its leases stay"
+    );
+    // a stops beating: b sees it gone and takes what it held
+    assert!(store.heartbeat("a", -1).await.unwrap().kept);
+    let b = store.heartbeat("b", 60_000).await.unwrap();
+    assert!(b.others.is_empty(), "{b:?}");
+    assert_eq!(
+        store
+            .claim_leases("b", &wanted, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // a comes back: told its heartbeat lapsed, so it stops rather than send beside b
+    let a = store.heartbeat("a", 60_000).await.unwrap();
+    assert!(!a.kept);
+    assert!(
+        store
+            .claim_leases("a", &wanted, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // b leaves cleanly: a sees it gone and takes over at once
+    store.release_leases("b").await.unwrap();
+    assert!(
+        store
+            .heartbeat("a", 60_000)
+            .await
+            .unwrap()
+            .others
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_leases("a", &wanted, 60_000)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}

@@ -82,6 +82,8 @@ contract_suite!(
     versions_are_kept_and_continue_after_a_delete,
     consumer_offsets_only_move_forward,
     housekeeping_purges_what_nothing_needs,
+    one_event_reaching_many_subscriptions_reads_back_for_each,
+    a_heartbeat_says_whether_leases_are_still_held,
 );
 
 #[tokio::test]
@@ -109,4 +111,188 @@ async fn sqlite_state_survives_reopen() {
         .await
         .unwrap();
     assert_eq!(logged[0].event_number, 2);
+}
+
+/// The store a SQLite file holds, opened beside the `Store` for what the contract cannot see.
+async fn raw_sqlite(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+    sqlx::SqlitePool::connect(&url).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_event_is_stored_once_however_many_subscriptions_it_reaches() {
+    let (store, dir) = sqlite().await;
+    let mut batch = Vec::new();
+    for i in 0..300 {
+        let id = format!("s{i}");
+        store
+            .create_subscription("default", &id, &contract::write("active"))
+            .await
+            .unwrap();
+        batch.push(contract::note(&id, "e1"));
+    }
+    assert_eq!(store.append_notifications(&batch).await.unwrap().len(), 300);
+    let raw = raw_sqlite(&dir).await;
+    let count = |sql: &'static str| {
+        let raw = raw.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&raw)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM logged_events").await, 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM logged_events WHERE resource IS NOT NULL").await,
+        1
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM notification_log").await, 300);
+    // Purging everything delivered takes the rows and then the event nobody refers to.
+    for i in 0..300 {
+        store
+            .record_delivered("default", &format!("s{i}"), 1)
+            .await
+            .unwrap();
+    }
+    let purged = store
+        .purge_notifications("9999-12-31T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(purged, 300);
+    assert_eq!(count("SELECT COUNT(*) FROM logged_events").await, 0);
+}
+
+/// Run the migrations below version 15 (the log before it was fanned out), write a log in
+/// that shape, then open it as a `Store`: the rest migrate it.
+async fn old_log_migrates(url: &str, dir: &str) {
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(&format!(
+        "{}/migrations/{dir}",
+        env!("CARGO_MANIFEST_DIR")
+    )))
+    .await
+    .unwrap();
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < 15)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let old = [
+        (
+            "s1",
+            1,
+            "old-1",
+            "e1",
+            Some(r#"{"resourceType":"Observation","id":"a"}"#),
+        ),
+        ("s1", 2, "old-2", "e2", None),
+        (
+            "s2",
+            1,
+            "old-3",
+            "e1",
+            Some(r#"{"resourceType":"Observation","id":"a"}"#),
+        ),
+    ];
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    for (id, events) in [("s1", 2_i64), ("s2", 1)] {
+        sqlx::query(
+            "INSERT INTO subscriptions (tenant, id, version_id, last_updated, status,
+                 criteria, channel_type, endpoint, resource, events_since_start)
+             VALUES ('default', $1, 1, '2024-01-01T00:00:00Z', 'active',
+                 'Observation?code=1', 'rest-hook', 'http://example.test/hook',
+                 '{}', $2)",
+        )
+        .bind(id)
+        .bind(events)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for (sub, number, nid, event, resource) in old {
+        sqlx::query(
+            "INSERT INTO notifications (tenant, subscription_id, event_number,
+                 notification_id, event_id, action, focus_type, focus_id,
+                 focus_version, occurred_at, created_at, resource)
+             VALUES ('default', $1, $2, $3, $4, 'create', 'Observation', 'a', '1',
+                 '2024-01-01T00:00:00Z', '2024-01-01T00:00:01Z', $5)",
+        )
+        .bind(sub)
+        .bind(number)
+        .bind(nid)
+        .bind(event)
+        .bind(resource)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let store = Store::connect(url).await.unwrap();
+    let s1 = store
+        .notifications_after("default", "s1", 0, 10)
+        .await
+        .unwrap();
+    let s2 = store
+        .notifications_after("default", "s2", 0, 10)
+        .await
+        .unwrap();
+    let got: Vec<(&str, i64, &str, &str, Option<&str>)> = s1
+        .iter()
+        .chain(&s2)
+        .map(|n| {
+            (
+                n.subscription_id.as_str(),
+                n.event_number,
+                n.notification_id.as_str(),
+                n.event_id.as_str(),
+                n.resource.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(got, old, "every row, with the id it was delivered with");
+    assert_eq!(s1[0].created_at, "2024-01-01T00:00:01Z");
+    let next = store
+        .append_notifications(&[contract::note("s1", "e3"), contract::note("s2", "e2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|n| n.event_number).collect::<Vec<_>>(),
+        [3, 2],
+        "numbering continues"
+    );
+    let created = store
+        .create_subscription("default", "s3", &contract::write("active"))
+        .await
+        .unwrap();
+    assert_eq!(created.events_since_start, 0);
+    let logged = store
+        .append_notifications(&[contract::note("s3", "e1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        logged[0].event_number, 1,
+        "a new subscription gets a log key of its own"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_log_from_before_fan_out_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("hub.db").display());
+    old_log_migrates(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_log_from_before_fan_out_migrates() {
+    let Ok(base) = std::env::var("FHIR_HUB_TEST_DATABASE_URL") else {
+        eprintln!("skipping: FHIR_HUB_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let url = hub_store::fresh_postgres_schema(&base, "m").await.unwrap();
+    old_log_migrates(&url, "postgres").await;
 }
