@@ -432,12 +432,15 @@ async fn fan_out(hub: &HubProcess, subs: usize, events: usize) -> FanOut {
     let mut made = futures::stream::iter((0..subs).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let mut channel = hub_channel("websocket");
-            channel.as_object_mut().unwrap().remove("_payload");
             let body = json!({"resourceType": "Subscription", "status": "requested",
                 "reason": format!("ward dashboard {i}"),
-                "criteria": "Observation?code=http://loinc.org|2345-7", "channel": channel});
-            post(&http, &url, &body).await;
+                "criteria": "Observation?code=http://loinc.org|2345-7",
+                "channel": {"type": "websocket", "payload": "application/fhir+json"}});
+            let s = post(&http, &url, &body).await;
+            assert_eq!(
+                s["resourceType"], "Subscription",
+                "creating subscription {i}: {s}"
+            );
         }
     }))
     .buffer_unordered(16);
@@ -508,6 +511,8 @@ fn open_files(pid: u32) -> usize {
 
 /// What the rest-hook scale phase measured.
 struct Scale {
+    /// From every fan-out delivery received to the hub at rest (progress and audit written).
+    settle_s: f64,
     per_sub_kb: f64,
     open_files: usize,
     activation_s: f64,
@@ -573,6 +578,18 @@ async fn resthook_scale(n: usize) -> Scale {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fan_out_s = t.elapsed().as_secs_f64();
+    // the fan-out's progress records and audit rows are written after the receiver has
+    // everything: let them land (the hub idle for a second), so what follows measures a hub
+    // at rest with n subscriptions
+    let t = Instant::now();
+    loop {
+        let cpu = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cpu_seconds(pid) - cpu < 0.05 || t.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+    }
+    let settle_s = t.elapsed().as_secs_f64();
     // new subscriptions among them: create → active
     let mut new_sub_ms = Vec::new();
     for _ in 0..100 {
@@ -596,7 +613,11 @@ async fn resthook_scale(n: usize) -> Scale {
         }
         new_sub_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    if std::env::var_os("E2E_BENCH_VERBOSE").is_some() {
+        eprintln!("create → active, in order (ms): {new_sub_ms:.0?}");
+    }
     Scale {
+        settle_s,
         per_sub_kb,
         open_files: open,
         activation_s,
@@ -805,13 +826,14 @@ async fn main() {
                 resthooks as f64 / sc.fan_out_s
             ),
             format!(
-                "goal < 2 KB each, descriptors bounded by the pool; all {resthooks} made and active in {:.1} s; 100 more, create → active: p50 {:.0} ms, p99 {:.0} ms (goal p99 < 1 s)",
-                sc.activation_s, q.0, q.2
+                "goal < 2 KB each, descriptors bounded by the pool; all {resthooks} made and active in {:.1} s; at rest {:.1} s after the fan-out, 100 more, create → active: p50 {:.0} ms, p99 {:.0} ms (goal p99 < 1 s)",
+                sc.activation_s, sc.settle_s, q.0, q.2
             ),
             "resthook_scale",
             json!({"subscriptions": resthooks, "kb_per_subscription": sc.per_sub_kb,
                    "open_files": sc.open_files, "fan_out_s": sc.fan_out_s,
-                   "activation_s": sc.activation_s, "new_p50_ms": q.0, "new_p99_ms": q.2}),
+                   "activation_s": sc.activation_s, "settle_s": sc.settle_s,
+                   "new_p50_ms": q.0, "new_p99_ms": q.2}),
         ));
     }
 

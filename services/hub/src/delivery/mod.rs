@@ -188,7 +188,11 @@ impl Delivery {
                 },
             );
             let ended = self.ended.clone();
-            self.tasks.spawn(supervised(key, stop, ended, worker.run()));
+            // The worker's future on the heap once, behind a pointer: an idle worker's task
+            // is its size (a 2 KB state machine), not twice it (the heap profile of 5,000
+            // idle subscriptions found each task at 4.5 KB with the future inline).
+            self.tasks
+                .spawn(supervised(key, stop, ended, Box::pin(worker.run())));
         }
     }
 
@@ -520,5 +524,17 @@ mod tests {
         stop.cancel();
         supervised(key("s3"), stop, tx, async {}).await;
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_idle_worker_task_stays_small() {
+        fn task_size<F: Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        // what each live rest-hook subscription's task holds inline, the worker boxed
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async {});
+        let task = supervised(key("s"), CancellationToken::new(), tx, boxed);
+        assert!(task_size(&task) <= 512, "{} bytes", task_size(&task));
     }
 }

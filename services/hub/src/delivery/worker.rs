@@ -337,7 +337,7 @@ impl Worker {
         let mut status = self.sub.status;
         if status == Status::Requested {
             let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
-            if self.deliver(d, Kind::Handshake, &mut status).await != Final::Delivered {
+            if Box::pin(self.deliver(d, Kind::Handshake, &mut status)).await != Final::Delivered {
                 return;
             }
             tracing::info!(subscription = %self.sub.id, "handshake accepted");
@@ -382,7 +382,7 @@ impl Worker {
                     }
                 }
                 Some(Ok(Item::Quiet)) => {
-                    self.heartbeat(&mut status, &mut heartbeat_failures).await;
+                    Box::pin(self.heartbeat(&mut status, &mut heartbeat_failures)).await;
                     last_sent = tokio::time::Instant::now();
                     continue;
                 }
@@ -391,7 +391,7 @@ impl Worker {
                     // log was purged by hand: say so loudly and go on.
                     tracing::error!(subscription = %id, tenant = %tenant, after, resumes_at, "notifications missing from the log; skipping to what remains");
                     delivered = resumes_at - 1;
-                    if !self.record(delivered).await {
+                    if !Box::pin(self.record(delivered)).await {
                         return;
                     }
                     continue;
@@ -410,7 +410,7 @@ impl Worker {
                     continue;
                 };
                 let d = self.message(status, Kind::EventNotification, last.event_number, notes);
-                let result = self.deliver(d, Kind::EventNotification, &mut status).await;
+                let result = Box::pin(self.deliver(d, Kind::EventNotification, &mut status)).await;
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();
@@ -424,8 +424,8 @@ impl Worker {
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
                 if must_record && delivered > recorded {
-                    crate::auth::record(hub, std::mem::take(&mut disclosed)).await;
-                    if !self.record(delivered).await {
+                    Box::pin(crate::auth::record(hub, std::mem::take(&mut disclosed))).await;
+                    if !Box::pin(self.record(delivered)).await {
                         return;
                     }
                     recorded = delivered;
@@ -435,8 +435,8 @@ impl Worker {
                     return;
                 }
             }
-            crate::auth::record(hub, disclosed).await;
-            if delivered > recorded && !self.record(delivered).await {
+            Box::pin(crate::auth::record(hub, disclosed)).await;
+            if delivered > recorded && !Box::pin(self.record(delivered)).await {
                 return;
             }
         }
