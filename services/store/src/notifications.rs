@@ -160,6 +160,34 @@ type Key<'a> = (&'a str, &'a str);
 /// Rows per multi-row statement: well under SQLite's and PostgreSQL's bound-value limits.
 const CHUNK: usize = 500;
 
+/// The rows `sql(tenant placeholder, list placeholders)` selects for `ids` of one tenant,
+/// [`CHUNK`] ids per statement, each paired with the id (from `ids`) its first column names.
+async fn among<'a>(
+    backend: Backend,
+    tx: &mut Transaction<'_, Any>,
+    sql: impl Fn(&str, &str) -> String,
+    tenant: &str,
+    ids: &[&'a str],
+) -> Result<Vec<(&'a str, AnyRow)>, StoreError> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let p = placeholders(backend, 1, chunk.len() + 1);
+        let text = sql(&p[0], &p[1..].join(", "));
+        let mut q = sqlx::query(&text).bind(tenant);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let named: HashMap<&str, &'a str> = chunk.iter().map(|id| (*id, *id)).collect();
+        for row in q.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get(0)?;
+            if let Some(id) = named.get(id.as_str()) {
+                out.push((*id, row));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Store the batch's change events once each (those already stored are looked up): what
 /// each one's notifications refer to.
 async fn store_events<'a>(
@@ -199,13 +227,14 @@ async fn store_events<'a>(
                 .bind(created_at)
                 .bind(n.resource.as_deref());
         }
+        let named: HashMap<Key<'a>, &NewNotification> = chunk
+            .iter()
+            .map(|n| ((n.tenant.as_str(), n.event_id.as_str()), *n))
+            .collect();
         for row in q.fetch_all(&mut **tx).await? {
             let (seq, tenant, event_id): (i64, String, String) =
                 (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if let Some(n) = chunk
-                .iter()
-                .find(|n| n.tenant == tenant && n.event_id == event_id)
-            {
+            if let Some(n) = named.get(&(tenant.as_str(), event_id.as_str())) {
                 let event = StoredEvent {
                     seq,
                     logged_at: created_at.to_owned(),
@@ -223,29 +252,19 @@ async fn store_events<'a>(
         }
     }
     for (tenant, ids) in missing {
-        for chunk in ids.chunks(CHUNK) {
-            let p = placeholders(backend, 2, chunk.len());
-            let sql = format!(
-                "SELECT seq, event_id, logged_at FROM logged_events
-                 WHERE tenant = {} AND event_id IN ({})",
-                placeholders(backend, 1, 1).join(""),
-                p.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(tenant);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                let id: String = row.try_get(1)?;
-                if let Some(key) = chunk.iter().find(|e| **e == id) {
-                    let event = StoredEvent {
-                        seq: row.try_get(0)?,
-                        logged_at: row.try_get(2)?,
-                        fresh: false,
-                    };
-                    stored.insert((tenant, *key), event);
-                }
-            }
+        let sql = |t: &str, list: &str| {
+            format!(
+                "SELECT event_id, seq, logged_at FROM logged_events
+                 WHERE tenant = {t} AND event_id IN ({list})"
+            )
+        };
+        for (id, row) in among(backend, tx, sql, tenant, &ids).await? {
+            let event = StoredEvent {
+                seq: row.try_get(1)?,
+                logged_at: row.try_get(2)?,
+                fresh: false,
+            };
+            stored.insert((tenant, id), event);
         }
     }
     Ok(stored)
@@ -266,32 +285,23 @@ async fn lock_subscriptions<'a>(
             .or_default()
             .push(&n.subscription_id);
     }
+    let lock = match backend {
+        Backend::Postgres => " ORDER BY id FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let sql = |t: &str, list: &str| {
+        format!(
+            "SELECT id, log_key FROM subscriptions
+             WHERE tenant = {t} AND id IN ({list}) AND status <> 'off'{lock}"
+        )
+    };
     let mut keys = HashMap::new();
     for (tenant, mut ids) in by_tenant {
         ids.sort_unstable();
         ids.dedup();
-        for chunk in ids.chunks(CHUNK) {
-            let p = placeholders(backend, 2, chunk.len());
-            let lock = match backend {
-                Backend::Postgres => " ORDER BY id FOR UPDATE",
-                Backend::Sqlite => "",
-            };
-            let sql = format!(
-                "SELECT id, log_key FROM subscriptions
-                 WHERE tenant = {} AND id IN ({}) AND status <> 'off'{lock}",
-                placeholders(backend, 1, 1).join(""),
-                p.join(", ")
-            );
-            let mut q = sqlx::query(&sql).bind(tenant);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&mut **tx).await? {
-                let id: String = row.try_get(0)?;
-                let key: Option<i64> = row.try_get(1)?;
-                if let (Some(found), Some(key)) = (chunk.iter().find(|i| **i == id), key) {
-                    keys.insert((tenant, *found), key);
-                }
+        for (id, row) in among(backend, tx, sql, tenant, &ids).await? {
+            if let Some(key) = row.try_get::<Option<i64>, _>(1)? {
+                keys.insert((tenant, id), key);
             }
         }
     }
