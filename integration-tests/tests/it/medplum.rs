@@ -107,7 +107,7 @@ fn agrees_with_medplum_where_medplum_follows_the_spec() {
         let parsed = Criteria::parse(c).unwrap();
         let ours: Vec<String> = resources
             .iter()
-            .filter(|r| parsed.matches_at(r, now))
+            .filter(|r| parsed.matches_at(*r, now))
             .map(|r| format!("Observation/{}", r["id"].as_str().unwrap()))
             .collect();
         let medplum: Vec<String> = theirs[c]

@@ -1,9 +1,8 @@
 //! Index keys: what a query value asks for and what a resource node offers, in one
 //! normalised form per parameter type, so that equal keys mean "may match".
 
-use serde_json::Value;
-
 use crate::criteria::QueryValue;
+use crate::json::Json;
 use crate::registry::ParamType;
 
 /// The key a query value is posted under, if it is an equality the index can serve.
@@ -69,35 +68,43 @@ pub(crate) fn exact_key(v: &QueryValue) -> bool {
 
 /// Call `f` with every key a resource node offers for a parameter of type `kind`, built in
 /// `scratch` so that probing allocates nothing per key.
-pub(crate) fn for_each_node_key(
+pub(crate) fn for_each_node_key<J: Json>(
     kind: ParamType,
-    node: &Value,
+    node: &J,
     scratch: &mut String,
     mut f: impl FnMut(&str),
 ) {
-    use std::fmt::Write;
     match kind {
         ParamType::Token => {
-            for (sys, code) in crate::criteria::token_pairs(node) {
+            crate::criteria::any_token_pair(node, &mut |sys, code| {
                 scratch.clear();
-                let _ = write!(scratch, "c|{code}");
+                scratch.push_str("c|");
+                scratch.push_str(code);
                 f(scratch);
                 if let Some(s) = sys {
                     scratch.clear();
-                    let _ = write!(scratch, "s|{s}|{code}");
+                    scratch.push_str("s|");
+                    scratch.push_str(s);
+                    scratch.push('|');
+                    scratch.push_str(code);
                     f(scratch);
                 }
-            }
+                false
+            });
         }
         ParamType::Reference => {
             if let Some((t, id)) = crate::criteria::reference_target(node) {
                 if let Some(t) = t {
                     scratch.clear();
-                    let _ = write!(scratch, "r|{t}/{id}");
+                    scratch.push_str("r|");
+                    scratch.push_str(t);
+                    scratch.push('/');
+                    scratch.push_str(id);
                     f(scratch);
                 }
                 scratch.clear();
-                let _ = write!(scratch, "i|{id}");
+                scratch.push_str("i|");
+                scratch.push_str(id);
                 f(scratch);
             }
         }

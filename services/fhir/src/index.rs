@@ -13,13 +13,13 @@
 //! [`CriteriaIndex::remove`] takes back, touching only the postings of that one criteria (a
 //! freed slot is reused by the next insert), so a subscription write never rebuilds it.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
-
-use serde_json::Value;
 
 use crate::criteria::{Clause, Criteria, Prefix, QueryValue};
 use crate::criteria_keys::{exact_key, for_each_node_key, query_key};
+use crate::json::Json;
+use crate::projection::Projection;
 use crate::registry::{ParamType, SearchParam};
 
 struct Entry<T> {
@@ -73,7 +73,10 @@ pub struct CriteriaIndex<T> {
     /// Removed slots, reused last-freed first.
     free: Vec<u32>,
     live: usize,
-    by_type: HashMap<(String, String), TypeIndex>,
+    /// Partition → resource type → its index.
+    by_type: HashMap<String, HashMap<String, TypeIndex>>,
+    /// Partition → the top-level elements its criteria read.
+    projections: HashMap<String, Projection>,
 }
 
 /// What [`CriteriaIndex::insert`] returns: the slot an entry holds until it is removed.
@@ -87,6 +90,7 @@ impl<T> Default for CriteriaIndex<T> {
             free: Vec::new(),
             live: 0,
             by_type: HashMap::new(),
+            projections: HashMap::new(),
         }
     }
 }
@@ -175,20 +179,33 @@ fn number_side(prefix: Prefix) -> Option<(Side, bool)> {
 
 /// The value a resource node offers for a threshold of `side`: for dates, the end of its
 /// range when thresholds sit below it and the start when they sit above.
-fn node_point(node: &Value, kind: ParamType, side: Side) -> Option<f64> {
+fn node_point<J: Json>(node: &J, kind: ParamType, side: Side) -> Option<f64> {
     match kind {
-        ParamType::Date => {
-            let r = crate::criteria::date_range(node)?;
-            let x = if side.uses_range_end() { r.hi } else { r.lo };
-            Some(match x {
-                i64::MAX => f64::INFINITY,
-                i64::MIN => f64::NEG_INFINITY,
-                x => x as f64,
-            })
-        }
+        ParamType::Date => crate::criteria::date_range(node).map(|r| range_point(&r, side)),
         // read numbers exactly as the linear evaluator does, or the two would disagree
         ParamType::Number => crate::criteria::eval::number_of(node),
         ParamType::Quantity => node.get("value").and_then(crate::criteria::eval::number_of),
+        _ => None,
+    }
+}
+
+/// The point of a date range a threshold of `side` compares with.
+fn range_point(r: &crate::datetime::Range, side: Side) -> f64 {
+    let x = if side.uses_range_end() { r.hi } else { r.lo };
+    match x {
+        i64::MAX => f64::INFINITY,
+        i64::MIN => f64::NEG_INFINITY,
+        x => x as f64,
+    }
+}
+
+/// The prefix and range of criteria that are one date comparison and nothing else.
+fn one_date_clause(c: &Criteria) -> Option<(Prefix, &crate::datetime::Range)> {
+    match c.clauses.as_slice() {
+        [clause] if clause.modifier.is_none() => match clause.values.as_slice() {
+            [QueryValue::Date { prefix, range }] => Some((*prefix, range)),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -348,9 +365,15 @@ impl<T> CriteriaIndex<T> {
             Some(n) => n,
             None => u32::try_from(self.entries.len()).unwrap_or(u32::MAX),
         };
+        self.projections
+            .entry(partition.to_owned())
+            .or_default()
+            .add(&criteria);
         let ti = self
             .by_type
-            .entry((partition.to_owned(), criteria.resource_type.clone()))
+            .entry(partition.to_owned())
+            .or_default()
+            .entry(criteria.resource_type.clone())
             .or_default();
         match placement(&criteria) {
             Placement::Threshold(clause, side, at, exact) => {
@@ -373,16 +396,38 @@ impl<T> CriteriaIndex<T> {
     pub fn remove(&mut self, partition: &str, handle: Handle) -> Option<T> {
         let n = handle.0;
         let entry = self.entries.get_mut(n as usize)?.take()?;
-        let key = (partition.to_owned(), entry.criteria.resource_type.clone());
-        if let Some(ti) = self.by_type.get_mut(&key) {
-            ti.unplace(&placement(&entry.criteria), n);
-            if ti.is_empty() {
-                self.by_type.remove(&key);
+        if let Some(types) = self.by_type.get_mut(partition) {
+            let rtype = entry.criteria.resource_type.as_str();
+            if let Some(ti) = types.get_mut(rtype) {
+                ti.unplace(&placement(&entry.criteria), n);
+                if ti.is_empty() {
+                    types.remove(rtype);
+                }
+            }
+            if types.is_empty() {
+                self.by_type.remove(partition);
+            }
+        }
+        if let Some(p) = self.projections.get_mut(partition) {
+            p.remove(&entry.criteria);
+            if p.is_empty() {
+                self.projections.remove(partition);
             }
         }
         self.free.push(n);
         self.live -= 1;
         Some(entry.value)
+    }
+
+    /// The top-level elements the criteria of `partition` read (`None`: it has none, so
+    /// nothing there can match). [`Projection::parse`] parses a resource for
+    /// [`CriteriaIndex::matches`] with them alone.
+    pub fn projection(&self, partition: &str) -> Option<&Projection> {
+        self.projections.get(partition)
+    }
+
+    fn type_index(&self, partition: &str, rtype: &str) -> Option<&TypeIndex> {
+        self.by_type.get(partition)?.get(rtype)
     }
 
     fn entry(&self, i: u32) -> Option<&Entry<T>> {
@@ -391,11 +436,11 @@ impl<T> CriteriaIndex<T> {
 
     /// Values of every criteria in `partition` that `resource` matches, in slot order (insertion
     /// order until something is removed).
-    pub fn matches(&self, partition: &str, resource: &Value, now_micros: i64) -> Vec<&T> {
-        let Some(rtype) = resource.get("resourceType").and_then(Value::as_str) else {
+    pub fn matches<J: Json>(&self, partition: &str, resource: &J, now_micros: i64) -> Vec<&T> {
+        let Some(rtype) = resource.get("resourceType").and_then(J::as_str) else {
             return Vec::new();
         };
-        let Some(ti) = self.by_type.get(&(partition.to_owned(), rtype.to_owned())) else {
+        let Some(ti) = self.type_index(partition, rtype) else {
             return Vec::new();
         };
         // Entries selected by an exact condition are matches already; the others are
@@ -425,7 +470,16 @@ impl<T> CriteriaIndex<T> {
         for g in &ti.thresholds {
             let Ok(paths) = &g.param.paths else { continue };
             for node in paths.iter().flat_map(|p| p.eval(resource)) {
-                let Some(x) = node_point(node, g.param.kind, g.side) else {
+                // a date node's range, read once for the binary search and the re-checks
+                let range = match g.param.kind {
+                    ParamType::Date => crate::criteria::date_range(node),
+                    _ => None,
+                };
+                let point = match &range {
+                    Some(r) => Some(range_point(r, g.side)),
+                    None => node_point(node, g.param.kind, g.side),
+                };
+                let Some(x) = point else {
                     continue;
                 };
                 let list = &g.entries;
@@ -436,7 +490,24 @@ impl<T> CriteriaIndex<T> {
                     Side::AtOrAbove => &list[list.partition_point(|(t, _, _)| *t < x)..],
                 };
                 for &(_, i, exact) in slice {
-                    take(i, exact);
+                    // Criteria of one date comparison (`date=ge…`) are decided on this
+                    // node's range: the clause matches when any node's range satisfies it,
+                    // and every node comes through here.
+                    let one_date = match (&range, exact) {
+                        (Some(r), false) => self
+                            .entry(i)
+                            .and_then(|e| one_date_clause(&e.criteria))
+                            .map(|(p, s)| (p, s, r)),
+                        _ => None,
+                    };
+                    match one_date {
+                        Some((prefix, s, r)) => {
+                            if crate::criteria::compare_ranges(prefix, s, r, now_micros) {
+                                take(i, true);
+                            }
+                        }
+                        None => take(i, exact),
+                    }
                 }
             }
         }
@@ -458,18 +529,20 @@ impl<T> CriteriaIndex<T> {
 
     /// Values of every criteria in `partition` that `resource` matches, by scanning all of
     /// them: the reference the index is tested (and benchmarked) against.
-    pub fn matches_linear(&self, partition: &str, resource: &Value, now_micros: i64) -> Vec<&T> {
-        let Some(rtype) = resource.get("resourceType").and_then(Value::as_str) else {
+    pub fn matches_linear<J: Json>(
+        &self,
+        partition: &str,
+        resource: &J,
+        now_micros: i64,
+    ) -> Vec<&T> {
+        let Some(rtype) = resource.get("resourceType").and_then(J::as_str) else {
             return Vec::new();
         };
-        if !self
-            .by_type
-            .contains_key(&(partition.to_owned(), rtype.to_owned()))
-        {
+        if self.type_index(partition, rtype).is_none() {
             return Vec::new();
         }
         let mut members: Vec<u32> = Vec::new();
-        if let Some(ti) = self.by_type.get(&(partition.to_owned(), rtype.to_owned())) {
+        if let Some(ti) = self.type_index(partition, rtype) {
             members.extend(&ti.broad);
             members.extend(
                 ti.indexed
@@ -496,7 +569,7 @@ impl<T> CriteriaIndex<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     /// A small deterministic generator (xorshift), so the property runs the same every time.
     struct Rng(u64);
@@ -586,9 +659,30 @@ mod tests {
                 2 => res["effectiveDateTime"] = json!("2024"),
                 _ => {}
             }
+            if i % 3 == 0 {
+                // elements no criteria read, for the projection to step over
+                let obj = res.as_object_mut().unwrap();
+                obj.insert(
+                    "meta".into(),
+                    json!({"tag": [{"code": "x"}], "versionId": "2"}),
+                );
+                obj.insert("encounter".into(), json!({"reference": "Encounter/e"}));
+                obj.insert(
+                    "component".into(),
+                    json!([{"valueQuantity": {"value": 99}}]),
+                );
+            }
             let fast = index.matches("t", &res, 0);
             let slow = index.matches_linear("t", &res, 0);
             assert_eq!(fast, slow, "{res}");
+            let text = res.to_string();
+            let projected = index
+                .projection("t")
+                .unwrap()
+                .parse(text.as_bytes())
+                .unwrap();
+            assert_eq!(index.matches("t", &projected, 0), fast, "{res}");
+            assert_eq!(index.matches_linear("t", &projected, 0), fast, "{res}");
             total += fast.len();
         }
         assert!(
@@ -632,6 +726,14 @@ mod tests {
             };
             let got = sorted(index.matches("t", &res, 0));
             assert_eq!(got, sorted(fresh.matches("t", &res, 0)), "{res}");
+            // the projection kept up with the changes
+            let text = res.to_string();
+            let projected = index
+                .projection("t")
+                .unwrap()
+                .parse(text.as_bytes())
+                .unwrap();
+            assert_eq!(got, sorted(index.matches("t", &projected, 0)), "{res}");
             assert_eq!(got, sorted(index.matches_linear("t", &res, 0)), "{res}");
             total += got.len();
         }
@@ -643,7 +745,71 @@ mod tests {
         for (h, _, _) in live {
             index.remove("t", h);
         }
-        assert!(index.is_empty() && index.by_type.is_empty());
+        assert!(index.is_empty() && index.by_type.is_empty() && index.projections.is_empty());
+    }
+
+    /// Generated input: resources with bytes changed, dropped and repeated. Whatever the
+    /// bytes, the whole parse and the projected one accept the same inputs as serde_json,
+    /// never panic, and the matches they give are those of the `Value`.
+    #[test]
+    fn mangled_resources_parse_and_match_alike() {
+        let mut r = Rng(0x51_7cc1_b727_220a);
+        let mut index = CriteriaIndex::new();
+        for n in 0..200 {
+            let clauses: Vec<String> = (0..1 + r.next() % 3).map(|_| clause(&mut r)).collect();
+            index.insert(
+                "t",
+                Criteria::parse(&format!("Observation?{}", clauses.join("&"))).unwrap(),
+                n,
+            );
+        }
+        let projection = index.projection("t").unwrap();
+        let (mut parsed, mut matched) = (0, 0);
+        for i in 0..4000 {
+            let mut bytes = resource(&mut r, i).to_string().into_bytes();
+            for _ in 0..1 + r.next() % 3 {
+                let at = (r.next() % bytes.len() as u64) as usize;
+                match r.next() % 4 {
+                    0 => {
+                        let picks = br#"{}[]":,0-e.\u"#;
+                        bytes[at] = picks[(r.next() % picks.len() as u64) as usize];
+                    }
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    2 => bytes.insert(at, bytes[at]),
+                    _ => bytes[at] = (r.next() % 256) as u8,
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            let value = serde_json::from_slice::<Value>(&bytes);
+            let node = crate::json::Node::parse(&bytes);
+            assert_eq!(
+                value.is_ok(),
+                node.is_ok(),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            let projected = projection.parse(&bytes);
+            if let Ok(v) = value {
+                parsed += 1;
+                let expected = index.matches("t", &v, 0);
+                if let Ok(n) = node {
+                    assert_eq!(index.matches("t", &n, 0), expected);
+                }
+                if v.is_object() {
+                    let p = projected.unwrap_or_else(|e| panic!("{e}: {v}"));
+                    assert_eq!(index.matches("t", &p, 0), expected, "{v}");
+                }
+                matched += expected.len();
+            }
+        }
+        assert!(
+            parsed > 500 && matched > 100,
+            "the mangling leaves enough to compare: {parsed} parsed, {matched} matches"
+        );
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! `(Observation.value as Quantity)`, `Patient.telecom.where(system='phone')`).
 //!
 //! Each expression is compiled once into [`Path`] steps and then evaluated over
-//! `serde_json::Value` without allocation beyond the result vector. Expressions outside
+//! any [`Json`] tree (`serde_json::Value` or the lighter [`crate::json::Node`]) without allocation
+//! beyond the result vector. Expressions outside
 //! the subset fail to compile and the parameter is reported as unsupported; the full
 //! FHIRPath engine is its own module later.
 
-use serde_json::Value;
+use crate::json::Json;
 
 /// One navigation step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,19 +196,21 @@ impl Path {
     }
 
     /// Evaluate over a resource: every node the path reaches, arrays flattened.
-    pub fn eval<'a>(&self, resource: &'a Value) -> Vec<&'a Value> {
-        let mut nodes: Vec<&'a Value> = vec![resource];
+    pub fn eval<'a, J: Json>(&self, resource: &'a J) -> Vec<&'a J> {
+        let mut nodes: Vec<&'a J> = vec![resource];
         for step in &self.steps {
             let mut next = Vec::new();
             for node in nodes {
                 match step {
                     Step::Field(name) => {
-                        let Value::Object(obj) = node else { continue };
-                        match obj.get(name) {
+                        if !node.is_object() {
+                            continue;
+                        }
+                        match node.get(name) {
                             Some(v) => push_flat(&mut next, v),
                             None => {
                                 // A choice element: `effective` reaches `effectiveDateTime`.
-                                for (k, v) in obj {
+                                for (k, v) in node.members() {
                                     if k.len() > name.len()
                                         && k.starts_with(name.as_str())
                                         && k.as_bytes()[name.len()].is_ascii_uppercase()
@@ -229,7 +232,7 @@ impl Path {
                         }
                     }
                     Step::FieldEquals(f, v) => {
-                        if node.get(f).and_then(Value::as_str) == Some(v.as_str()) {
+                        if node.get(f).and_then(J::as_str) == Some(v.as_str()) {
                             next.push(node);
                         }
                     }
@@ -244,22 +247,38 @@ impl Path {
     }
 }
 
-fn push_flat<'a>(out: &mut Vec<&'a Value>, v: &'a Value) {
-    match v {
-        Value::Array(items) => out.extend(items.iter()),
-        Value::Null => {}
-        other => out.push(other),
+fn push_flat<'a, J: Json>(out: &mut Vec<&'a J>, v: &'a J) {
+    if let Some(items) = v.as_array() {
+        out.extend(items.iter());
+    } else if !v.is_null() {
+        out.push(v);
     }
+}
+
+/// A reference without its version: what comes before the first `/_history/`
+/// (`Patient/1/_history/2` → `Patient/1`). Found by looking at each `/`, not with a
+/// substring searcher: this runs for every reference of every resource matched.
+pub(crate) fn before_history(reference: &str) -> &str {
+    let bytes = reference.as_bytes();
+    let mut from = 0;
+    while let Some(off) = bytes[from..].iter().position(|b| *b == b'/') {
+        let at = from + off;
+        if bytes[at..].starts_with(b"/_history/") {
+            return &reference[..at];
+        }
+        from = at + 1;
+    }
+    reference
 }
 
 /// The resource type a Reference points to: from `Reference.type`, or the `Type/id` tail of
 /// `Reference.reference`.
-pub fn reference_type(node: &Value) -> Option<&str> {
-    if let Some(t) = node.get("type").and_then(Value::as_str) {
+pub fn reference_type<J: Json>(node: &J) -> Option<&str> {
+    if let Some(t) = node.get("type").and_then(J::as_str) {
         return Some(t);
     }
-    let r = node.get("reference").and_then(Value::as_str)?;
-    let r = r.split("/_history/").next().unwrap_or(r);
+    let r = node.get("reference").and_then(J::as_str)?;
+    let r = before_history(r);
     let mut parts = r.rsplit('/');
     let _id = parts.next()?;
     parts.next()
@@ -269,6 +288,27 @@ pub fn reference_type(node: &Value) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_version_is_cut_at_the_first_history_segment() {
+        for r in [
+            "Patient/1",
+            "Patient/1/_history/2",
+            "http://x/fhir/Patient/1/_history/2",
+            "a/_history/b/_history/c",
+            "/_history/",
+            "_history/x",
+            "Patient/1/_history",
+            "",
+            "é/_history/ü",
+        ] {
+            assert_eq!(
+                before_history(r),
+                r.split("/_history/").next().unwrap_or(r),
+                "{r}"
+            );
+        }
+    }
 
     #[test]
     fn compiles_definition_shapes() {

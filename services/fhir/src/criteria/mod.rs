@@ -9,10 +9,9 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::datetime::{self, Range};
 use crate::decimal::SearchNumber;
+use crate::json::Json;
 use crate::outcome::{IssueType, OperationOutcome};
 use crate::registry::{ParamType, Registry, SearchParam};
 use crate::resource_types::is_r4_resource_type;
@@ -22,7 +21,7 @@ pub(crate) mod eval;
 mod tests;
 mod text;
 
-pub(crate) use eval::{date_range, reference_target, token_pairs};
+pub(crate) use eval::{any_token_pair, compare_ranges, date_range, reference_target};
 pub use text::fold;
 use text::{percent_decode, split_unescaped, unescape};
 
@@ -234,14 +233,13 @@ impl Criteria {
     }
 
     /// Whether `resource` (of any type) satisfies every clause, now.
-    pub fn matches(&self, resource: &Value) -> bool {
+    pub fn matches<J: Json>(&self, resource: &J) -> bool {
         self.matches_at(resource, datetime::now_micros())
     }
 
     /// As [`matches`](Self::matches), with the clock given (`ap` on dates depends on it).
-    pub fn matches_at(&self, resource: &Value, now_micros: i64) -> bool {
-        if resource.get("resourceType").and_then(Value::as_str) != Some(self.resource_type.as_str())
-        {
+    pub fn matches_at<J: Json>(&self, resource: &J, now_micros: i64) -> bool {
+        if resource.get("resourceType").and_then(J::as_str) != Some(self.resource_type.as_str()) {
             return false;
         }
         self.clauses.iter().all(|c| c.matches(resource, now_micros))

@@ -1,6 +1,7 @@
 //! Table-driven criteria cases per parameter type, modifier and prefix.
 
 use super::*;
+use serde_json::Value;
 use serde_json::json;
 
 fn obs() -> Value {
