@@ -148,130 +148,15 @@ async fn prepared_hub_on(kafka: Option<&str>) -> (HubProcess, String, String, St
 /// warm-up events have gone through).
 async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
     let (hub, sse_id, _, _) = prepared_hub_on(kafka).await;
-    let addr = hub.url.trim_start_matches("http://").to_owned();
-    let path = format!("/fhir/Subscription/{sse_id}/$stream");
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    // Warm up before the clock starts, as the broker's own figure does: ten events through
-    // the whole path (the matcher's consumer has joined its group, connections are open).
-    let http = reqwest::Client::new();
-    let url = format!("{}/events", hub.url);
-    {
-        let mut buf = vec![0u8; 65536];
-        let mut text = String::new();
-        for i in 0..10 {
-            let obs = common::glucose(&format!("warm-{i}"), None);
-            http.post(&url)
-                .header("content-type", "application/fhir+json")
-                .body(obs.to_string())
-                .send()
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !text.contains("Observation/warm-9") {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, s.read(&mut buf)).await {
-                Ok(Ok(k)) if k > 0 => text.push_str(&String::from_utf8_lossy(&buf[..k])),
-                _ => panic!("{mode}: the warm-up events did not arrive within 60 s"),
-            }
-        }
-    }
-    let origin = Instant::now();
-    let total = (rate * secs) as usize;
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        let mut text = String::new();
-        let mut lat = Vec::with_capacity(total);
-        // a bundle names its focus more than once: count each event once
-        let mut seen = std::collections::HashSet::new();
-        // keep-alive comments keep the socket busy: stop after 20 s without a new event
-        let mut progress = Instant::now();
-        while lat.len() < total && progress.elapsed() < Duration::from_secs(20) {
-            let k = match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
-                Ok(Ok(k)) if k > 0 => k,
-                _ => break,
-            };
-            text.push_str(&String::from_utf8_lossy(&buf[..k]));
-            // each focus reference names the event: Observation/lat-<seq>-<micros since
-            // origin> (two sends can share a microsecond; the sequence keeps them apart)
-            while let Some(at) = text.find("Observation/lat-") {
-                let rest = &text[at + 16..];
-                let end = rest
-                    .find(|c: char| !c.is_ascii_digit() && c != '-')
-                    .unwrap_or(rest.len());
-                if end == rest.len() {
-                    break; // the name continues in the next read
-                }
-                let name = rest[..end].to_owned();
-                let sent: u64 = name
-                    .split('-')
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if seen.insert(name) {
-                    progress = Instant::now();
-                    let now = origin.elapsed().as_micros() as u64;
-                    lat.push((sent, now.saturating_sub(sent) as f64 / 1000.0));
-                }
-                text.drain(..at + 16 + end);
-            }
-        }
-        lat
-    });
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    let mut sends = Vec::with_capacity(total);
-    for seq in 0..total {
-        tick.tick().await;
-        let (http, url) = (http.clone(), url.clone());
-        let sent = origin.elapsed().as_micros();
-        sends.push(tokio::spawn(async move {
-            let obs = common::glucose(&format!("lat-{seq}-{sent}"), None);
-            let t = Instant::now();
-            let ok = http
-                .post(&url)
-                .header("content-type", "application/fhir+json")
-                .body(obs.to_string())
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (ok, t.elapsed().as_secs_f64() * 1000.0)
-        }));
-    }
-    let mut accepted = 0usize;
-    let mut answered = Vec::with_capacity(total);
-    for t in sends {
-        if let Ok((ok, ms)) = t.await {
-            accepted += usize::from(ok);
-            answered.push(ms);
-        }
-    }
-    let offered = total as f64 / origin.elapsed().as_secs_f64();
-    let timed = reader.await.unwrap();
-    if std::env::var("STREAMS_BENCH_TIMELINE").is_ok() {
-        // where the slow ones are: per 500 ms of sending, how many and the worst
-        let mut slots = std::collections::BTreeMap::<u64, (usize, f64)>::new();
-        for &(sent, ms) in &timed {
-            let s = slots.entry(sent / 500_000).or_default();
-            s.0 += 1;
-            s.1 = s.1.max(ms);
-        }
-        for (slot, (n, worst)) in slots {
-            println!(
-                "  {mode} t={:>5.1}s events {n:>4} worst {worst:>7.1} ms",
-                slot as f64 / 2.0
-            );
-        }
-    }
-    let lat: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
-    let received = lat.len();
+    let load = common::offered_load(&hub, &sse_id, "Observation/", rate, secs, mode).await;
     println!(
-        "{mode}: publish → SSE client, {rate} events/s asked ({offered:.0}/s sent) for {secs} s: {} (received {received} of {accepted} accepted, {total} sent); the publish request alone (sent → 202): {}",
-        percentiles(lat),
-        percentiles(answered)
+        "{mode}: publish → SSE client, {rate} events/s asked ({:.0}/s sent) for {secs} s: {} (received {} of {} accepted, {} sent); the publish request alone (sent → 202): {}",
+        load.offered,
+        percentiles(load.latencies.clone()),
+        load.latencies.len(),
+        load.accepted,
+        load.sent,
+        percentiles(load.answered.clone())
     );
 }
 

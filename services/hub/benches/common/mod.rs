@@ -198,3 +198,160 @@ pub(crate) fn glucose(id: &str, patient: Option<&str>) -> Value {
     }
     obs
 }
+
+/// What [`offered_load`] measured.
+pub(crate) struct OfferedLoad {
+    /// Publish → receipt of each event that arrived, ms.
+    pub(crate) latencies: Vec<f64>,
+    /// Each publish request's own time (sent → accepted), ms.
+    pub(crate) answered: Vec<f64>,
+    pub(crate) accepted: usize,
+    pub(crate) sent: usize,
+    /// The rate actually sent, events/s.
+    pub(crate) offered: f64,
+}
+
+/// Publish `rate` glucose Observations/s for `secs` seconds to `hub`, each its own
+/// `POST /events`, and time each from its send to its arrival on an SSE client of
+/// subscription `sse_id` (which they must all match), after ten warm-up events have gone
+/// through the whole path. `before_id` is what precedes an Observation's id in what the
+/// client receives (`Observation/` in an id-only bundle, `"id":"` in a full resource);
+/// `mode` names the run in messages.
+pub(crate) async fn offered_load(
+    hub: &HubProcess,
+    sse_id: &str,
+    before_id: &str,
+    rate: u64,
+    secs: u64,
+    mode: &str,
+) -> OfferedLoad {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+    let path = format!("/fhir/Subscription/{sse_id}/$stream");
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Warm up before the clock starts, as the broker's own figure does: ten events through
+    // the whole path (the matcher's consumer has joined its group, connections are open).
+    let http = reqwest::Client::new();
+    let url = format!("{}/events", hub.url);
+    {
+        let mut buf = vec![0u8; 65536];
+        let mut text = String::new();
+        for i in 0..10 {
+            let obs = glucose(&format!("warm-{i}"), None);
+            http.post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(obs.to_string())
+                .send()
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let last = format!("{before_id}warm-9");
+        while !text.contains(&last) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(k)) if k > 0 => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+                _ => panic!("{mode}: the warm-up events did not arrive within 60 s"),
+            }
+        }
+    }
+    let origin = Instant::now();
+    let total = (rate * secs) as usize;
+    let marker = format!("{before_id}lat-");
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut text = String::new();
+        let mut lat = Vec::with_capacity(total);
+        // a bundle names its focus more than once: count each event once
+        let mut seen = std::collections::HashSet::new();
+        // keep-alive comments keep the socket busy: stop after 20 s without a new event
+        let mut progress = Instant::now();
+        while lat.len() < total && progress.elapsed() < Duration::from_secs(20) {
+            let k = match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                Ok(Ok(k)) if k > 0 => k,
+                _ => break,
+            };
+            text.push_str(&String::from_utf8_lossy(&buf[..k]));
+            // each event's Observation id names it: lat-<seq>-<micros since origin> (two
+            // sends can share a microsecond; the sequence keeps them apart)
+            while let Some(at) = text.find(&marker) {
+                let rest = &text[at + marker.len()..];
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit() && c != '-')
+                    .unwrap_or(rest.len());
+                if end == rest.len() {
+                    break; // the name continues in the next read
+                }
+                let name = rest[..end].to_owned();
+                let sent: u64 = name
+                    .split('-')
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if seen.insert(name) {
+                    progress = Instant::now();
+                    let now = origin.elapsed().as_micros() as u64;
+                    lat.push((sent, now.saturating_sub(sent) as f64 / 1000.0));
+                }
+                text.drain(..at + marker.len() + end);
+            }
+        }
+        lat
+    });
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut sends = Vec::with_capacity(total);
+    for seq in 0..total {
+        tick.tick().await;
+        let (http, url) = (http.clone(), url.clone());
+        let sent = origin.elapsed().as_micros();
+        sends.push(tokio::spawn(async move {
+            let obs = glucose(&format!("lat-{seq}-{sent}"), None);
+            let t = Instant::now();
+            let ok = http
+                .post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(obs.to_string())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut accepted = 0usize;
+    let mut answered = Vec::with_capacity(total);
+    for t in sends {
+        if let Ok((ok, ms)) = t.await {
+            accepted += usize::from(ok);
+            answered.push(ms);
+        }
+    }
+    let offered = total as f64 / origin.elapsed().as_secs_f64();
+    let timed = reader.await.unwrap();
+    if std::env::var("STREAMS_BENCH_TIMELINE").is_ok() {
+        // where the slow ones are: per 500 ms of sending, how many and the worst
+        let mut slots = std::collections::BTreeMap::<u64, (usize, f64)>::new();
+        for &(sent, ms) in &timed {
+            let s = slots.entry(sent / 500_000).or_default();
+            s.0 += 1;
+            s.1 = s.1.max(ms);
+        }
+        for (slot, (n, worst)) in slots {
+            println!(
+                "  {mode} t={:>5.1}s events {n:>4} worst {worst:>7.1} ms",
+                slot as f64 / 2.0
+            );
+        }
+    }
+    OfferedLoad {
+        latencies: timed.into_iter().map(|(_, ms)| ms).collect(),
+        answered,
+        accepted,
+        sent: total,
+        offered,
+    }
+}
