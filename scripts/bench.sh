@@ -41,14 +41,14 @@ figures["matcher"] = matcher
 md += ["", "### Matcher (one core, JSON parsing included)", "",
        "| what | events/s | against |", "|---|---|---|"]
 if matcher:
-    md.append(f"| A: 101,000 subscriptions, projected parse + match | {matcher['projected_a']:.0} | "
-              f"{matcher['projected_a'] / matcher['parse_only']:.2}x a whole `serde_json::Value` parse "
-              f"({matcher['parse_only']:.0}/s; goal ≥ 1.2x) |")
-    md.append(f"| A: whole parse + match | {matcher['indexed_a']:.0} | linear scan {matcher['linear_a']:.0}/s "
-              f"({matcher['ratio_a']:.0}x on the same sample) |")
+    md.append(f"| A: 101,000 subscriptions, projected parse + match | {matcher['projected_a']:,.0f} | "
+              f"{matcher['projected_a'] / matcher['parse_only']:.2f}x a whole `serde_json::Value` parse "
+              f"({matcher['parse_only']:,.0f}/s; goal ≥ 1.2x) |")
+    md.append(f"| A: whole parse + match | {matcher['indexed_a']:,.0f} | linear scan {matcher['linear_a']:,.0f}/s "
+              f"({matcher['ratio_a']:,.0f}x on the same sample) |")
     if "medplum_b" in matcher:
-        md.append(f"| B: 1,000 subscriptions | {matcher['indexed_b']:.0} | Medplum {matcher['medplum_b']:.1}/s "
-                  f"({matcher['indexed_b'] / matcher['medplum_b']:.0}x) |")
+        md.append(f"| B: 1,000 subscriptions | {matcher['indexed_b']:,.0f} | Medplum {matcher['medplum_b']:.1f}/s "
+                  f"({matcher['indexed_b'] / matcher['medplum_b']:,.0f}x) |")
 
 fp = open(f"{out}/fhirpath.txt").read()
 rows = re.findall(r"^\n?(\S.*)\n  hub-fhirpath\s+([0-9]+) ns/eval.*\n  fhirpath.js\s+([0-9]+) ns/eval", fp, re.M)
@@ -56,7 +56,7 @@ figures["fhirpath"] = [{"expression": e, "ns": float(a), "fhirpath_js_ns": float
 md += ["", "### FHIRPath (ns per evaluation, one core)", "",
        "| expression | hub-fhirpath | fhirpath.js | ratio |", "|---|---|---|---|"]
 for e, a, b in rows:
-    md.append(f"| `{e}` | {a} | {b} | {float(b) / float(a):.1}x |")
+    md.append(f"| `{e}` | {a} | {b} | {float(b) / float(a):.1f}x |")
 
 open(f"{out}/bench.md", "w").write("\n".join(md) + "\n")
 json.dump(figures, open(f"{out}/bench.json", "w"), indent=2)

@@ -43,9 +43,13 @@ pub(crate) fn start_hub(kafka: Option<(&str, usize)>, config: &str) -> HubProces
     cmd.arg("--config").arg(&file);
     let mut topic = None;
     if let Some((brokers, partitions)) = kafka {
-        let t = format!("bench.changes.{}", uuid::Uuid::new_v4().simple());
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let t = format!("bench.changes.{run}");
+        // a consumer group of its own: a killed hub's member would otherwise hold up the
+        // next hub's rebalance until its session times out (one run fell to 90 events/s)
         cmd.args(["--kafka-brokers", brokers])
             .env("HUB_LOG__CHANGES_TOPIC", &t)
+            .env("HUB_KAFKA__MATCHER_GROUP", format!("bench.matcher.{run}"))
             .env("HUB_KAFKA__PARTITIONS", partitions.to_string());
         topic = Some(t);
     }
