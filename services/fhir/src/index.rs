@@ -626,6 +626,20 @@ mod tests {
             "effectiveDateTime": format!("2024-0{}-{:02}", 1 + r.next() % 6, 1 + r.next() % 28)})
     }
 
+    /// `f` of `res` as the projection of partition `t` parses it.
+    fn with_projected<T, R>(
+        index: &CriteriaIndex<T>,
+        res: &Value,
+        f: impl FnOnce(&crate::json::Node<'_>) -> R,
+    ) -> R {
+        let text = res.to_string();
+        f(&index
+            .projection("t")
+            .unwrap()
+            .parse(text.as_bytes())
+            .unwrap())
+    }
+
     #[test]
     fn indexed_matching_equals_a_linear_scan() {
         let mut r = Rng(0x9e37_79b9_7f4a_7c15);
@@ -675,14 +689,10 @@ mod tests {
             let fast = index.matches("t", &res, 0);
             let slow = index.matches_linear("t", &res, 0);
             assert_eq!(fast, slow, "{res}");
-            let text = res.to_string();
-            let projected = index
-                .projection("t")
-                .unwrap()
-                .parse(text.as_bytes())
-                .unwrap();
-            assert_eq!(index.matches("t", &projected, 0), fast, "{res}");
-            assert_eq!(index.matches_linear("t", &projected, 0), fast, "{res}");
+            with_projected(&index, &res, |projected| {
+                assert_eq!(index.matches("t", projected, 0), fast, "{res}");
+                assert_eq!(index.matches_linear("t", projected, 0), fast, "{res}");
+            });
             total += fast.len();
         }
         assert!(
@@ -727,13 +737,8 @@ mod tests {
             let got = sorted(index.matches("t", &res, 0));
             assert_eq!(got, sorted(fresh.matches("t", &res, 0)), "{res}");
             // the projection kept up with the changes
-            let text = res.to_string();
-            let projected = index
-                .projection("t")
-                .unwrap()
-                .parse(text.as_bytes())
-                .unwrap();
-            assert_eq!(got, sorted(index.matches("t", &projected, 0)), "{res}");
+            let by_projection = with_projected(&index, &res, |p| sorted(index.matches("t", p, 0)));
+            assert_eq!(got, by_projection, "{res}");
             assert_eq!(got, sorted(index.matches_linear("t", &res, 0)), "{res}");
             total += got.len();
         }
