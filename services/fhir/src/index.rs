@@ -177,11 +177,10 @@ fn number_side(prefix: Prefix) -> Option<(Side, bool)> {
     }
 }
 
-/// The value a resource node offers for a threshold of `side`: for dates, the end of its
-/// range when thresholds sit below it and the start when they sit above.
-fn node_point<J: Json>(node: &J, kind: ParamType, side: Side) -> Option<f64> {
+/// The number a resource node offers for a threshold on a number or quantity (dates go
+/// through their range, read once by the caller).
+fn number_point<J: Json>(node: &J, kind: ParamType) -> Option<f64> {
     match kind {
-        ParamType::Date => crate::criteria::date_range(node).map(|r| range_point(&r, side)),
         // read numbers exactly as the linear evaluator does, or the two would disagree
         ParamType::Number => crate::criteria::eval::number_of(node),
         ParamType::Quantity => node.get("value").and_then(crate::criteria::eval::number_of),
@@ -189,7 +188,8 @@ fn node_point<J: Json>(node: &J, kind: ParamType, side: Side) -> Option<f64> {
     }
 }
 
-/// The point of a date range a threshold of `side` compares with.
+/// The point of a date range a threshold of `side` compares with: the end of the range when
+/// thresholds sit below it, the start when they sit above.
 fn range_point(r: &crate::datetime::Range, side: Side) -> f64 {
     let x = if side.uses_range_end() { r.hi } else { r.lo };
     match x {
@@ -477,7 +477,7 @@ impl<T> CriteriaIndex<T> {
                 };
                 let point = match &range {
                     Some(r) => Some(range_point(r, g.side)),
-                    None => node_point(node, g.param.kind, g.side),
+                    None => number_point(node, g.param.kind),
                 };
                 let Some(x) = point else {
                     continue;
