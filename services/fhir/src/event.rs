@@ -73,7 +73,7 @@ pub struct EventError {
 }
 
 impl EventError {
-    fn new(message: impl Into<String>, location: &str) -> Self {
+    pub(crate) fn new(message: impl Into<String>, location: &str) -> Self {
         Self {
             message: message.into(),
             location: Some(location.to_owned()),
@@ -105,11 +105,18 @@ pub fn is_tenant_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn is_event_id(s: &str) -> bool {
+pub(crate) fn is_event_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'))
+}
+
+pub(crate) fn not_a_resource(location: &str) -> EventError {
+    EventError::new(
+        format!("'{location}' must be a FHIR resource object"),
+        location,
+    )
 }
 
 /// Whether a JSON object is a change envelope rather than a bare FHIR resource: envelopes
@@ -265,6 +272,19 @@ impl ChangeEvent {
 
     /// Check every rule of the envelope schema that serde alone cannot.
     pub fn validate(&self) -> Result<(), EventError> {
+        self.validate_head(self.resource.is_some())?;
+        if let Some(r) = &self.resource {
+            self.check_resource(r, "resource")?;
+        }
+        if let Some(p) = &self.previous {
+            self.check_resource(p, "previous")?;
+        }
+        Ok(())
+    }
+
+    /// The rules on everything but the resources' content: `has_resource` says whether the
+    /// event carries its resource (required unless it is a deletion).
+    pub(crate) fn validate_head(&self, has_resource: bool) -> Result<(), EventError> {
         if !is_tenant_name(&self.tenant) {
             return Err(EventError::new(
                 "'tenant' must be 1-64 characters of [a-z0-9-_]",
@@ -306,30 +326,34 @@ impl ChangeEvent {
                 "occurredAt",
             ));
         }
-        match (&self.resource, self.action) {
-            (None, Action::Create | Action::Update) => {
-                return Err(EventError::new(
-                    format!("'resource' is required for {}", self.action.as_str()),
-                    "resource",
-                ));
-            }
-            (Some(r), _) => self.check_resource(r, "resource")?,
-            (None, Action::Delete) => {}
-        }
-        if let Some(p) = &self.previous {
-            self.check_resource(p, "previous")?;
+        if !has_resource && self.action != Action::Delete {
+            return Err(EventError::new(
+                format!("'resource' is required for {}", self.action.as_str()),
+                "resource",
+            ));
         }
         Ok(())
     }
 
     fn check_resource(&self, r: &Value, location: &str) -> Result<(), EventError> {
         let Value::Object(obj) = r else {
-            return Err(EventError::new(
-                format!("'{location}' must be a FHIR resource object"),
-                location,
-            ));
+            return Err(not_a_resource(location));
         };
-        if obj.get("resourceType").and_then(Value::as_str) != Some(self.resource_type.as_str()) {
+        self.check_resource_names(
+            obj.get("resourceType").and_then(Value::as_str),
+            obj.get("id").and_then(Value::as_str),
+            location,
+        )
+    }
+
+    /// A resource's `resourceType` and `id` (when strings) must be the event's.
+    pub(crate) fn check_resource_names(
+        &self,
+        resource_type: Option<&str>,
+        id: Option<&str>,
+        location: &str,
+    ) -> Result<(), EventError> {
+        if resource_type != Some(self.resource_type.as_str()) {
             return Err(EventError::new(
                 format!(
                     "'{location}.resourceType' must equal the event's resourceType '{}'",
@@ -338,7 +362,7 @@ impl ChangeEvent {
                 &format!("{location}.resourceType"),
             ));
         }
-        if obj.get("id").and_then(Value::as_str) != Some(self.resource_id.as_str()) {
+        if id != Some(self.resource_id.as_str()) {
             return Err(EventError::new(
                 format!(
                     "'{location}.id' must equal the event's resourceId '{}'",

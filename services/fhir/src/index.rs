@@ -434,6 +434,26 @@ impl<T> CriteriaIndex<T> {
         self.entries.get(i as usize).and_then(Option::as_ref)
     }
 
+    /// [`CriteriaIndex::matches`] on a resource given as JSON text (of type `rtype`): parsed
+    /// only when some criteria of `partition` are on that type, and then only the elements
+    /// its criteria read ([`Projection::parse`]). Same values as matching the whole tree.
+    pub fn matches_text(
+        &self,
+        partition: &str,
+        rtype: &str,
+        json: &[u8],
+        now_micros: i64,
+    ) -> serde_json::Result<Vec<&T>> {
+        let (Some(_), Some(projection)) = (
+            self.type_index(partition, rtype),
+            self.projections.get(partition),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let node = projection.parse(json)?;
+        Ok(self.matches(partition, &node, now_micros))
+    }
+
     /// Values of every criteria in `partition` that `resource` matches, in slot order (insertion
     /// order until something is removed).
     pub fn matches<J: Json>(&self, partition: &str, resource: &J, now_micros: i64) -> Vec<&T> {
@@ -693,6 +713,15 @@ mod tests {
                 assert_eq!(index.matches("t", projected, 0), fast, "{res}");
                 assert_eq!(index.matches_linear("t", projected, 0), fast, "{res}");
             });
+            let text = res.to_string();
+            let by_text = index.matches_text("t", "Observation", text.as_bytes(), 0);
+            assert_eq!(by_text.ok(), Some(fast.clone()), "{res}");
+            let untyped = index.matches_text("t", "Medication", text.as_bytes(), 0);
+            assert_eq!(
+                untyped.ok(),
+                Some(Vec::new()),
+                "no criteria on the type: no parse"
+            );
             total += fast.len();
         }
         assert!(

@@ -21,6 +21,7 @@ pub mod notification;
 pub mod outcome;
 pub mod path;
 pub mod projection;
+pub mod raw_event;
 pub mod registry;
 pub mod resource_types;
 pub mod subscription;

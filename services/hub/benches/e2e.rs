@@ -646,6 +646,124 @@ async fn resthook_scale(n: usize) -> Scale {
     }
 }
 
+/// What the Kafka → rest-hook phase measured.
+struct Hooks {
+    notifications: usize,
+    per_s: f64,
+    publish_s: f64,
+    cpu_s: f64,
+    peak_rss_mb: f64,
+}
+
+/// Kafka mode to rest-hook endpoints: `subs` subscriptions, each to the Observations of one
+/// patient (the data's patients in turn, so some have two), all to one receiver; the events
+/// sent by `fhir-hub publish`; from the publish's start to the last notification received.
+async fn resthook_kafka(
+    brokers: &str,
+    lines: &[String],
+    ndjson: &std::path::Path,
+    subs: usize,
+) -> Hooks {
+    use futures::StreamExt;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+    // each Observation's patient
+    let mut per_patient: BTreeMap<String, usize> = BTreeMap::new();
+    let subjects: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["subject"]["reference"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for s in &subjects {
+        *per_patient.entry(s.clone()).or_default() += 1;
+    }
+    let patients: Vec<&String> = per_patient
+        .keys()
+        .filter(|p| p.starts_with("Patient/"))
+        .collect();
+    let mut subs_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in 0..subs {
+        *subs_of
+            .entry(patients[i % patients.len()].as_str())
+            .or_default() += 1;
+    }
+    let expected: usize = subjects
+        .iter()
+        .map(|s| subs_of.get(s.as_str()).copied().unwrap_or(0))
+        .sum();
+
+    let hub = common::start_hub(
+        Some((brokers, PARTITIONS)),
+        "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nallowed_ports = []\n",
+    );
+    let pid = hub.child.id();
+    let (endpoint, received) = counting_receiver().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/fhir/Subscription", hub.url);
+    let mut made = futures::stream::iter((0..subs).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+            "criteria": format!("Observation?patient={}", patients[i % patients.len()]),
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}});
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    }))
+    .buffer_unordered(16);
+    while made.next().await.is_some() {}
+    let t = Instant::now();
+    while received.load(Ordering::Relaxed) < subs {
+        assert!(t.elapsed() < Duration::from_secs(300), "handshakes missing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let topic = hub.topic.clone().unwrap();
+    let config = hub.dir.path().join("bench.toml");
+    let cpu0 = cpu_seconds(pid);
+    let t = Instant::now();
+    let status = tokio::process::Command::new(common::hub_binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["--kafka-brokers", brokers])
+        .env("HUB_LOG__CHANGES_TOPIC", &topic)
+        .env("RUST_LOG", "error")
+        .args(["publish", "--quiet", "--input"])
+        .arg(ndjson)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "fhir-hub publish failed: {status}");
+    let publish_s = t.elapsed().as_secs_f64();
+    while received.load(Ordering::Relaxed) < subs + expected {
+        assert!(
+            t.elapsed() < Duration::from_secs(1200),
+            "{} of {expected} notifications in 20 minutes",
+            received.load(Ordering::Relaxed) - subs
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Hooks {
+        notifications: expected,
+        per_s: expected as f64 / secs,
+        publish_s,
+        cpu_s: cpu_seconds(pid) - cpu0,
+        peak_rss_mb: peak_rss_kb(pid) as f64 / 1024.0,
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -668,7 +786,8 @@ async fn main() {
     let brokers = std::env::var("FHIR_HUB_TEST_KAFKA")
         .ok()
         .filter(|b| !b.is_empty());
-    // E2E_BENCH_PHASES=kafka,embedded,latency,churn,fanout,resthook runs only those (default: all)
+    // E2E_BENCH_PHASES=latency,kafka,kafka-resthook,embedded,churn,fanout,resthook runs only
+    // those (default: all)
     let phase = |name: &str| {
         std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
     };
@@ -742,7 +861,7 @@ async fn main() {
         let topic = hub.topic.clone().unwrap();
         let config = hub.dir.path().join("bench.toml");
         let run = end_to_end(&hub, labs, n, || async {
-            let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_fhir-hub"))
+            let status = tokio::process::Command::new(common::hub_binary())
                 .arg("--config")
                 .arg(&config)
                 .args(["--kafka-brokers", brokers])
@@ -783,6 +902,21 @@ async fn main() {
         ));
     } else {
         println!("  (Kafka mode skipped: set FHIR_HUB_TEST_KAFKA to a broker)");
+    }
+    if let Some(brokers) = brokers.as_deref().filter(|_| phase("kafka-resthook")) {
+        let subs = env_usize("E2E_BENCH_HOOKS", if smoke { 20 } else { 1000 });
+        let h = resthook_kafka(brokers, &lines, &ndjson, subs).await;
+        rows.push(row(
+            &format!("Kafka mode to {subs} rest-hook subscriptions (one patient each): publish → every notification received"),
+            format!("{:.0} notifications/s", h.per_s),
+            format!(
+                "goal ≥ 10,000/s; {} notifications of {n} events to one endpoint; publish {:.1} s; hub CPU {:.1} s, peak RSS {:.0} MB",
+                h.notifications, h.publish_s, h.cpu_s, h.peak_rss_mb
+            ),
+            "kafka_resthook_per_s",
+            json!({"subscriptions": subs, "notifications": h.notifications, "per_s": h.per_s,
+                   "publish_s": h.publish_s, "hub_cpu_s": h.cpu_s, "hub_peak_rss_mb": h.peak_rss_mb}),
+        ));
     }
 
     if phase("embedded") {

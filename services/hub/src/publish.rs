@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hub_fhir::{Action, ChangeEvent};
+use hub_fhir::Action;
+use hub_fhir::raw_event::RawEvent;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::config::Config;
@@ -39,8 +40,8 @@ pub fn read_records(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match ChangeEvent::from_ndjson_line(&line, action, tenant) {
-            Ok(e) => records.push(crate::api::ingest::record(&e)),
+        match RawEvent::from_ndjson_line_named(&line, action, tenant) {
+            Ok((e, _)) => records.push(crate::api::ingest::record(&e)),
             Err(e) => return Ok(Err((i + 1, e.to_outcome().at(format!("line {}", i + 1))))),
         }
     }

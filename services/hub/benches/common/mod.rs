@@ -32,6 +32,12 @@ impl Drop for HubProcess {
     }
 }
 
+/// The hub binary: this build's, or another build's named by `FHIR_HUB_BENCH_BIN` (to
+/// compare two builds on one machine in one session).
+pub(crate) fn hub_binary() -> std::ffi::OsString {
+    std::env::var_os("FHIR_HUB_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_fhir-hub").into())
+}
+
 /// Start the release binary on free ports with a data directory of its own: embedded mode, or
 /// Kafka mode on `kafka` = (brokers, partitions) with a changes topic of its own; `config`
 /// is TOML added to the defaults.
@@ -39,7 +45,7 @@ pub(crate) fn start_hub(kafka: Option<(&str, usize)>, config: &str) -> HubProces
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bench.toml");
     std::fs::write(&file, config).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhir-hub"));
+    let mut cmd = Command::new(hub_binary());
     cmd.arg("--config").arg(&file);
     let mut topic = None;
     if let Some((brokers, partitions)) = kafka {

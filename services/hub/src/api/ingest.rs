@@ -7,7 +7,8 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hub_fhir::{ChangeEvent, IssueType, OperationOutcome};
+use hub_fhir::raw_event::RawEvent;
+use hub_fhir::{IssueType, OperationOutcome};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -16,8 +17,9 @@ use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody, is_json_type};
 use crate::Hub;
 
-/// The log record of an event: key `Type/id`, the envelope as JSON.
-pub fn record(e: &ChangeEvent) -> hub_log::Record {
+/// The log record of an event: key `Type/id`, the envelope as JSON (its resources as they
+/// were written).
+pub fn record(e: &RawEvent<'_>) -> hub_log::Record {
     hub_log::Record {
         key: e.key(),
         payload: e.to_json_bytes(),
@@ -25,12 +27,12 @@ pub fn record(e: &ChangeEvent) -> hub_log::Record {
 }
 
 /// Log records for events.
-pub fn records(events: &[ChangeEvent]) -> Vec<hub_log::Record> {
+pub fn records(events: &[RawEvent<'_>]) -> Vec<hub_log::Record> {
     events.iter().map(record).collect()
 }
 
 /// Publish validated events to the changes topic, in order.
-pub async fn publish_events(hub: &Hub, events: &[ChangeEvent]) -> Result<(), hub_log::LogError> {
+pub async fn publish_events(hub: &Hub, events: &[RawEvent<'_>]) -> Result<(), hub_log::LogError> {
     let records = records(events);
     // Chunks keep one embedded-log transaction or Kafka batch bounded.
     for chunk in records.chunks(1000) {
@@ -50,7 +52,7 @@ pub async fn publish_events(hub: &Hub, events: &[ChangeEvent]) -> Result<(), hub
 fn apply_idempotency_key(
     headers: &HeaderMap,
     tenant: &str,
-    events: &mut [ChangeEvent],
+    events: &mut [RawEvent<'_>],
     hub_named: &[bool],
 ) -> Result<(), ApiError> {
     let Some(key) = headers.get("idempotency-key") else {
@@ -70,7 +72,7 @@ fn apply_idempotency_key(
         if *named {
             let digest = Sha256::digest(format!("fhir-hub idempotency\n{tenant}\n{key}\n{i}"));
             let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            e.id = format!("idem-{hex}");
+            e.head.id = format!("idem-{hex}");
         }
     }
     Ok(())
@@ -79,13 +81,13 @@ fn apply_idempotency_key(
 /// Event ids are the deduplication key. A producer below `hub/admin` gets its ids prefixed
 /// with a digest of its credential, so one producer cannot suppress another's events by
 /// sending their ids (its own retries still deduplicate).
-fn namespace_ids(caller: &Caller, events: &mut [ChangeEvent]) {
+fn namespace_ids(caller: &Caller, events: &mut [RawEvent<'_>]) {
     if caller.scopes.is_admin() {
         return;
     }
     let digest = Sha256::digest(format!("fhir-hub producer\n{}", caller.subject));
     let prefix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    for e in events {
+    for RawEvent { head: e, .. } in events {
         let id = format!("p{prefix}:{}", e.id);
         e.id = if id.len() <= 128 {
             id
@@ -97,7 +99,7 @@ fn namespace_ids(caller: &Caller, events: &mut [ChangeEvent]) {
     }
 }
 
-fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError> {
+fn check_tenants(caller: &Caller, events: &[RawEvent<'_>]) -> Result<(), ApiError> {
     if !caller.scopes.may_publish() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -107,7 +109,11 @@ fn check_tenants(caller: &Caller, events: &[ChangeEvent]) -> Result<(), ApiError
             ),
         ));
     }
-    if let Some(e) = events.iter().find(|e| !caller.may_publish_to(&e.tenant)) {
+    if let Some(e) = events
+        .iter()
+        .map(|e| &e.head)
+        .find(|e| !caller.may_publish_to(&e.tenant))
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             OperationOutcome::error(
@@ -150,8 +156,8 @@ pub async fn post_events(
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let (e, named) = ChangeEvent::from_ndjson_line_named(line, None, &caller.tenant)
-                .map_err(|e| {
+            let (e, named) =
+                RawEvent::from_ndjson_line_named(line, None, &caller.tenant).map_err(|e| {
                     let oo = e.to_outcome();
                     let msg = format!("line {}: {}", i + 1, oo.summary());
                     ApiError::bad_request(
@@ -169,7 +175,7 @@ pub async fn post_events(
             )));
         }
     } else {
-        let (e, named) = ChangeEvent::from_ndjson_line_named(&body.bytes, None, &caller.tenant)
+        let (e, named) = RawEvent::from_ndjson_line_named(&body.bytes, None, &caller.tenant)
             .map_err(|e| ApiError::bad_request(e.to_outcome()))?;
         events.push(e);
         hub_named.push(named);
@@ -183,7 +189,7 @@ pub async fn post_events(
     }
     .emit(&hub.metrics);
     tracing::info!(count = events.len(), subject = %caller.subject, "published change events");
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.head.id.as_str()).collect();
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"published": events.len(), "ids": ids})),
@@ -199,19 +205,25 @@ pub async fn post_bundle(
     body: RawBody,
 ) -> Result<Response, ApiError> {
     let bundle = body.json()?;
-    let mut out = hub_fhir::bundle::events_from_bundle(&bundle, &caller.tenant)
+    let out = hub_fhir::bundle::events_from_bundle(&bundle, &caller.tenant)
         .map_err(ApiError::bad_request)?;
+    let mut events = out
+        .events
+        .into_iter()
+        .map(RawEvent::from_event)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(e.to_outcome()))?;
     // every event of a Bundle is named by the hub
-    let hub_named = vec![true; out.events.len()];
-    apply_idempotency_key(&headers, &caller.tenant, &mut out.events, &hub_named)?;
-    check_tenants(&caller, &out.events)?;
-    namespace_ids(&caller, &mut out.events);
-    publish_events(&hub, &out.events).await?;
+    let hub_named = vec![true; events.len()];
+    apply_idempotency_key(&headers, &caller.tenant, &mut events, &hub_named)?;
+    check_tenants(&caller, &events)?;
+    namespace_ids(&caller, &mut events);
+    publish_events(&hub, &events).await?;
     crate::metrics::EventsPublished {
-        count: out.events.len(),
+        count: events.len(),
     }
     .emit(&hub.metrics);
-    let mut msg = format!("published {} change events", out.events.len());
+    let mut msg = format!("published {} change events", events.len());
     if out.skipped_reads > 0 {
         msg.push_str(&format!(
             "; {} read-only entries (GET/HEAD) describe no change and were skipped",

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use hub_fhir::index::{CriteriaIndex, Handle};
+use hub_fhir::raw_event::RawEvent;
 use hub_fhir::{Action, ChangeEvent};
 use hub_store::TopicRow;
 use time::OffsetDateTime;
@@ -173,24 +174,59 @@ impl SubscriptionIndex {
     }
 
     /// The subscriptions `event` matches, and what could not be evaluated.
-    pub fn matches(&self, event: &ChangeEvent, now: OffsetDateTime) -> Matched<'_> {
+    ///
+    /// R4 criteria match the resource's text through the index's projection (only the
+    /// elements some criteria read are parsed); the whole tree is built only when a topic
+    /// trigger or an owner's compartment has to read it, and only once.
+    pub fn matches(&self, event: &RawEvent<'_>, now: OffsetDateTime) -> Matched<'_> {
         let mut m = Matched::default();
-        let Some(t) = self.tenants.get(&event.tenant) else {
+        let head = &event.head;
+        let Some(t) = self.tenants.get(&head.tenant) else {
             return m;
         };
         // R4 criteria describe a resource's content; a deletion carries none to match.
-        if event.action != Action::Delete
-            && let Some(resource) = &event.resource
-        {
+        if head.action != Action::Delete {
             let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
-            m.ids.extend(
-                t.criteria
-                    .matches(&event.tenant, resource, now_micros)
-                    .into_iter()
-                    .filter(|t| t.end.is_none_or(|end| now < end))
-                    .map(|t| t.id.as_str()),
-            );
+            let found = match (&head.resource, &event.resource) {
+                (Some(tree), _) => Ok(t.criteria.matches(&head.tenant, tree, now_micros)),
+                (None, Some(text)) => t.criteria.matches_text(
+                    &head.tenant,
+                    &head.resource_type,
+                    text.get().as_bytes(),
+                    now_micros,
+                ),
+                (None, None) => Ok(Vec::new()),
+            };
+            match found {
+                Ok(found) => m.ids.extend(
+                    found
+                        .into_iter()
+                        .filter(|t| t.end.is_none_or(|end| now < end))
+                        .map(|t| t.id.as_str()),
+                ),
+                Err(e) => m.failures.push(format!("reading the resource: {e}")),
+            }
         }
+        let grants_apply =
+            !t.grants.is_empty() && m.ids.iter().any(|id| t.grants.contains_key(*id));
+        if t.topics.is_empty() && !grants_apply {
+            return m;
+        }
+        // the trees, from the text unless the event has them
+        let built;
+        let event: &ChangeEvent = if (event.resource.is_some() && head.resource.is_none())
+            || (event.previous.is_some() && head.previous.is_none())
+        {
+            let mut e = event.clone();
+            if let Err(err) = e.with_trees() {
+                m.failures.push(format!("reading the resource: {err}"));
+                return m;
+            }
+            built = e.head;
+            &built
+        } else {
+            head
+        };
         t.topics.matches(event, now, &mut m.ids, &mut m.failures);
         // a subscription receives only what its owner may read now
         if !t.grants.is_empty() {

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use hub_fhir::raw_event::{Origin, RawEvent};
 use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
 
@@ -85,36 +86,34 @@ fn isolated<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
         .map_err(|p| format!("{what} panicked: {}", panic_text(&*p)))
 }
 
-fn parse_isolated(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent, String> {
+fn parse_isolated<'r>(rec: &'r Consumed, default_tenant: &str) -> Result<RawEvent<'r>, String> {
     isolated("reading the event", || parse_record(rec, default_tenant)).and_then(|r| r)
 }
 
 fn match_isolated<'i>(
     index: &'i SubscriptionIndex,
-    event: &ChangeEvent,
+    event: &RawEvent<'_>,
     now: OffsetDateTime,
 ) -> Result<Matched<'i>, String> {
     isolated("matching", || index.matches(event, now))
 }
 
-/// Parse a log record: an envelope, or a bare FHIR resource written by another system. A
+/// Read a log record: an envelope, or a bare FHIR resource written by another system. A
 /// bare resource gets an event id derived from its log position, so re-reading it after a
-/// crash deduplicates like an envelope would.
-pub fn parse_record(rec: &Consumed, default_tenant: &str) -> Result<ChangeEvent, String> {
-    let value: Value =
-        serde_json::from_slice(&rec.payload).map_err(|e| format!("not valid JSON: {e}"))?;
-    match &value {
-        Value::Object(obj) if hub_fhir::event::is_envelope(obj) => {
-            ChangeEvent::from_envelope_value(value).map_err(|e| e.to_string())
-        }
-        Value::Object(_) => {
-            let mut e = ChangeEvent::from_resource(value, None, default_tenant)
-                .map_err(|e| e.to_string())?;
-            e.id = format!("log:{}:{}:{}", rec.topic, rec.partition, rec.offset);
-            Ok(e)
-        }
-        _ => Err("a change event must be a JSON object".into()),
+/// crash deduplicates like an envelope would. The resources stay text: matching parses
+/// what it reads.
+pub fn parse_record<'r>(rec: &'r Consumed, default_tenant: &str) -> Result<RawEvent<'r>, String> {
+    let (mut e, origin) = RawEvent::parse(
+        &rec.payload,
+        None,
+        default_tenant,
+        "a change event must be a JSON object",
+    )
+    .map_err(|e| e.to_string())?;
+    if origin == Origin::Resource {
+        e.head.id = format!("log:{}:{}:{}", rec.topic, rec.partition, rec.offset);
     }
+    Ok(e)
 }
 
 /// What changed in the tenants whose generation moved since `index` was current: the
@@ -201,7 +200,7 @@ async fn changed_tenants(
 async fn supply_previous(
     hub: &Hub,
     index: &SubscriptionIndex,
-    events: &mut [ChangeEvent],
+    events: &mut [RawEvent<'_>],
     shutdown: &CancellationToken,
 ) -> Option<Vec<(ResourceKey, Option<String>)>> {
     let key = |e: &ChangeEvent| -> ResourceKey {
@@ -211,11 +210,13 @@ async fn supply_previous(
             e.resource_id.clone(),
         )
     };
-    let relevant = |e: &ChangeEvent| index.needs_previous(&e.tenant, &e.resource_type);
+    let relevant = |e: &RawEvent<'_>| index.needs_previous(&e.head.tenant, &e.head.resource_type);
+    // a previous version the event carries (as text or tree) is the producer's
+    let carries = |e: &RawEvent<'_>| e.previous.is_some() || e.head.previous.is_some();
     let mut wanted: Vec<ResourceKey> = events
         .iter()
-        .filter(|e| relevant(e) && e.previous.is_none() && e.action != Action::Create)
-        .map(key)
+        .filter(|e| relevant(e) && !carries(e) && e.head.action != Action::Create)
+        .map(|e| key(&e.head))
         .collect();
     if !events.iter().any(relevant) {
         return Some(Vec::new());
@@ -231,17 +232,17 @@ async fn supply_previous(
     }
     let mut latest: HashMap<ResourceKey, Option<String>> = HashMap::new();
     for e in events.iter_mut().filter(|e| relevant(e)) {
-        let k = key(e);
-        if e.previous.is_none() && e.action != Action::Create {
+        let k = key(&e.head);
+        if !carries(e) && e.head.action != Action::Create {
             let before = match latest.get(&k) {
                 Some(v) => v.clone(),
                 None => stored.get(&k).cloned(),
             };
-            e.previous = before.and_then(|s| serde_json::from_str::<Value>(&s).ok());
+            e.head.previous = before.and_then(|s| serde_json::from_str::<Value>(&s).ok());
         }
-        let now = match e.action {
+        let now = match e.head.action {
             Action::Delete => None,
-            _ => e.resource.as_ref().map(Value::to_string),
+            _ => e.resource.as_ref().map(|r| r.get().to_owned()),
         };
         latest.insert(k, now);
     }
@@ -323,7 +324,12 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             let matched = match match_isolated(&index, event, now) {
                 Ok(m) => m,
                 Err(why) => {
-                    dead.push(quarantined(rec, Some(event), QuarantineStage::Match, why));
+                    dead.push(quarantined(
+                        rec,
+                        Some(&event.head),
+                        QuarantineStage::Match,
+                        why,
+                    ));
                     continue;
                 }
             };
@@ -331,14 +337,20 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                 // The subscriptions that matched are notified now; a replay of the
                 // quarantined event adds nothing for them (the log deduplicates by event id).
                 let why = matched.failures.join("; ");
-                dead.push(quarantined(rec, Some(event), QuarantineStage::Match, why));
+                dead.push(quarantined(
+                    rec,
+                    Some(&event.head),
+                    QuarantineStage::Match,
+                    why,
+                ));
             }
             if matched.ids.is_empty() {
                 continue;
             }
-            // one copy of the resource for every subscription the event reaches
+            // one copy of the resource, as it was written, for every subscription it reaches
             let resource: Option<std::sync::Arc<str>> =
-                event.resource.as_ref().map(|r| r.to_string().into());
+                event.resource.as_ref().map(|r| r.get().into());
+            let event = &event.head;
             for id in matched.ids {
                 notes.push(NewNotification {
                     tenant: event.tenant.clone(),
