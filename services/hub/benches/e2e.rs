@@ -646,6 +646,95 @@ async fn resthook_scale(n: usize) -> Scale {
     }
 }
 
+/// The latency under which a rate counts as kept up with.
+const SUSTAINED_P99_MS: f64 = 250.0;
+
+/// One trial of the sustained-rate search: `rate` events/s for `secs` s on a fresh hub,
+/// 200 requests a second (NDJSON). Sustained when the generator offered at least 95% of the
+/// rate, every event reached the SSE client, and p99 stayed under [`SUSTAINED_P99_MS`] (a
+/// backlog that grows for the whole trial shows as seconds): (sustained, p99 ms, offered/s,
+/// received, why not).
+async fn trial(
+    kafka: Option<&str>,
+    rate: u64,
+    secs: u64,
+    mode: &str,
+) -> (bool, f64, f64, usize, String) {
+    let config = "[kafka.client]\n\"fetch.wait.max.ms\" = \"1\"\n";
+    let hub = common::start_hub(kafka.map(|b| (b, PARTITIONS)), config);
+    let sse = latency_subscription(&hub).await;
+    let per_request = usize::try_from(rate / 200).unwrap_or(1).max(1);
+    let load = common::offered_load(&hub, &sse, "\"id\":\"", rate, secs, mode, per_request).await;
+    let mut lat = load.latencies.clone();
+    let p99 = common::quantiles(&mut lat).map_or(f64::INFINITY, |q| q.2);
+    let why = if load.offered < 0.95 * rate as f64 {
+        format!("the generator offered only {:.0}/s", load.offered)
+    } else if load.latencies.len() < load.sent {
+        format!("{} of {} received", load.latencies.len(), load.sent)
+    } else if p99 >= SUSTAINED_P99_MS {
+        format!("p99 {p99:.1} ms")
+    } else {
+        String::new()
+    };
+    (why.is_empty(), p99, load.offered, load.latencies.len(), why)
+}
+
+/// The highest offered rate a mode sustains (see [`trial`]): doubling from `start` until a
+/// trial fails (or passes `limit`), then halving the gap `steps` times. (highest sustained rate and its p99,
+/// the lowest failed rate and why).
+async fn sustained(
+    kafka: Option<&str>,
+    (start, limit): (u64, u64),
+    secs: u64,
+    steps: usize,
+    mode: &str,
+) -> (u64, f64, u64, String) {
+    let (mut good, mut good_p99) = (0u64, f64::NAN);
+    let (mut bad, mut bad_why) = (0u64, String::new());
+    let mut rate = start;
+    while bad == 0 {
+        let (ok, p99, offered, received, why) = trial(kafka, rate, secs, mode).await;
+        println!(
+            "  {mode} at {rate}/s: offered {offered:.0}/s, {received} received, p99 {p99:.1} ms{}",
+            if ok {
+                String::new()
+            } else {
+                format!(": not sustained ({why})")
+            }
+        );
+        if ok {
+            (good, good_p99) = (rate, p99);
+            rate *= 2;
+        } else {
+            (bad, bad_why) = (rate, why);
+        }
+        if rate > limit {
+            break;
+        }
+    }
+    for _ in 0..steps {
+        if bad == 0 || bad - good <= start / 4 {
+            break;
+        }
+        let rate = (good + bad) / 2;
+        let (ok, p99, offered, received, why) = trial(kafka, rate, secs, mode).await;
+        println!(
+            "  {mode} at {rate}/s: offered {offered:.0}/s, {received} received, p99 {p99:.1} ms{}",
+            if ok {
+                String::new()
+            } else {
+                format!(": not sustained ({why})")
+            }
+        );
+        if ok {
+            (good, good_p99) = (rate, p99);
+        } else {
+            (bad, bad_why) = (rate, why);
+        }
+    }
+    (good, good_p99, bad, bad_why)
+}
+
 /// What the Kafka → rest-hook phase measured.
 struct Hooks {
     notifications: usize,
@@ -786,8 +875,8 @@ async fn main() {
     let brokers = std::env::var("FHIR_HUB_TEST_KAFKA")
         .ok()
         .filter(|b| !b.is_empty());
-    // E2E_BENCH_PHASES=latency,kafka,kafka-resthook,embedded,churn,fanout,resthook runs only
-    // those (default: all)
+    // E2E_BENCH_PHASES=latency,sustained,kafka,kafka-resthook,embedded,churn,fanout,resthook
+    // runs only those (default: all)
     let phase = |name: &str| {
         std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
     };
@@ -811,7 +900,7 @@ async fn main() {
                 let hub = common::start_hub(kafka.map(|b| (b, 1)), config);
                 let pid = hub.child.id();
                 let sse = latency_subscription(&hub).await;
-                let load = common::offered_load(&hub, &sse, "\"id\":\"", rate, secs, mode).await;
+                let load = common::offered_load(&hub, &sse, "\"id\":\"", rate, secs, mode, 1).await;
                 let mut lat = load.latencies.clone();
                 let q = common::quantiles(&mut lat).unwrap_or_default();
                 let mut answered = load.answered.clone();
@@ -838,6 +927,36 @@ async fn main() {
                 ));
                 drop(hub);
             }
+        }
+    }
+    if phase("sustained") {
+        // the highest rate each mode keeps up with (every event received, p99 < 250 ms), each
+        // trial on a fresh hub
+        let (start, limit, secs, steps) = if smoke {
+            (50u64, 100, 1, 0)
+        } else {
+            (2000u64, 1_000_000, 5, 3)
+        };
+        let mut modes: Vec<(&str, Option<&str>)> = vec![("embedded", None)];
+        if let Some(b) = brokers.as_deref() {
+            modes.push(("Kafka", Some(b)));
+        }
+        for (mode, kafka) in modes {
+            let (good, p99, bad, why) = sustained(kafka, (start, limit), secs, steps, mode).await;
+            rows.push(row(
+                &format!("{mode}: highest sustained rate (publish → SSE client, {secs} s per trial)"),
+                format!("{good} events/s (p99 {p99:.1} ms)"),
+                format!(
+                    "every event received with p99 < {SUSTAINED_P99_MS} ms; {}; 200 NDJSON requests/s, {PARTITIONS} partitions in Kafka mode",
+                    if bad > 0 {
+                        format!("not at {bad}/s ({why})")
+                    } else {
+                        format!("no limit up to {limit}/s")
+                    }
+                ),
+                &format!("sustained_{}", mode.to_lowercase()),
+                json!({"events_per_s": good, "p99_ms": p99, "failed_at_per_s": bad, "failed_because": why}),
+            ));
         }
     }
     if let Some(brokers) = brokers.as_deref().filter(|_| phase("kafka")) {
@@ -900,7 +1019,7 @@ async fn main() {
             json!({"events_per_s": run.events_per_s, "ratio_to_broker": run.events_per_s / limit,
                    "hub_cpu_s": run.cpu_s, "hub_peak_rss_mb": run.peak_rss_mb}),
         ));
-    } else {
+    } else if brokers.is_none() {
         println!("  (Kafka mode skipped: set FHIR_HUB_TEST_KAFKA to a broker)");
     }
     if let Some(brokers) = brokers.as_deref().filter(|_| phase("kafka-resthook")) {

@@ -148,7 +148,7 @@ async fn prepared_hub_on(kafka: Option<&str>) -> (HubProcess, String, String, St
 /// warm-up events have gone through).
 async fn latency(mode: &str, kafka: Option<&str>, rate: u64, secs: u64) {
     let (hub, sse_id, _, _) = prepared_hub_on(kafka).await;
-    let load = common::offered_load(&hub, &sse_id, "Observation/", rate, secs, mode).await;
+    let load = common::offered_load(&hub, &sse_id, "Observation/", rate, secs, mode, 1).await;
     println!(
         "{mode}: publish → SSE client, {rate} events/s asked ({:.0}/s sent) for {secs} s: {} (received {} of {} accepted, {} sent); the publish request alone (sent → 202): {}",
         load.offered,

@@ -234,6 +234,7 @@ pub(crate) async fn offered_load(
     rate: u64,
     secs: u64,
     mode: &str,
+    per_request: usize,
 ) -> OfferedLoad {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -313,30 +314,41 @@ pub(crate) async fn offered_load(
         }
         lat
     });
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    // one request per `per_request` events (NDJSON when more than one), at the offered rate
+    let per_request = per_request.max(1);
+    let mut tick =
+        tokio::time::interval(Duration::from_micros(1_000_000 * per_request as u64 / rate));
     let mut sends = Vec::with_capacity(total);
-    for seq in 0..total {
+    for first in (0..total).step_by(per_request) {
         tick.tick().await;
         let (http, url) = (http.clone(), url.clone());
         let sent = origin.elapsed().as_micros();
+        let last = (first + per_request).min(total);
         sends.push(tokio::spawn(async move {
-            let obs = glucose(&format!("lat-{seq}-{sent}"), None);
+            let body: Vec<String> = (first..last)
+                .map(|seq| glucose(&format!("lat-{seq}-{sent}"), None).to_string())
+                .collect();
+            let kind = if body.len() == 1 {
+                "application/fhir+json"
+            } else {
+                "application/x-ndjson"
+            };
             let t = Instant::now();
             let ok = http
                 .post(&url)
-                .header("content-type", "application/fhir+json")
-                .body(obs.to_string())
+                .header("content-type", kind)
+                .body(body.join("\n"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            (ok, t.elapsed().as_secs_f64() * 1000.0)
+            (ok, t.elapsed().as_secs_f64() * 1000.0, last - first)
         }));
     }
     let mut accepted = 0usize;
     let mut answered = Vec::with_capacity(total);
     for t in sends {
-        if let Ok((ok, ms)) = t.await {
-            accepted += usize::from(ok);
+        if let Ok((ok, ms, n)) = t.await {
+            accepted += if ok { n } else { 0 };
             answered.push(ms);
         }
     }
