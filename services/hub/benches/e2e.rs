@@ -6,9 +6,11 @@
 //!    partition count, and a consumer reads them back: produce and consume records/s; the
 //!    lower is the limit.
 //! 2. **Kafka mode**: a hub process (all roles) with one subscription,
-//!    `Observation?category=laboratory`, read by a gRPC client (`Subscribe` from event 1) and
-//!    an SSE client; `fhir-hub publish` sends the same Observations. Events/s from the start
-//!    of the publish to the last notification received by both clients, and the ratio to
+//!    `Observation?category=laboratory` per channel, read by a gRPC client (`Subscribe` from
+//!    event 1, full resources), an SSE client (full resources) and a websocket client (the R4
+//!    classic protocol: a `ping` per notification); `fhir-hub publish` sends the same
+//!    Observations. Events/s from the start of the publish to the last notification received
+//!    by all three clients, and the ratio to
 //!    the broker's limit; the publish command's own rate against the plain producer's.
 //! 3. **Embedded mode**: the same, published with `POST /events` (NDJSON, 1,000 per request,
 //!    four requests at a time).
@@ -233,15 +235,59 @@ async fn sse_reader(
     })
 }
 
-/// A hub with one criteria subscription read over gRPC and SSE: (grpc id, sse id).
-async fn subscribed(hub: &HubProcess) -> (String, String) {
+/// Read `expected` notifications of `sub` over a websocket (a `tokio-tungstenite` client).
+/// An R4 criteria subscription speaks the classic R4 protocol: `bind <id>`, then one
+/// `ping <id>` per notification (the client reads the content elsewhere).
+async fn ws_reader(
+    hub: &HubProcess,
+    sub: &str,
+    expected: usize,
+) -> tokio::task::JoinHandle<Instant> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let addr = hub.url.trim_start_matches("http://");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/fhir/$subscription-ws"))
+            .await
+            .unwrap();
+    ws.send(Message::text(format!("bind {sub}"))).await.unwrap();
+    // bound before the clock starts
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str().starts_with("bound ") => {}
+        other => panic!("websocket: not bound ({other:?})"),
+    }
+    tokio::spawn(async move {
+        let mut seen = 0usize;
+        while seen < expected {
+            match tokio::time::timeout(Duration::from_secs(120), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    seen += usize::from(t.as_str().starts_with("ping "));
+                }
+                Ok(Some(Ok(_))) => {}
+                other => {
+                    panic!("websocket: {seen} of {expected} notifications arrived ({other:?})")
+                }
+            }
+        }
+        Instant::now()
+    })
+}
+
+/// A hub with one criteria subscription each read over gRPC, SSE and a websocket: (grpc id,
+/// sse id, websocket id).
+async fn subscribed(hub: &HubProcess) -> (String, String, String) {
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
-    for code in ["grpc", "sse"] {
+    for code in ["grpc", "sse", "websocket"] {
         // an R4 criteria subscription with the resource in each notification (the Backport
         // content extension is for topic-based ones)
-        let mut channel = hub_channel(code);
-        channel.as_object_mut().unwrap().remove("_payload");
+        let channel = if code == "websocket" {
+            json!({"type": "websocket"})
+        } else {
+            let mut channel = hub_channel(code);
+            channel.as_object_mut().unwrap().remove("_payload");
+            channel
+        };
         let s = post(
             &http,
             &format!("{}/fhir/Subscription", hub.url),
@@ -251,7 +297,7 @@ async fn subscribed(hub: &HubProcess) -> (String, String) {
         .await;
         ids.push(s["id"].as_str().unwrap_or_else(|| panic!("{s}")).to_owned());
     }
-    (ids[0].clone(), ids[1].clone())
+    (ids[0].clone(), ids[1].clone(), ids[2].clone())
 }
 
 /// An SSE subscription (R4 criteria, full resources) that the latency runs' glucose
@@ -285,22 +331,23 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (grpc_id, sse_id) = subscribed(hub).await;
+    let (grpc_id, sse_id, ws_id) = subscribed(hub).await;
     let pid = hub.child.id();
     let grpc = grpc_reader(hub, grpc_id, labs).await;
     let sse = sse_reader(hub, &sse_id, labs).await;
+    let ws = ws_reader(hub, &ws_id, labs).await;
     let cpu0 = cpu_seconds(pid);
     let t = Instant::now();
     publish().await;
     let published = t.elapsed().as_secs_f64();
-    let (g, s) = (grpc.await.unwrap(), sse.await.unwrap());
-    let done = g.max(s).duration_since(t).as_secs_f64();
+    let (g, s, w) = (grpc.await.unwrap(), sse.await.unwrap(), ws.await.unwrap());
+    let done = g.max(s).max(w).duration_since(t).as_secs_f64();
     Run {
         events_per_s: n as f64 / done,
         publish_per_s: n as f64 / published,
         cpu_s: cpu_seconds(pid) - cpu0,
         peak_rss_mb: peak_rss_kb(pid) as f64 / 1024.0,
-        notifications: labs * 2,
+        notifications: labs * 3,
     }
 }
 
@@ -867,7 +914,7 @@ async fn main() {
     let ndjson = scratch.path().join("observations.ndjson");
     std::fs::write(&ndjson, lines.join("\n") + "\n").unwrap();
     println!(
-        "end-to-end benchmark: {n} Synthea Observations ({labs} laboratory, matched by `{CRITERIA}`, read by one gRPC and one SSE client, full resources){}",
+        "end-to-end benchmark: {n} Synthea Observations ({labs} laboratory, matched by `{CRITERIA}`, read by one gRPC and one SSE client with full resources and one websocket client){}",
         if smoke { " [smoke]" } else { "" }
     );
     let mut rows: Vec<Row> = Vec::new();
@@ -1006,7 +1053,7 @@ async fn main() {
             json!(run.publish_per_s),
         ));
         rows.push(row(
-            "Kafka mode end to end: publish → both clients have every notification",
+            "Kafka mode end to end: publish → all three clients have every notification",
             format!("{:.0} events/s", run.events_per_s),
             format!(
                 "{:.0}% of the broker's limit (goal ≥ 80%); {} notifications; hub CPU {:.1} s, peak RSS {:.0} MB",
@@ -1063,7 +1110,7 @@ async fn main() {
         })
         .await;
         rows.push(row(
-            "embedded end to end: publish → both clients have every notification",
+            "embedded end to end: publish → all three clients have every notification",
             format!("{:.0} events/s", run.events_per_s),
             format!(
                 "{} notifications ({:.0}/s); `POST /events` alone {:.0} events/s; hub CPU {:.1} s, peak RSS {:.0} MB",
