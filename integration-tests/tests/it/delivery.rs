@@ -131,8 +131,13 @@ async fn subscriptions_to_one_origin_share_a_few_connections() {
             .collect::<Vec<_>>()
     );
     rx.assert_quiet(Duration::from_millis(500)).await;
+    // At most 2 requests run at once and at most 2 connections stay idle in the pool; a
+    // connection goes back to the pool in a task of the HTTP client's own, so a request
+    // that takes the slot just freed can, now and then, find none idle and open another
+    // (the pool then closes one). Over 120 requests that happened once in many runs, so
+    // the bound asserted is twice the cap: a few connections, never one per subscription.
     assert!(
-        rx.connections() <= 2,
+        rx.connections() <= 4,
         "30 subscriptions to one origin came on {} connections",
         rx.connections()
     );

@@ -117,6 +117,10 @@ impl Attempt for HttpAttempt<'_> {
             &self.dispatch,
         )
         .await;
+        // the client hands the connection back to its pool in a task of its own: let it run
+        // before the slot is free, so that the next request finds the connection idle
+        // rather than opening another (a narrower race, not a guarantee)
+        tokio::task::yield_now().await;
         let event = match &outcome {
             Outcome::Delivered { .. } => DeliveryAttempt::Delivered,
             Outcome::Failed { gone: true, .. } => DeliveryAttempt::Gone,
