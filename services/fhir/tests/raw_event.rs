@@ -7,27 +7,10 @@ use hub_fhir::ChangeEvent;
 use hub_fhir::raw_event::RawEvent;
 use serde_json::{Value, json};
 
-/// xorshift64*.
-struct Gen(u64);
+mod common;
+use common::Gen;
 
 impl Gen {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
     fn value(&mut self) -> Value {
         self.pick(&[
             json!(null),

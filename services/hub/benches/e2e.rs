@@ -738,46 +738,32 @@ async fn sustained(
 ) -> (u64, f64, u64, String) {
     let (mut good, mut good_p99) = (0u64, f64::NAN);
     let (mut bad, mut bad_why) = (0u64, String::new());
-    let mut rate = start;
-    while bad == 0 {
+    // doubling until a trial fails, then the midpoints of the gap
+    let mut next = Some(start);
+    let mut halvings = 0;
+    while let Some(rate) = next {
         let (ok, p99, offered, received, why) = trial(kafka, rate, secs, mode).await;
-        println!(
-            "  {mode} at {rate}/s: offered {offered:.0}/s, {received} received, p99 {p99:.1} ms{}",
-            if ok {
-                String::new()
-            } else {
-                format!(": not sustained ({why})")
-            }
-        );
-        if ok {
-            (good, good_p99) = (rate, p99);
-            rate *= 2;
+        let verdict = if ok {
+            String::new()
         } else {
-            (bad, bad_why) = (rate, why);
-        }
-        if rate > limit {
-            break;
-        }
-    }
-    for _ in 0..steps {
-        if bad == 0 || bad - good <= start / 4 {
-            break;
-        }
-        let rate = (good + bad) / 2;
-        let (ok, p99, offered, received, why) = trial(kafka, rate, secs, mode).await;
+            format!(": not sustained ({why})")
+        };
         println!(
-            "  {mode} at {rate}/s: offered {offered:.0}/s, {received} received, p99 {p99:.1} ms{}",
-            if ok {
-                String::new()
-            } else {
-                format!(": not sustained ({why})")
-            }
+            "  {mode} at {rate}/s: offered {offered:.0}/s, {received} received, p99 {p99:.1} ms{verdict}"
         );
         if ok {
             (good, good_p99) = (rate, p99);
         } else {
             (bad, bad_why) = (rate, why);
         }
+        next = if bad == 0 {
+            Some(rate * 2).filter(|r| *r <= limit)
+        } else if halvings < steps && bad - good > start / 4 {
+            halvings += 1;
+            Some((good + bad) / 2)
+        } else {
+            None
+        };
     }
     (good, good_p99, bad, bad_why)
 }
