@@ -41,7 +41,9 @@ pub enum Origin {
     Resource,
 }
 
-const ENVELOPE: [&str; 9] = [
+/// The members read in one pass over a line: an envelope's fields (the first nine), and what
+/// a bare resource's event is made of (`resourceType`, `id`, `meta`).
+const MEMBERS: [&str; 10] = [
     "id",
     "tenant",
     "action",
@@ -51,14 +53,17 @@ const ENVELOPE: [&str; 9] = [
     "occurredAt",
     "resource",
     "previous",
+    "meta",
 ];
-const RESOURCE: [&str; 3] = ["resourceType", "id", "meta"];
+const META: usize = 9;
 
 /// The members of a JSON object named in the wanted list (of a repeated name the last, as
-/// a whole parse keeps it), as text; and the first member of another name.
+/// a whole parse keeps it), as text, with the place of each name's first appearance; and the
+/// first member of another name, with its place.
 struct Picked<'a, const N: usize> {
     values: [Option<&'a RawValue>; N],
-    other: Option<String>,
+    first_at: [Option<usize>; N],
+    other: Option<(usize, String)>,
 }
 
 struct Pick<'w, const N: usize>(&'w [&'static str; N]);
@@ -73,18 +78,24 @@ impl<'de, const N: usize> Visitor<'de> for Pick<'_, N> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Picked<'de, N>, A::Error> {
         let mut out = Picked {
             values: [None; N],
+            first_at: [None; N],
             other: None,
         };
+        let mut at = 0;
         while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             match self.0.iter().position(|w| *w == key) {
-                Some(i) => out.values[i] = Some(map.next_value::<&'de RawValue>()?),
+                Some(i) => {
+                    out.values[i] = Some(map.next_value::<&'de RawValue>()?);
+                    out.first_at[i].get_or_insert(at);
+                }
                 None => {
                     if out.other.is_none() {
-                        out.other = Some(key.into_owned());
+                        out.other = Some((at, key.into_owned()));
                     }
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+            at += 1;
         }
         Ok(out)
     }
@@ -148,10 +159,14 @@ impl<'a> RawEvent<'a> {
         tenant: &str,
         not_object: &str,
     ) -> Result<(Self, Origin), EventError> {
-        let whole: &'a RawValue = serde_json::from_slice(json).map_err(|e| {
-            // the words of a whole parse's error (only bad input pays for the second parse)
-            not_json(serde_json::from_slice::<Value>(json).err().unwrap_or(e))
-        })?;
+        // Refused input is parsed whole, for the whole parse's words (only bad input pays).
+        let refused = || match serde_json::from_slice::<Value>(json) {
+            Err(e) => not_json(e),
+            Ok(_) => EventError {
+                message: not_object.to_owned(),
+                location: None,
+            },
+        };
         // A scan checks escapes but not that surrogate escapes pair up, which a whole parse
         // refuses: input with any `\uD...` escape (rare: writers send UTF-8) is checked whole.
         if json
@@ -160,17 +175,16 @@ impl<'a> RawEvent<'a> {
         {
             serde_json::from_slice::<Value>(json).map_err(not_json)?;
         }
-        let wrong = || EventError {
-            message: not_object.to_owned(),
-            location: None,
-        };
-        let envelope = pick(whole.get(), &ENVELOPE).map_err(|_| wrong())?;
-        if envelope.values[4].is_some() {
-            let names_tenant = envelope.values[1].is_some();
-            return Self::from_envelope(envelope).map(|e| (e, Origin::Envelope { names_tenant }));
+        let text = std::str::from_utf8(json).map_err(|_| refused())?;
+        // one pass: the line is one JSON object (all of it checked), its members read
+        let picked = pick(text, &MEMBERS).map_err(|_| refused())?;
+        if picked.values[4].is_some() {
+            let names_tenant = picked.values[1].is_some();
+            return Self::from_envelope(picked).map(|e| (e, Origin::Envelope { names_tenant }));
         }
-        let head = pick(whole.get(), &RESOURCE).map_err(|_| wrong())?;
-        Self::from_resource(whole, head, default_action, tenant).map(|e| (e, Origin::Resource))
+        // a bare resource is the whole line, as text
+        let whole: &'a RawValue = serde_json::from_str(text).map_err(|_| refused())?;
+        Self::from_resource(whole, picked, default_action, tenant).map(|e| (e, Origin::Resource))
     }
 
     /// [`ChangeEvent::from_ndjson_line_named`] without building the resource's tree: an
@@ -197,8 +211,14 @@ impl<'a> RawEvent<'a> {
         }
     }
 
-    fn from_envelope(picked: Picked<'a, 9>) -> Result<Self, EventError> {
-        if let Some(key) = picked.other {
+    fn from_envelope(picked: Picked<'a, 10>) -> Result<Self, EventError> {
+        // `meta` is no envelope field: the first unknown member is it or the first other
+        let meta = picked.first_at[META].map(|at| (at, MEMBERS[META].to_owned()));
+        let unknown = match (picked.other, meta) {
+            (Some(o), Some(m)) => Some(if o.0 < m.0 { o } else { m }),
+            (o, m) => o.or(m),
+        };
+        if let Some((_, key)) = unknown {
             return Err(EventError::new(
                 format!("unknown field '{key}' in change event"),
                 &key,
@@ -214,6 +234,7 @@ impl<'a> RawEvent<'a> {
             occurred_at,
             resource,
             previous,
+            _,
         ] = picked.values;
         let field = |v: Option<&RawValue>, name: &str| -> Result<String, EventError> {
             match v {
@@ -281,11 +302,11 @@ impl<'a> RawEvent<'a> {
 
     fn from_resource(
         whole: &'a RawValue,
-        picked: Picked<'a, 3>,
+        picked: Picked<'a, 10>,
         default_action: Option<Action>,
         tenant: &str,
     ) -> Result<Self, EventError> {
-        let [resource_type, id, meta] = picked.values;
+        let (resource_type, id, meta) = (picked.values[3], picked.values[0], picked.values[META]);
         let Some(resource_type) = resource_type.and_then(text) else {
             return Err(EventError::new(
                 "the resource has no 'resourceType'",

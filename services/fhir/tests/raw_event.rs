@@ -210,3 +210,20 @@ fn the_log_record_keeps_the_resource_as_written() {
     let back = RawEvent::from_event(tree.clone()).expect("text");
     assert_eq!(back.to_json_bytes(), tree.to_json_bytes());
 }
+
+#[test]
+fn bytes_that_are_not_utf8_are_refused_alike() {
+    for line in [
+        &b"{\"resourceType\":\"Patient\",\"id\":\"p1\",\"name\":\"\xff\"}"[..],
+        b"{\"resourceType\":\"Patient\",\"id\":\"p\xc3\"}",
+        b"{\"id\":\"e\",\"x\xfe\":1,\"resourceId\":\"p1\"}",
+        b"\xef\xbb\xbf{\"resourceType\":\"Patient\",\"id\":\"p1\"}",
+    ] {
+        let tree = ChangeEvent::from_ndjson_line_named(line, None, "t").map(|(e, _)| e.id);
+        let text = RawEvent::from_ndjson_line_named(line, None, "t").map(|(e, _)| e.head.id);
+        match (tree, text) {
+            (Err(a), Err(b)) => assert_eq!(a, b, "{}", String::from_utf8_lossy(line)),
+            (a, b) => panic!("{}: {a:?} / {b:?}", String::from_utf8_lossy(line)),
+        }
+    }
+}
