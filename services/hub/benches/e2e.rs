@@ -554,6 +554,26 @@ async fn fan_out(hub: &HubProcess, subs: usize, events: usize) -> FanOut {
     }
 }
 
+/// Make subscriptions through the API, 16 requests at a time; each must be created.
+async fn create_all(http: &reqwest::Client, url: &str, bodies: impl Iterator<Item = String>) {
+    use futures::StreamExt;
+    let mut made = futures::stream::iter(bodies.map(|body| {
+        let (http, url) = (http.clone(), url.to_owned());
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    }))
+    .buffer_unordered(16);
+    while made.next().await.is_some() {}
+}
+
 /// An endpoint that answers 200 to everything and counts what it got.
 async fn counting_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -588,7 +608,6 @@ struct Scale {
 }
 
 async fn resthook_scale(n: usize) -> Scale {
-    use futures::StreamExt;
     use std::sync::atomic::Ordering;
     let hub = common::start_hub(
         None,
@@ -605,21 +624,7 @@ async fn resthook_scale(n: usize) -> Scale {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = common::rss_kb(pid);
     let t = Instant::now();
-    let mut made = futures::stream::iter((0..n).map(|_| {
-        let (http, subs, body) = (http.clone(), subs.clone(), body.clone());
-        async move {
-            let r = http
-                .post(&subs)
-                .header("content-type", "application/fhir+json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-        }
-    }))
-    .buffer_unordered(16);
-    while made.next().await.is_some() {}
+    create_all(&http, &subs, (0..n).map(|_| body.clone())).await;
     // every subscription's handshake reached the endpoint
     while received.load(Ordering::Relaxed) < n {
         assert!(
@@ -786,7 +791,6 @@ async fn resthook_kafka(
     ndjson: &std::path::Path,
     subs: usize,
 ) -> Hooks {
-    use futures::StreamExt;
     use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
     // each Observation's patient
@@ -827,24 +831,13 @@ async fn resthook_kafka(
     let (endpoint, received) = counting_receiver().await;
     let http = reqwest::Client::new();
     let url = format!("{}/fhir/Subscription", hub.url);
-    let mut made = futures::stream::iter((0..subs).map(|i| {
-        let (http, url) = (http.clone(), url.clone());
-        let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+    let bodies = (0..subs).map(|i| {
+        json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
             "criteria": format!("Observation?patient={}", patients[i % patients.len()]),
-            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}});
-        async move {
-            let r = http
-                .post(&url)
-                .header("content-type", "application/fhir+json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-        }
-    }))
-    .buffer_unordered(16);
-    while made.next().await.is_some() {}
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json"}})
+        .to_string()
+    });
+    create_all(&http, &url, bodies).await;
     let t = Instant::now();
     while received.load(Ordering::Relaxed) < subs {
         assert!(t.elapsed() < Duration::from_secs(300), "handshakes missing");
