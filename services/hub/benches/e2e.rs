@@ -554,24 +554,35 @@ async fn fan_out(hub: &HubProcess, subs: usize, events: usize) -> FanOut {
     }
 }
 
-/// Make subscriptions through the API, 16 requests at a time; each must be created.
-async fn create_all(http: &reqwest::Client, url: &str, bodies: impl Iterator<Item = String>) {
+/// POST each body to `url` as `content_type`, `at_once` requests at a time; each must succeed.
+async fn post_all(
+    http: &reqwest::Client,
+    url: &str,
+    content_type: &'static str,
+    at_once: usize,
+    bodies: impl Iterator<Item = String>,
+) {
     use futures::StreamExt;
-    let mut made = futures::stream::iter(bodies.map(|body| {
+    let mut sent = futures::stream::iter(bodies.map(|body| {
         let (http, url) = (http.clone(), url.to_owned());
         async move {
             let r = http
                 .post(&url)
-                .header("content-type", "application/fhir+json")
+                .header("content-type", content_type)
                 .body(body)
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 201);
+            assert!(r.status().is_success(), "POST {url}: {}", r.status());
         }
     }))
-    .buffer_unordered(16);
-    while made.next().await.is_some() {}
+    .buffer_unordered(at_once);
+    while sent.next().await.is_some() {}
+}
+
+/// Make subscriptions through the API, 16 requests at a time; each must be created.
+async fn create_all(http: &reqwest::Client, url: &str, bodies: impl Iterator<Item = String>) {
+    post_all(http, url, "application/fhir+json", 16, bodies).await;
 }
 
 /// An endpoint that answers 200 to everything and counts what it got.
@@ -1069,23 +1080,8 @@ async fn main() {
         let url = format!("{}/events", hub.url);
         let run = end_to_end(&hub, labs, n, || async {
             let http = reqwest::Client::new();
-            let chunks: Vec<String> = lines.chunks(1000).map(|c| c.join("\n")).collect();
-            let mut pending = futures::stream::iter(chunks.into_iter().map(|body| {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "POST /events: {}", r.status());
-                }
-            }))
-            .buffer_unordered(4);
-            use futures::StreamExt;
-            while pending.next().await.is_some() {}
+            let chunks = lines.chunks(1000).map(|c| c.join("\n"));
+            post_all(&http, &url, "application/x-ndjson", 4, chunks).await;
         })
         .await;
         rows.push(row(
