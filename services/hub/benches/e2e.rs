@@ -580,6 +580,26 @@ async fn post_all(
     while sent.next().await.is_some() {}
 }
 
+/// `fhir-hub publish` of `ndjson` to a Kafka-mode hub's changes topic, as a user runs it.
+async fn publish_cli(hub: &HubProcess, brokers: &str, ndjson: &std::path::Path) {
+    let status = tokio::process::Command::new(common::hub_binary())
+        .arg("--config")
+        .arg(hub.dir.path().join("bench.toml"))
+        .args(["--kafka-brokers", brokers])
+        .env(
+            "HUB_LOG__CHANGES_TOPIC",
+            hub.topic.as_deref().unwrap_or_default(),
+        )
+        .env("RUST_LOG", "error")
+        .args(["publish", "--quiet", "--input"])
+        .arg(ndjson)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "fhir-hub publish failed: {status}");
+}
+
 /// Make subscriptions through the API, 16 requests at a time; each must be created.
 async fn create_all(http: &reqwest::Client, url: &str, bodies: impl Iterator<Item = String>) {
     post_all(http, url, "application/fhir+json", 16, bodies).await;
@@ -854,23 +874,9 @@ async fn resthook_kafka(
         assert!(t.elapsed() < Duration::from_secs(300), "handshakes missing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let topic = hub.topic.clone().unwrap();
-    let config = hub.dir.path().join("bench.toml");
     let cpu0 = cpu_seconds(pid);
     let t = Instant::now();
-    let status = tokio::process::Command::new(common::hub_binary())
-        .arg("--config")
-        .arg(&config)
-        .args(["--kafka-brokers", brokers])
-        .env("HUB_LOG__CHANGES_TOPIC", &topic)
-        .env("RUST_LOG", "error")
-        .args(["publish", "--quiet", "--input"])
-        .arg(ndjson)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "fhir-hub publish failed: {status}");
+    publish_cli(&hub, brokers, ndjson).await;
     let publish_s = t.elapsed().as_secs_f64();
     while received.load(Ordering::Relaxed) < subs + expected {
         assert!(
@@ -1014,24 +1020,7 @@ async fn main() {
             json!(consume),
         ));
         let hub = common::start_hub(Some((brokers, PARTITIONS)), "");
-        let topic = hub.topic.clone().unwrap();
-        let config = hub.dir.path().join("bench.toml");
-        let run = end_to_end(&hub, labs, n, || async {
-            let status = tokio::process::Command::new(common::hub_binary())
-                .arg("--config")
-                .arg(&config)
-                .args(["--kafka-brokers", brokers])
-                .env("HUB_LOG__CHANGES_TOPIC", &topic)
-                .env("RUST_LOG", "error")
-                .args(["publish", "--quiet", "--input"])
-                .arg(&ndjson)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .await
-                .unwrap();
-            assert!(status.success(), "fhir-hub publish failed: {status}");
-        })
-        .await;
+        let run = end_to_end(&hub, labs, n, || publish_cli(&hub, brokers, &ndjson)).await;
         rows.push(row(
             "`fhir-hub publish` (process start to exit)",
             format!("{:.0} events/s", run.publish_per_s),
