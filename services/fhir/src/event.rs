@@ -374,7 +374,10 @@ impl ChangeEvent {
         Ok(())
     }
 
-    /// Parse one line of NDJSON input: an envelope, or a bare FHIR resource.
+    /// Parse one line of NDJSON input: an envelope, or a bare FHIR resource. The hub reads
+    /// lines with [`crate::raw_event::RawEvent`], which keeps resources as text; this reader,
+    /// which builds their trees, is the reference it is tested against (same answers, same
+    /// messages).
     pub fn from_ndjson_line(
         line: &[u8],
         default_action: Option<Action>,

@@ -112,6 +112,11 @@ fn pick<'a, const N: usize>(
     Ok(picked)
 }
 
+/// Whether `json` holds a `\uD…` escape (half of a surrogate pair, or an unpaired one).
+fn has_surrogate_escape(json: &[u8]) -> bool {
+    memchr::memmem::find_iter(json, b"\\u").any(|i| matches!(json.get(i + 2), Some(b'd' | b'D')))
+}
+
 fn is_null(raw: &RawValue) -> bool {
     raw.get().trim() == "null"
 }
@@ -169,10 +174,7 @@ impl<'a> RawEvent<'a> {
         };
         // A scan checks escapes but not that surrogate escapes pair up, which a whole parse
         // refuses: input with any `\uD...` escape (rare: writers send UTF-8) is checked whole.
-        if json
-            .windows(3)
-            .any(|w| w[0] == b'\\' && w[1] == b'u' && matches!(w[2], b'd' | b'D'))
-        {
+        if has_surrogate_escape(json) {
             serde_json::from_slice::<Value>(json).map_err(not_json)?;
         }
         let text = std::str::from_utf8(json).map_err(|_| refused())?;
@@ -351,10 +353,11 @@ impl<'a> RawEvent<'a> {
         })
     }
 
-    /// An event built elsewhere (a Bundle entry), its trees turned into text.
+    /// An event built elsewhere (a Bundle entry), its trees turned into text (serialized
+    /// once, not parsed again).
     pub fn from_event(mut event: ChangeEvent) -> Result<RawEvent<'static>, EventError> {
         let text = |v: Option<Value>| -> Result<Option<Cow<'static, RawValue>>, EventError> {
-            v.map(|v| RawValue::from_string(v.to_string()).map(Cow::Owned))
+            v.map(|v| serde_json::value::to_raw_value(&v).map(Cow::Owned))
                 .transpose()
                 .map_err(not_json)
         };

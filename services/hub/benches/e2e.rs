@@ -729,6 +729,10 @@ async fn resthook_scale(n: usize) -> Scale {
     }
 }
 
+/// The hub's configuration for timed runs: Kafka mode reads with the broker's shortest fetch
+/// wait (tansu answers a fetch only when that wait ends).
+const TIMED_CONFIG: &str = "[kafka.client]\n\"fetch.wait.max.ms\" = \"1\"\n";
+
 /// The latency under which a rate counts as kept up with.
 const SUSTAINED_P99_MS: f64 = 250.0;
 
@@ -743,8 +747,7 @@ async fn trial(
     secs: u64,
     mode: &str,
 ) -> (bool, f64, f64, usize, String) {
-    let config = "[kafka.client]\n\"fetch.wait.max.ms\" = \"1\"\n";
-    let hub = common::start_hub(kafka.map(|b| (b, PARTITIONS)), config);
+    let hub = common::start_hub(kafka.map(|b| (b, PARTITIONS)), TIMED_CONFIG);
     let sse = latency_subscription(&hub).await;
     let per_request = usize::try_from(rate / 200).unwrap_or(1).max(1);
     let load = common::offered_load(&hub, &sse, "\"id\":\"", rate, secs, mode, per_request).await;
@@ -924,10 +927,9 @@ async fn main() {
         std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
     };
     if phase("latency") {
-        // fixed offered loads, each its own request, on a fresh hub per run; Kafka mode
-        // reads with the broker's shortest fetch wait (tansu answers a fetch only when that
-        // wait ends). First, on a quiet machine: after the bulk runs the broker keeps a
-        // core busy for a while (tansu with SQLite storage), which tripled these figures.
+        // fixed offered loads, each its own request, on a fresh hub per run (`TIMED_CONFIG`).
+        // First, on a quiet machine: after the bulk runs the broker keeps a core busy for a
+        // while (tansu with SQLite storage), which tripled these figures.
         let (rates, secs) = if smoke {
             (vec![100u64], 2)
         } else {
@@ -939,8 +941,7 @@ async fn main() {
         }
         for (mode, kafka) in modes {
             for &rate in &rates {
-                let config = "[kafka.client]\n\"fetch.wait.max.ms\" = \"1\"\n";
-                let hub = common::start_hub(kafka.map(|b| (b, 1)), config);
+                let hub = common::start_hub(kafka.map(|b| (b, 1)), TIMED_CONFIG);
                 let pid = hub.child.id();
                 let sse = latency_subscription(&hub).await;
                 let load = common::offered_load(&hub, &sse, "\"id\":\"", rate, secs, mode, 1).await;
