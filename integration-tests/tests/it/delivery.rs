@@ -373,6 +373,91 @@ async fn internal_endpoints_are_refused_at_create() {
     }
 }
 
+/// The gauge of rest-hook subscriptions in `state` (running or parked).
+fn delivery_gauge(metrics: &str, state: &str) -> Option<u64> {
+    let line = format!("fhir_hub_delivery_subscriptions{{state=\"{state}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_parked(hub: &Hub, n: u64) {
+    let t = std::time::Instant::now();
+    loop {
+        let m = hub.metrics().await;
+        if delivery_gauge(&m, "parked") == Some(n) && delivery_gauge(&m, "running") == Some(0) {
+            return;
+        }
+        assert!(
+            t.elapsed() < WAIT,
+            "not all {n} parked: {:?} parked, {:?} running",
+            delivery_gauge(&m, "parked"),
+            delivery_gauge(&m, "running")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Idle subscriptions park (no worker) and each event wakes only its subscription, which
+/// delivers from where it stopped, in order, losing nothing; then it parks again.
+#[tokio::test]
+async fn idle_subscriptions_park_and_their_events_wake_them_in_order() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let mut rx = TestReceiver::start().await;
+    let patients = 12;
+    let mut ids = Vec::new();
+    for p in 0..patients {
+        ids.push(
+            hub.subscribe(
+                &format!("Observation?patient=Patient/park{p}"),
+                &rx.url,
+                true,
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        hub.wait_status(id, "active").await;
+    }
+    wait_parked(&hub, patients).await;
+
+    // rounds of one event per patient, some while the previous round is being delivered
+    let rounds = 4;
+    for round in 0..rounds {
+        for p in 0..patients {
+            let mut obs = glucose(&format!("park{p}-r{round}"));
+            obs["subject"]["reference"] = json!(format!("Patient/park{p}"));
+            hub.post_json("/events", &obs).await;
+        }
+        if round % 2 == 1 {
+            // long enough for every subscription to park in between
+            wait_parked(&hub, patients).await;
+        }
+    }
+    let mut got: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for _ in 0..patients * rounds {
+        let r = rx.next(WAIT).await;
+        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+        let (patient, round) = id.split_once("-r").expect("an event id");
+        got.entry(patient.to_owned())
+            .or_default()
+            .push(round.parse().unwrap());
+    }
+    rx.assert_quiet(Duration::from_millis(500)).await;
+    for p in 0..patients {
+        assert_eq!(
+            got.get(&format!("park{p}")),
+            Some(&(0..rounds as usize).collect::<Vec<_>>()),
+            "patient {p}: every event once, in order"
+        );
+    }
+    for id in &ids {
+        hub.wait_events(id, rounds as i64).await;
+    }
+    wait_parked(&hub, patients).await;
+}
+
 #[tokio::test]
 async fn heartbeats_follow_the_backport_heartbeat_period() {
     let hub = Hub::start(HubEnv::default()).await;
@@ -394,6 +479,13 @@ async fn heartbeats_follow_the_backport_heartbeat_period() {
         (2..=6).contains(&beats),
         "about one heartbeat a second while idle, got {beats}"
     );
+    // failed heartbeats count towards error although the subscription parks between them
+    // (100 ms here), and the next heartbeat that goes through makes it active again
+    let id = created["id"].as_str().unwrap();
+    rx.respond_with(500);
+    hub.wait_status(id, "error").await;
+    rx.respond_with(200);
+    hub.wait_status(id, "active").await;
 
     let (status, oo) = hub
         .post_json("/fhir/Subscription", &json!({"resourceType": "Subscription", "status": "requested",

@@ -157,6 +157,9 @@ fn spawn(env: &HubEnv, data_dir: &tempfile::TempDir) -> Child {
         .env("HUB_DELIVERY__RETRY_SCHEDULE", test_schedule())
         // The receivers run on loopback, which production refuses.
         .env("HUB_DELIVERY__ALLOWED_NETWORKS", "[\"127.0.0.0/8\"]")
+        // Idle rest-hook subscriptions park after 100 ms (2 s in production), so every test
+        // delivers through parking and waking, not only the one about it.
+        .env("HUB_DELIVERY__PARK_IDLE_AFTER_MS", "100")
         .env("HUB_MATCHER__POLL_MS", "100")
         // every test hub picks free ports
         .env("HUB_GRPC__LISTEN", "127.0.0.1:0")

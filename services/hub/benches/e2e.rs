@@ -22,7 +22,7 @@
 //!    `E2E_BENCH_SUBSCRIPTIONS` sets B (default 100,000).
 //!
 //! 5. **Rest-hook scale** (embedded): R rest-hook subscriptions to one endpoint (an HTTP
-//!    receiver here); once all are active: the hub's RSS growth per subscription and its open
+//!    receiver here); once all are active and parked: the hub's RSS growth per subscription and its open
 //!    descriptors; one event all of them match, and the time until every one is delivered;
 //!    then 100 more subscriptions, each timed from its create to `active` (its handshake
 //!    delivered). `E2E_BENCH_RESTHOOKS` sets R (default 20,000).
@@ -631,7 +631,12 @@ fn open_files(pid: u32) -> usize {
 struct Scale {
     /// From every fan-out delivery received to the hub at rest (progress and audit written).
     settle_s: f64,
+    /// Hub RSS growth per subscription once all are active and parked, and again after one
+    /// event to all of them.
     per_sub_kb: f64,
+    per_sub_kb_after: f64,
+    /// Subscriptions parked (no worker) when measured.
+    parked: usize,
     open_files: usize,
     activation_s: f64,
     fan_out_s: f64,
@@ -666,7 +671,9 @@ async fn resthook_scale(n: usize) -> Scale {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let activation_s = t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // idle subscriptions park (delivery.park_idle_after_ms): wait for all of them
+    let parked = wait_parked(&http, &hub.url, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let per_sub_kb = common::rss_kb(pid).saturating_sub(before) as f64 / n as f64;
     let open = open_files(pid);
     // one event to all of them
@@ -693,6 +700,8 @@ async fn resthook_scale(n: usize) -> Scale {
         }
     }
     let settle_s = t.elapsed().as_secs_f64();
+    let parked_after = wait_parked(&http, &hub.url, n).await;
+    let per_sub_kb_after = common::rss_kb(pid).saturating_sub(before) as f64 / n as f64;
     // new subscriptions among them: create → active
     let mut new_sub_ms = Vec::new();
     for _ in 0..100 {
@@ -722,10 +731,34 @@ async fn resthook_scale(n: usize) -> Scale {
     Scale {
         settle_s,
         per_sub_kb,
+        per_sub_kb_after,
+        parked: parked.min(parked_after),
         open_files: open,
         activation_s,
         fan_out_s,
         new_sub_ms,
+    }
+}
+
+/// Wait (up to a minute) until the hub reports `n` rest-hook subscriptions parked; how many
+/// it reported last.
+async fn wait_parked(http: &reqwest::Client, url: &str, n: usize) -> usize {
+    let t = Instant::now();
+    let line = "fhir_hub_delivery_subscriptions{state=\"parked\"} ";
+    loop {
+        let text = match http.get(format!("{url}/metrics")).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let parked = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if parked >= n || t.elapsed() > Duration::from_secs(60) {
+            return parked;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -1153,8 +1186,10 @@ async fn main() {
         rows.push(row(
             &format!("rest-hook scale: {resthooks} live subscriptions to one endpoint"),
             format!(
-                "{:.1} KB of hub RSS each, {} open descriptors; one event to all in {:.2} s ({:.0} deliveries/s)",
+                "{:.1} KB of hub RSS each ({:.1} KB after one event to all), {} parked, {} open descriptors; one event to all in {:.2} s ({:.0} deliveries/s)",
                 sc.per_sub_kb,
+                sc.per_sub_kb_after,
+                sc.parked,
                 sc.open_files,
                 sc.fan_out_s,
                 resthooks as f64 / sc.fan_out_s
@@ -1165,6 +1200,7 @@ async fn main() {
             ),
             "resthook_scale",
             json!({"subscriptions": resthooks, "kb_per_subscription": sc.per_sub_kb,
+                   "kb_per_subscription_after_fan_out": sc.per_sub_kb_after, "parked": sc.parked,
                    "open_files": sc.open_files, "fan_out_s": sc.fan_out_s,
                    "activation_s": sc.activation_s, "settle_s": sc.settle_s,
                    "new_p50_ms": q.0, "new_p99_ms": q.2}),

@@ -297,6 +297,8 @@ pub struct DeliveryConfig {
     pub batch_size: i64,
     /// Concurrent requests (and kept connections) per endpoint origin.
     pub connections_per_origin: usize,
+    /// A subscription with nothing to send for this long parks its worker (0: never).
+    pub park_idle_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// mimalloc instead of glibc's malloc: the notification paths allocate many small buffers
 /// (rows, JSON values, frames) across threads, where glibc's free and consolidation took a
 /// fifth of the hub's CPU in the stream replay profile (docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

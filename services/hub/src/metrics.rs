@@ -20,6 +20,9 @@ pub struct Metrics {
     status_active: AtomicU64,
     status_error: AtomicU64,
     status_off: AtomicU64,
+    /// rest-hook subscriptions with a worker running, and parked (no task).
+    delivery_running: AtomicU64,
+    delivery_parked: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -126,6 +129,14 @@ impl Metrics {
         }
     }
 
+    /// How many rest-hook subscriptions this process delivers with a running worker and
+    /// how many are parked.
+    pub fn delivery_workers(&self, running: usize, parked: usize) {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.delivery_running.store(n(running), Ordering::Relaxed);
+        self.delivery_parked.store(n(parked), Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition, with `subscriptions` gauges by status.
     pub fn render(&self, subscriptions: &[(String, i64)], quarantined: Option<i64>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -173,6 +184,12 @@ impl Metrics {
                 ("{to=\"error\"}", get(&self.status_error)),
                 ("{to=\"off\"}", get(&self.status_off)),
             ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fhir_hub_delivery_subscriptions rest-hook subscriptions delivered by this process: with a worker running, or parked (idle, no task).\n# TYPE fhir_hub_delivery_subscriptions gauge\nfhir_hub_delivery_subscriptions{{state=\"running\"}} {}\nfhir_hub_delivery_subscriptions{{state=\"parked\"}} {}",
+            get(&self.delivery_running),
+            get(&self.delivery_parked)
         );
         let _ = writeln!(
             out,

@@ -93,6 +93,9 @@ type SpecCache = HashMap<(String, String), (i64, Arc<SubscriptionSpec>)>;
 #[derive(Debug, Default)]
 pub struct Catalog {
     specs: Mutex<SpecCache>,
+    /// Owners by their stored form, each parsed once: the subscriptions a credential wrote
+    /// share one.
+    owners: Mutex<HashMap<String, Arc<crate::auth::Owner>>>,
     /// Opens the secrets stored sealed (`auth::sealed`).
     sealer: crate::auth::sealed::Sealer,
 }
@@ -100,12 +103,32 @@ pub struct Catalog {
 /// Past this many cached specs the cache starts over (deleted subscriptions leave entries).
 const MAX_CACHED: usize = 200_000;
 
+/// Past this many distinct owners the owner cache starts over.
+const MAX_OWNERS: usize = 10_000;
+
 impl Catalog {
     pub fn new(sealer: crate::auth::sealed::Sealer) -> Catalog {
         Catalog {
             specs: Mutex::default(),
+            owners: Mutex::default(),
             sealer,
         }
+    }
+
+    /// The owner stored as `json`, shared with every subscription stored with the same.
+    fn owner(&self, json: &str) -> Option<Arc<crate::auth::Owner>> {
+        let Ok(mut owners) = self.owners.lock() else {
+            return crate::auth::Owner::parse(json).map(Arc::new);
+        };
+        if let Some(o) = owners.get(json) {
+            return Some(Arc::clone(o));
+        }
+        let o = Arc::new(crate::auth::Owner::parse(json)?);
+        if owners.len() >= MAX_OWNERS {
+            owners.clear();
+        }
+        owners.insert(json.to_owned(), Arc::clone(&o));
+        Some(o)
     }
 
     /// What seals and opens secrets at rest.
@@ -170,12 +193,7 @@ impl Catalog {
             error: row.error,
             events_since_start: row.events_since_start,
             spec,
-            owner: row
-                .write
-                .owner
-                .as_deref()
-                .and_then(crate::auth::Owner::parse)
-                .map(Arc::new),
+            owner: row.write.owner.as_deref().and_then(|o| self.owner(o)),
             secret,
         })
     }

@@ -140,7 +140,7 @@ impl Owner {
 }
 
 /// What a subscription may receive: its owner's grants now.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
     pub scopes: Scopes,
     pub patient: Option<String>,

@@ -30,6 +30,16 @@ pub enum Item {
     HistoryGone { after: i64, resumes_at: i64 },
 }
 
+/// A stream taken apart to park ([`SubscriptionStream::into_idle`]).
+#[derive(Debug)]
+pub struct Idle {
+    /// The last event number handed out.
+    pub position: i64,
+    /// The subscription's watch as its reader last looked at it: parking checks it did not
+    /// move since ([`super::wake::Wakeups::park`]).
+    pub wake: watch::Receiver<Logged>,
+}
+
 /// One reader's view of one subscription.
 pub struct SubscriptionStream {
     store: Store,
@@ -76,6 +86,20 @@ impl SubscriptionStream {
     /// The last event number handed out.
     pub fn position(&self) -> i64 {
         self.position
+    }
+
+    /// Whether its reader may park: false when it must look at the log again first
+    /// (something was logged, or a read was cut short).
+    pub fn parkable(&self) -> bool {
+        !self.look
+    }
+
+    /// The stream taken apart to park its reader (when [`SubscriptionStream::parkable`]).
+    pub fn into_idle(self) -> Idle {
+        Idle {
+            position: self.position,
+            wake: self.wake,
+        }
     }
 
     /// Up to `max` notifications after the position, waiting for them until

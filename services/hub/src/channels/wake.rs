@@ -8,13 +8,18 @@
 //! subscription costs no query and no wake-up. When the `LISTEN` connection is lost,
 //! readers poll until it is back, then every reader is woken once (something may have been
 //! missed meanwhile): polling is only the fallback.
+//!
+//! A rest-hook subscription with nothing to send has no reader at all: its delivery worker
+//! *parks* (ends) and the subscription is registered here with its position; the first
+//! wake-up past that position sends its key to the delivery loop, which starts a worker
+//! again. A parked subscription costs a map entry: no task, no watch, no wake-up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hub_store::Notification;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
@@ -88,10 +93,33 @@ struct Entry {
     recent: Recent,
 }
 
+/// The parked rest-hook subscriptions (see the module documentation).
+#[derive(Debug, Default)]
+struct Parking {
+    /// Each parked subscription's position: a wake-up past it unparks.
+    parked: HashMap<Key, i64>,
+    /// The delivery loop's end (`None`: no delivery role here, nothing parks).
+    unpark: Option<mpsc::UnboundedSender<Key>>,
+}
+
+impl Parking {
+    /// Send every parked subscription back (a wake-up may have been missed).
+    fn unpark_all(&mut self) {
+        let parked = std::mem::take(&mut self.parked);
+        if let Some(tx) = &self.unpark {
+            for key in parked.into_keys() {
+                let _ = tx.send(key);
+            }
+        }
+    }
+}
+
 /// Per-subscription wake-ups for this process.
 #[derive(Debug)]
 pub struct Wakeups {
+    /// Locked before `parking` wherever both are.
     subs: Mutex<HashMap<Key, Entry>>,
+    parking: Mutex<Parking>,
     epoch: Mutex<u64>,
     /// Whether readers must poll: true while a needed `LISTEN` connection is down.
     polling: watch::Sender<bool>,
@@ -103,6 +131,7 @@ impl Wakeups {
     pub fn new(cross_process: bool) -> Wakeups {
         Wakeups {
             subs: Mutex::new(HashMap::new()),
+            parking: Mutex::default(),
             epoch: Mutex::new(0),
             polling: watch::Sender::new(cross_process),
         }
@@ -138,24 +167,120 @@ impl Wakeups {
     fn moved(&self, tenant: &str, id: &str, number: i64, note: Option<&Notification>) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let key = (tenant.to_owned(), id.to_owned());
-        let Some(entry) = subs.get_mut(&key) else {
-            return; // no reader here
-        };
-        if entry.tx.receiver_count() == 0 {
-            subs.remove(&key);
-            return;
-        }
-        if let Some(n) = note {
-            entry.recent.push(n);
-        }
-        entry.tx.send_if_modified(|l| {
-            if number > l.number {
-                l.number = number;
-                true
-            } else {
-                false
+        // A parked subscription goes back to the delivery loop (its worker may have parked
+        // while still holding a watch below). The loop cannot start its worker before this
+        // returns (opening a stream takes the lock held here).
+        let unparked = {
+            let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+            let go = parking.parked.get(&key).is_some_and(|at| number > *at);
+            if go {
+                parking.parked.remove(&key);
+                if let Some(tx) = &parking.unpark {
+                    let _ = tx.send(key.clone());
+                }
             }
-        });
+            go
+        };
+        match subs.get_mut(&key) {
+            // readers, or a worker about to start: keep the notification for them
+            Some(entry) if unparked || entry.tx.receiver_count() > 0 => {
+                if let Some(n) = note {
+                    entry.recent.push(n);
+                }
+                entry.tx.send_if_modified(|l| {
+                    if number > l.number {
+                        l.number = number;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Some(_) => {
+                subs.remove(&key);
+            }
+            None => {
+                // the woken worker takes the notification from memory, not from the log
+                if let (true, Some(n)) = (unparked, note) {
+                    let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut recent = Recent::default();
+                    recent.push(n);
+                    subs.insert(
+                        key,
+                        Entry {
+                            tx: watch::Sender::new(Logged { number, epoch }),
+                            recent,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where this process's delivery loop learns that a parked subscription has something
+    /// to send (its key); parking is refused until this is called. Called again, it starts
+    /// over: what was parked is forgotten.
+    pub fn parking(&self) -> mpsc::UnboundedReceiver<Key> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        parking.parked.clear();
+        parking.unpark = Some(tx);
+        rx
+    }
+
+    /// Park a subscription whose reader has read everything through `position` and hands
+    /// over its watch: from now on the first wake-up past `position` sends its key to the
+    /// delivery loop ([`Wakeups::parking`]). Refused (false) when the watch moved since
+    /// the reader last looked, when readers must poll, or when no delivery loop listens:
+    /// the reader then goes on reading.
+    pub fn park(
+        &self,
+        tenant: &str,
+        id: &str,
+        position: i64,
+        mut watch: watch::Receiver<Logged>,
+    ) -> bool {
+        // under the lock `moved` takes: no wake-up falls between the check and the entry
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if *self.polling.borrow() || watch.has_changed().unwrap_or(true) {
+            return false;
+        }
+        if watch.borrow_and_update().number > position {
+            return false;
+        }
+        let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        if parking.unpark.is_none() {
+            return false;
+        }
+        let key = (tenant.to_owned(), id.to_owned());
+        // the parked worker's watch was its only reader: the entry goes with it (a parked
+        // subscription is one map entry, not a channel and a cache)
+        if subs.get(&key).is_some_and(|e| e.tx.receiver_count() <= 1) {
+            subs.remove(&key);
+            // the map was as large as all the workers that ran at once: give that back
+            if subs.capacity() > 1024 && subs.len() * 4 < subs.capacity() {
+                let keep = subs.len() * 2;
+                subs.shrink_to(keep);
+            }
+        }
+        drop(watch);
+        parking.parked.insert(key, position);
+        true
+    }
+
+    /// Forget a parked subscription (its delivery stopped here); whether it was parked.
+    pub fn unpark(&self, tenant: &str, id: &str) -> bool {
+        let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        parking
+            .parked
+            .remove(&(tenant.to_owned(), id.to_owned()))
+            .is_some()
+    }
+
+    /// How many subscriptions are parked.
+    pub fn parked(&self) -> usize {
+        let parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
+        parking.parked.len()
     }
 
     /// Up to `max` notifications after `position` from memory, when this process logged
@@ -175,13 +300,18 @@ impl Wakeups {
 
     /// Wake every reader once, whatever its number.
     pub fn wake_all(&self) {
+        // `subs` before `epoch`, as in `watch`
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let mut epoch = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         *epoch += 1;
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.retain(|_, e| e.tx.receiver_count() > 0);
         for e in subs.values() {
             e.tx.send_modify(|l| l.epoch = *epoch);
         }
+        self.parking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unpark_all();
     }
 
     /// How many subscriptions have a reader in this process.
@@ -196,11 +326,20 @@ impl Wakeups {
     }
 
     fn set_polling(&self, on: bool) {
+        // with the lock `park` holds: nothing parks after this while polling
+        let _subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         self.polling.send_if_modified(|p| {
             let changed = *p != on;
             *p = on;
             changed
         });
+        if on {
+            // parked subscriptions would miss what other processes log meanwhile
+            self.parking
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unpark_all();
+        }
     }
 }
 
@@ -303,6 +442,64 @@ mod tests {
             let _ = r.after(p, 10);
             let _ = w.recent_after("t", "a", p, 10);
         }
+    }
+
+    #[tokio::test]
+    async fn a_parked_subscription_is_sent_back_once_its_log_moves_past_it() {
+        let w = Wakeups::new(false);
+        let a = w.watch("t", "a");
+        assert!(!w.park("t", "a", 0, a), "nothing listens for unparking yet");
+        let mut unparked = w.parking();
+        // parked at 3; a wake-up at or below it sends nothing
+        let a = w.watch("t", "a");
+        assert!(w.park("t", "a", 3, a));
+        assert_eq!(w.parked(), 1);
+        assert_eq!(w.readers(), 0);
+        assert!(w.subs.lock().unwrap().is_empty(), "no watch kept for it");
+        w.logged("t", "a", 3);
+        w.logged("t", "b", 9);
+        assert!(unparked.try_recv().is_err());
+        w.logged_here(&[note(4)]);
+        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "a".into())));
+        assert_eq!(w.parked(), 0, "sent back once");
+        // the worker it wakes finds the notification in memory
+        let _worker = w.watch("t", "a");
+        assert_eq!(w.recent_after("t", "a", 3, 10).map(|n| n.len()), Some(1));
+        w.logged("t", "a", 5);
+        assert!(unparked.try_recv().is_err());
+
+        // a watch that moved after its reader looked: parking is refused
+        let mut a = w.watch("t", "a");
+        a.borrow_and_update();
+        w.logged("t", "a", 6);
+        assert!(!w.park("t", "a", 5, a));
+        // a watch already past the position: refused
+        let mut a = w.watch("t", "a");
+        a.borrow_and_update();
+        assert!(!w.park("t", "a", 5, a));
+        // forgotten (its delivery stopped here): nothing is sent
+        let mut a = w.watch("t", "a");
+        a.borrow_and_update();
+        assert!(w.park("t", "a", 6, a));
+        assert!(w.unpark("t", "a"));
+        w.logged("t", "a", 7);
+        assert!(unparked.try_recv().is_err());
+
+        // every reader woken (the listener reconnected): every parked one is sent back
+        let mut b = w.watch("t", "b");
+        b.borrow_and_update();
+        assert!(w.park("t", "b", 9, b));
+        w.wake_all();
+        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "b".into())));
+        // while readers poll nothing parks, and what was parked is sent back
+        let mut b = w.watch("t", "b");
+        b.borrow_and_update();
+        assert!(w.park("t", "b", 9, b));
+        w.set_polling(true);
+        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "b".into())));
+        let mut b = w.watch("t", "b");
+        b.borrow_and_update();
+        assert!(!w.park("t", "b", 9, b));
     }
 
     #[tokio::test]

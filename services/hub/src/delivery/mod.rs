@@ -3,15 +3,23 @@
 //! specification and the Backport IG (requested → handshake → active; error while failing;
 //! off on 410 Gone or when the schedule runs out; only the client reactivates).
 //!
-//! Isolation: every subscription has its own worker (its order, its retries); requests go
-//! through one HTTP client per endpoint origin with a cap on concurrent requests
+//! Isolation: every busy subscription has its own worker (its order, its retries); requests
+//! go through one HTTP client per endpoint origin with a cap on concurrent requests
 //! ([`clients`]), so a slow or dead endpoint only delays the subscriptions pointing at it.
-//! A worker is the rest-hook *reader* of its subscription's stream (`channels::stream`): it is woken only when its subscription
-//! logs something, and its cursor is `delivered_through`, stored after each batch, so a
-//! restart resumes where delivery stopped; a notification whose success was not yet
-//! recorded is sent again with the same `webhook-id`.
+//! A worker is the rest-hook *reader* of its subscription's stream (`channels::stream`): it
+//! is woken only when its subscription logs something, and its cursor is
+//! `delivered_through`, stored after each batch, so a restart resumes where delivery
+//! stopped; a notification whose success was not yet recorded is sent again with the same
+//! `webhook-id`.
+//!
+//! An idle subscription has no worker: after `delivery.park_idle_after_ms` with nothing to
+//! send its worker ends and the subscription is *parked* — a slot in this loop's map and an
+//! entry in the wake-ups (`channels::wake`) — until its log moves past its position or its
+//! heartbeat is due; then the loop starts a worker from where the last one stopped. 100,000
+//! per-patient subscriptions cost tasks only for the ones with something to send.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::Duration;
 
 use hub_fhir::subscription::{ChannelType, Status};
@@ -29,10 +37,39 @@ pub mod sign;
 pub mod ssrf;
 pub mod worker;
 
-struct Running {
-    version: i64,
-    stop: CancellationToken,
+/// One subscription's delivery in this process.
+enum Slot {
+    /// A worker runs; `serial` tells its end from an earlier worker's.
+    Running {
+        version: i64,
+        serial: u64,
+        stop: CancellationToken,
+    },
+    /// No task: registered in the wake-ups, started again from `resume`.
+    Parked {
+        version: i64,
+        resume: worker::Resume,
+    },
 }
+
+impl Slot {
+    fn version(&self) -> i64 {
+        match self {
+            Slot::Running { version, .. } | Slot::Parked { version, .. } => *version,
+        }
+    }
+
+    /// Delivering (or parked), not ended.
+    fn live(&self) -> bool {
+        match self {
+            Slot::Running { stop, .. } => !stop.is_cancelled(),
+            Slot::Parked { .. } => true,
+        }
+    }
+}
+
+/// What a worker's supervisor reports when the worker ended on its own.
+type EndedMsg = (Key, u64, worker::Ended);
 
 /// A subscription: its tenant and id.
 type Key = (String, String);
@@ -133,20 +170,42 @@ struct Delivery {
     known: Known,
     /// The subscriptions this process holds the lease of.
     held: HashSet<Key>,
-    workers: HashMap<Key, Running>,
+    workers: HashMap<Key, Slot>,
+    /// The last worker's serial.
+    serial: u64,
     tasks: JoinSet<()>,
-    /// Workers that ended on their own (the subscription turned off, a lost lease, a panic).
-    ended: tokio::sync::mpsc::UnboundedSender<Key>,
+    /// Workers that ended on their own (parked, the subscription turned off, a lost lease,
+    /// a panic).
+    ended: tokio::sync::mpsc::UnboundedSender<EndedMsg>,
+    /// When parked subscriptions' heartbeats are due (entries of subscriptions that were
+    /// started meanwhile are skipped when they come up).
+    beats: BinaryHeap<Reverse<(tokio::time::Instant, Key)>>,
 }
 
 impl Delivery {
     /// Stop every worker and forget every lease (they lapsed: others may hold them now).
     fn stop_all(&mut self) {
-        for w in self.workers.values() {
-            w.stop.cancel();
+        for (key, slot) in self.workers.drain() {
+            match slot {
+                Slot::Running { stop, .. } => stop.cancel(),
+                Slot::Parked { .. } => {
+                    self.hub.wakeups.unpark(&key.0, &key.1);
+                }
+            }
         }
-        self.workers.clear();
+        self.beats.clear();
         self.held.clear();
+    }
+
+    /// Stop a subscription's worker, or forget it parked.
+    fn stop(&mut self, key: &Key) {
+        match self.workers.remove(key) {
+            Some(Slot::Running { stop, .. }) => stop.cancel(),
+            Some(Slot::Parked { .. }) => {
+                self.hub.wakeups.unpark(&key.0, &key.1);
+            }
+            None => {}
+        }
     }
 
     /// Start, restart or stop the workers of `keys` to match what is known and held.
@@ -159,41 +218,166 @@ impl Delivery {
                 .filter(|_| self.held.contains(&key));
             // A worker lives as long as its subscription version: a client update restarts it.
             if let (Some(w), Some(s)) = (self.workers.get(&key), want)
-                && s.version == w.version
-                && !w.stop.is_cancelled()
+                && s.version == w.version()
+                && w.live()
             {
                 continue;
             }
-            if let Some(w) = self.workers.remove(&key) {
-                w.stop.cancel();
-            }
-            let Some(sub) = want.cloned() else {
+            let want = want.cloned();
+            self.stop(&key);
+            let Some(sub) = want else {
                 if !self.known.subs.contains_key(&key) {
                     self.held.remove(&key);
                 }
                 continue;
             };
-            let version = sub.version;
-            let Some(worker) =
-                start_worker(&self.hub, &self.shutdown, &self.owner, &self.clients, sub).await
-            else {
-                continue;
-            };
-            let stop = worker.stop.clone();
-            self.workers.insert(
-                key.clone(),
-                Running {
-                    version,
-                    stop: stop.clone(),
-                },
-            );
-            let ended = self.ended.clone();
-            // The worker's future on the heap once, behind a pointer: an idle worker's task
-            // is its size (a 2 KB state machine), not twice it (the heap profile of 5,000
-            // idle subscriptions found each task at 4.5 KB with the future inline).
-            self.tasks
-                .spawn(supervised(key, stop, ended, Box::pin(worker.run())));
+            self.start(key, sub, None).await;
         }
+    }
+
+    /// Start a worker for `sub` (from `resume` when it was parked).
+    async fn start(&mut self, key: Key, sub: Subscription, resume: Option<worker::Resume>) {
+        let version = sub.version;
+        let worker = match &resume {
+            Some(r) => new_worker(
+                &self.hub,
+                &self.shutdown,
+                &self.owner,
+                &self.clients,
+                sub,
+                r.client.clone(),
+                r.pinned,
+            ),
+            None => start_worker(&self.hub, &self.shutdown, &self.owner, &self.clients, sub).await,
+        };
+        let Some(mut worker) = worker else {
+            return;
+        };
+        worker.resume = resume;
+        self.serial += 1;
+        let serial = self.serial;
+        let stop = worker.stop.clone();
+        self.workers.insert(
+            key.clone(),
+            Slot::Running {
+                version,
+                serial,
+                stop: stop.clone(),
+            },
+        );
+        let ended = self.ended.clone();
+        // The worker's future on the heap once, behind a pointer: an idle worker's task
+        // is its size (a 2 KB state machine), not twice it (the heap profile of 5,000
+        // idle subscriptions found each task at 4.5 KB with the future inline).
+        self.tasks
+            .spawn(supervised(key, serial, stop, ended, Box::pin(worker.run())));
+    }
+
+    /// Start a parked subscription's worker again from where the last one stopped.
+    async fn resume(&mut self, key: Key, version: i64, resume: worker::Resume) {
+        self.workers.remove(&key);
+        let Some(sub) = self
+            .known
+            .subs
+            .get(&key)
+            .filter(|_| self.held.contains(&key))
+            .cloned()
+        else {
+            return;
+        };
+        // a subscription written since it parked starts over (as `reconcile` would)
+        let resume = (sub.version == version).then_some(resume);
+        self.start(key, sub, resume).await;
+    }
+
+    /// A worker ended on its own; true when its subscription must be read again.
+    async fn ended(&mut self, key: Key, serial: u64, ended: worker::Ended) -> bool {
+        let version = match self.workers.get(&key) {
+            Some(Slot::Running {
+                serial: s, version, ..
+            }) if *s == serial => *version,
+            // an earlier worker's end: the loop stopped it and moved on
+            _ => return false,
+        };
+        match ended {
+            worker::Ended::Done => true,
+            worker::Ended::Parked(resume, idle) => {
+                if self
+                    .hub
+                    .wakeups
+                    .park(&key.0, &key.1, idle.position, idle.wake)
+                {
+                    let period = self
+                        .known
+                        .subs
+                        .get(&key)
+                        .and_then(|s| s.spec.channel.heartbeat_secs);
+                    if let Some(secs) = period {
+                        let due = resume.last_sent + Duration::from_secs(u64::from(secs));
+                        self.beats.push(Reverse((due, key.clone())));
+                    }
+                    self.workers.insert(key, Slot::Parked { version, resume });
+                } else {
+                    // something was logged as it parked: on at once
+                    self.resume(key, version, resume).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// A parked subscription's log moved: start its worker.
+    async fn unparked(&mut self, key: Key) {
+        if let Some(Slot::Parked { version, resume }) = self.workers.get(&key) {
+            let (version, resume) = (*version, resume.clone());
+            self.resume(key, version, resume).await;
+        }
+    }
+
+    /// Start the parked subscriptions whose heartbeat is due.
+    async fn heartbeats_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(Reverse((due, _))) = self.beats.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, key))) = self.beats.pop() else {
+                break;
+            };
+            let Some(Slot::Parked { version, resume }) = self.workers.get(&key) else {
+                continue; // started meanwhile
+            };
+            let (version, resume) = (*version, resume.clone());
+            let period = self
+                .known
+                .subs
+                .get(&key)
+                .and_then(|s| s.spec.channel.heartbeat_secs);
+            let current = period
+                .is_some_and(|secs| resume.last_sent + Duration::from_secs(u64::from(secs)) == due);
+            // false: its log moved meanwhile and the loop is about to hear of it
+            if current && self.hub.wakeups.unpark(&key.0, &key.1) {
+                self.resume(key, version, resume).await;
+            }
+        }
+    }
+
+    /// Reap the tasks of workers that ended.
+    fn reap(&mut self) {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a delivery worker crashed");
+            }
+        }
+    }
+
+    fn count(&self) -> (usize, usize) {
+        let parked = self
+            .workers
+            .values()
+            .filter(|s| matches!(s, Slot::Parked { .. }))
+            .count();
+        (self.workers.len() - parked, parked)
     }
 
     /// Claim the leases of `keys` this process does not hold; the ones it got.
@@ -226,6 +410,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ttl = hub.config.delivery.lease_ttl_ms;
     let lease_ttl = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
     let (ended, mut ended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut unparked_rx = hub.wakeups.parking();
     let mut d = Delivery {
         hub: hub.clone(),
         shutdown: shutdown.clone(),
@@ -234,14 +419,16 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         known: Known::default(),
         held: HashSet::new(),
         workers: HashMap::new(),
+        serial: 0,
         tasks: JoinSet::new(),
         ended,
+        beats: BinaryHeap::new(),
     };
     let mut renewed = tokio::time::Instant::now();
     let mut others: BTreeSet<String> = BTreeSet::new();
     let mut recheck: Vec<Key> = Vec::new();
 
-    while !shutdown.is_cancelled() {
+    'passes: while !shutdown.is_cancelled() {
         let mut claim_all = false;
         match hub.store.heartbeat(&d.owner, ttl).await {
             Ok(hb) => {
@@ -287,9 +474,6 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                 HashSet::new()
             }
         };
-        while let Ok(key) = ended_rx.try_recv() {
-            recheck.push(key);
-        }
         for key in std::mem::take(&mut recheck) {
             match d.known.recheck(&hub, &key).await {
                 Ok(()) => {
@@ -317,26 +501,42 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         };
         dirty.extend(d.claim(wanted).await);
         d.reconcile(dirty).await;
-        while let Some(done) = d.tasks.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(error = %e, "a delivery worker crashed");
+        d.reap();
+        let (running, parked) = d.count();
+        hub.metrics.delivery_workers(running, parked);
+        // Between passes: workers that end or park, parked subscriptions whose log moved or
+        // whose heartbeat is due; none of these costs a pass (a store query).
+        let next_pass = tokio::time::Instant::now() + poll;
+        loop {
+            let beat = d.beats.peek().map(|Reverse((due, _))| *due);
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'passes,
+                _ = tokio::time::sleep_until(next_pass) => break,
+                // a subscription written here starts its worker now, not at the next poll
+                _ = hub.subscription_writes.notified() => break,
+                Some((key, serial, ended)) = ended_rx.recv() => {
+                    // one that ended (not parked) is looked at again now
+                    if d.ended(key.clone(), serial, ended).await {
+                        recheck.push(key);
+                        break;
+                    }
+                }
+                Some(key) = unparked_rx.recv() => d.unparked(key).await,
+                _ = tokio::time::sleep_until(beat.unwrap_or(next_pass)), if beat.is_some() => {
+                    d.heartbeats_due().await;
+                }
             }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(poll) => {}
-            // a subscription written here starts its worker now, not at the next poll
-            _ = hub.subscription_writes.notified() => {}
-            // a worker that ended on its own is looked at again now
-            Some(key) = ended_rx.recv() => recheck.push(key),
+            d.reap();
         }
     }
     tracing::info!(
         workers = d.workers.len(),
         "delivery draining in-flight requests"
     );
-    for w in d.workers.values() {
-        w.stop.cancel();
+    for slot in d.workers.values() {
+        if let Slot::Running { stop, .. } = slot {
+            stop.cancel();
+        }
     }
     while d.tasks.join_next().await.is_some() {}
     // Hand the subscriptions over at once instead of after the heartbeat lapses.
@@ -346,28 +546,29 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run a worker; however it ends (finished, stopped, or a panic), cancel its token. One that
-/// ended on its own (not stopped: its subscription turned off, its lease was lost, or it
-/// panicked) is reported on `ended`, so the next pass reads its subscription again and starts
-/// a new worker while this process holds the lease. A panicking worker that kept its entry
+/// Run a worker; however it ends (finished, parked, stopped, or a panic), cancel its token.
+/// One that ended on its own (not stopped: it parked, its subscription turned off, its lease
+/// was lost, or it panicked) is reported on `ended`: the loop parks it, or reads its
+/// subscription again and starts a new worker while this process holds the lease. A panicking worker that kept its entry
 /// would hold the subscription's lease and deliver nothing, silently, for ever.
 async fn supervised(
     key: Key,
+    serial: u64,
     stop: CancellationToken,
-    ended: tokio::sync::mpsc::UnboundedSender<Key>,
-    run: impl Future<Output = ()>,
+    ended: tokio::sync::mpsc::UnboundedSender<EndedMsg>,
+    run: impl Future<Output = worker::Ended>,
 ) {
     use futures::FutureExt;
-    if std::panic::AssertUnwindSafe(run)
-        .catch_unwind()
-        .await
-        .is_err()
-    {
-        tracing::error!(subscription = %key.1, "a delivery worker panicked; a new one starts at the next pass");
-    }
+    let how = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+        Ok(how) => how,
+        Err(_) => {
+            tracing::error!(subscription = %key.1, "a delivery worker panicked; a new one starts at the next pass");
+            worker::Ended::Done
+        }
+    };
     if !stop.is_cancelled() {
         stop.cancel();
-        let _ = ended.send(key);
+        let _ = ended.send((key, serial, how));
     }
 }
 
@@ -380,10 +581,10 @@ async fn start_worker(
     clients: &std::sync::Arc<clients::Clients>,
     sub: Subscription,
 ) -> Option<worker::Worker> {
-    let Some(secret) = sub.secret.clone() else {
+    if sub.secret.is_none() {
         tracing::error!(subscription = %sub.id, "stored subscription has no signing secret");
         return None;
-    };
+    }
     let channel = &sub.spec.channel;
     let checked = match hub.egress.check(&channel.endpoint).await {
         Ok(c) => c,
@@ -412,11 +613,32 @@ async fn start_worker(
             return None;
         }
     };
+    let pinned = checked.pinned.as_ref().map(|(_, a)| *a);
+    new_worker(hub, shutdown, owner, clients, sub, client, pinned)
+}
+
+/// A worker sending through `client` (connected to `pinned`, the endpoint's checked
+/// address); a parked subscription's worker starts with the client its last one had, so
+/// waking it costs no name lookup.
+fn new_worker(
+    hub: &Hub,
+    shutdown: &CancellationToken,
+    owner: &str,
+    clients: &std::sync::Arc<clients::Clients>,
+    sub: Subscription,
+    client: clients::OriginClient,
+    pinned: Option<std::net::SocketAddr>,
+) -> Option<worker::Worker> {
+    let Some(secret) = sub.secret.clone() else {
+        tracing::error!(subscription = %sub.id, "stored subscription has no signing secret");
+        return None;
+    };
     Some(worker::Worker {
         hub: hub.clone(),
+        resume: None,
         client: std::sync::Mutex::new(client),
         clients: std::sync::Arc::clone(clients),
-        pinned_addr: std::sync::Mutex::new(checked.pinned.as_ref().map(|(_, a)| *a)),
+        pinned_addr: std::sync::Mutex::new(pinned),
         sub,
         secret,
         stop: shutdown.child_token(),
@@ -505,24 +727,31 @@ mod tests {
         ("default".into(), id.into())
     }
 
+    fn done(msg: Option<EndedMsg>) -> Option<(Key, u64)> {
+        msg.and_then(|(k, serial, how)| matches!(how, worker::Ended::Done).then_some((k, serial)))
+    }
+
     #[tokio::test]
     async fn a_worker_that_ends_on_its_own_is_looked_at_again() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        supervised(key("s1"), stop.clone(), tx.clone(), async {
+        supervised(key("s1"), 1, stop.clone(), tx.clone(), async {
             panic!("a bug in a worker");
         })
         .await;
         assert!(stop.is_cancelled(), "reconcile must see the worker gone");
-        assert_eq!(rx.try_recv().ok(), Some(key("s1")));
+        assert_eq!(done(rx.try_recv().ok()), Some((key("s1"), 1)));
         let stop = CancellationToken::new();
-        supervised(key("s2"), stop.clone(), tx.clone(), async {}).await;
+        supervised(key("s2"), 2, stop.clone(), tx.clone(), async {
+            worker::Ended::Done
+        })
+        .await;
         assert!(stop.is_cancelled());
-        assert_eq!(rx.try_recv().ok(), Some(key("s2")));
+        assert_eq!(done(rx.try_recv().ok()), Some((key("s2"), 2)));
         // one stopped by the loop is not reported: the loop knows
         let stop = CancellationToken::new();
         stop.cancel();
-        supervised(key("s3"), stop, tx, async {}).await;
+        supervised(key("s3"), 3, stop, tx, async { worker::Ended::Done }).await;
         assert!(rx.try_recv().is_err());
     }
 
@@ -533,8 +762,9 @@ mod tests {
         }
         // what each live rest-hook subscription's task holds inline, the worker boxed
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async {});
-        let task = supervised(key("s"), CancellationToken::new(), tx, boxed);
+        let boxed: std::pin::Pin<Box<dyn Future<Output = worker::Ended> + Send>> =
+            Box::pin(async { worker::Ended::Done });
+        let task = supervised(key("s"), 1, CancellationToken::new(), tx, boxed);
         assert!(task_size(&task) <= 512, "{} bytes", task_size(&task));
     }
 }

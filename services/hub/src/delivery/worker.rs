@@ -13,7 +13,7 @@ use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
 use crate::channels::render::{self, Kind};
-use crate::channels::stream::{Item, SubscriptionStream};
+use crate::channels::stream::{Idle, Item, SubscriptionStream};
 use crate::metrics::{DeliveryAttempt, StatusChanged};
 use crate::model::Subscription;
 
@@ -75,8 +75,38 @@ pub async fn deliver_with_retries<A: Attempt + Send>(
     Final::Stopped
 }
 
+/// Where a parked worker left off: what the next one starts from.
+#[derive(Debug, Clone)]
+pub(super) struct Resume {
+    /// The origin's client it sent through, and the checked address it connects to.
+    pub client: super::clients::OriginClient,
+    pub pinned: Option<std::net::SocketAddr>,
+    /// The last event number delivered (and recorded).
+    pub delivered: i64,
+    /// When the last request went out (the next heartbeat is a period after it).
+    pub last_sent: tokio::time::Instant,
+    /// The status as the worker knew it (hub-made changes do not bump the version).
+    pub status: Status,
+    /// Heartbeats failed in a row (they count towards `error` across parking).
+    pub heartbeat_failures: usize,
+}
+
+/// How a worker ended.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// Stopped, or its subscription turned off, or its lease was lost.
+    Done,
+    /// Caught up and idle for `delivery.park_idle_after_ms`: the delivery loop parks the
+    /// subscription (no task) and starts a worker from `Resume` when its log moves past
+    /// the idle stream's position or its heartbeat is due.
+    Parked(Resume, Idle),
+}
+
 pub(super) struct Worker {
     pub hub: Hub,
+    /// Where a parked predecessor left off (`None`: from the stored progress, with the
+    /// handshake first if the subscription is requested).
+    pub resume: Option<Resume>,
     /// The endpoint origin's shared client, connecting to its checked address; resolved
     /// again after a failed attempt.
     pub client: std::sync::Mutex<super::clients::OriginClient>,
@@ -337,38 +367,54 @@ impl Worker {
         result
     }
 
-    pub(super) async fn run(self) {
-        let mut status = self.sub.status;
-        if status == Status::Requested {
-            let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
-            if Box::pin(self.deliver(d, Kind::Handshake, &mut status)).await != Final::Delivered {
-                return;
-            }
-            tracing::info!(subscription = %self.sub.id, "handshake accepted");
-        }
+    pub(super) async fn run(self) -> Ended {
         let hub = &self.hub;
         let (tenant, id) = (&self.sub.tenant, &self.sub.id);
+        let (mut status, mut delivered, mut last_sent) = match &self.resume {
+            Some(r) => (r.status, r.delivered, r.last_sent),
+            None => {
+                let mut status = self.sub.status;
+                if status == Status::Requested {
+                    let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
+                    if Box::pin(self.deliver(d, Kind::Handshake, &mut status)).await
+                        != Final::Delivered
+                    {
+                        return Ended::Done;
+                    }
+                    tracing::info!(subscription = %self.sub.id, "handshake accepted");
+                }
+                // This worker is the rest-hook reader: its cursor is `delivered_through`.
+                let Some(state) =
+                    crate::retry::until_ok(&self.stop, "reading delivery state", || {
+                        hub.store.delivery_state(tenant, id)
+                    })
+                    .await
+                else {
+                    return Ended::Done;
+                };
+                (status, state.delivered_through, tokio::time::Instant::now())
+            }
+        };
         let heartbeat = self
             .sub
             .spec
             .channel
             .heartbeat_secs
             .map(|s| Duration::from_secs(u64::from(s)));
-        let mut last_sent = tokio::time::Instant::now();
-        let mut heartbeat_failures = 0usize;
-        // This worker is the rest-hook reader: its cursor is `delivered_through`.
-        let Some(state) = crate::retry::until_ok(&self.stop, "reading delivery state", || {
-            hub.store.delivery_state(tenant, id)
-        })
-        .await
-        else {
-            return;
-        };
-        let mut delivered = state.delivered_through;
+        let park_after = Some(hub.config.delivery.park_idle_after_ms)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let mut busy_at = tokio::time::Instant::now();
+        let mut heartbeat_failures = self.resume.as_ref().map_or(0, |r| r.heartbeat_failures);
         let mut stream = SubscriptionStream::open(hub, tenant, id, delivered);
         let group = crate::channels::group_size(&self.sub);
         loop {
-            let quiet_until = heartbeat.map(|p| last_sent + p);
+            let beat_at = heartbeat.map(|p| last_sent + p);
+            let park_at = park_after.map(|p| busy_at + p);
+            let quiet_until = match (beat_at, park_at) {
+                (Some(b), Some(p)) => Some(b.min(p)),
+                (b, p) => b.or(p),
+            };
             let batch = match stream
                 .next(
                     usize::try_from(hub.config.delivery.batch_size).unwrap_or(1),
@@ -377,18 +423,38 @@ impl Worker {
                 )
                 .await
             {
-                None => return,
+                None => return Ended::Done,
                 Some(Err(e)) => {
                     tracing::warn!(subscription = %id, error = %e, "cannot read notifications");
                     tokio::select! {
-                        _ = self.stop.cancelled() => return,
+                        _ = self.stop.cancelled() => return Ended::Done,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
                 Some(Ok(Item::Quiet)) => {
-                    Box::pin(self.heartbeat(&mut status, &mut heartbeat_failures)).await;
-                    last_sent = tokio::time::Instant::now();
-                    continue;
+                    if beat_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        Box::pin(self.heartbeat(&mut status, &mut heartbeat_failures)).await;
+                        last_sent = tokio::time::Instant::now();
+                        continue;
+                    }
+                    // idle for `park_after`: park, unless something was logged meanwhile
+                    if !stream.parkable() {
+                        busy_at = tokio::time::Instant::now();
+                        continue;
+                    }
+                    let client = match self.client.lock() {
+                        Ok(c) => c.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
+                    let resume = Resume {
+                        client,
+                        pinned: self.pinned(),
+                        delivered,
+                        last_sent,
+                        status,
+                        heartbeat_failures,
+                    };
+                    return Ended::Parked(resume, stream.into_idle());
                 }
                 Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                     // Retention keeps what this reader has not delivered, so this means the
@@ -396,7 +462,7 @@ impl Worker {
                     tracing::error!(subscription = %id, tenant = %tenant, after, resumes_at, "notifications missing from the log; skipping to what remains");
                     delivered = resumes_at - 1;
                     if !Box::pin(self.record(delivered)).await {
-                        return;
+                        return Ended::Done;
                     }
                     continue;
                 }
@@ -430,19 +496,20 @@ impl Worker {
                 if must_record && delivered > recorded {
                     Box::pin(crate::auth::record(hub, std::mem::take(&mut disclosed))).await;
                     if !Box::pin(self.record(delivered)).await {
-                        return;
+                        return Ended::Done;
                     }
                     recorded = delivered;
                     last_record = tokio::time::Instant::now();
                 }
                 if result != Final::Delivered {
-                    return;
+                    return Ended::Done;
                 }
             }
             Box::pin(crate::auth::record(hub, disclosed)).await;
             if delivered > recorded && !Box::pin(self.record(delivered)).await {
-                return;
+                return Ended::Done;
             }
+            busy_at = tokio::time::Instant::now();
         }
     }
 }

@@ -5,6 +5,7 @@
 //! a topic or API key write rebuilds that tenant only.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use hub_fhir::index::{CriteriaIndex, Handle};
 use hub_fhir::raw_event::RawEvent;
@@ -31,8 +32,30 @@ pub struct TenantIndex {
     topics: TopicIndex,
     generation: i64,
     /// What each owned subscription may receive (subscriptions from before owners were
-    /// kept have none and are not restricted).
-    grants: HashMap<String, Grant>,
+    /// kept have none and are not restricted); equal grants shared ([`GrantPool`]).
+    grants: HashMap<String, Arc<Grant>>,
+    pool: GrantPool,
+}
+
+/// The distinct grants of a tenant's subscriptions, each kept once: 100,000 per-patient
+/// subscriptions made with a few credentials hold a few grants, not 100,000 copies.
+#[derive(Default)]
+struct GrantPool(Vec<Arc<Grant>>);
+
+/// Past this many distinct grants new ones are not looked up (each is a linear scan).
+const POOL_MAX: usize = 64;
+
+impl GrantPool {
+    fn share(&mut self, g: Grant) -> Arc<Grant> {
+        if let Some(same) = self.0.iter().find(|p| ***p == g) {
+            return Arc::clone(same);
+        }
+        let g = Arc::new(g);
+        if self.0.len() < POOL_MAX {
+            self.0.push(Arc::clone(&g));
+        }
+        g
+    }
 }
 
 impl TenantIndex {
@@ -43,12 +66,18 @@ impl TenantIndex {
         generation: i64,
         grants: HashMap<String, Grant>,
     ) -> TenantIndex {
+        let mut pool = GrantPool::default();
+        let grants = grants
+            .into_iter()
+            .map(|(id, g)| (id, pool.share(g)))
+            .collect();
         let mut index = TenantIndex {
             criteria: CriteriaIndex::new(),
             handles: HashMap::new(),
             topics: TopicIndex::build(topics, subs),
             generation,
             grants,
+            pool,
         };
         for sub in subs {
             index.insert_criteria(sub);
@@ -76,6 +105,7 @@ impl TenantIndex {
         self.insert_criteria(sub);
         self.topics.insert(sub);
         if let Some(g) = grant {
+            let g = self.pool.share(g);
             self.grants.insert(sub.id.clone(), g);
         }
     }
