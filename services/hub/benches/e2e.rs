@@ -600,6 +600,25 @@ async fn publish_cli(hub: &HubProcess, brokers: &str, ndjson: &std::path::Path) 
     assert!(status.success(), "fhir-hub publish failed: {status}");
 }
 
+/// `fhir-hub publish` of `ndjson` alone on the broker (no hub consuming), to a topic made
+/// beforehand as the plain producer's is: seconds from process start to exit.
+async fn publish_alone(brokers: &str, ndjson: &std::path::Path) -> f64 {
+    let topic = common::create_topic(brokers, "bench.publish", PARTITIONS as i32).await;
+    let t = Instant::now();
+    let status = tokio::process::Command::new(common::hub_binary())
+        .args(["--kafka-brokers", brokers])
+        .env("HUB_LOG__CHANGES_TOPIC", &topic)
+        .env("RUST_LOG", "error")
+        .args(["publish", "--quiet", "--input"])
+        .arg(ndjson)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "fhir-hub publish failed: {status}");
+    t.elapsed().as_secs_f64()
+}
+
 /// Make subscriptions through the API, 16 requests at a time; each must be created.
 async fn create_all(http: &reqwest::Client, url: &str, bodies: impl Iterator<Item = String>) {
     post_all(http, url, "application/fhir+json", 16, bodies).await;
@@ -1053,13 +1072,24 @@ async fn main() {
             "broker_consume_per_s",
             json!(consume),
         ));
+        let alone = n as f64 / publish_alone(brokers, &ndjson).await;
+        rows.push(row(
+            "`fhir-hub publish` alone (process start to exit: read, validate, connect, send)",
+            format!("{alone:.0} events/s"),
+            format!(
+                "{:.0}% of the plain producer (goal ≥ 80%), whose clock starts connected and warmed up; both alone on the broker, to a {PARTITIONS}-partition topic made beforehand",
+                100.0 * alone / produce
+            ),
+            "kafka_publish_alone_per_s",
+            json!(alone),
+        ));
         let hub = common::start_hub(Some((brokers, PARTITIONS)), "");
         let run = end_to_end(&hub, labs, n, || publish_cli(&hub, brokers, &ndjson)).await;
         rows.push(row(
-            "`fhir-hub publish` (process start to exit)",
+            "`fhir-hub publish` beside the hub consuming (the end-to-end run's)",
             format!("{:.0} events/s", run.publish_per_s),
             format!(
-                "{:.0}% of the plain producer (goal ≥ 80%)",
+                "{:.0}% of the plain producer (which had the machine to itself)",
                 100.0 * run.publish_per_s / produce
             ),
             "kafka_publish_per_s",

@@ -2,7 +2,8 @@
 //! stdin, validate every line, then publish them to the changes topic with a progress bar.
 //!
 //! Validation covers the whole input before the first record is published, so a bad line
-//! publishes nothing.
+//! publishes nothing. It runs on every core, in blocks of lines, while the connection to the
+//! log is made.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -26,23 +27,83 @@ pub struct PublishArgs<'a> {
     pub progress: bool,
 }
 
+/// What validating some lines gives: their records, or the first bad line's number and why.
+type Validated = Result<Vec<hub_log::Record>, (usize, hub_fhir::OperationOutcome)>;
+
+/// Lines read and validated at a time: validation stops at the first block with a bad line.
+const BLOCK_LINES: usize = 16_384;
+
 /// The validated events as log records, or the first bad line as an error (1-based line
 /// number + outcome). Each event is kept only as the record it becomes (its parsed tree is
 /// dropped at once): a large input costs its records' bytes, not ten times that in trees.
+/// Lines are read in blocks and each block is validated on every core, in order.
 pub fn read_records(
     reader: impl Read,
     tenant: &str,
     action: Option<Action>,
-) -> anyhow::Result<Result<Vec<hub_log::Record>, (usize, hub_fhir::OperationOutcome)>> {
+) -> anyhow::Result<Validated> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let mut records = Vec::new();
-    for (i, line) in BufReader::new(reader).split(b'\n').enumerate() {
-        let line = line.context("reading input")?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+    let mut block: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BLOCK_LINES);
+    let mut lines = BufReader::new(reader).split(b'\n').enumerate();
+    loop {
+        let line = lines.next();
+        let done = line.is_none();
+        if let Some((i, line)) = line {
+            let line = line.context("reading input")?;
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                block.push((i + 1, line));
+            }
         }
-        match RawEvent::from_ndjson_line_named(&line, action, tenant) {
-            Ok((e, _)) => records.push(crate::api::ingest::record(&e)),
-            Err(e) => return Ok(Err((i + 1, e.to_outcome().at(format!("line {}", i + 1))))),
+        if block.len() == BLOCK_LINES || (done && !block.is_empty()) {
+            match validate_block(&block, tenant, action, threads)? {
+                Ok(mut r) => records.append(&mut r),
+                Err(bad) => return Ok(Err(bad)),
+            }
+            block.clear();
+        }
+        if done {
+            return Ok(Ok(records));
+        }
+    }
+}
+
+/// Validate numbered lines in `threads` slices at once; the records in order, or the
+/// lowest-numbered bad line.
+fn validate_block(
+    block: &[(usize, Vec<u8>)],
+    tenant: &str,
+    action: Option<Action>,
+    threads: usize,
+) -> anyhow::Result<Validated> {
+    let one = |lines: &[(usize, Vec<u8>)]| -> Validated {
+        let mut records = Vec::with_capacity(lines.len());
+        for (n, line) in lines {
+            match RawEvent::from_ndjson_line_named(line, action, tenant) {
+                Ok((e, _)) => records.push(crate::api::ingest::record(&e)),
+                Err(e) => return Err((*n, e.to_outcome().at(format!("line {n}")))),
+            }
+        }
+        Ok(records)
+    };
+    if threads <= 1 || block.len() < 2 * threads {
+        return Ok(one(block));
+    }
+    let per = block.len().div_ceil(threads);
+    let parts = std::thread::scope(|s| {
+        let running: Vec<_> = block.chunks(per).map(|c| s.spawn(move || one(c))).collect();
+        running
+            .into_iter()
+            .map(|t| t.join())
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(|_| anyhow::anyhow!("validating the input failed (a validator thread panicked)"))?;
+    let mut records = Vec::with_capacity(block.len());
+    // slices in line order: the first that failed holds the lowest bad line
+    for part in parts {
+        match part {
+            Ok(mut r) => records.append(&mut r),
+            Err(bad) => return Ok(Err(bad)),
         }
     }
     Ok(Ok(records))
@@ -61,20 +122,32 @@ pub async fn run(config: &Config, args: PublishArgs<'_>) -> anyhow::Result<usize
             Box::new(std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?)
         }
     };
+    // connect to the log while the input is validated; nothing is sent before it all is
+    let opening = {
+        let config = config.clone();
+        tokio::spawn(async move { crate::open_log(&config).await })
+    };
     let validating = spinner(args.progress, "validating");
-    let records = match read_records(reader, &tenant, args.action)? {
-        Ok(records) => records,
-        Err((line, outcome)) => {
-            validating.finish_and_clear();
+    let action = args.action;
+    let read = tokio::task::spawn_blocking(move || read_records(reader, &tenant, action))
+        .await
+        .context("validating the input")?;
+    validating.finish_and_clear();
+    let records = match read {
+        Ok(Ok(records)) => records,
+        Ok(Err((line, outcome))) => {
+            opening.abort();
             eprintln!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
             anyhow::bail!(
                 "line {line} is not a valid change event or resource: nothing was published"
             );
         }
+        Err(e) => {
+            opening.abort();
+            return Err(e);
+        }
     };
-    validating.finish_and_clear();
-
-    let log = crate::open_log(config).await?;
+    let log = opening.await.context("opening the event log")??;
     let bar = if args.progress {
         let bar =
             ProgressBar::with_draw_target(Some(records.len() as u64), ProgressDrawTarget::stderr());
@@ -129,5 +202,42 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(ok.len(), 1);
+    }
+
+    #[test]
+    fn blocks_validated_on_many_threads_keep_the_order_and_the_first_bad_line() {
+        let line = |i: usize| format!("{{\"resourceType\":\"Patient\",\"id\":\"p{i}\"}}\n");
+        let n = BLOCK_LINES + 1000;
+        let mut input: String = (0..n).map(line).collect();
+        let ok = read_records(input.as_bytes(), "default", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.len(), n);
+        for (i, r) in ok.iter().enumerate() {
+            assert!(r.key.ends_with(&format!("/p{i}")), "{i}: {}", r.key);
+        }
+        // two bad lines in one block, on different threads: the first is reported
+        let bad = "{\"resourceType\":\"Nope\",\"id\":\"x\"}\n";
+        let mut lines: Vec<String> = (0..n).map(line).collect();
+        lines[BLOCK_LINES + 900] = bad.into();
+        lines[BLOCK_LINES + 10] = bad.into();
+        input = lines.concat();
+        let (at, _) = read_records(input.as_bytes(), "default", None)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(at, BLOCK_LINES + 11);
+        for t in [1, 2, 3, 7] {
+            let numbered: Vec<(usize, Vec<u8>)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.trim_end().as_bytes().to_vec()))
+                .collect();
+            let got = validate_block(&numbered, "default", None, t).unwrap();
+            assert_eq!(
+                got.map(|_| 0).unwrap_err().0,
+                BLOCK_LINES + 11,
+                "{t} threads"
+            );
+        }
     }
 }
