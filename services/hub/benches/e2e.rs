@@ -582,22 +582,9 @@ async fn post_all(
 
 /// `fhir-hub publish` of `ndjson` to a Kafka-mode hub's changes topic, as a user runs it.
 async fn publish_cli(hub: &HubProcess, brokers: &str, ndjson: &std::path::Path) {
-    let status = tokio::process::Command::new(common::hub_binary())
-        .arg("--config")
-        .arg(hub.dir.path().join("bench.toml"))
-        .args(["--kafka-brokers", brokers])
-        .env(
-            "HUB_LOG__CHANGES_TOPIC",
-            hub.topic.as_deref().unwrap_or_default(),
-        )
-        .env("RUST_LOG", "error")
-        .args(["publish", "--quiet", "--input"])
-        .arg(ndjson)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "fhir-hub publish failed: {status}");
+    let config = hub.dir.path().join("bench.toml");
+    let topic = hub.topic.as_deref().unwrap_or_default();
+    run_publish(Some(&config), brokers, topic, ndjson).await;
 }
 
 /// `fhir-hub publish` of `ndjson` alone on the broker (no hub consuming), to a topic made
@@ -605,9 +592,24 @@ async fn publish_cli(hub: &HubProcess, brokers: &str, ndjson: &std::path::Path) 
 async fn publish_alone(brokers: &str, ndjson: &std::path::Path) -> f64 {
     let topic = common::create_topic(brokers, "bench.publish", PARTITIONS as i32).await;
     let t = Instant::now();
-    let status = tokio::process::Command::new(common::hub_binary())
+    run_publish(None, brokers, &topic, ndjson).await;
+    t.elapsed().as_secs_f64()
+}
+
+/// Run `fhir-hub publish` (with a hub's config file, if given) to `topic`; it must succeed.
+async fn run_publish(
+    config: Option<&std::path::Path>,
+    brokers: &str,
+    topic: &str,
+    ndjson: &std::path::Path,
+) {
+    let mut cmd = tokio::process::Command::new(common::hub_binary());
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let status = cmd
         .args(["--kafka-brokers", brokers])
-        .env("HUB_LOG__CHANGES_TOPIC", &topic)
+        .env("HUB_LOG__CHANGES_TOPIC", topic)
         .env("RUST_LOG", "error")
         .args(["publish", "--quiet", "--input"])
         .arg(ndjson)
@@ -616,7 +618,6 @@ async fn publish_alone(brokers: &str, ndjson: &std::path::Path) -> f64 {
         .await
         .unwrap();
     assert!(status.success(), "fhir-hub publish failed: {status}");
-    t.elapsed().as_secs_f64()
 }
 
 /// Make subscriptions through the API, 16 requests at a time; each must be created.
