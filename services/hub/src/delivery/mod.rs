@@ -168,9 +168,9 @@ struct Delivery {
     owner: String,
     clients: std::sync::Arc<clients::Clients>,
     known: Known,
-    /// The subscriptions this process holds the lease of.
-    held: HashSet<Key>,
-    workers: HashMap<Key, Slot>,
+    /// The subscriptions this process holds the lease of, each with its worker or parked
+    /// slot (`None`: held, nothing running). One map, so one key per subscription.
+    leases: HashMap<Key, Option<Slot>>,
     /// The last worker's serial.
     serial: u64,
     tasks: JoinSet<()>,
@@ -185,21 +185,26 @@ struct Delivery {
 impl Delivery {
     /// Stop every worker and forget every lease (they lapsed: others may hold them now).
     fn stop_all(&mut self) {
-        for (key, slot) in self.workers.drain() {
+        for (key, slot) in self.leases.drain() {
             match slot {
-                Slot::Running { stop, .. } => stop.cancel(),
-                Slot::Parked { .. } => {
+                Some(Slot::Running { stop, .. }) => stop.cancel(),
+                Some(Slot::Parked { .. }) => {
                     self.hub.wakeups.unpark(&key.0, &key.1);
                 }
+                None => {}
             }
         }
         self.beats.clear();
-        self.held.clear();
     }
 
-    /// Stop a subscription's worker, or forget it parked.
+    /// The worker or parked slot of a subscription this process holds.
+    fn slot(&self, key: &Key) -> Option<&Slot> {
+        self.leases.get(key).and_then(Option::as_ref)
+    }
+
+    /// Stop a subscription's worker, or forget it parked (its lease is kept).
     fn stop(&mut self, key: &Key) {
-        match self.workers.remove(key) {
+        match self.leases.get_mut(key).and_then(Option::take) {
             Some(Slot::Running { stop, .. }) => stop.cancel(),
             Some(Slot::Parked { .. }) => {
                 self.hub.wakeups.unpark(&key.0, &key.1);
@@ -215,9 +220,9 @@ impl Delivery {
                 .known
                 .subs
                 .get(&key)
-                .filter(|_| self.held.contains(&key));
+                .filter(|_| self.leases.contains_key(&key));
             // A worker lives as long as its subscription version: a client update restarts it.
-            if let (Some(w), Some(s)) = (self.workers.get(&key), want)
+            if let (Some(w), Some(s)) = (self.slot(&key), want)
                 && s.version == w.version()
                 && w.live()
             {
@@ -227,7 +232,7 @@ impl Delivery {
             self.stop(&key);
             let Some(sub) = want else {
                 if !self.known.subs.contains_key(&key) {
-                    self.held.remove(&key);
+                    self.leases.remove(&key);
                 }
                 continue;
             };
@@ -257,13 +262,14 @@ impl Delivery {
         self.serial += 1;
         let serial = self.serial;
         let stop = worker.stop.clone();
-        self.workers.insert(
+        // only held subscriptions are started: the lease's entry gets the worker
+        self.leases.insert(
             key.clone(),
-            Slot::Running {
+            Some(Slot::Running {
                 version,
                 serial,
                 stop: stop.clone(),
-            },
+            }),
         );
         let ended = self.ended.clone();
         // The worker's future on the heap once, behind a pointer: an idle worker's task
@@ -275,14 +281,11 @@ impl Delivery {
 
     /// Start a parked subscription's worker again from where the last one stopped.
     async fn resume(&mut self, key: Key, version: i64, resume: worker::Resume) {
-        self.workers.remove(&key);
-        let Some(sub) = self
-            .known
-            .subs
-            .get(&key)
-            .filter(|_| self.held.contains(&key))
-            .cloned()
-        else {
+        let Some(slot) = self.leases.get_mut(&key) else {
+            return; // no longer held
+        };
+        *slot = None;
+        let Some(sub) = self.known.subs.get(&key).cloned() else {
             return;
         };
         // a subscription written since it parked starts over (as `reconcile` would)
@@ -292,7 +295,7 @@ impl Delivery {
 
     /// A worker ended on its own; true when its subscription must be read again.
     async fn ended(&mut self, key: Key, serial: u64, ended: worker::Ended) -> bool {
-        let version = match self.workers.get(&key) {
+        let version = match self.slot(&key) {
             Some(Slot::Running {
                 serial: s, version, ..
             }) if *s == serial => *version,
@@ -316,7 +319,9 @@ impl Delivery {
                         let due = resume.last_sent + Duration::from_secs(u64::from(secs));
                         self.beats.push(Reverse((due, key.clone())));
                     }
-                    self.workers.insert(key, Slot::Parked { version, resume });
+                    if let Some(slot) = self.leases.get_mut(&key) {
+                        *slot = Some(Slot::Parked { version, resume });
+                    }
                 } else {
                     // something was logged as it parked: on at once
                     self.resume(key, version, resume).await;
@@ -328,7 +333,7 @@ impl Delivery {
 
     /// A parked subscription's log moved: start its worker.
     async fn unparked(&mut self, key: Key) {
-        if let Some(Slot::Parked { version, resume }) = self.workers.get(&key) {
+        if let Some(Slot::Parked { version, resume }) = self.slot(&key) {
             let (version, resume) = (*version, resume.clone());
             self.resume(key, version, resume).await;
         }
@@ -344,7 +349,7 @@ impl Delivery {
             let Some(Reverse((due, key))) = self.beats.pop() else {
                 break;
             };
-            let Some(Slot::Parked { version, resume }) = self.workers.get(&key) else {
+            let Some(Slot::Parked { version, resume }) = self.slot(&key) else {
                 continue; // started meanwhile
             };
             let (version, resume) = (*version, resume.clone());
@@ -371,13 +376,16 @@ impl Delivery {
         }
     }
 
+    /// Subscriptions with a worker running, and parked.
     fn count(&self) -> (usize, usize) {
-        let parked = self
-            .workers
-            .values()
-            .filter(|s| matches!(s, Slot::Parked { .. }))
-            .count();
-        (self.workers.len() - parked, parked)
+        let (mut running, mut parked) = (0, 0);
+        for slot in self.leases.values().flatten() {
+            match slot {
+                Slot::Running { .. } => running += 1,
+                Slot::Parked { .. } => parked += 1,
+            }
+        }
+        (running, parked)
     }
 
     /// Claim the leases of `keys` this process does not hold; the ones it got.
@@ -388,7 +396,9 @@ impl Delivery {
         let ttl = self.hub.config.delivery.lease_ttl_ms;
         match self.hub.store.claim_leases(&self.owner, &keys, ttl).await {
             Ok(got) => {
-                self.held.extend(got.iter().cloned());
+                for key in &got {
+                    self.leases.entry(key.clone()).or_insert(None);
+                }
                 got.into_iter().collect()
             }
             Err(e) => {
@@ -417,8 +427,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         owner: format!("delivery-{}", uuid::Uuid::new_v4()),
         clients: std::sync::Arc::new(clients::Clients::default()),
         known: Known::default(),
-        held: HashSet::new(),
-        workers: HashMap::new(),
+        leases: HashMap::new(),
         serial: 0,
         tasks: JoinSet::new(),
         ended,
@@ -434,9 +443,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             Ok(hb) => {
                 renewed = tokio::time::Instant::now();
                 if !hb.kept {
-                    if !d.workers.is_empty() {
+                    if !d.leases.is_empty() {
                         tracing::warn!(
-                            workers = d.workers.len(),
+                            subscriptions = d.leases.len(),
                             "this process's delivery heartbeat lapsed; stopping every worker and claiming again"
                         );
                     }
@@ -454,9 +463,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             // rather than send beside it.
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the delivery heartbeat");
-                if renewed.elapsed() > lease_ttl && !d.workers.is_empty() {
+                if renewed.elapsed() > lease_ttl && !d.leases.is_empty() {
                     tracing::warn!(
-                        workers = d.workers.len(),
+                        subscriptions = d.leases.len(),
                         "delivery heartbeat expired unrenewed; stopping every worker"
                     );
                     d.stop_all();
@@ -489,13 +498,13 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             d.known
                 .subs
                 .keys()
-                .filter(|k| !d.held.contains(*k))
+                .filter(|k| !d.leases.contains_key(*k))
                 .cloned()
                 .collect()
         } else {
             dirty
                 .iter()
-                .filter(|k| d.known.subs.contains_key(*k) && !d.held.contains(*k))
+                .filter(|k| d.known.subs.contains_key(*k) && !d.leases.contains_key(*k))
                 .cloned()
                 .collect()
         };
@@ -530,10 +539,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         }
     }
     tracing::info!(
-        workers = d.workers.len(),
+        subscriptions = d.leases.len(),
         "delivery draining in-flight requests"
     );
-    for slot in d.workers.values() {
+    for slot in d.leases.values().flatten() {
         if let Slot::Running { stop, .. } = slot {
             stop.cancel();
         }
