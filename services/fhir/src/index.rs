@@ -24,7 +24,8 @@ use crate::registry::{ParamType, SearchParam};
 
 struct Entry<T> {
     value: T,
-    criteria: Criteria,
+    /// Shared with whoever parsed it (a subscription's spec): not a copy per index.
+    criteria: std::sync::Arc<Criteria>,
 }
 
 /// Normalised key → entries posted under it.
@@ -360,7 +361,13 @@ impl<T> CriteriaIndex<T> {
     }
 
     /// Add criteria with the value to return when they match; the handle removes them.
-    pub fn insert(&mut self, partition: &str, criteria: Criteria, value: T) -> Handle {
+    pub fn insert(
+        &mut self,
+        partition: &str,
+        criteria: impl Into<std::sync::Arc<Criteria>>,
+        value: T,
+    ) -> Handle {
+        let criteria: std::sync::Arc<Criteria> = criteria.into();
         let n = match self.free.pop() {
             Some(n) => n,
             None => u32::try_from(self.entries.len()).unwrap_or(u32::MAX),

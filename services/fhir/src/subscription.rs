@@ -221,8 +221,9 @@ pub fn is_topic_canonical(criteria: &str) -> bool {
 pub struct SubscriptionSpec {
     pub status: Status,
     pub criteria: String,
-    /// R4 search criteria; `None` for a topic-based subscription.
-    pub parsed: Option<Criteria>,
+    /// R4 search criteria; `None` for a topic-based subscription. Shared with the matcher's
+    /// index.
+    pub parsed: Option<std::sync::Arc<Criteria>>,
     pub topic: Option<TopicSubscription>,
     pub channel: Channel,
     /// Subscription.end, as given.
@@ -662,7 +663,7 @@ fn validate_r4(resource: &Value) -> Result<SubscriptionSpec, OperationOutcome> {
     Ok(SubscriptionSpec {
         status,
         criteria: criteria.to_owned(),
-        parsed,
+        parsed: parsed.map(std::sync::Arc::new),
         topic,
         channel: Channel {
             kind: channel_type,

@@ -95,7 +95,7 @@ impl TenantIndex {
             id: sub.id.clone(),
             end: sub.end(),
         };
-        let h = self.criteria.insert(&sub.tenant, c.clone(), target);
+        let h = self.criteria.insert(&sub.tenant, Arc::clone(c), target);
         self.handles.insert(sub.id.clone(), h);
     }
 
