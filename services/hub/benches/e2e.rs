@@ -25,7 +25,10 @@
 //!    receiver here); once all are active and parked: the hub's RSS growth per subscription and its open
 //!    descriptors; one event all of them match, and the time until every one is delivered;
 //!    then 100 more subscriptions, each timed from its create to `active` (its handshake
-//!    delivered). `E2E_BENCH_RESTHOOKS` sets R (default 20,000).
+//!    delivered). `E2E_BENCH_RESTHOOKS` sets R (default 20,000). With
+//!    `FHIR_HUB_TEST_DATABASE_URL` (phase `resthook-pg`), the R subscriptions again on
+//!    PostgreSQL, delivered by a process of its own (roles delivery and api, the api only
+//!    for `/metrics`): that process's RSS growth per subscription.
 //!
 //! 6. **Latency at fixed offered loads** (embedded, and Kafka mode with a broker): 1,000 and
 //!    5,000 events/s for 10 s, each event its own `POST /events`, timed from its send to
@@ -760,6 +763,62 @@ async fn resthook_scale(n: usize) -> Scale {
     }
 }
 
+/// What the rest-hook scale phase measured on a delivery process of its own.
+struct DeliveryProcess {
+    per_sub_kb: f64,
+    parked: usize,
+    open_files: usize,
+}
+
+/// Rest-hook scale as the goal names it, "on one delivery process": PostgreSQL, an
+/// api+matcher process taking the `n` subscriptions, and a second process with the delivery
+/// role (and the api role, only for `/metrics`) delivering them; its RSS growth per
+/// subscription once all are active and parked.
+async fn resthook_delivery_process(n: usize, pg: &str) -> DeliveryProcess {
+    use std::sync::atomic::Ordering;
+    let db = hub_store::fresh_postgres_schema(pg, "bench_hooks")
+        .await
+        .unwrap();
+    let config = |roles: &str| {
+        format!(
+            "[server]\nroles = [{roles}]\n[database]\nurl = \"{db}\"\n[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nallowed_ports = []\n"
+        )
+    };
+    let api = common::start_hub(None, &config("\"api\", \"matcher\""));
+    let delivery = common::start_hub(None, &config("\"api\", \"delivery\""));
+    let pid = delivery.child.id();
+    let (endpoint, received) = counting_receiver().await;
+    let http = reqwest::Client::new();
+    let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+        "criteria": "Observation?code=http://loinc.org|2345-7",
+        "channel": {"type": "rest-hook", "endpoint": endpoint}})
+    .to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = common::rss_kb(pid);
+    let t = Instant::now();
+    create_all(
+        &http,
+        &format!("{}/fhir/Subscription", api.url),
+        (0..n).map(|_| body.clone()),
+    )
+    .await;
+    while received.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "only {} of {n} handshakes in 30 minutes",
+            received.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parked = wait_parked(&http, &delivery.url, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    DeliveryProcess {
+        per_sub_kb: common::rss_kb(pid).saturating_sub(before) as f64 / n as f64,
+        parked,
+        open_files: open_files(pid),
+    }
+}
+
 /// Wait (up to a minute) until the hub reports `n` rest-hook subscriptions parked; how many
 /// it reported last.
 async fn wait_parked(http: &reqwest::Client, url: &str, n: usize) -> usize {
@@ -974,7 +1033,7 @@ async fn main() {
     let brokers = std::env::var("FHIR_HUB_TEST_KAFKA")
         .ok()
         .filter(|b| !b.is_empty());
-    // E2E_BENCH_PHASES=latency,sustained,kafka,kafka-resthook,embedded,churn,fanout,resthook
+    // E2E_BENCH_PHASES=latency,sustained,kafka,kafka-resthook,embedded,churn,fanout,resthook,resthook-pg
     // runs only those (default: all)
     let phase = |name: &str| {
         std::env::var("E2E_BENCH_PHASES").map_or(true, |v| v.split(',').any(|p| p == name))
@@ -1235,6 +1294,29 @@ async fn main() {
                    "open_files": sc.open_files, "fan_out_s": sc.fan_out_s,
                    "activation_s": sc.activation_s, "settle_s": sc.settle_s,
                    "new_p50_ms": q.0, "new_p99_ms": q.2}),
+        ));
+    }
+
+    let pg = std::env::var("FHIR_HUB_TEST_DATABASE_URL").ok();
+    if let Some(pg) = pg.as_deref().filter(|_| phase("resthook-pg")) {
+        let resthooks = if smoke {
+            50
+        } else {
+            env_usize("E2E_BENCH_RESTHOOKS", 20_000)
+        };
+        let d = resthook_delivery_process(resthooks, pg).await;
+        rows.push(row(
+            &format!(
+                "rest-hook scale on a delivery process (PostgreSQL): {resthooks} subscriptions to one endpoint"
+            ),
+            format!(
+                "{:.1} KB of RSS each in the delivery process, {} parked, {} open descriptors",
+                d.per_sub_kb, d.parked, d.open_files
+            ),
+            "goal < 2 KB each; the subscriptions made through a second process (api, matcher); the delivery process runs the api role only for /metrics".to_owned(),
+            "resthook_delivery_process",
+            json!({"subscriptions": resthooks, "kb_per_subscription": d.per_sub_kb,
+                   "parked": d.parked, "open_files": d.open_files}),
         ));
     }
 
