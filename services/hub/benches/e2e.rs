@@ -676,27 +676,9 @@ async fn resthook_scale(n: usize) -> Scale {
     let (endpoint, received) = counting_receiver().await;
     let http = reqwest::Client::new();
     let subs = format!("{}/fhir/Subscription", hub.url);
-    let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
-        "criteria": "Observation?code=http://loinc.org|2345-7",
-        "channel": {"type": "rest-hook", "endpoint": endpoint}})
-    .to_string();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = common::rss_kb(pid);
-    let t = Instant::now();
-    create_all(&http, &subs, (0..n).map(|_| body.clone())).await;
-    // every subscription's handshake reached the endpoint
-    while received.load(Ordering::Relaxed) < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(1800),
-            "only {} of {n} handshakes in 30 minutes",
-            received.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let activation_s = t.elapsed().as_secs_f64();
-    // idle subscriptions park (delivery.park_idle_after_ms): wait for all of them
-    let parked = wait_parked(&http, &hub.url, n).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = hook_body(&endpoint);
+    let made = make_parked_hooks(&http, &hub.url, &hub, n, &body, &received).await;
+    let (before, activation_s, parked) = (made.before_kb, made.activation_s, made.parked);
     let per_sub_kb = common::rss_kb(pid).saturating_sub(before) as f64 / n as f64;
     let open = open_files(pid);
     // one event to all of them
@@ -763,6 +745,60 @@ async fn resthook_scale(n: usize) -> Scale {
     }
 }
 
+/// A rest-hook subscription to `endpoint` on one glucose code.
+fn hook_body(endpoint: &str) -> String {
+    json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
+        "criteria": "Observation?code=http://loinc.org|2345-7",
+        "channel": {"type": "rest-hook", "endpoint": endpoint}})
+    .to_string()
+}
+
+/// What making rest-hook subscriptions measured.
+struct Made {
+    /// The delivering process's RSS before the first was made, KB.
+    before_kb: u64,
+    /// From the first create to every handshake received.
+    activation_s: f64,
+    /// Subscriptions the delivering process reported parked at the end.
+    parked: usize,
+}
+
+/// Make `n` subscriptions `body` through the API at `api`, then wait until every handshake
+/// reached the endpoint (`received` counts them) and `delivery`, the process delivering
+/// them, reports all of them parked.
+async fn make_parked_hooks(
+    http: &reqwest::Client,
+    api: &str,
+    delivery: &HubProcess,
+    n: usize,
+    body: &str,
+    received: &std::sync::atomic::AtomicUsize,
+) -> Made {
+    use std::sync::atomic::Ordering;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kb = common::rss_kb(delivery.child.id());
+    let t = Instant::now();
+    let subs = format!("{api}/fhir/Subscription");
+    create_all(http, &subs, (0..n).map(|_| body.to_owned())).await;
+    while received.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(1800),
+            "only {} of {n} handshakes in 30 minutes",
+            received.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let activation_s = t.elapsed().as_secs_f64();
+    // idle subscriptions park (delivery.park_idle_after_ms): wait for all of them
+    let parked = wait_parked(http, &delivery.url, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Made {
+        before_kb,
+        activation_s,
+        parked,
+    }
+}
+
 /// What the rest-hook scale phase measured on a delivery process of its own.
 struct DeliveryProcess {
     per_sub_kb: f64,
@@ -775,7 +811,6 @@ struct DeliveryProcess {
 /// role (and the api role, only for `/metrics`) delivering them; its RSS growth per
 /// subscription once all are active and parked.
 async fn resthook_delivery_process(n: usize, pg: &str) -> DeliveryProcess {
-    use std::sync::atomic::Ordering;
     let db = hub_store::fresh_postgres_schema(pg, "bench_hooks")
         .await
         .unwrap();
@@ -789,29 +824,9 @@ async fn resthook_delivery_process(n: usize, pg: &str) -> DeliveryProcess {
     let pid = delivery.child.id();
     let (endpoint, received) = counting_receiver().await;
     let http = reqwest::Client::new();
-    let body = json!({"resourceType": "Subscription", "status": "requested", "reason": "bench",
-        "criteria": "Observation?code=http://loinc.org|2345-7",
-        "channel": {"type": "rest-hook", "endpoint": endpoint}})
-    .to_string();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = common::rss_kb(pid);
-    let t = Instant::now();
-    create_all(
-        &http,
-        &format!("{}/fhir/Subscription", api.url),
-        (0..n).map(|_| body.clone()),
-    )
-    .await;
-    while received.load(Ordering::Relaxed) < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(1800),
-            "only {} of {n} handshakes in 30 minutes",
-            received.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let parked = wait_parked(&http, &delivery.url, n).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = hook_body(&endpoint);
+    let made = make_parked_hooks(&http, &api.url, &delivery, n, &body, &received).await;
+    let (before, parked) = (made.before_kb, made.parked);
     DeliveryProcess {
         per_sub_kb: common::rss_kb(pid).saturating_sub(before) as f64 / n as f64,
         parked,
