@@ -110,7 +110,10 @@ impl Hub {
         let cross_process = store.backend() == hub_store::Backend::Postgres;
         Ok(Hub {
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
-            subscriptions: Arc::new(model::Catalog::new(config.sealer()?)),
+            subscriptions: Arc::new(model::Catalog::new(
+                config.sealer()?,
+                config.has_role(Role::Matcher),
+            )),
             streams: CancellationToken::new(),
             base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),

@@ -8,6 +8,7 @@
 //! the mTLS client certificate) come from their own columns, never from the resource JSON.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use hub_fhir::subscription::{
@@ -17,11 +18,97 @@ use hub_store::{Store, StoreError, SubscriptionRow};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+/// A subscription's tenant and id, in one allocation shared by everything that holds it:
+/// the catalog, the typed subscription, delivery's maps and the wake-ups each keep a
+/// pointer, not a pair of strings of their own (100,000 parked rest-hook subscriptions held
+/// their pair in five places). Hashes and compares as the pair `(tenant, id)`: a [`KeyMap`]
+/// is looked up with borrowed strings through [`Pair`], with no allocation.
+#[derive(Clone)]
+pub struct SubKey {
+    /// The tenant, then the id.
+    text: Arc<str>,
+    /// Where the id starts.
+    split: usize,
+}
+
+impl SubKey {
+    pub fn new(tenant: &str, id: &str) -> SubKey {
+        let mut text = String::with_capacity(tenant.len() + id.len());
+        text.push_str(tenant);
+        text.push_str(id);
+        SubKey {
+            text: Arc::from(text),
+            split: tenant.len(),
+        }
+    }
+
+    /// The tenant and the id.
+    pub fn pair(&self) -> (&str, &str) {
+        // `split` is the tenant's length, a character boundary of `text`
+        self.text.split_at_checked(self.split).unwrap_or(("", ""))
+    }
+
+    pub fn tenant(&self) -> &str {
+        self.pair().0
+    }
+
+    pub fn id(&self) -> &str {
+        self.pair().1
+    }
+}
+
+impl PartialEq for SubKey {
+    fn eq(&self, other: &SubKey) -> bool {
+        Arc::ptr_eq(&self.text, &other.text) || self.pair() == other.pair()
+    }
+}
+
+impl Eq for SubKey {}
+
+impl Hash for SubKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+
+impl PartialOrd for SubKey {
+    fn partial_cmp(&self, other: &SubKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SubKey {
+    fn cmp(&self, other: &SubKey) -> std::cmp::Ordering {
+        self.pair().cmp(&other.pair())
+    }
+}
+
+impl std::fmt::Debug for SubKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tenant, id) = self.pair();
+        write!(f, "{tenant}/Subscription/{id}")
+    }
+}
+
+/// A (tenant, id) borrowed, to look a [`SubKey`] up without making one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pair<'a>(pub &'a str, pub &'a str);
+
+impl hashbrown::Equivalent<SubKey> for Pair<'_> {
+    fn equivalent(&self, key: &SubKey) -> bool {
+        key.pair() == (self.0, self.1)
+    }
+}
+
+/// A map keyed by subscription, looked up by [`Pair`] as well (the standard library's
+/// hasher: keys come from clients).
+pub type KeyMap<V> = hashbrown::HashMap<SubKey, V, std::hash::RandomState>;
+
 /// A stored subscription, typed.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    pub tenant: String,
-    pub id: String,
+    /// Its tenant and id.
+    pub key: SubKey,
     /// `meta.versionId`: bumped by client writes only.
     pub version: i64,
     pub last_updated: String,
@@ -38,6 +125,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    pub fn tenant(&self) -> &str {
+        self.key.tenant()
+    }
+
+    pub fn id(&self) -> &str {
+        self.key.id()
+    }
+
     pub fn channel_type(&self) -> ChannelType {
         self.spec.channel.kind
     }
@@ -86,11 +181,11 @@ pub enum ModelError {
     Store(#[from] StoreError),
 }
 
-/// (tenant, id) → (version, its parsed spec).
-type SpecCache = HashMap<(String, String), (i64, Arc<SubscriptionSpec>)>;
+/// Each subscription's shared key, and its version's parsed spec.
+type SpecCache = KeyMap<(i64, Arc<SubscriptionSpec>)>;
 
 /// The parsed specs of stored subscriptions, one per (tenant, id) at its latest version seen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     specs: Mutex<SpecCache>,
     /// Owners by their stored form, each parsed once: the subscriptions a credential wrote
@@ -98,6 +193,10 @@ pub struct Catalog {
     owners: Mutex<HashMap<String, Arc<crate::auth::Owner>>>,
     /// Opens the secrets stored sealed (`auth::sealed`).
     sealer: crate::auth::sealed::Sealer,
+    /// Whether specs keep their parsed criteria: only the matcher reads them, and a process
+    /// without it (delivery, the API) would hold a parsed copy of every subscription's
+    /// criteria for nothing.
+    keep_criteria: bool,
 }
 
 /// Past this many cached specs the cache starts over (deleted subscriptions leave entries).
@@ -106,12 +205,21 @@ const MAX_CACHED: usize = 200_000;
 /// Past this many distinct owners the owner cache starts over.
 const MAX_OWNERS: usize = 10_000;
 
+impl Default for Catalog {
+    /// No sealed secrets; criteria kept.
+    fn default() -> Catalog {
+        Catalog::new(crate::auth::sealed::Sealer::default(), true)
+    }
+}
+
 impl Catalog {
-    pub fn new(sealer: crate::auth::sealed::Sealer) -> Catalog {
+    /// `keep_criteria`: whether this process matches (see [`Catalog::keep_criteria`]).
+    pub fn new(sealer: crate::auth::sealed::Sealer, keep_criteria: bool) -> Catalog {
         Catalog {
             specs: Mutex::default(),
             owners: Mutex::default(),
             sealer,
+            keep_criteria,
         }
     }
 
@@ -145,20 +253,24 @@ impl Catalog {
         };
         let status = Status::parse(&row.status)
             .ok_or_else(|| corrupt(format!("status '{}'", row.status)))?;
-        let key = (row.tenant.clone(), row.id.clone());
-        let cached = self
-            .specs
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).filter(|(v, _)| *v == row.version_id).cloned());
-        let spec = match cached {
-            Some((_, spec)) => spec,
-            None => {
+        let cached = self.specs.lock().ok().and_then(|m| {
+            m.get_key_value(&Pair(&row.tenant, &row.id))
+                .map(|(k, (v, spec))| (k.clone(), (*v == row.version_id).then(|| Arc::clone(spec))))
+        });
+        let (key, spec) = match cached {
+            Some((key, Some(spec))) => (key, spec),
+            known => {
+                let key = known
+                    .map(|(k, _)| k)
+                    .unwrap_or_else(|| SubKey::new(&row.tenant, &row.id));
                 let mut resource: Value =
                     serde_json::from_str(&row.resource).map_err(|e| corrupt(e.to_string()))?;
                 open_headers(&self.sealer, &mut resource).map_err(corrupt)?;
                 let mut spec =
                     subscription::validate(&resource).map_err(|oo| corrupt(oo.summary()))?;
+                if !self.keep_criteria {
+                    spec.parsed = None;
+                }
                 if spec.channel.client_certificate.is_none() {
                     spec.channel.client_certificate = row
                         .client_certificate
@@ -172,9 +284,9 @@ impl Catalog {
                     if m.len() >= MAX_CACHED {
                         m.clear();
                     }
-                    m.insert(key, (row.version_id, Arc::clone(&spec)));
+                    m.insert(key.clone(), (row.version_id, Arc::clone(&spec)));
                 }
-                spec
+                (key, spec)
             }
         };
         let secret = row
@@ -185,8 +297,7 @@ impl Catalog {
             .transpose()
             .map_err(corrupt)?;
         Ok(Subscription {
-            tenant: row.tenant,
-            id: row.id,
+            key,
             version: row.version_id,
             last_updated: row.last_updated,
             status,
@@ -434,8 +545,7 @@ pub(crate) mod tests {
             Err(e) => panic!("test subscription refused: {e:?}"),
         };
         Subscription {
-            tenant: "default".into(),
-            id: "s".into(),
+            key: SubKey::new("default", "s"),
             version: 1,
             last_updated: "2024-01-01T00:00:00Z".into(),
             status: Status::Active,
@@ -445,6 +555,73 @@ pub(crate) mod tests {
             secret: None,
             owner: None,
         }
+    }
+
+    #[test]
+    fn a_shared_key_is_found_by_its_borrowed_pair_and_only_by_it() {
+        let mut map: KeyMap<u32> = KeyMap::default();
+        // the same text split differently is another subscription
+        let pairs = [
+            ("ab", "c"),
+            ("a", "bc"),
+            ("", "abc"),
+            ("abc", ""),
+            ("t", "é1"),
+        ];
+        for (n, (t, i)) in pairs.iter().enumerate() {
+            map.insert(SubKey::new(t, i), n as u32);
+        }
+        assert_eq!(map.len(), pairs.len());
+        for (n, (t, i)) in pairs.iter().enumerate() {
+            assert_eq!(map.get(&Pair(t, i)), Some(&(n as u32)));
+            assert_eq!(map.get(&SubKey::new(t, i)), Some(&(n as u32)));
+            let k = SubKey::new(t, i);
+            assert_eq!((k.tenant(), k.id()), (*t, *i));
+        }
+        assert_eq!(map.get(&Pair("ab", "")), None);
+        let a = SubKey::new("t", "a");
+        assert_eq!(a.clone(), a);
+        assert!(SubKey::new("t", "a") < SubKey::new("t", "b"));
+        assert_eq!(format!("{a:?}"), "t/Subscription/a");
+    }
+
+    #[test]
+    fn a_catalog_without_the_matcher_keeps_no_parsed_criteria() {
+        let row = |version: i64| SubscriptionRow {
+            tenant: "default".into(),
+            id: "s1".into(),
+            version_id: version,
+            last_updated: "2024-01-01T00:00:00Z".into(),
+            events_since_start: 0,
+            error: None,
+            write: hub_store::SubscriptionWrite {
+                status: "active".into(),
+                criteria: "Observation?code=1".into(),
+                channel_type: "rest-hook".into(),
+                endpoint: "http://example.test/hook".into(),
+                resource: json!({"resourceType": "Subscription", "status": "active",
+                    "reason": "r", "criteria": "Observation?code=1",
+                    "channel": {"type": "rest-hook", "endpoint": "http://example.test/hook"}})
+                .to_string(),
+                secret: None,
+                client_certificate: None,
+                owner: None,
+            },
+        };
+        let kept = Catalog::default().read(row(1));
+        assert!(kept.is_ok_and(|s| s.spec.parsed.is_some()));
+        let catalog = Catalog::new(crate::auth::sealed::Sealer::default(), false);
+        let (Ok(a), Ok(b)) = (catalog.read(row(1)), catalog.read(row(1))) else {
+            panic!("unreadable");
+        };
+        assert!(a.spec.parsed.is_none());
+        assert_eq!(a.spec.criteria, "Observation?code=1");
+        // one key and one spec for the two reads of a version
+        assert!(Arc::ptr_eq(&a.spec, &b.spec) && Arc::ptr_eq(&a.key.text, &b.key.text));
+        // the index of a process that does match reads the criteria again
+        let mut index = crate::matcher::index::TenantIndex::build(&[], &[], 0, HashMap::new());
+        index.insert(&a, None);
+        assert_eq!(index.len(), 1);
     }
 
     #[test]

@@ -89,15 +89,15 @@ impl Store {
     /// Renew `owner`'s heartbeat and claim the `wanted` subscriptions that nobody holds, or
     /// whose holder's heartbeat lapsed. Returns every subscription `owner` now holds among
     /// `wanted`. A few statements per 200 subscriptions, whatever the lease table holds.
-    pub async fn claim_leases(
+    pub async fn claim_leases<'a>(
         &self,
         owner: &str,
-        wanted: &[(String, String)],
+        wanted: impl IntoIterator<Item = (&'a str, &'a str)>,
         ttl_ms: i64,
     ) -> Result<HashSet<(String, String)>, StoreError> {
+        let mut keys: Vec<(&str, &str)> = wanted.into_iter().collect();
         let now = self.db_now_ms().await?;
         self.register(owner, now + ttl_ms).await?;
-        let mut keys: Vec<&(String, String)> = wanted.iter().collect();
         keys.sort_unstable();
         keys.dedup();
         let mut held = HashSet::new();
@@ -121,7 +121,7 @@ impl Store {
                 p[chunk.len() * 3]
             );
             let mut q = sqlx::query(&sql);
-            for (tenant, id) in chunk {
+            for &(tenant, id) in chunk {
                 q = q.bind(tenant).bind(id).bind(owner);
             }
             let q = q.bind(now);

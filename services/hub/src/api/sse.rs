@@ -142,7 +142,7 @@ pub async fn stream(
         && let Some(token) = &q.token
     {
         let bound = hub.store.ws_token(token).await?;
-        if bound.as_ref().map(|(t, s)| (t.as_str(), s.as_str())) != Some((&sub.tenant, &sub.id)) {
+        if bound.as_ref().map(|(t, s)| (t.as_str(), s.as_str())) != Some((sub.tenant(), sub.id())) {
             return Err(refused());
         }
     }
@@ -154,7 +154,7 @@ pub async fn stream(
         None => None,
     };
     let after = start_after(&headers, &q, &sub)?;
-    tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "SSE stream opened");
+    tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "SSE stream opened");
     let agent = agent.unwrap_or_else(|| sub.owner_subject());
     let events = events(hub.clone(), sub, after, hub.streams.clone(), agent, slot);
     Ok(Sse::new(events)
@@ -202,7 +202,7 @@ impl Reader {
                 self.done = true;
             }
             Some(Err(e)) => {
-                tracing::warn!(subscription = %self.sub.id, error = %e, "cannot read notifications for an SSE stream");
+                tracing::warn!(subscription = %self.sub.id(), error = %e, "cannot read notifications for an SSE stream");
                 self.pending.push_back(
                     Event::default()
                         .event("error")
@@ -251,7 +251,7 @@ fn events(
     agent: String,
     slot: Option<crate::auth::StreamSlot>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
+    let stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after);
     let heartbeat = sub
         .spec
         .channel

@@ -67,7 +67,7 @@ async fn users_of(
         .filter(|s| s.status != Status::Off)
         .filter_map(|s| {
             let t = s.topic().filter(|t| t.topic == url)?;
-            Some((s.id.clone(), t.filters.clone()))
+            Some((s.id().to_owned(), t.filters.clone()))
         })
         .collect())
 }

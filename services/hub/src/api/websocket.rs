@@ -275,18 +275,18 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                         return;
                     }
                 };
-                tracing::info!(subscription = %sub.id, tenant = %sub.tenant, "websocket bound");
+                tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), "websocket bound");
                 let agent: Arc<str> = caller
                     .as_ref()
                     .map_or_else(|| sub.owner_subject(), |c| c.subject.clone())
                     .into();
                 // binding the same subscription again replaces its reader
                 let reader = stop.child_token();
-                if let Some(old) = bound.insert((sub.tenant.clone(), sub.id.clone()), reader.clone()) {
+                if let Some(old) = bound.insert((sub.tenant().to_owned(), sub.id().to_owned()), reader.clone()) {
                     old.cancel();
                 }
                 if matches!(request, Bind::Classic { .. }) {
-                    if socket.send(Message::Text(format!("bound {}", sub.id).into())).await.is_err() {
+                    if socket.send(Message::Text(format!("bound {}", sub.id()).into())).await.is_err() {
                         return;
                     }
                     tokio::spawn(read_classic(hub.clone(), sub, tx.clone(), reader, agent));
@@ -315,7 +315,7 @@ async fn read_classic(
     stop: CancellationToken,
     agent: Arc<str>,
 ) {
-    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, sub.events_since_start);
+    let mut stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), sub.events_since_start);
     loop {
         match stream.next(OUTBOX, None, &stop).await {
             None => return,
@@ -323,7 +323,7 @@ async fn read_classic(
                 crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
                 for _ in &notes {
                     if !tx
-                        .send(Message::Text(format!("ping {}", sub.id).into()))
+                        .send(Message::Text(format!("ping {}", sub.id()).into()))
                         .await
                     {
                         return;
@@ -333,7 +333,7 @@ async fn read_classic(
             // the classic protocol has no numbers: a purge or a quiet period changes nothing
             Some(Ok(Item::Quiet | Item::HistoryGone { .. })) => {}
             Some(Err(e)) => {
-                tracing::warn!(subscription = %sub.id, error = %e, "cannot read notifications for a websocket");
+                tracing::warn!(subscription = %sub.id(), error = %e, "cannot read notifications for a websocket");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -401,14 +401,14 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
         .map(|s| Duration::from_secs(u64::from(s)));
     let group = crate::channels::group_size(&sub);
     let after = last_seen.unwrap_or(sub.events_since_start);
-    let mut stream = SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after);
+    let mut stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
         let msgs = match stream.next(OUTBOX * group, quiet_until, &stop).await {
             None => return,
             Some(Err(e)) => {
-                tracing::warn!(subscription = %sub.id, error = %e, "cannot read notifications for a websocket");
+                tracing::warn!(subscription = %sub.id(), error = %e, "cannot read notifications for a websocket");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

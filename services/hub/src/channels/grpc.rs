@@ -130,12 +130,12 @@ impl Service {
         let first = self
             .hub
             .store
-            .first_retained(&sub.tenant, &sub.id)
+            .first_retained(sub.tenant(), sub.id())
             .await
             .map_err(store_status)?;
         let available = first.unwrap_or(sub.events_since_start + 1);
         if available > after.saturating_add(1) {
-            return Err(history_gone(&sub.id, after, available));
+            return Err(history_gone(sub.id(), after, available));
         }
         Ok(())
     }
@@ -199,7 +199,7 @@ async fn produce(
 ) {
     let budget = hub.config.streams.max_buffer_bytes / 2;
     let mut stream =
-        SubscriptionStream::open(&hub, &sub.tenant, &sub.id, after).with_budget(budget);
+        SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after).with_budget(budget);
     loop {
         // the next batch is read once there is room for it
         let Ok(permit) = tx.reserve().await else {
@@ -214,7 +214,7 @@ async fn produce(
             Some(Err(e)) => store_status(e),
             Some(Ok(Item::Quiet)) => continue,
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
-                history_gone(&sub.id, after, resumes_at)
+                history_gone(sub.id(), after, resumes_at)
             }
             Some(Ok(Item::Notifications(notes))) => {
                 // nothing is handed over before its disclosure is recorded
@@ -242,7 +242,7 @@ fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notificati
     .with(std::slice::from_ref(n))
     .bundle_text(sub.content());
     pb::Notification {
-        subscription_id: sub.id.clone(),
+        subscription_id: sub.id().to_owned(),
         event_number: n.event_number,
         notification_id: n.notification_id.clone(),
         focus_type: n.focus_type.clone(),
@@ -364,7 +364,7 @@ impl NotificationStream for Service {
         };
         self.check_retained(&sub, after).await?;
         let slot = self.slot(&caller)?;
-        tracing::info!(subscription = %sub.id, tenant = %sub.tenant, after, "gRPC stream opened");
+        tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "gRPC stream opened");
         let stop = self.hub.streams.child_token();
         let stream = notifications(self.hub.clone(), sub, after, stop, caller.subject.into());
         // the stream holds the caller's place until it is dropped
@@ -448,7 +448,7 @@ impl NotificationStream for Service {
         let committed = self
             .hub
             .store
-            .commit_offset(&caller.tenant, &r.consumer, &sub.id, r.event_number)
+            .commit_offset(&caller.tenant, &r.consumer, sub.id(), r.event_number)
             .await
             .map_err(store_status)?;
         Ok(Response::new(pb::CommitResponse { committed }))

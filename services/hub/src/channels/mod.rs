@@ -42,12 +42,12 @@ pub fn disclosures(
     notes
         .iter()
         .map(|n| NewAudit {
-            tenant: sub.tenant.clone(),
+            tenant: sub.tenant().to_owned(),
             kind: "disclosure".into(),
             action: "R".into(),
             agent: agent.to_owned(),
             entity: (!n.focus_type.is_empty()).then(|| format!("{}/{}", n.focus_type, n.focus_id)),
-            subscription_id: Some(sub.id.clone()),
+            subscription_id: Some(sub.id().to_owned()),
             channel: Some(channel.to_owned()),
             outcome: "0".into(),
             detail: Some(format!("event {}", n.event_number)),

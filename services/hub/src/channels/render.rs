@@ -119,7 +119,7 @@ impl<'a> Message<'a> {
     pub fn status_info(&self) -> StatusInfo<'a> {
         StatusInfo {
             base: self.base,
-            subscription_id: &self.sub.id,
+            subscription_id: self.sub.id(),
             topic: self.sub.topic().map(|t| t.topic.as_str()),
             status: self.status.as_str(),
             kind: self.kind.code(),
@@ -151,13 +151,13 @@ impl<'a> Message<'a> {
     pub fn render(&self) -> Rendered {
         let sub = self.sub;
         let id = match self.kind {
-            Kind::Handshake => format!("handshake-{}-{}", sub.id, sub.version),
+            Kind::Handshake => format!("handshake-{}-{}", sub.id(), sub.version),
             // The id names exactly what the message carries: one event is its notification
             // id; a group names its first notification and its last event number, so a group
             // cut differently after a restart is a different message (a receiver
             // deduplicating on `webhook-id` would otherwise drop the events it never had).
             kind => match self.notes {
-                [] => format!("{}-{}-{}", kind.code(), sub.id, uuid::Uuid::now_v7()),
+                [] => format!("{}-{}-{}", kind.code(), sub.id(), uuid::Uuid::now_v7()),
                 [one] => one.notification_id.clone(),
                 [first, .., last] => format!("{}..{}", first.notification_id, last.event_number),
             },

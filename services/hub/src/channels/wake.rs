@@ -14,7 +14,7 @@
 //! wake-up past that position sends its key to the delivery loop, which starts a worker
 //! again. A parked subscription costs a map entry: no task, no watch, no wake-up.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
+use crate::model::{KeyMap, Pair, SubKey};
 
 /// What a reader's watch holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,8 +33,6 @@ pub struct Logged {
     /// Bumped when every reader must look again (the listener reconnected).
     pub epoch: u64,
 }
-
-type Key = (String, String);
 
 /// Recently logged notifications of one subscription, contiguous in event number, so that
 /// the readers at the head (a dashboard open in a thousand browsers) take a new event from
@@ -97,9 +96,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Parking {
     /// Each parked subscription's position: a wake-up past it unparks.
-    parked: HashMap<Key, i64>,
+    parked: KeyMap<i64>,
     /// The delivery loop's end (`None`: no delivery role here, nothing parks).
-    unpark: Option<mpsc::UnboundedSender<Key>>,
+    unpark: Option<mpsc::UnboundedSender<SubKey>>,
 }
 
 impl Parking {
@@ -118,7 +117,7 @@ impl Parking {
 #[derive(Debug)]
 pub struct Wakeups {
     /// Locked before `parking` wherever both are.
-    subs: Mutex<HashMap<Key, Entry>>,
+    subs: Mutex<KeyMap<Entry>>,
     parking: Mutex<Parking>,
     epoch: Mutex<u64>,
     /// Whether readers must poll: true while a needed `LISTEN` connection is down.
@@ -130,7 +129,7 @@ impl Wakeups {
     /// the listener connects, readers poll.
     pub fn new(cross_process: bool) -> Wakeups {
         Wakeups {
-            subs: Mutex::new(HashMap::new()),
+            subs: Mutex::default(),
             parking: Mutex::default(),
             epoch: Mutex::new(0),
             polling: watch::Sender::new(cross_process),
@@ -140,14 +139,20 @@ impl Wakeups {
     /// The watch of one subscription.
     pub fn watch(&self, tenant: &str, id: &str) -> watch::Receiver<Logged> {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = subs.get(&Pair(tenant, id)) {
+            return entry.tx.subscribe();
+        }
         let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
-        subs.entry((tenant.to_owned(), id.to_owned()))
-            .or_insert_with(|| Entry {
-                tx: watch::Sender::new(Logged { number: 0, epoch }),
+        let tx = watch::Sender::new(Logged { number: 0, epoch });
+        let rx = tx.subscribe();
+        subs.insert(
+            SubKey::new(tenant, id),
+            Entry {
+                tx,
                 recent: Recent::default(),
-            })
-            .tx
-            .subscribe()
+            },
+        );
+        rx
     }
 
     /// A subscription's log reached `number` (logged by another process): wake its readers
@@ -166,24 +171,26 @@ impl Wakeups {
 
     fn moved(&self, tenant: &str, id: &str, number: i64, note: Option<&Notification>) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (tenant.to_owned(), id.to_owned());
+        let key = Pair(tenant, id);
         // A parked subscription goes back to the delivery loop (its worker may have parked
         // while still holding a watch below). The loop cannot start its worker before this
         // returns (opening a stream takes the lock held here).
         let unparked = {
             let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
             let go = parking.parked.get(&key).is_some_and(|at| number > *at);
-            if go {
-                parking.parked.remove(&key);
-                if let Some(tx) = &parking.unpark {
-                    let _ = tx.send(key.clone());
-                }
+            let parked = if go {
+                parking.parked.remove_entry(&key).map(|(k, _)| k)
+            } else {
+                None
+            };
+            if let (Some(k), Some(tx)) = (&parked, &parking.unpark) {
+                let _ = tx.send(k.clone());
             }
-            go
+            parked
         };
         match subs.get_mut(&key) {
             // readers, or a worker about to start: keep the notification for them
-            Some(entry) if unparked || entry.tx.receiver_count() > 0 => {
+            Some(entry) if unparked.is_some() || entry.tx.receiver_count() > 0 => {
                 if let Some(n) = note {
                     entry.recent.push(n);
                 }
@@ -201,12 +208,12 @@ impl Wakeups {
             }
             None => {
                 // the woken worker takes the notification from memory, not from the log
-                if let (true, Some(n)) = (unparked, note) {
+                if let (Some(parked), Some(n)) = (unparked, note) {
                     let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
                     let mut recent = Recent::default();
                     recent.push(n);
                     subs.insert(
-                        key,
+                        parked,
                         Entry {
                             tx: watch::Sender::new(Logged { number, epoch }),
                             recent,
@@ -220,7 +227,7 @@ impl Wakeups {
     /// Where this process's delivery loop learns that a parked subscription has something
     /// to send (its key); parking is refused until this is called. Called again, it starts
     /// over: what was parked is forgotten.
-    pub fn parking(&self) -> mpsc::UnboundedReceiver<Key> {
+    pub fn parking(&self) -> mpsc::UnboundedReceiver<SubKey> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
         parking.parked.clear();
@@ -233,13 +240,7 @@ impl Wakeups {
     /// delivery loop ([`Wakeups::parking`]). Refused (false) when the watch moved since
     /// the reader last looked, when readers must poll, or when no delivery loop listens:
     /// the reader then goes on reading.
-    pub fn park(
-        &self,
-        tenant: &str,
-        id: &str,
-        position: i64,
-        mut watch: watch::Receiver<Logged>,
-    ) -> bool {
+    pub fn park(&self, key: &SubKey, position: i64, mut watch: watch::Receiver<Logged>) -> bool {
         // under the lock `moved` takes: no wake-up falls between the check and the entry
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         if *self.polling.borrow() || watch.has_changed().unwrap_or(true) {
@@ -252,11 +253,10 @@ impl Wakeups {
         if parking.unpark.is_none() {
             return false;
         }
-        let key = (tenant.to_owned(), id.to_owned());
         // the parked worker's watch was its only reader: the entry goes with it (a parked
         // subscription is one map entry, not a channel and a cache)
-        if subs.get(&key).is_some_and(|e| e.tx.receiver_count() <= 1) {
-            subs.remove(&key);
+        if subs.get(key).is_some_and(|e| e.tx.receiver_count() <= 1) {
+            subs.remove(key);
             // the map was as large as all the workers that ran at once: give that back
             if subs.capacity() > 1024 && subs.len() * 4 < subs.capacity() {
                 let keep = subs.len() * 2;
@@ -264,17 +264,14 @@ impl Wakeups {
             }
         }
         drop(watch);
-        parking.parked.insert(key, position);
+        parking.parked.insert(key.clone(), position);
         true
     }
 
     /// Forget a parked subscription (its delivery stopped here); whether it was parked.
-    pub fn unpark(&self, tenant: &str, id: &str) -> bool {
+    pub fn unpark(&self, key: &SubKey) -> bool {
         let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
-        parking
-            .parked
-            .remove(&(tenant.to_owned(), id.to_owned()))
-            .is_some()
+        parking.parked.remove(key).is_some()
     }
 
     /// How many subscriptions are parked.
@@ -293,9 +290,7 @@ impl Wakeups {
         max: usize,
     ) -> Option<Vec<Notification>> {
         let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.get(&(tenant.to_owned(), id.to_owned()))?
-            .recent
-            .after(position, max)
+        subs.get(&Pair(tenant, id))?.recent.after(position, max)
     }
 
     /// Wake every reader once, whatever its number.
@@ -448,11 +443,14 @@ mod tests {
     async fn a_parked_subscription_is_sent_back_once_its_log_moves_past_it() {
         let w = Wakeups::new(false);
         let a = w.watch("t", "a");
-        assert!(!w.park("t", "a", 0, a), "nothing listens for unparking yet");
+        assert!(
+            !w.park(&SubKey::new("t", "a"), 0, a),
+            "nothing listens for unparking yet"
+        );
         let mut unparked = w.parking();
         // parked at 3; a wake-up at or below it sends nothing
         let a = w.watch("t", "a");
-        assert!(w.park("t", "a", 3, a));
+        assert!(w.park(&SubKey::new("t", "a"), 3, a));
         assert_eq!(w.parked(), 1);
         assert_eq!(w.readers(), 0);
         assert!(w.subs.lock().unwrap().is_empty(), "no watch kept for it");
@@ -460,7 +458,7 @@ mod tests {
         w.logged("t", "b", 9);
         assert!(unparked.try_recv().is_err());
         w.logged_here(&[note(4)]);
-        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "a".into())));
+        assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "a")));
         assert_eq!(w.parked(), 0, "sent back once");
         // the worker it wakes finds the notification in memory
         let _worker = w.watch("t", "a");
@@ -472,34 +470,34 @@ mod tests {
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
         w.logged("t", "a", 6);
-        assert!(!w.park("t", "a", 5, a));
+        assert!(!w.park(&SubKey::new("t", "a"), 5, a));
         // a watch already past the position: refused
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
-        assert!(!w.park("t", "a", 5, a));
+        assert!(!w.park(&SubKey::new("t", "a"), 5, a));
         // forgotten (its delivery stopped here): nothing is sent
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
-        assert!(w.park("t", "a", 6, a));
-        assert!(w.unpark("t", "a"));
+        assert!(w.park(&SubKey::new("t", "a"), 6, a));
+        assert!(w.unpark(&SubKey::new("t", "a")));
         w.logged("t", "a", 7);
         assert!(unparked.try_recv().is_err());
 
         // every reader woken (the listener reconnected): every parked one is sent back
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(w.park("t", "b", 9, b));
+        assert!(w.park(&SubKey::new("t", "b"), 9, b));
         w.wake_all();
-        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "b".into())));
+        assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "b")));
         // while readers poll nothing parks, and what was parked is sent back
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(w.park("t", "b", 9, b));
+        assert!(w.park(&SubKey::new("t", "b"), 9, b));
         w.set_polling(true);
-        assert_eq!(unparked.try_recv().ok(), Some(("t".into(), "b".into())));
+        assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "b")));
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(!w.park("t", "b", 9, b));
+        assert!(!w.park(&SubKey::new("t", "b"), 9, b));
     }
 
     #[tokio::test]

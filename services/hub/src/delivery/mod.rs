@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
-use crate::model::Subscription;
+use crate::model::{KeyMap, Pair, SubKey, Subscription};
 
 pub mod clients;
 pub mod schedule;
@@ -71,8 +71,8 @@ impl Slot {
 /// What a worker's supervisor reports when the worker ended on its own.
 type EndedMsg = (Key, u64, worker::Ended);
 
-/// A subscription: its tenant and id.
-type Key = (String, String);
+/// A subscription: its tenant and id, shared with its typed form and the wake-ups.
+type Key = SubKey;
 
 /// The live rest-hook subscriptions as this process knows them, kept current from the tenant
 /// generations: a pass re-reads only the subscriptions written since the last one (a client
@@ -80,7 +80,7 @@ type Key = (String, String);
 #[derive(Default)]
 struct Known {
     generations: HashMap<String, i64>,
-    subs: HashMap<Key, Subscription>,
+    subs: KeyMap<Subscription>,
 }
 
 impl Known {
@@ -100,18 +100,25 @@ impl Known {
             match changes {
                 MatchingChanges::Subscriptions { generation, ids } => {
                     let rows = hub.store.live_subscriptions_among(&tenant, &ids).await?;
-                    let mut now: HashMap<String, Subscription> = hub
+                    let mut now: KeyMap<Subscription> = hub
                         .subscriptions
                         .read_all(rows)
                         .into_iter()
                         .filter(rest_hook)
-                        .map(|s| (s.id.clone(), s))
+                        .map(|s| (s.key.clone(), s))
                         .collect();
                     for id in ids {
-                        let key = (tenant.clone(), id);
-                        match now.remove(&key.1) {
-                            Some(s) => self.subs.insert(key.clone(), s),
-                            None => self.subs.remove(&key),
+                        let at = Pair(&tenant, &id);
+                        let key = match now.remove(&at) {
+                            Some(s) => {
+                                let key = s.key.clone();
+                                self.subs.insert(key.clone(), s);
+                                key
+                            }
+                            None => match self.subs.remove_entry(&at) {
+                                Some((key, _)) => key,
+                                None => SubKey::new(&tenant, &id),
+                            },
                         };
                         changed.push(key);
                     }
@@ -122,7 +129,7 @@ impl Known {
                     let before: Vec<Key> = self
                         .subs
                         .keys()
-                        .filter(|k| k.0 == tenant)
+                        .filter(|k| k.tenant() == tenant)
                         .cloned()
                         .collect();
                     for key in before {
@@ -135,9 +142,8 @@ impl Known {
                         .into_iter()
                         .filter(rest_hook)
                     {
-                        let key = (s.tenant.clone(), s.id.clone());
-                        changed.push(key.clone());
-                        self.subs.insert(key, s);
+                        changed.push(s.key.clone());
+                        self.subs.insert(s.key.clone(), s);
                     }
                     self.generations.insert(tenant, generation);
                 }
@@ -148,7 +154,11 @@ impl Known {
 
     /// Read one subscription again (its worker ended on its own: it may be off now).
     async fn recheck(&mut self, hub: &Hub, key: &Key) -> Result<(), crate::model::ModelError> {
-        match hub.subscriptions.get(&hub.store, &key.0, &key.1).await? {
+        match hub
+            .subscriptions
+            .get(&hub.store, key.tenant(), key.id())
+            .await?
+        {
             Some(s) if s.status != Status::Off && s.channel_type() == ChannelType::RestHook => {
                 self.subs.insert(key.clone(), s);
             }
@@ -170,7 +180,7 @@ struct Delivery {
     known: Known,
     /// The subscriptions this process holds the lease of, each with its worker or parked
     /// slot (`None`: held, nothing running). One map, so one key per subscription.
-    leases: HashMap<Key, Option<Slot>>,
+    leases: KeyMap<Option<Slot>>,
     /// The last worker's serial.
     serial: u64,
     tasks: JoinSet<()>,
@@ -189,7 +199,7 @@ impl Delivery {
             match slot {
                 Some(Slot::Running { stop, .. }) => stop.cancel(),
                 Some(Slot::Parked { .. }) => {
-                    self.hub.wakeups.unpark(&key.0, &key.1);
+                    self.hub.wakeups.unpark(&key);
                 }
                 None => {}
             }
@@ -207,7 +217,7 @@ impl Delivery {
         match self.leases.get_mut(key).and_then(Option::take) {
             Some(Slot::Running { stop, .. }) => stop.cancel(),
             Some(Slot::Parked { .. }) => {
-                self.hub.wakeups.unpark(&key.0, &key.1);
+                self.hub.wakeups.unpark(key);
             }
             None => {}
         }
@@ -305,11 +315,7 @@ impl Delivery {
         match ended {
             worker::Ended::Done => true,
             worker::Ended::Parked(resume, idle) => {
-                if self
-                    .hub
-                    .wakeups
-                    .park(&key.0, &key.1, idle.position, idle.wake)
-                {
+                if self.hub.wakeups.park(&key, idle.position, idle.wake) {
                     let period = self
                         .known
                         .subs
@@ -361,7 +367,7 @@ impl Delivery {
             let current = period
                 .is_some_and(|secs| resume.last_sent + Duration::from_secs(u64::from(secs)) == due);
             // false: its log moved meanwhile and the loop is about to hear of it
-            if current && self.hub.wakeups.unpark(&key.0, &key.1) {
+            if current && self.hub.wakeups.unpark(&key) {
                 self.resume(key, version, resume).await;
             }
         }
@@ -394,13 +400,18 @@ impl Delivery {
             return Vec::new();
         }
         let ttl = self.hub.config.delivery.lease_ttl_ms;
-        match self.hub.store.claim_leases(&self.owner, &keys, ttl).await {
-            Ok(got) => {
-                for key in &got {
-                    self.leases.entry(key.clone()).or_insert(None);
-                }
-                got.into_iter().collect()
-            }
+        let wanted = keys.iter().map(SubKey::pair);
+        match self.hub.store.claim_leases(&self.owner, wanted, ttl).await {
+            Ok(got) => keys
+                .into_iter()
+                .filter(|k| {
+                    let (tenant, id) = k.pair();
+                    got.contains(&(tenant.to_owned(), id.to_owned()))
+                })
+                .inspect(|k| {
+                    self.leases.entry(k.clone()).or_insert(None);
+                })
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim delivery leases; trying again next pass");
                 Vec::new()
@@ -427,7 +438,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         owner: format!("delivery-{}", uuid::Uuid::new_v4()),
         clients: std::sync::Arc::new(clients::Clients::default()),
         known: Known::default(),
-        leases: HashMap::new(),
+        leases: KeyMap::default(),
         serial: 0,
         tasks: JoinSet::new(),
         ended,
@@ -489,7 +500,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     dirty.insert(key);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, subscription = %key.1, "cannot read a subscription again");
+                    tracing::warn!(error = %e, subscription = %key.id(), "cannot read a subscription again");
                     recheck.push(key);
                 }
             }
@@ -571,7 +582,7 @@ async fn supervised(
     let how = match std::panic::AssertUnwindSafe(run).catch_unwind().await {
         Ok(how) => how,
         Err(_) => {
-            tracing::error!(subscription = %key.1, "a delivery worker panicked; a new one starts at the next pass");
+            tracing::error!(subscription = %key.id(), "a delivery worker panicked; a new one starts at the next pass");
             worker::Ended::Done
         }
     };
@@ -591,7 +602,7 @@ async fn start_worker(
     sub: Subscription,
 ) -> Option<worker::Worker> {
     if sub.secret.is_none() {
-        tracing::error!(subscription = %sub.id, "stored subscription has no signing secret");
+        tracing::error!(subscription = %sub.id(), "stored subscription has no signing secret");
         return None;
     }
     let channel = &sub.spec.channel;
@@ -600,12 +611,12 @@ async fn start_worker(
         Err(why) => {
             if sub.status != Status::Error {
                 let msg = format!("endpoint refused: {why}");
-                tracing::warn!(subscription = %sub.id, tenant = %sub.tenant, %msg, "not delivering");
+                tracing::warn!(subscription = %sub.id(), tenant = %sub.tenant(), %msg, "not delivering");
                 let _ = hub
                     .store
                     .set_subscription_status(
-                        &sub.tenant,
-                        &sub.id,
+                        sub.tenant(),
+                        sub.id(),
                         sub.version,
                         Status::Error.as_str(),
                         Some(&msg),
@@ -618,7 +629,7 @@ async fn start_worker(
     let client = match clients.get(hub, &sub, &checked) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(subscription = %sub.id, error = %e, "cannot build an HTTP client");
+            tracing::error!(subscription = %sub.id(), error = %e, "cannot build an HTTP client");
             return None;
         }
     };
@@ -639,7 +650,7 @@ fn new_worker(
     pinned: Option<std::net::SocketAddr>,
 ) -> Option<worker::Worker> {
     let Some(secret) = sub.secret.clone() else {
-        tracing::error!(subscription = %sub.id, "stored subscription has no signing secret");
+        tracing::error!(subscription = %sub.id(), "stored subscription has no signing secret");
         return None;
     };
     Some(worker::Worker {
@@ -733,7 +744,7 @@ mod tests {
     use super::*;
 
     fn key(id: &str) -> Key {
-        ("default".into(), id.into())
+        SubKey::new("default", id)
     }
 
     fn done(msg: Option<EndedMsg>) -> Option<(Key, u64)> {

@@ -164,14 +164,14 @@ impl Attempt for HttpAttempt<'_> {
         let w = self.w;
         // the endpoint may have moved (DNS): the next attempt goes to where its name points now
         w.resolve_again().await;
-        tracing::warn!(subscription = %w.sub.id, tenant = %w.sub.tenant, failures, %reason, "delivery attempt failed");
+        tracing::warn!(subscription = %w.sub.id(), tenant = %w.sub.tenant(), failures, %reason, "delivery attempt failed");
         if let Err(e) = w
             .hub
             .store
-            .record_failure(&w.sub.tenant, &w.sub.id, reason)
+            .record_failure(w.sub.tenant(), w.sub.id(), reason)
             .await
         {
-            tracing::warn!(subscription = %w.sub.id, error = %e, "cannot record a failure");
+            tracing::warn!(subscription = %w.sub.id(), error = %e, "cannot record a failure");
         }
         if failures >= self.error_after && *self.status != Status::Error {
             w.set_status(Status::Error, Some(reason)).await;
@@ -198,7 +198,7 @@ impl Worker {
                 }
                 match self.clients.get(&self.hub, &self.sub, &checked) {
                     Ok(c) => {
-                        tracing::info!(subscription = %self.sub.id, "endpoint address changed; using the new one");
+                        tracing::info!(subscription = %self.sub.id(), "endpoint address changed; using the new one");
                         if let Ok(mut slot) = self.client.lock() {
                             *slot = c;
                         }
@@ -207,12 +207,12 @@ impl Worker {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(subscription = %self.sub.id, error = %e, "cannot build an HTTP client")
+                        tracing::warn!(subscription = %self.sub.id(), error = %e, "cannot build an HTTP client")
                     }
                 }
             }
             Err(why) => {
-                tracing::warn!(subscription = %self.sub.id, %why, "the endpoint's name now resolves to a refused address; keeping the checked one");
+                tracing::warn!(subscription = %self.sub.id(), %why, "the endpoint's name now resolves to a refused address; keeping the checked one");
             }
         }
     }
@@ -229,8 +229,8 @@ impl Worker {
     async fn record(&self, through: i64) -> bool {
         let recorded = crate::retry::until_ok(&self.stop, "recording a delivery", || {
             self.hub.store.record_delivered_by(
-                &self.sub.tenant,
-                &self.sub.id,
+                self.sub.tenant(),
+                self.sub.id(),
                 through,
                 Some(&self.owner),
             )
@@ -239,7 +239,7 @@ impl Worker {
         match recorded {
             Some(true) => true,
             Some(false) => {
-                tracing::warn!(subscription = %self.sub.id, tenant = %self.sub.tenant, "this process lost the subscription's delivery lease; its worker stops");
+                tracing::warn!(subscription = %self.sub.id(), tenant = %self.sub.tenant(), "this process lost the subscription's delivery lease; its worker stops");
                 false
             }
             None => false,
@@ -280,7 +280,7 @@ impl Worker {
         let since = match self
             .hub
             .store
-            .get_subscription(&self.sub.tenant, &self.sub.id)
+            .get_subscription(self.sub.tenant(), self.sub.id())
             .await
         {
             Ok(Some(row)) => row.events_since_start,
@@ -310,8 +310,8 @@ impl Worker {
 
     async fn set_status(&self, status: Status, error: Option<&str>) {
         StatusChanged {
-            subscription: &self.sub.id,
-            tenant: &self.sub.tenant,
+            subscription: self.sub.id(),
+            tenant: self.sub.tenant(),
             to: status,
             error,
         }
@@ -320,15 +320,15 @@ impl Worker {
             .hub
             .store
             .set_subscription_status(
-                &self.sub.tenant,
-                &self.sub.id,
+                self.sub.tenant(),
+                self.sub.id(),
                 self.sub.version,
                 status.as_str(),
                 error,
             )
             .await
         {
-            tracing::error!(subscription = %self.sub.id, error = %e, "cannot record a status change");
+            tracing::error!(subscription = %self.sub.id(), error = %e, "cannot record a status change");
         }
     }
 
@@ -369,7 +369,7 @@ impl Worker {
 
     pub(super) async fn run(self) -> Ended {
         let hub = &self.hub;
-        let (tenant, id) = (&self.sub.tenant, &self.sub.id);
+        let (tenant, id) = (self.sub.tenant(), self.sub.id());
         let (mut status, mut delivered, mut last_sent) = match &self.resume {
             Some(r) => (r.status, r.delivered, r.last_sent),
             None => {
@@ -381,7 +381,7 @@ impl Worker {
                     {
                         return Ended::Done;
                     }
-                    tracing::info!(subscription = %self.sub.id, "handshake accepted");
+                    tracing::info!(subscription = %self.sub.id(), "handshake accepted");
                 }
                 // This worker is the rest-hook reader: its cursor is `delivered_through`.
                 let Some(state) =

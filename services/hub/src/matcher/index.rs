@@ -88,25 +88,36 @@ impl TenantIndex {
     /// R4 criteria subscriptions go in the criteria index (topic-based ones are indexed with
     /// their topic).
     fn insert_criteria(&mut self, sub: &Subscription) {
-        let Some(c) = &sub.spec.parsed else {
+        if sub.topic().is_some() {
             return;
+        }
+        // a catalog that dropped the parsed criteria (no matcher role) is read again here
+        let c = match &sub.spec.parsed {
+            Some(c) => Arc::clone(c),
+            None => match hub_fhir::criteria::Criteria::parse(&sub.spec.criteria) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    tracing::warn!(subscription = %sub.id(), error = %e.to_outcome("Subscription.criteria").summary(), "stored criteria unreadable; not matching it");
+                    return;
+                }
+            },
         };
         let target = Target {
-            id: sub.id.clone(),
+            id: sub.id().to_owned(),
             end: sub.end(),
         };
-        let h = self.criteria.insert(&sub.tenant, Arc::clone(c), target);
-        self.handles.insert(sub.id.clone(), h);
+        let h = self.criteria.insert(sub.tenant(), c, target);
+        self.handles.insert(sub.id().to_owned(), h);
     }
 
     /// Index (or re-index) one live subscription in place, with what its owner may receive.
     pub fn insert(&mut self, sub: &Subscription, grant: Option<Grant>) {
-        self.remove(&sub.tenant, &sub.id);
+        self.remove(sub.tenant(), sub.id());
         self.insert_criteria(sub);
         self.topics.insert(sub);
         if let Some(g) = grant {
             let g = self.pool.share(g);
-            self.grants.insert(sub.id.clone(), g);
+            self.grants.insert(sub.id().to_owned(), g);
         }
     }
 
@@ -173,7 +184,7 @@ impl SubscriptionIndex {
                     // the live ones are re-indexed (insert takes the old entry out first);
                     // the others are gone
                     let still: std::collections::HashSet<&str> =
-                        live.iter().map(|(s, _)| s.id.as_str()).collect();
+                        live.iter().map(|(s, _)| s.id()).collect();
                     for id in ids.iter().filter(|id| !still.contains(id.as_str())) {
                         t.remove(&tenant, id);
                     }

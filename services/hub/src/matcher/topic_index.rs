@@ -155,9 +155,9 @@ impl TopicIndex {
     /// Index (or re-index) one subscription in place; a criteria subscription, or one whose
     /// topic or filters no longer fit, leaves it out.
     pub fn insert(&mut self, sub: &Subscription) {
-        self.remove(&sub.tenant, &sub.id);
+        self.remove(sub.tenant(), sub.id());
         if self.place(sub) {
-            self.refresh_previous(&sub.tenant);
+            self.refresh_previous(sub.tenant());
         }
     }
 
@@ -176,7 +176,7 @@ impl TopicIndex {
         let Some(ts) = sub.topic() else {
             return false;
         };
-        let Some(entries) = self.by_tenant.get_mut(&sub.tenant) else {
+        let Some(entries) = self.by_tenant.get_mut(sub.tenant()) else {
             return false;
         };
         let Some(e) = entries.iter().position(|e| e.topic.url == ts.topic) else {
@@ -191,21 +191,21 @@ impl TopicIndex {
         let filters = match filters {
             Ok(f) => f,
             Err(oo) => {
-                tracing::warn!(subscription = %sub.id, error = %oo.summary(), "subscription filter no longer fits its topic; not matching it");
+                tracing::warn!(subscription = %sub.id(), error = %oo.summary(), "subscription filter no longer fits its topic; not matching it");
                 return false;
             }
         };
         let slot = entry.add(
-            &sub.tenant,
+            sub.tenant(),
             TopicSub {
-                id: sub.id.clone(),
+                id: sub.id().to_owned(),
                 filters,
                 end: sub.end(),
                 placed: Vec::new(),
             },
         );
         self.located
-            .insert((sub.tenant.clone(), sub.id.clone()), (e, slot));
+            .insert((sub.tenant().to_owned(), sub.id().to_owned()), (e, slot));
         true
     }
 

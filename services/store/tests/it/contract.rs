@@ -509,13 +509,19 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
     let wanted: Vec<(String, String)> = (0..4)
         .map(|i| ("default".to_owned(), format!("s{i}")))
         .collect();
-    let a = store.claim_leases("a", &wanted, 60_000).await.unwrap();
+    let a = store
+        .claim_leases("a", pairs(&wanted), 60_000)
+        .await
+        .unwrap();
     assert_eq!(a.len(), 4, "the first process takes what nobody holds");
-    let b = store.claim_leases("b", &wanted, 60_000).await.unwrap();
+    let b = store
+        .claim_leases("b", pairs(&wanted), 60_000)
+        .await
+        .unwrap();
     assert!(b.is_empty(), "live leases stay with their owner");
     assert_eq!(
         store
-            .claim_leases("a", &wanted, 60_000)
+            .claim_leases("a", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .len(),
@@ -523,9 +529,12 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
         "renewal"
     );
     // a stops renewing (its leases expire): b takes over.
-    let a = store.claim_leases("a", &wanted, -1).await.unwrap();
+    let a = store.claim_leases("a", pairs(&wanted), -1).await.unwrap();
     assert_eq!(a.len(), 4);
-    let b = store.claim_leases("b", &wanted, 60_000).await.unwrap();
+    let b = store
+        .claim_leases("b", pairs(&wanted), 60_000)
+        .await
+        .unwrap();
     assert_eq!(b.len(), 4, "expired leases move on");
     // fencing: the cursor moves only for the lease's owner; a stale owner is refused
     assert!(
@@ -552,7 +561,7 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
     store.release_leases("b").await.unwrap();
     assert_eq!(
         store
-            .claim_leases("c", &wanted[..2], 60_000)
+            .claim_leases("c", pairs(&wanted[..2]), 60_000)
             .await
             .unwrap()
             .len(),
@@ -1060,7 +1069,7 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
         .collect();
     assert_eq!(
         store
-            .claim_leases("p", &wanted, 60_000)
+            .claim_leases("p", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .len(),
@@ -1089,7 +1098,7 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
     // the live subscription keeps its lease and its consumer's offset
     assert!(
         store
-            .claim_leases("q", &wanted[..1], 60_000)
+            .claim_leases("q", pairs(&wanted[..1]), 60_000)
             .await
             .unwrap()
             .is_empty()
@@ -1351,7 +1360,7 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     assert!(first.others.is_empty());
     assert_eq!(
         store
-            .claim_leases("a", &wanted, 60_000)
+            .claim_leases("a", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .len(),
@@ -1362,7 +1371,7 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     assert_eq!(b.others.into_iter().collect::<Vec<_>>(), ["a"]);
     assert!(
         store
-            .claim_leases("b", &wanted, 60_000)
+            .claim_leases("b", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .is_empty(),
@@ -1374,7 +1383,7 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     assert!(b.others.is_empty(), "{b:?}");
     assert_eq!(
         store
-            .claim_leases("b", &wanted, 60_000)
+            .claim_leases("b", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .len(),
@@ -1385,7 +1394,7 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     assert!(!a.kept);
     assert!(
         store
-            .claim_leases("a", &wanted, 60_000)
+            .claim_leases("a", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .is_empty()
@@ -1402,10 +1411,15 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     );
     assert_eq!(
         store
-            .claim_leases("a", &wanted, 60_000)
+            .claim_leases("a", pairs(&wanted), 60_000)
             .await
             .unwrap()
             .len(),
         3
     );
+}
+
+/// Lease keys as the store takes them.
+fn pairs(wanted: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
+    wanted.iter().map(|(t, i)| (t.as_str(), i.as_str()))
 }
