@@ -619,7 +619,7 @@ pub(crate) mod tests {
         // one key and one spec for the two reads of a version
         assert!(Arc::ptr_eq(&a.spec, &b.spec) && Arc::ptr_eq(&a.key.text, &b.key.text));
         // the index of a process that does match reads the criteria again
-        let mut index = crate::matcher::index::TenantIndex::build(&[], &[], 0, HashMap::new());
+        let mut index = crate::matcher::index::TenantIndex::build(&[], &[], 0, Vec::new());
         index.insert(&a, None);
         assert_eq!(index.len(), 1);
     }

@@ -16,11 +16,11 @@ use time::OffsetDateTime;
 use super::Matched;
 use super::topic_index::TopicIndex;
 use crate::auth::Grant;
-use crate::model::Subscription;
+use crate::model::{KeyMap, Pair, SubKey, Subscription};
 
 /// What the criteria index returns for a match: the subscription and when it ends.
 struct Target {
-    id: String,
+    key: SubKey,
     end: Option<OffsetDateTime>,
 }
 
@@ -28,12 +28,12 @@ struct Target {
 pub struct TenantIndex {
     criteria: CriteriaIndex<Target>,
     /// Where each criteria subscription sits in `criteria`.
-    handles: HashMap<String, Handle>,
+    handles: KeyMap<Handle>,
     topics: TopicIndex,
     generation: i64,
     /// What each owned subscription may receive (subscriptions from before owners were
     /// kept have none and are not restricted); equal grants shared ([`GrantPool`]).
-    grants: HashMap<String, Arc<Grant>>,
+    grants: KeyMap<Arc<Grant>>,
     pool: GrantPool,
 }
 
@@ -64,16 +64,16 @@ impl TenantIndex {
         subs: &[Subscription],
         topics: &[TopicRow],
         generation: i64,
-        grants: HashMap<String, Grant>,
+        grants: Vec<(SubKey, Grant)>,
     ) -> TenantIndex {
         let mut pool = GrantPool::default();
         let grants = grants
             .into_iter()
-            .map(|(id, g)| (id, pool.share(g)))
+            .map(|(key, g)| (key, pool.share(g)))
             .collect();
         let mut index = TenantIndex {
             criteria: CriteriaIndex::new(),
-            handles: HashMap::new(),
+            handles: KeyMap::default(),
             topics: TopicIndex::build(topics, subs),
             generation,
             grants,
@@ -103,11 +103,11 @@ impl TenantIndex {
             },
         };
         let target = Target {
-            id: sub.id().to_owned(),
+            key: sub.key.clone(),
             end: sub.end(),
         };
         let h = self.criteria.insert(sub.tenant(), c, target);
-        self.handles.insert(sub.id().to_owned(), h);
+        self.handles.insert(sub.key.clone(), h);
     }
 
     /// Index (or re-index) one live subscription in place, with what its owner may receive.
@@ -117,17 +117,17 @@ impl TenantIndex {
         self.topics.insert(sub);
         if let Some(g) = grant {
             let g = self.pool.share(g);
-            self.grants.insert(sub.id().to_owned(), g);
+            self.grants.insert(sub.key.clone(), g);
         }
     }
 
     /// Take one subscription out in place (deleted, or no longer live).
     pub fn remove(&mut self, tenant: &str, id: &str) {
-        if let Some(h) = self.handles.remove(id) {
+        if let Some(h) = self.handles.remove(&Pair(tenant, id)) {
             self.criteria.remove(tenant, h);
         }
         self.topics.remove(tenant, id);
-        self.grants.remove(id);
+        self.grants.remove(&Pair(tenant, id));
     }
 
     pub fn len(&self) -> usize {
@@ -243,13 +243,15 @@ impl SubscriptionIndex {
                     found
                         .into_iter()
                         .filter(|t| t.end.is_none_or(|end| now < end))
-                        .map(|t| t.id.as_str()),
+                        .map(|t| t.key.id()),
                 ),
                 Err(e) => m.failures.push(format!("reading the resource: {e}")),
             }
         }
-        let grants_apply =
-            !t.grants.is_empty() && m.ids.iter().any(|id| t.grants.contains_key(*id));
+        let grants_apply = !t.grants.is_empty()
+            && m.ids
+                .iter()
+                .any(|id| t.grants.contains_key(&Pair(&head.tenant, id)));
         if t.topics.is_empty() && !grants_apply {
             return m;
         }
@@ -271,8 +273,11 @@ impl SubscriptionIndex {
         t.topics.matches(event, now, &mut m.ids, &mut m.failures);
         // a subscription receives only what its owner may read now
         if !t.grants.is_empty() {
-            m.ids
-                .retain(|id| t.grants.get(*id).is_none_or(|g| g.may_receive(event, now)));
+            m.ids.retain(|id| {
+                t.grants
+                    .get(&Pair(&head.tenant, id))
+                    .is_none_or(|g| g.may_receive(event, now))
+            });
         }
         m
     }

@@ -183,7 +183,7 @@ async fn changed_tenants(
                 let keys = keys().await?;
                 let grants = subs
                     .iter()
-                    .filter_map(|s| Some((s.id().to_owned(), grant(s, &keys)?)))
+                    .filter_map(|s| Some((s.key.clone(), grant(s, &keys)?)))
                     .collect();
                 let built = TenantIndex::build(&subs, &topics, generation, grants);
                 tracing::info!(%tenant, generation, subscriptions = built.len(), "matcher index built for a tenant");

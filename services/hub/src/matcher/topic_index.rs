@@ -8,12 +8,12 @@ use hub_fhir::topic::{self, Filter, Topic};
 use hub_fhir::{ChangeEvent, Criteria};
 use hub_store::TopicRow;
 
-use crate::model::Subscription;
+use crate::model::{KeyMap, Pair, SubKey, Subscription};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 struct TopicSub {
-    id: String,
+    key: SubKey,
     filters: Vec<Filter>,
     end: Option<OffsetDateTime>,
     /// Per trigger resource type, where the subscription sits (to take it out again).
@@ -77,7 +77,7 @@ impl Entry {
                     sub.placed.push((ty.clone(), Placed::Filtered(h)));
                 }
                 Err(e) => {
-                    tracing::warn!(subscription = %sub.id, error = %e, "subscription filters no longer combine; not matching it");
+                    tracing::warn!(subscription = %sub.key.id(), error = %e, "subscription filters no longer combine; not matching it");
                 }
             }
         }
@@ -117,7 +117,7 @@ impl Entry {
 pub struct TopicIndex {
     by_tenant: HashMap<String, Vec<Entry>>,
     /// (tenant, subscription id) → (topic entry, subscriber slot).
-    located: HashMap<(String, String), (usize, usize)>,
+    located: KeyMap<(usize, usize)>,
     /// (tenant, resource type) whose changes a subscribed topic compares with the version
     /// before: the matcher keeps their last version for events that do not carry it.
     needs_previous: std::collections::HashSet<(String, String)>,
@@ -163,7 +163,7 @@ impl TopicIndex {
 
     /// Take one subscription out in place (nothing if it is not indexed).
     pub fn remove(&mut self, tenant: &str, id: &str) {
-        let Some((e, slot)) = self.located.remove(&(tenant.to_owned(), id.to_owned())) else {
+        let Some((e, slot)) = self.located.remove(&Pair(tenant, id)) else {
             return;
         };
         if let Some(entry) = self.by_tenant.get_mut(tenant).and_then(|v| v.get_mut(e)) {
@@ -198,14 +198,13 @@ impl TopicIndex {
         let slot = entry.add(
             sub.tenant(),
             TopicSub {
-                id: sub.id().to_owned(),
+                key: sub.key.clone(),
                 filters,
                 end: sub.end(),
                 placed: Vec::new(),
             },
         );
-        self.located
-            .insert((sub.tenant().to_owned(), sub.id().to_owned()), (e, slot));
+        self.located.insert(sub.key.clone(), (e, slot));
         true
     }
 
@@ -295,7 +294,7 @@ impl TopicIndex {
                 if let Some(Some(s)) = e.subs.get(i)
                     && s.end.is_none_or(|end| now < end)
                 {
-                    out.push(&s.id);
+                    out.push(s.key.id());
                 }
             }
         }
