@@ -36,52 +36,92 @@ const BLOCK_LINES: usize = 16_384;
 /// The validated events as log records, or the first bad line as an error (1-based line
 /// number + outcome). Each event is kept only as the record it becomes (its parsed tree is
 /// dropped at once): a large input costs its records' bytes, not ten times that in trees.
-/// Lines are read in blocks and each block is validated on every core, in order.
+/// Lines are read in blocks, each block validated on every core, in order, while the next
+/// block is read.
 pub fn read_records(
-    reader: impl Read,
+    reader: impl Read + Send,
     tenant: &str,
     action: Option<Action>,
 ) -> anyhow::Result<Validated> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let mut records = Vec::new();
-    let mut block: Vec<(usize, Vec<u8>)> = Vec::with_capacity(BLOCK_LINES);
-    let mut lines = BufReader::new(reader).split(b'\n').enumerate();
-    loop {
-        let line = lines.next();
-        let done = line.is_none();
-        if let Some((i, line)) = line {
-            let line = line.context("reading input")?;
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                block.push((i + 1, line));
-            }
+    let mut input = BufReader::with_capacity(1 << 20, reader);
+    let mut read = 0;
+    let mut block = read_block(&mut input, &mut read)?;
+    while !block.lines.is_empty() {
+        let (validated, next) = std::thread::scope(|s| {
+            let validating = s.spawn(|| validate_block(&block.numbered(), tenant, action, threads));
+            let next = read_block(&mut input, &mut read);
+            (validating.join(), next)
+        });
+        let validated = validated
+            .map_err(|_| anyhow::anyhow!("validating the input failed (a validator panicked)"))??;
+        match validated {
+            Ok(mut r) => records.append(&mut r),
+            Err(bad) => return Ok(Err(bad)),
         }
-        if block.len() == BLOCK_LINES || (done && !block.is_empty()) {
-            match validate_block(&block, tenant, action, threads)? {
-                Ok(mut r) => records.append(&mut r),
-                Err(bad) => return Ok(Err(bad)),
-            }
-            block.clear();
+        block = next?;
+    }
+    Ok(Ok(records))
+}
+
+/// Lines read at once: their text in one buffer, and each non-blank line's number and place.
+#[derive(Default)]
+struct Block {
+    text: Vec<u8>,
+    lines: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+impl Block {
+    fn numbered(&self) -> Vec<(usize, &[u8])> {
+        self.lines
+            .iter()
+            .map(|(n, at)| (*n, self.text.get(at.clone()).unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// Up to [`BLOCK_LINES`] non-blank lines; `read` counts the lines read so far.
+fn read_block(input: &mut impl BufRead, read: &mut usize) -> anyhow::Result<Block> {
+    let mut block = Block::default();
+    while block.lines.len() < BLOCK_LINES {
+        let start = block.text.len();
+        if input
+            .read_until(b'\n', &mut block.text)
+            .context("reading input")?
+            == 0
+        {
+            break;
         }
-        if done {
-            return Ok(Ok(records));
+        *read += 1;
+        if block.text.last() == Some(&b'\n') {
+            block.text.pop();
+        }
+        let end = block.text.len();
+        let line = block.text.get(start..end).unwrap_or_default();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            block.text.truncate(start);
+        } else {
+            block.lines.push((*read, start..end));
         }
     }
+    Ok(block)
 }
 
 /// Validate numbered lines in `threads` slices at once; the records in order, or the
 /// lowest-numbered bad line.
 fn validate_block(
-    block: &[(usize, Vec<u8>)],
+    block: &[(usize, &[u8])],
     tenant: &str,
     action: Option<Action>,
     threads: usize,
 ) -> anyhow::Result<Validated> {
-    let one = |lines: &[(usize, Vec<u8>)]| -> Validated {
+    let one = |lines: &[(usize, &[u8])]| -> Validated {
         let mut records = Vec::with_capacity(lines.len());
-        for (n, line) in lines {
+        for &(n, line) in lines {
             match RawEvent::from_ndjson_line_named(line, action, tenant) {
                 Ok((e, _)) => records.push(crate::api::ingest::record(&e)),
-                Err(e) => return Err((*n, e.to_outcome().at(format!("line {n}")))),
+                Err(e) => return Err((n, e.to_outcome().at(format!("line {n}")))),
             }
         }
         Ok(records)
@@ -202,6 +242,21 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(ok.len(), 1);
+        // blank and whitespace-only lines count, a last line needs no newline
+        let input = b"\n  \t\n{\"resourceType\":\"Patient\",\"id\":\"p1\"}\r\n\n{\"resourceType\":\"Patient\",\"id\":\"p2\"}";
+        let ok = read_records(&input[..], "default", None).unwrap().unwrap();
+        assert_eq!(ok.len(), 2);
+        let input = b"\n\n\n{\"resourceType\":\"Patient\"";
+        let (line, _) = read_records(&input[..], "default", None)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(line, 4);
+        assert!(
+            read_records(&b""[..], "default", None)
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -227,10 +282,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(at, BLOCK_LINES + 11);
         for t in [1, 2, 3, 7] {
-            let numbered: Vec<(usize, Vec<u8>)> = lines
+            let numbered: Vec<(usize, &[u8])> = lines
                 .iter()
                 .enumerate()
-                .map(|(i, l)| (i + 1, l.trim_end().as_bytes().to_vec()))
+                .map(|(i, l)| (i + 1, l.trim_end().as_bytes()))
                 .collect();
             let got = validate_block(&numbered, "default", None, t).unwrap();
             assert_eq!(
