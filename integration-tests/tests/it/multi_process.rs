@@ -63,3 +63,41 @@ async fn delivery_processes_share_subscriptions_and_take_over() {
     }
     assert_eq!(seen.len(), 25);
 }
+
+/// A subscription written through one process starts delivering in a delivery process of
+/// its own at once: the write's `NOTIFY` wakes it, not its next poll (30 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_written_elsewhere_wakes_delivery_at_once() {
+    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let db = hub_store::fresh_postgres_schema(&pg, "written")
+        .await
+        .unwrap();
+    let base = HubEnv::default()
+        .arg("--database-url")
+        .arg(&db)
+        .var("HUB_DELIVERY__POLL_MS", "30000")
+        .var("HUB_DELIVERY__LEASE_TTL_MS", "120000");
+    let api = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;
+    let _delivery = Headless::start(&base.clone().arg("--roles").arg("delivery"));
+    // the delivery process's first pass (at start) is over
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+
+    let mut rx = TestReceiver::start().await;
+    let t = std::time::Instant::now();
+    let id = api
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    // active: its handshake was answered
+    api.wait_status(&id, "active").await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "active after {:?}: the delivery process waited for its poll",
+        t.elapsed()
+    );
+    api.post_json("/events", &glucose("written-1")).await;
+    let r = rx.next(Duration::from_secs(10)).await;
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("written-1"), "{body}");
+}

@@ -60,9 +60,9 @@ pub struct Hub {
     pub auth: Arc<auth::Authenticator>,
     /// The audit trail's writer (group commit).
     pub audit: audit::AuditSink,
-    /// Told when a client writes a subscription in this process: delivery starts (or stops)
-    /// its worker at once instead of at its next poll (other processes' writes are found
-    /// by that poll).
+    /// Told when a client writes a subscription, in this process or (PostgreSQL `NOTIFY`)
+    /// another: delivery starts (or stops) its worker at once instead of at its next poll
+    /// (the poll still finds a write whose `NOTIFY` was missed).
     pub subscription_writes: Arc<tokio::sync::Notify>,
 }
 

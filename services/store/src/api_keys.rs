@@ -45,7 +45,7 @@ impl Store {
     /// Store a new key (`created_at` is set here).
     pub async fn create_api_key(&self, key: &ApiKeyRow) -> Result<ApiKeyRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, &key.tenant, None).await?;
+        crate::generations::bump(&mut tx, self.backend, &key.tenant, None).await?;
         let row = sqlx::query(&format!(
             "INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL)
              RETURNING {COLUMNS}"
@@ -126,7 +126,7 @@ impl Store {
         let Some(tenant) = tenant else {
             return Ok(false);
         };
-        crate::generations::bump(&mut tx, &tenant, None).await?;
+        crate::generations::bump(&mut tx, self.backend, &tenant, None).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -3,6 +3,9 @@
 //! the same transaction; the hub's own status changes (active ↔ error, off) do not, so an
 //! endpoint that flaps never makes a matcher rebuild anything.
 //!
+//! On PostgreSQL a bump also sends a `NOTIFY` (delivered on commit), so other processes learn
+//! of the write at once (`listen`).
+//!
 //! Each bump also records what it changed (`matching_changes`): one subscription, which a
 //! matcher re-reads and re-indexes in place, or nothing in particular (a topic, an API key),
 //! which rebuilds the tenant.
@@ -20,9 +23,14 @@ pub(crate) const KEPT_CHANGES: i64 = 10_000;
 /// recording that `subscription` changed (`None`: something that needs a rebuild).
 pub(crate) async fn bump(
     tx: &mut Transaction<'_, Any>,
+    backend: crate::Backend,
     tenant: &str,
     subscription: Option<&str>,
 ) -> Result<(), StoreError> {
+    if backend == crate::Backend::Postgres {
+        // delivery and matchers in other processes look now, not at their next poll
+        crate::listen::notify_written(tx, tenant).await?;
+    }
     sqlx::query("UPDATE hub_counters SET value = value + 1 WHERE name = 'subscriptions'")
         .execute(&mut **tx)
         .await?;

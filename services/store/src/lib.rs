@@ -34,7 +34,7 @@ pub use generations::MatchingChanges;
 pub use history::Version;
 pub use housekeeping::Purged;
 pub use leases::Heartbeat;
-pub use listen::{Logged, LoggedListener};
+pub use listen::{Heard, Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};

@@ -10,8 +10,34 @@ use sqlx::{Any, Transaction};
 
 use crate::{Notification, Store, StoreError};
 
-/// The PostgreSQL channel.
+/// The PostgreSQL channel of logged notifications.
 const CHANNEL: &str = "fhir_hub_logged";
+
+/// The PostgreSQL channel of client writes that change matching (subscriptions, topics, API
+/// keys); the payload is the tenant.
+const WRITTEN: &str = "fhir_hub_written";
+
+/// What a `LISTEN` connection heard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Notifications were logged for these subscriptions.
+    Logged(Vec<Logged>),
+    /// A client wrote a subscription (or a topic, or an API key) of this tenant.
+    Written(String),
+}
+
+/// Say, on commit, that a client write changed what `tenant` matches.
+pub(crate) async fn notify_written(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(WRITTEN)
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// What a notification on the channel says: this subscription's log reached this number.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -82,16 +108,19 @@ pub struct LoggedListener {
 }
 
 impl LoggedListener {
-    /// The subscriptions of the next notification; an error means the connection is gone
-    /// (the caller reconnects and, since some may have been missed, wakes every reader once).
-    pub async fn recv(&mut self) -> Result<Vec<Logged>, StoreError> {
+    /// The next notification; an error means the connection is gone (the caller reconnects
+    /// and, since some may have been missed, wakes every reader once).
+    pub async fn recv(&mut self) -> Result<Heard, StoreError> {
         loop {
             let n =
                 self.inner.try_recv().await?.ok_or_else(|| {
                     StoreError::Unavailable("the LISTEN connection closed".into())
                 })?;
+            if n.channel() == WRITTEN {
+                return Ok(Heard::Written(n.payload().to_owned()));
+            }
             match serde_json::from_str::<Vec<Logged>>(n.payload()) {
-                Ok(l) => return Ok(l),
+                Ok(l) => return Ok(Heard::Logged(l)),
                 Err(e) => {
                     tracing::warn!(payload = n.payload(), error = %e, "ignoring an unreadable notification")
                 }
@@ -101,7 +130,8 @@ impl LoggedListener {
 }
 
 impl Store {
-    /// A listener for notifications logged by any process; `None` on SQLite (one process).
+    /// A listener for notifications logged, and client writes made, by any process; `None`
+    /// on SQLite (one process).
     pub async fn listen_logged(&self) -> Result<Option<LoggedListener>, StoreError> {
         if self.backend != crate::Backend::Postgres {
             return Ok(None);
@@ -110,7 +140,7 @@ impl Store {
         let mut inner = PgListener::connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        inner.listen(CHANNEL).await?;
+        inner.listen_all([CHANNEL, WRITTEN]).await?;
         Ok(Some(LoggedListener { inner }))
     }
 }

@@ -129,7 +129,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
+        crate::generations::bump(&mut tx, self.backend, tenant, Some(id)).await?;
         let version = crate::history::next_version(&mut tx, tenant, TYPE, id).await?;
         // its notification log's key: never reused, so a re-created id starts an empty log
         let log_key: i64 = sqlx::query(
@@ -191,7 +191,7 @@ impl Store {
         w: &SubscriptionWrite,
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
+        crate::generations::bump(&mut tx, self.backend, tenant, Some(id)).await?;
         let sql = format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
@@ -273,7 +273,7 @@ impl Store {
     /// Returns whether it existed.
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant, Some(id)).await?;
+        crate::generations::bump(&mut tx, self.backend, tenant, Some(id)).await?;
         // its log first: the log key is found through the subscription row
         for sql in [
             "DELETE FROM notification_log WHERE log_key IN
@@ -442,7 +442,7 @@ impl Store {
         .await?
         .rows_affected();
         if changed > 0 {
-            crate::generations::bump(&mut tx, tenant, None).await?;
+            crate::generations::bump(&mut tx, self.backend, tenant, None).await?;
         }
         tx.commit().await?;
         Ok(changed)

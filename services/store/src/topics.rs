@@ -51,7 +51,7 @@ impl Store {
         if_version: Option<i64>,
     ) -> Result<(TopicRow, bool), StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant, None).await?;
+        crate::generations::bump(&mut tx, self.backend, tenant, None).await?;
         if let Some(want) = if_version {
             let sql = "SELECT version_id FROM topics WHERE tenant = $1 AND id = $2";
             let current = crate::history::keyed_number(&mut tx, sql, tenant, id).await?;
@@ -160,7 +160,7 @@ impl Store {
     /// Delete a topic; returns whether it existed.
     pub async fn delete_topic(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        crate::generations::bump(&mut tx, tenant, None).await?;
+        crate::generations::bump(&mut tx, self.backend, tenant, None).await?;
         let deleted = crate::history::delete_versioned(&mut tx, "topics", TYPE, tenant, id).await?;
         tx.commit().await?;
         Ok(deleted)

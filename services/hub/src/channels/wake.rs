@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hub_store::Heard;
 use hub_store::Notification;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -355,9 +356,11 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         got = listener.recv() => match got {
-                            Ok(all) => for l in all {
+                            Ok(Heard::Logged(all)) => for l in all {
                                 hub.wakeups.logged(&l.tenant, &l.subscription_id, l.event_number);
                             },
+                            // another process's client write: delivery looks now
+                            Ok(Heard::Written(_)) => hub.subscription_writes.notify_one(),
                             Err(e) => {
                                 tracing::warn!(error = %e, "the LISTEN connection was lost; readers poll until it is back");
                                 break;
