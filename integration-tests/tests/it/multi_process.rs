@@ -8,18 +8,20 @@ use std::time::Duration;
 use crate::harness::{Headless, Hub, HubEnv, glucose, require_external};
 use crate::receiver::TestReceiver;
 
+/// Hubs on a PostgreSQL schema of their own; `None` (the test skips) without
+/// `FHIR_HUB_TEST_DATABASE_URL`.
+async fn on_fresh_schema(prefix: &str) -> Option<HubEnv> {
+    let pg = require_external("FHIR_HUB_TEST_DATABASE_URL")?;
+    let db = hub_store::fresh_postgres_schema(&pg, prefix).await.unwrap();
+    Some(HubEnv::default().arg("--database-url").arg(&db))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_processes_share_subscriptions_and_take_over() {
-    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+    let Some(base) = on_fresh_schema("multi").await else {
         return;
     };
-    let db = hub_store::fresh_postgres_schema(&pg, "multi")
-        .await
-        .unwrap();
-    let base = HubEnv::default()
-        .arg("--database-url")
-        .arg(&db)
-        .var("HUB_DELIVERY__LEASE_TTL_MS", "2000");
+    let base = base.var("HUB_DELIVERY__LEASE_TTL_MS", "2000");
     let api = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;
     let delivery = base.clone().arg("--roles").arg("delivery");
     let mut first = Headless::start(&delivery);
@@ -68,15 +70,10 @@ async fn delivery_processes_share_subscriptions_and_take_over() {
 /// its own at once: the write's `NOTIFY` wakes it, not its next poll (30 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_written_elsewhere_wakes_delivery_at_once() {
-    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+    let Some(base) = on_fresh_schema("written").await else {
         return;
     };
-    let db = hub_store::fresh_postgres_schema(&pg, "written")
-        .await
-        .unwrap();
-    let base = HubEnv::default()
-        .arg("--database-url")
-        .arg(&db)
+    let base = base
         .var("HUB_DELIVERY__POLL_MS", "30000")
         .var("HUB_DELIVERY__LEASE_TTL_MS", "120000");
     let api = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;

@@ -31,9 +31,18 @@ pub(crate) async fn notify_written(
     tx: &mut Transaction<'_, Any>,
     tenant: &str,
 ) -> Result<(), StoreError> {
+    notify(tx, WRITTEN, tenant).await
+}
+
+/// `NOTIFY` on `channel`, delivered when `tx` commits.
+async fn notify(
+    tx: &mut Transaction<'_, Any>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(WRITTEN)
-        .bind(tenant)
+        .bind(channel)
+        .bind(payload)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -93,11 +102,7 @@ pub(crate) async fn notify_logged<'n>(
         payloads.push(payload);
     }
     for payload in payloads {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(&mut **tx)
-            .await?;
+        notify(tx, CHANNEL, &payload).await?;
     }
     Ok(())
 }

@@ -401,17 +401,19 @@ impl Delivery {
         }
         let ttl = self.hub.config.delivery.lease_ttl_ms;
         let wanted = keys.iter().map(SubKey::pair);
-        match self.hub.store.claim_leases(&self.owner, wanted, ttl).await {
-            Ok(got) => keys
-                .into_iter()
-                .filter(|k| {
-                    let (tenant, id) = k.pair();
-                    got.contains(&(tenant.to_owned(), id.to_owned()))
-                })
-                .inspect(|k| {
-                    self.leases.entry(k.clone()).or_insert(None);
-                })
-                .collect(),
+        let claimed = self.hub.store.claim_leases(&self.owner, wanted, ttl).await;
+        match claimed {
+            Ok(got) => {
+                // the claimed pairs back to the shared keys
+                let mut asked: KeyMap<()> = keys.into_iter().map(|k| (k, ())).collect();
+                got.iter()
+                    .filter_map(|(tenant, id)| asked.remove_entry(&Pair(tenant, id)))
+                    .map(|(key, ())| {
+                        self.leases.entry(key.clone()).or_insert(None);
+                        key
+                    })
+                    .collect()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim delivery leases; trying again next pass");
                 Vec::new()
