@@ -46,6 +46,11 @@ if matcher:
               f"({matcher['parse_only']:,.0f}/s; goal ≥ 1.2x) |")
     md.append(f"| A: whole parse + match | {matcher['indexed_a']:,.0f} | linear scan {matcher['linear_a']:,.0f}/s "
               f"({matcher['ratio_a']:,.0f}x on the same sample) |")
+    if "read_publish" in matcher:
+        md.append(f"| reading events as `fhir-hub publish` does (checked, record written) | {matcher['read_publish']:,.0f} | "
+                  f"{matcher['read_publish'] / matcher['read_value']:.2f}x a whole `Value` parse ({matcher['read_value']:,.0f}/s) |")
+        md.append(f"| reading log records as the matcher does | {matcher['read_matcher']:,.0f} | "
+                  f"{matcher['read_matcher'] / matcher['read_value']:.2f}x a whole `Value` parse |")
     if "medplum_b" in matcher:
         md.append(f"| B: 1,000 subscriptions | {matcher['indexed_b']:,.0f} | Medplum {matcher['medplum_b']:.1f}/s "
                   f"({matcher['indexed_b'] / matcher['medplum_b']:,.0f}x) |")

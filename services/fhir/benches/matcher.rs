@@ -167,6 +167,45 @@ fn run(index: &CriteriaIndex<u32>, events: &[Vec<u8>], linear: bool, now: i64) -
     (events.len() as f64 / start.elapsed().as_secs_f64(), matches)
 }
 
+/// Events/s, each the median of five rounds taken in turns: a whole `Value` parse of each
+/// line; reading each line as `fhir-hub publish` does (the text reader) and writing its log
+/// record; reading those records back as the matcher does.
+fn read_events(lines: &[Vec<u8>]) -> [f64; 3] {
+    use hub_fhir::raw_event::RawEvent;
+    let records: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| {
+            let (e, _) = RawEvent::from_ndjson_line_named(l, None, "t").unwrap();
+            e.to_json_bytes()
+        })
+        .collect();
+    let rate = |f: &dyn Fn(&[u8]) -> usize, over: &[Vec<u8>]| {
+        let start = Instant::now();
+        let n: usize = over.iter().map(|l| f(l)).sum();
+        std::hint::black_box(n);
+        over.len() as f64 / start.elapsed().as_secs_f64()
+    };
+    let whole = |l: &[u8]| usize::from(serde_json::from_slice::<Value>(l).unwrap().is_object());
+    let publish = |l: &[u8]| {
+        let (e, _) = RawEvent::from_ndjson_line_named(l, None, "t").unwrap();
+        e.to_json_bytes().len()
+    };
+    let matcher = |r: &[u8]| {
+        let (e, _) = RawEvent::parse(r, None, "t", "not an object").unwrap();
+        e.resource.map_or(0, |r| r.get().len())
+    };
+    let mut rounds = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        rounds[0].push(rate(&whole, lines));
+        rounds[1].push(rate(&publish, lines));
+        rounds[2].push(rate(&matcher, &records));
+    }
+    rounds.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    })
+}
+
 fn main() {
     let t = Instant::now();
     let d = load();
@@ -178,6 +217,33 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let bytes: usize = d.observations.iter().map(Vec::len).sum();
+
+    // Reading change events, before any matching: what `fhir-hub publish` and `POST /events`
+    // do with each bare resource (read and check it, write its log record), and what the
+    // matcher does with each log record, against a whole `Value` parse of the same lines.
+    let reading = read_events(&d.observations);
+    println!(
+        "reading change events: {} Synthea Observations ({:.1} MB of JSON), one core, median of 5 rounds",
+        d.observations.len(),
+        bytes as f64 / 1e6
+    );
+    for (what, rate) in [
+        ("a whole serde_json::Value parse", reading[0]),
+        (
+            "publish: a line read and checked, its record written",
+            reading[1],
+        ),
+        ("matcher: a log record read", reading[2]),
+    ] {
+        println!(
+            "    {what:<55}{rate:>10.0} events/s  {:>6.1} MB/s  {:.2}x the Value parse",
+            rate * bytes as f64 / d.observations.len() as f64 / 1e6,
+            rate / reading[0]
+        );
+    }
+    if std::env::var_os("MATCHER_BENCH_READ_ONLY").is_some() {
+        return;
+    }
 
     let criteria = big_workload(&d);
     let rss0 = rss_bytes();
@@ -357,9 +423,12 @@ fn main() {
         small_linear
     );
     println!(
-        "RESULT indexed_a={indexed:.0} projected_a={projected:.0} parse_only={parse_only:.0} linear_a={linear:.0} ratio_a={:.0} bytes_per_sub={per_sub:.0} indexed_b={small_rate:.0} linear_b={small_linear:.0} change_us={:.1} rebuild_ms={:.0}",
+        "RESULT indexed_a={indexed:.0} projected_a={projected:.0} parse_only={parse_only:.0} linear_a={linear:.0} ratio_a={:.0} bytes_per_sub={per_sub:.0} indexed_b={small_rate:.0} linear_b={small_linear:.0} change_us={:.1} rebuild_ms={:.0} read_value={:.0} read_publish={:.0} read_matcher={:.0}",
         indexed_sample / linear,
         change_s * 1e6,
-        build_s * 1e3
+        build_s * 1e3,
+        reading[0],
+        reading[1],
+        reading[2]
     );
 }

@@ -27,9 +27,35 @@ pub struct RawEvent<'a> {
     /// [`RawEvent::with_trees`] filled them in).
     pub head: ChangeEvent,
     /// The resource after the change, as it was read.
-    pub resource: Option<Cow<'a, RawValue>>,
+    pub resource: Option<JsonText<'a>>,
     /// The resource before the change, when the producer sent it.
-    pub previous: Option<Cow<'a, RawValue>>,
+    pub previous: Option<JsonText<'a>>,
+}
+
+/// The text of one JSON value that has been checked as JSON: made only here, from text a
+/// parser accepted (or wrote), so it is written into the log as it is. Unlike a
+/// `&RawValue` it can be the whole of a line that was already checked while its members
+/// were read, without scanning the line a second time to make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText<'a>(Cow<'a, str>);
+
+impl JsonText<'_> {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for JsonText<'a> {
+    fn from(raw: &'a RawValue) -> Self {
+        JsonText(Cow::Borrowed(raw.get()))
+    }
+}
+
+impl From<Box<RawValue>> for JsonText<'static> {
+    fn from(raw: Box<RawValue>) -> Self {
+        JsonText(Cow::Owned(String::from(raw.get())))
+    }
 }
 
 /// Where an event came from.
@@ -117,6 +143,9 @@ fn has_surrogate_escape(json: &[u8]) -> bool {
     memchr::memmem::find_iter(json, b"\\u").any(|i| matches!(json.get(i + 2), Some(b'd' | b'D')))
 }
 
+/// What JSON counts as whitespace between tokens (RFC 8259 §2).
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
 fn is_null(raw: &RawValue) -> bool {
     raw.get().trim() == "null"
 }
@@ -135,7 +164,8 @@ fn not_json(e: serde_json::Error) -> EventError {
     }
 }
 
-/// The log form of an event: the same fields, in the same order, as [`ChangeEvent`]'s.
+/// The log form of an event's head: the same fields, in the same order, as [`ChangeEvent`]'s
+/// (its `resource` and `previous`, the last two, are written after it as text).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'e> {
@@ -147,10 +177,6 @@ struct Envelope<'e> {
     #[serde(skip_serializing_if = "Option::is_none")]
     version_id: Option<&'e str>,
     occurred_at: &'e str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resource: Option<&'e RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous: Option<&'e RawValue>,
 }
 
 impl<'a> RawEvent<'a> {
@@ -184,8 +210,9 @@ impl<'a> RawEvent<'a> {
             let names_tenant = picked.values[1].is_some();
             return Self::from_envelope(picked).map(|e| (e, Origin::Envelope { names_tenant }));
         }
-        // a bare resource is the whole line, as text
-        let whole: &'a RawValue = serde_json::from_str(text).map_err(|_| refused())?;
+        // a bare resource is the whole line, as text: the pick checked all of it, so it is
+        // not scanned again (outer whitespace is no part of the value)
+        let whole = JsonText(Cow::Borrowed(text.trim_matches(JSON_WHITESPACE)));
         Self::from_resource(whole, picked, default_action, tenant).map(|e| (e, Origin::Resource))
     }
 
@@ -297,13 +324,13 @@ impl<'a> RawEvent<'a> {
         }
         Ok(RawEvent {
             head,
-            resource: resource.map(Cow::Borrowed),
-            previous: previous.map(Cow::Borrowed),
+            resource: resource.map(JsonText::from),
+            previous: previous.map(JsonText::from),
         })
     }
 
     fn from_resource(
-        whole: &'a RawValue,
+        whole: JsonText<'a>,
         picked: Picked<'a, 10>,
         default_action: Option<Action>,
         tenant: &str,
@@ -318,16 +345,14 @@ impl<'a> RawEvent<'a> {
         let Some(resource_id) = id.and_then(text) else {
             return Err(EventError::new("the resource has no 'id'", "id"));
         };
-        // `meta` is small: read as a tree
-        let meta: Option<Value> = meta.and_then(|m| serde_json::from_str(m.get()).ok());
-        let meta_text = |name: &str| {
-            meta.as_ref()
-                .and_then(|m| m.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let version_id = meta_text("versionId");
-        let occurred_at = meta_text("lastUpdated").unwrap_or_else(time_fmt::now_instant);
+        // `meta`'s two strings, picked without building its tree (a `meta` that is not an
+        // object names neither, as a tree's lookups would find neither)
+        let [version_id, last_updated] = meta
+            .and_then(|m| pick(m.get(), &["versionId", "lastUpdated"]).ok())
+            .map_or([None, None], |m| {
+                m.values.map(|v| v.and_then(text).map(Cow::into_owned))
+            });
+        let occurred_at = last_updated.unwrap_or_else(time_fmt::now_instant);
         let action = default_action.unwrap_or(match version_id.as_deref() {
             None | Some("1") => Action::Create,
             Some(_) => Action::Update,
@@ -345,7 +370,7 @@ impl<'a> RawEvent<'a> {
         };
         // a resource's own names are the event's; a deletion carries no resource
         head.validate_head(true)?;
-        let resource = (action != Action::Delete).then_some(Cow::Borrowed(whole));
+        let resource = (action != Action::Delete).then_some(whole);
         Ok(RawEvent {
             head,
             resource,
@@ -356,8 +381,8 @@ impl<'a> RawEvent<'a> {
     /// An event built elsewhere (a Bundle entry), its trees turned into text (serialized
     /// once, not parsed again).
     pub fn from_event(mut event: ChangeEvent) -> Result<RawEvent<'static>, EventError> {
-        let text = |v: Option<Value>| -> Result<Option<Cow<'static, RawValue>>, EventError> {
-            v.map(|v| serde_json::value::to_raw_value(&v).map(Cow::Owned))
+        let text = |v: Option<Value>| -> Result<Option<JsonText<'static>>, EventError> {
+            v.map(|v| serde_json::to_string(&v).map(|t| JsonText(Cow::Owned(t))))
                 .transpose()
                 .map_err(not_json)
         };
@@ -373,7 +398,7 @@ impl<'a> RawEvent<'a> {
     /// Fill in the head's `resource` and `previous` trees from the text (a tree the head
     /// has where there is no text, such as a previous version from the store, stays).
     pub fn with_trees(&mut self) -> Result<(), EventError> {
-        let tree = |r: &RawValue| serde_json::from_str::<Value>(r.get()).map_err(not_json);
+        let tree = |r: &JsonText<'_>| serde_json::from_str::<Value>(r.get()).map_err(not_json);
         if let Some(r) = &self.resource {
             self.head.resource = Some(tree(r)?);
         }
@@ -398,7 +423,7 @@ impl<'a> RawEvent<'a> {
     /// event (the resources as they were read).
     pub fn to_json_bytes(&self) -> Vec<u8> {
         let h = &self.head;
-        let text = |r: &Option<Cow<'a, RawValue>>| r.as_deref().map_or(0, |r| r.get().len());
+        let text = |r: &Option<JsonText<'a>>| r.as_ref().map_or(0, |r| r.get().len());
         // sized once: a publish holds many records, and growing each by doubling left up to
         // half of every one unused (and the allocator zeroing fresh pages for it)
         let fields = h.id.len()
@@ -409,7 +434,7 @@ impl<'a> RawEvent<'a> {
             + h.occurred_at.len();
         let mut out =
             Vec::with_capacity(text(&self.resource) + text(&self.previous) + fields + 160);
-        serde_json::to_writer(
+        let head = serde_json::to_writer(
             &mut out,
             &Envelope {
                 id: &h.id,
@@ -419,10 +444,21 @@ impl<'a> RawEvent<'a> {
                 resource_id: &h.resource_id,
                 version_id: h.version_id.as_deref(),
                 occurred_at: &h.occurred_at,
-                resource: self.resource.as_deref(),
-                previous: self.previous.as_deref(),
             },
-        )
-        .map_or_else(|_| Vec::new(), |()| out)
+        );
+        if head.is_err() || out.pop() != Some(b'}') {
+            return Vec::new();
+        }
+        // the resources last, as their text (what serializing a `RawValue` writes)
+        for (name, r) in [("resource", &self.resource), ("previous", &self.previous)] {
+            if let Some(r) = r {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(r.get().as_bytes());
+            }
+        }
+        out.push(b'}');
+        out
     }
 }

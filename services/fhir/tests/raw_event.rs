@@ -209,6 +209,19 @@ fn the_log_record_keeps_the_resource_as_written() {
     // and an event built as a tree turns into the same record
     let back = RawEvent::from_event(tree.clone()).expect("text");
     assert_eq!(back.to_json_bytes(), tree.to_json_bytes());
+    // a bare resource is kept as the line's text, without the whitespace around it (read
+    // once: its members and its check are one pass)
+    let bare = "\t {\"resourceType\":\"Observation\",\"id\":\"o1\",\"valueQuantity\":{\"value\":1.50}} \r\n";
+    for line in [bare, bare.trim()] {
+        let (e, named) =
+            RawEvent::from_ndjson_line_named(line.as_bytes(), None, "t").expect("valid");
+        assert!(named);
+        let resource = e.resource.as_ref().expect("a resource").get();
+        assert_eq!(resource, bare.trim());
+        let log: serde_json::Value = serde_json::from_slice(&e.to_json_bytes()).expect("JSON");
+        assert_eq!(log["resource"]["valueQuantity"]["value"], 1.5);
+        assert_eq!(log["resourceId"], "o1");
+    }
 }
 
 #[test]
