@@ -75,6 +75,8 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
+# OpenSSL's headers and pkg-config, for building librdkafka with TLS and SASL
+scripts/build-deps.sh
 
 # --- Python test clients (standardwebhooks verifies signatures, fhir.resources validates
 #     R4B/R5 notification bundles, websockets is a websocket subscriber) ---------------------

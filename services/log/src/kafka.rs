@@ -472,3 +472,49 @@ impl Drop for KafkaConsumer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Managed Kafka services (Amazon MSK, Confluent Cloud, Aiven, Azure Event Hubs) take TLS
+    /// and SASL only. The bundled librdkafka is built with OpenSSL, so the producer and the
+    /// consumer are made with those settings; a build without it refused `SASL_SSL` when the
+    /// client was made ("OpenSSL not available at build time").
+    #[tokio::test]
+    async fn clients_are_made_with_tls_and_sasl_settings() {
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+            ("SASL_PLAINTEXT", Some("SCRAM-SHA-256")),
+        ] {
+            let mut settings = KafkaSettings::new("127.0.0.1:1");
+            settings
+                .client
+                .insert("security.protocol".into(), protocol.into());
+            if let Some(m) = mechanism {
+                for (k, v) in [
+                    ("sasl.mechanisms", m),
+                    ("sasl.username", "hub"),
+                    ("sasl.password", "secret"),
+                ] {
+                    settings.client.insert(k.into(), v.into());
+                }
+            }
+            let log = KafkaLog::new(settings)
+                .unwrap_or_else(|e| panic!("{protocol} {mechanism:?}: producer: {e}"));
+            let consumer = log
+                .consumer("fhir.changes", "fhir-hub-matcher")
+                .await
+                .unwrap_or_else(|e| panic!("{protocol} {mechanism:?}: consumer: {e}"));
+            drop(consumer);
+        }
+        // what the build cannot do is still refused when the client is made, not later
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        settings
+            .client
+            .insert("security.protocol".into(), "NOPE".into());
+        assert!(KafkaLog::new(settings).is_err());
+    }
+}
