@@ -130,3 +130,142 @@ async fn bare_resources_on_kafka_drive_a_topic_subscription() {
     assert_eq!(b["entry"][1]["resource"]["meta"]["versionId"], "2");
     rx.assert_quiet(Duration::from_secs(2)).await;
 }
+
+/// A TLS front for a broker: each connection's TLS is ended here (a certificate for
+/// 127.0.0.1 from `pki`'s test CA) and its bytes go on to `broker` in the clear. Returns its
+/// address and how many TLS handshakes it completed.
+async fn tls_front(
+    pki: &std::path::Path,
+    broker: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(broker).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+/// A tansu broker of the test's own (its process and data directory); killed on drop.
+struct OwnBroker {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kafka over TLS, as managed services (MSK, Confluent Cloud, Aiven) require: the hub
+/// reaches the broker only through a TLS front whose certificate a private CA signed (the
+/// broker advertises the front's address, so every connection, bootstrap and data, is TLS),
+/// with `security.protocol = "SSL"` and `ssl.ca.location` in `[kafka.client]`. An event sent
+/// to the hub's API is published, matched and delivered through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_over_tls_reaches_the_rest_hook() {
+    let Some(tansu) = require_external("FHIR_HUB_TANSU") else {
+        return;
+    };
+    let pki = tempfile::tempdir().unwrap();
+    crate::mtls::make_pki(pki.path());
+    // the front's port is picked first: the broker advertises it
+    let plain_port = free_port();
+    let (front, handshakes) = tls_front(pki.path(), ([127, 0, 0, 1], plain_port).into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(&tansu)
+        .args(["broker", "--listener-url"])
+        .arg(format!("tcp://127.0.0.1:{plain_port}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://{front}"))
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu starts");
+    let _broker = OwnBroker { child, _dir: dir };
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", plain_port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let config = pki.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
+            pki.path().join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let env = HubEnv::default()
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .arg("--kafka-brokers")
+        .arg(&front.to_string())
+        .var("HUB_KAFKA__PARTITIONS", "1");
+    let hub = Hub::start(env).await;
+    let (_, health) = hub.get("/health").await;
+    assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
+
+    let mut rx = TestReceiver::start().await;
+    hub.subscribe("Observation?code=http://loinc.org|2345-7", &rx.url, true)
+        .await;
+    let (status, _) = hub.post_json("/events", &glucose("tls1")).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        rx.next(Duration::from_secs(60)).await.path,
+        "/hook/Observation/tls1"
+    );
+    assert!(
+        handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the hub reached the broker over TLS"
+    );
+}
