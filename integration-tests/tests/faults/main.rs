@@ -41,7 +41,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use harness::{Headless, Hub, HubEnv};
+use harness::{Headless, Hub, HubEnv, free_port};
 
 const IG: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
 const TOPIC: &str = "http://example.org/topics/admission";
@@ -51,14 +51,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_port(port: u16, what: &str) {

@@ -26,6 +26,15 @@ pub(crate) fn binary() -> PathBuf {
     bin
 }
 
+/// A port free on loopback now (for a process that must be told its port).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub(crate) fn require_external(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),

@@ -6,7 +6,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 
-use crate::harness::{Hub, HubEnv, envelope, glucose, other_observation, require_external};
+use crate::harness::{
+    Hub, HubEnv, envelope, free_port, glucose, other_observation, require_external,
+};
 use crate::receiver::TestReceiver;
 
 async fn produce(brokers: &str, topic: &str, key: &str, value: &Value) {
@@ -189,14 +191,6 @@ impl Drop for OwnBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kafka over TLS, as managed services (MSK, Confluent Cloud, Aiven) require: the hub
