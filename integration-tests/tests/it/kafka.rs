@@ -262,4 +262,40 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
         handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the hub reached the broker over TLS"
     );
+
+    // A broker whose certificate another CA signed is refused: `fhir-hub publish` trusting
+    // only that other CA fails, says why, and nothing it tried to send is delivered.
+    let other = tempfile::tempdir().unwrap();
+    crate::mtls::make_pki(other.path());
+    let wrong = other.path().join("hub.toml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n\"message.timeout.ms\" = \"3000\"\n",
+            other.path().join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let input = other.path().join("one.ndjson");
+    std::fs::write(&input, format!("{}\n", glucose("tls2"))).unwrap();
+    let out = tokio::process::Command::new(crate::harness::binary())
+        .arg("--config")
+        .arg(&wrong)
+        .args(["--kafka-brokers", &front.to_string()])
+        .args(["publish", "--quiet", "--input"])
+        .arg(&input)
+        .env("HUB_KAFKA__REQUEST_TIMEOUT_MS", "3000")
+        .env("RUST_BACKTRACE", "0")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("publish gives up within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "publish to an untrusted broker: {stderr}"
+    );
+    assert!(stderr.contains("certificate verify failed"), "{stderr}");
+    rx.assert_quiet(Duration::from_millis(1000)).await;
 }
