@@ -180,6 +180,19 @@ async fn tls_front(
     (addr, handshakes)
 }
 
+/// `<pki>/hub.toml`: Kafka over TLS trusting `<pki>/ca.pem`, with `extra` lines of
+/// `[kafka.client]`.
+fn tls_config(pki: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let path = pki.join("hub.toml");
+    let ca = pki.join("ca.pem");
+    let toml = format!(
+        "[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n{extra}",
+        ca.display()
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
 /// A tansu broker of the test's own (its process and data directory); killed on drop.
 struct OwnBroker {
     child: std::process::Child,
@@ -230,15 +243,7 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let config = pki.path().join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
-            pki.path().join("ca.pem").display()
-        ),
-    )
-    .unwrap();
+    let config = tls_config(pki.path(), "");
     let env = HubEnv::default()
         .arg("--config")
         .arg(&config.display().to_string())
@@ -267,15 +272,7 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
     // only that other CA fails, says why, and nothing it tried to send is delivered.
     let other = tempfile::tempdir().unwrap();
     crate::mtls::make_pki(other.path());
-    let wrong = other.path().join("hub.toml");
-    std::fs::write(
-        &wrong,
-        format!(
-            "[kafka.client]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n\"message.timeout.ms\" = \"3000\"\n",
-            other.path().join("ca.pem").display()
-        ),
-    )
-    .unwrap();
+    let wrong = tls_config(other.path(), "\"message.timeout.ms\" = \"3000\"\n");
     let input = other.path().join("one.ndjson");
     std::fs::write(&input, format!("{}\n", glucose("tls2"))).unwrap();
     let out = tokio::process::Command::new(crate::harness::binary())
