@@ -17,7 +17,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -25,6 +24,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::kafka_context::HubContext;
 use crate::{Consumed, EventLog, LogConsumer, LogError, Record, highest_offsets};
 
 /// How the Kafka backend connects and how it creates topics.
@@ -109,10 +109,10 @@ async fn wait_delivered(
 /// The Kafka event log.
 pub struct KafkaLog {
     settings: KafkaSettings,
-    producer: FutureProducer,
+    producer: FutureProducer<HubContext>,
     /// One client per group for [`EventLog::lag`], made at the first ask and kept: `/ready`
     /// is asked every few seconds, and a librdkafka client is threads and connections.
-    lag_readers: std::sync::Mutex<std::collections::HashMap<String, Arc<BaseConsumer>>>,
+    lag_readers: std::sync::Mutex<std::collections::HashMap<String, Arc<BaseConsumer<HubContext>>>>,
 }
 
 impl KafkaLog {
@@ -128,7 +128,7 @@ impl KafkaLog {
         }
         // what no-loss rests on cannot be switched off by `kafka.client`
         pin(&mut cfg, &[("enable.idempotence", "true"), ("acks", "all")]);
-        let producer: FutureProducer = cfg.create()?;
+        let producer: FutureProducer<HubContext> = cfg.create_with_context(HubContext)?;
         Ok(Self {
             settings,
             producer,
@@ -167,7 +167,7 @@ impl KafkaLog {
 
     /// The kept client that reads `group`'s committed offsets. It never subscribes, so it
     /// never joins the group.
-    fn lag_reader(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+    fn lag_reader(&self, group: &str) -> Result<Arc<BaseConsumer<HubContext>>, LogError> {
         let mut readers = self
             .lag_readers
             .lock()
@@ -178,7 +178,8 @@ impl KafkaLog {
         let mut cfg = self.settings.base_config();
         cfg.set("group.id", group)
             .set("enable.auto.commit", "false");
-        let consumer: Arc<BaseConsumer> = Arc::new(cfg.create()?);
+        let consumer: Arc<BaseConsumer<HubContext>> =
+            Arc::new(cfg.create_with_context(HubContext)?);
         readers.insert(group.to_owned(), Arc::clone(&consumer));
         Ok(consumer)
     }
@@ -211,7 +212,10 @@ impl EventLog for KafkaLog {
         if missing.is_empty() {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> = self.settings.base_config().create()?;
+        let admin: AdminClient<HubContext> = self
+            .settings
+            .base_config()
+            .create_with_context(HubContext)?;
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|t| {
@@ -324,7 +328,7 @@ impl EventLog for KafkaLog {
             &mut cfg,
             &[("group.id", group), ("enable.auto.offset.store", "false")],
         );
-        let consumer: StreamConsumer = cfg.create()?;
+        let consumer: StreamConsumer<HubContext> = cfg.create_with_context(HubContext)?;
         consumer.subscribe(&[topic])?;
         Ok(Box::new(KafkaConsumer {
             consumer: Some(consumer),
@@ -376,11 +380,11 @@ impl EventLog for KafkaLog {
 
 struct KafkaConsumer {
     /// `None` only after `close`.
-    consumer: Option<StreamConsumer>,
+    consumer: Option<StreamConsumer<HubContext>>,
 }
 
 impl KafkaConsumer {
-    fn get(&self) -> Result<&StreamConsumer, LogError> {
+    fn get(&self) -> Result<&StreamConsumer<HubContext>, LogError> {
         self.consumer
             .as_ref()
             .ok_or_else(|| LogError::Backend("consumer is closed".into()))
