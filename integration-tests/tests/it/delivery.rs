@@ -458,6 +458,58 @@ async fn idle_subscriptions_park_and_their_events_wake_them_in_order() {
     wait_parked(&hub, patients).await;
 }
 
+/// The matcher writes one batch while it decides the next: with batches of three events,
+/// published all at once to three subscriptions, each still gets every event once, in order,
+/// with event numbers 1..n.
+#[tokio::test]
+async fn notifications_keep_their_order_while_batches_overlap() {
+    let hub = Hub::start(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "3")).await;
+    let mut rx = TestReceiver::start().await;
+    let patients = 3;
+    let mut ids = Vec::new();
+    for p in 0..patients {
+        let id = hub
+            .subscribe(&format!("Observation?patient=Patient/ov{p}"), &rx.url, true)
+            .await;
+        hub.wait_status(&id, "active").await;
+        ids.push(id);
+    }
+    let per_patient = 40;
+    let mut ndjson = String::new();
+    for i in 0..per_patient {
+        for p in 0..patients {
+            let mut obs = glucose(&format!("ov{p}-e{i}"));
+            obs["subject"]["reference"] = json!(format!("Patient/ov{p}"));
+            ndjson.push_str(&obs.to_string());
+            ndjson.push('\n');
+        }
+    }
+    let (status, body) = hub
+        .post_raw("/events", "application/x-ndjson", ndjson.into_bytes())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let mut got: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for _ in 0..patients * per_patient {
+        let r = rx.next(WAIT).await;
+        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+        let (patient, i) = id.split_once("-e").expect("an event id");
+        got.entry(patient.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    rx.assert_quiet(Duration::from_millis(500)).await;
+    for p in 0..patients {
+        assert_eq!(
+            got.get(&format!("ov{p}")),
+            Some(&(0..per_patient).collect::<Vec<_>>()),
+            "patient {p}: every event once, in order"
+        );
+    }
+    for id in &ids {
+        hub.wait_events(id, per_patient as i64).await;
+    }
+}
+
 #[tokio::test]
 async fn heartbeats_follow_the_backport_heartbeat_period() {
     let hub = Hub::start(HubEnv::default()).await;

@@ -602,6 +602,59 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
     rx.assert_quiet(Duration::from_millis(1500)).await;
 }
 
+/// The matcher decides the next batch while the last is being written. A batch that needs
+/// the version before from the store waits for the batches ahead of it: one event per batch,
+/// all published at once, and "became final" still fires once per transition.
+#[tokio::test]
+async fn previous_versions_hold_across_batches_decided_back_to_back() {
+    let hub = Hub::start(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "1")).await;
+    let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(status, 201);
+    let mut rx = TestReceiver::start().await;
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &subscription(&rx.url, Some("id-only"), None),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+
+    let prelim = obs("b1", "preliminary", "Patient/p1");
+    let fin = obs("b1", "final", "Patient/p1");
+    // none carries `previous`; transitions to final at the 2nd and the 6th
+    let steps = [
+        ("create", &prelim),
+        ("update", &fin),
+        ("update", &fin),
+        ("update", &fin),
+        ("update", &prelim),
+        ("update", &fin),
+        ("update", &fin),
+        ("update", &fin),
+    ];
+    let mut ndjson = String::new();
+    for (action, r) in steps {
+        ndjson.push_str(&event(action, r, None).to_string());
+        ndjson.push('\n');
+    }
+    let (c, b) = hub
+        .post_raw("/events", "application/x-ndjson", ndjson.into_bytes())
+        .await;
+    assert_eq!(c, 202, "{b}");
+    for n in ["1", "2"] {
+        let r = rx.next(Duration::from_secs(20)).await;
+        let b: Value = serde_json::from_slice(&r.body).unwrap();
+        let st = &b["entry"][0]["resource"];
+        assert_eq!(
+            param(st, "notification-event").unwrap()["part"][0]["valueString"],
+            n
+        );
+    }
+    // final → final never fires, however the batches overlapped
+    rx.assert_quiet(Duration::from_millis(2000)).await;
+}
+
 /// `backport-max-count`: events waiting for delivery go out several to a bundle, in order.
 #[tokio::test]
 async fn max_count_groups_waiting_events_into_one_bundle() {
