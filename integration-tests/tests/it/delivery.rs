@@ -458,11 +458,10 @@ async fn idle_subscriptions_park_and_their_events_wake_them_in_order() {
     wait_parked(&hub, patients).await;
 }
 
-/// The matcher writes one batch while it decides the next: with batches of three events,
-/// published all at once to three subscriptions, each still gets every event once, in order,
-/// with event numbers 1..n.
+/// Batches of three events, published all at once to three subscriptions: each gets every
+/// event once, in order, with event numbers 1..n.
 #[tokio::test]
-async fn notifications_keep_their_order_while_batches_overlap() {
+async fn notifications_keep_their_order_across_small_batches() {
     let hub = Hub::start(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "3")).await;
     let mut rx = TestReceiver::start().await;
     let patients = 3;

@@ -602,9 +602,8 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
     rx.assert_quiet(Duration::from_millis(1500)).await;
 }
 
-/// The matcher decides the next batch while the last is being written. A batch that needs
-/// the version before from the store waits for the batches ahead of it: one event per batch,
-/// all published at once, and "became final" still fires once per transition.
+/// Batches of one event, published all at once: each batch reads from the store the version
+/// the batch before it recorded, so "became final" fires once per transition.
 #[tokio::test]
 async fn previous_versions_hold_across_batches_decided_back_to_back() {
     let hub = Hub::start(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "1")).await;
@@ -651,7 +650,7 @@ async fn previous_versions_hold_across_batches_decided_back_to_back() {
             n
         );
     }
-    // final → final never fires, however the batches overlapped
+    // final → final never fires
     rx.assert_quiet(Duration::from_millis(2000)).await;
 }
 

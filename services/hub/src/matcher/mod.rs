@@ -6,11 +6,9 @@
 //! 2. if any subscription changed on any instance (the store's generation counters), bring
 //!    the index up to date (in place: only the subscriptions written since are re-read), so a
 //!    subscription committed before an event is read sees that event;
-//! 3. decide which subscriptions each event matches;
-//! 4. append the notifications in one store transaction (event numbers assigned there;
-//!    re-processing the same change event adds nothing): a writer task does this, batch by
-//!    batch in the order decided, while the next batch is polled and decided;
-//! 5. only then ack the batch, so its offsets are committed.
+//! 3. match and append the notifications in one store transaction (event numbers assigned
+//!    there; re-processing the same change event adds nothing);
+//! 4. only then ack the batch, so its offsets are committed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,7 +20,6 @@ use hub_log::Consumed;
 use hub_store::{MatchingChanges, NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
 use serde_json::Value;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Hub, retry};
@@ -252,109 +249,7 @@ async fn supply_previous(
     Some(latest.into_iter().collect())
 }
 
-/// A batch whose notifications are decided, on its way to the store.
-struct Decided {
-    /// The records, acked once what they caused is durable.
-    batch: Vec<Consumed>,
-    notes: Vec<NewNotification>,
-    dead: Vec<NewQuarantined>,
-    /// The resource versions the batch leaves (only for types a topic compares).
-    latest: Vec<(ResourceKey, Option<String>)>,
-}
-
-/// Batches decided but not yet durable: at most this many wait for the writer while it
-/// writes one, so matching the next batch overlaps the store's write of the last.
-const DECIDED_QUEUE: usize = 1;
-
-/// The matcher's second stage: make each decided batch durable, in the order decided (event
-/// numbers are assigned here, so order is what keeps them gap-free and in order), then wake
-/// its readers and hand the batch back to be acked. Ends when the deciding stage does, or
-/// at `shutdown` (what was not written is re-read and decided again).
-async fn write_decided(
-    hub: Hub,
-    mut decided: mpsc::Receiver<Decided>,
-    durable: mpsc::UnboundedSender<Vec<Consumed>>,
-    shutdown: CancellationToken,
-) {
-    while let Some(d) = decided.recv().await {
-        let Some(logged) = retry::until_ok(&shutdown, "logging notifications", || {
-            hub.store.append_notifications(&d.notes)
-        })
-        .await
-        else {
-            return;
-        };
-        if retry::until_ok(&shutdown, "quarantining change events", || {
-            hub.store.quarantine(&d.dead)
-        })
-        .await
-        .is_none()
-        {
-            return;
-        }
-        if retry::until_ok(&shutdown, "recording resource versions", || {
-            hub.store.put_versions(&d.latest)
-        })
-        .await
-        .is_none()
-        {
-            return;
-        }
-        crate::metrics::BatchMatched {
-            events: d.batch.len(),
-            quarantined: d.dead.len(),
-            notifications: logged.len(),
-        }
-        .emit(&hub.metrics);
-        // wake the readers of these subscriptions, and nobody else
-        hub.wakeups.logged_here(&logged);
-        if durable.send(d.batch).is_err() {
-            return;
-        }
-    }
-}
-
-/// Batches handed to the writer and not yet acked.
-struct InFlight {
-    durable: mpsc::UnboundedReceiver<Vec<Consumed>>,
-    count: usize,
-}
-
-impl InFlight {
-    /// Ack every batch the writer has made durable so far.
-    async fn ack_durable(&mut self, consumer: &mut Box<dyn hub_log::LogConsumer>) {
-        while let Ok(batch) = self.durable.try_recv() {
-            self.count -= 1;
-            ack(consumer, &batch).await;
-        }
-    }
-
-    /// Wait until every batch in flight is durable, acking each. `false` when the writer
-    /// stopped first (shutdown).
-    async fn drain(&mut self, consumer: &mut Box<dyn hub_log::LogConsumer>) -> bool {
-        while self.count > 0 {
-            let Some(batch) = self.durable.recv().await else {
-                return false;
-            };
-            self.count -= 1;
-            ack(consumer, &batch).await;
-        }
-        true
-    }
-}
-
-async fn ack(consumer: &mut Box<dyn hub_log::LogConsumer>, batch: &[Consumed]) {
-    if let Err(e) = consumer.ack(batch).await {
-        tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
-    }
-}
-
 /// Run the matcher until `shutdown`.
-///
-/// Two stages: this task polls, brings the index up to date and decides each batch's
-/// notifications; [`write_decided`] makes them durable in the same order. A batch is acked
-/// only after it is durable. A batch with events a topic compares with the version before
-/// waits until the batches ahead of it are written (their versions are what it reads).
 pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = &hub.config.matcher;
     let topic = hub.config.log.changes_topic.clone();
@@ -368,24 +263,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let reload = Duration::from_millis(cfg.reload_ms);
     tracing::info!(%topic, "matcher consuming");
 
-    let (to_writer, decided) = mpsc::channel(DECIDED_QUEUE);
-    let (durable, acks) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_decided(
-        hub.clone(),
-        decided,
-        durable,
-        shutdown.clone(),
-    ));
-    let mut in_flight = InFlight {
-        durable: acks,
-        count: 0,
-    };
-
     hub.metrics.matcher_beat();
     while !shutdown.is_cancelled() {
         // `/ready` watches this: a batch held by an outage or a stuck evaluation stops it
         hub.metrics.matcher_beat();
-        in_flight.ack_durable(&mut consumer).await;
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
             b = consumer.poll(cfg.batch_size, poll) => b,
@@ -433,17 +314,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             }
         }
         // Topics comparing with the version before get it from the store when the event
-        // does not carry it, so the batches ahead must have recorded theirs; the versions
-        // this batch leaves are written after the notifications (a crash in between
-        // re-reads the batch against the older versions: same decisions, deduplicated
-        // notifications).
-        if events
-            .iter()
-            .any(|e| index.needs_previous(&e.head.tenant, &e.head.resource_type))
-            && !in_flight.drain(&mut consumer).await
-        {
-            break;
-        }
+        // does not carry it; the versions this batch leaves are written after the
+        // notifications (a crash in between re-reads the batch against the older versions:
+        // same decisions, deduplicated notifications).
         let Some(latest) = supply_previous(&hub, &index, &mut events, &shutdown).await else {
             break;
         };
@@ -492,28 +365,46 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                 });
             }
         }
-        drop((records, events));
 
         // Not acked until all of this is durable: a failure holds the batch, loses nothing.
-        let decided = Decided {
-            batch,
-            notes,
-            dead,
-            latest,
+        let Some(logged) = retry::until_ok(&shutdown, "logging notifications", || {
+            hub.store.append_notifications(&notes)
+        })
+        .await
+        else {
+            break;
         };
-        if to_writer.send(decided).await.is_err() {
-            break; // the writer stopped: shutdown
+        if retry::until_ok(&shutdown, "quarantining change events", || {
+            hub.store.quarantine(&dead)
+        })
+        .await
+        .is_none()
+        {
+            break;
         }
-        in_flight.count += 1;
+        if retry::until_ok(&shutdown, "recording resource versions", || {
+            hub.store.put_versions(&latest)
+        })
+        .await
+        .is_none()
+        {
+            break;
+        }
+        if let Err(e) = consumer.ack(&batch).await {
+            tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
+        }
+        crate::metrics::BatchMatched {
+            events: batch.len(),
+            quarantined: dead.len(),
+            notifications: logged.len(),
+        }
+        .emit(&hub.metrics);
+        // wake the readers of these subscriptions, and nobody else
+        hub.wakeups.logged_here(&logged);
     }
     tracing::info!("matcher draining");
-    // the writer finishes what it holds (or stops at once on shutdown); what it made
-    // durable is acked before the consumer commits and leaves
-    drop(to_writer);
-    let written = writer.await;
-    in_flight.ack_durable(&mut consumer).await;
     consumer.close().await?;
-    written.map_err(|e| anyhow::anyhow!("the matcher's writer failed: {e}"))
+    Ok(())
 }
 
 #[cfg(test)]
