@@ -76,6 +76,11 @@ const READ_COLUMNS: &str = "e.tenant, s.id, n.event_number, n.notification_id, e
 const NAMES: &str = "tenant, id, event_number, notification_id, event_id, action, focus_type, \
                      focus_id, focus_version, occurred_at, logged_at, resource, log_key";
 
+/// [`NAMES`] but the resource, which [`RAW_ROWS`] puts last as it is stored.
+const NAMES_BUT_RESOURCE: &str = "tenant, id, event_number, notification_id, event_id, action, \
+                                  focus_type, focus_id, focus_version, occurred_at, logged_at, \
+                                  log_key";
+
 /// The log of one subscription joined with its events; binds tenant, id, after, limit.
 const READ_FROM: &str = "FROM subscriptions s
      JOIN notification_log n ON n.log_key = s.log_key
@@ -145,6 +150,71 @@ fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
     Ok(rows.into_iter().map(from_columns).collect())
 }
+
+/// One row of [`RAW_ROWS`]: [`NAMES_BUT_RESOURCE`], then the resource's own JSON.
+type RawColumns<'a> = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    Option<&'a serde_json::value::RawValue>,
+);
+
+/// Rows read by [`RAW_ROWS`]; `None` when the text is not JSON (a stored resource that is
+/// not JSON itself: the caller reads those rows with the resource as a string instead).
+fn from_raw_rows(text: &str) -> Option<Vec<Notification>> {
+    let rows: Vec<RawColumns<'_>> = serde_json::from_str(text).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|c| {
+                from_columns((
+                    c.0,
+                    c.1,
+                    c.2,
+                    c.3,
+                    c.4,
+                    c.5,
+                    c.6,
+                    c.7,
+                    c.8,
+                    c.9,
+                    c.10,
+                    c.12.map(|r| r.get().to_owned()),
+                    c.11,
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// SQLite: a subscription's rows as one JSON array of arrays in one result row, each
+/// resource embedded as the JSON it is stored as (not escaped into a string, which cost
+/// SQLite a pass over every resource and the reader another to unescape it).
+static RAW_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT '[' || coalesce(group_concat(
+             rtrim(json_array({NAMES_BUT_RESOURCE}), ']') || ',' || coalesce(resource, 'null') || ']',
+             ',' ORDER BY event_number), '') || ']'
+         FROM (SELECT {READ_COLUMNS} {READ_FROM})"
+    )
+});
+
+/// SQLite: the same rows with each resource as a JSON string (what [`RAW_ROWS`] falls back
+/// to).
+static ESCAPED_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT json_group_array(json_array({NAMES}) ORDER BY event_number) FROM
+         (SELECT {READ_COLUMNS} {READ_FROM})"
+    )
+});
 
 /// A change event of the batch as stored: its sequence number, when it was first logged,
 /// and whether this transaction stored it (no subscription can have it yet).
@@ -507,17 +577,28 @@ impl Store {
             // The driver hands every result row from SQLite's thread to the runtime on its
             // own (a channel send and a wake-up each), which was half of what a stream replay
             // cost per notification: the rows come back as one JSON array in one row instead.
-            let row = sqlx::query(&format!(
-                "SELECT json_group_array(json_array({NAMES}) ORDER BY event_number) FROM
-                 (SELECT {READ_COLUMNS} {READ_FROM})"
-            ))
-            .bind(tenant)
-            .bind(subscription_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_one(&self.pool)
-            .await?;
-            return from_json_rows(&row.try_get::<String, _>(0)?);
+            let read = |sql: &'static str| {
+                sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(subscription_id)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_one(&self.pool)
+            };
+            let raw = read(RAW_ROWS.as_str()).await?;
+            if let Some(rows) = from_raw_rows(&raw.try_get::<String, _>(0)?) {
+                return Ok(rows);
+            }
+            // Resources are stored as the JSON a parser accepted, so this is a row written
+            // otherwise: read with the resource as a string, it still reaches its reader.
+            tracing::warn!(
+                tenant,
+                subscription = subscription_id,
+                after,
+                "a stored resource is not JSON; reading the rows with it as a string"
+            );
+            let escaped = read(ESCAPED_ROWS.as_str()).await?;
+            return from_json_rows(&escaped.try_get::<String, _>(0)?);
         }
         let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {READ_FROM}"))
             .bind(tenant)

@@ -405,8 +405,14 @@ pub(crate) async fn notifications_read_back_exactly(store: Store) {
     let mut deleted = note("s1", "e-deleted");
     deleted.action = "delete".into();
     deleted.resource = None;
+    // kept as written: whitespace, escapes, brackets inside strings, numbers as written
+    // (a resource is a JSON value as a parser checked it: nothing around it)
+    let mut spaced = note("s1", "e-spaced");
+    spaced.resource = Some(
+        "{\r\n  \"resourceType\" : \"Observation\",\t\"note\": \"],[\\\"x\\u0041\",\n  \"component\": [ [ ] , { } ], \"value\": 1e2 }".into(),
+    );
     let logged = store
-        .append_notifications(&[odd.clone(), deleted.clone()])
+        .append_notifications(&[odd.clone(), deleted.clone(), spaced.clone()])
         .await
         .unwrap();
     let read = store
@@ -416,9 +422,10 @@ pub(crate) async fn notifications_read_back_exactly(store: Store) {
     assert_eq!(read, logged);
     assert_eq!(read[0].note, odd);
     assert_eq!(read[1].note, deleted);
+    assert_eq!(read[2].note, spaced);
     assert!(
         store
-            .notifications_after("default", "s1", 2, 10)
+            .notifications_after("default", "s1", 3, 10)
             .await
             .unwrap()
             .is_empty()

@@ -296,3 +296,42 @@ async fn postgres_log_from_before_fan_out_migrates() {
     let url = hub_store::fresh_postgres_schema(&base, "m").await.unwrap();
     old_log_migrates(&url, "postgres").await;
 }
+
+/// SQLite reads a subscription's rows with each resource embedded as its JSON. A stored
+/// resource that is not JSON (written by something other than the hub) still reads back,
+/// as it is stored, through the escaped read.
+#[tokio::test]
+async fn sqlite_reads_a_stored_resource_that_is_not_json() {
+    let (store, dir) = sqlite().await;
+    store
+        .create_subscription("default", "s1", &contract::write("active"))
+        .await
+        .unwrap();
+    let notes = [
+        contract::note("s1", "e1"),
+        contract::note("s1", "e2"),
+        contract::note("s1", "e3"),
+    ];
+    store.append_notifications(&notes).await.unwrap();
+    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+    for bad in ["not json", "null],[\"x\"", "{\"a\":1} 2", ""] {
+        sqlx::query("UPDATE logged_events SET resource = ? WHERE event_id = 'e2'")
+            .bind(bad)
+            .execute(&raw)
+            .await
+            .unwrap();
+        let read = store
+            .notifications_after("default", "s1", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            read.iter().map(|n| n.event_number).collect::<Vec<_>>(),
+            vec![1, 2, 3],
+            "{bad}"
+        );
+        assert_eq!(read[1].note.resource.as_deref(), Some(bad));
+        assert_eq!(read[0].note, notes[0]);
+        assert_eq!(read[2].note, notes[2]);
+    }
+}
