@@ -559,15 +559,13 @@ fn obs_json() -> Value {
     obs("o1", "final", "Patient/p1")
 }
 
-/// Producers that do not send `previous` (bare resources on Kafka, most CDC feeds): the hub
-/// remembers the last version of the types a subscribed topic compares, so "became final"
-/// still fires exactly once.
-#[tokio::test]
-async fn previous_versions_are_supplied_when_events_lack_them() {
-    let hub = Hub::start(HubEnv::default()).await;
+/// A hub started with `env`, holding the "became final" topic and one active id-only
+/// rest-hook subscription to it, and that subscription's receiver.
+async fn final_topic_subscriber(env: HubEnv) -> (Hub, TestReceiver) {
+    let hub = Hub::start(env).await;
     let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
     assert_eq!(status, 201);
-    let mut rx = TestReceiver::start().await;
+    let rx = TestReceiver::start().await;
     let (c, s) = hub
         .post_json(
             "/fhir/Subscription",
@@ -576,6 +574,26 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
         .await;
     assert_eq!(c, 201, "{s}");
     hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+    (hub, rx)
+}
+
+/// The event number of the next notification `rx` receives.
+async fn next_event_number(rx: &mut TestReceiver) -> String {
+    let r = rx.next(Duration::from_secs(20)).await;
+    let b: Value = serde_json::from_slice(&r.body).unwrap();
+    let st = &b["entry"][0]["resource"];
+    param(st, "notification-event").unwrap()["part"][0]["valueString"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Producers that do not send `previous` (bare resources on Kafka, most CDC feeds): the hub
+/// remembers the last version of the types a subscribed topic compares, so "became final"
+/// still fires exactly once.
+#[tokio::test]
+async fn previous_versions_are_supplied_when_events_lack_them() {
+    let (hub, mut rx) = final_topic_subscriber(HubEnv::default()).await;
 
     let prelim = obs("v1", "preliminary", "Patient/p1");
     let fin = obs("v1", "final", "Patient/p1");
@@ -591,13 +609,7 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    let r = rx.next(Duration::from_secs(20)).await;
-    let b: Value = serde_json::from_slice(&r.body).unwrap();
-    let st = &b["entry"][0]["resource"];
-    assert_eq!(
-        param(st, "notification-event").unwrap()["part"][0]["valueString"],
-        "1"
-    );
+    assert_eq!(next_event_number(&mut rx).await, "1");
     // final → final (previous from the store) does not fire again
     rx.assert_quiet(Duration::from_millis(1500)).await;
 }
@@ -606,18 +618,8 @@ async fn previous_versions_are_supplied_when_events_lack_them() {
 /// the batch before it recorded, so "became final" fires once per transition.
 #[tokio::test]
 async fn previous_versions_hold_across_batches_decided_back_to_back() {
-    let hub = Hub::start(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "1")).await;
-    let (status, _) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
-    assert_eq!(status, 201);
-    let mut rx = TestReceiver::start().await;
-    let (c, s) = hub
-        .post_json(
-            "/fhir/Subscription",
-            &subscription(&rx.url, Some("id-only"), None),
-        )
-        .await;
-    assert_eq!(c, 201, "{s}");
-    hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+    let (hub, mut rx) =
+        final_topic_subscriber(HubEnv::default().var("HUB_MATCHER__BATCH_SIZE", "1")).await;
 
     let prelim = obs("b1", "preliminary", "Patient/p1");
     let fin = obs("b1", "final", "Patient/p1");
@@ -642,13 +644,7 @@ async fn previous_versions_hold_across_batches_decided_back_to_back() {
         .await;
     assert_eq!(c, 202, "{b}");
     for n in ["1", "2"] {
-        let r = rx.next(Duration::from_secs(20)).await;
-        let b: Value = serde_json::from_slice(&r.body).unwrap();
-        let st = &b["entry"][0]["resource"];
-        assert_eq!(
-            param(st, "notification-event").unwrap()["part"][0]["valueString"],
-            n
-        );
+        assert_eq!(next_event_number(&mut rx).await, n);
     }
     // final → final never fires
     rx.assert_quiet(Duration::from_millis(2000)).await;

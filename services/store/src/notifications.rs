@@ -67,16 +67,12 @@ fn notification_id(tenant: &str, subscription_id: &str, log_key: i64, event_id: 
     uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
-/// What a read selects, in this order.
+/// What a read selects, in this order (the resource last).
 const READ_COLUMNS: &str = "e.tenant, s.id, n.event_number, n.notification_id, e.event_id, \
                             e.action, e.focus_type, e.focus_id, e.focus_version, e.occurred_at, \
-                            e.logged_at, e.resource, n.log_key";
+                            e.logged_at, n.log_key, e.resource";
 
-/// [`READ_COLUMNS`] by name, as a subquery yields them.
-const NAMES: &str = "tenant, id, event_number, notification_id, event_id, action, focus_type, \
-                     focus_id, focus_version, occurred_at, logged_at, resource, log_key";
-
-/// [`NAMES`] but the resource, which [`RAW_ROWS`] puts last as it is stored.
+/// [`READ_COLUMNS`] by name but the resource, as a subquery yields them.
 const NAMES_BUT_RESOURCE: &str = "tenant, id, event_number, notification_id, event_id, action, \
                                   focus_type, focus_id, focus_version, occurred_at, logged_at, \
                                   log_key";
@@ -88,8 +84,9 @@ const READ_FROM: &str = "FROM subscriptions s
      WHERE s.tenant = $1 AND s.id = $2 AND n.event_number > $3
      ORDER BY n.event_number LIMIT $4";
 
-/// The columns of one read row, in [`READ_COLUMNS`] order.
-type Columns = (
+/// The columns of one read row, in [`READ_COLUMNS`] order; the resource as `R` (its text,
+/// or its JSON borrowed from a read of many rows).
+type Columns<R> = (
     String,
     String,
     i64,
@@ -101,13 +98,13 @@ type Columns = (
     Option<String>,
     String,
     String,
-    Option<String>,
     i64,
+    Option<R>,
 );
 
-fn from_columns(c: Columns) -> Notification {
+fn from_columns<R>(c: Columns<R>, text: impl Fn(R) -> Arc<str>) -> Notification {
     let notification_id =
-        c.3.unwrap_or_else(|| notification_id(&c.0, &c.1, c.12, &c.4));
+        c.3.unwrap_or_else(|| notification_id(&c.0, &c.1, c.11, &c.4));
     Notification {
         event_number: c.2,
         notification_id,
@@ -121,13 +118,13 @@ fn from_columns(c: Columns) -> Notification {
             focus_id: c.7,
             focus_version: c.8,
             occurred_at: c.9,
-            resource: c.11.map(Arc::from),
+            resource: c.12.map(text),
         },
     }
 }
 
 fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
-    Ok(from_columns((
+    let c: Columns<String> = (
         r.try_get(0)?,
         r.try_get(1)?,
         r.try_get(2)?,
@@ -141,56 +138,27 @@ fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
         r.try_get(10)?,
         r.try_get(11)?,
         r.try_get(12)?,
-    )))
+    );
+    Ok(from_columns(c, Arc::from))
 }
 
-/// Rows read as one JSON array of arrays, each in [`READ_COLUMNS`] order.
+/// Rows read by [`ESCAPED_ROWS`]: each resource a JSON string.
 fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
-    let rows: Vec<Columns> = serde_json::from_str(text)
+    let rows: Vec<Columns<String>> = serde_json::from_str(text)
         .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
-    Ok(rows.into_iter().map(from_columns).collect())
+    Ok(rows
+        .into_iter()
+        .map(|c| from_columns(c, Arc::from))
+        .collect())
 }
-
-/// One row of [`RAW_ROWS`]: [`NAMES_BUT_RESOURCE`], then the resource's own JSON.
-type RawColumns<'a> = (
-    String,
-    String,
-    i64,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    i64,
-    Option<&'a serde_json::value::RawValue>,
-);
 
 /// Rows read by [`RAW_ROWS`]; `None` when the text is not JSON (a stored resource that is
 /// not JSON itself: the caller reads those rows with the resource as a string instead).
 fn from_raw_rows(text: &str) -> Option<Vec<Notification>> {
-    let rows: Vec<RawColumns<'_>> = serde_json::from_str(text).ok()?;
+    let rows: Vec<Columns<&serde_json::value::RawValue>> = serde_json::from_str(text).ok()?;
     Some(
         rows.into_iter()
-            .map(|c| {
-                from_columns((
-                    c.0,
-                    c.1,
-                    c.2,
-                    c.3,
-                    c.4,
-                    c.5,
-                    c.6,
-                    c.7,
-                    c.8,
-                    c.9,
-                    c.10,
-                    c.12.map(|r| r.get().to_owned()),
-                    c.11,
-                ))
-            })
+            .map(|c| from_columns(c, |r| Arc::from(r.get())))
             .collect(),
     )
 }
@@ -211,7 +179,7 @@ static RAW_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// to).
 static ESCAPED_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "SELECT json_group_array(json_array({NAMES}) ORDER BY event_number) FROM
+        "SELECT json_group_array(json_array({NAMES_BUT_RESOURCE}, resource) ORDER BY event_number) FROM
          (SELECT {READ_COLUMNS} {READ_FROM})"
     )
 });
