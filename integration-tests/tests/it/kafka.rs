@@ -193,10 +193,45 @@ fn tls_config(pki: &std::path::Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
-/// A tansu broker of the test's own (its process and data directory); killed on drop.
+/// A tansu broker of the test's own, its data in a directory the test keeps; killed on drop.
 struct OwnBroker {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+}
+
+impl OwnBroker {
+    /// `tansu broker` listening on `port` of 127.0.0.1 and advertising `advertised`, with
+    /// its SQLite storage in `dir` and `extra` arguments; returns once the port takes
+    /// connections.
+    async fn start(
+        tansu: &str,
+        dir: &std::path::Path,
+        port: u16,
+        advertised: &str,
+        extra: &[&str],
+    ) -> Self {
+        let child = std::process::Command::new(tansu)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{advertised}"))
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(extra)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child }
+    }
 }
 
 impl Drop for OwnBroker {
@@ -222,27 +257,7 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
     let plain_port = free_port();
     let (front, handshakes) = tls_front(pki.path(), ([127, 0, 0, 1], plain_port).into()).await;
     let dir = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(&tansu)
-        .args(["broker", "--listener-url"])
-        .arg(format!("tcp://127.0.0.1:{plain_port}"))
-        .arg("--advertised-listener-url")
-        .arg(format!("tcp://{front}"))
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let _broker = OwnBroker { child, _dir: dir };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", plain_port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let _broker = OwnBroker::start(&tansu, dir.path(), plain_port, &front.to_string(), &[]).await;
     let config = tls_config(pki.path(), "");
     let env = HubEnv::default()
         .arg("--config")
@@ -301,5 +316,109 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
         said <= 6,
         "the handshake failure is said {said} times in 3 s: {stderr}"
     );
+    rx.assert_quiet(Duration::from_millis(1000)).await;
+}
+
+/// `dir/<name>.toml`: Kafka with SASL/SCRAM-SHA-512 as `user` with `password`, with `extra`
+/// lines of `[kafka.client]`.
+fn sasl_config(
+    dir: &std::path::Path,
+    name: &str,
+    user: &str,
+    password: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "[kafka.client]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\
+         \"sasl.mechanisms\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{user}\"\n\
+         \"sasl.password\" = \"{password}\"\n{extra}"
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Kafka with SASL/SCRAM, as Confluent Cloud, MSK and Aiven ask: a tansu broker of the
+/// test's own that requires authentication, a user made on it, and the hub with
+/// `security.protocol = "SASL_PLAINTEXT"` and SCRAM-SHA-512 credentials in `[kafka.client]`.
+/// An event sent to the hub's API is published, consumed by the matcher's group, matched
+/// and delivered; a wrong password is refused by the broker and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_sasl_scram_reaches_the_rest_hook() {
+    let Some(tansu) = require_external("FHIR_HUB_TANSU") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // the user is made while the broker takes anyone; then it restarts requiring a login
+    {
+        let _open = OwnBroker::start(&tansu, dir.path(), port, &addr, &[]).await;
+        let made = tokio::process::Command::new(&tansu)
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://{addr}"))
+            .args([
+                "--mechanism",
+                "scram512",
+                "fhir-hub",
+                "correct horse battery",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(made.success(), "tansu user create");
+    }
+    let _broker = OwnBroker::start(&tansu, dir.path(), port, &addr, &["--authentication"]).await;
+
+    let config = sasl_config(dir.path(), "hub", "fhir-hub", "correct horse battery", "");
+    let env = HubEnv::default()
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .arg("--kafka-brokers")
+        .arg(&addr)
+        .var("HUB_KAFKA__PARTITIONS", "1");
+    let hub = Hub::start(env).await;
+    let (_, health) = hub.get("/health").await;
+    assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
+    let mut rx = TestReceiver::start().await;
+    hub.subscribe("Observation?code=http://loinc.org|2345-7", &rx.url, true)
+        .await;
+    let (status, _) = hub.post_json("/events", &glucose("sasl1")).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        rx.next(Duration::from_secs(60)).await.path,
+        "/hook/Observation/sasl1"
+    );
+
+    // the broker refuses a wrong password: publish fails, says why, delivers nothing
+    let wrong = sasl_config(
+        dir.path(),
+        "wrong",
+        "fhir-hub",
+        "incorrect horse",
+        "\"message.timeout.ms\" = \"3000\"\n",
+    );
+    let input = dir.path().join("one.ndjson");
+    std::fs::write(&input, format!("{}\n", glucose("sasl2"))).unwrap();
+    let out = tokio::process::Command::new(crate::harness::binary())
+        .arg("--config")
+        .arg(&wrong)
+        .args(["--kafka-brokers", &addr])
+        .args(["publish", "--quiet", "--input"])
+        .arg(&input)
+        .env("HUB_KAFKA__REQUEST_TIMEOUT_MS", "3000")
+        .env("RUST_BACKTRACE", "0")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("publish gives up within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "publish with a wrong password: {stderr}"
+    );
+    assert!(stderr.contains("Authentication"), "{stderr}");
     rx.assert_quiet(Duration::from_millis(1000)).await;
 }
