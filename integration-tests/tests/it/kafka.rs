@@ -193,6 +193,29 @@ fn tls_config(pki: &std::path::Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// `fhir-hub publish` of one glucose Observation `id` with `config` to `brokers`, which must
+/// fail within 60 s (request and message timeouts of 3 s); returns its stderr.
+async fn refused_publish(config: &std::path::Path, brokers: &str, id: &str) -> String {
+    let input = config.with_extension("ndjson");
+    std::fs::write(&input, format!("{}\n", glucose(id))).unwrap();
+    let out = tokio::process::Command::new(crate::harness::binary())
+        .arg("--config")
+        .arg(config)
+        .args(["--kafka-brokers", brokers])
+        .args(["publish", "--quiet", "--input"])
+        .arg(&input)
+        .env("HUB_KAFKA__REQUEST_TIMEOUT_MS", "3000")
+        .env("RUST_BACKTRACE", "0")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("publish gives up within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "publish was refused: {stderr}");
+    stderr
+}
+
 /// A tansu broker of the test's own, its data in a directory the test keeps; killed on drop.
 struct OwnBroker {
     child: std::process::Child,
@@ -288,26 +311,7 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
     let other = tempfile::tempdir().unwrap();
     crate::mtls::make_pki(other.path());
     let wrong = tls_config(other.path(), "\"message.timeout.ms\" = \"3000\"\n");
-    let input = other.path().join("one.ndjson");
-    std::fs::write(&input, format!("{}\n", glucose("tls2"))).unwrap();
-    let out = tokio::process::Command::new(crate::harness::binary())
-        .arg("--config")
-        .arg(&wrong)
-        .args(["--kafka-brokers", &front.to_string()])
-        .args(["publish", "--quiet", "--input"])
-        .arg(&input)
-        .env("HUB_KAFKA__REQUEST_TIMEOUT_MS", "3000")
-        .env("RUST_BACKTRACE", "0")
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("publish gives up within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "publish to an untrusted broker: {stderr}"
-    );
+    let stderr = refused_publish(&wrong, &front.to_string(), "tls2").await;
     assert!(stderr.contains("certificate verify failed"), "{stderr}");
     // librdkafka retries the handshake every 50–100 ms at first and reports each failure
     // twice (its log line, its error callback): said once each here, not once per retry
@@ -399,26 +403,7 @@ async fn kafka_with_sasl_scram_reaches_the_rest_hook() {
         "incorrect horse",
         "\"message.timeout.ms\" = \"3000\"\n",
     );
-    let input = dir.path().join("one.ndjson");
-    std::fs::write(&input, format!("{}\n", glucose("sasl2"))).unwrap();
-    let out = tokio::process::Command::new(crate::harness::binary())
-        .arg("--config")
-        .arg(&wrong)
-        .args(["--kafka-brokers", &addr])
-        .args(["publish", "--quiet", "--input"])
-        .arg(&input)
-        .env("HUB_KAFKA__REQUEST_TIMEOUT_MS", "3000")
-        .env("RUST_BACKTRACE", "0")
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("publish gives up within 60 s")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "publish with a wrong password: {stderr}"
-    );
+    let stderr = refused_publish(&wrong, &addr, "sasl2").await;
     assert!(stderr.contains("Authentication"), "{stderr}");
     rx.assert_quiet(Duration::from_millis(1000)).await;
 }
