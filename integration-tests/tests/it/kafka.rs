@@ -193,6 +193,35 @@ fn tls_config(pki: &std::path::Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// A hub in Kafka mode with `config`, on `brokers` (one partition), that takes a glucose
+/// Observation `id` through its API and delivers it to a rest-hook subscription: the hub and
+/// that subscription's receiver.
+async fn delivers_one_event(
+    config: &std::path::Path,
+    brokers: &str,
+    id: &str,
+) -> (Hub, TestReceiver) {
+    let env = HubEnv::default()
+        .arg("--config")
+        .arg(&config.display().to_string())
+        .arg("--kafka-brokers")
+        .arg(brokers)
+        .var("HUB_KAFKA__PARTITIONS", "1");
+    let hub = Hub::start(env).await;
+    let (_, health) = hub.get("/health").await;
+    assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
+    let mut rx = TestReceiver::start().await;
+    hub.subscribe("Observation?code=http://loinc.org|2345-7", &rx.url, true)
+        .await;
+    let (status, _) = hub.post_json("/events", &glucose(id)).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        rx.next(Duration::from_secs(60)).await.path,
+        format!("/hook/Observation/{id}")
+    );
+    (hub, rx)
+}
+
 /// `fhir-hub publish` of one glucose Observation `id` with `config` to `brokers`, which must
 /// fail within 60 s (request and message timeouts of 3 s); returns its stderr.
 async fn refused_publish(config: &std::path::Path, brokers: &str, id: &str) -> String {
@@ -282,25 +311,7 @@ async fn kafka_over_tls_reaches_the_rest_hook() {
     let dir = tempfile::tempdir().unwrap();
     let _broker = OwnBroker::start(&tansu, dir.path(), plain_port, &front.to_string(), &[]).await;
     let config = tls_config(pki.path(), "");
-    let env = HubEnv::default()
-        .arg("--config")
-        .arg(&config.display().to_string())
-        .arg("--kafka-brokers")
-        .arg(&front.to_string())
-        .var("HUB_KAFKA__PARTITIONS", "1");
-    let hub = Hub::start(env).await;
-    let (_, health) = hub.get("/health").await;
-    assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
-
-    let mut rx = TestReceiver::start().await;
-    hub.subscribe("Observation?code=http://loinc.org|2345-7", &rx.url, true)
-        .await;
-    let (status, _) = hub.post_json("/events", &glucose("tls1")).await;
-    assert_eq!(status, 202);
-    assert_eq!(
-        rx.next(Duration::from_secs(60)).await.path,
-        "/hook/Observation/tls1"
-    );
+    let (_hub, mut rx) = delivers_one_event(&config, &front.to_string(), "tls1").await;
     assert!(
         handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the hub reached the broker over TLS"
@@ -376,24 +387,7 @@ async fn kafka_with_sasl_scram_reaches_the_rest_hook() {
     let _broker = OwnBroker::start(&tansu, dir.path(), port, &addr, &["--authentication"]).await;
 
     let config = sasl_config(dir.path(), "hub", "fhir-hub", "correct horse battery", "");
-    let env = HubEnv::default()
-        .arg("--config")
-        .arg(&config.display().to_string())
-        .arg("--kafka-brokers")
-        .arg(&addr)
-        .var("HUB_KAFKA__PARTITIONS", "1");
-    let hub = Hub::start(env).await;
-    let (_, health) = hub.get("/health").await;
-    assert_eq!(health["components"]["log"]["backend"], "kafka", "{health}");
-    let mut rx = TestReceiver::start().await;
-    hub.subscribe("Observation?code=http://loinc.org|2345-7", &rx.url, true)
-        .await;
-    let (status, _) = hub.post_json("/events", &glucose("sasl1")).await;
-    assert_eq!(status, 202);
-    assert_eq!(
-        rx.next(Duration::from_secs(60)).await.path,
-        "/hook/Observation/sasl1"
-    );
+    let (_hub, mut rx) = delivers_one_event(&config, &addr, "sasl1").await;
 
     // the broker refuses a wrong password: publish fails, says why, delivers nothing
     let wrong = sasl_config(
