@@ -401,6 +401,26 @@ async fn wait_parked(hub: &Hub, n: u64) {
 
 /// Idle subscriptions park (no worker) and each event wakes only its subscription, which
 /// delivers from where it stopped, in order, losing nothing; then it parks again.
+/// The next `n` notifications `rx` receives (rest-hooks to `…/Observation/{patient}{sep}{i}`),
+/// then nothing more: each patient's `i`s in the order they came.
+async fn received_per_patient(
+    rx: &mut TestReceiver,
+    n: usize,
+    sep: &str,
+) -> std::collections::HashMap<String, Vec<usize>> {
+    let mut got: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    for _ in 0..n {
+        let r = rx.next(WAIT).await;
+        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+        let (patient, i) = id.split_once(sep).expect("an event id");
+        got.entry(patient.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    rx.assert_quiet(Duration::from_millis(500)).await;
+    got
+}
+
 #[tokio::test]
 async fn idle_subscriptions_park_and_their_events_wake_them_in_order() {
     let hub = Hub::start(HubEnv::default()).await;
@@ -435,16 +455,7 @@ async fn idle_subscriptions_park_and_their_events_wake_them_in_order() {
             wait_parked(&hub, patients).await;
         }
     }
-    let mut got: std::collections::HashMap<String, Vec<usize>> = Default::default();
-    for _ in 0..patients * rounds {
-        let r = rx.next(WAIT).await;
-        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
-        let (patient, round) = id.split_once("-r").expect("an event id");
-        got.entry(patient.to_owned())
-            .or_default()
-            .push(round.parse().unwrap());
-    }
-    rx.assert_quiet(Duration::from_millis(500)).await;
+    let got = received_per_patient(&mut rx, (patients * rounds) as usize, "-r").await;
     for p in 0..patients {
         assert_eq!(
             got.get(&format!("park{p}")),
@@ -487,16 +498,7 @@ async fn notifications_keep_their_order_across_small_batches() {
         .post_raw("/events", "application/x-ndjson", ndjson.into_bytes())
         .await;
     assert_eq!(status, 202, "{body}");
-    let mut got: std::collections::HashMap<String, Vec<usize>> = Default::default();
-    for _ in 0..patients * per_patient {
-        let r = rx.next(WAIT).await;
-        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
-        let (patient, i) = id.split_once("-e").expect("an event id");
-        got.entry(patient.to_owned())
-            .or_default()
-            .push(i.parse().unwrap());
-    }
-    rx.assert_quiet(Duration::from_millis(500)).await;
+    let got = received_per_patient(&mut rx, patients * per_patient, "-e").await;
     for p in 0..patients {
         assert_eq!(
             got.get(&format!("ov{p}")),

@@ -19,13 +19,13 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 
 /// How long a message already logged is held back.
-pub const REPEAT_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const REPEAT_WINDOW: Duration = Duration::from_secs(30);
 /// Distinct messages remembered; past this the oldest are forgotten (and logged again).
 const REMEMBERED: usize = 256;
 
 /// What to do with one message now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Say {
+pub(crate) enum Say {
     /// Log it; it came `held` more times since it was last logged.
     Log { held: u64 },
     /// Hold it back.
@@ -39,7 +39,7 @@ struct Seen {
 
 /// Which messages were logged when, by their shape (the text with its numbers taken out).
 #[derive(Default)]
-pub struct Repeats {
+pub(crate) struct Repeats {
     seen: HashMap<String, Seen>,
 }
 
@@ -74,7 +74,7 @@ fn shape(text: &str) -> String {
 
 impl Repeats {
     /// Decide for `text` arriving at `now`.
-    pub fn admit(&mut self, text: &str, now: Instant) -> Say {
+    pub(crate) fn admit(&mut self, text: &str, now: Instant) -> Say {
         let key = shape(text);
         if let Some(seen) = self.seen.get_mut(&key) {
             if now.saturating_duration_since(seen.logged_at) < REPEAT_WINDOW {
@@ -116,7 +116,7 @@ impl Repeats {
 static REPEATS: LazyLock<Mutex<Repeats>> = LazyLock::new(Mutex::default);
 
 /// The context of every Kafka client the hub makes.
-pub struct HubContext;
+pub(crate) struct HubContext;
 
 impl HubContext {
     fn admit(&self, text: &str) -> Say {

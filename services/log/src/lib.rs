@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub mod embedded;
 pub mod kafka;
-pub mod kafka_context;
+mod kafka_context;
 
 /// Errors of the log backends.
 #[derive(Debug, thiserror::Error)]

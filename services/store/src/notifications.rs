@@ -142,25 +142,17 @@ fn from_row(r: &AnyRow) -> Result<Notification, sqlx::Error> {
     Ok(from_columns(c, Arc::from))
 }
 
-/// Rows read by [`ESCAPED_ROWS`]: each resource a JSON string.
-fn from_json_rows(text: &str) -> Result<Vec<Notification>, StoreError> {
-    let rows: Vec<Columns<String>> = serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")))?;
+/// Rows read as one JSON array of arrays in [`READ_COLUMNS`] order, each resource read as
+/// `R` ([`RAW_ROWS`]: its JSON; [`ESCAPED_ROWS`]: a JSON string).
+fn from_json_rows<'a, R: serde::Deserialize<'a>>(
+    text: &'a str,
+    resource: impl Fn(R) -> Arc<str>,
+) -> serde_json::Result<Vec<Notification>> {
+    let rows: Vec<Columns<R>> = serde_json::from_str(text)?;
     Ok(rows
         .into_iter()
-        .map(|c| from_columns(c, Arc::from))
+        .map(|c| from_columns(c, &resource))
         .collect())
-}
-
-/// Rows read by [`RAW_ROWS`]; `None` when the text is not JSON (a stored resource that is
-/// not JSON itself: the caller reads those rows with the resource as a string instead).
-fn from_raw_rows(text: &str) -> Option<Vec<Notification>> {
-    let rows: Vec<Columns<&serde_json::value::RawValue>> = serde_json::from_str(text).ok()?;
-    Some(
-        rows.into_iter()
-            .map(|c| from_columns(c, |r| Arc::from(r.get())))
-            .collect(),
-    )
 }
 
 /// SQLite: a subscription's rows as one JSON array of arrays in one result row, each
@@ -554,7 +546,8 @@ impl Store {
                     .fetch_one(&self.pool)
             };
             let raw = read(RAW_ROWS.as_str()).await?;
-            if let Some(rows) = from_raw_rows(&raw.try_get::<String, _>(0)?) {
+            let embedded = |r: &serde_json::value::RawValue| Arc::from(r.get());
+            if let Ok(rows) = from_json_rows(&raw.try_get::<String, _>(0)?, embedded) {
                 return Ok(rows);
             }
             // Resources are stored as the JSON a parser accepted, so this is a row written
@@ -566,7 +559,8 @@ impl Store {
                 "a stored resource is not JSON; reading the rows with it as a string"
             );
             let escaped = read(ESCAPED_ROWS.as_str()).await?;
-            return from_json_rows(&escaped.try_get::<String, _>(0)?);
+            return from_json_rows(&escaped.try_get::<String, _>(0)?, |r: String| Arc::from(r))
+                .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")));
         }
         let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {READ_FROM}"))
             .bind(tenant)
