@@ -17,6 +17,7 @@ mod kafka;
 mod medplum;
 mod mtls;
 mod multi_process;
+mod operator;
 mod poison;
 mod receiver;
 mod security;

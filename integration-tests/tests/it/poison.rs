@@ -210,10 +210,12 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
     assert!(hub.terminate().success());
 }
 
-/// `/ready` reports the matchers' lag on the change topic, and fails beyond
-/// `server.ready_max_lag`: here an api process whose matchers are not running.
+/// `/ready` reports the matchers' lag on the change topic as `warn` beyond
+/// `server.ready_max_lag`, and still answers 200: here an api process whose matchers are not
+/// running. Lag is the cluster's; failing readiness on it would take every API process out of
+/// its load balancer at once during one large publish, though each still serves.
 #[tokio::test]
-async fn ready_fails_when_the_matchers_fall_behind() {
+async fn ready_reports_lag_but_says_whether_this_process_serves() {
     let hub = Hub::start(
         HubEnv::default()
             .arg("--roles")
@@ -234,11 +236,12 @@ async fn ready_fails_when_the_matchers_fall_behind() {
         assert_eq!(c, 202, "{b}");
     }
     let (status, ready) = hub.get("/ready").await;
-    assert_eq!(status, 503, "{ready}");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["status"], "pass", "{ready}");
     let lag = &ready["components"]["consumerLag"];
     assert_eq!(
         (lag["status"].as_str(), lag["records"].as_u64()),
-        (Some("fail"), Some(8)),
+        (Some("warn"), Some(8)),
         "{ready}"
     );
     assert!(

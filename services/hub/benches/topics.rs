@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut matched = 0usize;
     for e in &events {
         let mut out = Vec::new();
-        index.matches(e, now, &mut out, &mut Vec::new());
+        index.matches(e, now, now, &mut out, &mut Vec::new());
         matched += out.len();
     }
     let secs = t.elapsed().as_secs_f64();
@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut check = 0usize;
     for e in sample {
         let mut out = Vec::new();
-        index.matches(e, now, &mut out, &mut Vec::new());
+        index.matches(e, now, now, &mut out, &mut Vec::new());
         check += out.len();
     }
     println!(

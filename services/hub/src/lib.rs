@@ -18,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod channels;
 pub mod config;
+pub mod data_lock;
 pub mod delivery;
 pub mod fhirpath_cmd;
 pub mod match_cmd;
@@ -103,6 +104,10 @@ impl Hub {
         let store = Store::connect(&config.database_url())
             .await
             .context("opening the store")?;
+        let sealer = config.sealer()?;
+        auth::key_check::check(&store, &sealer)
+            .await
+            .context("checking the keys that seal secrets at rest")?;
         let log = open_log(&config).await?;
         model::move_legacy_secrets(&store)
             .await
@@ -110,10 +115,7 @@ impl Hub {
         let cross_process = store.backend() == hub_store::Backend::Postgres;
         Ok(Hub {
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
-            subscriptions: Arc::new(model::Catalog::new(
-                config.sealer()?,
-                config.has_role(Role::Matcher),
-            )),
+            subscriptions: Arc::new(model::Catalog::new(sealer, config.has_role(Role::Matcher))),
             streams: CancellationToken::new(),
             base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),
@@ -137,6 +139,8 @@ pub async fn run(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // held until `run` returns: no second process serves the same embedded files
+    let _locks = data_lock::lock(&config)?;
     let mut hub = Hub::connect(config).await?;
     let listener = match listener {
         Some(l) => Some(l),

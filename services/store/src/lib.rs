@@ -22,6 +22,7 @@ mod leases;
 mod listen;
 mod notifications;
 mod quarantine;
+mod sealing;
 mod subscriptions;
 mod topics;
 mod versions;

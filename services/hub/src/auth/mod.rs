@@ -25,6 +25,7 @@ use crate::api::ApiError;
 use crate::config::AuthMode;
 
 pub mod jwt;
+pub mod key_check;
 pub mod keys;
 pub mod scopes;
 pub mod sealed;

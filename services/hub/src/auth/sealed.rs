@@ -28,6 +28,13 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub struct Sealer {
     keys: HashMap<String, Aes256Gcm>,
     active: Option<String>,
+    /// Each key's fingerprint (an HMAC of a fixed text under the key): what the store records
+    /// so that a hub started with another key than the one its secrets were sealed with is
+    /// refused at start (see `crate::sealing_check`), not found out at the first delivery.
+    fingerprints: HashMap<String, String>,
+    /// The local key file when this start made it (there was none): a restore of the store
+    /// without its `secrets.key` looks exactly like this.
+    created_local: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -62,6 +69,7 @@ impl Sealer {
                 anyhow::bail!("secrets.keys: key id '{id}' must be non-empty and without ':'");
             }
             out.keys.insert(id.clone(), cipher(id, b64)?);
+            out.fingerprints.insert(id.clone(), fingerprint(b64));
         }
         if !active.is_empty() {
             if !out.keys.contains_key(active) {
@@ -75,6 +83,7 @@ impl Sealer {
     /// The key kept in `dir/secrets.key` (made on first use), as key id `local`.
     pub fn local(dir: &Path) -> anyhow::Result<Sealer> {
         let path = dir.join("secrets.key");
+        let mut created = false;
         let b64 = match std::fs::read_to_string(&path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -84,12 +93,27 @@ impl Sealer {
                 std::fs::create_dir_all(dir)?;
                 write_private(&path, &b64)?;
                 tracing::info!(path = %path.display(), "created the key that seals secrets at rest");
+                created = true;
                 b64
             }
             Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         };
         let keys = HashMap::from([("local".to_owned(), b64)]);
-        Sealer::new(&keys, "local")
+        let mut sealer = Sealer::new(&keys, "local")?;
+        sealer.created_local = created.then_some(path);
+        Ok(sealer)
+    }
+
+    /// Each configured key's id and fingerprint.
+    pub fn fingerprints(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fingerprints
+            .iter()
+            .map(|(id, fp)| (id.as_str(), fp.as_str()))
+    }
+
+    /// The local key file this start created, if it did.
+    pub fn created_local(&self) -> Option<&Path> {
+        self.created_local.as_deref()
     }
 
     pub fn is_active(&self) -> bool {
@@ -149,6 +173,22 @@ impl Sealer {
                 format!("a secret sealed with key '{id}' does not open (wrong key or altered)")
             })?;
         String::from_utf8(plain).map_err(|_| "a sealed value is not text".to_owned())
+    }
+}
+
+/// A key's fingerprint: HMAC-SHA256 of a fixed text under the key's bytes, base64. It names
+/// the key without revealing it (the key is 256 random bits).
+fn fingerprint(b64: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let bytes = B64.decode(b64.trim()).unwrap_or_default();
+    match <Hmac<sha2::Sha256> as Mac>::new_from_slice(&bytes) {
+        Ok(mut mac) => {
+            mac.update(b"fhir-hub sealing key fingerprint v1");
+            B64.encode(mac.finalize().into_bytes())
+        }
+        // HMAC takes a key of any length; unreachable, and a key that failed `cipher` above
+        // never gets here
+        Err(_) => String::new(),
     }
 }
 
@@ -214,7 +254,13 @@ mod tests {
         assert_eq!(none.seal("x"), "x");
         let dir = tempfile::tempdir().unwrap();
         let a = Sealer::local(dir.path()).unwrap();
+        assert!(a.created_local().is_some(), "the first start makes the key");
         let b = Sealer::local(dir.path()).unwrap();
+        assert!(b.created_local().is_none(), "later starts read it");
+        assert_eq!(
+            a.fingerprints().collect::<Vec<_>>(),
+            b.fingerprints().collect::<Vec<_>>()
+        );
         assert_eq!(
             b.open(&a.seal("kept")).unwrap(),
             "kept",

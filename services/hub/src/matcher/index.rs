@@ -219,9 +219,15 @@ impl SubscriptionIndex {
     /// R4 criteria match the resource's text through the index's projection (only the
     /// elements some criteria read are parsed); the whole tree is built only when a topic
     /// trigger or an owner's compartment has to read it, and only once.
+    ///
+    /// `Subscription.end` and the owners' grants are judged at the instant the change
+    /// happened (its `occurredAt`, never later than `now`): a matcher catching up after an
+    /// outage, or a replay, still notifies what happened while a subscription or a key was
+    /// live, and nothing that happened after.
     pub fn matches(&self, event: &RawEvent<'_>, now: OffsetDateTime) -> Matched<'_> {
         let mut m = Matched::default();
         let head = &event.head;
+        let at = hub_fhir::time_fmt::parse_instant(&head.occurred_at).map_or(now, |t| t.min(now));
         let Some(t) = self.tenants.get(&head.tenant) else {
             return m;
         };
@@ -242,7 +248,7 @@ impl SubscriptionIndex {
                 Ok(found) => m.ids.extend(
                     found
                         .into_iter()
-                        .filter(|t| t.end.is_none_or(|end| now < end))
+                        .filter(|t| t.end.is_none_or(|end| at < end))
                         .map(|t| t.key.id()),
                 ),
                 Err(e) => m.failures.push(format!("reading the resource: {e}")),
@@ -270,15 +276,87 @@ impl SubscriptionIndex {
         } else {
             head
         };
-        t.topics.matches(event, now, &mut m.ids, &mut m.failures);
-        // a subscription receives only what its owner may read now
+        t.topics
+            .matches(event, now, at, &mut m.ids, &mut m.failures);
+        // a subscription receives only what its owner could read when the change happened
         if !t.grants.is_empty() {
             m.ids.retain(|id| {
                 t.grants
                     .get(&Pair(&head.tenant, id))
-                    .is_none_or(|g| g.may_receive(event, now))
+                    .is_none_or(|g| g.may_receive(event, at))
             });
         }
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    /// An active R4 criteria subscription on glucose results that ends at `end`.
+    fn ending_subscription(end: &str) -> Subscription {
+        let resource = json!({
+            "resourceType": "Subscription", "status": "active", "reason": "test",
+            "criteria": "Observation?code=http://loinc.org|2345-7", "end": end,
+            "channel": {"type": "rest-hook", "endpoint": "http://example.test/hook"}
+        });
+        let spec = match hub_fhir::subscription::validate(&resource) {
+            Ok(spec) => spec,
+            Err(e) => panic!("test subscription refused: {e:?}"),
+        };
+        let mut sub = crate::model::tests::topic_subscription();
+        sub.spec = Arc::new(spec);
+        sub
+    }
+
+    fn glucose_at(occurred_at: &str) -> RawEvent<'static> {
+        let event = json!({
+            "id": format!("e-{occurred_at}"), "tenant": "default", "action": "update",
+            "resourceType": "Observation", "resourceId": "o1", "occurredAt": occurred_at,
+            "resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]}}
+        });
+        let Ok(e) = ChangeEvent::from_envelope_value(event) else {
+            panic!("test event refused")
+        };
+        let Ok(raw) = RawEvent::from_event(e) else {
+            panic!("test event unreadable")
+        };
+        raw
+    }
+
+    /// A matcher that catches up after an outage still notifies a change that happened before
+    /// `Subscription.end`, and nothing that happened after it (before, both were judged on
+    /// the matcher's clock and the first was dropped).
+    #[test]
+    fn the_end_is_judged_when_the_change_happened() {
+        let sub = ending_subscription("2030-01-01T00:00:00Z");
+        let mut index = SubscriptionIndex::default();
+        index.apply(vec![Update::Rebuilt(
+            "default".into(),
+            Box::new(TenantIndex::build(&[sub], &[], 1, Vec::new())),
+        )]);
+        let late = datetime!(2030-06-01 00:00 UTC);
+        let matched = |occurred_at: &str| {
+            let e = glucose_at(occurred_at);
+            let m = index.matches(&e, late);
+            m.ids.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            matched("2029-12-31T23:59:59Z"),
+            ["s"],
+            "happened while live"
+        );
+        assert!(
+            matched("2030-02-01T00:00:00Z").is_empty(),
+            "happened after the end"
+        );
+        // a change dated in the future is judged no later than now
+        let now = datetime!(2029-06-01 00:00 UTC);
+        let e = glucose_at("2031-01-01T00:00:00Z");
+        assert_eq!(index.matches(&e, now).ids.len(), 1);
     }
 }

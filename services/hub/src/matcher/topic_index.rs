@@ -251,10 +251,12 @@ impl TopicIndex {
 
     /// Ids of the topic-based subscriptions an event notifies; a trigger that could not be
     /// evaluated (over its budget) is reported in `failures` with the topic's url.
+    /// `Subscription.end` is judged at `at`, the instant the change happened.
     pub fn matches<'s>(
         &'s self,
         event: &ChangeEvent,
         now: OffsetDateTime,
+        at: OffsetDateTime,
         out: &mut Vec<&'s str>,
         failures: &mut Vec<String>,
     ) {
@@ -292,7 +294,7 @@ impl TopicIndex {
                 .unwrap_or_default();
             for &i in unfiltered.iter().chain(filtered) {
                 if let Some(Some(s)) = e.subs.get(i)
-                    && s.end.is_none_or(|end| now < end)
+                    && s.end.is_none_or(|end| at < end)
                 {
                     out.push(s.key.id());
                 }

@@ -1430,3 +1430,51 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
 fn pairs(wanted: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
     wanted.iter().map(|(t, i)| (t.as_str(), i.as_str()))
 }
+
+/// The sealing keys' fingerprints are recorded once per key id, and sealed values are counted
+/// by key id (a key id holding LIKE's wildcards matches only itself).
+pub(crate) async fn sealing_keys_are_recorded_and_sealed_values_counted(store: Store) {
+    assert!(store.sealing_keys().await.unwrap().is_empty());
+    store.record_sealing_key("k1", "fp-1").await.unwrap();
+    store.record_sealing_key("k1", "fp-other").await.unwrap();
+    store.record_sealing_key("k_2", "fp-2").await.unwrap();
+    let keys = store.sealing_keys().await.unwrap();
+    assert_eq!(
+        keys.get("k1").map(String::as_str),
+        Some("fp-1"),
+        "the first is kept"
+    );
+    assert_eq!(keys.len(), 2);
+
+    assert_eq!(store.count_sealed(None).await.unwrap(), 0);
+    let mut sealed = write("active");
+    sealed.secret = Some("enc:v1:k1:AAAA".into());
+    store
+        .create_subscription("default", "a", &sealed)
+        .await
+        .unwrap();
+    let mut in_header = write("active");
+    in_header.resource =
+        r#"{"resourceType":"Subscription","channel":{"header":["X-Key: enc:v1:kx2:BBBB"]}}"#.into();
+    store
+        .create_subscription("default", "b", &in_header)
+        .await
+        .unwrap();
+    store
+        .create_subscription("default", "c", &write("active"))
+        .await
+        .unwrap();
+    assert_eq!(store.count_sealed(None).await.unwrap(), 2);
+    assert_eq!(store.count_sealed(Some("k1")).await.unwrap(), 1);
+    assert_eq!(store.count_sealed(Some("kx2")).await.unwrap(), 1);
+    assert_eq!(
+        store.count_sealed(Some("k_2")).await.unwrap(),
+        0,
+        "_ is not a wildcard"
+    );
+    assert_eq!(
+        store.count_sealed(Some("k%")).await.unwrap(),
+        0,
+        "% is not a wildcard"
+    );
+}

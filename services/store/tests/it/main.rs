@@ -76,6 +76,7 @@ contract_suite!(
     last_versions_are_kept_per_resource,
     ws_tokens_bind_until_they_expire,
     secrets_live_in_their_own_columns,
+    sealing_keys_are_recorded_and_sealed_values_counted,
     quarantine_keeps_one_row_per_position,
     generations_move_per_tenant_and_only_on_client_writes,
     matching_changes_name_what_each_write_touched,
