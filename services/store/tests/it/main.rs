@@ -19,6 +19,12 @@ async fn sqlite() -> (Store, tempfile::TempDir) {
 
 /// A fresh schema on the test PostgreSQL server, or `None` to skip.
 async fn postgres() -> Option<Store> {
+    let url = postgres_url().await?;
+    Some(Store::connect(&url).await.unwrap())
+}
+
+/// The URL of a fresh schema on the test PostgreSQL server, or `None` to skip.
+async fn postgres_url() -> Option<String> {
     let base = match std::env::var("FHIR_HUB_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => {
@@ -30,8 +36,7 @@ async fn postgres() -> Option<Store> {
             return None;
         }
     };
-    let url = hub_store::fresh_postgres_schema(&base, "t").await.unwrap();
-    Some(Store::connect(&url).await.unwrap())
+    Some(hub_store::fresh_postgres_schema(&base, "t").await.unwrap())
 }
 
 macro_rules! contract_suite {
@@ -84,6 +89,9 @@ contract_suite!(
     housekeeping_purges_what_nothing_needs,
     one_event_reaching_many_subscriptions_reads_back_for_each,
     a_heartbeat_says_whether_leases_are_still_held,
+    an_old_incarnation_moves_nothing_of_the_new_one,
+    reactivating_skips_the_backlog_in_the_same_write,
+    a_pending_retry_is_kept_with_the_delivery_state,
 );
 
 #[tokio::test]
@@ -151,7 +159,7 @@ async fn an_event_is_stored_once_however_many_subscriptions_it_reaches() {
     // Purging everything delivered takes the rows and then the event nobody refers to.
     for i in 0..300 {
         store
-            .record_delivered("default", &format!("s{i}"), 1)
+            .record_delivered(contract::key(&store, "default", &format!("s{i}")).await, 1)
             .await
             .unwrap();
     }
@@ -234,11 +242,11 @@ async fn old_log_migrates(url: &str, dir: &str) {
 
     let store = Store::connect(url).await.unwrap();
     let s1 = store
-        .notifications_after("default", "s1", 0, 10)
+        .notifications_after(contract::key(&store, "default", "s1").await, 0, 10)
         .await
         .unwrap();
     let s2 = store
-        .notifications_after("default", "s2", 0, 10)
+        .notifications_after(contract::key(&store, "default", "s2").await, 0, 10)
         .await
         .unwrap();
     let got: Vec<(&str, i64, &str, &str, Option<&str>)> = s1
@@ -322,7 +330,7 @@ async fn sqlite_reads_a_stored_resource_that_is_not_json() {
             .await
             .unwrap();
         let read = store
-            .notifications_after("default", "s1", 0, 10)
+            .notifications_after(contract::key(&store, "default", "s1").await, 0, 10)
             .await
             .unwrap();
         assert_eq!(
@@ -334,4 +342,54 @@ async fn sqlite_reads_a_stored_resource_that_is_not_json() {
         assert_eq!(read[0].note, notes[0]);
         assert_eq!(read[2].note, notes[2]);
     }
+}
+
+/// A heartbeat is judged on the database's clock when its statement applies, not when its
+/// process read the clock: here a's renewal waits on a concurrent write to its row past its
+/// expiry, meanwhile b sees a gone and takes its lease over; when a's renewal applies, a is
+/// told its heartbeat lapsed (and stops), rather than both believing they hold the lease.
+/// PostgreSQL only: SQLite has one writer at a time, so the interleaving cannot arise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_applied_after_its_expiry_is_not_kept() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let a = Store::connect(&url).await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    a.create_subscription("default", "s1", &contract::write("active"))
+        .await
+        .unwrap();
+    let s1 = contract::key(&a, "default", "s1").await;
+    let ttl = 2_000;
+    a.heartbeat("a", ttl).await.unwrap();
+    let claim = [("default", "s1", s1)];
+    assert!(a.claim_leases("a", claim, ttl).await.unwrap().contains(&s1));
+    // a concurrent write holds a's heartbeat row
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    sqlx::query("UPDATE delivery_owners SET expires_at = expires_at WHERE owner = 'a'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let renewal = tokio::spawn({
+        let a = a.clone();
+        async move { a.heartbeat("a", ttl).await.unwrap() }
+    });
+    // a's heartbeat lapses meanwhile: b takes the lease over
+    tokio::time::sleep(std::time::Duration::from_millis(2 * ttl as u64)).await;
+    assert!(
+        b.claim_leases("b", claim, 60_000)
+            .await
+            .unwrap()
+            .contains(&s1)
+    );
+    tx.commit().await.unwrap();
+    let renewed = renewal.await.unwrap();
+    assert!(
+        !renewed.kept,
+        "a's renewal applied after its expiry and after b took over: a must stop"
+    );
+    // and a's progress is refused: b holds the lease
+    assert!(!a.record_delivered_by(s1, 1, Some("a")).await.unwrap());
+    assert!(b.record_delivered_by(s1, 1, Some("b")).await.unwrap());
 }
