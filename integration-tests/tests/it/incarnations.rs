@@ -152,6 +152,15 @@ async fn a_retry_schedule_survives_restarts() {
     hub.wait_status(&id, "active").await;
     rx.respond_with(503);
     hub.post_json("/events", &glucose("failing")).await;
+    // the pending retry is shown
+    let deadline = std::time::Instant::now() + WAIT;
+    while delivery_part(&hub, &id, "next-attempt").await.is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no next-attempt in $status"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (_, sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;

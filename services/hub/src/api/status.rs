@@ -41,6 +41,13 @@ async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiEr
     if let Some(e) = &d.last_error {
         delivery.push(json!({"name": "last-error", "valueString": e}));
     }
+    // when the failing notification is tried again (the schedule survives restarts)
+    if let Some(ms) = d.next_attempt_in_ms {
+        let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
+        if let Ok(t) = at.format(&time::format_description::well_known::Rfc3339) {
+            delivery.push(json!({"name": "next-attempt", "valueInstant": t}));
+        }
+    }
     let message = query_status(hub, sub);
     let mut p = notification::status_parameters(&message.status_info(), &[], sub.content());
     if let Some(params) = p["parameter"].as_array_mut() {

@@ -29,6 +29,13 @@ pub(super) struct StartFailure {
 }
 
 impl StartFailure {
+    fn new(sub: Subscription, why: String) -> StartFailure {
+        StartFailure {
+            sub: Box::new(sub),
+            why,
+        }
+    }
+
     /// Log it and show it: the subscription turns `error` with the reason (fenced by its
     /// version, so a client write since wins), visible in `$status` and on the resource.
     pub(super) async fn report(self, hub: &Hub, attempt: u32, retry_in: Duration) {
@@ -78,20 +85,20 @@ pub(super) async fn start_worker(
 ) -> Result<worker::Worker, StartFailure> {
     if sub.secret.is_none() {
         let why = "the stored subscription has no signing secret".to_owned();
-        return Err(StartFailure { sub: Box::new(sub), why });
+        return Err(StartFailure::new(sub, why));
     }
     let checked = match hub.egress.check(&sub.spec.channel.endpoint).await {
         Ok(c) => c,
         Err(why) => {
             let why = format!("endpoint refused: {why}");
-            return Err(StartFailure { sub: Box::new(sub), why });
+            return Err(StartFailure::new(sub, why));
         }
     };
     let client = match clients.get(hub, &sub, &checked) {
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot build an HTTP client: {e}");
-            return Err(StartFailure { sub: Box::new(sub), why });
+            return Err(StartFailure::new(sub, why));
         }
     };
     let pinned = checked.pinned.as_ref().map(|(_, a)| *a);
@@ -112,7 +119,7 @@ pub(super) fn new_worker(
 ) -> Result<worker::Worker, StartFailure> {
     let Some(secret) = sub.secret.clone() else {
         let why = "the stored subscription has no signing secret".to_owned();
-        return Err(StartFailure { sub: Box::new(sub), why });
+        return Err(StartFailure::new(sub, why));
     };
     Ok(worker::Worker {
         hub: hub.clone(),
