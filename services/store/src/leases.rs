@@ -143,17 +143,6 @@ impl Store {
         Ok(held)
     }
 
-    /// Give up one lease of `owner` (its worker's progress was refused): it is claimed again,
-    /// by whichever process, at a later pass.
-    pub async fn release_lease(&self, owner: &str, key: LogKey) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM delivery_leases WHERE log_key = $1 AND owner = $2")
-            .bind(key.get())
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Give up every lease of `owner` (clean shutdown), so others take over at once.
     pub async fn release_leases(&self, owner: &str) -> Result<(), StoreError> {
         for sql in [

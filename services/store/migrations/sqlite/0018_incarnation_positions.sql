@@ -27,6 +27,11 @@ SELECT s.log_key, d.tenant, d.subscription_id, d.delivered_through, d.attempts,
     d.last_attempt_at, d.last_success_at, d.last_error
 FROM delivery_state d JOIN subscriptions s ON s.tenant = d.tenant AND s.id = d.subscription_id
 WHERE s.log_key IS NOT NULL;
+-- every incarnation has its row (progress only updates it): one for any that had none
+INSERT INTO delivery_state_by_key (log_key, tenant, subscription_id)
+SELECT s.log_key, s.tenant, s.id FROM subscriptions s
+WHERE s.log_key IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM delivery_state_by_key k WHERE k.log_key = s.log_key);
 DROP TABLE delivery_state;
 ALTER TABLE delivery_state_by_key RENAME TO delivery_state;
 

@@ -393,3 +393,70 @@ async fn a_heartbeat_applied_after_its_expiry_is_not_kept() {
     assert!(!a.record_delivered_by(s1, 1, Some("a")).await.unwrap());
     assert!(b.record_delivered_by(s1, 1, Some("b")).await.unwrap());
 }
+
+/// Migration 0018 keys positions by incarnation: a database written before it keeps every
+/// cursor, lease and offset of its subscriptions, drops those of deleted ones, and gives a
+/// subscription that had no delivery row one (progress only updates it).
+#[tokio::test]
+async fn positions_survive_the_move_to_log_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("hub.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut before = sqlx::migrate::Migrator::new(path).await.unwrap();
+    let older: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 18)
+        .cloned()
+        .collect();
+    before.migrations = older.into();
+    before.run(&pool).await.unwrap();
+    for sql in [
+        "INSERT INTO subscriptions (tenant, id, version_id, last_updated, status, criteria,
+             channel_type, endpoint, resource, events_since_start, log_key)
+         VALUES ('default', 's1', 1, '2024-01-01T00:00:00Z', 'active', 'Observation?code=1',
+             'rest-hook', 'http://example.test/hook', '{}', 5, 7),
+                ('default', 's2', 1, '2024-01-01T00:00:00Z', 'active', 'Observation?code=1',
+             'rest-hook', 'http://example.test/hook', '{}', 0, 8)",
+        "INSERT INTO delivery_state (tenant, subscription_id, delivered_through, attempts)
+         VALUES ('default', 's1', 4, 2), ('default', 'gone', 9, 0)",
+        "INSERT INTO delivery_leases (tenant, subscription_id, owner, expires_at)
+         VALUES ('default', 's1', 'p', 0), ('default', 'gone', 'p', 0)",
+        "INSERT INTO consumer_offsets (tenant, consumer, subscription_id, event_number, committed_at)
+         VALUES ('default', 'c', 's1', 3, '2024-01-01T00:00:00Z'),
+                ('default', 'c', 'gone', 9, '2024-01-01T00:00:00Z')",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let store = Store::connect(&url).await.unwrap();
+    let s1 = contract::key(&store, "default", "s1").await;
+    let s2 = contract::key(&store, "default", "s2").await;
+    let d = store.delivery_state(s1).await.unwrap();
+    assert_eq!((d.delivered_through, d.attempts), (4, 2));
+    assert_eq!(store.committed_offset("default", "c", s1).await.unwrap(), 3);
+    assert!(
+        store.record_delivered(s2, 0).await.unwrap(),
+        "s2 got its row"
+    );
+    // s1's lease is still p's: another process cannot take it while p is alive
+    store.heartbeat("p", 60_000).await.unwrap();
+    let claim = [("default", "s1", s1)];
+    assert!(
+        store
+            .claim_leases("q", claim, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let p = store
+        .purge_stale("2999-01-01T00:00:00Z", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.leases, p.consumer_offsets),
+        (0, 0),
+        "the gone ones were dropped"
+    );
+}
