@@ -175,3 +175,35 @@ async fn a_retry_schedule_survives_restarts() {
     let (_, sub) = hub.get(&format!("/fhir/Subscription/{id}")).await;
     panic!("never turned off across restarts: {sub}");
 }
+
+/// A worker whose progress is refused (another live process holds its lease now) stops,
+/// and its process drops the lease and starts no worker until it holds it again (before the
+/// fix: the loop restarted it at once, and it sent the same notification again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_progress_is_refused_is_not_restarted() {
+    let Some(pg) = crate::harness::require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let db = hub_store::fresh_postgres_schema(&pg, "refused")
+        .await
+        .unwrap();
+    let hub = Hub::start(HubEnv::default().arg("--database-url").arg(&db)).await;
+    let mut rx = TestReceiver::start().await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    // another delivery process, alive, holds the lease now
+    let raw = sqlx::PgPool::connect(&db).await.unwrap();
+    for sql in [
+        "INSERT INTO delivery_owners (owner, expires_at) VALUES ('intruder', 99999999999999)",
+        "UPDATE delivery_leases SET owner = 'intruder'",
+    ] {
+        sqlx::query(sql).execute(&raw).await.unwrap();
+    }
+    hub.post_json("/events", &glucose("refused1")).await;
+    let first = rx.next(WAIT).await;
+    assert_eq!(first.path, "/hook/Observation/refused1");
+    // its progress is refused: it stops, and is not started again beside the holder
+    rx.assert_quiet(Duration::from_secs(3)).await;
+}
