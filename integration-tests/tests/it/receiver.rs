@@ -23,6 +23,8 @@ struct Shared {
     tx: mpsc::UnboundedSender<Received>,
     status: Arc<AtomicU16>,
     hang: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds each request is held before it is answered (a slow receiver).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
     control: Arc<std::sync::Mutex<Vec<Bytes>>>,
@@ -34,6 +36,8 @@ pub(crate) struct TestReceiver {
     rx: mpsc::UnboundedReceiver<Received>,
     status: Arc<AtomicU16>,
     hang: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds each request is held before it is answered (a slow receiver).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     heartbeats: Arc<std::sync::atomic::AtomicUsize>,
     control: Arc<std::sync::Mutex<Vec<Bytes>>>,
@@ -51,6 +55,10 @@ async fn record(
     s.peers.lock().unwrap().insert(peer);
     if s.hang.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
     let id = headers
@@ -86,6 +94,7 @@ impl TestReceiver {
         let (tx, rx) = mpsc::unbounded_channel();
         let status = Arc::new(AtomicU16::new(200));
         let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let heartbeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let control = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -94,6 +103,7 @@ impl TestReceiver {
             tx,
             status: Arc::clone(&status),
             hang: Arc::clone(&hang),
+            delay_ms: Arc::clone(&delay_ms),
             handshakes: Arc::clone(&handshakes),
             heartbeats: Arc::clone(&heartbeats),
             control: Arc::clone(&control),
@@ -113,6 +123,7 @@ impl TestReceiver {
             rx,
             status,
             hang,
+            delay_ms,
             handshakes,
             heartbeats,
             control,
@@ -128,6 +139,12 @@ impl TestReceiver {
     /// Bodies of the accepted handshakes and heartbeats, in arrival order.
     pub(crate) fn control_bodies(&self) -> Vec<Bytes> {
         self.control.lock().unwrap().clone()
+    }
+
+    /// Hold each request for `d` before answering it (a slow receiver).
+    pub(crate) fn delay(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Never answer (the connection stays open).

@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_updated: "2024-01-01T00:00:00Z".into(),
             events_since_start: 0,
             error: None,
+            log_key: hub_store::LogKey::for_tests(i as i64 + 1),
             write: SubscriptionWrite {
                 status: "active".into(),
                 criteria: URL.into(),

@@ -125,7 +125,9 @@ async fn main() {
     while *hub.wakeups.polling().borrow() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut stream = SubscriptionStream::open(&hub, "default", "lat", 0);
+    let lat_sub = hub.subscriptions.get(&hub.store, "default", "lat").await;
+    let lat_sub = lat_sub.unwrap().unwrap();
+    let mut stream = SubscriptionStream::open(&hub, &lat_sub, 0);
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
         .env("WAKEUPS_BENCH_WRITER", &url)
@@ -169,7 +171,9 @@ async fn main() {
         for i in 0..IDLE_SUBSCRIPTIONS {
             let (hub, stop) = (hub.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut s = SubscriptionStream::open(&hub, "default", &format!("idle{i}"), 0);
+                let id = format!("idle{i}");
+                let sub = hub.subscriptions.get(&hub.store, "default", &id).await;
+                let mut s = SubscriptionStream::open(&hub, &sub.unwrap().unwrap(), 0);
                 while let Some(Ok(_)) = s.next(100, None, &stop).await {}
             });
         }

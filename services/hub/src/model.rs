@@ -117,6 +117,9 @@ pub struct Subscription {
     pub error: Option<String>,
     /// Every event generated so far; the last event number assigned.
     pub events_since_start: i64,
+    /// Its incarnation (a re-created id is another): what every position on its log is
+    /// keyed by.
+    pub log_key: hub_store::LogKey,
     pub spec: Arc<SubscriptionSpec>,
     /// The Standard Webhooks signing secret (rest-hook).
     pub secret: Option<String>,
@@ -303,6 +306,7 @@ impl Catalog {
             status,
             error: row.error,
             events_since_start: row.events_since_start,
+            log_key: row.log_key,
             spec,
             owner: row.write.owner.as_deref().and_then(|o| self.owner(o)),
             secret,
@@ -551,6 +555,7 @@ pub(crate) mod tests {
             status: Status::Active,
             error: None,
             events_since_start: 0,
+            log_key: hub_store::LogKey::for_tests(1),
             spec: Arc::new(spec),
             secret: None,
             owner: None,
@@ -594,6 +599,7 @@ pub(crate) mod tests {
             last_updated: "2024-01-01T00:00:00Z".into(),
             events_since_start: 0,
             error: None,
+            log_key: hub_store::LogKey::for_tests(1),
             write: hub_store::SubscriptionWrite {
                 status: "active".into(),
                 criteria: "Observation?code=1".into(),

@@ -41,7 +41,7 @@ impl Store {
         let gone = |table: &str| {
             format!(
                 "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM subscriptions s \
-                 WHERE s.tenant = {table}.tenant AND s.id = {table}.subscription_id)"
+                 WHERE s.log_key = {table}.log_key)"
             )
         };
         let leases = sqlx::query(&gone("delivery_leases"))

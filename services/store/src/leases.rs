@@ -2,13 +2,17 @@
 //! can run the delivery role without sending every notification twice. A process renews one
 //! heartbeat row while it runs (not each lease); the leases of a process whose heartbeat
 //! lapsed are taken over by another. Expiry is measured on the database's clock, the one
-//! clock every process shares.
+//! clock every process shares, read inside the very statement that compares or writes it: a
+//! clock value read first and used in a later statement is stale by the time that runs
+//! (after a pause, a lock wait, a slow round trip), and with it two processes could both
+//! believe they hold a lease. Leases are keyed by the subscription's incarnation
+//! ([`LogKey`]): a lease on a deleted subscription is not one on its re-created successor.
 
 use std::collections::{BTreeSet, HashSet};
 
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use crate::{Backend, LogKey, Store, StoreError};
 
 /// What a delivery process's heartbeat found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,20 +24,22 @@ pub struct Heartbeat {
     pub others: BTreeSet<String>,
 }
 
+/// The database's clock in milliseconds since the epoch, as an SQL expression: evaluated
+/// when the statement that holds it runs (after any lock wait), not when it was prepared.
+pub(crate) fn db_now_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "CAST(floor(extract(epoch from clock_timestamp()) * 1000) AS BIGINT)",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    }
+}
+
 impl Store {
     /// The database's clock in milliseconds since the epoch: every delivery process compares
     /// lease expiry against this one clock, so a host whose clock runs ahead cannot take
     /// over live leases, nor one that runs behind keep expired ones.
     pub async fn db_now_ms(&self) -> Result<i64, StoreError> {
-        let sql = match self.backend {
-            crate::Backend::Postgres => {
-                "SELECT CAST(floor(extract(epoch from clock_timestamp()) * 1000) AS BIGINT)"
-            }
-            crate::Backend::Sqlite => {
-                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
-            }
-        };
-        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        let sql = format!("SELECT {}", db_now_sql(self.backend));
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
         Ok(row.try_get(0)?)
     }
 
@@ -41,25 +47,27 @@ impl Store {
     /// now on the database's clock, and say whether its leases are still its own and which
     /// other delivery processes are alive.
     pub async fn heartbeat(&self, owner: &str, ttl_ms: i64) -> Result<Heartbeat, StoreError> {
-        let now = self.db_now_ms().await?;
-        let kept = sqlx::query(
-            "UPDATE delivery_owners SET expires_at = $2 WHERE owner = $1 AND expires_at >= $3",
-        )
+        // kept only if still live when this statement runs (it may have waited on a lock)
+        let now = db_now_sql(self.backend);
+        let kept = sqlx::query(&format!(
+            "UPDATE delivery_owners SET expires_at = {now} + $2
+             WHERE owner = $1 AND expires_at >= {now}"
+        ))
         .bind(owner)
-        .bind(now + ttl_ms)
-        .bind(now)
+        .bind(ttl_ms)
         .execute(&self.pool)
         .await?
         .rows_affected()
             > 0;
         if !kept {
-            self.register(owner, now + ttl_ms).await?;
+            self.register(owner, ttl_ms).await?;
         }
         let mut others = BTreeSet::new();
-        for row in sqlx::query("SELECT owner FROM delivery_owners WHERE expires_at >= $1")
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?
+        for row in sqlx::query(&format!(
+            "SELECT owner FROM delivery_owners WHERE expires_at >= {now}"
+        ))
+        .fetch_all(&self.pool)
+        .await?
         {
             let who: String = row.try_get(0)?;
             if who != owner {
@@ -69,64 +77,67 @@ impl Store {
         Ok(Heartbeat { kept, others })
     }
 
-    async fn register(&self, owner: &str, until: i64) -> Result<(), StoreError> {
+    /// (Re)register `owner`'s heartbeat until `ttl_ms` from now.
+    async fn register(&self, owner: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        let now = db_now_sql(self.backend);
         // processes gone for a day: their rows say nothing any more (a restart is a new owner)
-        sqlx::query("DELETE FROM delivery_owners WHERE expires_at < $1")
-            .bind(until - 86_400_000)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query(
-            "INSERT INTO delivery_owners (owner, expires_at) VALUES ($1, $2)
-             ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at",
-        )
+        sqlx::query(&format!(
+            "DELETE FROM delivery_owners WHERE expires_at < {now} - 86400000"
+        ))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO delivery_owners (owner, expires_at) VALUES ($1, {now} + $2)
+             ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
+        ))
         .bind(owner)
-        .bind(until)
+        .bind(ttl_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Renew `owner`'s heartbeat and claim the `wanted` subscriptions that nobody holds, or
-    /// whose holder's heartbeat lapsed. Returns every subscription `owner` now holds among
-    /// `wanted`. A few statements per 200 subscriptions, whatever the lease table holds.
+    /// Renew `owner`'s heartbeat and claim the `wanted` subscription incarnations (tenant,
+    /// id, log key) that nobody holds, or whose holder's heartbeat lapsed. Returns every
+    /// incarnation `owner` now holds among `wanted`. A few statements per 200 subscriptions,
+    /// whatever the lease table holds.
     pub async fn claim_leases<'a>(
         &self,
         owner: &str,
-        wanted: impl IntoIterator<Item = (&'a str, &'a str)>,
+        wanted: impl IntoIterator<Item = (&'a str, &'a str, LogKey)>,
         ttl_ms: i64,
-    ) -> Result<HashSet<(String, String)>, StoreError> {
-        let mut keys: Vec<(&str, &str)> = wanted.into_iter().collect();
-        let now = self.db_now_ms().await?;
-        self.register(owner, now + ttl_ms).await?;
-        keys.sort_unstable();
-        keys.dedup();
+    ) -> Result<HashSet<LogKey>, StoreError> {
+        let mut keys: Vec<(&str, &str, LogKey)> = wanted.into_iter().collect();
+        self.register(owner, ttl_ms).await?;
+        keys.sort_unstable_by_key(|k| k.2);
+        keys.dedup_by_key(|k| k.2);
         let mut held = HashSet::new();
+        let now = db_now_sql(self.backend);
         for chunk in keys.chunks(200) {
             // every value in the order it appears (SQLite numbers `?` that way)
-            let p = crate::placeholders(self.backend, 1, chunk.len() * 3 + 1);
-            let values: Vec<String> = p[..chunk.len() * 3]
-                .chunks(3)
-                .map(|r| format!("({}, {}, {}, 0)", r[0], r[1], r[2]))
+            let p = crate::placeholders(self.backend, 1, chunk.len() * 4);
+            let values: Vec<String> = p
+                .chunks(4)
+                .map(|r| format!("({}, {}, {}, {}, 0)", r[0], r[1], r[2], r[3]))
                 .collect();
-            // Insert, or take over a lease whose owner is not alive; a live owner's stays.
+            // Insert, or take over a lease whose owner is not alive (on the database's clock
+            // as this statement runs); a live owner's stays.
             let sql = format!(
-                "INSERT INTO delivery_leases (tenant, subscription_id, owner, expires_at)
+                "INSERT INTO delivery_leases (log_key, tenant, subscription_id, owner, expires_at)
                  VALUES {}
-                 ON CONFLICT (tenant, subscription_id) DO UPDATE SET owner = excluded.owner
+                 ON CONFLICT (log_key) DO UPDATE SET owner = excluded.owner
                  WHERE delivery_leases.owner = excluded.owner OR NOT EXISTS (
                      SELECT 1 FROM delivery_owners o
-                     WHERE o.owner = delivery_leases.owner AND o.expires_at >= {})
-                 RETURNING tenant, subscription_id",
+                     WHERE o.owner = delivery_leases.owner AND o.expires_at >= {now})
+                 RETURNING log_key",
                 values.join(", "),
-                p[chunk.len() * 3]
             );
             let mut q = sqlx::query(&sql);
-            for &(tenant, id) in chunk {
-                q = q.bind(tenant).bind(id).bind(owner);
+            for &(tenant, id, key) in chunk {
+                q = q.bind(key.get()).bind(tenant).bind(id).bind(owner);
             }
-            let q = q.bind(now);
             for row in q.fetch_all(&self.pool).await? {
-                held.insert((row.try_get(0)?, row.try_get(1)?));
+                held.insert(LogKey::new(row.try_get(0)?));
             }
         }
         Ok(held)

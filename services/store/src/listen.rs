@@ -57,6 +57,16 @@ pub struct Logged {
     pub subscription_id: String,
     #[serde(rename = "n")]
     pub event_number: i64,
+    /// The incarnation logged for (absent in payloads of older releases).
+    #[serde(rename = "k", default, skip_serializing_if = "Option::is_none")]
+    key: Option<i64>,
+}
+
+impl Logged {
+    /// The subscription incarnation whose log moved, when the payload says.
+    pub fn log_key(&self) -> Option<crate::LogKey> {
+        self.key.map(crate::LogKey::new)
+    }
 }
 
 /// PostgreSQL refuses a payload of 8,000 bytes or more; a `NOTIFY` carries the subscriptions
@@ -80,6 +90,7 @@ pub(crate) async fn notify_logged<'n>(
                     tenant: n.tenant.clone(),
                     subscription_id: n.subscription_id.clone(),
                     event_number: n.event_number,
+                    key: Some(n.log_key.get()),
                 });
             }
         }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::{Backend, Store, StoreError, now, placeholders};
+use crate::{Backend, LogKey, Store, StoreError, now, placeholders};
 
 /// A notification to log for one subscription.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,8 @@ pub struct NewNotification {
 /// A logged notification: what was logged, with the number and id the log gave it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
+    /// The incarnation of the subscription whose log holds it.
+    pub log_key: LogKey,
     pub event_number: i64,
     /// Stable across retries and replays (the `webhook-id`).
     pub notification_id: String,
@@ -77,12 +79,13 @@ const NAMES_BUT_RESOURCE: &str = "tenant, id, event_number, notification_id, eve
                                   focus_type, focus_id, focus_version, occurred_at, logged_at, \
                                   log_key";
 
-/// The log of one subscription joined with its events; binds tenant, id, after, limit.
-const READ_FROM: &str = "FROM subscriptions s
-     JOIN notification_log n ON n.log_key = s.log_key
+/// The log of one subscription incarnation joined with its events; binds log key, after,
+/// limit.
+const READ_FROM: &str = "FROM notification_log n
+     JOIN subscriptions s ON s.log_key = n.log_key
      JOIN logged_events e ON e.seq = n.event_seq
-     WHERE s.tenant = $1 AND s.id = $2 AND n.event_number > $3
-     ORDER BY n.event_number LIMIT $4";
+     WHERE n.log_key = $1 AND n.event_number > $2
+     ORDER BY n.event_number LIMIT $3";
 
 /// The columns of one read row, in [`READ_COLUMNS`] order; the resource as `R` (its text,
 /// or its JSON borrowed from a read of many rows).
@@ -106,6 +109,7 @@ fn from_columns<R>(c: Columns<R>, text: impl Fn(R) -> Arc<str>) -> Notification 
     let notification_id =
         c.3.unwrap_or_else(|| notification_id(&c.0, &c.1, c.11, &c.4));
     Notification {
+        log_key: LogKey::new(c.11),
         event_number: c.2,
         notification_id,
         created_at: c.10,
@@ -505,6 +509,7 @@ impl Store {
             .map(|(i, key, number, event)| {
                 let n = &batch[*i];
                 Notification {
+                    log_key: LogKey::new(*key),
                     event_number: *number,
                     notification_id: notification_id(
                         &n.tenant,
@@ -525,11 +530,11 @@ impl Store {
         Ok(logged)
     }
 
-    /// Notifications of a subscription with event numbers above `after`, in order.
+    /// Notifications of a subscription incarnation with event numbers above `after`, in
+    /// order (none once that incarnation is deleted, whatever was created with its id since).
     pub async fn notifications_after(
         &self,
-        tenant: &str,
-        subscription_id: &str,
+        key: LogKey,
         after: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
@@ -539,8 +544,7 @@ impl Store {
             // cost per notification: the rows come back as one JSON array in one row instead.
             let read = |sql: &'static str| {
                 sqlx::query(sql)
-                    .bind(tenant)
-                    .bind(subscription_id)
+                    .bind(key.get())
                     .bind(after)
                     .bind(limit)
                     .fetch_one(&self.pool)
@@ -553,8 +557,7 @@ impl Store {
             // Resources are stored as the JSON a parser accepted, so this is a row written
             // otherwise: read with the resource as a string, it still reaches its reader.
             tracing::warn!(
-                tenant,
-                subscription = subscription_id,
+                log_key = key.get(),
                 after,
                 "a stored resource is not JSON; reading the rows with it as a string"
             );
@@ -563,8 +566,7 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("notification rows: {e}")));
         }
         let rows = sqlx::query(&format!("SELECT {READ_COLUMNS} {READ_FROM}"))
-            .bind(tenant)
-            .bind(subscription_id)
+            .bind(key.get())
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -572,22 +574,13 @@ impl Store {
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
 
-    /// The lowest event number still in the log for a subscription (`None` when its log is
-    /// empty): a reader asking for anything below it gets "history gone".
-    pub async fn first_retained(
-        &self,
-        tenant: &str,
-        subscription_id: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
-            "SELECT MIN(n.event_number) FROM subscriptions s
-             JOIN notification_log n ON n.log_key = s.log_key
-             WHERE s.tenant = $1 AND s.id = $2",
-        )
-        .bind(tenant)
-        .bind(subscription_id)
-        .fetch_one(&self.pool)
-        .await?;
+    /// The lowest event number still in the log of a subscription incarnation (`None` when
+    /// its log is empty): a reader asking for anything below it gets "history gone".
+    pub async fn first_retained(&self, key: LogKey) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(event_number) FROM notification_log WHERE log_key = $1")
+            .bind(key.get())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get(0)?)
     }
 

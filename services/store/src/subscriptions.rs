@@ -15,6 +15,8 @@ pub struct SubscriptionRow {
     pub events_since_start: i64,
     /// Why the hub set the status to error or off (Subscription.error).
     pub error: Option<String>,
+    /// Its incarnation: what every position on its log is keyed by.
+    pub log_key: crate::LogKey,
     /// As written, with the hub's current `status`.
     pub write: SubscriptionWrite,
 }
@@ -96,7 +98,8 @@ async fn keyed(
 }
 
 const COLUMNS: &str = "tenant, id, version_id, last_updated, status, criteria, channel_type, \
-                       endpoint, resource, events_since_start, error, secret, client_certificate, owner";
+                       endpoint, resource, events_since_start, error, secret, client_certificate, owner, \
+                       log_key";
 
 fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     Ok(SubscriptionRow {
@@ -106,6 +109,7 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
         last_updated: r.try_get(3)?,
         events_since_start: r.try_get(9)?,
         error: r.try_get(10)?,
+        log_key: crate::LogKey::new(r.try_get(14)?),
         write: SubscriptionWrite {
             status: r.try_get(4)?,
             criteria: r.try_get(5)?,
@@ -139,7 +143,7 @@ impl Store {
         .await?
         .try_get(0)?;
         let sql = format!(
-            "INSERT INTO subscriptions ({COLUMNS}, log_key)
+            "INSERT INTO subscriptions ({COLUMNS})
              VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, 0, NULL, $9, $10, $12, $13)
              ON CONFLICT (tenant, id) DO NOTHING RETURNING {COLUMNS}"
         );
@@ -155,13 +159,16 @@ impl Store {
         };
         let row = from_row(&row)?;
         crate::history::record(&mut tx, tenant, TYPE, id, &version_of(&row)).await?;
-        // a re-created id starts a new delivery cursor, whatever a deleted predecessor left
-        for sql in [
-            "DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2",
-            "INSERT INTO delivery_state (tenant, subscription_id) VALUES ($1, $2)",
-        ] {
-            keyed(&mut tx, sql, tenant, id).await?;
-        }
+        // its delivery cursor, keyed by the new log key: nothing a deleted predecessor left
+        // (nor its worker, still sending) can move it
+        sqlx::query(
+            "INSERT INTO delivery_state (log_key, tenant, subscription_id) VALUES ($1, $2, $3)",
+        )
+        .bind(log_key)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -192,6 +199,21 @@ impl Store {
     ) -> Result<SubscriptionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, self.backend, tenant, Some(id)).await?;
+        // The status before: locked (PostgreSQL; SQLite holds its write lock already) so that
+        // no matcher logs for it between this read and the commit.
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR UPDATE",
+            crate::Backend::Sqlite => "",
+        };
+        let before: Option<String> = sqlx::query(&format!(
+            "SELECT status FROM subscriptions WHERE tenant = $1 AND id = $2{lock}"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
         let sql = format!(
             "UPDATE subscriptions SET version_id = version_id + 1, last_updated = $3,
                  status = $4, criteria = $5, channel_type = $6, endpoint = $7, resource = $8,
@@ -208,6 +230,20 @@ impl Store {
             Some(row) => {
                 let row = from_row(&row)?;
                 crate::history::record(&mut tx, tenant, TYPE, id, &version_of(&row)).await?;
+                // Reactivating a subscription that was off: what it missed stays readable with
+                // `$events` instead of arriving as a flood. In this transaction, with the row
+                // locked: an event logged after the reactivation is never skipped.
+                if before.as_deref() == Some("off") && w.status == "requested" {
+                    sqlx::query(
+                        "UPDATE delivery_state SET delivered_through = $2,
+                             attempts = 0, next_attempt_at = NULL
+                         WHERE log_key = $1",
+                    )
+                    .bind(row.log_key.get())
+                    .bind(row.events_since_start)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(row)
             }
@@ -253,33 +289,23 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Move the delivery cursor past every event generated so far: used when a client
-    /// reactivates a subscription that was off, whose missed events stay readable with
-    /// `$events` instead of arriving as a flood.
-    pub async fn skip_backlog(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE delivery_state SET delivered_through = (
-                 SELECT events_since_start FROM subscriptions WHERE tenant = $1 AND id = $2)
-             WHERE tenant = $1 AND subscription_id = $2",
-        )
-        .bind(tenant)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Delete a subscription with its notification log and delivery state.
     /// Returns whether it existed.
     pub async fn delete_subscription(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         crate::generations::bump(&mut tx, self.backend, tenant, Some(id)).await?;
-        // its log first: the log key is found through the subscription row
-        for sql in [
-            "DELETE FROM notification_log WHERE log_key IN
-                 (SELECT log_key FROM subscriptions WHERE tenant = $1 AND id = $2)",
-            "DELETE FROM delivery_state WHERE tenant = $1 AND subscription_id = $2",
+        // its log and every position on it first: the log key is found through the row
+        for table in [
+            "notification_log",
+            "delivery_state",
+            "delivery_leases",
+            "consumer_offsets",
         ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE log_key IN
+                     (SELECT log_key FROM subscriptions WHERE tenant = $1 AND id = $2)"
+            );
+            let sql = sql.as_str();
             keyed(&mut tx, sql, tenant, id).await?;
         }
         let deleted =

@@ -69,7 +69,7 @@ pub async fn events(
     let limit = (until - since + 1).clamp(0, MAX_EVENTS);
     let notes = if limit > 0 {
         hub.store
-            .notifications_after(&caller.tenant, &id, since - 1, limit)
+            .notifications_after(sub.log_key, since - 1, limit)
             .await?
     } else {
         Vec::new()

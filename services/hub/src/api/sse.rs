@@ -251,7 +251,7 @@ fn events(
     agent: String,
     slot: Option<crate::auth::StreamSlot>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after);
+    let stream = SubscriptionStream::open(&hub, &sub, after);
     let heartbeat = sub
         .spec
         .channel

@@ -25,7 +25,7 @@ fn query_status<'a>(hub: &'a Hub, sub: &'a Subscription) -> render::Message<'a> 
 /// rest-hook reader's cursor) as the `delivery-state` parameter. Counters that can pass
 /// 2^31 are strings, as the IG writes event numbers in R4 (which has no integer64).
 async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiError> {
-    let d = hub.store.delivery_state(sub.tenant(), sub.id()).await?;
+    let d = hub.store.delivery_state(sub.log_key).await?;
     let queued = (sub.events_since_start - d.delivered_through).max(0);
     let mut delivery = vec![
         json!({"name": "delivered-through", "valueString": d.delivered_through.to_string()}),
@@ -40,6 +40,13 @@ async fn status_parameters(hub: &Hub, sub: &Subscription) -> Result<Value, ApiEr
     }
     if let Some(e) = &d.last_error {
         delivery.push(json!({"name": "last-error", "valueString": e}));
+    }
+    // when the failing notification is tried again (the schedule survives restarts)
+    if let Some(ms) = d.next_attempt_in_ms {
+        let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(ms);
+        if let Ok(t) = at.format(&time::format_description::well_known::Rfc3339) {
+            delivery.push(json!({"name": "next-attempt", "valueInstant": t}));
+        }
     }
     let message = query_status(hub, sub);
     let mut p = notification::status_parameters(&message.status_info(), &[], sub.content());

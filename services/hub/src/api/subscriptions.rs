@@ -408,15 +408,8 @@ impl ResourceKind for SubscriptionKind {
             }
             Err(e) => return Err(e.into()),
         };
-        // Reactivating a subscription that was off: what it missed is readable with
-        // $events rather than replayed as a flood.
-        if existing
-            .as_ref()
-            .is_some_and(|e| e.status == Status::Off.as_str())
-            && row.status == Status::Requested.as_str()
-        {
-            hub.store.skip_backlog(tenant, id).await?;
-        }
+        // Reactivating a subscription that was off skips its backlog (readable with $events
+        // rather than replayed as a flood): the store does it in the update's transaction.
         tracing::info!(subscription = %id, %tenant, version = row.version_id, status = %row.status, "subscription updated");
         Ok(Written {
             stored: answer(&row)?,

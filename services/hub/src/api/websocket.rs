@@ -110,25 +110,52 @@ const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// Most messages waiting for one socket (the byte budget usually binds first).
 const OUTBOX: usize = 1024;
 
+/// A queued message, with its budget and the fence of the binding that queued it.
+type Queued = (Message, OwnedSemaphorePermit, CancellationToken);
+
 /// A socket's outbox: messages from all its bindings, bounded by bytes
 /// (`streams.max_buffer_bytes`). A client that does not read makes its bindings wait (each
 /// then falls behind on the notification log) instead of growing the hub's memory.
+///
+/// Each binding sends through a copy fenced by its reader's token: when a binding is
+/// replaced (the same subscription bound again) its token is cancelled, its sends fail, and
+/// what it had queued is dropped unsent — the old reader's batch never reaches the socket
+/// beside the new reader's.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
+    tx: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
     max: u32,
+    fence: CancellationToken,
 }
 
 impl Outbox {
-    fn new(max_bytes: usize) -> (Outbox, mpsc::Receiver<(Message, OwnedSemaphorePermit)>) {
+    fn new(max_bytes: usize) -> (Outbox, mpsc::Receiver<Queued>) {
         let max = u32::try_from(max_bytes).unwrap_or(u32::MAX).max(1);
         let (tx, rx) = mpsc::channel(OUTBOX);
         let budget = Arc::new(Semaphore::new(max as usize));
-        (Outbox { tx, budget, max }, rx)
+        let fence = CancellationToken::new();
+        (
+            Outbox {
+                tx,
+                budget,
+                max,
+                fence,
+            },
+            rx,
+        )
     }
 
-    /// Queue a message once its bytes fit; false when the socket is gone.
+    /// This outbox for one binding, fenced by its reader's token.
+    fn fenced(&self, fence: CancellationToken) -> Outbox {
+        Outbox {
+            fence,
+            ..self.clone()
+        }
+    }
+
+    /// Queue a message once its bytes fit; false when the socket is gone or this binding
+    /// was replaced.
     async fn send(&self, m: Message) -> bool {
         let len = match &m {
             Message::Text(t) => t.len(),
@@ -137,10 +164,28 @@ impl Outbox {
         };
         // a message larger than the whole budget waits for an empty outbox, then goes alone
         let n = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.max);
-        let Ok(permit) = Arc::clone(&self.budget).acquire_many_owned(n).await else {
+        let permit = tokio::select! {
+            _ = self.fence.cancelled() => return false,
+            p = Arc::clone(&self.budget).acquire_many_owned(n) => p,
+        };
+        let Ok(permit) = permit else {
             return false;
         };
-        self.tx.send((m, permit)).await.is_ok()
+        if self.fence.is_cancelled() {
+            return false;
+        }
+        self.tx.send((m, permit, self.fence.clone())).await.is_ok()
+    }
+}
+
+/// The next message to write to the socket: what a replaced binding queued is dropped
+/// (its budget given back). `None` when every sender is gone.
+async fn next_out(rx: &mut mpsc::Receiver<Queued>) -> Option<(Message, OwnedSemaphorePermit)> {
+    loop {
+        let (m, permit, fence) = rx.recv().await?;
+        if !fence.is_cancelled() {
+            return Some((m, permit));
+        }
     }
 }
 
@@ -289,13 +334,15 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                     if socket.send(Message::Text(format!("bound {}", sub.id()).into())).await.is_err() {
                         return;
                     }
-                    tokio::spawn(read_classic(hub.clone(), sub, tx.clone(), reader, agent));
+                    let out = tx.fenced(reader.clone());
+                    tokio::spawn(read_classic(hub.clone(), sub, out, reader, agent));
                 } else {
                     let binding = Binding { sub, last_seen, agent };
-                    tokio::spawn(read_binding(hub.clone(), binding, tx.clone(), reader));
+                    let out = tx.fenced(reader.clone());
+                    tokio::spawn(read_binding(hub.clone(), binding, out, reader));
                 }
             }
-            out = rx.recv() => {
+            out = next_out(&mut rx) => {
                 // the permit goes back to the budget once the message is written
                 let Some((out, _permit)) = out else { return };
                 if socket.send(out).await.is_err() {
@@ -315,7 +362,7 @@ async fn read_classic(
     stop: CancellationToken,
     agent: Arc<str>,
 ) {
-    let mut stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), sub.events_since_start);
+    let mut stream = SubscriptionStream::open(&hub, &sub, sub.events_since_start);
     loop {
         match stream.next(OUTBOX, None, &stop).await {
             None => return,
@@ -401,7 +448,7 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
         .map(|s| Duration::from_secs(u64::from(s)));
     let group = crate::channels::group_size(&sub);
     let after = last_seen.unwrap_or(sub.events_since_start);
-    let mut stream = SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after);
+    let mut stream = SubscriptionStream::open(&hub, &sub, after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
@@ -437,7 +484,32 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
 
 #[cfg(test)]
 mod tests {
-    use super::{Bind, parse_bind, parse_message};
+    use super::{Bind, Message, Outbox, next_out, parse_bind, parse_message};
+    use tokio_util::sync::CancellationToken;
+
+    /// Binding a subscription again replaces its reader: what the old reader still had
+    /// queued for the socket, and anything it tries to send after, never reaches the socket
+    /// beside the new reader's messages.
+    #[tokio::test]
+    async fn a_replaced_binding_sends_nothing_more() {
+        let (tx, mut rx) = Outbox::new(1 << 20);
+        let old = CancellationToken::new();
+        let old_out = tx.fenced(old.clone());
+        for i in 0..3 {
+            assert!(old_out.send(Message::Text(format!("old {i}").into())).await);
+        }
+        // the same subscription bound again: the old reader is fenced off
+        old.cancel();
+        assert!(!old_out.send(Message::Text("old 3".into())).await);
+        let new_out = tx.fenced(CancellationToken::new());
+        assert!(new_out.send(Message::Text("new 0".into())).await);
+        drop((tx, old_out, new_out));
+        let mut written = Vec::new();
+        while let Some((m, _permit)) = next_out(&mut rx).await {
+            written.push(m);
+        }
+        assert_eq!(written, [Message::Text("new 0".into())]);
+    }
 
     #[test]
     fn bind_lines() {

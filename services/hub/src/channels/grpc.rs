@@ -130,7 +130,7 @@ impl Service {
         let first = self
             .hub
             .store
-            .first_retained(sub.tenant(), sub.id())
+            .first_retained(sub.log_key)
             .await
             .map_err(store_status)?;
         let available = first.unwrap_or(sub.events_since_start + 1);
@@ -198,8 +198,7 @@ async fn produce(
     tx: tokio::sync::mpsc::Sender<Batch>,
 ) {
     let budget = hub.config.streams.max_buffer_bytes / 2;
-    let mut stream =
-        SubscriptionStream::open(&hub, sub.tenant(), sub.id(), after).with_budget(budget);
+    let mut stream = SubscriptionStream::open(&hub, &sub, after).with_budget(budget);
     loop {
         // the next batch is read once there is room for it
         let Ok(permit) = tx.reserve().await else {
@@ -400,7 +399,7 @@ impl NotificationStream for Service {
             let after = self
                 .hub
                 .store
-                .committed_offset(&caller.tenant, &r.consumer, id)
+                .committed_offset(&caller.tenant, &r.consumer, sub.log_key)
                 .await
                 .map_err(store_status)?;
             self.check_retained(&sub, after).await?;
@@ -448,9 +447,16 @@ impl NotificationStream for Service {
         let committed = self
             .hub
             .store
-            .commit_offset(&caller.tenant, &r.consumer, sub.id(), r.event_number)
+            .commit_offset(&caller.tenant, &r.consumer, sub.log_key, r.event_number)
             .await
-            .map_err(store_status)?;
+            .map_err(|e| match e {
+                // deleted (perhaps re-created) since it was read: nothing moved
+                hub_store::StoreError::NotFound => Status::not_found(format!(
+                    "Subscription/{} was deleted meanwhile; nothing was committed",
+                    sub.id()
+                )),
+                e => store_status(e),
+            })?;
         Ok(Response::new(pb::CommitResponse { committed }))
     }
 }

@@ -199,6 +199,7 @@ mod tests {
 
     fn note(number: i64) -> Notification {
         Notification {
+            log_key: hub_store::LogKey::for_tests(1),
             event_number: number,
             notification_id: format!("n{number}"),
             created_at: String::new(),

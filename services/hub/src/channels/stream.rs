@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use hub_store::{Notification, Store, StoreError};
+use hub_store::{LogKey, Notification, Store, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,8 @@ pub enum Item {
 /// A stream taken apart to park ([`SubscriptionStream::into_idle`]).
 #[derive(Debug)]
 pub struct Idle {
+    /// The incarnation read.
+    pub log_key: LogKey,
     /// The last event number handed out.
     pub position: i64,
     /// The subscription's watch as its reader last looked at it: parking checks it did not
@@ -46,6 +48,8 @@ pub struct SubscriptionStream {
     wakeups: std::sync::Arc<super::wake::Wakeups>,
     tenant: String,
     id: String,
+    /// The incarnation read: its position means nothing on another's log.
+    log_key: LogKey,
     position: i64,
     wake: watch::Receiver<Logged>,
     polling: watch::Receiver<bool>,
@@ -59,13 +63,15 @@ pub struct SubscriptionStream {
 }
 
 impl SubscriptionStream {
-    /// A stream of `tenant`/`id` after event number `after` (0: from the start).
-    pub fn open(hub: &Hub, tenant: &str, id: &str, after: i64) -> SubscriptionStream {
+    /// A stream of `sub`'s incarnation after event number `after` (0: from the start).
+    pub fn open(hub: &Hub, sub: &crate::model::Subscription, after: i64) -> SubscriptionStream {
+        let (tenant, id) = (sub.tenant(), sub.id());
         SubscriptionStream {
             store: hub.store.clone(),
             wakeups: std::sync::Arc::clone(&hub.wakeups),
             tenant: tenant.to_owned(),
             id: id.to_owned(),
+            log_key: sub.log_key,
             position: after.max(0),
             wake: hub.wakeups.watch(tenant, id),
             polling: hub.wakeups.polling(),
@@ -97,6 +103,7 @@ impl SubscriptionStream {
     /// The stream taken apart to park its reader (when [`SubscriptionStream::parkable`]).
     pub fn into_idle(self) -> Idle {
         Idle {
+            log_key: self.log_key,
             position: self.position,
             wake: self.wake,
         }
@@ -115,11 +122,12 @@ impl SubscriptionStream {
             if stop.is_cancelled() {
                 return None;
             }
-            let known = *self.wake.borrow_and_update();
+            // another incarnation's number says nothing about this log
+            let known = self.wake.borrow_and_update().number_of(self.log_key);
             let polling = *self.polling.borrow_and_update();
-            if self.look || known.number > self.position || polling {
+            if self.look || known > self.position || polling {
                 self.look = false;
-                match self.read(max, known.number).await {
+                match self.read(max, known).await {
                     Ok(Some(item)) => return Some(Ok(item)),
                     // something was logged while we looked: look again at once
                     Ok(None) if self.look => continue,
@@ -164,8 +172,8 @@ impl SubscriptionStream {
         let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         // readers at the head take what this process just logged from memory
         let cached = self.wakeups.recent_after(
-            &self.tenant,
-            &self.id,
+            (&self.tenant, &self.id),
+            self.log_key,
             self.position,
             usize::try_from(max).unwrap_or(usize::MAX),
         );
@@ -173,7 +181,7 @@ impl SubscriptionStream {
             Some(notes) => notes,
             None => {
                 self.store
-                    .notifications_after(&self.tenant, &self.id, self.position, max)
+                    .notifications_after(self.log_key, self.position, max)
                     .await?
             }
         };
@@ -210,12 +218,16 @@ impl SubscriptionStream {
         let Some(row) = self.store.get_subscription(&self.tenant, &self.id).await? else {
             return Ok(None);
         };
+        if row.log_key != self.log_key {
+            // deleted (and re-created): this incarnation's log has nothing more
+            return Ok(None);
+        }
         if row.events_since_start <= self.position {
             return Ok(None);
         }
         let again = self
             .store
-            .notifications_after(&self.tenant, &self.id, self.position, 1)
+            .notifications_after(self.log_key, self.position, 1)
             .await?;
         if !again.is_empty() {
             // logged meanwhile: the next call reads it as usual
@@ -256,6 +268,7 @@ mod tests {
 
     fn note(bytes: usize) -> Notification {
         Notification {
+            log_key: hub_store::LogKey::for_tests(1),
             event_number: 1,
             notification_id: String::new(),
             created_at: String::new(),

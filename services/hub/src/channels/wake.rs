@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hub_store::Heard;
-use hub_store::Notification;
+use hub_store::{LogKey, Notification};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,23 @@ pub struct Logged {
     pub number: i64,
     /// Bumped when every reader must look again (the listener reconnected).
     pub epoch: u64,
+    /// The incarnation `number` belongs to (`None`: not said). A subscription deleted and
+    /// re-created with the same id starts its numbers again: a number of another
+    /// incarnation says nothing about a reader's log, and the new one's lower numbers must
+    /// still wake its readers.
+    pub log_key: Option<LogKey>,
+}
+
+impl Logged {
+    /// The highest number known logged in `key`'s log (0 when what is known is another
+    /// incarnation's).
+    pub fn number_of(&self, key: LogKey) -> i64 {
+        if self.log_key.is_none_or(|k| k == key) {
+            self.number
+        } else {
+            0
+        }
+    }
 }
 
 /// Recently logged notifications of one subscription, contiguous in event number, so that
@@ -51,10 +68,11 @@ const RECENT_MAX_BYTES: usize = 256 * 1024;
 
 impl Recent {
     fn push(&mut self, n: &Notification) {
+        // a gap, or another incarnation's log: start over
         if self
             .notes
             .back()
-            .is_some_and(|b| b.event_number + 1 != n.event_number)
+            .is_some_and(|b| b.event_number + 1 != n.event_number || b.log_key != n.log_key)
         {
             self.notes.clear();
             self.bytes = 0;
@@ -69,8 +87,12 @@ impl Recent {
         }
     }
 
-    /// Up to `max` notifications after `position`, if this cache holds `position + 1`.
-    fn after(&self, position: i64, max: usize) -> Option<Vec<Notification>> {
+    /// Up to `max` notifications of `key`'s log after `position`, if this cache holds
+    /// `position + 1` of that log.
+    fn after(&self, key: LogKey, position: i64, max: usize) -> Option<Vec<Notification>> {
+        if self.notes.front()?.log_key != key {
+            return None;
+        }
         let first = self.notes.front()?.event_number;
         let last = self.notes.back()?.event_number;
         // positions come from clients (Last-Event-ID, a resume number): any i64
@@ -144,7 +166,11 @@ impl Wakeups {
             return entry.tx.subscribe();
         }
         let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = watch::Sender::new(Logged { number: 0, epoch });
+        let tx = watch::Sender::new(Logged {
+            number: 0,
+            epoch,
+            log_key: None,
+        });
         let rx = tx.subscribe();
         subs.insert(
             SubKey::new(tenant, id),
@@ -158,19 +184,27 @@ impl Wakeups {
 
     /// A subscription's log reached `number` (logged by another process): wake its readers
     /// (only if it moved).
-    pub fn logged(&self, tenant: &str, id: &str, number: i64) {
-        self.moved(tenant, id, number, None);
+    pub fn logged(&self, tenant: &str, id: &str, key: Option<LogKey>, number: i64) {
+        self.moved(tenant, id, key, number, None);
     }
 
     /// This process logged `notes` (in event-number order per subscription): keep them for
     /// the readers at the head and wake them.
     pub fn logged_here(&self, notes: &[Notification]) {
         for n in notes {
-            self.moved(&n.tenant, &n.subscription_id, n.event_number, Some(n));
+            let key = Some(n.log_key);
+            self.moved(&n.tenant, &n.subscription_id, key, n.event_number, Some(n));
         }
     }
 
-    fn moved(&self, tenant: &str, id: &str, number: i64, note: Option<&Notification>) {
+    fn moved(
+        &self,
+        tenant: &str,
+        id: &str,
+        log_key: Option<LogKey>,
+        number: i64,
+        note: Option<&Notification>,
+    ) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         let key = Pair(tenant, id);
         // A parked subscription goes back to the delivery loop (its worker may have parked
@@ -196,7 +230,15 @@ impl Wakeups {
                     entry.recent.push(n);
                 }
                 entry.tx.send_if_modified(|l| {
-                    if number > l.number {
+                    if log_key.is_some() && log_key != l.log_key {
+                        // another incarnation's numbers: they start again
+                        *l = Logged {
+                            number,
+                            epoch: l.epoch,
+                            log_key,
+                        };
+                        true
+                    } else if number > l.number {
                         l.number = number;
                         true
                     } else {
@@ -216,7 +258,11 @@ impl Wakeups {
                     subs.insert(
                         parked,
                         Entry {
-                            tx: watch::Sender::new(Logged { number, epoch }),
+                            tx: watch::Sender::new(Logged {
+                                number,
+                                epoch,
+                                log_key,
+                            }),
                             recent,
                         },
                     );
@@ -241,13 +287,19 @@ impl Wakeups {
     /// delivery loop ([`Wakeups::parking`]). Refused (false) when the watch moved since
     /// the reader last looked, when readers must poll, or when no delivery loop listens:
     /// the reader then goes on reading.
-    pub fn park(&self, key: &SubKey, position: i64, mut watch: watch::Receiver<Logged>) -> bool {
+    pub fn park(
+        &self,
+        key: &SubKey,
+        log_key: LogKey,
+        position: i64,
+        mut watch: watch::Receiver<Logged>,
+    ) -> bool {
         // under the lock `moved` takes: no wake-up falls between the check and the entry
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
         if *self.polling.borrow() || watch.has_changed().unwrap_or(true) {
             return false;
         }
-        if watch.borrow_and_update().number > position {
+        if watch.borrow_and_update().number_of(log_key) > position {
             return false;
         }
         let mut parking = self.parking.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,17 +333,19 @@ impl Wakeups {
         parking.parked.len()
     }
 
-    /// Up to `max` notifications after `position` from memory, when this process logged
-    /// them recently; `None`: ask the log.
+    /// Up to `max` notifications of `log_key`'s log after `position` from memory, when this
+    /// process logged them recently; `None`: ask the log.
     pub fn recent_after(
         &self,
-        tenant: &str,
-        id: &str,
+        (tenant, id): (&str, &str),
+        log_key: LogKey,
         position: i64,
         max: usize,
     ) -> Option<Vec<Notification>> {
         let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.get(&Pair(tenant, id))?.recent.after(position, max)
+        subs.get(&Pair(tenant, id))?
+            .recent
+            .after(log_key, position, max)
     }
 
     /// Wake every reader once, whatever its number.
@@ -357,7 +411,7 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
                         _ = shutdown.cancelled() => return,
                         got = listener.recv() => match got {
                             Ok(Heard::Logged(all)) => for l in all {
-                                hub.wakeups.logged(&l.tenant, &l.subscription_id, l.event_number);
+                                hub.wakeups.logged(&l.tenant, &l.subscription_id, l.log_key(), l.event_number);
                             },
                             // another process's client write: delivery looks now
                             Ok(Heard::Written(_)) => hub.subscription_writes.notify_one(),
@@ -387,8 +441,11 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
 mod tests {
     use super::*;
 
+    const K: LogKey = LogKey::for_tests(1);
+
     fn note(n: i64) -> Notification {
         Notification {
+            log_key: K,
             event_number: n,
             notification_id: format!("n{n}"),
             created_at: String::new(),
@@ -412,33 +469,33 @@ mod tests {
         let _reader = w.watch("t", "a");
         w.logged_here(&[note(1), note(2), note(3)]);
         let got: Vec<i64> = w
-            .recent_after("t", "a", 1, 10)
+            .recent_after(("t", "a"), K, 1, 10)
             .unwrap()
             .iter()
             .map(|n| n.event_number)
             .collect();
         assert_eq!(got, [2, 3]);
-        assert_eq!(w.recent_after("t", "a", 3, 10), None, "nothing newer");
+        assert_eq!(w.recent_after(("t", "a"), K, 3, 10), None, "nothing newer");
         // a gap (logged by another process) starts the cache over: 5 cannot serve 3 → 4
         w.logged_here(&[note(5)]);
-        assert_eq!(w.recent_after("t", "a", 3, 10), None);
-        assert_eq!(w.recent_after("t", "a", 4, 10).unwrap().len(), 1);
+        assert_eq!(w.recent_after(("t", "a"), K, 3, 10), None);
+        assert_eq!(w.recent_after(("t", "a"), K, 4, 10).unwrap().len(), 1);
         // no reader, no cache
         w.logged_here(&[note(1)].map(|mut n| {
             n.note.subscription_id = "nobody".into();
             n
         }));
-        assert_eq!(w.recent_after("t", "nobody", 0, 10), None);
+        assert_eq!(w.recent_after(("t", "nobody"), K, 0, 10), None);
         let mut r = Recent::default();
         for i in 1..=(RECENT_MAX as i64 + 10) {
             r.push(&note(i));
         }
         assert_eq!(r.notes.len(), RECENT_MAX);
-        assert_eq!(r.after(0, 10), None, "evicted");
+        assert_eq!(r.after(K, 0, 10), None, "evicted");
         // any position a client may send: no overflow, no panic
         for p in [i64::MIN, -1, i64::MAX - 1, i64::MAX] {
-            let _ = r.after(p, 10);
-            let _ = w.recent_after("t", "a", p, 10);
+            let _ = r.after(K, p, 10);
+            let _ = w.recent_after(("t", "a"), K, p, 10);
         }
     }
 
@@ -447,60 +504,102 @@ mod tests {
         let w = Wakeups::new(false);
         let a = w.watch("t", "a");
         assert!(
-            !w.park(&SubKey::new("t", "a"), 0, a),
+            !w.park(&SubKey::new("t", "a"), K, 0, a),
             "nothing listens for unparking yet"
         );
         let mut unparked = w.parking();
         // parked at 3; a wake-up at or below it sends nothing
         let a = w.watch("t", "a");
-        assert!(w.park(&SubKey::new("t", "a"), 3, a));
+        assert!(w.park(&SubKey::new("t", "a"), K, 3, a));
         assert_eq!(w.parked(), 1);
         assert_eq!(w.readers(), 0);
         assert!(w.subs.lock().unwrap().is_empty(), "no watch kept for it");
-        w.logged("t", "a", 3);
-        w.logged("t", "b", 9);
+        w.logged("t", "a", None, 3);
+        w.logged("t", "b", None, 9);
         assert!(unparked.try_recv().is_err());
         w.logged_here(&[note(4)]);
         assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "a")));
         assert_eq!(w.parked(), 0, "sent back once");
         // the worker it wakes finds the notification in memory
         let _worker = w.watch("t", "a");
-        assert_eq!(w.recent_after("t", "a", 3, 10).map(|n| n.len()), Some(1));
-        w.logged("t", "a", 5);
+        assert_eq!(
+            w.recent_after(("t", "a"), K, 3, 10).map(|n| n.len()),
+            Some(1)
+        );
+        w.logged("t", "a", None, 5);
         assert!(unparked.try_recv().is_err());
 
         // a watch that moved after its reader looked: parking is refused
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
-        w.logged("t", "a", 6);
-        assert!(!w.park(&SubKey::new("t", "a"), 5, a));
+        w.logged("t", "a", None, 6);
+        assert!(!w.park(&SubKey::new("t", "a"), K, 5, a));
         // a watch already past the position: refused
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
-        assert!(!w.park(&SubKey::new("t", "a"), 5, a));
+        assert!(!w.park(&SubKey::new("t", "a"), K, 5, a));
         // forgotten (its delivery stopped here): nothing is sent
         let mut a = w.watch("t", "a");
         a.borrow_and_update();
-        assert!(w.park(&SubKey::new("t", "a"), 6, a));
+        assert!(w.park(&SubKey::new("t", "a"), K, 6, a));
         assert!(w.unpark(&SubKey::new("t", "a")));
-        w.logged("t", "a", 7);
+        w.logged("t", "a", None, 7);
         assert!(unparked.try_recv().is_err());
 
         // every reader woken (the listener reconnected): every parked one is sent back
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(w.park(&SubKey::new("t", "b"), 9, b));
+        assert!(w.park(&SubKey::new("t", "b"), K, 9, b));
         w.wake_all();
         assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "b")));
         // while readers poll nothing parks, and what was parked is sent back
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(w.park(&SubKey::new("t", "b"), 9, b));
+        assert!(w.park(&SubKey::new("t", "b"), K, 9, b));
         w.set_polling(true);
         assert_eq!(unparked.try_recv().ok(), Some(SubKey::new("t", "b")));
         let mut b = w.watch("t", "b");
         b.borrow_and_update();
-        assert!(!w.park(&SubKey::new("t", "b"), 9, b));
+        assert!(!w.park(&SubKey::new("t", "b"), K, 9, b));
+    }
+
+    /// A subscription deleted and re-created with the same id starts its numbers again: its
+    /// readers are woken by the new log's lower numbers, and the recent cache never hands
+    /// one incarnation's notifications to a reader of the other.
+    #[tokio::test]
+    async fn a_re_created_subscription_is_another_log() {
+        let (old, new) = (LogKey::for_tests(1), LogKey::for_tests(2));
+        let of = |key: LogKey, n: i64| {
+            let mut x = note(n);
+            x.log_key = key;
+            x
+        };
+        let w = Wakeups::new(false);
+        let mut reader = w.watch("t", "a");
+        w.logged_here(&[of(old, 20), of(old, 21)]);
+        assert_eq!(reader.borrow_and_update().number_of(old), 21);
+        w.logged_here(&[of(new, 1)]);
+        assert!(
+            reader.has_changed().unwrap(),
+            "the new log's 1 wakes its readers"
+        );
+        let seen = *reader.borrow_and_update();
+        assert_eq!((seen.number_of(new), seen.number_of(old)), (1, 0));
+        // a reader of the old log at 0 is not served the new log's 1, nor the reverse
+        assert_eq!(w.recent_after(("t", "a"), old, 0, 10), None);
+        assert_eq!(w.recent_after(("t", "a"), old, 20, 10), None);
+        let got = w.recent_after(("t", "a"), new, 0, 10).unwrap();
+        assert_eq!((got.len(), got[0].log_key), (1, new));
+        // across processes (NOTIFY with its log key) as well
+        w.logged("t", "a", Some(new), 2);
+        assert!(reader.has_changed().unwrap());
+        assert_eq!(reader.borrow_and_update().number_of(new), 2);
+        // a parked reader of the new log is not refused parking by the old log's numbers
+        let _unparked = w.parking();
+        w.logged("t", "a", Some(old), 21);
+        let mut watch = w.watch("t", "a");
+        watch.borrow_and_update();
+        assert!(w.park(&SubKey::new("t", "a"), new, 2, watch));
     }
 
     #[tokio::test]
@@ -508,20 +607,20 @@ mod tests {
         let w = Wakeups::new(false);
         let mut a = w.watch("t", "a");
         let mut b = w.watch("t", "b");
-        w.logged("t", "a", 3);
+        w.logged("t", "a", None, 3);
         assert!(a.has_changed().unwrap());
         assert!(!b.has_changed().unwrap());
         assert_eq!(a.borrow_and_update().number, 3);
         // the same number again (in-process and NOTIFY both report it) wakes nobody
-        w.logged("t", "a", 3);
+        w.logged("t", "a", None, 3);
         assert!(!a.has_changed().unwrap());
         w.wake_all();
         assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
         assert_eq!(b.borrow_and_update().epoch, 1);
         // unknown subscriptions and readers that went away cost nothing
-        w.logged("t", "nobody", 1);
+        w.logged("t", "nobody", None, 1);
         drop(a);
-        w.logged("t", "a", 4);
+        w.logged("t", "a", None, 4);
         assert_eq!(w.readers(), 1);
         assert!(!*w.polling().borrow());
         assert!(*Wakeups::new(true).polling().borrow());

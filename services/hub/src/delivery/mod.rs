@@ -19,22 +19,26 @@
 //! per-patient subscriptions cost tasks only for the ones with something to send.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashSet};
 use std::time::Duration;
 
-use hub_fhir::subscription::{ChannelType, Status};
-use hub_store::MatchingChanges;
+use hub_fhir::subscription::Status;
+use hub_store::LogKey;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Hub;
-use crate::model::{KeyMap, Pair, SubKey, Subscription};
+use crate::model::{KeyMap, SubKey, Subscription};
+use known::Known;
 
 pub mod clients;
+mod known;
+pub mod retries;
 pub mod schedule;
 pub mod send;
 pub mod sign;
 pub mod ssrf;
+mod start;
 pub mod worker;
 
 /// One subscription's delivery in this process.
@@ -50,12 +54,22 @@ enum Slot {
         version: i64,
         resume: worker::Resume,
     },
+    /// Its worker could not start (the endpoint does not resolve or is refused, a client
+    /// cannot be built, a secret is missing): tried again at `due`, with backoff.
+    Waiting {
+        version: i64,
+        /// Failed starts so far.
+        attempt: u32,
+        due: tokio::time::Instant,
+    },
 }
 
 impl Slot {
     fn version(&self) -> i64 {
         match self {
-            Slot::Running { version, .. } | Slot::Parked { version, .. } => *version,
+            Slot::Running { version, .. }
+            | Slot::Parked { version, .. }
+            | Slot::Waiting { version, .. } => *version,
         }
     }
 
@@ -63,9 +77,16 @@ impl Slot {
     fn live(&self) -> bool {
         match self {
             Slot::Running { stop, .. } => !stop.is_cancelled(),
-            Slot::Parked { .. } => true,
+            Slot::Parked { .. } | Slot::Waiting { .. } => true,
         }
     }
+}
+
+/// A lease this process holds: on which incarnation of the subscription, and its worker or
+/// parked slot (`None`: held, nothing running).
+struct Held {
+    log_key: LogKey,
+    slot: Option<Slot>,
 }
 
 /// What a worker's supervisor reports when the worker ended on its own.
@@ -73,102 +94,6 @@ type EndedMsg = (Key, u64, worker::Ended);
 
 /// A subscription: its tenant and id, shared with its typed form and the wake-ups.
 type Key = SubKey;
-
-/// The live rest-hook subscriptions as this process knows them, kept current from the tenant
-/// generations: a pass re-reads only the subscriptions written since the last one (a client
-/// write anywhere moves its tenant's generation), so 100,000 idle subscriptions cost no query.
-#[derive(Default)]
-struct Known {
-    generations: HashMap<String, i64>,
-    subs: KeyMap<Subscription>,
-}
-
-impl Known {
-    /// Bring up to date; the subscriptions that were added, changed or removed.
-    async fn refresh(&mut self, hub: &Hub) -> Result<Vec<Key>, hub_store::StoreError> {
-        let mut changed = Vec::new();
-        for (tenant, generation) in hub.store.tenant_generations().await? {
-            let at = self.generations.get(&tenant).copied();
-            if at == Some(generation) {
-                continue;
-            }
-            let changes = match at {
-                Some(at) => hub.store.matching_changes(&tenant, at, generation).await?,
-                None => MatchingChanges::Rebuild,
-            };
-            let rest_hook = |s: &Subscription| s.channel_type() == ChannelType::RestHook;
-            match changes {
-                MatchingChanges::Subscriptions { generation, ids } => {
-                    let rows = hub.store.live_subscriptions_among(&tenant, &ids).await?;
-                    let mut now: KeyMap<Subscription> = hub
-                        .subscriptions
-                        .read_all(rows)
-                        .into_iter()
-                        .filter(rest_hook)
-                        .map(|s| (s.key.clone(), s))
-                        .collect();
-                    for id in ids {
-                        let at = Pair(&tenant, &id);
-                        let key = match now.remove(&at) {
-                            Some(s) => {
-                                let key = s.key.clone();
-                                self.subs.insert(key.clone(), s);
-                                key
-                            }
-                            None => match self.subs.remove_entry(&at) {
-                                Some((key, _)) => key,
-                                None => SubKey::new(&tenant, &id),
-                            },
-                        };
-                        changed.push(key);
-                    }
-                    self.generations.insert(tenant, generation);
-                }
-                MatchingChanges::Rebuild => {
-                    let rows = hub.store.live_subscriptions_of(&tenant).await?;
-                    let before: Vec<Key> = self
-                        .subs
-                        .keys()
-                        .filter(|k| k.tenant() == tenant)
-                        .cloned()
-                        .collect();
-                    for key in before {
-                        self.subs.remove(&key);
-                        changed.push(key);
-                    }
-                    for s in hub
-                        .subscriptions
-                        .read_all(rows)
-                        .into_iter()
-                        .filter(rest_hook)
-                    {
-                        changed.push(s.key.clone());
-                        self.subs.insert(s.key.clone(), s);
-                    }
-                    self.generations.insert(tenant, generation);
-                }
-            }
-        }
-        Ok(changed)
-    }
-
-    /// Read one subscription again (its worker ended on its own: it may be off now).
-    async fn recheck(&mut self, hub: &Hub, key: &Key) -> Result<(), crate::model::ModelError> {
-        match hub
-            .subscriptions
-            .get(&hub.store, key.tenant(), key.id())
-            .await?
-        {
-            Some(s) if s.status != Status::Off && s.channel_type() == ChannelType::RestHook => {
-                self.subs.insert(key.clone(), s);
-            }
-            _ => {
-                self.subs.remove(key);
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What the delivery loop keeps between passes.
 struct Delivery {
@@ -178,9 +103,9 @@ struct Delivery {
     owner: String,
     clients: std::sync::Arc<clients::Clients>,
     known: Known,
-    /// The subscriptions this process holds the lease of, each with its worker or parked
-    /// slot (`None`: held, nothing running). One map, so one key per subscription.
-    leases: KeyMap<Option<Slot>>,
+    /// The subscriptions this process holds the lease of (of one incarnation each), with
+    /// its worker or parked slot. One map, so one key per subscription.
+    leases: KeyMap<Held>,
     /// The last worker's serial.
     serial: u64,
     tasks: JoinSet<()>,
@@ -190,47 +115,55 @@ struct Delivery {
     /// When parked subscriptions' heartbeats are due (entries of subscriptions that were
     /// started meanwhile are skipped when they come up).
     beats: BinaryHeap<Reverse<(tokio::time::Instant, Key)>>,
+    /// When workers that failed to start are tried again (entries whose slot moved on are
+    /// skipped).
+    restarts: BinaryHeap<Reverse<(tokio::time::Instant, Key)>>,
 }
 
 impl Delivery {
     /// Stop every worker and forget every lease (they lapsed: others may hold them now).
     fn stop_all(&mut self) {
-        for (key, slot) in self.leases.drain() {
-            match slot {
+        for (key, held) in self.leases.drain() {
+            match held.slot {
                 Some(Slot::Running { stop, .. }) => stop.cancel(),
                 Some(Slot::Parked { .. }) => {
                     self.hub.wakeups.unpark(&key);
                 }
-                None => {}
+                Some(Slot::Waiting { .. }) | None => {}
             }
         }
         self.beats.clear();
+        self.restarts.clear();
     }
 
     /// The worker or parked slot of a subscription this process holds.
     fn slot(&self, key: &Key) -> Option<&Slot> {
-        self.leases.get(key).and_then(Option::as_ref)
+        self.leases.get(key).and_then(|h| h.slot.as_ref())
+    }
+
+    /// Whether this process holds the lease of `sub`'s incarnation.
+    fn holds(&self, sub: &Subscription) -> bool {
+        self.leases
+            .get(&sub.key)
+            .is_some_and(|h| h.log_key == sub.log_key)
     }
 
     /// Stop a subscription's worker, or forget it parked (its lease is kept).
     fn stop(&mut self, key: &Key) {
-        match self.leases.get_mut(key).and_then(Option::take) {
+        match self.leases.get_mut(key).and_then(|h| h.slot.take()) {
             Some(Slot::Running { stop, .. }) => stop.cancel(),
             Some(Slot::Parked { .. }) => {
                 self.hub.wakeups.unpark(key);
             }
-            None => {}
+            Some(Slot::Waiting { .. }) | None => {}
         }
     }
 
     /// Start, restart or stop the workers of `keys` to match what is known and held.
     async fn reconcile(&mut self, keys: impl IntoIterator<Item = Key>) {
         for key in keys {
-            let want = self
-                .known
-                .subs
-                .get(&key)
-                .filter(|_| self.leases.contains_key(&key));
+            // held on this incarnation: a lease on a deleted one is not one on its successor
+            let want = self.known.subs.get(&key).filter(|s| self.holds(s));
             // A worker lives as long as its subscription version: a client update restarts it.
             if let (Some(w), Some(s)) = (self.slot(&key), want)
                 && s.version == w.version()
@@ -241,20 +174,38 @@ impl Delivery {
             let want = want.cloned();
             self.stop(&key);
             let Some(sub) = want else {
-                if !self.known.subs.contains_key(&key) {
+                let current = self.known.subs.get(&key).map(|s| s.log_key);
+                if self
+                    .leases
+                    .get(&key)
+                    .is_some_and(|h| Some(h.log_key) != current)
+                {
                     self.leases.remove(&key);
                 }
                 continue;
             };
-            self.start(key, sub, None).await;
+            self.start(key, sub, None, 0).await;
         }
     }
 
-    /// Start a worker for `sub` (from `resume` when it was parked).
-    async fn start(&mut self, key: Key, sub: Subscription, resume: Option<worker::Resume>) {
+    /// Start a worker for `sub` (from `resume` when it was parked); `failed`: starts of
+    /// this version that failed before. A start that fails is tried again with backoff, and
+    /// the subscription shows `error` with the reason meanwhile.
+    async fn start(
+        &mut self,
+        key: Key,
+        mut sub: Subscription,
+        resume: Option<worker::Resume>,
+        failed: u32,
+    ) {
         let version = sub.version;
+        let log_key = sub.log_key;
+        if failed > 0 && sub.status == Status::Active {
+            // shown as `error` since the failed start: its first success says `active` again
+            sub.status = Status::Error;
+        }
         let worker = match &resume {
-            Some(r) => new_worker(
+            Some(r) => start::new_worker(
                 &self.hub,
                 &self.shutdown,
                 &self.owner,
@@ -263,10 +214,37 @@ impl Delivery {
                 r.client.clone(),
                 r.pinned,
             ),
-            None => start_worker(&self.hub, &self.shutdown, &self.owner, &self.clients, sub).await,
+            None => {
+                let parts = (
+                    &self.hub,
+                    &self.shutdown,
+                    self.owner.as_str(),
+                    &self.clients,
+                );
+                start::start_worker(parts, sub).await
+            }
         };
-        let Some(mut worker) = worker else {
-            return;
+        let mut worker = match worker {
+            Ok(w) => w,
+            Err(failure) => {
+                let attempt = failed.saturating_add(1);
+                let wait = start::backoff(attempt);
+                failure.report(&self.hub, attempt, wait).await;
+                let due = tokio::time::Instant::now() + wait;
+                self.leases.insert(
+                    key.clone(),
+                    Held {
+                        log_key,
+                        slot: Some(Slot::Waiting {
+                            version,
+                            attempt,
+                            due,
+                        }),
+                    },
+                );
+                self.restarts.push(Reverse((due, key)));
+                return;
+            }
         };
         worker.resume = resume;
         self.serial += 1;
@@ -275,11 +253,14 @@ impl Delivery {
         // only held subscriptions are started: the lease's entry gets the worker
         self.leases.insert(
             key.clone(),
-            Some(Slot::Running {
-                version,
-                serial,
-                stop: stop.clone(),
-            }),
+            Held {
+                log_key,
+                slot: Some(Slot::Running {
+                    version,
+                    serial,
+                    stop: stop.clone(),
+                }),
+            },
         );
         let ended = self.ended.clone();
         // The worker's future on the heap once, behind a pointer: an idle worker's task
@@ -291,16 +272,20 @@ impl Delivery {
 
     /// Start a parked subscription's worker again from where the last one stopped.
     async fn resume(&mut self, key: Key, version: i64, resume: worker::Resume) {
-        let Some(slot) = self.leases.get_mut(&key) else {
+        let Some(held) = self.leases.get_mut(&key) else {
             return; // no longer held
         };
-        *slot = None;
+        held.slot = None;
+        let held_key = held.log_key;
         let Some(sub) = self.known.subs.get(&key).cloned() else {
             return;
         };
+        if sub.log_key != held_key {
+            return; // another incarnation: the next pass claims it
+        }
         // a subscription written since it parked starts over (as `reconcile` would)
         let resume = (sub.version == version).then_some(resume);
-        self.start(key, sub, resume).await;
+        self.start(key, sub, resume, 0).await;
     }
 
     /// A worker ended on its own; true when its subscription must be read again.
@@ -314,8 +299,18 @@ impl Delivery {
         };
         match ended {
             worker::Ended::Done => true,
+            // not this process's (or this incarnation's) any more: drop the lease, and start
+            // nothing until a claim gets it again
+            worker::Ended::Refused => {
+                self.leases.remove(&key);
+                true
+            }
             worker::Ended::Parked(resume, idle) => {
-                if self.hub.wakeups.park(&key, idle.position, idle.wake) {
+                if self
+                    .hub
+                    .wakeups
+                    .park(&key, idle.log_key, idle.position, idle.wake)
+                {
                     let period = self
                         .known
                         .subs
@@ -325,8 +320,8 @@ impl Delivery {
                         let due = resume.last_sent + Duration::from_secs(u64::from(secs));
                         self.beats.push(Reverse((due, key.clone())));
                     }
-                    if let Some(slot) = self.leases.get_mut(&key) {
-                        *slot = Some(Slot::Parked { version, resume });
+                    if let Some(held) = self.leases.get_mut(&key) {
+                        held.slot = Some(Slot::Parked { version, resume });
                     }
                 } else {
                     // something was logged as it parked: on at once
@@ -373,6 +368,34 @@ impl Delivery {
         }
     }
 
+    /// Start again the workers whose failed start is due for another try.
+    async fn restarts_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(Reverse((due, _))) = self.restarts.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, key))) = self.restarts.pop() else {
+                break;
+            };
+            let Some(&Slot::Waiting {
+                version,
+                attempt,
+                due: at,
+            }) = self.slot(&key)
+            else {
+                continue; // stopped or started meanwhile
+            };
+            let Some(sub) = self.known.subs.get(&key).cloned() else {
+                continue;
+            };
+            if at != due || sub.version != version || !self.holds(&sub) {
+                continue; // a client write or a lost lease moved it on; `reconcile` decides
+            }
+            self.start(key, sub, None, attempt).await;
+        }
+    }
+
     /// Reap the tasks of workers that ended.
     fn reap(&mut self) {
         while let Some(done) = self.tasks.try_join_next() {
@@ -385,34 +408,51 @@ impl Delivery {
     /// Subscriptions with a worker running, and parked.
     fn count(&self) -> (usize, usize) {
         let (mut running, mut parked) = (0, 0);
-        for slot in self.leases.values().flatten() {
+        for slot in self.leases.values().filter_map(|h| h.slot.as_ref()) {
             match slot {
                 Slot::Running { .. } => running += 1,
                 Slot::Parked { .. } => parked += 1,
+                Slot::Waiting { .. } => {}
             }
         }
         (running, parked)
     }
 
-    /// Claim the leases of `keys` this process does not hold; the ones it got.
+    /// Claim the leases of the known incarnations of `keys` this process does not hold;
+    /// the ones it got.
     async fn claim(&mut self, keys: Vec<Key>) -> Vec<Key> {
-        if keys.is_empty() {
+        let subs: Vec<(Key, LogKey)> = keys
+            .into_iter()
+            .filter_map(|k| self.known.subs.get(&k).map(|s| (k, s.log_key)))
+            .collect();
+        if subs.is_empty() {
             return Vec::new();
         }
         let ttl = self.hub.config.delivery.lease_ttl_ms;
-        let wanted = keys.iter().map(SubKey::pair);
+        let wanted = subs.iter().map(|(k, log_key)| {
+            let (tenant, id) = k.pair();
+            (tenant, id, *log_key)
+        });
         let claimed = self.hub.store.claim_leases(&self.owner, wanted, ttl).await;
         match claimed {
             Ok(got) => {
-                // the claimed pairs back to the shared keys
-                let mut asked: KeyMap<()> = keys.into_iter().map(|k| (k, ())).collect();
-                got.iter()
-                    .filter_map(|(tenant, id)| asked.remove_entry(&Pair(tenant, id)))
-                    .map(|(key, ())| {
-                        self.leases.entry(key.clone()).or_insert(None);
-                        key
-                    })
-                    .collect()
+                let mut out = Vec::with_capacity(got.len());
+                for (key, log_key) in subs {
+                    if !got.contains(&log_key) {
+                        continue;
+                    }
+                    // a lease held on an earlier incarnation goes, with its worker
+                    if self.leases.get(&key).is_some_and(|h| h.log_key != log_key) {
+                        self.stop(&key);
+                    }
+                    let held = self.leases.entry(key.clone()).or_insert(Held {
+                        log_key,
+                        slot: None,
+                    });
+                    held.log_key = log_key;
+                    out.push(key);
+                }
+                out
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim delivery leases; trying again next pass");
@@ -445,6 +485,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         tasks: JoinSet::new(),
         ended,
         beats: BinaryHeap::new(),
+        restarts: BinaryHeap::new(),
     };
     let mut renewed = tokio::time::Instant::now();
     let mut others: BTreeSet<String> = BTreeSet::new();
@@ -510,14 +551,14 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         let wanted: Vec<Key> = if claim_all {
             d.known
                 .subs
-                .keys()
-                .filter(|k| !d.leases.contains_key(*k))
-                .cloned()
+                .values()
+                .filter(|s| !d.holds(s))
+                .map(|s| s.key.clone())
                 .collect()
         } else {
             dirty
                 .iter()
-                .filter(|k| d.known.subs.contains_key(*k) && !d.leases.contains_key(*k))
+                .filter(|k| d.known.subs.get(*k).is_some_and(|s| !d.holds(s)))
                 .cloned()
                 .collect()
         };
@@ -531,6 +572,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         let next_pass = tokio::time::Instant::now() + poll;
         loop {
             let beat = d.beats.peek().map(|Reverse((due, _))| *due);
+            let restart = d.restarts.peek().map(|Reverse((due, _))| *due);
             tokio::select! {
                 _ = shutdown.cancelled() => break 'passes,
                 _ = tokio::time::sleep_until(next_pass) => break,
@@ -547,6 +589,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                 _ = tokio::time::sleep_until(beat.unwrap_or(next_pass)), if beat.is_some() => {
                     d.heartbeats_due().await;
                 }
+                _ = tokio::time::sleep_until(restart.unwrap_or(next_pass)), if restart.is_some() => {
+                    d.restarts_due().await;
+                }
             }
             d.reap();
         }
@@ -555,8 +600,8 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         subscriptions = d.leases.len(),
         "delivery draining in-flight requests"
     );
-    for slot in d.leases.values().flatten() {
-        if let Slot::Running { stop, .. } = slot {
+    for held in d.leases.values() {
+        if let Some(Slot::Running { stop, .. }) = &held.slot {
             stop.cancel();
         }
     }
@@ -592,80 +637,6 @@ async fn supervised(
         stop.cancel();
         let _ = ended.send((key, serial, how));
     }
-}
-
-/// A worker for a subscription: a checked endpoint and its origin's HTTP client, pinned to
-/// the checked address, with the subscription's client certificate.
-async fn start_worker(
-    hub: &Hub,
-    shutdown: &CancellationToken,
-    owner: &str,
-    clients: &std::sync::Arc<clients::Clients>,
-    sub: Subscription,
-) -> Option<worker::Worker> {
-    if sub.secret.is_none() {
-        tracing::error!(subscription = %sub.id(), "stored subscription has no signing secret");
-        return None;
-    }
-    let channel = &sub.spec.channel;
-    let checked = match hub.egress.check(&channel.endpoint).await {
-        Ok(c) => c,
-        Err(why) => {
-            if sub.status != Status::Error {
-                let msg = format!("endpoint refused: {why}");
-                tracing::warn!(subscription = %sub.id(), tenant = %sub.tenant(), %msg, "not delivering");
-                let _ = hub
-                    .store
-                    .set_subscription_status(
-                        sub.tenant(),
-                        sub.id(),
-                        sub.version,
-                        Status::Error.as_str(),
-                        Some(&msg),
-                    )
-                    .await;
-            }
-            return None;
-        }
-    };
-    let client = match clients.get(hub, &sub, &checked) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(subscription = %sub.id(), error = %e, "cannot build an HTTP client");
-            return None;
-        }
-    };
-    let pinned = checked.pinned.as_ref().map(|(_, a)| *a);
-    new_worker(hub, shutdown, owner, clients, sub, client, pinned)
-}
-
-/// A worker sending through `client` (connected to `pinned`, the endpoint's checked
-/// address); a parked subscription's worker starts with the client its last one had, so
-/// waking it costs no name lookup.
-fn new_worker(
-    hub: &Hub,
-    shutdown: &CancellationToken,
-    owner: &str,
-    clients: &std::sync::Arc<clients::Clients>,
-    sub: Subscription,
-    client: clients::OriginClient,
-    pinned: Option<std::net::SocketAddr>,
-) -> Option<worker::Worker> {
-    let Some(secret) = sub.secret.clone() else {
-        tracing::error!(subscription = %sub.id(), "stored subscription has no signing secret");
-        return None;
-    };
-    Some(worker::Worker {
-        hub: hub.clone(),
-        resume: None,
-        client: std::sync::Mutex::new(client),
-        clients: std::sync::Arc::clone(clients),
-        pinned_addr: std::sync::Mutex::new(pinned),
-        sub,
-        secret,
-        stop: shutdown.child_token(),
-        owner: owner.to_owned(),
-    })
 }
 
 /// Hourly housekeeping: delivered notifications older than `database.retention_days`;

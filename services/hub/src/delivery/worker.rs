@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use hub_fhir::subscription::Status;
-use hub_store::Notification;
+use hub_store::{NewAudit, Notification};
 use tokio_util::sync::CancellationToken;
 
+use super::retries::{Attempt, Final, Pending, deliver_with_retries};
 use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
@@ -16,64 +17,6 @@ use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Idle, Item, SubscriptionStream};
 use crate::metrics::{DeliveryAttempt, StatusChanged};
 use crate::model::Subscription;
-
-/// How the retries of one message ended.
-#[derive(Debug, PartialEq)]
-pub enum Final {
-    Delivered,
-    /// 410 Gone.
-    Gone(String),
-    /// Every attempt of the schedule failed.
-    GaveUp(String),
-    Stopped,
-}
-
-/// One attempt of one message, and what to do with a failure.
-pub trait Attempt {
-    fn attempt(&mut self) -> impl Future<Output = Outcome> + Send;
-    /// Called after each failed attempt (1-based count of consecutive failures).
-    fn failed(&mut self, failures: usize, reason: &str) -> impl Future<Output = ()> + Send;
-}
-
-/// Try a message on the schedule: wait `schedule[i]` before attempt `i`.
-pub async fn deliver_with_retries<A: Attempt + Send>(
-    a: &mut A,
-    schedule: &Schedule,
-    stop: &CancellationToken,
-) -> Final {
-    let mut retry_after = None;
-    let mut last = String::new();
-    for attempt in 0.. {
-        let Some(wait) = schedule.wait(attempt, retry_after) else {
-            return Final::GaveUp(format!("gave up after {attempt} attempts: {last}"));
-        };
-        if !wait.is_zero() {
-            tokio::select! {
-                _ = stop.cancelled() => return Final::Stopped,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-        if stop.is_cancelled() {
-            return Final::Stopped;
-        }
-        match a.attempt().await {
-            Outcome::Delivered { .. } => return Final::Delivered,
-            Outcome::Failed {
-                reason, gone: true, ..
-            } => return Final::Gone(reason),
-            Outcome::Failed {
-                reason,
-                retry_after: ra,
-                ..
-            } => {
-                a.failed(attempt + 1, &reason).await;
-                retry_after = ra;
-                last = reason;
-            }
-        }
-    }
-    Final::Stopped
-}
 
 /// Where a parked worker left off: what the next one starts from.
 #[derive(Debug, Clone)]
@@ -94,8 +37,12 @@ pub(super) struct Resume {
 /// How a worker ended.
 #[derive(Debug)]
 pub(super) enum Ended {
-    /// Stopped, or its subscription turned off, or its lease was lost.
+    /// Stopped, or its subscription turned off.
     Done,
+    /// Its progress was refused: this process no longer holds the lease of this
+    /// incarnation (another process took it over, or the subscription was deleted). The
+    /// delivery loop drops the lease and starts no worker until it holds one again.
+    Refused,
     /// Caught up and idle for `delivery.park_idle_after_ms`: the delivery loop parks the
     /// subscription (no task) and starts a worker from `Resume` when its log moves past
     /// the idle stream's position or its heartbeat is due.
@@ -130,6 +77,11 @@ struct HttpAttempt<'a> {
     status: &'a mut Status,
     /// Failed attempts after which the subscription shows `error`.
     error_after: usize,
+    /// For an event notification: what was delivered before it, recorded with each failure
+    /// together with the retry state (which then belongs to this message), and the audit
+    /// rows of what was delivered but not yet recorded (written first). `None` for a
+    /// handshake or heartbeat: no retry state is kept for those.
+    progress: Option<(i64, &'a mut Vec<NewAudit>)>,
 }
 
 impl Attempt for HttpAttempt<'_> {
@@ -160,23 +112,45 @@ impl Attempt for HttpAttempt<'_> {
         outcome
     }
 
-    async fn failed(&mut self, failures: usize, reason: &str) {
+    async fn failed(&mut self, failures: usize, reason: &str, next: Option<Duration>) -> bool {
         let w = self.w;
         // the endpoint may have moved (DNS): the next attempt goes to where its name points now
         w.resolve_again().await;
         tracing::warn!(subscription = %w.sub.id(), tenant = %w.sub.tenant(), failures, %reason, "delivery attempt failed");
-        if let Err(e) = w
+        let (through, next_ms) = match &mut self.progress {
+            Some((through, disclosed)) => {
+                if !disclosed.is_empty() {
+                    crate::auth::record(&w.hub, std::mem::take(*disclosed)).await;
+                }
+                let ms = next.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                (*through, ms)
+            }
+            None => (0, None),
+        };
+        let failure = hub_store::Failure {
+            delivered_through: through,
+            attempts: i64::try_from(failures).unwrap_or(i64::MAX),
+            error: reason,
+            next_attempt_in_ms: next_ms,
+        };
+        match w
             .hub
             .store
-            .record_failure(w.sub.tenant(), w.sub.id(), reason)
+            .record_failure(w.sub.log_key, failure, Some(&w.owner))
             .await
         {
-            tracing::warn!(subscription = %w.sub.id(), error = %e, "cannot record a failure");
+            Ok(true) => {}
+            // another process (or incarnation) owns this now: no retry, no status change
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(subscription = %w.sub.id(), error = %e, "cannot record a failure")
+            }
         }
         if failures >= self.error_after && *self.status != Status::Error {
             w.set_status(Status::Error, Some(reason)).await;
             *self.status = Status::Error;
         }
+        true
     }
 }
 
@@ -221,29 +195,29 @@ impl Worker {
         self.pinned_addr.lock().ok().and_then(|p| *p)
     }
 
-    /// Record that everything up to `through` is delivered; false if stopped while the
-    /// store was unavailable (the next worker resends from the last record: duplicates with
-    /// the same webhook-id, never a loss).
-    /// Fenced by the lease: when another process holds it now, this worker stops (that
-    /// process resends from the last recorded progress, with the same webhook-ids).
-    async fn record(&self, through: i64) -> bool {
+    /// Record that everything up to `through` is delivered; `Some` with how the worker ends
+    /// when it must stop: stopped while the store was unavailable (the next worker resends
+    /// from the last record: duplicates with the same webhook-id, never a loss), or refused.
+    /// Fenced by the lease of this incarnation: when another process holds it now, or the
+    /// subscription was deleted (and perhaps re-created), this worker stops (the holder
+    /// resends from the last recorded progress, with the same webhook-ids).
+    async fn record(&self, through: i64) -> Option<Ended> {
         let recorded = crate::retry::until_ok(&self.stop, "recording a delivery", || {
-            self.hub.store.record_delivered_by(
-                self.sub.tenant(),
-                self.sub.id(),
-                through,
-                Some(&self.owner),
-            )
+            self.hub
+                .store
+                .record_delivered_by(self.sub.log_key, through, Some(&self.owner))
         })
         .await;
         match recorded {
-            Some(true) => true,
-            Some(false) => {
-                tracing::warn!(subscription = %self.sub.id(), tenant = %self.sub.tenant(), "this process lost the subscription's delivery lease; its worker stops");
-                false
-            }
-            None => false,
+            Some(true) => None,
+            Some(false) => Some(self.refused()),
+            None => Some(Ended::Done),
         }
+    }
+
+    fn refused(&self) -> Ended {
+        tracing::warn!(subscription = %self.sub.id(), tenant = %self.sub.tenant(), log_key = %self.sub.log_key, "this process no longer holds the delivery lease of this incarnation (taken over, or the subscription was deleted); its worker stops");
+        Ended::Refused
     }
 
     /// The rendered message as a request to this subscription's endpoint.
@@ -292,6 +266,7 @@ impl Worker {
             dispatch: d,
             status,
             error_after: self.hub.config.delivery.error_after_failures,
+            progress: None,
         };
         match attempt.attempt().await {
             Outcome::Delivered { .. } => {
@@ -303,7 +278,7 @@ impl Worker {
             }
             Outcome::Failed { reason, .. } => {
                 *failures += 1;
-                attempt.failed(*failures, &reason).await;
+                attempt.failed(*failures, &reason, None).await;
             }
         }
     }
@@ -334,8 +309,16 @@ impl Worker {
 
     /// Retry one message; on success bring an errored subscription back to active. A
     /// handshake shows `error` at its first failure (the IG: any error in the initial
-    /// handshake SHALL set error), and keeps being retried on the schedule.
-    async fn deliver(&self, dispatch: Dispatch, kind: Kind, status: &mut Status) -> Final {
+    /// handshake SHALL set error), and keeps being retried on the schedule. An event
+    /// notification's `progress` (see [`HttpAttempt`]) and pending retry `from` a restart.
+    async fn deliver(
+        &self,
+        dispatch: Dispatch,
+        kind: Kind,
+        status: &mut Status,
+        progress: Option<(i64, &mut Vec<NewAudit>)>,
+        from: Option<Pending>,
+    ) -> Final {
         let schedule: &Schedule = &self.hub.schedule;
         let error_after = if kind == Kind::Handshake {
             1
@@ -347,8 +330,9 @@ impl Worker {
             dispatch,
             status,
             error_after,
+            progress,
         };
-        let result = deliver_with_retries(&mut attempt, schedule, &self.stop).await;
+        let result = deliver_with_retries(&mut attempt, schedule, &self.stop, from).await;
         match &result {
             Final::Delivered if *status != Status::Active => {
                 self.set_status(Status::Active, None).await;
@@ -370,28 +354,32 @@ impl Worker {
     pub(super) async fn run(self) -> Ended {
         let hub = &self.hub;
         let (tenant, id) = (self.sub.tenant(), self.sub.id());
+        let mut pending: Option<Pending> = None;
         let (mut status, mut delivered, mut last_sent) = match &self.resume {
             Some(r) => (r.status, r.delivered, r.last_sent),
             None => {
                 let mut status = self.sub.status;
                 if status == Status::Requested {
                     let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
-                    if Box::pin(self.deliver(d, Kind::Handshake, &mut status)).await
-                        != Final::Delivered
+                    match Box::pin(self.deliver(d, Kind::Handshake, &mut status, None, None)).await
                     {
-                        return Ended::Done;
+                        Final::Delivered => {}
+                        Final::Refused => return self.refused(),
+                        _ => return Ended::Done,
                     }
                     tracing::info!(subscription = %self.sub.id(), "handshake accepted");
                 }
                 // This worker is the rest-hook reader: its cursor is `delivered_through`.
                 let Some(state) =
                     crate::retry::until_ok(&self.stop, "reading delivery state", || {
-                        hub.store.delivery_state(tenant, id)
+                        hub.store.delivery_state(self.sub.log_key)
                     })
                     .await
                 else {
                     return Ended::Done;
                 };
+                // a retry pending when the last worker stopped goes on where it was
+                pending = Pending::stored(&state);
                 (status, state.delivered_through, tokio::time::Instant::now())
             }
         };
@@ -406,7 +394,7 @@ impl Worker {
             .map(Duration::from_millis);
         let mut busy_at = tokio::time::Instant::now();
         let mut heartbeat_failures = self.resume.as_ref().map_or(0, |r| r.heartbeat_failures);
-        let mut stream = SubscriptionStream::open(hub, tenant, id, delivered);
+        let mut stream = SubscriptionStream::open(hub, &self.sub, delivered);
         let group = crate::channels::group_size(&self.sub);
         loop {
             let beat_at = heartbeat.map(|p| last_sent + p);
@@ -461,8 +449,8 @@ impl Worker {
                     // log was purged by hand: say so loudly and go on.
                     tracing::error!(subscription = %id, tenant = %tenant, after, resumes_at, "notifications missing from the log; skipping to what remains");
                     delivered = resumes_at - 1;
-                    if !Box::pin(self.record(delivered)).await {
-                        return Ended::Done;
+                    if let Some(end) = Box::pin(self.record(delivered)).await {
+                        return end;
                     }
                     continue;
                 }
@@ -480,7 +468,14 @@ impl Worker {
                     continue;
                 };
                 let d = self.message(status, Kind::EventNotification, last.event_number, notes);
-                let result = Box::pin(self.deliver(d, Kind::EventNotification, &mut status)).await;
+                let progress = Some((delivered, &mut disclosed));
+                let from = pending.take();
+                let result =
+                    Box::pin(self.deliver(d, Kind::EventNotification, &mut status, progress, from))
+                        .await;
+                if result == Final::Refused {
+                    return self.refused();
+                }
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();
@@ -495,8 +490,8 @@ impl Worker {
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
                 if must_record && delivered > recorded {
                     Box::pin(crate::auth::record(hub, std::mem::take(&mut disclosed))).await;
-                    if !Box::pin(self.record(delivered)).await {
-                        return Ended::Done;
+                    if let Some(end) = Box::pin(self.record(delivered)).await {
+                        return end;
                     }
                     recorded = delivered;
                     last_record = tokio::time::Instant::now();
@@ -506,124 +501,12 @@ impl Worker {
                 }
             }
             Box::pin(crate::auth::record(hub, disclosed)).await;
-            if delivered > recorded && !Box::pin(self.record(delivered)).await {
-                return Ended::Done;
+            if delivered > recorded
+                && let Some(end) = Box::pin(self.record(delivered)).await
+            {
+                return end;
             }
             busy_at = tokio::time::Instant::now();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::time::Instant;
-
-    struct Flaky {
-        fail_first: usize,
-        calls: Vec<Duration>,
-        start: Instant,
-        retry_after: Option<Duration>,
-        gone_at: Option<usize>,
-    }
-
-    impl Attempt for Flaky {
-        async fn attempt(&mut self) -> Outcome {
-            self.calls.push(self.start.elapsed());
-            let n = self.calls.len();
-            if Some(n) == self.gone_at {
-                return Outcome::Failed {
-                    reason: "gone".into(),
-                    retry_after: None,
-                    gone: true,
-                };
-            }
-            if n <= self.fail_first {
-                Outcome::Failed {
-                    reason: format!("fail {n}"),
-                    retry_after: self.retry_after,
-                    gone: false,
-                }
-            } else {
-                Outcome::Delivered { status: 200 }
-            }
-        }
-        async fn failed(&mut self, _failures: usize, _reason: &str) {}
-    }
-
-    fn schedule() -> Schedule {
-        let items: Vec<String> = ["0s", "5s", "5m", "30m"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        Schedule::parse(&items).unwrap()
-    }
-
-    fn flaky(fail_first: usize) -> Flaky {
-        Flaky {
-            fail_first,
-            calls: Vec::new(),
-            start: Instant::now(),
-            retry_after: None,
-            gone_at: None,
-        }
-    }
-
-    fn secs(d: &Duration) -> f64 {
-        d.as_secs_f64()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_follow_the_schedule() {
-        let mut f = flaky(2);
-        let r = deliver_with_retries(&mut f, &schedule(), &CancellationToken::new()).await;
-        assert_eq!(r, Final::Delivered);
-        let t: Vec<f64> = f.calls.iter().map(secs).collect();
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[0], 0.0, "first attempt at once");
-        assert!((4.5..=5.5).contains(&t[1]), "second after ~5 s: {t:?}");
-        assert!(
-            (t[2] - t[1] >= 270.0) && (t[2] - t[1] <= 330.0),
-            "third ~5 min later: {t:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_schedule_running_out_gives_up() {
-        let mut f = flaky(usize::MAX);
-        let r = deliver_with_retries(&mut f, &schedule(), &CancellationToken::new()).await;
-        assert!(
-            matches!(r, Final::GaveUp(ref m) if m.contains("4 attempts")),
-            "{r:?}"
-        );
-        assert_eq!(f.calls.len(), 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_after_lengthens_the_wait_and_410_stops() {
-        let mut f = flaky(1);
-        f.retry_after = Some(Duration::from_secs(120));
-        deliver_with_retries(&mut f, &schedule(), &CancellationToken::new()).await;
-        assert!(secs(&f.calls[1]) >= 120.0, "{:?}", f.calls);
-
-        let mut g = flaky(usize::MAX);
-        g.gone_at = Some(2);
-        let r = deliver_with_retries(&mut g, &schedule(), &CancellationToken::new()).await;
-        assert_eq!(r, Final::Gone("gone".into()));
-        assert_eq!(g.calls.len(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn stopping_interrupts_a_wait() {
-        let stop = CancellationToken::new();
-        let mut f = flaky(usize::MAX);
-        let s2 = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            s2.cancel();
-        });
-        let r = deliver_with_retries(&mut f, &schedule(), &stop).await;
-        assert_eq!(r, Final::Stopped);
-        assert_eq!(f.calls.len(), 2);
     }
 }

@@ -1,8 +1,29 @@
 //! Behaviour the store must show on every backend.
 
 use hub_store::{
-    NewNotification, NewQuarantined, QuarantineStage, Store, StoreError, SubscriptionWrite,
+    Failure, LogKey, NewNotification, NewQuarantined, QuarantineStage, Store, StoreError,
+    SubscriptionWrite,
 };
+
+/// The incarnation of a stored subscription: what positions on its log are keyed by.
+pub(crate) async fn key(store: &Store, tenant: &str, id: &str) -> LogKey {
+    store
+        .get_subscription(tenant, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .log_key
+}
+
+/// A failed attempt with no retry pending, after nothing delivered.
+pub(crate) fn failure(error: &str, attempts: i64) -> Failure<'_> {
+    Failure {
+        delivered_through: 0,
+        attempts,
+        error,
+        next_attempt_in_ms: None,
+    }
+}
 
 pub(crate) fn write(status: &str) -> SubscriptionWrite {
     SubscriptionWrite {
@@ -192,7 +213,7 @@ pub(crate) async fn event_numbers_are_gap_free_and_deduplicated(store: Store) {
     assert_eq!(row.events_since_start, 3);
 
     let after = store
-        .notifications_after("default", "s1", 1, 10)
+        .notifications_after(key(&store, "default", "s1").await, 1, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -203,7 +224,7 @@ pub(crate) async fn event_numbers_are_gap_free_and_deduplicated(store: Store) {
     assert_ne!(after[0].notification_id, after[1].notification_id);
     assert_eq!(
         store
-            .notifications_after("default", "s1", 0, 1)
+            .notifications_after(key(&store, "default", "s1").await, 0, 1)
             .await
             .unwrap()
             .len(),
@@ -258,7 +279,7 @@ pub(crate) async fn bursts_for_one_subscription_take_a_block_of_numbers(store: S
     assert_eq!(logged.len(), 1200);
     assert_eq!(logged.last().unwrap().event_number, 1201);
     let all = store
-        .notifications_after("default", "s2", 0, 5000)
+        .notifications_after(key(&store, "default", "s2").await, 0, 5000)
         .await
         .unwrap();
     assert_eq!(
@@ -289,7 +310,7 @@ pub(crate) async fn concurrent_appends_never_repeat_or_skip_a_number(store: Stor
         t.await.unwrap();
     }
     let all = store
-        .notifications_after("default", "s1", 0, 1000)
+        .notifications_after(key(&store, "default", "s1").await, 0, 1000)
         .await
         .unwrap();
     let nums: Vec<i64> = all.iter().map(|n| n.event_number).collect();
@@ -339,7 +360,7 @@ pub(crate) async fn opposite_batch_orders_never_deadlock(store: Store) {
     }
     for s in subs {
         let all = store
-            .notifications_after("default", s, 0, 1000)
+            .notifications_after(key(&store, "default", s).await, 0, 1000)
             .await
             .unwrap();
         let nums: Vec<i64> = all.iter().map(|n| n.event_number).collect();
@@ -361,12 +382,13 @@ pub(crate) async fn a_pool_of_its_own_shares_data_not_connections(store: Store) 
             .unwrap()
             .is_some()
     );
-    own.record_delivered("default", "s1", 0).await.unwrap();
+    let s1 = key(&store, "default", "s1").await;
+    own.record_delivered(s1, 0).await.unwrap();
     let main_before = store.pool_usage().0;
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let own = own.clone();
-            tokio::spawn(async move { own.delivery_state("default", "s1").await.unwrap() })
+            tokio::spawn(async move { own.delivery_state(s1).await.unwrap() })
         })
         .collect();
     for t in tasks {
@@ -379,14 +401,8 @@ pub(crate) async fn a_pool_of_its_own_shares_data_not_connections(store: Store) 
         "the main pool opened nothing"
     );
     // and what one pool writes, the other reads
-    store.record_delivered("default", "s1", 0).await.unwrap();
-    assert_eq!(
-        own.delivery_state("default", "s1")
-            .await
-            .unwrap()
-            .delivered_through,
-        0
-    );
+    store.record_delivered(s1, 0).await.unwrap();
+    assert_eq!(own.delivery_state(s1).await.unwrap().delivered_through, 0);
 }
 
 /// What is read back is exactly what was logged: text with quotes, escapes, non-ASCII and
@@ -416,7 +432,7 @@ pub(crate) async fn notifications_read_back_exactly(store: Store) {
         .await
         .unwrap();
     let read = store
-        .notifications_after("default", "s1", 0, 10)
+        .notifications_after(key(&store, "default", "s1").await, 0, 10)
         .await
         .unwrap();
     assert_eq!(read, logged);
@@ -425,7 +441,7 @@ pub(crate) async fn notifications_read_back_exactly(store: Store) {
     assert_eq!(read[2].note, spaced);
     assert!(
         store
-            .notifications_after("default", "s1", 3, 10)
+            .notifications_after(key(&store, "default", "s1").await, 3, 10)
             .await
             .unwrap()
             .is_empty()
@@ -437,37 +453,37 @@ pub(crate) async fn delivery_state_moves_forward_only(store: Store) {
         .create_subscription("default", "s1", &write("active"))
         .await
         .unwrap();
-    let s = store.delivery_state("default", "s1").await.unwrap();
+    let s = store
+        .delivery_state(key(&store, "default", "s1").await)
+        .await
+        .unwrap();
     assert_eq!((s.delivered_through, s.attempts), (0, 0));
-    store
-        .record_failure("default", "s1", "connection refused")
+    let s1 = key(&store, "default", "s1").await;
+    let failed = |error, attempts| store.record_failure(s1, failure(error, attempts), None);
+    assert!(failed("connection refused", 1).await.unwrap());
+    assert!(failed("timeout", 2).await.unwrap());
+    let s = store
+        .delivery_state(key(&store, "default", "s1").await)
         .await
         .unwrap();
-    store
-        .record_failure("default", "s1", "timeout")
-        .await
-        .unwrap();
-    let s = store.delivery_state("default", "s1").await.unwrap();
     assert_eq!((s.attempts, s.last_error.as_deref()), (2, Some("timeout")));
-    store.record_delivered("default", "s1", 5).await.unwrap();
-    store.record_delivered("default", "s1", 3).await.unwrap();
-    let s = store.delivery_state("default", "s1").await.unwrap();
+    store
+        .record_delivered(key(&store, "default", "s1").await, 5)
+        .await
+        .unwrap();
+    store
+        .record_delivered(key(&store, "default", "s1").await, 3)
+        .await
+        .unwrap();
+    let s = store
+        .delivery_state(key(&store, "default", "s1").await)
+        .await
+        .unwrap();
     assert_eq!(
         (s.delivered_through, s.attempts, s.last_error),
         (5, 0, None)
     );
     assert!(s.last_success_at.is_some());
-    let notes: Vec<_> = (0..7).map(|i| note("s1", &format!("e{i}"))).collect();
-    store.append_notifications(&notes).await.unwrap();
-    store.skip_backlog("default", "s1").await.unwrap();
-    assert_eq!(
-        store
-            .delivery_state("default", "s1")
-            .await
-            .unwrap()
-            .delivered_through,
-        7
-    );
 }
 
 pub(crate) async fn tenants_are_isolated(store: Store) {
@@ -485,7 +501,7 @@ pub(crate) async fn tenants_are_isolated(store: Store) {
         .unwrap();
     assert!(
         store
-            .notifications_after("b", "s1", 0, 10)
+            .notifications_after(key(&store, "b", "s1").await, 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -513,9 +529,7 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
         (db - host).abs() < 5_000,
         "database clock {db} vs host {host}"
     );
-    let wanted: Vec<(String, String)> = (0..4)
-        .map(|i| ("default".to_owned(), format!("s{i}")))
-        .collect();
+    let wanted = created(&store, (0..4).map(|i| format!("s{i}"))).await;
     let a = store
         .claim_leases("a", pairs(&wanted), 60_000)
         .await
@@ -546,20 +560,20 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
     // fencing: the cursor moves only for the lease's owner; a stale owner is refused
     assert!(
         store
-            .record_delivered_by("default", "s0", 3, Some("b"))
+            .record_delivered_by(key(&store, "default", "s0").await, 3, Some("b"))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .record_delivered_by("default", "s0", 7, Some("a"))
+            .record_delivered_by(key(&store, "default", "s0").await, 7, Some("a"))
             .await
             .unwrap(),
         "a lost its lease: its progress is refused"
     );
     assert_eq!(
         store
-            .delivery_state("default", "s0")
+            .delivery_state(key(&store, "default", "s0").await)
             .await
             .unwrap()
             .delivered_through,
@@ -632,14 +646,17 @@ pub(crate) async fn retention_purges_only_delivered_and_never_reuses_numbers(sto
         .append_notifications(&[note("r1", "e1"), note("r1", "e2"), note("r1", "e3")])
         .await
         .unwrap();
-    store.record_delivered("default", "r1", 2).await.unwrap();
+    store
+        .record_delivered(key(&store, "default", "r1").await, 2)
+        .await
+        .unwrap();
     let purged = store
         .purge_notifications("9999-12-31T00:00:00Z")
         .await
         .unwrap();
     assert_eq!(purged, 2, "only the delivered ones");
     let left = store
-        .notifications_after("default", "r1", 0, 10)
+        .notifications_after(key(&store, "default", "r1").await, 0, 10)
         .await
         .unwrap();
     assert_eq!(left.iter().map(|n| n.event_number).collect::<Vec<_>>(), [3]);
@@ -986,7 +1003,7 @@ pub(crate) async fn versions_are_kept_and_continue_after_a_delete(store: Store) 
     assert_eq!(again.version_id, 4);
     assert_eq!(
         store
-            .delivery_state("default", "s1")
+            .delivery_state(key(&store, "default", "s1").await)
             .await
             .unwrap()
             .delivered_through,
@@ -1050,15 +1067,31 @@ pub(crate) async fn versions_are_kept_and_continue_after_a_delete(store: Store) 
 }
 
 pub(crate) async fn consumer_offsets_only_move_forward(store: Store) {
-    assert_eq!(store.committed_offset("t", "etl", "s1").await.unwrap(), 0);
-    assert_eq!(store.commit_offset("t", "etl", "s1", 5).await.unwrap(), 5);
-    assert_eq!(store.commit_offset("t", "etl", "s1", 3).await.unwrap(), 5);
-    assert_eq!(store.commit_offset("t", "etl", "s1", 9).await.unwrap(), 9);
-    assert_eq!(store.committed_offset("t", "etl", "s1").await.unwrap(), 9);
+    for (tenant, id) in [("t", "s1"), ("t", "s2"), ("u", "s1")] {
+        store
+            .create_subscription(tenant, id, &write("active"))
+            .await
+            .unwrap();
+    }
+    let (s1, s2, u1) = (
+        key(&store, "t", "s1").await,
+        key(&store, "t", "s2").await,
+        key(&store, "u", "s1").await,
+    );
+    assert_eq!(store.committed_offset("t", "etl", s1).await.unwrap(), 0);
+    assert_eq!(store.commit_offset("t", "etl", s1, 5).await.unwrap(), 5);
+    assert_eq!(store.commit_offset("t", "etl", s1, 3).await.unwrap(), 5);
+    assert_eq!(store.commit_offset("t", "etl", s1, 9).await.unwrap(), 9);
+    assert_eq!(store.committed_offset("t", "etl", s1).await.unwrap(), 9);
     // per consumer, per subscription, per tenant
-    assert_eq!(store.committed_offset("t", "other", "s1").await.unwrap(), 0);
-    assert_eq!(store.committed_offset("t", "etl", "s2").await.unwrap(), 0);
-    assert_eq!(store.committed_offset("u", "etl", "s1").await.unwrap(), 0);
+    assert_eq!(store.committed_offset("t", "other", s1).await.unwrap(), 0);
+    assert_eq!(store.committed_offset("t", "etl", s2).await.unwrap(), 0);
+    assert_eq!(store.committed_offset("u", "etl", u1).await.unwrap(), 0);
+    // another tenant's incarnation is not this tenant's to commit on
+    assert!(matches!(
+        store.commit_offset("u", "etl", s1, 1).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 /// Housekeeping removes leases and consumer offsets of deleted subscriptions and, past a
@@ -1070,10 +1103,7 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
             .await
             .unwrap();
     }
-    let wanted: Vec<(String, String)> = ["live", "gone"]
-        .iter()
-        .map(|id| ("default".to_owned(), (*id).to_owned()))
-        .collect();
+    let wanted = claims(&store, ["live", "gone"].map(String::from)).await;
     assert_eq!(
         store
             .claim_leases("p", pairs(&wanted), 60_000)
@@ -1082,8 +1112,8 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
             .len(),
         2
     );
-    for id in ["live", "gone"] {
-        store.commit_offset("default", "c", id, 1).await.unwrap();
+    for (_, _, k) in &wanted {
+        store.commit_offset("default", "c", *k, 1).await.unwrap();
     }
     assert!(store.delete_subscription("default", "gone").await.unwrap());
     let key = (
@@ -1097,9 +1127,10 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
         .unwrap();
     let now = "2999-01-01T00:00:00Z";
     let p = store.purge_stale(now, None).await.unwrap();
+    // the delete took the gone subscription's lease and offsets with it
     assert_eq!(
         (p.leases, p.consumer_offsets, p.resource_versions),
-        (1, 1, 0),
+        (0, 0, 0),
         "{p:?}"
     );
     // the live subscription keeps its lease and its consumer's offset
@@ -1112,7 +1143,7 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
     );
     assert_eq!(
         store
-            .committed_offset("default", "c", "live")
+            .committed_offset("default", "c", wanted[0].2)
             .await
             .unwrap(),
         1
@@ -1293,7 +1324,7 @@ pub(crate) async fn one_event_reaching_many_subscriptions_reads_back_for_each(st
     );
     for s in subs.iter().filter(|s| *s != "fan-007") {
         let read = store
-            .notifications_after("default", s, 0, 10)
+            .notifications_after(key(&store, "default", s).await, 0, 10)
             .await
             .unwrap();
         let mine: Vec<&hub_store::Notification> =
@@ -1330,7 +1361,7 @@ pub(crate) async fn one_event_reaching_many_subscriptions_reads_back_for_each(st
     );
     // A deleted and re-created id starts an empty log, with new ids for the same events.
     let before = store
-        .notifications_after("default", "fan-000", 0, 10)
+        .notifications_after(key(&store, "default", "fan-000").await, 0, 10)
         .await
         .unwrap();
     assert!(
@@ -1345,7 +1376,7 @@ pub(crate) async fn one_event_reaching_many_subscriptions_reads_back_for_each(st
         .unwrap();
     assert!(
         store
-            .notifications_after("default", "fan-000", 0, 10)
+            .notifications_after(key(&store, "default", "fan-000").await, 0, 10)
             .await
             .unwrap()
             .is_empty()
@@ -1359,9 +1390,7 @@ pub(crate) async fn one_event_reaching_many_subscriptions_reads_back_for_each(st
 }
 
 pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store) {
-    let wanted: Vec<(String, String)> = (0..3)
-        .map(|i| ("default".to_owned(), format!("h{i}")))
-        .collect();
+    let wanted = created(&store, (0..3).map(|i| format!("h{i}"))).await;
     let first = store.heartbeat("a", 60_000).await.unwrap();
     assert!(!first.kept, "a new process holds nothing yet");
     assert!(first.others.is_empty());
@@ -1426,9 +1455,192 @@ pub(crate) async fn a_heartbeat_says_whether_leases_are_still_held(store: Store)
     );
 }
 
+/// A lease claim: tenant, id and incarnation.
+type Claim = (String, String, LogKey);
+
 /// Lease keys as the store takes them.
-fn pairs(wanted: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
-    wanted.iter().map(|(t, i)| (t.as_str(), i.as_str()))
+fn pairs(wanted: &[Claim]) -> impl Iterator<Item = (&str, &str, LogKey)> {
+    wanted.iter().map(|(t, i, k)| (t.as_str(), i.as_str(), *k))
+}
+
+/// Create `ids` in the default tenant; their lease claims.
+async fn created(store: &Store, ids: impl IntoIterator<Item = String>) -> Vec<Claim> {
+    let ids: Vec<String> = ids.into_iter().collect();
+    for id in &ids {
+        store
+            .create_subscription("default", id, &write("active"))
+            .await
+            .unwrap();
+    }
+    claims(store, ids).await
+}
+
+/// The lease claims of existing subscriptions of the default tenant.
+async fn claims(store: &Store, ids: impl IntoIterator<Item = String>) -> Vec<Claim> {
+    let mut out = Vec::new();
+    for id in ids {
+        let k = key(store, "default", &id).await;
+        out.push(("default".to_owned(), id, k));
+    }
+    out
+}
+
+/// A subscription deleted and re-created with the same id is a new log: nothing of the old
+/// incarnation (a worker still sending for it, a consumer's offset, a lease, a read at an
+/// old position) moves or reads the new one.
+pub(crate) async fn an_old_incarnation_moves_nothing_of_the_new_one(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let old = key(&store, "default", "s1").await;
+    let notes: Vec<_> = (1..=3).map(|i| note("s1", &format!("old{i}"))).collect();
+    store.append_notifications(&notes).await.unwrap();
+    let claim = [("default", "s1", old)];
+    assert!(
+        store
+            .claim_leases("a", claim, 60_000)
+            .await
+            .unwrap()
+            .contains(&old)
+    );
+    assert!(store.record_delivered_by(old, 2, Some("a")).await.unwrap());
+    assert_eq!(
+        store.commit_offset("default", "c", old, 3).await.unwrap(),
+        3
+    );
+
+    assert!(store.delete_subscription("default", "s1").await.unwrap());
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let new = key(&store, "default", "s1").await;
+    assert_ne!(old, new, "a re-created id is a new incarnation");
+    let notes: Vec<_> = (1..=2).map(|i| note("s1", &format!("new{i}"))).collect();
+    let logged = store.append_notifications(&notes).await.unwrap();
+    assert!(logged.iter().all(|n| n.log_key == new));
+    // the same process holds the new incarnation's lease
+    assert!(
+        store
+            .claim_leases("a", [("default", "s1", new)], 60_000)
+            .await
+            .unwrap()
+            .contains(&new)
+    );
+
+    // the old worker's progress and failures are refused, and move nothing
+    assert!(!store.record_delivered_by(old, 21, Some("a")).await.unwrap());
+    assert!(
+        !store
+            .record_failure(old, failure("timeout", 4), Some("a"))
+            .await
+            .unwrap()
+    );
+    let d = store.delivery_state(new).await.unwrap();
+    assert_eq!((d.delivered_through, d.attempts), (0, 0), "{d:?}");
+    // the consumer starts the new log from its start; a commit on the old one is refused
+    assert_eq!(
+        store.committed_offset("default", "c", new).await.unwrap(),
+        0
+    );
+    assert!(matches!(
+        store.commit_offset("default", "c", old, 3).await,
+        Err(StoreError::NotFound)
+    ));
+    // reads are of one incarnation
+    assert!(
+        store
+            .notifications_after(old, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.first_retained(old).await.unwrap(), None);
+    let read = store.notifications_after(new, 0, 10).await.unwrap();
+    let numbers: Vec<(i64, &str)> = read
+        .iter()
+        .map(|n| (n.event_number, n.event_id.as_str()))
+        .collect();
+    assert_eq!(numbers, [(1, "new1"), (2, "new2")]);
+    assert_eq!(store.first_retained(new).await.unwrap(), Some(1));
+}
+
+/// Reactivating a subscription that was off skips what it missed in the update's own
+/// transaction: no event logged after the reactivation can be skipped.
+pub(crate) async fn reactivating_skips_the_backlog_in_the_same_write(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let notes: Vec<_> = (0..3).map(|i| note("s1", &format!("e{i}"))).collect();
+    store.append_notifications(&notes).await.unwrap();
+    store
+        .update_subscription("default", "s1", None, &write("off"))
+        .await
+        .unwrap();
+    let s1 = key(&store, "default", "s1").await;
+    assert_eq!(store.delivery_state(s1).await.unwrap().delivered_through, 0);
+    let row = store
+        .update_subscription("default", "s1", None, &write("requested"))
+        .await
+        .unwrap();
+    assert_eq!(row.events_since_start, 3);
+    assert_eq!(store.delivery_state(s1).await.unwrap().delivered_through, 3);
+    // a later event is delivered
+    store
+        .append_notifications(&[note("s1", "e3")])
+        .await
+        .unwrap();
+    let next = store.notifications_after(s1, 3, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    // an update that is not a reactivation moves nothing
+    store
+        .update_subscription("default", "s1", None, &write("active"))
+        .await
+        .unwrap();
+    assert_eq!(store.delivery_state(s1).await.unwrap().delivered_through, 3);
+}
+
+/// A failed attempt is stored with when the schedule tries again, so that a restarted
+/// worker resumes the schedule; a success clears it.
+pub(crate) async fn a_pending_retry_is_kept_with_the_delivery_state(store: Store) {
+    store
+        .create_subscription("default", "s1", &write("active"))
+        .await
+        .unwrap();
+    let s1 = key(&store, "default", "s1").await;
+    let pending = Failure {
+        delivered_through: 2,
+        attempts: 3,
+        error: "503",
+        next_attempt_in_ms: Some(600_000),
+    };
+    assert!(store.record_failure(s1, pending, None).await.unwrap());
+    let d = store.delivery_state(s1).await.unwrap();
+    assert_eq!((d.delivered_through, d.attempts), (2, 3));
+    let due = d.next_attempt_in_ms.unwrap();
+    assert!(due > 0 && due <= 600_000, "{due}");
+    // a failure with no retry pending (a heartbeat) keeps none
+    assert!(
+        store
+            .record_failure(s1, failure("refused", 1), None)
+            .await
+            .unwrap()
+    );
+    let d = store.delivery_state(s1).await.unwrap();
+    assert_eq!((d.delivered_through, d.next_attempt_in_ms), (2, None));
+    assert!(store.record_failure(s1, pending, None).await.unwrap());
+    assert!(store.record_delivered(s1, 3).await.unwrap());
+    let d = store.delivery_state(s1).await.unwrap();
+    assert_eq!((d.attempts, d.next_attempt_in_ms), (0, None));
+    // fenced by the lease like progress: nobody holds it, so an owner's write is refused
+    assert!(
+        !store
+            .record_failure(s1, pending, Some("nobody"))
+            .await
+            .unwrap()
+    );
 }
 
 /// The sealing keys' fingerprints are recorded once per key id, and sealed values are counted

@@ -19,6 +19,12 @@ async fn sqlite() -> (Store, tempfile::TempDir) {
 
 /// A fresh schema on the test PostgreSQL server, or `None` to skip.
 async fn postgres() -> Option<Store> {
+    let url = postgres_url().await?;
+    Some(Store::connect(&url).await.unwrap())
+}
+
+/// The URL of a fresh schema on the test PostgreSQL server, or `None` to skip.
+async fn postgres_url() -> Option<String> {
     let base = match std::env::var("FHIR_HUB_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => {
@@ -30,8 +36,7 @@ async fn postgres() -> Option<Store> {
             return None;
         }
     };
-    let url = hub_store::fresh_postgres_schema(&base, "t").await.unwrap();
-    Some(Store::connect(&url).await.unwrap())
+    Some(hub_store::fresh_postgres_schema(&base, "t").await.unwrap())
 }
 
 macro_rules! contract_suite {
@@ -85,6 +90,9 @@ contract_suite!(
     housekeeping_purges_what_nothing_needs,
     one_event_reaching_many_subscriptions_reads_back_for_each,
     a_heartbeat_says_whether_leases_are_still_held,
+    an_old_incarnation_moves_nothing_of_the_new_one,
+    reactivating_skips_the_backlog_in_the_same_write,
+    a_pending_retry_is_kept_with_the_delivery_state,
 );
 
 #[tokio::test]
@@ -152,7 +160,7 @@ async fn an_event_is_stored_once_however_many_subscriptions_it_reaches() {
     // Purging everything delivered takes the rows and then the event nobody refers to.
     for i in 0..300 {
         store
-            .record_delivered("default", &format!("s{i}"), 1)
+            .record_delivered(contract::key(&store, "default", &format!("s{i}")).await, 1)
             .await
             .unwrap();
     }
@@ -235,11 +243,11 @@ async fn old_log_migrates(url: &str, dir: &str) {
 
     let store = Store::connect(url).await.unwrap();
     let s1 = store
-        .notifications_after("default", "s1", 0, 10)
+        .notifications_after(contract::key(&store, "default", "s1").await, 0, 10)
         .await
         .unwrap();
     let s2 = store
-        .notifications_after("default", "s2", 0, 10)
+        .notifications_after(contract::key(&store, "default", "s2").await, 0, 10)
         .await
         .unwrap();
     let got: Vec<(&str, i64, &str, &str, Option<&str>)> = s1
@@ -323,7 +331,7 @@ async fn sqlite_reads_a_stored_resource_that_is_not_json() {
             .await
             .unwrap();
         let read = store
-            .notifications_after("default", "s1", 0, 10)
+            .notifications_after(contract::key(&store, "default", "s1").await, 0, 10)
             .await
             .unwrap();
         assert_eq!(
@@ -335,4 +343,121 @@ async fn sqlite_reads_a_stored_resource_that_is_not_json() {
         assert_eq!(read[0].note, notes[0]);
         assert_eq!(read[2].note, notes[2]);
     }
+}
+
+/// A heartbeat is judged on the database's clock when its statement applies, not when its
+/// process read the clock: here a's renewal waits on a concurrent write to its row past its
+/// expiry, meanwhile b sees a gone and takes its lease over; when a's renewal applies, a is
+/// told its heartbeat lapsed (and stops), rather than both believing they hold the lease.
+/// PostgreSQL only: SQLite has one writer at a time, so the interleaving cannot arise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_applied_after_its_expiry_is_not_kept() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let a = Store::connect(&url).await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    a.create_subscription("default", "s1", &contract::write("active"))
+        .await
+        .unwrap();
+    let s1 = contract::key(&a, "default", "s1").await;
+    let ttl = 2_000;
+    a.heartbeat("a", ttl).await.unwrap();
+    let claim = [("default", "s1", s1)];
+    assert!(a.claim_leases("a", claim, ttl).await.unwrap().contains(&s1));
+    // a concurrent write holds a's heartbeat row
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = raw.begin().await.unwrap();
+    sqlx::query("UPDATE delivery_owners SET expires_at = expires_at WHERE owner = 'a'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let renewal = tokio::spawn({
+        let a = a.clone();
+        async move { a.heartbeat("a", ttl).await.unwrap() }
+    });
+    // a's heartbeat lapses meanwhile: b takes the lease over
+    tokio::time::sleep(std::time::Duration::from_millis(2 * ttl as u64)).await;
+    assert!(
+        b.claim_leases("b", claim, 60_000)
+            .await
+            .unwrap()
+            .contains(&s1)
+    );
+    tx.commit().await.unwrap();
+    let renewed = renewal.await.unwrap();
+    assert!(
+        !renewed.kept,
+        "a's renewal applied after its expiry and after b took over: a must stop"
+    );
+    // and a's progress is refused: b holds the lease
+    assert!(!a.record_delivered_by(s1, 1, Some("a")).await.unwrap());
+    assert!(b.record_delivered_by(s1, 1, Some("b")).await.unwrap());
+}
+
+/// Migration 0018 keys positions by incarnation: a database written before it keeps every
+/// cursor, lease and offset of its subscriptions, drops those of deleted ones, and gives a
+/// subscription that had no delivery row one (progress only updates it).
+#[tokio::test]
+async fn positions_survive_the_move_to_log_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("hub.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut before = sqlx::migrate::Migrator::new(path).await.unwrap();
+    let older: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 18)
+        .cloned()
+        .collect();
+    before.migrations = older.into();
+    before.run(&pool).await.unwrap();
+    for sql in [
+        "INSERT INTO subscriptions (tenant, id, version_id, last_updated, status, criteria,
+             channel_type, endpoint, resource, events_since_start, log_key)
+         VALUES ('default', 's1', 1, '2024-01-01T00:00:00Z', 'active', 'Observation?code=1',
+             'rest-hook', 'http://example.test/hook', '{}', 5, 7),
+                ('default', 's2', 1, '2024-01-01T00:00:00Z', 'active', 'Observation?code=1',
+             'rest-hook', 'http://example.test/hook', '{}', 0, 8)",
+        "INSERT INTO delivery_state (tenant, subscription_id, delivered_through, attempts)
+         VALUES ('default', 's1', 4, 2), ('default', 'gone', 9, 0)",
+        "INSERT INTO delivery_leases (tenant, subscription_id, owner, expires_at)
+         VALUES ('default', 's1', 'p', 0), ('default', 'gone', 'p', 0)",
+        "INSERT INTO consumer_offsets (tenant, consumer, subscription_id, event_number, committed_at)
+         VALUES ('default', 'c', 's1', 3, '2024-01-01T00:00:00Z'),
+                ('default', 'c', 'gone', 9, '2024-01-01T00:00:00Z')",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let store = Store::connect(&url).await.unwrap();
+    let s1 = contract::key(&store, "default", "s1").await;
+    let s2 = contract::key(&store, "default", "s2").await;
+    let d = store.delivery_state(s1).await.unwrap();
+    assert_eq!((d.delivered_through, d.attempts), (4, 2));
+    assert_eq!(store.committed_offset("default", "c", s1).await.unwrap(), 3);
+    assert!(
+        store.record_delivered(s2, 0).await.unwrap(),
+        "s2 got its row"
+    );
+    // s1's lease is still p's: another process cannot take it while p is alive
+    store.heartbeat("p", 60_000).await.unwrap();
+    let claim = [("default", "s1", s1)];
+    assert!(
+        store
+            .claim_leases("q", claim, 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let p = store
+        .purge_stale("2999-01-01T00:00:00Z", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.leases, p.consumer_offsets),
+        (0, 0),
+        "the gone ones were dropped"
+    );
 }
