@@ -11,6 +11,7 @@
 mod bad_input;
 mod delivery;
 mod embedded;
+mod fan_out;
 mod harness;
 mod inferno;
 mod kafka;
@@ -18,6 +19,7 @@ mod medplum;
 mod mtls;
 mod multi_process;
 mod poison;
+mod poison_bytes;
 mod receiver;
 mod security;
 mod streams;

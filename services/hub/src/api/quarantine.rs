@@ -116,7 +116,12 @@ pub async fn replay(
 ) -> Result<Json<Value>, ApiError> {
     let (id, q) = visible(&hub, &caller, &id).await?;
     let record = Record {
-        key: q.record.record_key.clone().unwrap_or_default(),
+        key: q
+            .record
+            .record_key
+            .as_ref()
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
         payload: q.record.payload.clone(),
     };
     hub.log
