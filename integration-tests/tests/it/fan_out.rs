@@ -9,6 +9,11 @@
 //! `matcher.max_notifications_per_transaction` (a huge value logs a batch in one
 //! transaction, as the hub did before the bound). It prints the process's VmHWM (peak
 //! resident memory) before the batch and once all its notifications are logged.
+//!
+//! Measured on the debug build, SQLite, 10,000 subscriptions × 100 events (1,000,000
+//! notifications): a batch in one transaction peaked at 1,004,856 kB (from 70,580 kB before
+//! the batch); in transactions of 10,000 notifications at 114,652 kB (from 70,576 kB). The
+//! full 500-event batch writes 5,000,000 notification rows: mind the disk.
 
 use std::time::{Duration, Instant};
 
