@@ -11,6 +11,7 @@
 mod bad_input;
 mod delivery;
 mod embedded;
+mod fan_out;
 mod harness;
 mod incarnations;
 mod inferno;
@@ -20,6 +21,7 @@ mod mtls;
 mod multi_process;
 mod operator;
 mod poison;
+mod poison_bytes;
 mod receiver;
 mod security;
 mod streams;

@@ -44,11 +44,11 @@ async fn quarantine(hub: &Hub) -> Value {
     body
 }
 
-#[tokio::test]
-async fn poison_events_are_quarantined_and_the_rest_flows_on() {
-    let mut hub = Hub::start(HubEnv::default()).await;
-    let mut dated_rx = TestReceiver::start().await;
-    let mut topic_rx = TestReceiver::start().await;
+/// Two subscriptions: Observations dated from 2020 (notified), and the costly topic (its
+/// trigger over budget on every Observation: the event is quarantined for it).
+async fn dated_and_costly(hub: &Hub) -> (TestReceiver, TestReceiver) {
+    let dated_rx = TestReceiver::start().await;
+    let topic_rx = TestReceiver::start().await;
     let by_date = hub
         .subscribe("Observation?date=ge2020-01-01", &dated_rx.url, true)
         .await;
@@ -68,6 +68,13 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
         .await;
     assert_eq!(status, 201, "{s}");
     hub.wait_status(s["id"].as_str().unwrap(), "active").await;
+    (dated_rx, topic_rx)
+}
+
+#[tokio::test]
+async fn poison_events_are_quarantined_and_the_rest_flows_on() {
+    let mut hub = Hub::start(HubEnv::default()).await;
+    let (mut dated_rx, mut topic_rx) = dated_and_costly(&hub).await;
 
     // 1. The reproduced crash: a date whose fraction ends in a multi-byte character.
     let (status, body) = hub
@@ -208,6 +215,70 @@ async fn poison_events_are_quarantined_and_the_rest_flows_on() {
 
     // And the hub stops cleanly: nothing is stuck.
     assert!(hub.terminate().success());
+}
+
+/// A bare resource written straight to the topic is named by its log position
+/// (`log:topic:partition:offset`). Replayed from quarantine, it is the same event, not a new
+/// one at its new position: the subscription it reached is not notified twice, and it comes
+/// back to quarantine under the id it had.
+#[tokio::test]
+async fn a_replayed_bare_resource_keeps_its_event_id() {
+    let hub = Hub::start(HubEnv::default()).await;
+    let (mut dated_rx, mut topic_rx) = dated_and_costly(&hub).await;
+    let log = hub_log::embedded::EmbeddedLog::open(&hub.data_dir.path().join("log.db"))
+        .await
+        .unwrap();
+    let bare = dated("bare", "2024-03-01T10:00:00Z");
+    log.publish(
+        "fhir.changes",
+        &[hub_log::Record {
+            key: "Observation/bare".into(),
+            payload: bare.to_string().into_bytes(),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(dated_rx.next(WAIT).await.path, "/hook/Observation/bare");
+    let mut q = quarantine(&hub).await;
+    for _ in 0..100 {
+        if q["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q = quarantine(&hub).await;
+    }
+    let first = q["items"][0].clone();
+    let event_id = first["eventId"].as_str().unwrap().to_owned();
+    assert!(event_id.starts_with("log:fhir.changes:0:"), "{first}");
+
+    let (status, body) = hub
+        .post_json(
+            &format!("/admin/quarantine/{}/$replay", first["id"]),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let again = |q: &Value| {
+        q["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] != first["id"])
+            .cloned()
+    };
+    let mut q = quarantine(&hub).await;
+    for _ in 0..100 {
+        if again(&q).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q = quarantine(&hub).await;
+    }
+    let again = again(&q).expect("the replayed event is quarantined again");
+    assert_eq!(again["eventId"], event_id.as_str(), "{again}");
+    assert_eq!(q["total"], 1, "{q}");
+    dated_rx.assert_quiet(Duration::from_millis(500)).await;
+    topic_rx.assert_quiet(Duration::from_millis(100)).await;
 }
 
 /// `/ready` reports the matchers' lag on the change topic as `warn` beyond

@@ -231,6 +231,28 @@ pub struct DatabaseConfig {
     /// connections the matcher's appends and the API need).
     #[serde(default = "default_delivery_pool_size")]
     pub delivery_pool_size: u32,
+    /// PostgreSQL: longest wait for a row lock before a statement fails (0: no limit).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// PostgreSQL: longest any statement runs before it is cancelled (0: no limit).
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: a session idle inside a transaction this long is ended by the server,
+    /// releasing its locks (0: never).
+    #[serde(default = "default_idle_in_transaction_timeout_ms")]
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    hub_store::Timeouts::default().lock_ms
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    hub_store::Timeouts::default().statement_ms
+}
+
+fn default_idle_in_transaction_timeout_ms() -> u64 {
+    hub_store::Timeouts::default().idle_in_transaction_ms
 }
 
 fn default_delivery_pool_size() -> u32 {
@@ -278,6 +300,24 @@ pub struct MatcherConfig {
     pub batch_size: usize,
     pub poll_ms: u64,
     pub reload_ms: u64,
+    /// Most notifications one store transaction logs: a batch whose events reach many
+    /// subscriptions is logged in several transactions, so the matcher's memory does not
+    /// grow with batch size times fan-out.
+    #[serde(default = "default_max_notifications_per_transaction")]
+    pub max_notifications_per_transaction: usize,
+    /// Bytes the spool file (`<data_dir>/quarantine-spool.ndjson`) may hold: where a record
+    /// goes when the store refuses it even into quarantine. Past it such records are dropped
+    /// (logged at ERROR and counted).
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_max_notifications_per_transaction() -> usize {
+    10_000
+}
+
+fn default_spool_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,6 +459,9 @@ impl Config {
         }
         if self.matcher.batch_size == 0 || self.delivery.batch_size < 1 {
             anyhow::bail!("batch sizes must be at least 1");
+        }
+        if self.matcher.max_notifications_per_transaction == 0 {
+            anyhow::bail!("matcher.max_notifications_per_transaction must be at least 1");
         }
         self.retry_schedule()?;
         self.extra_roots()?;
@@ -570,6 +613,15 @@ impl Config {
             format!("{}://{}/fhir", self.scheme(), self.server.listen)
         } else {
             self.server.base_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    /// The PostgreSQL session limits of every pooled connection.
+    pub fn database_timeouts(&self) -> hub_store::Timeouts {
+        hub_store::Timeouts {
+            lock_ms: self.database.lock_timeout_ms,
+            statement_ms: self.database.statement_timeout_ms,
+            idle_in_transaction_ms: self.database.idle_in_transaction_timeout_ms,
         }
     }
 

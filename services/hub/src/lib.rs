@@ -101,7 +101,7 @@ pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
 impl Hub {
     /// Connect the store and the log.
     pub async fn connect(config: Config) -> anyhow::Result<Hub> {
-        let store = Store::connect(&config.database_url())
+        let store = Store::connect_with(&config.database_url(), config.database_timeouts())
             .await
             .context("opening the store")?;
         let sealer = config.sealer()?;

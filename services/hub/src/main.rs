@@ -260,7 +260,7 @@ async fn run_command() -> anyhow::Result<()> {
 
 async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     use fhir_hub::auth::keys;
-    let store = hub_store::Store::connect(&config.database_url())
+    let store = hub_store::Store::connect_with(&config.database_url(), config.database_timeouts())
         .await
         .context("opening the store")?;
     match command {

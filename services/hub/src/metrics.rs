@@ -13,6 +13,9 @@ pub struct Metrics {
     events_published: AtomicU64,
     events_consumed: AtomicU64,
     events_quarantined: AtomicU64,
+    /// Records the store would not take even into quarantine: in the spool file, or lost.
+    events_spooled: AtomicU64,
+    events_dropped: AtomicU64,
     notifications_logged: AtomicU64,
     deliveries_delivered: AtomicU64,
     deliveries_failed: AtomicU64,
@@ -60,6 +63,32 @@ impl BatchMatched {
         add(&m.events_consumed, self.events as u64);
         add(&m.events_quarantined, self.quarantined as u64);
         add(&m.notifications_logged, self.notifications as u64);
+    }
+}
+
+/// A record the store refused even into quarantine, parked in the spool file or dropped.
+/// ERROR either way: it is not in the store, and an operator must look at the spool (or
+/// knows a record was lost).
+pub struct RecordParked<'a> {
+    pub source: &'a hub_store::Sanitized,
+    pub outcome: crate::matcher::spool::Parked,
+    pub error: Option<&'a str>,
+    pub path: &'a std::path::Path,
+}
+
+impl RecordParked<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        use crate::matcher::spool::Parked;
+        match self.outcome {
+            Parked::Spooled => {
+                tracing::error!(source = %self.source, spool = %self.path.display(), "the store refused a change event even into quarantine; parked in the spool file");
+                add(&m.events_spooled, 1);
+            }
+            Parked::Dropped => {
+                tracing::error!(source = %self.source, spool = %self.path.display(), error = self.error, "the store refused a change event even into quarantine and the spool could not take it; the event is lost");
+                add(&m.events_dropped, 1);
+            }
+        }
     }
 }
 
@@ -161,6 +190,14 @@ impl Metrics {
             "fhir_hub_events_quarantined_total",
             "Change events quarantined by this process's matcher (unreadable, or matching failed).",
             &[("", get(&self.events_quarantined))],
+        );
+        counter(
+            "fhir_hub_events_parked_total",
+            "Change events the store refused even into quarantine: written to the spool file, or dropped (spool full or unwritable).",
+            &[
+                ("{outcome=\"spooled\"}", get(&self.events_spooled)),
+                ("{outcome=\"dropped\"}", get(&self.events_dropped)),
+            ],
         );
         counter(
             "fhir_hub_notifications_logged_total",

@@ -20,8 +20,27 @@ const ESCALATE_AFTER: u32 = 5;
 pub async fn until_ok<T, E, F, Fut>(
     shutdown: &CancellationToken,
     what: &'static str,
-    mut op: F,
+    op: F,
 ) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    until_done(shutdown, what, op, |_| false)
+        .await
+        .and_then(Result::ok)
+}
+
+/// [`until_ok`], but an error for which `is_final` holds (retrying cannot fix it: the
+/// database refused the data) ends the retrying and is returned, for the caller to set
+/// the data aside.
+pub async fn until_done<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &'static str,
+    mut op: F,
+    is_final: impl Fn(&E) -> bool,
+) -> Option<Result<T, E>>
 where
     E: Display,
     F: FnMut() -> Fut,
@@ -37,8 +56,9 @@ where
                 if failures > 0 {
                     tracing::info!(failures, "{what}: succeeded after retrying");
                 }
-                return Some(v);
+                return Some(Ok(v));
             }
+            Err(e) if is_final(&e) => return Some(Err(e)),
             Err(e) => {
                 failures += 1;
                 if failures >= ESCALATE_AFTER {

@@ -25,6 +25,7 @@ mod notifications;
 mod quarantine;
 mod sealing;
 mod subscriptions;
+mod text;
 mod topics;
 mod versions;
 mod ws_tokens;
@@ -41,6 +42,7 @@ pub use log_key::LogKey;
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
+pub use text::{MAX_SANITIZED_BYTES, Sanitized};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;
 
@@ -59,6 +61,15 @@ pub enum StoreError {
     Database(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database refused a value of what was written (a character its encoding cannot
+    /// hold, a value over its size limits, a failed constraint): writing the same data again
+    /// fails the same way, so a caller holding it must set it aside, not retry.
+    #[error("the database refused the data: {0}")]
+    Refused(String),
+    /// A statement waited past the lock or statement timeout (another transaction holds a
+    /// row this one needs), or the session sat idle in a transaction past its limit.
+    #[error("database timeout: {0}")]
+    Timeout(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -67,9 +78,63 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 StoreError::Unavailable(e.to_string())
             }
+            sqlx::Error::Database(db) => match classify(db.as_ref()) {
+                Class::Refused => StoreError::Refused(Sanitized::new(&e.to_string()).into_string()),
+                Class::Timeout => StoreError::Timeout(e.to_string()),
+                Class::Other => StoreError::Database(e.to_string()),
+            },
             _ => StoreError::Database(e.to_string()),
         }
     }
+}
+
+/// What a database error says about retrying.
+enum Class {
+    /// The data itself: the same write fails again.
+    Refused,
+    /// A lock or statement timeout: another try may pass.
+    Timeout,
+    Other,
+}
+
+fn classify(e: &dyn sqlx::error::DatabaseError) -> Class {
+    use sqlx::error::ErrorKind;
+    match e.kind() {
+        // a race between two writers of one key: the retry sees the winner's row
+        ErrorKind::UniqueViolation => return Class::Other,
+        ErrorKind::ForeignKeyViolation
+        | ErrorKind::NotNullViolation
+        | ErrorKind::CheckViolation => {
+            return Class::Refused;
+        }
+        _ => {}
+    }
+    if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return match code.get(..2) {
+            // data exception (22: encoding, length, format) and program limit exceeded (54:
+            // an index row or a value too large); other integrity violations (23)
+            Some("22" | "54") => Class::Refused,
+            Some("23") if code != "23505" => Class::Refused,
+            // lock_not_available, query_canceled (statement timeout),
+            // idle_in_transaction_session_timeout
+            _ if matches!(code, "55P03" | "57014" | "25P03") => Class::Timeout,
+            _ => Class::Other,
+        };
+    }
+    if let Some(lite) = e.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        // the primary result code is the low byte of the extended one
+        let primary = sqlx::error::DatabaseError::code(lite)
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        return match primary {
+            // SQLITE_TOOBIG, SQLITE_CONSTRAINT (unique excluded above), SQLITE_MISMATCH,
+            // SQLITE_RANGE
+            Some(18 | 19 | 20 | 25) => Class::Refused,
+            _ => Class::Other,
+        };
+    }
+    Class::Other
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -85,11 +150,50 @@ pub enum Backend {
     Sqlite,
 }
 
+/// Limits PostgreSQL enforces on each pooled connection, so one frozen process cannot hold
+/// up every other: a lock wait, a statement and an idle open transaction each end. 0 turns
+/// one off. SQLite has one writer per file and its own busy timeout; these do not apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `lock_timeout`: a statement waiting this long for a row lock fails
+    /// ([`StoreError::Timeout`]).
+    pub lock_ms: u64,
+    /// `statement_timeout`: any statement running this long is cancelled.
+    pub statement_ms: u64,
+    /// `idle_in_transaction_session_timeout`: a session idle this long inside a transaction
+    /// is ended, its locks released.
+    pub idle_in_transaction_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            lock_ms: 10_000,
+            // long enough for housekeeping's purges on a large log
+            statement_ms: 300_000,
+            idle_in_transaction_ms: 60_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The `SET` statements applying these to a session (what every pooled PostgreSQL
+    /// connection runs first).
+    pub fn session_sql(&self) -> String {
+        format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}",
+            self.lock_ms, self.statement_ms, self.idle_in_transaction_ms
+        )
+    }
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    timeouts: Timeouts,
     /// Where the pool connects: a `LISTEN` connection (PostgreSQL) and [`Store::own_pool`]
     /// open connections of their own there.
     url: std::sync::Arc<str>,
@@ -106,8 +210,14 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connect to `url` (`postgres://...` or `sqlite://path`), creating a SQLite file if
-    /// needed, and run the embedded migrations.
+    /// needed, and run the embedded migrations; PostgreSQL sessions get the default
+    /// [`Timeouts`].
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with(url, Timeouts::default()).await
+    }
+
+    /// [`Store::connect`] with these PostgreSQL session limits.
+    pub async fn connect_with(url: &str, timeouts: Timeouts) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
@@ -135,10 +245,11 @@ impl Store {
         // microseconds, and the file has one writer at a time anyway. This took the p99
         // publish-to-client latency from 175 ms to under 10 ms (docs/benchmarks.md).
         let size = if backend == Backend::Sqlite { 1 } else { 16 };
-        let pool = open_pool(&url, backend, size).await?;
+        let pool = open_pool(&url, backend, size, timeouts).await?;
         let store = Store {
             pool,
             backend,
+            timeouts,
             url: std::sync::Arc::from(url.as_str()),
         };
         store.migrate().await?;
@@ -174,8 +285,15 @@ impl Store {
             return Ok(self.clone());
         }
         Ok(Store {
-            pool: open_pool(&self.url, self.backend, max_connections.max(1)).await?,
+            pool: open_pool(
+                &self.url,
+                self.backend,
+                max_connections.max(1),
+                self.timeouts,
+            )
+            .await?,
             backend: self.backend,
+            timeouts: self.timeouts,
             url: std::sync::Arc::clone(&self.url),
         })
     }
@@ -212,6 +330,22 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// PostgreSQL: the limits a pooled session runs with, as the server reports them
+    /// (`lock_timeout`, `statement_timeout`, `idle_in_transaction_session_timeout`); empty on
+    /// SQLite.
+    pub async fn session_limits(&self) -> Result<Vec<String>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let row = sqlx::query(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),
+                 current_setting('idle_in_transaction_session_timeout')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(vec![row.try_get(0)?, row.try_get(1)?, row.try_get(2)?])
+    }
+
     /// Close the pool, waiting for connections in use.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -233,11 +367,27 @@ pub(crate) fn placeholders(backend: Backend, first: usize, count: usize) -> Vec<
         .collect()
 }
 
-async fn open_pool(url: &str, backend: Backend, size: u32) -> Result<AnyPool, StoreError> {
+async fn open_pool(
+    url: &str,
+    backend: Backend,
+    size: u32,
+    timeouts: Timeouts,
+) -> Result<AnyPool, StoreError> {
     let opts = AnyConnectOptions::from_str(url)?;
     let mut pool_opts = AnyPoolOptions::new()
         .acquire_timeout(Duration::from_secs(10))
         .max_connections(size);
+    if backend == Backend::Postgres {
+        // every pooled session (the LISTEN connection is not pooled: it waits by design)
+        let set = std::sync::Arc::<str>::from(timeouts.session_sql());
+        pool_opts = pool_opts.after_connect(move |conn, _| {
+            let set = std::sync::Arc::clone(&set);
+            Box::pin(async move {
+                conn.execute(&*set).await?;
+                Ok(())
+            })
+        });
+    }
     if backend == Backend::Sqlite {
         pool_opts = pool_opts.after_connect(|conn, _| {
             Box::pin(async move {

@@ -7,7 +7,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Store, StoreError, now};
+use crate::{Sanitized, Store, StoreError, now};
 
 /// Where processing gave up on a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub enum QuarantineStage {
     Parse,
     /// Matching panicked or went over its budget for at least one subscription or topic.
     Match,
+    /// The store refused what the event's notifications would have written.
+    Store,
 }
 
 impl QuarantineStage {
@@ -23,6 +25,7 @@ impl QuarantineStage {
         match self {
             QuarantineStage::Parse => "parse",
             QuarantineStage::Match => "match",
+            QuarantineStage::Store => "store",
         }
     }
 
@@ -30,23 +33,26 @@ impl QuarantineStage {
         match s {
             "parse" => Ok(QuarantineStage::Parse),
             "match" => Ok(QuarantineStage::Match),
+            "store" => Ok(QuarantineStage::Store),
             other => Err(StoreError::Corrupt(format!("quarantine stage '{other}'"))),
         }
     }
 }
 
-/// A record to quarantine.
+/// A record to quarantine. Every text a producer could have chosen (the key, what the
+/// reason echoes) is [`Sanitized`]: the record is refused by nothing but its size, and the
+/// bytes as read are kept whole in `payload` (a binary column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewQuarantined {
     /// The log position (`topic/partition@offset`); one row per position.
-    pub source: String,
-    pub tenant: Option<String>,
-    pub event_id: Option<String>,
-    pub record_key: Option<String>,
+    pub source: Sanitized,
+    pub tenant: Option<Sanitized>,
+    pub event_id: Option<Sanitized>,
+    pub record_key: Option<Sanitized>,
     /// The record exactly as read from the log.
     pub payload: Vec<u8>,
     pub stage: QuarantineStage,
-    pub reason: String,
+    pub reason: Sanitized,
 }
 
 /// A quarantined record.
@@ -62,23 +68,27 @@ const COLUMNS: &str =
 
 fn from_row(r: &AnyRow) -> Result<Quarantined, StoreError> {
     let stage: String = r.try_get(6)?;
+    let text = |i: usize| -> Result<Option<Sanitized>, sqlx::Error> {
+        Ok(r.try_get::<Option<String>, _>(i)?.map(Sanitized::from))
+    };
     Ok(Quarantined {
         id: r.try_get(0)?,
         quarantined_at: r.try_get(8)?,
         record: NewQuarantined {
-            source: r.try_get(1)?,
-            tenant: r.try_get(2)?,
-            event_id: r.try_get(3)?,
-            record_key: r.try_get(4)?,
+            source: Sanitized::from(r.try_get::<String, _>(1)?),
+            tenant: text(2)?,
+            event_id: text(3)?,
+            record_key: text(4)?,
             payload: r.try_get(5)?,
             stage: QuarantineStage::parse(&stage)?,
-            reason: r.try_get(7)?,
+            reason: Sanitized::from(r.try_get::<String, _>(7)?),
         },
     })
 }
 
 impl Store {
-    /// Quarantine records; a position already quarantined is left as it is.
+    /// Quarantine records; a position already quarantined is left as it is. All or none:
+    /// a [`StoreError::Refused`] names no record, so a caller tries them one at a time.
     pub async fn quarantine(&self, records: &[NewQuarantined]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
@@ -91,13 +101,13 @@ impl Store {
                  (source, tenant, event_id, record_key, payload, stage, reason, quarantined_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (source) DO NOTHING",
             )
-            .bind(&q.source)
-            .bind(q.tenant.as_deref())
-            .bind(q.event_id.as_deref())
-            .bind(q.record_key.as_deref())
+            .bind(q.source.as_str())
+            .bind(q.tenant.as_ref().map(Sanitized::as_str))
+            .bind(q.event_id.as_ref().map(Sanitized::as_str))
+            .bind(q.record_key.as_ref().map(Sanitized::as_str))
             .bind(q.payload.clone())
             .bind(q.stage.as_str())
-            .bind(&q.reason)
+            .bind(q.reason.as_str())
             .bind(&at)
             .execute(&mut *tx)
             .await?;

@@ -90,6 +90,12 @@ impl From<hub_store::StoreError> for ApiError {
         match e {
             E::NotFound => ApiError::not_found("not found"),
             E::Unavailable(m) => ApiError::unavailable(format!("store unavailable: {m}")),
+            // a row this request needs is held by another transaction (or a statement ran
+            // past its limit): worth retrying, not a fault of the request
+            E::Timeout(m) => ApiError::unavailable(format!(
+                "store busy: {m} (a row this request needs is locked by another transaction, \
+                 or the statement ran past its time limit); retry"
+            )),
             E::VersionConflict { current } => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 OperationOutcome::error(

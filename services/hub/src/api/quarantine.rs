@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine;
+use hub_fhir::raw_event::{Origin, RawEvent};
 use hub_log::Record;
 use hub_store::Quarantined;
 use serde::Deserialize;
@@ -106,19 +107,45 @@ pub async fn read(
     Ok(Json(render(&visible(&hub, &caller, &id).await?.1)))
 }
 
-/// `POST /admin/quarantine/{id}/$replay`: publish the record again, exactly as it was read,
-/// then release it. A replayed event the matcher had partly processed adds nothing for the
-/// subscriptions it already notified (the log deduplicates by event id).
+/// What a replay publishes: the record as it was read, except a bare resource. The hub
+/// named a bare resource's event after the log position it was read at
+/// (`log:topic:partition:offset`), so published again as it was it would be a new event at
+/// a new position, and the subscriptions it had reached would get it twice: it goes out as
+/// an envelope carrying the name it was quarantined under.
+fn replayed(q: &Quarantined, default_tenant: &str) -> Record {
+    let r = &q.record;
+    let key = r
+        .record_key
+        .as_ref()
+        .map(|k| k.as_str().to_owned())
+        .unwrap_or_default();
+    if let Some(id) = &r.event_id {
+        let tenant = r.tenant.as_ref().map_or(default_tenant, |t| t.as_str());
+        if let Ok((mut e, Origin::Resource)) = RawEvent::parse(&r.payload, None, tenant, "") {
+            e.head.id = id.as_str().to_owned();
+            return Record {
+                key,
+                payload: e.to_json_bytes(),
+            };
+        }
+    }
+    Record {
+        key,
+        payload: r.payload.clone(),
+    }
+}
+
+/// `POST /admin/quarantine/{id}/$replay`: publish the record again (as it was read; a bare
+/// resource as an envelope under the event id it had), then release it. A replayed event
+/// the matcher had partly processed adds nothing for the subscriptions it already notified
+/// (the log deduplicates by event id).
 pub async fn replay(
     State(hub): State<Hub>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (id, q) = visible(&hub, &caller, &id).await?;
-    let record = Record {
-        key: q.record.record_key.clone().unwrap_or_default(),
-        payload: q.record.payload.clone(),
-    };
+    let record = replayed(&q, &hub.config.tenancy.default_tenant);
     hub.log
         .publish(&hub.config.log.changes_topic, &[record])
         .await

@@ -17,14 +17,18 @@ use hub_fhir::raw_event::{Origin, RawEvent};
 use hub_fhir::{Action, ChangeEvent};
 use hub_log::Consumed;
 
-use hub_store::{MatchingChanges, NewNotification, NewQuarantined, QuarantineStage, ResourceKey};
+use hub_store::{
+    MatchingChanges, NewNotification, NewQuarantined, QuarantineStage, ResourceKey, Sanitized,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Hub, retry};
 
+pub mod durable;
 pub mod index;
+pub mod spool;
 pub mod topic_index;
 
 pub use index::{SubscriptionIndex, TenantIndex, Update};
@@ -54,25 +58,30 @@ fn source(rec: &Consumed) -> String {
     format!("{}/{}@{}", rec.topic, rec.partition, rec.offset)
 }
 
+/// A record for quarantine: its bytes as read; every text a producer chose (the key, what
+/// the reason echoes) sanitized.
 fn quarantined(
     rec: &Consumed,
     event: Option<&ChangeEvent>,
     stage: QuarantineStage,
-    reason: String,
+    reason: &str,
 ) -> NewQuarantined {
+    let reason = Sanitized::new(reason);
+    // the reason may quote resource content: it goes to the quarantine (admins only), and
+    // the log line says where to find it
     tracing::warn!(
         topic = %rec.topic,
         partition = rec.partition,
         offset = rec.offset,
         stage = stage.as_str(),
-        reason_chars = reason.len(),
+        reason_bytes = reason.len(),
         "change event quarantined"
     );
     NewQuarantined {
-        source: source(rec),
-        tenant: event.map(|e| e.tenant.clone()),
-        event_id: event.map(|e| e.id.clone()),
-        record_key: rec.key.clone(),
+        source: Sanitized::new(&source(rec)),
+        tenant: event.map(|e| Sanitized::new(&e.tenant)),
+        event_id: event.map(|e| Sanitized::new(&e.id)),
+        record_key: rec.key.as_deref().map(Sanitized::new),
         payload: rec.payload.clone(),
         stage,
         reason,
@@ -261,6 +270,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut last_refresh = Instant::now();
     let poll = Duration::from_millis(cfg.poll_ms);
     let reload = Duration::from_millis(cfg.reload_ms);
+    let spool = spool::Spool::new(
+        hub.config.server.data_dir.join(spool::SPOOL_FILE),
+        cfg.spool_max_bytes,
+    );
     tracing::info!(%topic, "matcher consuming");
 
     hub.metrics.matcher_beat();
@@ -299,7 +312,6 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         }
 
         let now = OffsetDateTime::now_utc();
-        let mut notes = Vec::new();
         let mut dead = Vec::new();
         let mut records = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
@@ -310,7 +322,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     events.push(e);
                 }
                 // Retrying cannot fix a malformed record: quarantine it and move on.
-                Err(why) => dead.push(quarantined(rec, None, QuarantineStage::Parse, why)),
+                Err(why) => dead.push(quarantined(rec, None, QuarantineStage::Parse, &why)),
             }
         }
         // Topics comparing with the version before get it from the store when the event
@@ -320,7 +332,16 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Some(latest) = supply_previous(&hub, &index, &mut events, &shutdown).await else {
             break;
         };
-        for (rec, event) in records.iter().zip(&events) {
+        // Logged in chunks as they are made (memory bounded by the chunk, not by batch ×
+        // fan-out), each chunk's readers woken once it is durable, and nobody else.
+        let mut chunks = durable::Chunks::new(
+            &hub.store,
+            &shutdown,
+            cfg.max_notifications_per_transaction,
+            |logged: &[hub_store::Notification]| hub.wakeups.logged_here(logged),
+        );
+        let mut stopped = false;
+        'events: for (i, (rec, event)) in records.iter().zip(&events).enumerate() {
             let matched = match match_isolated(&index, event, now) {
                 Ok(m) => m,
                 Err(why) => {
@@ -328,7 +349,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                         rec,
                         Some(&event.head),
                         QuarantineStage::Match,
-                        why,
+                        &why,
                     ));
                     continue;
                 }
@@ -341,7 +362,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     rec,
                     Some(&event.head),
                     QuarantineStage::Match,
-                    why,
+                    &why,
                 ));
             }
             if matched.ids.is_empty() {
@@ -350,43 +371,51 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
             // one copy of the resource, as it was written, for every subscription it reaches
             let resource: Option<std::sync::Arc<str>> =
                 event.resource.as_ref().map(|r| r.get().into());
-            let event = &event.head;
+            let head = &event.head;
             for id in matched.ids {
-                notes.push(NewNotification {
-                    tenant: event.tenant.clone(),
+                let note = NewNotification {
+                    tenant: head.tenant.clone(),
                     subscription_id: id.to_owned(),
-                    event_id: event.id.clone(),
-                    action: event.action.as_str().to_owned(),
-                    focus_type: event.resource_type.clone(),
-                    focus_id: event.resource_id.clone(),
-                    focus_version: event.version_id.clone(),
-                    occurred_at: event.occurred_at.clone(),
+                    event_id: head.id.clone(),
+                    action: head.action.as_str().to_owned(),
+                    focus_type: head.resource_type.clone(),
+                    focus_id: head.resource_id.clone(),
+                    focus_version: head.version_id.clone(),
+                    occurred_at: head.occurred_at.clone(),
                     resource: resource.clone(),
-                });
+                };
+                // Not acked until all of this is durable: a failure holds the batch.
+                if chunks.push(i, note).await.is_none() {
+                    stopped = true;
+                    break 'events;
+                }
             }
         }
-
-        // Not acked until all of this is durable: a failure holds the batch, loses nothing.
-        let Some(logged) = retry::until_ok(&shutdown, "logging notifications", || {
-            hub.store.append_notifications(&notes)
-        })
-        .await
-        else {
+        if stopped || chunks.flush().await.is_none() {
             break;
-        };
-        if retry::until_ok(&shutdown, "quarantining change events", || {
-            hub.store.quarantine(&dead)
-        })
-        .await
-        .is_none()
+        }
+        // An event whose notifications the store refuses would be refused on every retry:
+        // it is quarantined instead, and the partition moves on.
+        for (i, why) in chunks.refused() {
+            if let (Some(rec), Some(event)) = (records.get(i), events.get(i)) {
+                dead.push(quarantined(
+                    rec,
+                    Some(&event.head),
+                    QuarantineStage::Store,
+                    &why.to_string(),
+                ));
+            }
+        }
+        let logged = chunks.count();
+        if durable::quarantine(&hub.store, &shutdown, &dead, &spool, &hub.metrics)
+            .await
+            .is_none()
         {
             break;
         }
-        if retry::until_ok(&shutdown, "recording resource versions", || {
-            hub.store.put_versions(&latest)
-        })
-        .await
-        .is_none()
+        if durable::record_versions(&hub.store, &shutdown, &latest)
+            .await
+            .is_none()
         {
             break;
         }
@@ -396,11 +425,9 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         crate::metrics::BatchMatched {
             events: batch.len(),
             quarantined: dead.len(),
-            notifications: logged.len(),
+            notifications: logged,
         }
         .emit(&hub.metrics);
-        // wake the readers of these subscriptions, and nobody else
-        hub.wakeups.logged_here(&logged);
     }
     tracing::info!("matcher draining");
     consumer.close().await?;

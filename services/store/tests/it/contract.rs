@@ -783,7 +783,7 @@ pub(crate) async fn secrets_live_in_their_own_columns(store: Store) {
 pub(crate) async fn quarantine_keeps_one_row_per_position(store: Store) {
     let q = |source: &str, tenant: Option<&str>| NewQuarantined {
         source: source.into(),
-        tenant: tenant.map(str::to_owned),
+        tenant: tenant.map(Into::into),
         event_id: None,
         record_key: Some("Observation/1".into()),
         payload: vec![0xff, b'{'],

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod contract;
+mod producer_text;
+mod timeouts;
 
 use hub_store::Store;
 
@@ -19,8 +21,13 @@ async fn sqlite() -> (Store, tempfile::TempDir) {
 
 /// A fresh schema on the test PostgreSQL server, or `None` to skip.
 async fn postgres() -> Option<Store> {
+    postgres_with_url().await.map(|(store, _)| store)
+}
+
+/// [`postgres`], with the URL of its schema (for a connection of the test's own).
+async fn postgres_with_url() -> Option<(Store, String)> {
     let url = postgres_url().await?;
-    Some(Store::connect(&url).await.unwrap())
+    Some((Store::connect(&url).await.unwrap(), url))
 }
 
 /// The URL of a fresh schema on the test PostgreSQL server, or `None` to skip.
