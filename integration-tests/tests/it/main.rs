@@ -14,6 +14,7 @@ mod embedded;
 mod harness;
 mod inferno;
 mod kafka;
+mod limits;
 mod medplum;
 mod mtls;
 mod multi_process;

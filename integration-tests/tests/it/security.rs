@@ -16,7 +16,7 @@ use crate::receiver::TestReceiver;
 const MARKER: &str = "phi7731marker";
 
 /// `fhir-hub keys create` against a data directory: the token it prints.
-fn cli_key(dir: &std::path::Path, tenant: &str, scopes: &str) -> String {
+pub(crate) fn cli_key(dir: &std::path::Path, tenant: &str, scopes: &str) -> String {
     let out = std::process::Command::new(binary())
         .args([
             "keys", "create", "--tenant", tenant, "--scope", scopes, "--name", "cli",

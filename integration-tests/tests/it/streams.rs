@@ -11,7 +11,7 @@ const SSE_TYPE: &str = "urn:fhir-hub:channel-type";
 const CHANNEL_TYPE: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type";
 
-fn sse_subscription() -> Value {
+pub(crate) fn sse_subscription() -> Value {
     let mut s = subscription("unused", Some("full-resource"), None);
     // the Backport IG's way to name a channel type R4 lacks
     s["channel"] = json!({"type": "rest-hook", "payload": "application/fhir+json",
