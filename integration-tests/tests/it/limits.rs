@@ -57,6 +57,57 @@ async fn a_grpc_flood_is_refused_past_its_share_and_idled_out() {
     flood_test(Kind::Grpc).await;
 }
 
+/// Every accepted socket has Nagle's algorithm off (small frames of a stream go out at
+/// once), the gRPC listener's too, read from the hub's own sockets.
+#[tokio::test]
+async fn accepted_sockets_have_nagle_off_on_every_listener() {
+    let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let hub = Hub::start(HubEnv::default()).await;
+    let script = format!("{}/python/socket_options.py", env!("CARGO_MANIFEST_DIR"));
+    for (listener, url) in [("api", &hub.url), ("grpc", &hub.grpc_url)] {
+        let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let me = s.local_addr().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let nodelay = loop {
+            let out = std::process::Command::new(&python)
+                .args([
+                    &script,
+                    &hub.child.id().to_string(),
+                    &addr.port().to_string(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let found = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|v| v["peer"] == me.as_str());
+            if let Some(v) = found {
+                break v["nodelay"].as_bool().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{listener}: the hub never accepted {me}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            nodelay,
+            "{listener}: the hub's socket for {me} has TCP_NODELAY off"
+        );
+    }
+}
+
 async fn flood_test(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let key = crate::security::cli_key(
