@@ -148,10 +148,26 @@ async fn flood_test(kind: Kind) {
     assert_eq!(c, 201, "{s}");
     let mut sse = Sse::open(&api, s["id"].as_str().unwrap()).await;
     sse.until("handshake").await;
+    // on the gRPC listener, a live Subscribe stream too (it is in flight, never idle)
+    let python = match kind {
+        Kind::Grpc => crate::harness::require_external("FHIR_HUB_PYTHON"),
+        _ => None,
+    };
+    let grpc_reader = match &python {
+        Some(python) => Some(grpc_reader(&api, &hub, python).await),
+        None => None,
+    };
+    let grpc_next = |n: i64, when: &str| {
+        if let Some(r) = &grpc_reader {
+            let m = r.next(when);
+            assert_eq!(m["event_number"], n, "gRPC Subscribe {when}: {m}");
+        }
+    };
     // one round of everything the test does later, so the store's pools are warm
     api.healthy("before the flood").await;
     api.publish("warm").await;
     sse.until("event-notification").await;
+    grpc_next(1, "before the flood");
     let refused_before = api.refused(kind).await;
     let baseline = descriptors(&hub);
 
@@ -166,6 +182,7 @@ async fn flood_test(kind: Kind) {
     api.healthy("during the flood").await;
     api.publish("during").await;
     sse.until("event-notification").await;
+    grpc_next(2, "during the flood");
     let held = flood.most_held.load(Ordering::SeqCst);
     assert!(
         held <= FLOOD_FROM.len() * PER_PEER,
@@ -210,8 +227,31 @@ async fn flood_test(kind: Kind) {
     // and the reader still reads
     api.publish("after").await;
     sse.until("event-notification").await;
+    grpc_next(
+        3,
+        "after the flood (longer than the idle timeout after it opened)",
+    );
     api.healthy("after the flood").await;
     flood.abort();
+}
+
+/// A gRPC `Subscribe` reader (grpcio) of a new gRPC subscription, from its first event.
+async fn grpc_reader(api: &Api, hub: &Hub, python: &str) -> crate::harness::PyClient {
+    let (c, s) = api
+        .call(
+            Method::POST,
+            "/fhir/Subscription",
+            Some(&crate::streams::hub_channel("grpc", "id-only")),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    let target = hub.grpc_url.trim_start_matches("http://").to_owned();
+    crate::harness::PyClient::start_with(
+        python,
+        "grpc_client.py",
+        &[&target, "subscribe", s["id"].as_str().unwrap(), "1", "3"],
+        &[("FHIR_HUB_TOKEN", &api.key)],
+    )
 }
 
 /// The hub's open file descriptors.

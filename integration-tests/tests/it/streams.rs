@@ -177,7 +177,7 @@ async fn websocket_binds_resume_after_the_last_event_seen() {
     c.finish();
 }
 
-fn hub_channel(code: &str, content: &str) -> Value {
+pub(crate) fn hub_channel(code: &str, content: &str) -> Value {
     let mut s = sse_subscription();
     s["channel"]["_type"]["extension"][0]["valueCoding"]["code"] = json!(code);
     s["channel"]["_payload"]["extension"][0]["valueCode"] = json!(content);
