@@ -1,8 +1,8 @@
-"""Report TCP_NODELAY on another process's sockets, read from a duplicate of each socket
+"""Report TCP_NODELAY and SO_KEEPALIVE on another process's sockets, read from a duplicate of each socket
 (pidfd_getfd, Linux 5.6+; needs ptrace rights over the process: its owner, or root).
 
 Usage: socket_options.py PID PORT
-Prints one JSON line {"peer": "ip:port", "nodelay": bool} per connected TCP socket of PID
+Prints one JSON line {"peer": "ip:port", "nodelay": bool, "keepalive": bool} per connected TCP socket of PID
 whose local port is PORT (the connections a listener on PORT accepted).
 """
 import ctypes
@@ -41,7 +41,9 @@ def main() -> int:
             except OSError:
                 continue  # the listening socket itself
             nodelay = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-            print(json.dumps({"peer": f"{peer[0]}:{peer[1]}", "nodelay": nodelay}), flush=True)
+            keepalive = s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+            print(json.dumps({"peer": f"{peer[0]}:{peer[1]}", "nodelay": nodelay,
+                              "keepalive": keepalive}), flush=True)
         finally:
             s.detach()
             os.close(fd)

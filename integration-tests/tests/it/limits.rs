@@ -58,9 +58,10 @@ async fn a_grpc_flood_is_refused_past_its_share_and_idled_out() {
 }
 
 /// Every accepted socket has Nagle's algorithm off (small frames of a stream go out at
-/// once), the gRPC listener's too, read from the hub's own sockets.
+/// once), the gRPC listener's too, and TCP keepalive on (a peer that vanished without a FIN
+/// is found even on a quiet stream), read from the hub's own sockets.
 #[tokio::test]
-async fn accepted_sockets_have_nagle_off_on_every_listener() {
+async fn accepted_sockets_have_nagle_off_and_keepalive_on_on_every_listener() {
     let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
         return;
     };
@@ -74,7 +75,7 @@ async fn accepted_sockets_have_nagle_off_on_every_listener() {
             .unwrap();
         let me = s.local_addr().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let nodelay = loop {
+        let options = loop {
             let out = std::process::Command::new(&python)
                 .args([
                     &script,
@@ -93,7 +94,7 @@ async fn accepted_sockets_have_nagle_off_on_every_listener() {
                 .map(|l| serde_json::from_str::<Value>(l).unwrap())
                 .find(|v| v["peer"] == me.as_str());
             if let Some(v) = found {
-                break v["nodelay"].as_bool().unwrap();
+                break v;
             }
             assert!(
                 Instant::now() < deadline,
@@ -101,9 +102,13 @@ async fn accepted_sockets_have_nagle_off_on_every_listener() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        assert!(
-            nodelay,
+        assert_eq!(
+            options["nodelay"], true,
             "{listener}: the hub's socket for {me} has TCP_NODELAY off"
+        );
+        assert_eq!(
+            options["keepalive"], true,
+            "{listener}: the hub's socket for {me} has SO_KEEPALIVE off"
         );
     }
 }
