@@ -9,7 +9,8 @@ Usage:
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
 "bundle_type"}), or {"error": CODE, "details": ...} when the call fails, and exits after COUNT.
 With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`; with FHIR_HUB_CA
-(a PEM file), the channel is TLS trusting that CA.
+(a PEM file), the channel is TLS trusting that CA, and with FHIR_HUB_CLIENT_CERT and
+FHIR_HUB_CLIENT_KEY (PEM files) as well it presents that client certificate.
 """
 import importlib
 import json
@@ -47,8 +48,16 @@ def main() -> int:
     target, mode = sys.argv[1], sys.argv[2]
     ca = os.environ.get("FHIR_HUB_CA")
     if ca:
-        with open(ca, "rb") as f:
-            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+        def read(path):
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(ca),
+            private_key=read(os.environ.get("FHIR_HUB_CLIENT_KEY")),
+            certificate_chain=read(os.environ.get("FHIR_HUB_CLIENT_CERT")))
+        channel = grpc.secure_channel(target, credentials)
     else:
         channel = grpc.insecure_channel(target)
     if mode == "health":

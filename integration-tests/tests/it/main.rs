@@ -16,6 +16,7 @@ mod harness;
 mod incarnations;
 mod inferno;
 mod kafka;
+mod limits;
 mod medplum;
 mod mtls;
 mod multi_process;

@@ -16,7 +16,7 @@ use crate::receiver::TestReceiver;
 const MARKER: &str = "phi7731marker";
 
 /// `fhir-hub keys create` against a data directory: the token it prints.
-fn cli_key(dir: &std::path::Path, tenant: &str, scopes: &str) -> String {
+pub(crate) fn cli_key(dir: &std::path::Path, tenant: &str, scopes: &str) -> String {
     let out = std::process::Command::new(binary())
         .args([
             "keys", "create", "--tenant", tenant, "--scope", scopes, "--name", "cli",
@@ -845,4 +845,30 @@ async fn tls_listeners_and_client_certificates_as_credentials() {
         &[("FHIR_HUB_CA", &p("ca.pem")), ("FHIR_HUB_TOKEN", &token)],
     );
     assert_eq!(g.next("gRPC over TLS")["error"], "NOT_FOUND");
+    // on gRPC too the mapped client certificate is the credential (the listener hands it to
+    // each request), and without one there is none
+    let g = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", "nope", "1", "1"],
+        &[
+            ("FHIR_HUB_CA", &p("ca.pem")),
+            ("FHIR_HUB_CLIENT_CERT", &p("client.pem")),
+            ("FHIR_HUB_CLIENT_KEY", &p("client.key")),
+        ],
+    );
+    assert_eq!(
+        g.next("gRPC with a client certificate")["error"],
+        "NOT_FOUND"
+    );
+    let g = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "subscribe", "nope", "1", "1"],
+        &[("FHIR_HUB_CA", &p("ca.pem"))],
+    );
+    assert_eq!(
+        g.next("gRPC without a credential")["error"],
+        "UNAUTHENTICATED"
+    );
 }

@@ -184,9 +184,28 @@ pub struct ServerConfig {
     /// stays open); slow or idle connections are closed after it.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_secs: u64,
-    /// Most open HTTP connections; more wait in the kernel's queue.
+    /// Most open connections on the API and gRPC listeners together; more are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most of them from one peer (an IPv4 address, or an IPv6 /64); 0: a quarter of
+    /// `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_peer: usize,
+    /// Seconds a connection may stay open with no request in flight (HTTP/1 keep-alive,
+    /// HTTP/2 or gRPC with no open stream) before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds a websocket may stay open without binding a subscription.
+    #[serde(default = "default_unbound_websocket")]
+    pub unbound_websocket_secs: u64,
+}
+
+fn default_idle_timeout() -> u64 {
+    60
+}
+
+fn default_unbound_websocket() -> u64 {
+    10
 }
 
 fn default_allowed_ports() -> Vec<u16> {
@@ -432,6 +451,11 @@ impl Config {
         if self.server.roles.is_empty() {
             anyhow::bail!("server.roles is empty: name at least one of api, matcher, delivery");
         }
+        if self.server.idle_timeout_secs == 0 || self.server.unbound_websocket_secs == 0 {
+            anyhow::bail!(
+                "server.idle_timeout_secs and server.unbound_websocket_secs must be at least 1"
+            );
+        }
         if self.server.max_body_bytes < 1024 {
             anyhow::bail!("server.max_body_bytes must be at least 1024");
         }
@@ -587,14 +611,25 @@ impl Config {
         self.server.roles.contains(&role)
     }
 
-    /// The most open HTTP connections: `server.max_connections`, or (0) the open-file limit
-    /// less 1,000 descriptors kept for the store, the log and outgoing deliveries.
+    /// The most open connections on the API and gRPC listeners: `server.max_connections`,
+    /// or (0) the open-file limit less 1,000 descriptors kept for the store, the log and
+    /// outgoing deliveries.
     pub fn max_connections(&self) -> usize {
         match self.server.max_connections {
             0 => open_files_limit()
                 .map_or(10_000, |n| n.saturating_sub(1_000))
                 .max(256),
             n => n,
+        }
+    }
+
+    /// The most of them one peer may hold: `server.max_connections_per_peer`, or (0) a
+    /// quarter of the total, so that one address cannot take every place.
+    pub fn max_connections_per_peer(&self) -> usize {
+        let total = self.max_connections();
+        match self.server.max_connections_per_peer {
+            0 => (total / 4).max(1),
+            n => n.min(total),
         }
     }
 
@@ -678,6 +713,9 @@ mod tests {
         }
         c.server.max_connections = 123;
         assert_eq!(c.max_connections(), 123);
+        assert_eq!(c.max_connections_per_peer(), 30, "a quarter by default");
+        c.server.max_connections_per_peer = 500;
+        assert_eq!(c.max_connections_per_peer(), 123, "never above the total");
     }
 
     #[test]

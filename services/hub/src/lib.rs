@@ -21,6 +21,7 @@ pub mod config;
 pub mod data_lock;
 pub mod delivery;
 pub mod fhirpath_cmd;
+pub mod listener;
 pub mod match_cmd;
 pub mod matcher;
 pub mod metrics;
@@ -65,6 +66,8 @@ pub struct Hub {
     /// another: delivery starts (or stops) its worker at once instead of at its next poll
     /// (the poll still finds a write whose `NOTIFY` was missed).
     pub subscription_writes: Arc<tokio::sync::Notify>,
+    /// Places for connections on the API and gRPC listeners, in total and per peer.
+    pub connections: Arc<listener::ConnectionLimits>,
 }
 
 /// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
@@ -113,7 +116,13 @@ impl Hub {
             .await
             .context("moving subscription secrets into their columns")?;
         let cross_process = store.backend() == hub_store::Backend::Postgres;
+        let metrics: Arc<metrics::Metrics> = Arc::default();
         Ok(Hub {
+            connections: listener::ConnectionLimits::new(
+                config.max_connections(),
+                config.max_connections_per_peer(),
+                Arc::clone(&metrics),
+            ),
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
             subscriptions: Arc::new(model::Catalog::new(sealer, config.has_role(Role::Matcher))),
             streams: CancellationToken::new(),
@@ -126,7 +135,7 @@ impl Hub {
             config: Arc::new(config),
             store,
             log,
-            metrics: Arc::default(),
+            metrics,
             subscription_writes: Arc::default(),
         })
     }

@@ -26,6 +26,14 @@ pub struct Metrics {
     /// rest-hook subscriptions with a worker running, and parked (no task).
     delivery_running: AtomicU64,
     delivery_parked: AtomicU64,
+    /// Connections open on the API and gRPC listeners (websockets included).
+    connections_open: AtomicU64,
+    /// Refused connections: api/total, api/peer, grpc/total, grpc/peer.
+    connections_refused: [AtomicU64; 4],
+    /// Unix milliseconds of the last refusal logged (one line per 10 s at most).
+    connections_refused_logged_ms: std::sync::atomic::AtomicI64,
+    connections_closed_idle: AtomicU64,
+    websockets_closed_unbound: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -137,6 +145,62 @@ impl StatusChanged<'_> {
     }
 }
 
+/// A connection refused at accept: the listener's limits were reached.
+pub struct ConnectionRefused {
+    pub listener: crate::listener::Listener,
+    pub reason: crate::listener::Refusal,
+}
+
+impl ConnectionRefused {
+    pub fn emit(&self, m: &Metrics) {
+        use crate::listener::{Listener, Refusal};
+        let i = match (self.listener, self.reason) {
+            (Listener::Api, Refusal::Total) => 0,
+            (Listener::Api, Refusal::Peer) => 1,
+            (Listener::Grpc, Refusal::Total) => 2,
+            (Listener::Grpc, Refusal::Peer) => 3,
+        };
+        add(&m.connections_refused[i], 1);
+        // a flood would flood the log too: one line per 10 s, the metric counts every one
+        let (now, last) = (now_ms(), &m.connections_refused_logged_ms);
+        let seen = last.load(Ordering::Relaxed);
+        if now - seen >= 10_000
+            && last
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                listener = self.listener.as_str(),
+                reason = self.reason.as_str(),
+                "refusing connections: the connection limit is reached (server.max_connections, server.max_connections_per_peer; fhir_hub_connections_refused_total counts them)"
+            );
+        }
+    }
+}
+
+/// A connection the hub closed.
+pub enum ConnectionClosed {
+    /// No request in flight for `server.idle_timeout_secs`.
+    Idle,
+    /// A websocket bound no subscription within `server.unbound_websocket_secs`.
+    UnboundWebsocket,
+}
+
+impl ConnectionClosed {
+    pub fn emit(&self, m: &Metrics) {
+        match self {
+            Self::Idle => {
+                tracing::debug!("closing an idle connection");
+                add(&m.connections_closed_idle, 1);
+            }
+            Self::UnboundWebsocket => {
+                tracing::debug!("closing a websocket that bound no subscription in time");
+                add(&m.websockets_closed_unbound, 1);
+            }
+        }
+    }
+}
+
 /// Now, in unix milliseconds.
 pub fn now_ms() -> i64 {
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
@@ -164,6 +228,12 @@ impl Metrics {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         self.delivery_running.store(n(running), Ordering::Relaxed);
         self.delivery_parked.store(n(parked), Ordering::Relaxed);
+    }
+
+    /// How many connections the listeners hold open.
+    pub fn connections_open(&self, n: usize) {
+        self.connections_open
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with `subscriptions` gauges by status.
@@ -222,6 +292,33 @@ impl Metrics {
                 ("{to=\"off\"}", get(&self.status_off)),
             ],
         );
+        let refused = &self.connections_refused;
+        counter(
+            "fhir_hub_connections_refused_total",
+            "Connections refused at accept because a limit was reached (reason total: server.max_connections; peer: server.max_connections_per_peer).",
+            &[
+                ("{listener=\"api\",reason=\"total\"}", get(&refused[0])),
+                ("{listener=\"api\",reason=\"peer\"}", get(&refused[1])),
+                ("{listener=\"grpc\",reason=\"total\"}", get(&refused[2])),
+                ("{listener=\"grpc\",reason=\"peer\"}", get(&refused[3])),
+            ],
+        );
+        counter(
+            "fhir_hub_connections_closed_total",
+            "Connections the hub closed: idle (no request in flight for server.idle_timeout_secs), unbound_websocket (no subscription bound within server.unbound_websocket_secs).",
+            &[
+                ("{reason=\"idle\"}", get(&self.connections_closed_idle)),
+                (
+                    "{reason=\"unbound_websocket\"}",
+                    get(&self.websockets_closed_unbound),
+                ),
+            ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fhir_hub_connections_open Connections open on the API and gRPC listeners (websockets included).\n# TYPE fhir_hub_connections_open gauge\nfhir_hub_connections_open {}",
+            get(&self.connections_open)
+        );
         let _ = writeln!(
             out,
             "# HELP fhir_hub_delivery_subscriptions rest-hook subscriptions delivered by this process: with a worker running, or parked (idle, no task).\n# TYPE fhir_hub_delivery_subscriptions gauge\nfhir_hub_delivery_subscriptions{{state=\"running\"}} {}\nfhir_hub_delivery_subscriptions{{state=\"parked\"}} {}",
@@ -269,5 +366,18 @@ mod tests {
         assert!(text.contains("fhir_hub_delivery_attempts_total{outcome=\"failed\"} 1"));
         assert!(text.contains("fhir_hub_subscriptions{status=\"active\"} 2"));
         assert!(text.contains("fhir_hub_quarantined_events 1"));
+        ConnectionRefused {
+            listener: crate::listener::Listener::Grpc,
+            reason: crate::listener::Refusal::Peer,
+        }
+        .emit(&m);
+        m.connections_open(7);
+        let text = m.render(&[], None);
+        assert!(
+            text.contains(
+                "fhir_hub_connections_refused_total{listener=\"grpc\",reason=\"peer\"} 1"
+            )
+        );
+        assert!(text.contains("fhir_hub_connections_open 7"));
     }
 }

@@ -103,123 +103,13 @@ fn resource_routes<K: resource::ResourceKind>() -> Router<Hub> {
         )
 }
 
-/// Serve the API on `listener` until `shutdown`, then finish in-flight requests.
-///
-/// Each connection must send a request's headers within `server.header_read_timeout_secs`
-/// (slowloris and idle keep-alive connections are closed), and at most
-/// `server.max_connections` are open at once: past that, new connections wait in the
-/// kernel's accept queue instead of using up file descriptors.
+/// Serve the API on `listener` until `shutdown`, then finish in-flight requests; every
+/// connection within the limits and timeouts of [`crate::listener`].
 pub async fn serve(
     hub: Hub,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
-
-    let tls = crate::tls::server_config(&hub.config.tls, &[b"h2", b"http/1.1"])?
-        .map(tokio_rustls::TlsAcceptor::from);
-    crate::announce(
-        &listener,
-        "",
-        if tls.is_some() { "https://" } else { "http://" },
-    )?;
-    let grace = std::time::Duration::from_secs(hub.config.server.shutdown_grace_secs);
-    let header_timeout =
-        std::time::Duration::from_secs(hub.config.server.header_read_timeout_secs.max(1));
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        hub.config.max_connections().max(1),
-    ));
-    let app = router(hub);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    loop {
-        let permit = tokio::select! {
-            p = std::sync::Arc::clone(&limit).acquire_owned() => p?,
-            _ = shutdown.cancelled() => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // out of file descriptors and the like: wait, never spin
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let (app, builder, watcher, tls) = (
-            app.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            tls.clone(),
-        );
-        tokio::spawn(async move {
-            // a connection that sends nothing at all is closed after the header timeout too
-            // (hyper's own timer starts with the first byte)
-            let mut first = [0u8; 1];
-            let sent = matches!(
-                tokio::time::timeout(header_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(n)) if n > 0
-            );
-            if !sent {
-                return;
-            }
-            match tls {
-                None => {
-                    let service = TowerToHyperService::new(app);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
-                }
-                Some(acceptor) => {
-                    // the handshake gets the same time as a request's headers
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    // a verified client certificate travels with every request
-                    let peer = crate::tls::peer_of(tls.get_ref().1);
-                    let service = tower::ServiceBuilder::new()
-                        .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                            if let Some(p) = &peer {
-                                req.extensions_mut().insert(p.clone());
-                            }
-                            req
-                        })
-                        .service(app);
-                    let conn = builder
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(tls),
-                            TowerToHyperService::new(service),
-                        )
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
-                }
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("HTTP connections still open after the grace period; closing them");
-    }
-    Ok(())
+    let app = router(hub.clone());
+    crate::listener::serve(hub, listener, app, crate::listener::Listener::Api, shutdown).await
 }

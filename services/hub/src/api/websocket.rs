@@ -284,8 +284,22 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
     let stop = hub.streams.child_token();
     let _stop_readers = stop.clone().drop_guard();
     let mut bound: HashMap<(String, String), CancellationToken> = HashMap::new();
+    // a socket that binds nothing only holds a descriptor: it gets a short window
+    let window = Duration::from_secs(hub.config.server.unbound_websocket_secs);
+    let unbound = tokio::time::sleep(window);
+    tokio::pin!(unbound);
     loop {
         tokio::select! {
+            _ = &mut unbound, if bound.is_empty() => {
+                crate::metrics::ConnectionClosed::UnboundWebsocket.emit(&hub.metrics);
+                // 1008 Policy Violation
+                let frame = CloseFrame {
+                    code: 1008,
+                    reason: format!("no subscription bound within {} s", window.as_secs()).into(),
+                };
+                let _ = tokio::time::timeout(window, socket.send(Message::Close(Some(frame)))).await;
+                return;
+            }
             _ = stop.cancelled() => {
                 // 1001 Going Away: reconnect (anywhere) and bind again from the last number
                 let frame = CloseFrame { code: 1001, reason: "the hub is stopping".into() };

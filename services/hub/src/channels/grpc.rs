@@ -60,11 +60,11 @@ pub struct Service {
 /// The caller of a gRPC request, allowed to read subscriptions.
 async fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
     let headers = req.metadata().clone().into_headers();
-    let peer = req.peer_certs().and_then(|certs| {
-        certs
-            .first()
-            .map(|c| crate::tls::PeerCertificate(crate::tls::fingerprint(c)))
-    });
+    // the listener puts a verified client certificate into each request
+    let peer = req
+        .extensions()
+        .get::<crate::tls::PeerCertificate>()
+        .cloned();
     let caller = auth::establish(hub, &headers, peer.as_ref())
         .await
         .map_err(to_status)?;
@@ -461,31 +461,13 @@ impl NotificationStream for Service {
     }
 }
 
-/// Serve gRPC on `listener` until `shutdown`.
+/// Serve gRPC on `listener` until `shutdown`: the same connection limits, timeouts and TLS
+/// as the HTTP API ([`crate::listener`]), HTTP/2 only.
 pub async fn serve(
     hub: Hub,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::announce(&listener, "grpc ", "")?;
-    let tls = &hub.config.tls;
-    let mut builder = tonic::transport::Server::builder();
-    if !tls.cert_file.as_os_str().is_empty() {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
-        };
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?),
-        );
-        if !tls.client_ca_file.as_os_str().is_empty() {
-            config = config
-                .client_ca_root(tonic::transport::Certificate::from_pem(read(
-                    &tls.client_ca_file,
-                )?))
-                .client_auth_optional(true);
-        }
-        builder = builder.tls_config(config)?;
-    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -493,15 +475,18 @@ pub async fn serve(
     health
         .set_serving::<NotificationStreamServer<Service>>()
         .await;
-    let service = Service { hub };
-    builder
-        .add_service(NotificationStreamServer::new(service))
+    let service = Service { hub: hub.clone() };
+    let routes = tonic::service::Routes::new(NotificationStreamServer::new(service))
         .add_service(reflection)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            async move { shutdown.cancelled().await },
-        )
-        .await?;
-    Ok(())
+        .prepare();
+    let app = routes.into_axum_router();
+    crate::listener::serve(
+        hub,
+        listener,
+        app,
+        crate::listener::Listener::Grpc,
+        shutdown,
+    )
+    .await
 }
