@@ -10,6 +10,7 @@
 
 mod bad_input;
 mod delivery;
+mod disclosure;
 mod embedded;
 mod harness;
 mod inferno;

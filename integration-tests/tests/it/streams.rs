@@ -11,7 +11,7 @@ const SSE_TYPE: &str = "urn:fhir-hub:channel-type";
 const CHANNEL_TYPE: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type";
 
-fn sse_subscription() -> Value {
+pub(crate) fn sse_subscription() -> Value {
     let mut s = subscription("unused", Some("full-resource"), None);
     // the Backport IG's way to name a channel type R4 lacks
     s["channel"] = json!({"type": "rest-hook", "payload": "application/fhir+json",
@@ -177,7 +177,7 @@ async fn websocket_binds_resume_after_the_last_event_seen() {
     c.finish();
 }
 
-fn hub_channel(code: &str, content: &str) -> Value {
+pub(crate) fn hub_channel(code: &str, content: &str) -> Value {
     let mut s = sse_subscription();
     s["channel"]["_type"]["extension"][0]["valueCoding"]["code"] = json!(code);
     s["channel"]["_payload"]["extension"][0]["valueCode"] = json!(content);

@@ -40,6 +40,7 @@ pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
 pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;
+pub use ws_tokens::WsToken;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
