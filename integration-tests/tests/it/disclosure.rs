@@ -562,8 +562,21 @@ async fn a_revoked_keys_streams_end_with_a_stated_reason() {
         &[&target, "subscribe", &grpc, "1", "10"],
         &env,
     );
+    // a second reader whose scopes will be reduced
+    let (narrowed_id, narrowed) = admin_key(&hub, &admin, json!({ "scopes": scopes })).await;
+    let n = PyClient::start_with(
+        &python,
+        "sse_client.py",
+        &[
+            &format!("{}/fhir/Subscription/{sse}/$stream", hub.url),
+            "10",
+        ],
+        &[("FHIR_HUB_TOKEN", narrowed.as_str())],
+    );
+    assert_eq!(n.next("SSE handshake")["event"], "handshake");
     // every stream is live: each receives the first event
     publish(&hub, &admin, "r", &["p1"]).await;
+    assert_eq!(n.next("SSE event")["event"], "event-notification");
     assert_eq!(s.next("SSE event")["event"], "event-notification");
     w.next("ws event");
     assert_eq!(g.next("gRPC event")["event_number"], 1);
@@ -593,6 +606,26 @@ async fn a_revoked_keys_streams_end_with_a_stated_reason() {
     );
     let status = g.next("gRPC status");
     assert_eq!(status["error"], "UNAUTHENTICATED", "{status}");
+
+    // scopes reduced below the subscription's resource type end the stream too
+    let (st, _, b) = call(
+        &hub,
+        Method::PATCH,
+        &format!("/admin/keys/{narrowed_id}"),
+        Some(&admin),
+        Some(&json!({"scopes": "system/Subscription.rs"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let ended = n.next("SSE access-ended after the scopes were reduced");
+    assert_eq!(ended["event"], "access-ended", "{ended}");
+    assert!(
+        ended["data"]
+            .as_str()
+            .unwrap()
+            .contains("may not read Observation"),
+        "{ended}"
+    );
 }
 
 #[tokio::test]
