@@ -21,5 +21,6 @@ mod multi_process;
 mod poison;
 mod receiver;
 mod security;
+mod stream_credentials;
 mod streams;
 mod topics;

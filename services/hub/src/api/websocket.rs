@@ -7,6 +7,12 @@
 //!
 //! Each binding is a reader of the subscription's stream (`channels::stream`) feeding the
 //! socket through one bounded outbox.
+//!
+//! A binding reads as its reader: a token bind as the credential that asked for the token
+//! (`auth::holder`), a classic `bind <id>` as the upgrade's credential, each through its own
+//! `channels::disclosure::Disclosure`. A refusal by the reader's grant closes the socket with
+//! 1008 (Policy Violation) and the reason; so does a reader's credential ending (revoked,
+//! expired, scopes reduced) while bound.
 
 use std::collections::HashMap;
 use std::time::Duration;
