@@ -151,7 +151,7 @@ struct Reader {
     sees: Option<&'static [i64]>,
 }
 
-const READERS: [Reader; 5] = [
+const READERS: [Reader; 6] = [
     Reader {
         name: "no resource scope",
         scopes: "system/Subscription.rs",
@@ -161,6 +161,13 @@ const READERS: [Reader; 5] = [
     Reader {
         name: "another resource type",
         scopes: "system/Subscription.rs system/Encounter.rs",
+        patient: None,
+        sees: None,
+    },
+    Reader {
+        // SMART v2 user/: what the user may see; without a patient context, nothing
+        name: "a user/ scope without a patient context",
+        scopes: "system/Subscription.rs user/Observation.rs",
         patient: None,
         sees: None,
     },
