@@ -7,7 +7,8 @@ Usage:
   grpc_client.py TARGET commit CONSUMER SUBSCRIPTION NUMBER
   grpc_client.py TARGET health
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
-"bundle_type"}), or {"error": CODE, "details": ...} when the call fails, and exits after COUNT.
+"bundle_type", "focus_type", "focus_id", "action", "bundle"}), or {"error": CODE, "details":
+...} when the call fails, and exits after COUNT.
 With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`; with FHIR_HUB_CA
 (a PEM file), the channel is TLS trusting that CA, and with FHIR_HUB_CLIENT_CERT and
 FHIR_HUB_CLIENT_KEY (PEM files) as well it presents that client certificate.
@@ -40,7 +41,9 @@ def stubs():
 def show(n):
     bundle = json.loads(n.bundle_json)
     print(json.dumps({"subscription": n.subscription_id, "event_number": n.event_number,
-                      "notification_id": n.notification_id, "bundle_type": bundle.get("type")}),
+                      "notification_id": n.notification_id, "bundle_type": bundle.get("type"),
+                      "focus_type": n.focus_type, "focus_id": n.focus_id, "action": n.action,
+                      "bundle": bundle}),
           flush=True)
 
 

@@ -5,13 +5,15 @@ Connects and binds with the Backport IG protocol, `bind-with-token: TOKEN` (with
 resume extension `bind-with-token: TOKEN LAST_SEEN` when given), or, when TOKEN is
 `classic:ID`, with the classic R4 protocol (`bind ID`, answered `bound ID`, then `ping ID`
 per event). Prints every message received as one JSON line (JSON messages as sent, text ones
-as {"text": ...}), flushes, and exits after COUNT messages. With FHIR_HUB_TOKEN set, the
-upgrade request carries `Authorization: Bearer <token>`.
+as {"text": ...}), flushes, and exits after COUNT messages, or with {"closed": CODE,
+"reason": ...} when the hub closes the socket first. With FHIR_HUB_TOKEN set, the upgrade
+request carries `Authorization: Bearer <token>`.
 """
 import os
 import json
 import sys
 
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
@@ -27,7 +29,13 @@ def main() -> int:
     with connect(url, open_timeout=10, additional_headers=headers) as ws:
         ws.send(bind)
         for _ in range(count):
-            message = ws.recv(timeout=30)
+            try:
+                message = ws.recv(timeout=30)
+            except ConnectionClosed as closed:
+                frame = closed.rcvd
+                print(json.dumps({"closed": frame.code if frame else None,
+                                  "reason": frame.reason if frame else None}), flush=True)
+                return 0
             try:
                 print(json.dumps(json.loads(message)), flush=True)
             except ValueError:

@@ -10,6 +10,7 @@
 
 mod bad_input;
 mod delivery;
+mod disclosure;
 mod embedded;
 mod fan_out;
 mod harness;
@@ -25,5 +26,6 @@ mod poison;
 mod poison_bytes;
 mod receiver;
 mod security;
+mod stream_credentials;
 mod streams;
 mod topics;

@@ -35,7 +35,7 @@ pub(crate) fn cli_key(dir: &std::path::Path, tenant: &str, scopes: &str) -> Stri
 }
 
 /// One request with an optional bearer token: status, headers, JSON body (or Null).
-async fn call(
+pub(crate) async fn call(
     hub: &Hub,
     method: Method,
     path: &str,
@@ -72,7 +72,7 @@ fn observation(id: &str, patient: &str) -> Value {
 }
 
 /// Make a key with the admin API; its id and token.
-async fn admin_key(hub: &Hub, admin: &str, body: Value) -> (String, String) {
+pub(crate) async fn admin_key(hub: &Hub, admin: &str, body: Value) -> (String, String) {
     let (s, _, k) = call(hub, Method::POST, "/admin/keys", Some(admin), Some(&body)).await;
     assert_eq!(s, 201, "{k}");
     (

@@ -34,6 +34,16 @@ pub struct EventInfo<'a> {
     pub action: &'a str,
     /// The resource JSON, as logged (absent for a deletion).
     pub resource: Option<&'a str>,
+    /// The reader may not see this event's focus: it is shown with its number and timestamp
+    /// only, as `empty` content shows every event, so the reader's numbering has no gap.
+    pub withheld: bool,
+}
+
+impl EventInfo<'_> {
+    /// Whether the event shows its focus at `content`.
+    fn shows_focus(&self, content: Content) -> bool {
+        content != Content::Empty && !self.withheld
+    }
 }
 
 /// The backport-subscription-status-r4 Parameters.
@@ -58,7 +68,7 @@ pub fn status_parameters(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: 
             json!({"name": "event-number", "valueString": e.number.to_string()}),
             json!({"name": "timestamp", "valueInstant": e.timestamp}),
         ];
-        if content != Content::Empty {
+        if e.shows_focus(content) {
             part.push(json!({
                 "name": "focus",
                 "valueReference": {"reference": format!("{}/{}/{}", s.base, e.focus_type, e.focus_id)}
@@ -106,7 +116,7 @@ pub fn subscription_status(
                 .iter()
                 .map(|e| {
                     let mut n = json!({"eventNumber": e.number.to_string(), "timestamp": e.timestamp});
-                    if content != Content::Empty {
+                    if e.shows_focus(content) {
                         n["focus"] = json!({"reference": format!("{}/{}/{}", s.base, e.focus_type, e.focus_id)});
                     }
                     n
@@ -204,7 +214,7 @@ fn focus_entries(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Content)
     if content == Content::Empty {
         return out;
     }
-    for e in events {
+    for e in events.iter().filter(|e| e.shows_focus(content)) {
         let url = format!("{}/{}/{}", s.base, e.focus_type, e.focus_id);
         let (method, code) = match e.action {
             "create" => ("POST", "201"),
@@ -331,7 +341,7 @@ pub fn bundle_text(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Conten
         t.param("event-number", "valueString", &e.number.to_string());
         t.raw(",");
         t.param("timestamp", "valueInstant", e.timestamp);
-        if content != Content::Empty {
+        if e.shows_focus(content) {
             t.raw(",");
             t.reference_param(
                 "focus",
@@ -364,7 +374,7 @@ pub fn bundle_text(s: &StatusInfo<'_>, events: &[EventInfo<'_>], content: Conten
     t.raw("}}");
     // the focus entries
     if content != Content::Empty {
-        for e in events {
+        for e in events.iter().filter(|e| e.shows_focus(content)) {
             let (method, code) = match e.action {
                 "create" => ("POST", "201"),
                 "delete" => ("DELETE", "200"),
@@ -427,6 +437,34 @@ mod tests {
             focus_id: "o1",
             action: "update",
             resource: Some(r#"{"resourceType":"Observation","id":"o1","status":"final"}"#),
+            withheld: false,
+        }
+    }
+
+    /// An event its reader may not see keeps its number and timestamp and shows nothing of
+    /// its focus, in every shape, beside one the reader may see.
+    #[test]
+    fn a_withheld_event_shows_its_number_only() {
+        let hidden = EventInfo {
+            number: 4,
+            focus_id: "secret1",
+            withheld: true,
+            ..event()
+        };
+        for version in [FhirVersion::R4, FhirVersion::R4B, FhirVersion::R5] {
+            let b = bundle_for(
+                version,
+                &status("event-notification"),
+                &[event(), hidden.clone()],
+                Content::FullResource,
+            );
+            let text = b.to_string();
+            assert!(!text.contains("secret1"), "{version:?}: {text}");
+            assert!(
+                text.contains("\"4\""),
+                "{version:?}: the number stays: {text}"
+            );
+            assert_eq!(b["entry"].as_array().map(Vec::len), Some(2), "{version:?}");
         }
     }
 
@@ -538,7 +576,12 @@ mod tests {
             resource: Some("{not json"),
             ..event()
         };
-        let all = [event(), deleted, created, broken];
+        let hidden = EventInfo {
+            number: 7,
+            withheld: true,
+            ..event()
+        };
+        let all = [event(), deleted, created, broken, hidden];
         for kind in [
             "handshake",
             "heartbeat",

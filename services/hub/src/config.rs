@@ -76,6 +76,9 @@ pub struct AuthConfig {
     pub max_subscriptions_per_credential: usize,
     /// Most open websocket, SSE and gRPC streams per credential (0: no limit).
     pub max_streams_per_credential: usize,
+    /// Seconds between two checks of an open stream's credential (revoked, expired, scopes
+    /// reduced: the stream ends with a stated reason). Also checked at every batch.
+    pub stream_recheck_secs: u64,
     /// Least seconds between two JWKS fetches of one issuer for unknown `kid`s.
     pub jwks_min_refresh_secs: u64,
     /// Token issuers the hub trusts (SMART Backend Services).

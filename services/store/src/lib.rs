@@ -45,6 +45,7 @@ pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
 pub use text::{MAX_SANITIZED_BYTES, Sanitized};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;
+pub use ws_tokens::WsToken;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,12 @@
 //! `$events` (Subscriptions R5 Backport IG, R4 form): the notifications a subscription
 //! generated, read back from the notification log by event number, so a client can recover
-//! what it missed (while off, or after its own outage) without any gap.
+//! what it missed (while off, or after its own outage) without any gap. What it answers is
+//! what the caller's own grant may see (`channels::disclosure`).
 
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use hub_fhir::subscription::Content;
 use hub_fhir::{IssueType, OperationOutcome};
 
@@ -12,6 +14,7 @@ use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
 use crate::Hub;
+use crate::channels::disclosure::Disclosure;
 use crate::channels::render::{self, Kind};
 
 /// The most events one `$events` call returns; ask again from the last number for more.
@@ -57,15 +60,17 @@ pub async fn events(
     let until = number(&params, "eventsUntilNumber")?
         .unwrap_or(sub.events_since_start)
         .min(sub.events_since_start);
-    let content = match params.get("content") {
-        None => sub.content(),
-        Some(c) => Content::parse(c).ok_or_else(|| {
+    let asked = match params.get("content") {
+        None => None,
+        Some(c) => Some(Content::parse(c).ok_or_else(|| {
             ApiError::bad_request(OperationOutcome::error(
                 IssueType::Value,
                 format!("content '{c}' must be empty, id-only or full-resource"),
             ))
-        })?,
+        })?),
     };
+    // the reader's grant, at no more than the subscription's content level (403 otherwise)
+    let disclosure = Disclosure::for_reader(&hub, &caller, &sub, "$events", asked).await?;
     let limit = (until - since + 1).clamp(0, MAX_EVENTS);
     let notes = if limit > 0 {
         hub.store
@@ -74,9 +79,12 @@ pub async fn events(
     } else {
         Vec::new()
     };
-    if content != Content::Empty {
-        crate::channels::disclose(&hub, &sub, "$events", &caller.subject, &notes).await;
-    }
+    let disclosed = disclosure.hand_over(&hub, notes).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            OperationOutcome::error(IssueType::Forbidden, e.reason()),
+        )
+    })?;
     let since_start = sub.events_since_start;
     let message = render::Message::new(
         &sub,
@@ -85,5 +93,5 @@ pub async fn events(
         Kind::QueryEvent,
         since_start,
     );
-    Ok(FhirJson(message.with(&notes).bundle(content)))
+    Ok(FhirJson(message.with(disclosed.all()).bundle()))
 }

@@ -8,7 +8,11 @@
 //! - `event:` is `handshake` (first, without an id), `event-notification`, `heartbeat` (on
 //!   the subscription's heartbeat period), `history-gone` (events after the position were
 //!   purged by retention: an OperationOutcome saying from which number the stream resumes),
-//!   and `shutdown` (the hub is stopping: reconnect, anywhere, with `Last-Event-ID`).
+//!   `shutdown` (the hub is stopping: reconnect, anywhere, with `Last-Event-ID`), and
+//!   `access-ended` (the reader's credential was revoked, expired or lost the scopes: an
+//!   OperationOutcome saying why; the stream ends).
+//! - What a notification shows is what the reader's own grant may see
+//!   (`channels::disclosure`); a `?token=` reader is the credential the token was issued to.
 //! - `data:` is the notification bundle in the subscription's shape (R4 Backport, R4B, R5)
 //!   and content level; for an R4 criteria subscription, the resource when the channel has
 //!   a payload.
@@ -31,7 +35,6 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use hub_fhir::subscription::ChannelType;
 use hub_fhir::{IssueType, OperationOutcome};
-use hub_store::Notification;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +42,8 @@ use super::ApiError;
 use super::auth::MaybeCaller;
 use super::resource::check_id;
 use crate::Hub;
+use crate::auth::holder::Holder;
+use crate::channels::disclosure::{Disclosure, Ended, Shown};
 use crate::channels::render::{Kind, Message};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
@@ -103,18 +108,18 @@ pub async fn stream(
             ),
         )
     };
-    // the tenant comes from the credential, or from the token when there is none
-    let (tenant, agent) = match (&caller, &q.token) {
+    // the reader is the credential, or the credential the token was issued to
+    let caller = match (caller, &q.token) {
         (Some(c), _) => {
             c.require("Subscription", crate::auth::Perm::Read)?;
-            (c.tenant.clone(), Some(c.subject.clone()))
+            c
         }
         (None, Some(token)) => {
-            let (tenant, sub_id) = hub.store.ws_token(token).await?.ok_or_else(refused)?;
-            if sub_id != id {
+            let bound = hub.store.ws_token(token).await?.ok_or_else(refused)?;
+            if bound.subscription_id != id {
                 return Err(refused());
             }
-            (tenant, None)
+            Holder::caller(&hub, &bound.tenant, bound.holder.as_deref()).await?
         }
         (None, None) => {
             return Err(ApiError::new(
@@ -126,7 +131,7 @@ pub async fn stream(
             ));
         }
     };
-    let sub = super::subscriptions::typed(&hub, &tenant, &id).await?;
+    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     if sub.channel_type() != ChannelType::Sse {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
@@ -136,27 +141,25 @@ pub async fn stream(
             ),
         )));
     }
-    // a token sent beside a credential must still be this subscription's (without a
-    // credential it was checked above)
-    if caller.is_some()
-        && let Some(token) = &q.token
-    {
+    // a token sent beside a credential must still be this subscription's
+    if let Some(token) = &q.token {
         let bound = hub.store.ws_token(token).await?;
-        if bound.as_ref().map(|(t, s)| (t.as_str(), s.as_str())) != Some((sub.tenant(), sub.id())) {
+        if bound
+            .as_ref()
+            .map(|b| (b.tenant.as_str(), b.subscription_id.as_str()))
+            != Some((sub.tenant(), sub.id()))
+        {
             return Err(refused());
         }
     }
-    let slot = match &caller {
-        Some(c) => Some(
-            hub.auth
-                .stream_slot(c, hub.config.auth.max_streams_per_credential)?,
-        ),
-        None => None,
-    };
+    let disclosure = Disclosure::for_reader(&hub, &caller, &sub, "sse", None).await?;
+    let slot = hub
+        .auth
+        .stream_slot(&caller, hub.config.auth.max_streams_per_credential)?;
     let after = start_after(&headers, &q, &sub)?;
     tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "SSE stream opened");
-    let agent = agent.unwrap_or_else(|| sub.owner_subject());
-    let events = events(hub.clone(), sub, after, hub.streams.clone(), agent, slot);
+    let stop = disclosure.watch(&hub, &hub.streams);
+    let events = events(hub.clone(), sub, after, stop, disclosure, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -171,17 +174,20 @@ struct Reader {
     last_sent: tokio::time::Instant,
     stop: CancellationToken,
     done: bool,
-    /// Who receives (the audit trail's agent).
-    agent: String,
+    /// The reader's right to the subscription (its grant, its audit name).
+    disclosure: Disclosure,
     /// The credential's place among its open streams, held while the stream lives.
-    _slot: Option<crate::auth::StreamSlot>,
+    _slot: crate::auth::StreamSlot,
 }
 
 impl Reader {
-    fn message(&self, kind: Kind, since: i64, notes: &[Notification]) -> Event {
-        let rendered = Message::new(&self.sub, &self.hub.base_url, self.sub.status, kind, since)
-            .with(notes)
-            .render();
+    fn message(&self, kind: Kind, since: i64, events: Option<Shown<'_>>) -> Event {
+        let m = Message::new(&self.sub, &self.hub.base_url, self.sub.status, kind, since);
+        let rendered = match events {
+            Some(e) => m.with(e),
+            None => m,
+        }
+        .render();
         let data = rendered
             .body
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -194,11 +200,13 @@ impl Reader {
         let quiet_until = self.heartbeat.map(|p| self.last_sent + p);
         match self.stream.next(BATCH, quiet_until, &self.stop).await {
             None => {
-                self.pending.push_back(
-                    Event::default()
+                let end = match self.disclosure.ended() {
+                    Some(e) => access_ended(&e),
+                    None => Event::default()
                         .event("shutdown")
                         .data("the hub is stopping; reconnect with Last-Event-ID"),
-                );
+                };
+                self.pending.push_back(end);
                 self.done = true;
             }
             Some(Err(e)) => {
@@ -211,7 +219,7 @@ impl Reader {
                 self.done = true;
             }
             Some(Ok(Item::Quiet)) => {
-                let m = self.message(Kind::Heartbeat, self.stream.position(), &[]);
+                let m = self.message(Kind::Heartbeat, self.stream.position(), None);
                 self.pending.push_back(m);
             }
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
@@ -228,11 +236,18 @@ impl Reader {
                 );
             }
             Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&self.hub, &self.sub, "sse", &self.agent, &notes).await;
+                let disclosed = match self.disclosure.hand_over(&self.hub, notes).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.pending.push_back(access_ended(&e));
+                        self.done = true;
+                        return true;
+                    }
+                };
                 let group = crate::channels::group_size(&self.sub);
-                for g in notes.chunks(group) {
+                for g in disclosed.chunks(group) {
                     if let Some(last) = g.last() {
-                        let m = self.message(Kind::EventNotification, last.event_number, g);
+                        let m = self.message(Kind::EventNotification, last.event_number, Some(g));
                         self.pending.push_back(m.id(last.event_number.to_string()));
                     }
                 }
@@ -242,14 +257,22 @@ impl Reader {
     }
 }
 
+/// The last event of a stream whose reader's credential ended: why, as an OperationOutcome.
+fn access_ended(e: &Ended) -> Event {
+    let oo = OperationOutcome::error(IssueType::Security, e.reason());
+    Event::default()
+        .event("access-ended")
+        .data(oo.to_json().to_string())
+}
+
 /// The event stream of one connection: a handshake, then the subscription's stream.
 fn events(
     hub: Hub,
     sub: Subscription,
     after: i64,
     stop: CancellationToken,
-    agent: String,
-    slot: Option<crate::auth::StreamSlot>,
+    disclosure: Disclosure,
+    slot: crate::auth::StreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let stream = SubscriptionStream::open(&hub, &sub, after);
     let heartbeat = sub
@@ -266,11 +289,11 @@ fn events(
         last_sent: tokio::time::Instant::now(),
         stop,
         done: false,
-        agent,
+        disclosure,
         _slot: slot,
     };
     let handshake = reader
-        .message(Kind::Handshake, reader.sub.events_since_start, &[])
+        .message(Kind::Handshake, reader.sub.events_since_start, None)
         .retry(RETRY);
     reader.pending.push_back(handshake);
     futures::stream::unfold(reader, |mut r| async move {

@@ -7,6 +7,12 @@
 //!
 //! Each binding is a reader of the subscription's stream (`channels::stream`) feeding the
 //! socket through one bounded outbox.
+//!
+//! A binding reads as its reader: a token bind as the credential that asked for the token
+//! (`auth::holder`), a classic `bind <id>` as the upgrade's credential, each through its own
+//! `channels::disclosure::Disclosure`. A refusal by the reader's grant closes the socket with
+//! 1008 (Policy Violation) and the reason; so does a reader's credential ending (revoked,
+//! expired, scopes reduced) while bound.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,6 +34,8 @@ use super::ApiError;
 use super::auth::{Caller, MaybeCaller};
 use super::fhir_json::FhirJson;
 use crate::Hub;
+use crate::auth::holder::Holder;
+use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
@@ -52,16 +60,43 @@ pub async fn binding_token(
             ),
         )));
     }
+    // refused now rather than at the bind: the asker may see nothing of this subscription
+    let channel = if sub.channel_type() == ChannelType::Sse {
+        "sse"
+    } else {
+        "websocket"
+    };
+    Disclosure::for_reader(&hub, &caller, &sub, channel, None).await?;
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    let expires = time::OffsetDateTime::now_utc() + TOKEN_TTL;
+    // the token acts as the credential that asked for it, and ends no later than it does
+    let mut expires = time::OffsetDateTime::now_utc() + TOKEN_TTL;
+    if let Some(end) = caller.expires {
+        expires = expires.min(end);
+    }
     let expires = expires
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(ApiError::internal)?;
+    let holder = Holder::of(&caller).to_json();
     hub.store
-        .create_ws_token(&token, &caller.tenant, &id, &expires)
+        .create_ws_token(&token, &caller.tenant, &id, &expires, &holder)
         .await?;
+    crate::auth::record(
+        &hub,
+        vec![hub_store::NewAudit {
+            tenant: caller.tenant.clone(),
+            kind: "credential".into(),
+            action: "C".into(),
+            agent: caller.subject.clone(),
+            entity: Some(format!("Subscription/{id}")),
+            subscription_id: Some(id.clone()),
+            channel: Some(channel.to_owned()),
+            outcome: "0".into(),
+            detail: Some(format!("binding token issued, valid until {expires}")),
+        }],
+    )
+    .await;
     let ws_url = hub.base_url.replacen("http", "ws", 1) + "/$subscription-ws";
     Ok(FhirJson(json!({
         "resourceType": "Parameters",
@@ -198,17 +233,55 @@ fn outcome(msg: impl Into<String>) -> Message {
     )
 }
 
-/// The subscription a token binds, if it may be bound. A token binds one socket: binding
-/// uses it up.
-async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
-    let Some((tenant, id)) = hub
+/// Why a bind was refused: a 403 (the reader may see nothing of the subscription) closes
+/// the socket with 1008, anything else as the protocol always did.
+struct Refused {
+    why: String,
+    forbidden: bool,
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Refused {
+        Refused {
+            why,
+            forbidden: false,
+        }
+    }
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Refused {
+        Refused {
+            forbidden: e.status == axum::http::StatusCode::FORBIDDEN,
+            why: e.outcome.summary(),
+        }
+    }
+}
+
+/// A bound subscription and the reader's right to it.
+struct Bound {
+    sub: Subscription,
+    disclosure: Disclosure,
+    /// The token's credential's place among its open streams (a token bind acts as the
+    /// credential that asked for the token).
+    slot: Option<crate::auth::StreamSlot>,
+}
+
+/// The subscription a token binds, if it may be bound, read as the credential the token was
+/// issued to. A token binds one socket: binding uses it up.
+async fn bind(hub: &Hub, socket_caller: Option<&Caller>, token: &str) -> Result<Bound, Refused> {
+    let Some(bound) = hub
         .store
         .take_ws_token(token)
         .await
         .map_err(|e| e.to_string())?
     else {
-        return Err("unknown, used or expired binding token".into());
+        return Err(Refused::from(
+            "unknown, used or expired binding token".to_owned(),
+        ));
     };
+    let caller = Holder::caller(hub, &bound.tenant, bound.holder.as_deref()).await?;
+    let (tenant, id) = (bound.tenant, bound.subscription_id);
     let sub = hub
         .subscriptions
         .get(&hub.store, &tenant, &id)
@@ -216,12 +289,25 @@ async fn bind(hub: &Hub, token: &str) -> Result<Subscription, String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("Subscription/{id} no longer exists"))?;
     if sub.topic().is_none() {
-        return Err(format!("Subscription/{id} is not topic-based"));
+        return Err(format!("Subscription/{id} is not topic-based").into());
     }
     if sub.status == Status::Off {
-        return Err(format!("Subscription/{id} is off"));
+        return Err(format!("Subscription/{id} is off").into());
     }
-    Ok(sub)
+    let disclosure = Disclosure::for_reader(hub, &caller, &sub, "websocket", None).await?;
+    // a socket opened with this very credential already holds its place
+    let slot = match socket_caller {
+        Some(c) if c.subject == caller.subject => None,
+        _ => Some(
+            hub.auth
+                .stream_slot(&caller, hub.config.auth.max_streams_per_credential)?,
+        ),
+    };
+    Ok(Bound {
+        sub,
+        disclosure,
+        slot,
+    })
 }
 
 /// What a client asked to bind.
@@ -247,20 +333,15 @@ fn parse_message(text: &str) -> Option<Bind<'_>> {
 }
 
 /// The R4 criteria subscription a classic `bind <id>` names, in the caller's tenant.
-async fn bind_classic(
-    hub: &Hub,
-    caller: Option<&Caller>,
-    id: &str,
-) -> Result<Subscription, String> {
+async fn bind_classic(hub: &Hub, caller: Option<&Caller>, id: &str) -> Result<Bound, Refused> {
     let Some(caller) = caller else {
         return Err(
             "'bind <id>' needs a credential on the websocket upgrade (Authorization: Bearer …)"
+                .to_owned()
                 .into(),
         );
     };
-    caller
-        .require("Subscription", crate::auth::Perm::Read)
-        .map_err(|e| e.outcome.summary())?;
+    caller.require("Subscription", crate::auth::Perm::Read)?;
     let sub = hub
         .subscriptions
         .get(&hub.store, &caller.tenant, id)
@@ -270,12 +351,36 @@ async fn bind_classic(
     if sub.topic().is_some() || sub.channel_type() != ChannelType::Websocket {
         return Err(format!(
             "Subscription/{id} is not an R4 criteria websocket subscription (topic-based ones bind with a token)"
-        ));
+        )
+        .into());
     }
     if sub.status == Status::Off {
-        return Err(format!("Subscription/{id} is off"));
+        return Err(format!("Subscription/{id} is off").into());
     }
-    Ok(sub)
+    let disclosure = Disclosure::for_reader(hub, caller, &sub, "websocket", None).await?;
+    Ok(Bound {
+        sub,
+        disclosure,
+        slot: None,
+    })
+}
+
+/// The close frame of a refusal the reader's grant makes (1008 Policy Violation), its
+/// reason within the 123 bytes a close frame carries.
+fn policy_close(why: &str) -> Message {
+    let mut reason = why.to_owned();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Message::Close(Some(CloseFrame {
+        code: 1008,
+        reason: reason.into(),
+    }))
+}
+
+/// The message that ends a socket whose reader's credential ended.
+fn ended_close(e: &Ended) -> Message {
+    policy_close(e.reason())
 }
 
 async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
@@ -319,39 +424,39 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                     continue;
                 };
                 let (found, last_seen) = match request {
-                    Bind::Backport { token, last_seen } => (bind(&hub, token).await, last_seen),
+                    Bind::Backport { token, last_seen } => {
+                        (bind(&hub, caller.as_ref(), token).await, last_seen)
+                    }
                     Bind::Classic { id } => (bind_classic(&hub, caller.as_ref(), id).await, None),
                 };
-                let sub = match found {
-                    Ok(sub) => sub,
-                    Err(why) => {
+                let Bound { sub, disclosure, slot } = match found {
+                    Ok(b) => b,
+                    Err(Refused { why, forbidden }) => {
                         let refusal = match request {
                             Bind::Classic { .. } => Message::Text(format!("error {why}").into()),
-                            Bind::Backport { .. } => outcome(why),
+                            Bind::Backport { .. } => outcome(why.clone()),
                         };
                         let _ = socket.send(refusal).await;
-                        let _ = socket.send(Message::Close(None)).await;
+                        let close = if forbidden { policy_close(&why) } else { Message::Close(None) };
+                        let _ = socket.send(close).await;
                         return;
                     }
                 };
                 tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), "websocket bound");
-                let agent: Arc<str> = caller
-                    .as_ref()
-                    .map_or_else(|| sub.owner_subject(), |c| c.subject.clone())
-                    .into();
-                // binding the same subscription again replaces its reader
-                let reader = stop.child_token();
+                // binding the same subscription again replaces its reader; the reader stops
+                // as well when its credential ends
+                let reader = disclosure.watch(&hub, &stop);
                 if let Some(old) = bound.insert((sub.tenant().to_owned(), sub.id().to_owned()), reader.clone()) {
                     old.cancel();
                 }
+                let binding = Binding { sub, last_seen, disclosure, _slot: slot };
                 if matches!(request, Bind::Classic { .. }) {
-                    if socket.send(Message::Text(format!("bound {}", sub.id()).into())).await.is_err() {
+                    if socket.send(Message::Text(format!("bound {}", binding.sub.id()).into())).await.is_err() {
                         return;
                     }
                     let out = tx.fenced(reader.clone());
-                    tokio::spawn(read_classic(hub.clone(), sub, out, reader, agent));
+                    tokio::spawn(read_classic(hub.clone(), binding, out, reader));
                 } else {
-                    let binding = Binding { sub, last_seen, agent };
                     let out = tx.fenced(reader.clone());
                     tokio::spawn(read_binding(hub.clone(), binding, out, reader));
                 }
@@ -359,7 +464,9 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
             out = next_out(&mut rx) => {
                 // the permit goes back to the budget once the message is written
                 let Some((out, _permit)) = out else { return };
-                if socket.send(out).await.is_err() {
+                // a reader whose credential ended closes the socket, saying why
+                let closing = matches!(out, Message::Close(_));
+                if socket.send(out).await.is_err() || closing {
                     return;
                 }
             }
@@ -369,20 +476,29 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
 
 /// A classic R4 binding: `ping <id>` for each new event of the subscription, from the count
 /// at bind time.
-async fn read_classic(
-    hub: Hub,
-    sub: Subscription,
-    tx: Outbox,
-    stop: CancellationToken,
-    agent: Arc<str>,
-) {
-    let mut stream = SubscriptionStream::open(&hub, &sub, sub.events_since_start);
+async fn read_classic(hub: Hub, binding: Binding, tx: Outbox, stop: CancellationToken) {
+    let Binding {
+        sub, disclosure, ..
+    } = &binding;
+    let mut stream = SubscriptionStream::open(&hub, sub, sub.events_since_start);
     loop {
         match stream.next(OUTBOX, None, &stop).await {
-            None => return,
+            None => {
+                if let Some(e) = disclosure.ended() {
+                    tx.send(ended_close(&e)).await;
+                }
+                return;
+            }
             Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
-                for _ in &notes {
+                let disclosed = match disclosure.hand_over(&hub, notes).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tx.send(ended_close(&e)).await;
+                        return;
+                    }
+                };
+                // no ping for an event the reader may not see
+                for _ in disclosed.all().iter().filter(|(_, shown)| *shown) {
                     if !tx
                         .send(Message::Text(format!("ping {}", sub.id()).into()))
                         .await
@@ -426,31 +542,29 @@ fn parse_bind(text: &str) -> Option<(&str, Option<i64>)> {
 /// else from the count at bind time (live; missed ones are read with `$events`). This
 /// reader keeps no cursor in the store: what a socket was sent says nothing about what the
 /// client processed.
-/// What one Backport binding reads.
+/// What one binding reads.
 struct Binding {
     sub: Subscription,
     last_seen: Option<i64>,
-    /// Who receives (the audit trail's agent).
-    agent: Arc<str>,
+    /// The reader's right to the subscription (its grant, its audit name).
+    disclosure: Disclosure,
+    /// Held while the binding reads.
+    _slot: Option<crate::auth::StreamSlot>,
 }
 
 async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: CancellationToken) {
     let Binding {
         sub,
         last_seen,
-        agent,
-    } = binding;
+        disclosure,
+        ..
+    } = &binding;
+    let last_seen = *last_seen;
     let base = hub.base_url.clone();
-    let text = |kind: Kind, since: i64, notes: &[hub_store::Notification]| {
-        Message::Text(
-            render::Message::new(&sub, &base, sub.status, kind, since)
-                .with(notes)
-                .bundle_text(sub.content())
-                .into(),
-        )
-    };
+    let text = |m: render::Message<'_>| Message::Text(m.bundle_text().into());
+    let plain = |kind: Kind, since: i64| render::Message::new(sub, &base, sub.status, kind, since);
     if !tx
-        .send(text(Kind::Handshake, sub.events_since_start, &[]))
+        .send(text(plain(Kind::Handshake, sub.events_since_start)))
         .await
     {
         return;
@@ -460,14 +574,19 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
         .channel
         .heartbeat_secs
         .map(|s| Duration::from_secs(u64::from(s)));
-    let group = crate::channels::group_size(&sub);
+    let group = crate::channels::group_size(sub);
     let after = last_seen.unwrap_or(sub.events_since_start);
     let mut stream = SubscriptionStream::open(&hub, &sub, after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
         let msgs = match stream.next(OUTBOX * group, quiet_until, &stop).await {
-            None => return,
+            None => {
+                if let Some(e) = disclosure.ended() {
+                    tx.send(ended_close(&e)).await;
+                }
+                return;
+            }
             Some(Err(e)) => {
                 tracing::warn!(subscription = %sub.id(), error = %e, "cannot read notifications for a websocket");
                 tokio::select! {
@@ -475,17 +594,20 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
-            Some(Ok(Item::Quiet)) => vec![text(Kind::Heartbeat, stream.position(), &[])],
+            Some(Ok(Item::Quiet)) => vec![text(plain(Kind::Heartbeat, stream.position()))],
             Some(Ok(Item::HistoryGone { after, resumes_at })) => vec![outcome(format!(
                 "events after {after} are no longer in the notification log; continuing from {resumes_at}"
             ))],
-            Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
-                notes
+            Some(Ok(Item::Notifications(notes))) => match disclosure.hand_over(&hub, notes).await {
+                Ok(disclosed) => disclosed
                     .chunks(group)
-                    .filter_map(|g| Some(text(Kind::EventNotification, g.last()?.event_number, g)))
-                    .collect()
-            }
+                    .filter_map(|g| {
+                        let m = plain(Kind::EventNotification, g.last()?.event_number);
+                        Some(text(m.with(g)))
+                    })
+                    .collect(),
+                Err(e) => vec![ended_close(&e)],
+            },
         };
         for m in msgs {
             if !tx.send(m).await {

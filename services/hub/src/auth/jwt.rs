@@ -25,6 +25,8 @@ pub struct Claims {
     pub tenant: String,
     pub scopes: Vec<String>,
     pub patient: Option<String>,
+    /// `exp`, in seconds since the epoch.
+    pub expires: Option<i64>,
 }
 
 /// Why a token was refused (shown to the client: none of it is secret).
@@ -244,5 +246,6 @@ fn claims_of(issuer: &IssuerConfig, c: &Value, default_tenant: &str) -> Result<C
         tenant,
         scopes,
         patient: claim_str(c, "patient"),
+        expires: c.get("exp").and_then(Value::as_i64),
     })
 }

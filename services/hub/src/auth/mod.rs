@@ -24,6 +24,7 @@ use crate::Hub;
 use crate::api::ApiError;
 use crate::config::AuthMode;
 
+pub mod holder;
 pub mod jwt;
 pub mod key_check;
 pub mod keys;
@@ -51,6 +52,9 @@ pub struct Caller {
     /// The API key this caller used, if any (a subscription it owns follows the key's
     /// current scopes, and stops receiving when the key is revoked).
     pub key_id: Option<String>,
+    /// When the credential ends (an API key's `expires_at`, a token's `exp`): an open
+    /// stream of this caller ends then.
+    pub expires: Option<time::OffsetDateTime>,
 }
 
 fn forbidden(msg: impl Into<String>) -> ApiError {
@@ -69,6 +73,23 @@ impl Caller {
             scope_text: "hub/admin system/*.cruds".into(),
             patient: None,
             key_id: None,
+            expires: None,
+        }
+    }
+
+    /// The caller of a usable API key, as the key is now.
+    pub fn of_key(row: ApiKeyRow) -> Caller {
+        Caller {
+            subject: format!("key:{}", row.id),
+            tenant: row.tenant,
+            scopes: Scopes::parse([row.scopes.as_str()]),
+            scope_text: row.scopes,
+            patient: row.patient,
+            expires: row
+                .expires_at
+                .as_deref()
+                .and_then(hub_fhir::time_fmt::parse_instant),
+            key_id: Some(row.id),
         }
     }
 
@@ -337,7 +358,7 @@ impl Authenticator {
     }
 
     /// 429 when `subject` is over its rate.
-    fn check_rate(&self, subject: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_rate(&self, subject: &str) -> Result<(), ApiError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -492,14 +513,7 @@ async fn as_key(hub: &Hub, row: ApiKeyRow) -> Result<Caller, ApiError> {
             }
         });
     }
-    Ok(Caller {
-        subject: format!("key:{id}"),
-        tenant: row.tenant,
-        scopes: Scopes::parse([row.scopes.as_str()]),
-        scope_text: row.scopes,
-        patient: row.patient,
-        key_id: Some(id.to_owned()),
-    })
+    Ok(Caller::of_key(row))
 }
 
 async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
@@ -518,6 +532,9 @@ async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
                 scope_text: c.scopes.join(" "),
                 patient: c.patient,
                 key_id: None,
+                expires: c
+                    .expires
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
             };
             // A token client's subscriptions follow the grant it presents now: a client whose
             // token lost a scope stops receiving those resources (a grant not seen in the last

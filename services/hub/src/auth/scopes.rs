@@ -32,9 +32,12 @@ impl Perm {
 /// Whose data a scope reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Context {
-    /// `system/` (and `user/`, which a backend service is not given, read as system).
+    /// `system/`: every resource of the type in the caller's tenant.
     System,
-    /// `patient/`: one patient's compartment, from the credential's patient context.
+    /// `patient/`: one patient's compartment, from the credential's patient context. A
+    /// `user/` scope reads as this too: SMART v2 gives it "what the user may see", and the
+    /// one user context this hub knows is the credential's `patient` claim, so a `user/`
+    /// scope never reaches further than that patient (and without the claim, nothing).
     Patient,
 }
 
@@ -99,8 +102,8 @@ fn parse_one(s: &str) -> Option<Scope> {
     }
     let (context, rest) = s.split_once('/')?;
     let context = match context {
-        "system" | "user" => Context::System,
-        "patient" => Context::Patient,
+        "system" => Context::System,
+        "patient" | "user" => Context::Patient,
         _ => return None,
     };
     let (resource, perms) = rest.rsplit_once('.')?;
@@ -186,6 +189,19 @@ mod tests {
         assert!(!p.is_admin() && !p.may_publish());
         assert!(Scopes::parse(["hub/publish"]).may_publish());
         assert!(Scopes::all().is_admin());
+    }
+
+    #[test]
+    fn user_scopes_reach_no_further_than_the_patient_context() {
+        let u = Scopes::parse(["user/Observation.rs user/Subscription.cruds"]);
+        assert_eq!(u.access("Observation", Perm::Read), Access::Patient);
+        // the hub's own resources have no patient compartment: a user/ scope cannot manage them
+        assert_eq!(u.access("Subscription", Perm::Read), Access::Patient);
+        assert_eq!(
+            Scopes::parse(["user/*.rs system/Observation.rs"]).access("Observation", Perm::Read),
+            Access::All,
+            "a system/ scope beside it still reaches everything"
+        );
     }
 
     #[test]

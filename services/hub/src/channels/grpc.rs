@@ -10,7 +10,12 @@
 //!   first is open in this process.
 //! - Errors are gRPC statuses: `NOT_FOUND`, `FAILED_PRECONDITION` (not a gRPC subscription),
 //!   `OUT_OF_RANGE` (the asked-for numbers were purged), `UNAVAILABLE` (the hub is stopping,
-//!   or the store is), `INVALID_ARGUMENT`.
+//!   or the store is), `INVALID_ARGUMENT`, `PERMISSION_DENIED` (the caller may read none of
+//!   the subscription's resource types, at the call or once its scopes were reduced),
+//!   `UNAUTHENTICATED` (its credential was revoked or expired while the stream was open).
+//! - A notification shows what the caller's own grant may see (`channels::disclosure`): an
+//!   event it may not see keeps its number with empty `focus_type`, `focus_id`, `action` and
+//!   a bundle without its focus.
 //!
 //! Streams are pulled: the next notifications are read from the log when the client has
 //! taken the previous ones (HTTP/2 flow control), one batch ahead of what is being sent, so a
@@ -18,7 +23,6 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures::Stream;
 use hub_fhir::subscription::ChannelType;
@@ -29,6 +33,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Hub;
 use crate::auth::{self, Caller};
+use crate::channels::disclosure::{Disclosure, Ended, Shown};
 use crate::channels::render::{Kind, Message};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
@@ -159,10 +164,11 @@ fn notifications(
     sub: Subscription,
     after: i64,
     stop: CancellationToken,
-    agent: Arc<str>,
+    disclosure: Disclosure,
 ) -> Notifications {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(produce(hub, sub, after, stop, agent, tx));
+    let stop = disclosure.watch(&hub, &stop);
+    tokio::spawn(produce(hub, sub, after, stop, disclosure, tx));
     let state = (rx, VecDeque::<pb::Notification>::new(), false);
     Box::pin(futures::stream::unfold(
         state,
@@ -194,7 +200,7 @@ async fn produce(
     sub: Subscription,
     after: i64,
     stop: CancellationToken,
-    agent: Arc<str>,
+    disclosure: Disclosure,
     tx: tokio::sync::mpsc::Sender<Batch>,
 ) {
     let budget = hub.config.streams.max_buffer_bytes / 2;
@@ -209,7 +215,12 @@ async fn produce(
             item = stream.next(BATCH, None, &stop) => item,
         };
         let failed = match item {
-            None => Status::unavailable("the hub is stopping; resume from the last event number"),
+            None => match disclosure.ended() {
+                Some(e) => ended_status(&e),
+                None => {
+                    Status::unavailable("the hub is stopping; resume from the last event number")
+                }
+            },
             Some(Err(e)) => store_status(e),
             Some(Ok(Item::Quiet)) => continue,
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
@@ -217,12 +228,16 @@ async fn produce(
             }
             Some(Ok(Item::Notifications(notes))) => {
                 // nothing is handed over before its disclosure is recorded
-                super::disclose(&hub, &sub, "grpc", &agent, &notes).await;
-                permit.send(Ok(notes
-                    .iter()
-                    .map(|n| to_message(&hub, &sub, n))
-                    .collect()));
-                continue;
+                match disclosure.hand_over(&hub, notes).await {
+                    Ok(disclosed) => {
+                        permit.send(Ok(disclosed
+                            .chunks(1)
+                            .filter_map(|one| to_message(&hub, &sub, one))
+                            .collect()));
+                        continue;
+                    }
+                    Err(e) => ended_status(&e),
+                }
             }
         };
         permit.send(Err(failed));
@@ -230,7 +245,17 @@ async fn produce(
     }
 }
 
-fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notification {
+/// The status that ends a stream whose caller's credential ended.
+fn ended_status(e: &Ended) -> Status {
+    match e {
+        Ended::Revoked(why) => Status::unauthenticated(why.clone()),
+        Ended::Forbidden(why) => Status::permission_denied(why.clone()),
+    }
+}
+
+/// One disclosed event as a protocol message (its focus fields empty when withheld).
+fn to_message(hub: &Hub, sub: &Subscription, one: Shown<'_>) -> Option<pb::Notification> {
+    let (n, shown): (&Notification, bool) = one.iter().next()?;
     let bundle = Message::new(
         sub,
         &hub.base_url,
@@ -238,18 +263,19 @@ fn to_message(hub: &Hub, sub: &Subscription, n: &Notification) -> pb::Notificati
         Kind::EventNotification,
         n.event_number,
     )
-    .with(std::slice::from_ref(n))
-    .bundle_text(sub.content());
-    pb::Notification {
+    .with(one)
+    .bundle_text();
+    let focus = |s: &String| if shown { s.clone() } else { String::new() };
+    Some(pb::Notification {
         subscription_id: sub.id().to_owned(),
         event_number: n.event_number,
         notification_id: n.notification_id.clone(),
-        focus_type: n.focus_type.clone(),
-        focus_id: n.focus_id.clone(),
-        action: n.action.clone(),
+        focus_type: focus(&n.focus_type),
+        focus_id: focus(&n.focus_id),
+        action: focus(&n.action),
         occurred_at: n.occurred_at.clone(),
         bundle_json: bundle.into_bytes(),
-    }
+    })
 }
 
 /// How long a consumer claim lives without renewal (a process that died frees its
@@ -362,10 +388,13 @@ impl NotificationStream for Service {
             }
         };
         self.check_retained(&sub, after).await?;
+        let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
+            .await
+            .map_err(to_status)?;
         let slot = self.slot(&caller)?;
         tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "gRPC stream opened");
         let stop = self.hub.streams.child_token();
-        let stream = notifications(self.hub.clone(), sub, after, stop, caller.subject.into());
+        let stream = notifications(self.hub.clone(), sub, after, stop, disclosure);
         // the stream holds the caller's place until it is dropped
         Ok(Response::new(Box::pin(futures::StreamExt::map(
             stream,
@@ -403,19 +432,21 @@ impl NotificationStream for Service {
                 .await
                 .map_err(store_status)?;
             self.check_retained(&sub, after).await?;
-            starts.push((sub, after));
+            let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
+                .await
+                .map_err(to_status)?;
+            starts.push((sub, after, disclosure));
         }
         let slot = self.slot(&caller)?;
         let stop = self.hub.streams.child_token();
         let claim = Claim::take(&self.hub, &caller.tenant, &r.consumer, stop.clone()).await?;
-        let agent: Arc<str> = caller.subject.clone().into();
-        for (sub, after) in starts {
+        for (sub, after, disclosure) in starts {
             streams.push(notifications(
                 self.hub.clone(),
                 sub,
                 after,
                 stop.clone(),
-                Arc::clone(&agent),
+                disclosure,
             ));
         }
         tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), "gRPC consumer opened");

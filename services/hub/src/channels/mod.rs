@@ -7,53 +7,17 @@
 //! with an explicit answer when the asked-for history is gone ([`stream`]). Every bundle
 //! shape (R4 Backport, R4B, R5, classic R4 payloads) is rendered in one place ([`render`]).
 //! A channel adapter (rest-hook in `delivery`, the websocket in `api::websocket`) only
-//! frames, writes and reports its progress: cursors belong to readers.
+//! frames, writes and reports its progress: cursors belong to readers. What it renders
+//! comes only through its reader's [`disclosure::Disclosure`]: the reader's grant, at the
+//! moment of disclosure, with the audit row naming the reader.
 
+pub mod disclosure;
 pub mod grpc;
 pub mod render;
 pub mod stream;
 pub mod wake;
 
-use hub_store::{NewAudit, Notification};
-
-use crate::Hub;
 use crate::model::Subscription;
-
-/// Record in the audit trail that `notes` of `sub` were handed to `channel` for `agent` (the
-/// credential reading a stream, or the subscription's owner for a rest-hook): one
-/// disclosure per notification.
-pub async fn disclose(
-    hub: &Hub,
-    sub: &Subscription,
-    channel: &str,
-    agent: &str,
-    notes: &[Notification],
-) {
-    crate::auth::record(hub, disclosures(sub, channel, agent, notes)).await;
-}
-
-/// The audit rows of [`disclose`], for a caller that writes them later in one go.
-pub fn disclosures(
-    sub: &Subscription,
-    channel: &str,
-    agent: &str,
-    notes: &[Notification],
-) -> Vec<NewAudit> {
-    notes
-        .iter()
-        .map(|n| NewAudit {
-            tenant: sub.tenant().to_owned(),
-            kind: "disclosure".into(),
-            action: "R".into(),
-            agent: agent.to_owned(),
-            entity: (!n.focus_type.is_empty()).then(|| format!("{}/{}", n.focus_type, n.focus_id)),
-            subscription_id: Some(sub.id().to_owned()),
-            channel: Some(channel.to_owned()),
-            outcome: "0".into(),
-            detail: Some(format!("event {}", n.event_number)),
-        })
-        .collect()
-}
 
 /// How many events one message carries: the topic's `backport-max-count`, else one.
 pub fn group_size(sub: &Subscription) -> usize {

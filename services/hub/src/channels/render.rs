@@ -6,9 +6,9 @@
 
 use hub_fhir::notification::{self, EventInfo, StatusInfo};
 use hub_fhir::subscription::{Content, FhirVersion, Status};
-use hub_store::Notification;
 use serde_json::Value;
 
+use super::disclosure::Shown;
 use crate::model::Subscription;
 
 /// Which message.
@@ -60,17 +60,21 @@ pub fn content_type(payload: Option<&str>, shape: FhirVersion) -> String {
     }
 }
 
-/// Logged notifications as the events of a bundle.
-pub fn event_infos(notes: &[Notification]) -> Vec<EventInfo<'_>> {
-    notes
+/// Disclosed notifications as the events of a bundle.
+fn event_infos<'a>(events: Option<Shown<'a>>) -> Vec<EventInfo<'a>> {
+    let Some(events) = events else {
+        return Vec::new();
+    };
+    events
         .iter()
-        .map(|n| EventInfo {
+        .map(|(n, shown)| EventInfo {
             number: n.event_number,
             timestamp: &n.occurred_at,
             focus_type: &n.focus_type,
             focus_id: &n.focus_id,
             action: &n.action,
             resource: n.resource.as_deref(),
+            withheld: !shown,
         })
         .collect()
 }
@@ -87,8 +91,11 @@ pub struct Message<'a> {
     pub kind: Kind,
     pub events_since_start: i64,
     /// The events of an event-notification (one, or up to `backport-max-count`), or of a
-    /// query-event answer; empty otherwise.
-    pub notes: &'a [Notification],
+    /// query-event answer, as their reader may see them (they come only from a
+    /// [`super::disclosure::Disclosure`]); `None` otherwise.
+    events: Option<Shown<'a>>,
+    /// The content level: the subscription's, or the disclosure's for a message with events.
+    content: Content,
 }
 
 impl<'a> Message<'a> {
@@ -106,13 +113,18 @@ impl<'a> Message<'a> {
             status,
             kind,
             events_since_start,
-            notes: &[],
+            events: None,
+            content: sub.content(),
         }
     }
 
-    /// The same message carrying `notes`.
-    pub fn with(self, notes: &'a [Notification]) -> Message<'a> {
-        Message { notes, ..self }
+    /// The same message carrying `events`, at their disclosure's content level.
+    pub fn with(self, events: Shown<'a>) -> Message<'a> {
+        Message {
+            events: Some(events),
+            content: events.content(),
+            ..self
+        }
     }
 
     /// The status part of every bundle.
@@ -135,15 +147,15 @@ impl<'a> Message<'a> {
 
     /// The notification bundle, in the subscription's shape: what topic-based channels
     /// send, and what `$events`/`$status` answer.
-    pub fn bundle(&self, content: Content) -> Value {
-        let events = event_infos(self.notes);
-        notification::bundle_for(self.sub.shape(), &self.status_info(), &events, content)
+    pub fn bundle(&self) -> Value {
+        let events = event_infos(self.events);
+        notification::bundle_for(self.sub.shape(), &self.status_info(), &events, self.content)
     }
 
     /// [`Message::bundle`] as JSON text (the R4 shape is written without building the tree).
-    pub fn bundle_text(&self, content: Content) -> String {
-        let events = event_infos(self.notes);
-        notification::bundle_text_for(self.sub.shape(), &self.status_info(), &events, content)
+    pub fn bundle_text(&self) -> String {
+        let events = event_infos(self.events);
+        notification::bundle_text_for(self.sub.shape(), &self.status_info(), &events, self.content)
     }
 
     /// The message as a channel sends it: the subscription's bundle for topic-based
@@ -156,7 +168,7 @@ impl<'a> Message<'a> {
             // id; a group names its first notification and its last event number, so a group
             // cut differently after a restart is a different message (a receiver
             // deduplicating on `webhook-id` would otherwise drop the events it never had).
-            kind => match self.notes {
+            kind => match self.events.map(|e| e.notes()).unwrap_or_default() {
                 [] => format!("{}-{}-{}", kind.code(), sub.id(), uuid::Uuid::now_v7()),
                 [one] => one.notification_id.clone(),
                 [first, .., last] => format!("{}..{}", first.notification_id, last.event_number),
@@ -165,7 +177,12 @@ impl<'a> Message<'a> {
         if sub.topic().is_none() {
             // classic R4: handshakes and heartbeats are empty POSTs; a notification carries
             // the resource when the channel has a payload
-            let last = self.notes.last();
+            // (the last event, when its reader may see it at full-resource)
+            let last = self
+                .events
+                .and_then(|e| e.iter().last())
+                .filter(|(_, shown)| *shown && self.content == Content::FullResource)
+                .map(|(n, _)| n);
             return match (self.kind, &sub.spec.channel.payload, last) {
                 (Kind::EventNotification, Some(_), Some(n)) if n.resource.is_some() => Rendered {
                     body: n.resource.as_ref().map(|r| r.as_bytes().to_vec()),
@@ -182,7 +199,7 @@ impl<'a> Message<'a> {
             };
         }
         Rendered {
-            body: Some(self.bundle_text(sub.content()).into_bytes()),
+            body: Some(self.bundle_text().into_bytes()),
             content_type: Some(content_type(
                 sub.spec.channel.payload.as_deref(),
                 sub.shape(),
@@ -196,6 +213,7 @@ impl<'a> Message<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hub_store::Notification;
 
     fn note(number: i64) -> Notification {
         Notification {
@@ -221,7 +239,11 @@ mod tests {
     fn a_message_id_names_exactly_the_events_it_carries() {
         let sub = crate::model::tests::topic_subscription();
         let notes: Vec<Notification> = (1..=8).map(note).collect();
+        let disclosure = crate::channels::disclosure::Disclosure::to_owner_endpoint(&sub);
         let id = |notes: &[Notification]| {
+            let d = disclosure
+                .filter(notes.to_vec())
+                .expect("the owner's endpoint");
             Message::new(
                 &sub,
                 "http://hub/fhir",
@@ -229,7 +251,7 @@ mod tests {
                 Kind::EventNotification,
                 8,
             )
-            .with(notes)
+            .with(d.all())
             .render()
             .id
         };

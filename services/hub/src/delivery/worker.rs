@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use hub_fhir::subscription::Status;
-use hub_store::{NewAudit, Notification};
+use hub_store::NewAudit;
 use tokio_util::sync::CancellationToken;
 
 use super::retries::{Attempt, Final, Pending, deliver_with_retries};
 use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
 use crate::Hub;
+use crate::channels::disclosure::{Disclosure, Shown};
 use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Idle, Item, SubscriptionStream};
 use crate::metrics::{DeliveryAttempt, StatusChanged};
@@ -239,12 +240,21 @@ impl Worker {
         }
     }
 
-    fn message(&self, status: Status, kind: Kind, since: i64, notes: &[Notification]) -> Dispatch {
+    fn message(
+        &self,
+        status: Status,
+        kind: Kind,
+        since: i64,
+        events: Option<Shown<'_>>,
+    ) -> Dispatch {
         let base = &self.hub.base_url;
+        let m = render::Message::new(&self.sub, base, status, kind, since);
         self.dispatch(
-            render::Message::new(&self.sub, base, status, kind, since)
-                .with(notes)
-                .render(),
+            match events {
+                Some(e) => m.with(e),
+                None => m,
+            }
+            .render(),
         )
     }
 
@@ -260,7 +270,7 @@ impl Worker {
             Ok(Some(row)) => row.events_since_start,
             _ => self.sub.events_since_start,
         };
-        let d = self.message(*status, Kind::Heartbeat, since, &[]);
+        let d = self.message(*status, Kind::Heartbeat, since, None);
         let mut attempt = HttpAttempt {
             w: self,
             dispatch: d,
@@ -360,7 +370,8 @@ impl Worker {
             None => {
                 let mut status = self.sub.status;
                 if status == Status::Requested {
-                    let d = self.message(status, Kind::Handshake, self.sub.events_since_start, &[]);
+                    let d =
+                        self.message(status, Kind::Handshake, self.sub.events_since_start, None);
                     match Box::pin(self.deliver(d, Kind::Handshake, &mut status, None, None)).await
                     {
                         Final::Delivered => {}
@@ -460,14 +471,24 @@ impl Worker {
             // notification: a crash re-sends at most that much, with the same webhook-ids.
             let mut recorded = delivered;
             let mut last_record = tokio::time::Instant::now();
-            // one disclosure per delivered notification, written with the progress records
-            let agent = self.sub.owner_subject();
+            // one disclosure per delivered notification, written with the progress records;
+            // the receiver is the owner's own endpoint (`channels::disclosure`)
+            let disclosure = Disclosure::to_owner_endpoint(&self.sub);
+            let Ok(batch) = disclosure.filter(batch) else {
+                // an owner's endpoint has no credential of its own to end
+                return Ended::Done;
+            };
             let mut disclosed = Vec::new();
             for notes in batch.chunks(group) {
                 let Some(last) = notes.last() else {
                     continue;
                 };
-                let d = self.message(status, Kind::EventNotification, last.event_number, notes);
+                let d = self.message(
+                    status,
+                    Kind::EventNotification,
+                    last.event_number,
+                    Some(notes),
+                );
                 let progress = Some((delivered, &mut disclosed));
                 let from = pending.take();
                 let result =
@@ -479,12 +500,7 @@ impl Worker {
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();
-                    disclosed.extend(crate::channels::disclosures(
-                        &self.sub,
-                        "rest-hook",
-                        &agent,
-                        notes,
-                    ));
+                    disclosed.extend(disclosure.audit_rows(notes));
                 }
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;

@@ -75,6 +75,7 @@ impl BatchStore for Fake {
                 let number = s.numbers.entry(n.subscription_id.clone()).or_default();
                 *number += 1;
                 Notification {
+                    log_key: hub_store::LogKey::for_tests(1),
                     event_number: *number,
                     notification_id: String::new(),
                     created_at: String::new(),
@@ -240,10 +241,13 @@ async fn chunks_on_the_store_number_without_gaps_and_replay_adds_nothing() {
     let (_, _, count) = run(&store, &events, &subs, 3).await;
     assert_eq!(count, 20);
     for s in subs {
-        let read = store
-            .notifications_after("default", s, 0, 100)
+        let key = store
+            .get_subscription("default", s)
             .await
-            .unwrap();
+            .unwrap()
+            .unwrap()
+            .log_key;
+        let read = store.notifications_after(key, 0, 100).await.unwrap();
         let got: Vec<(&str, i64)> = read
             .iter()
             .map(|n| (n.event_id.as_str(), n.event_number))

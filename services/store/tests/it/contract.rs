@@ -715,20 +715,26 @@ pub(crate) async fn last_versions_are_kept_per_resource(store: Store) {
 }
 
 pub(crate) async fn ws_tokens_bind_until_they_expire(store: Store) {
+    let holder = r#"{"subject":"key:k1","key":"k1","scopes":"system/*.rs"}"#;
     store
-        .create_ws_token("tok1", "default", "s1", "9999-01-01T00:00:00Z")
+        .create_ws_token("tok1", "default", "s1", "9999-01-01T00:00:00Z", holder)
         .await
         .unwrap();
     store
-        .create_ws_token("old", "default", "s1", "2000-01-01T00:00:00Z")
+        .create_ws_token("old", "default", "s1", "2000-01-01T00:00:00Z", holder)
         .await
         .unwrap();
-    assert_eq!(
-        store.ws_token("tok1").await.unwrap(),
-        Some(("default".to_owned(), "s1".to_owned()))
-    );
+    let bound = hub_store::WsToken {
+        tenant: "default".to_owned(),
+        subscription_id: "s1".to_owned(),
+        holder: Some(holder.to_owned()),
+    };
+    // the credential it was issued to comes back with it, on a look and on a use
+    assert_eq!(store.ws_token("tok1").await.unwrap(), Some(bound.clone()));
     assert_eq!(store.ws_token("old").await.unwrap(), None, "expired");
     assert_eq!(store.ws_token("nope").await.unwrap(), None);
+    assert_eq!(store.take_ws_token("tok1").await.unwrap(), Some(bound));
+    assert_eq!(store.take_ws_token("tok1").await.unwrap(), None, "used up");
 }
 
 pub(crate) async fn secrets_live_in_their_own_columns(store: Store) {

@@ -153,9 +153,12 @@ async fn postgres_a_nul_in_text_is_refused() {
         .append_notifications(&[escaped.clone()])
         .await
         .unwrap();
-    let read = store
-        .notifications_after("default", "s1", 0, 10)
+    let key = store
+        .get_subscription("default", "s1")
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .log_key;
+    let read = store.notifications_after(key, 0, 10).await.unwrap();
     assert_eq!(read[0].note, escaped);
 }
