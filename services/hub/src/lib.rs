@@ -100,6 +100,7 @@ pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
 impl Hub {
     /// Connect the store and the log.
     pub async fn connect(config: Config) -> anyhow::Result<Hub> {
+        config.make_data_files_private()?;
         let store = Store::connect(&config.database_url())
             .await
             .context("opening the store")?;
@@ -107,19 +108,26 @@ impl Hub {
         model::move_legacy_secrets(&store)
             .await
             .context("moving subscription secrets into their columns")?;
+        let sealer = config.sealer()?;
+        model::reseal_legacy(&store, &sealer)
+            .await
+            .context("sealing subscription secrets again, bound to their subscription")?;
         let cross_process = store.backend() == hub_store::Backend::Postgres;
+        let auth = Arc::new(auth::Authenticator::new(&config.auth));
+        audit::flush_refusals(
+            store.clone(),
+            Arc::downgrade(&auth.refusals),
+            Duration::from_secs(config.audit.refusal_window_secs),
+        );
         Ok(Hub {
             wakeups: Arc::new(channels::wake::Wakeups::new(cross_process)),
-            subscriptions: Arc::new(model::Catalog::new(
-                config.sealer()?,
-                config.has_role(Role::Matcher),
-            )),
+            subscriptions: Arc::new(model::Catalog::new(sealer, config.has_role(Role::Matcher))),
             streams: CancellationToken::new(),
             base_url: Arc::from(config.base_url()),
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
             extra_roots: Arc::new(config.extra_roots()?),
-            auth: Arc::new(auth::Authenticator::new(&config.auth)),
+            auth,
             audit: audit::AuditSink::start(store.clone()),
             config: Arc::new(config),
             store,

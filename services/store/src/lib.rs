@@ -37,7 +37,7 @@ pub use leases::Heartbeat;
 pub use listen::{Heard, Logged, LoggedListener};
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
-pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
+pub use subscriptions::{SubscriptionRow, SubscriptionSecrets, SubscriptionWrite};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;
 

@@ -75,7 +75,7 @@ pub async fn events(
         Vec::new()
     };
     if content != Content::Empty {
-        crate::channels::disclose(&hub, &sub, "$events", &caller.subject, &notes).await;
+        crate::channels::disclose(&hub, &sub, "$events", &caller.subject, &notes).await?;
     }
     let since_start = sub.events_since_start;
     let message = render::Message::new(

@@ -228,7 +228,15 @@ impl Reader {
                 );
             }
             Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&self.hub, &self.sub, "sse", &self.agent, &notes).await;
+                let disclosed =
+                    crate::channels::disclose(&self.hub, &self.sub, "sse", &self.agent, &notes);
+                if let Err(e) = disclosed.await {
+                    // nothing without its audit row: the client resumes from its last event
+                    self.pending
+                        .push_back(Event::default().event("error").data(e.to_string()));
+                    self.done = true;
+                    return true;
+                }
                 let group = crate::channels::group_size(&self.sub);
                 for g in notes.chunks(group) {
                     if let Some(last) = g.last() {

@@ -320,7 +320,13 @@ async fn read_classic(
         match stream.next(OUTBOX, None, &stop).await {
             None => return,
             Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
+                if crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes)
+                    .await
+                    .is_err()
+                {
+                    // nothing without its audit row (classic bindings have no error message)
+                    return;
+                }
                 for _ in &notes {
                     if !tx
                         .send(Message::Text(format!("ping {}", sub.id()).into()))
@@ -419,7 +425,13 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
                 "events after {after} are no longer in the notification log; continuing from {resumes_at}"
             ))],
             Some(Ok(Item::Notifications(notes))) => {
-                crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await;
+                if let Err(e) =
+                    crate::channels::disclose(&hub, &sub, "websocket", &agent, &notes).await
+                {
+                    // nothing without its audit row: said, and this binding ends
+                    let _ = tx.send(outcome(e.to_string())).await;
+                    return;
+                }
                 notes
                     .chunks(group)
                     .filter_map(|g| Some(text(Kind::EventNotification, g.last()?.event_number, g)))

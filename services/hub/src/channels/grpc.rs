@@ -65,7 +65,8 @@ async fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
             .first()
             .map(|c| crate::tls::PeerCertificate(crate::tls::fingerprint(c)))
     });
-    let caller = auth::establish(hub, &headers, peer.as_ref())
+    let addr = req.remote_addr().map(|a| a.ip());
+    let caller = auth::establish(hub, &headers, peer.as_ref(), addr)
         .await
         .map_err(to_status)?;
     caller
@@ -218,7 +219,10 @@ async fn produce(
             }
             Some(Ok(Item::Notifications(notes))) => {
                 // nothing is handed over before its disclosure is recorded
-                super::disclose(&hub, &sub, "grpc", &agent, &notes).await;
+                if let Err(e) = super::disclose(&hub, &sub, "grpc", &agent, &notes).await {
+                    permit.send(Err(Status::unavailable(e.to_string())));
+                    return;
+                }
                 permit.send(Ok(notes
                     .iter()
                     .map(|n| to_message(&hub, &sub, n))

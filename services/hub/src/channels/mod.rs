@@ -19,17 +19,18 @@ use hub_store::{NewAudit, Notification};
 use crate::Hub;
 use crate::model::Subscription;
 
-/// Record in the audit trail that `notes` of `sub` were handed to `channel` for `agent` (the
+/// Record in the audit trail that `notes` of `sub` are handed to `channel` for `agent` (the
 /// credential reading a stream, or the subscription's owner for a rest-hook): one
-/// disclosure per notification.
+/// disclosure per notification. [`Unaudited`](crate::audit::Unaudited) means they must not
+/// be handed over (`audit.fail_closed`).
 pub async fn disclose(
     hub: &Hub,
     sub: &Subscription,
     channel: &str,
     agent: &str,
     notes: &[Notification],
-) {
-    crate::auth::record(hub, disclosures(sub, channel, agent, notes)).await;
+) -> Result<(), crate::audit::Unaudited> {
+    crate::auth::record_disclosure(hub, disclosures(sub, channel, agent, notes)).await
 }
 
 /// The audit rows of [`disclose`], for a caller that writes them later in one go.

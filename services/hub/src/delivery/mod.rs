@@ -34,6 +34,7 @@ pub mod clients;
 pub mod schedule;
 pub mod send;
 pub mod sign;
+pub mod special;
 pub mod ssrf;
 pub mod worker;
 
