@@ -202,6 +202,10 @@ async fn subscription_with_a_notification(t: &TestHub) -> String {
         "criteria": "Observation?code=x",
         "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/a",
                     "payload": "application/fhir+json"}});
+    with_a_notification(t, body).await
+}
+
+async fn with_a_notification(t: &TestHub, body: Value) -> String {
     let a = t.post("/fhir/Subscription", &body).await;
     assert_eq!(a.status, 201, "{}", a.body);
     let id = a.body["id"].as_str().unwrap().to_owned();
@@ -237,6 +241,38 @@ async fn no_audit_row_no_disclosure() {
     let a = t.get(&path).await;
     assert_eq!(a.status, 503, "{}", a.body);
     assert!(!a.body.to_string().contains("Patient/p1"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn an_sse_stream_ends_rather_than_disclose_unaudited() {
+    use tower::ServiceExt;
+    let t = spawn_hub().await;
+    let sse = json!({"resourceType": "Subscription", "status": "requested", "reason": "r",
+        "criteria": "Observation?code=x",
+        "channel": {"type": "rest-hook", "payload": "application/fhir+json",
+            "_type": {"extension": [{
+                "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-channel-type",
+                "valueCoding": {"system": "urn:fhir-hub:channel-type", "code": "sse"}}]}}});
+    let id = with_a_notification(&t, sse).await;
+    break_the_audit(&t).await;
+    let req = axum::http::Request::get(format!("/fhir/Subscription/{id}/$stream"))
+        .header("last-event-id", "0")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = t.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // the stream ends by itself (a stream that went on would hang here)
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        axum::body::to_bytes(res.into_body(), 1 << 20),
+    )
+    .await
+    .expect("the stream ends")
+    .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("audit"), "{text}");
+    assert!(!text.contains("Patient/p1"), "{text}");
 }
 
 // after: new API
