@@ -78,8 +78,8 @@ pub struct AuthConfig {
     pub max_streams_per_credential: usize,
     /// Least seconds between two JWKS fetches of one issuer for unknown `kid`s.
     pub jwks_min_refresh_secs: u64,
-    /// Refused credentials per minute per network peer before its credentialed requests get
-    /// 429 unexamined (0: no limit).
+    /// Refused credentials per minute per network peer before its further refusals are
+    /// answered 429 (0: no limit).
     pub refusals_per_minute_per_peer: u32,
     /// Token issuers the hub trusts (SMART Backend Services).
     #[serde(default)]

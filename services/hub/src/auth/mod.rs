@@ -457,8 +457,10 @@ fn refuse(
     presented: Option<&str>,
     msg: impl Into<String>,
 ) -> ApiError {
-    hub.auth.refusals.refused(tenant, peer, why, presented);
-    unauthorized(msg)
+    match hub.auth.refusals.refused(tenant, peer, why, presented) {
+        Some(wait) => too_many_refusals(wait),
+        None => unauthorized(msg),
+    }
 }
 
 /// Append audit rows (group commit, `crate::audit`) for what has already happened (a change,
@@ -606,24 +608,17 @@ async fn by_jwt(hub: &Hub, peer: &str, token: &str) -> Result<Caller, ApiError> 
     }
 }
 
-/// 429 for a peer over its refusal budget: its credential is not examined.
-fn throttled(hub: &Hub, peer: &str) -> Result<(), ApiError> {
-    let Some(wait) = hub
-        .auth
-        .refusals
-        .throttled(&hub.config.tenancy.default_tenant, peer)
-    else {
-        return Ok(());
-    };
+/// 429 for a refusal from a peer over its refusal budget.
+fn too_many_refusals(wait: std::time::Duration) -> ApiError {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    Err(ApiError::new(
+    ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         OperationOutcome::error(
             IssueType::Throttled,
             format!("too many refused credentials from this address; retry in {secs} s"),
         ),
     )
-    .with_header(header::RETRY_AFTER, secs.to_string()))
+    .with_header(header::RETRY_AFTER, secs.to_string())
 }
 
 /// Establish the caller from a request's headers: the one function every surface goes
@@ -637,9 +632,6 @@ pub async fn establish(
 ) -> Result<Caller, ApiError> {
     let token = credential(headers)?;
     let from = refusals::peer_key(addr);
-    if token.is_some() || peer.is_some() {
-        throttled(hub, &from)?;
-    }
     let caller = match token {
         // a bearer credential wins; without one, a mapped client certificate
         None if let Some(p) = peer => by_certificate(hub, &from, p).await?,

@@ -6,8 +6,8 @@
 //! ([`Refusals::take`], written by [`crate::audit::flush_refusals`]), and what the peer
 //! presented is recorded only as a short sanitized prefix (a hex key id or certificate
 //! fingerprint: at most 8 hex digits), never as the text it chose. Past
-//! `auth.refusals_per_minute_per_peer` a peer's credentialed requests get 429 before the
-//! credential is looked up at all, and count into the same row.
+//! `auth.refusals_per_minute_per_peer` a peer's refused credentials are answered 429 and
+//! count into the same row (a valid credential from the same address is still served).
 //!
 //! A peer is its IPv4 address, or its IPv6 /64 (one subscriber's allocation).
 
@@ -38,7 +38,7 @@ pub enum Why {
     Certificate,
     /// A bearer token that is not a valid JWT of a trusted issuer for its tenant.
     Token,
-    /// Refused unexamined: the peer was over its refusal budget.
+    /// Refused while the peer was over its refusal budget (answered 429).
     Throttled,
 }
 
@@ -107,33 +107,38 @@ impl Refusals {
         }
     }
 
-    /// How long `peer` must wait when it is over its refusal budget (counted as a refusal of
-    /// `tenant`, unexamined); `None` when its credential may be examined.
-    pub fn throttled(&self, tenant: &str, peer: &str) -> Option<Duration> {
+    /// How long `peer` stays over its refusal budget, if it is.
+    fn blocked_for(&self, peer: &str) -> Option<Duration> {
         let now = Instant::now();
-        let wait = {
-            let mut blocked = self.blocked.lock().ok()?;
-            match blocked.get(peer) {
-                Some(until) if *until > now => Some(*until - now),
-                Some(_) => {
-                    blocked.remove(peer);
-                    None
-                }
-                None => None,
+        let mut blocked = self.blocked.lock().ok()?;
+        match blocked.get(peer) {
+            Some(until) if *until > now => Some(*until - now),
+            Some(_) => {
+                blocked.remove(peer);
+                None
             }
-        }?;
-        self.count(tenant, peer, Why::Throttled, None);
-        Some(wait)
+            None => None,
+        }
     }
 
     /// Count a refused credential of `peer` (for `tenant`: the key's, when the key is known;
     /// the default tenant otherwise). Past the peer's budget it is blocked for the time the
-    /// budget takes to refill one refusal.
-    pub fn refused(&self, tenant: &str, peer: &str, why: Why, presented: Option<&str>) {
+    /// budget takes to refill one refusal; while it is, its refusals are answered 429 (the
+    /// returned wait). A valid credential from a blocked peer is still served: a peer may be a
+    /// proxy or a NAT that good clients share.
+    pub fn refused(
+        &self,
+        tenant: &str,
+        peer: &str,
+        why: Why,
+        presented: Option<&str>,
+    ) -> Option<Duration> {
+        if let Some(wait) = self.blocked_for(peer) {
+            self.count(tenant, peer, Why::Throttled, presented);
+            return Some(wait);
+        }
         self.count(tenant, peer, why, presented);
-        let Some(limiter) = &self.limiter else {
-            return;
-        };
+        let limiter = self.limiter.as_ref()?;
         if limiter.len() > MAX_PEERS {
             limiter.retain_recent();
         }
@@ -149,6 +154,7 @@ impl Refusals {
                 }
             }
         }
+        None
     }
 
     fn count(&self, tenant: &str, peer: &str, why: Why, presented: Option<&str>) {
@@ -235,16 +241,16 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_over_its_budget_is_throttled_unexamined() {
+    fn a_peer_over_its_budget_is_answered_429() {
         let r = Refusals::new(3);
-        for _ in 0..3 {
-            assert!(r.throttled("t", "p").is_none());
-            r.refused("t", "p", Why::Key, None);
+        for _ in 0..4 {
+            assert!(r.refused("t", "p", Why::Key, None).is_none());
         }
-        assert!(r.throttled("t", "p").is_none(), "the budget holds three");
-        r.refused("t", "p", Why::Key, None);
-        assert!(r.throttled("t", "p").is_some());
-        assert!(r.throttled("t", "q").is_none(), "per peer");
+        assert!(
+            r.refused("t", "p", Why::Key, None).is_some(),
+            "over the budget"
+        );
+        assert!(r.refused("t", "q", Why::Key, None).is_none(), "per peer");
         let rows = r.take(Duration::from_secs(60));
         assert!(rows[0].detail.as_deref().unwrap().contains("throttled"));
     }

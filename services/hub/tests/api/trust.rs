@@ -153,11 +153,15 @@ async fn a_flood_of_bad_keys_writes_no_row_per_refusal_and_is_throttled() {
         rows.len()
     );
     // the peer's budget (auth.refusals_per_minute_per_peer = 30, and the one refusal that
-    // exceeds it) runs out, and the rest is 429 unexamined
+    // exceeds it) runs out, and the rest is 429
     assert!(
         unauthorized <= 31 && throttled >= 2969,
         "{unauthorized} {throttled}"
     );
+    // a good credential from the same address is still served (a proxy, a NAT)
+    let (_, good) = key(&t, "default", "system/Subscription.rs", None).await;
+    let a = as_key(&t, &good, Method::GET, "/fhir/Subscription", None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
 }
 
 // after: new API
