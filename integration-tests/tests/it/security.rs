@@ -141,9 +141,13 @@ async fn keys_scopes_tenants_audit_and_clean_logs() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let admin = cli_key(dir.path(), "default", "hub/admin");
+    // keys for several tenants: the operator of the whole hub (hub/admin is one tenant's)
+    let admin = cli_key(dir.path(), "default", "hub/operator");
     assert!(admin.starts_with("fhk_"), "{admin}");
-    let hub = Hub::start_in(HubEnv::default().var("HUB_AUTH__MODE", "required"), dir).await;
+    let env = HubEnv::default()
+        .var("HUB_AUTH__MODE", "required")
+        .var("HUB_AUDIT__REFUSAL_WINDOW_SECS", "1");
+    let hub = Hub::start_in(env, dir).await;
 
     // no credential, a made-up key, a malformed header: 401 with an OperationOutcome
     let (s, h, b) = call(&hub, Method::GET, "/fhir/Subscription", None, None).await;
@@ -459,15 +463,30 @@ async fn keys_scopes_tenants_audit_and_clean_logs() {
     )
     .await;
     assert_eq!(changes["entry"][0]["resource"]["action"], "C", "{changes}");
-    let (_, _, refused) = call(
-        &hub,
-        Method::GET,
-        "/fhir/AuditEvent?agent=key:0123456789abcdef&_tenant=*",
-        Some(&admin),
-        None,
-    )
-    .await;
+    // refused credentials: one row per peer and window (audit.refusal_window_secs), with a
+    // count, never the presented key id
+    let mut refused = Value::Null;
+    for _ in 0..50 {
+        refused = call(
+            &hub,
+            Method::GET,
+            "/fhir/AuditEvent?agent=peer:127.0.0.1&_tenant=*",
+            Some(&admin),
+            None,
+        )
+        .await
+        .2;
+        if refused["total"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(refused["total"].as_u64().unwrap() >= 1, "{refused}");
+    let detail = refused["entry"][0]["resource"]["outcomeDesc"]
+        .as_str()
+        .unwrap();
+    assert!(detail.contains("refused credentials"), "{detail}");
+    assert!(!detail.contains("0123456789abcdef"), "{detail}");
     // AuditEvent needs hub/admin
     assert_eq!(
         call(&hub, Method::GET, "/fhir/AuditEvent", Some(&b_key), None)
@@ -485,9 +504,9 @@ async fn keys_scopes_tenants_audit_and_clean_logs() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert!(secret.starts_with("enc:v1:local:"), "{secret}");
+    assert!(secret.starts_with("enc:v2:local:"), "{secret}");
     assert!(
-        resource.contains("Authorization: enc:v1:local:"),
+        resource.contains("Authorization: enc:v2:local:"),
         "{resource}"
     );
     assert!(!resource.contains("receiver-secret-1"));
@@ -526,6 +545,7 @@ async fn jwt_bearer_tokens_from_a_jwks() {
             "[auth]\nmode = \"required\"\njwks_min_refresh_secs = 2\n\n[[auth.issuers]]\n\
              issuer = \"https://issuer.test\"\njwks_url = \"{base}/jwks.json\"\n\
              audience = \"https://hub.test/fhir\"\nleeway_secs = 5\n\
+             tenants = [\"alpha\", \"beta\"]\n\
              algorithms = [\"RS384\", \"ES384\", \"RS256\", \"ES256\"]\n"
         ),
     )
@@ -616,6 +636,10 @@ async fn jwt_bearer_tokens_from_a_jwks() {
     assert_eq!(s, 201, "{sub}");
     let id = sub["id"].as_str().unwrap();
     let beta = token("tenant=beta".into()).await;
+    // the issuer speaks for alpha and beta only (auth.issuers.tenants)
+    let gamma = token("tenant=gamma".into()).await;
+    let (s, _, b) = call(hub, Method::GET, "/fhir/Subscription", Some(&gamma), None).await;
+    assert_eq!(s, 401, "{b}");
     let (s, _, _) = call(
         hub,
         Method::GET,

@@ -59,12 +59,17 @@ fn names_patient(value: &str, patient: &str) -> bool {
 }
 
 /// Whether search parameters (`name=value` pairs of criteria or a topic filter) confine
-/// results of `resource_type` to `patient`: one pair on a compartment parameter (any
-/// modifier: `subject:Patient`) naming only that patient, or `_id` for a Patient.
+/// results of `resource_type` to `patient`: one pair on a compartment parameter (plain, or
+/// typed `subject:Patient`) naming only that patient, or `_id` for a Patient.
 pub fn query_confined_to(resource_type: &str, pairs: &[(String, String)], patient: &str) -> bool {
     let ps = patient_params(resource_type);
     pairs.iter().any(|(name, value)| {
-        let base = name.split(':').next().unwrap_or(name);
+        // only a plain reference parameter, or one typed `:Patient`, confines: any other
+        // modifier (`:identifier`, `:not`, `:missing`, `:above`...) changes what it matches
+        let (base, modifier) = name.split_once(':').unwrap_or((name, ""));
+        if !(modifier.is_empty() || modifier == "Patient") {
+            return false;
+        }
         // a comma is OR: every alternative must name the patient
         let all_name_patient = value.split(',').all(|v| names_patient(v, patient));
         all_name_patient
@@ -89,6 +94,33 @@ pub fn in_patient_compartment(resource: &Value, patient: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_plain_or_patient_typed_parameters_confine_a_query() {
+        let q = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
+        assert!(query_confined_to(
+            "Observation",
+            &q("subject", "Patient/p1"),
+            "p1"
+        ));
+        assert!(query_confined_to(
+            "Observation",
+            &q("subject:Patient", "p1"),
+            "p1"
+        ));
+        for name in [
+            "subject:identifier",
+            "subject:not",
+            "subject:missing",
+            "subject:Group",
+        ] {
+            assert!(
+                !query_confined_to("Observation", &q(name, "p1"), "p1"),
+                "{name}"
+            );
+        }
+        assert!(!query_confined_to("Patient", &q("_id:not", "p1"), "p1"));
+    }
 
     #[test]
     fn observations_belong_by_subject_or_performer() {

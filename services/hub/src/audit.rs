@@ -4,14 +4,46 @@
 //! into the next write together. Identical rows of one write (one credential reading the same
 //! notification on 10,000 connections) become one row that says how many connections
 //! received it: one event fanned out to 10,000 stream readers is one INSERT.
+//!
+//! Refused credentials never come through here one by one: they are counted per peer
+//! (`auth::refusals`) and written by [`flush_refusals`] as one row per peer and window,
+//! directly, so a flood of bad credentials neither fills the trail nor makes authenticated
+//! requests wait behind its rows.
+//!
+//! A disclosure waits for its rows and learns whether they were written: with
+//! `audit.fail_closed` (the default) nothing is disclosed without its audit row
+//! ([`Unaudited`]).
+
+use std::sync::Weak;
+use std::time::Duration;
 
 use hub_store::{NewAudit, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::refusals::Refusals;
+
 /// Most rows one write takes.
 const MAX_BATCH: usize = 5_000;
 
-type Job = (Vec<NewAudit>, oneshot::Sender<()>);
+/// `true` once the rows are stored.
+type Job = (Vec<NewAudit>, oneshot::Sender<bool>);
+
+/// The audit rows of a disclosure could not be written, and `audit.fail_closed` holds it back.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the audit trail cannot be written, and nothing is disclosed without its audit row (audit.fail_closed); try again later"
+)]
+pub struct Unaudited;
+
+impl From<Unaudited> for crate::api::ApiError {
+    fn from(e: Unaudited) -> Self {
+        crate::api::ApiError::unavailable(e.to_string())
+    }
+}
+
+/// The audit rows could not be written (the failure is logged).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteFailed;
 
 /// Where audit rows go.
 #[derive(Debug, Clone)]
@@ -28,27 +60,52 @@ impl AuditSink {
         AuditSink { tx, store }
     }
 
-    /// Store `rows`, returning once they are written (or the write failed, which is logged
-    /// loudly: the action they record has happened).
-    pub async fn record(&self, rows: Vec<NewAudit>) {
+    /// Store `rows`, returning once they are written or the write failed (logged loudly).
+    pub async fn record(&self, rows: Vec<NewAudit>) -> Result<(), WriteFailed> {
         if rows.is_empty() {
-            return;
+            return Ok(());
         }
         let (done, written) = oneshot::channel();
-        match self.tx.send((rows, done)).await {
-            Ok(()) => {
-                let _ = written.await;
-            }
+        let ok = match self.tx.send((rows, done)).await {
+            Ok(()) => written.await.unwrap_or(false),
             // the writer is gone (shutting down): write directly
             Err(mpsc::error::SendError((rows, _))) => write(&self.store, &rows).await,
+        };
+        if ok { Ok(()) } else { Err(WriteFailed) }
+    }
+}
+
+async fn write(store: &Store, rows: &[NewAudit]) -> bool {
+    match store.audit(rows).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, rows = rows.len(), "could not write the audit trail");
+            false
         }
     }
 }
 
-async fn write(store: &Store, rows: &[NewAudit]) {
-    if let Err(e) = store.audit(rows).await {
-        tracing::error!(error = %e, rows = rows.len(), "could not write the audit trail");
+/// Write the refusals counted since the last call: one row per tenant and peer.
+pub async fn write_refusals(store: &Store, refusals: &Refusals, window: Duration) {
+    let rows = refusals.take(window);
+    if !rows.is_empty() {
+        write(store, &rows).await;
     }
+}
+
+/// Every `window`, write the refusals counted meanwhile; ends when the counter is dropped
+/// (its hub is gone).
+pub fn flush_refusals(store: Store, refusals: Weak<Refusals>, window: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(window.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(r) = refusals.upgrade() else { return };
+            write_refusals(&store, &r, window).await;
+        }
+    });
 }
 
 /// Identical rows as one, in first-seen order; the detail of a row that stood for several
@@ -97,9 +154,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        write(&store, &collapse(rows)).await;
+        let ok = write(&store, &collapse(rows)).await;
         for w in waiting {
-            let _ = w.send(());
+            let _ = w.send(ok);
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct AuthConfig {
     pub stream_recheck_secs: u64,
     /// Least seconds between two JWKS fetches of one issuer for unknown `kid`s.
     pub jwks_min_refresh_secs: u64,
+    /// Refused credentials per minute per network peer before its further refusals are
+    /// answered 429 (0: no limit).
+    pub refusals_per_minute_per_peer: u32,
     /// Token issuers the hub trusts (SMART Backend Services).
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
@@ -107,11 +110,56 @@ pub struct IssuerConfig {
     pub tenant_claim: String,
     #[serde(default)]
     pub tenant: String,
+    /// The tenants this issuer's tokens may name; empty: only `tenant` (the default tenant
+    /// when that is empty too). A token naming any other tenant is refused.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Whether this issuer's tokens may carry the scopes that span every tenant
+    /// (`hub/operator`, `hub/metrics`); without it they are dropped from its tokens.
+    #[serde(default)]
+    pub operator: bool,
     #[serde(default = "default_scope_claim")]
     pub scope_claim: String,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+}
+
+/// Create `path` with mode 0600 (and its directory), or narrow an existing file to 0600.
+#[cfg(unix)]
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for p in [
+                path.to_path_buf(),
+                PathBuf::from(format!("{}-wal", path.display())),
+                PathBuf::from(format!("{}-shm", path.display())),
+            ] {
+                if p.exists() {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(not(unix))]
+fn private_file(_: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -138,6 +186,10 @@ fn default_leeway() -> u64 {
 pub struct AuditConfig {
     /// Days audit rows are kept (0: forever).
     pub retention_days: u32,
+    /// No audit row, no disclosure (503, the stream ends, the rest-hook worker stops).
+    pub fail_closed: bool,
+    /// Seconds per aggregated audit row of refused credentials (one per peer and window).
+    pub refusal_window_secs: u64,
 }
 
 /// Stream channels (websocket, SSE, gRPC).
@@ -512,6 +564,16 @@ impl Config {
             if i.issuer.is_empty() || i.jwks_url.is_empty() || i.audience.is_empty() {
                 anyhow::bail!("auth.issuers: each issuer needs issuer, jwks_url and audience");
             }
+            if let Some(bad) = i
+                .tenants
+                .iter()
+                .find(|t| !hub_fhir::event::is_tenant_name(t))
+            {
+                anyhow::bail!(
+                    "auth.issuers '{}': tenant '{bad}' is not a tenant name",
+                    i.issuer
+                );
+            }
         }
         if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
             anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
@@ -669,6 +731,27 @@ impl Config {
         } else {
             self.database.url.clone()
         }
+    }
+
+    /// The SQLite files this process keeps its data in (the store, the embedded log): created
+    /// with mode 0600 before SQLite opens them, and narrowed to 0600 when they exist (their
+    /// `-wal` and `-shm` files take the same mode). They hold every notification.
+    pub fn make_data_files_private(&self) -> anyhow::Result<()> {
+        let mut files = Vec::new();
+        let url = self.database_url();
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if !path.is_empty() && !path.starts_with(':') {
+                files.push(PathBuf::from(path));
+            }
+        }
+        if self.log.backend == LogBackend::Embedded {
+            files.push(self.embedded_log_path());
+        }
+        for f in files {
+            private_file(&f).map_err(|e| anyhow::anyhow!("making {} private: {e}", f.display()))?;
+        }
+        Ok(())
     }
 
     pub fn embedded_log_path(&self) -> PathBuf {

@@ -104,6 +104,7 @@ pub async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
 impl Hub {
     /// Connect the store and the log.
     pub async fn connect(config: Config) -> anyhow::Result<Hub> {
+        config.make_data_files_private()?;
         let store = Store::connect_with(&config.database_url(), config.database_timeouts())
             .await
             .context("opening the store")?;
@@ -115,8 +116,17 @@ impl Hub {
         model::move_legacy_secrets(&store)
             .await
             .context("moving subscription secrets into their columns")?;
+        model::reseal_legacy(&store, &sealer)
+            .await
+            .context("sealing subscription secrets again, bound to their subscription")?;
         let cross_process = store.backend() == hub_store::Backend::Postgres;
         let metrics: Arc<metrics::Metrics> = Arc::default();
+        let auth = Arc::new(auth::Authenticator::new(&config.auth));
+        audit::flush_refusals(
+            store.clone(),
+            Arc::downgrade(&auth.refusals),
+            Duration::from_secs(config.audit.refusal_window_secs),
+        );
         Ok(Hub {
             connections: listener::ConnectionLimits::new(
                 config.max_connections(),
@@ -130,7 +140,7 @@ impl Hub {
             egress: Arc::new(config.egress_policy()?),
             schedule: Arc::new(config.retry_schedule()?),
             extra_roots: Arc::new(config.extra_roots()?),
-            auth: Arc::new(auth::Authenticator::new(&config.auth)),
+            auth,
             audit: audit::AuditSink::start(store.clone()),
             config: Arc::new(config),
             store,

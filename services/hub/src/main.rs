@@ -108,7 +108,8 @@ enum KeysCommand {
         #[arg(long)]
         tenant: Option<String>,
         /// Scopes, space-separated or repeated: SMART v2 (system/Subscription.cruds,
-        /// system/Observation.rs, patient/Observation.rs), hub/admin, hub/publish, hub/metrics.
+        /// system/Observation.rs, patient/Observation.rs), hub/operator (the whole hub),
+        /// hub/admin (the key's tenant), hub/publish, hub/metrics.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// A name for people reading `keys list`.

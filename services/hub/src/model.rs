@@ -15,6 +15,8 @@ use hub_fhir::subscription::{
     self, ChannelType, Content, FhirVersion, Status, SubscriptionSpec, TopicSubscription,
 };
 use hub_store::{Store, StoreError, SubscriptionRow};
+
+use crate::auth::sealed::{Binding, Field, Sealer};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -125,6 +127,10 @@ pub struct Subscription {
     pub secret: Option<String>,
     /// Who wrote it, with the grants it had (`None`: written before the hub kept owners).
     pub owner: Option<Arc<crate::auth::Owner>>,
+    /// Why a sealed value (signing secret, client certificate, a channel header) does not
+    /// open — its key is no longer in `secrets.keys`, or it was altered. Reads still work;
+    /// a delivery fails with this reason rather than go out without its credentials.
+    pub sealed_error: Option<Arc<str>>,
 }
 
 impl Subscription {
@@ -184,8 +190,9 @@ pub enum ModelError {
     Store(#[from] StoreError),
 }
 
-/// Each subscription's shared key, and its version's parsed spec.
-type SpecCache = KeyMap<(i64, Arc<SubscriptionSpec>)>;
+/// Each subscription's shared key, and its version's parsed spec (with why a sealed value in
+/// it did not open).
+type SpecCache = KeyMap<(i64, Arc<SubscriptionSpec>, Option<Arc<str>>)>;
 
 /// The parsed specs of stored subscriptions, one per (tenant, id) at its latest version seen.
 #[derive(Debug)]
@@ -258,47 +265,73 @@ impl Catalog {
             .ok_or_else(|| corrupt(format!("status '{}'", row.status)))?;
         let cached = self.specs.lock().ok().and_then(|m| {
             m.get_key_value(&Pair(&row.tenant, &row.id))
-                .map(|(k, (v, spec))| (k.clone(), (*v == row.version_id).then(|| Arc::clone(spec))))
+                .map(|(k, (v, spec, unsealed))| {
+                    let hit = (*v == row.version_id).then(|| (Arc::clone(spec), unsealed.clone()));
+                    (k.clone(), hit)
+                })
         });
-        let (key, spec) = match cached {
-            Some((key, Some(spec))) => (key, spec),
+        let (key, spec, mut sealed_error) = match cached {
+            Some((key, Some((spec, unsealed)))) => (key, spec, unsealed),
             known => {
                 let key = known
                     .map(|(k, _)| k)
                     .unwrap_or_else(|| SubKey::new(&row.tenant, &row.id));
                 let mut resource: Value =
                     serde_json::from_str(&row.resource).map_err(|e| corrupt(e.to_string()))?;
-                open_headers(&self.sealer, &mut resource).map_err(corrupt)?;
+                let mut unsealed = open_headers(&self.sealer, &row.tenant, &row.id, &mut resource)
+                    .err()
+                    .map(Arc::from);
                 let mut spec =
                     subscription::validate(&resource).map_err(|oo| corrupt(oo.summary()))?;
                 if !self.keep_criteria {
                     spec.parsed = None;
                 }
-                if spec.channel.client_certificate.is_none() {
-                    spec.channel.client_certificate = row
-                        .client_certificate
-                        .as_deref()
-                        .map(|c| self.sealer.open(c))
-                        .transpose()
-                        .map_err(corrupt)?;
+                if spec.channel.client_certificate.is_none()
+                    && let Some(c) = row.client_certificate.as_deref()
+                {
+                    let at = Binding {
+                        tenant: &row.tenant,
+                        subscription: &row.id,
+                        field: Field::ClientCertificate,
+                    };
+                    match self.sealer.open(&at, c) {
+                        Ok(o) => spec.channel.client_certificate = Some(o.plain),
+                        Err(e) => unsealed = unsealed.or(Some(Arc::from(e))),
+                    }
                 }
                 let spec = Arc::new(spec);
                 if let Ok(mut m) = self.specs.lock() {
                     if m.len() >= MAX_CACHED {
                         m.clear();
                     }
-                    m.insert(key.clone(), (row.version_id, Arc::clone(&spec)));
+                    m.insert(
+                        key.clone(),
+                        (row.version_id, Arc::clone(&spec), unsealed.clone()),
+                    );
                 }
-                (key, spec)
+                (key, spec, unsealed)
             }
         };
-        let secret = row
-            .write
-            .secret
-            .as_deref()
-            .map(|s| self.sealer.open(s))
-            .transpose()
-            .map_err(corrupt)?;
+        let secret = match row.write.secret.as_deref() {
+            None => None,
+            Some(s) => {
+                let at = Binding {
+                    tenant: &row.tenant,
+                    subscription: &row.id,
+                    field: Field::Secret,
+                };
+                match self.sealer.open(&at, s) {
+                    Ok(o) => Some(o.plain),
+                    Err(e) => {
+                        sealed_error = sealed_error.or(Some(Arc::from(e)));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(why) = &sealed_error {
+            tracing::debug!(subscription = %row.id, tenant = %row.tenant, %why, "a sealed value of a subscription does not open");
+        }
         Ok(Subscription {
             key,
             version: row.version_id,
@@ -310,6 +343,7 @@ impl Catalog {
             spec,
             owner: row.write.owner.as_deref().and_then(|o| self.owner(o)),
             secret,
+            sealed_error,
         })
     }
 
@@ -377,6 +411,81 @@ pub async fn move_legacy_secrets(store: &Store) -> Result<usize, StoreError> {
     Ok(moved)
 }
 
+/// Seal again, bound to their subscription and field, the values sealed in the first format
+/// (`enc:v1:`, a constant AAD) and the header values stored plain that are now secret (every
+/// header not declared non-secret). Idempotent; run at start-up when a key is active. A value
+/// that does not open is left as it is (reads still work; its deliveries fail, stated).
+pub async fn reseal_legacy(store: &Store, sealer: &Sealer) -> Result<usize, StoreError> {
+    if !sealer.is_active() {
+        return Ok(0);
+    }
+    let mut resealed = 0;
+    for row in store.subscriptions_to_reseal().await? {
+        let Ok(mut resource) = serde_json::from_str::<Value>(&row.resource) else {
+            continue;
+        };
+        let (tenant, id) = (row.tenant.as_str(), row.id.as_str());
+        let mut changed = false;
+        for_each_header(&mut resource, |name, value| {
+            if !is_secret_header(name) {
+                return;
+            }
+            let at = Binding {
+                tenant,
+                subscription: id,
+                field: Field::Header(name),
+            };
+            let plain = match sealer.open(&at, value) {
+                // sealed, bound: nothing to do
+                Ok(o) if !o.legacy && crate::auth::sealed::looks_sealed(value) => return,
+                Ok(o) => o.plain,
+                Err(_) => return,
+            };
+            *value = sealer.seal(&at, &plain);
+            changed = true;
+        });
+        let mut column = |stored: &Option<String>, field| -> Option<String> {
+            let v = stored.as_deref()?;
+            let at = Binding {
+                tenant,
+                subscription: id,
+                field,
+            };
+            match sealer.open(&at, v) {
+                Ok(o) if o.legacy => {
+                    changed = true;
+                    Some(sealer.seal(&at, &o.plain))
+                }
+                _ => Some(v.to_owned()),
+            }
+        };
+        let secret = column(&row.write.secret, Field::Secret);
+        let certificate = column(&row.write.client_certificate, Field::ClientCertificate);
+        if !changed {
+            continue;
+        }
+        let text = resource.to_string();
+        let values = hub_store::SubscriptionSecrets {
+            resource: &text,
+            secret: secret.as_deref(),
+            client_certificate: certificate.as_deref(),
+        };
+        if store
+            .reseal_subscription(tenant, id, row.version_id, &values)
+            .await?
+        {
+            resealed += 1;
+        }
+    }
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "sealed subscription secrets again, bound to their subscription"
+        );
+    }
+    Ok(resealed)
+}
+
 /// The hub's extension carrying the Standard Webhooks signing secret on `Subscription.channel`
 /// (on the resource itself in the R5 form).
 pub const SECRET_EXTENSION: &str = "urn:fhir-hub:webhook-secret";
@@ -426,15 +535,40 @@ pub fn take_secrets(resource: &mut Value) -> Secrets {
     out
 }
 
-/// What reads show instead of a credential a channel header carries.
+/// What reads show instead of a channel header's value.
 pub const REDACTED: &str = "[redacted]";
 
-/// Whether a channel header carries a credential (reads never show its value).
+/// Channel headers declared non-secret: stored plain and shown on reads. Every other header
+/// value is sealed at rest and redacted on reads — a credential can hide in any header name
+/// (`X-Vault-Token`, `Ocp-Apim-Subscription-Key`, ...), so the list names what is not one.
+pub const NON_SECRET_HEADERS: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-language",
+    "user-agent",
+    "x-request-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// Whether a channel header's value is sealed at rest and redacted on reads: every header not
+/// in [`NON_SECRET_HEADERS`].
 pub fn is_secret_header(name: &str) -> bool {
-    matches!(
-        name.trim().to_ascii_lowercase().as_str(),
-        "authorization" | "cookie" | "x-api-key" | "api-key" | "x-auth-token" | "x-access-token"
-    )
+    let name = name.trim().to_ascii_lowercase();
+    !NON_SECRET_HEADERS.contains(&name.as_str())
+}
+
+/// The first channel header whose value has the form of a sealed one (`enc:…`): a client
+/// never sends one (the hub would otherwise store it as if it had sealed it).
+pub fn sealed_looking_header(resource: &mut Value) -> Option<String> {
+    let mut found = None;
+    for_each_header(resource, |name, value| {
+        if found.is_none() && crate::auth::sealed::looks_sealed(value) {
+            found = Some(name.to_owned());
+        }
+    });
+    found
 }
 
 /// The channel headers of a Subscription in either form, as mutable `(name, value)` slots:
@@ -469,24 +603,42 @@ fn for_each_header(resource: &mut Value, mut f: impl FnMut(&str, &mut String)) {
     }
 }
 
-/// Seal the values of credential headers before a Subscription is stored.
-pub fn seal_headers(sealer: &crate::auth::sealed::Sealer, resource: &mut Value) {
+/// Seal the values of secret headers before the Subscription `tenant`/`id` is stored.
+pub fn seal_headers(sealer: &Sealer, tenant: &str, id: &str, resource: &mut Value) {
     for_each_header(resource, |name, value| {
-        if is_secret_header(name) && value != REDACTED {
-            *value = sealer.seal(value);
+        if is_secret_header(name) {
+            let at = Binding {
+                tenant,
+                subscription: id,
+                field: Field::Header(name),
+            };
+            *value = sealer.seal(&at, value);
         }
     });
 }
 
-/// Open sealed header values of a stored Subscription (for delivery).
+/// Open the sealed header values of the stored Subscription `tenant`/`id` in place. A value
+/// that does not open is replaced by [`REDACTED`] and the first reason returned.
 pub fn open_headers(
-    sealer: &crate::auth::sealed::Sealer,
+    sealer: &Sealer,
+    tenant: &str,
+    id: &str,
     resource: &mut Value,
 ) -> Result<(), String> {
     let mut failed = None;
-    for_each_header(resource, |_, value| match sealer.open(value) {
-        Ok(v) => *value = v,
-        Err(e) => failed = Some(e),
+    for_each_header(resource, |name, value| {
+        let at = Binding {
+            tenant,
+            subscription: id,
+            field: Field::Header(name),
+        };
+        match sealer.open(&at, value) {
+            Ok(o) => *value = o.plain,
+            Err(e) => {
+                *value = REDACTED.to_owned();
+                failed = failed.take().or(Some(e));
+            }
+        }
     });
     failed.map_or(Ok(()), Err)
 }
@@ -498,6 +650,13 @@ pub fn redact_headers(resource: &mut Value) {
             *value = REDACTED.to_owned();
         }
     });
+}
+
+/// Whether a header still carries [`REDACTED`] (sent back, and nothing stored to restore).
+pub fn has_redacted_header(resource: &mut Value) -> bool {
+    let mut found = false;
+    for_each_header(resource, |_, value| found |= value == REDACTED);
+    found
 }
 
 /// In an update, a credential header sent back as [`REDACTED`] keeps the stored value (a
@@ -559,6 +718,7 @@ pub(crate) mod tests {
             spec: Arc::new(spec),
             secret: None,
             owner: None,
+            sealed_error: None,
         }
     }
 
@@ -630,14 +790,116 @@ pub(crate) mod tests {
         assert_eq!(index.len(), 1);
     }
 
+    fn sealed_row(header: &str, secret: &str) -> SubscriptionRow {
+        SubscriptionRow {
+            log_key: hub_store::LogKey::for_tests(1),
+            tenant: "default".into(),
+            id: "s1".into(),
+            version_id: 1,
+            last_updated: "2024-01-01T00:00:00Z".into(),
+            events_since_start: 0,
+            error: None,
+            write: hub_store::SubscriptionWrite {
+                status: "active".into(),
+                criteria: "Observation?code=1".into(),
+                channel_type: "rest-hook".into(),
+                endpoint: "http://example.test/hook".into(),
+                resource: json!({"resourceType": "Subscription", "status": "active",
+                    "reason": "r", "criteria": "Observation?code=1",
+                    "channel": {"type": "rest-hook", "endpoint": "http://example.test/hook",
+                        "header": [format!("X-Api-Key: {header}")]}})
+                .to_string(),
+                secret: Some(secret.to_owned()),
+                client_certificate: None,
+                owner: None,
+            },
+        }
+    }
+
+    fn test_sealer() -> Sealer {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+        Sealer::new(&HashMap::from([("k".to_owned(), key)]), "k").unwrap()
+    }
+
+    #[test]
+    fn a_value_that_does_not_open_is_read_and_stated_not_fatal() {
+        let sealer = test_sealer();
+        let at = Binding {
+            tenant: "default",
+            subscription: "s1",
+            field: Field::Secret,
+        };
+        let secret = sealer.seal(&at, "whsec_x");
+        let catalog = Catalog::new(sealer.clone(), false);
+        let sub = catalog
+            .read(sealed_row("enc:v1:nokey:AAAA", &secret))
+            .unwrap();
+        assert!(sub.sealed_error.as_deref().unwrap().contains("'nokey'"));
+        assert_eq!(sub.secret.as_deref(), Some("whsec_x"));
+        assert!(sub.spec.channel.headers.iter().all(|(_, v)| v == REDACTED));
+        // sealed for another subscription: does not open here either
+        let other = Binding {
+            subscription: "s2",
+            ..at
+        };
+        let sub = Catalog::new(sealer.clone(), false)
+            .read(sealed_row("plain", &sealer.seal(&other, "whsec_y")))
+            .unwrap();
+        assert!(sub.secret.is_none() && sub.sealed_error.is_some());
+    }
+
+    #[tokio::test]
+    async fn legacy_values_and_plain_headers_are_sealed_again_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/hub.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        let sealer = test_sealer();
+        let legacy_secret = sealer.seal_legacy("whsec_old");
+        let legacy_header = sealer.seal_legacy("k-old");
+        let row = sealed_row(&legacy_header, &legacy_secret);
+        store
+            .create_subscription("default", "s1", &row.write)
+            .await
+            .unwrap();
+        assert_eq!(reseal_legacy(&store, &sealer).await.unwrap(), 1);
+        assert_eq!(
+            reseal_legacy(&store, &sealer).await.unwrap(),
+            0,
+            "idempotent"
+        );
+        let stored = store
+            .get_subscription("default", "s1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.version_id, 1, "not a new version");
+        assert!(stored.secret.as_deref().unwrap().starts_with("enc:v2:k:"));
+        assert!(
+            stored.resource.contains("X-Api-Key: enc:v2:k:"),
+            "{}",
+            stored.resource
+        );
+        let sub = Catalog::new(sealer, false).read(stored).unwrap();
+        assert_eq!(sub.secret.as_deref(), Some("whsec_old"));
+        assert!(
+            sub.spec
+                .channel
+                .headers
+                .contains(&("X-Api-Key".to_owned(), "k-old".to_owned()))
+        );
+        assert!(sub.sealed_error.is_none());
+    }
+
     #[test]
     fn credential_headers_are_redacted_and_kept_on_update() {
-        let stored = json!({"channel": {"header": ["Authorization: Bearer abc", "X-Trace: 1"]}});
+        let stored =
+            json!({"channel": {"header": ["Authorization: Bearer abc", "X-Request-Id: 1"]}});
         let mut shown = stored.clone();
         redact_headers(&mut shown);
         assert_eq!(
             shown["channel"]["header"],
-            json!(["Authorization: [redacted]", "X-Trace: 1"])
+            json!(["Authorization: [redacted]", "X-Request-Id: 1"])
         );
         let mut sent = shown.clone();
         restore_headers(&mut sent, &stored);

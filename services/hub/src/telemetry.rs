@@ -1,11 +1,48 @@
 //! Tracing setup: human-readable by default, JSON with `FHIR_HUB_LOG_FORMAT=json`; the level
 //! from `RUST_LOG` (default `info`).
+//!
+//! Logs carry no endpoint URLs, resource ids or binding tokens, at any level: request spans
+//! name the method and path without the query (`?token=` is a credential), and the libraries
+//! that log the URLs they connect to or the statements they run at debug level (HTTP client
+//! and connection pool, SQL) stay at `info` whatever `RUST_LOG` asks.
 
 use tracing_subscriber::EnvFilter;
 
+/// Libraries whose debug output names endpoints, hosts or statements: capped at `info`.
+const CAPPED: &[&str] = &[
+    "reqwest=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "rustls=info",
+    "tonic=info",
+    "tower=info",
+    "sqlx=info",
+];
+
+/// The filter of `RUST_LOG` (`env`), with [`CAPPED`] always applied.
+fn filter(env: Option<&str>) -> EnvFilter {
+    let mut f = env
+        .and_then(|e| EnvFilter::try_new(e).ok())
+        .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    for d in CAPPED {
+        if let Ok(d) = d.parse() {
+            f = f.add_directive(d);
+        }
+    }
+    f
+}
+
+/// A request's URI as logged: the path, and `?…` in place of any query.
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    match uri.query() {
+        Some(_) => format!("{}?…", uri.path()),
+        None => uri.path().to_owned(),
+    }
+}
+
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rdkafka=warn"));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -16,4 +53,23 @@ pub fn init() {
     };
     // Already initialised (tests): keep the first subscriber.
     drop(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_and_library_debug_output_stay_out_of_the_log() {
+        let uri: axum::http::Uri = "/fhir/Subscription/s/$stream?token=secret-token"
+            .parse()
+            .unwrap();
+        assert_eq!(redacted_uri(&uri), "/fhir/Subscription/s/$stream?…");
+        let plain: axum::http::Uri = "/health".parse().unwrap();
+        assert_eq!(redacted_uri(&plain), "/health");
+        let f = filter(Some("debug")).to_string();
+        for d in ["reqwest=info", "hyper_util=info", "sqlx=info"] {
+            assert!(f.contains(d), "{f}");
+        }
+    }
 }

@@ -41,7 +41,7 @@ pub use listen::{Heard, Logged, LoggedListener};
 pub use log_key::LogKey;
 pub use notifications::{NewNotification, Notification};
 pub use quarantine::{NewQuarantined, QuarantineStage, Quarantined};
-pub use subscriptions::{SubscriptionRow, SubscriptionWrite};
+pub use subscriptions::{SubscriptionRow, SubscriptionSecrets, SubscriptionWrite};
 pub use text::{MAX_SANITIZED_BYTES, Sanitized};
 pub use topics::TopicRow;
 pub use versions::ResourceKey;

@@ -123,6 +123,15 @@ fn from_row(r: &AnyRow) -> Result<SubscriptionRow, sqlx::Error> {
     })
 }
 
+/// A subscription's stored resource and sealed columns, as [`Store::reseal_subscription`]
+/// writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionSecrets<'a> {
+    pub resource: &'a str,
+    pub secret: Option<&'a str>,
+    pub client_certificate: Option<&'a str>,
+}
+
 impl Store {
     /// Insert a new subscription with id `id`, at version 1 (or one past the versions a
     /// deleted subscription of that id had).
@@ -384,6 +393,44 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Subscriptions that may hold a value sealed in the first format (`enc:v1:`) or a
+    /// channel header stored plain, for the one-time re-seal at start-up (the hub decides
+    /// per row; this only narrows the rows it reads).
+    pub async fn subscriptions_to_reseal(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM subscriptions
+             WHERE secret LIKE 'enc:v1:%' OR client_certificate LIKE 'enc:v1:%'
+                OR resource LIKE '%\"header\"%' OR resource LIKE '%\"parameter\"%'"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Store a subscription's values sealed again, if it is still at `version` (a client
+    /// write in between wins). Not a new version: the client's content is unchanged.
+    pub async fn reseal_subscription(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: i64,
+        resealed: &SubscriptionSecrets<'_>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE subscriptions SET resource = $3, secret = $4, client_certificate = $5
+             WHERE tenant = $1 AND id = $2 AND version_id = $6",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(resealed.resource)
+        .bind(resealed.secret)
+        .bind(resealed.client_certificate)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// One tenant's live subscriptions (requested, active or error).

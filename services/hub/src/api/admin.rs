@@ -1,5 +1,7 @@
-//! Operator APIs: API keys (`/admin/keys`) and the audit trail as FHIR `AuditEvent`s
-//! (`/fhir/AuditEvent`). Both need scope `hub/admin`.
+//! Administration: API keys (`/admin/keys`) and the audit trail as FHIR `AuditEvent`s
+//! (`/fhir/AuditEvent`). `hub/admin` administers its own tenant's keys and audit trail;
+//! `hub/operator` every tenant's, and only an operator grants the scopes that span tenants
+//! (`hub/operator`, `hub/metrics`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -44,6 +46,35 @@ async fn audit_key(hub: &Hub, caller: &Caller, tenant: &str, action: &str, id: &
     .await;
 }
 
+/// 403 when `scopes` reach beyond one tenant and the caller is not the operator (a tenant
+/// admin cannot mint an operator key).
+fn require_grantable(caller: &Caller, scopes: &str) -> Result<(), ApiError> {
+    if crate::auth::Scopes::parse([scopes]).spans_tenants() && !caller.scopes.is_operator() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            OperationOutcome::error(
+                IssueType::Forbidden,
+                "only hub/operator may grant hub/operator or hub/metrics",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The key `id` if the caller administers its tenant; 404 otherwise (another tenant's keys
+/// are not named to a tenant admin).
+async fn administered_key(
+    hub: &Hub,
+    caller: &Caller,
+    id: &str,
+) -> Result<hub_store::ApiKeyRow, ApiError> {
+    hub.store
+        .api_key(id)
+        .await?
+        .filter(|k| caller.administers(&k.tenant))
+        .ok_or_else(|| ApiError::not_found(format!("no usable API key '{id}'")))
+}
+
 /// `POST /admin/keys`: 201 with the key's token, shown this once.
 pub async fn create_key(
     State(hub): State<Hub>,
@@ -57,8 +88,11 @@ pub async fn create_key(
             format!("a key is {{\"scopes\": \"…\", \"tenant\"?, \"name\"?, \"patient\"?, \"expiresAt\"?}}: {e}"),
         ))
     })?;
+    let tenant = body.tenant.unwrap_or_else(|| caller.tenant.clone());
+    caller.require_admin_of(&tenant)?;
+    require_grantable(&caller, &body.scopes)?;
     let spec = KeySpec {
-        tenant: body.tenant.unwrap_or_else(|| caller.tenant.clone()),
+        tenant,
         name: body.name,
         scopes: body.scopes,
         patient: body.patient,
@@ -79,7 +113,8 @@ pub async fn create_key(
 /// `GET /admin/keys`.
 pub async fn list_keys(State(hub): State<Hub>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let rows = hub.store.api_keys(None).await?;
+    let tenant = (!caller.scopes.is_operator()).then_some(caller.tenant.as_str());
+    let rows = hub.store.api_keys(tenant).await?;
     Ok(Json(
         json!({"keys": rows.iter().map(keys::to_json).collect::<Vec<_>>()}),
     ))
@@ -92,11 +127,11 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    let tenant = hub.store.api_key(&id).await?.map(|k| k.tenant);
+    let tenant = administered_key(&hub, &caller, &id).await?.tenant;
     if !hub.store.revoke_api_key(&id).await? {
         return Err(ApiError::not_found(format!("no usable API key '{id}'")));
     }
-    audit_key(&hub, &caller, tenant.as_deref().unwrap_or(""), "D", &id).await;
+    audit_key(&hub, &caller, &tenant, "D", &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -122,6 +157,8 @@ pub async fn set_key_scopes(
             format!("expected {{\"scopes\": \"…\"}}: {e}"),
         ))
     })?;
+    administered_key(&hub, &caller, &id).await?;
+    require_grantable(&caller, &body.scopes)?;
     let scopes = keys::check_scopes(&body.scopes)
         .map_err(|e| {
             ApiError::unprocessable(OperationOutcome::error(IssueType::Value, e.to_string()))
@@ -223,8 +260,8 @@ fn audit_event(hub: &Hub, row: &AuditRow) -> Value {
 }
 
 /// `GET /fhir/AuditEvent?date=&agent=&entity=&subscription=&_count=`: the audit trail,
-/// newest first, as a searchset Bundle. `hub/admin` sees its own tenant, or every tenant
-/// with `_tenant=*`.
+/// newest first, as a searchset Bundle. `hub/admin` sees its own tenant; `hub/operator` any
+/// tenant with `_tenant=<name>`, or every tenant with `_tenant=*`.
 pub async fn audit_events(
     State(hub): State<Hub>,
     caller: Caller,
@@ -271,12 +308,27 @@ pub async fn audit_events(
         Some((_, rel)) => rel.to_owned(),
         None => e,
     });
+    let tenant = match one("_tenant").as_deref() {
+        Some("*") => {
+            if !caller.scopes.is_operator() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    OperationOutcome::error(
+                        IssueType::Forbidden,
+                        "_tenant=* (every tenant) needs scope hub/operator",
+                    ),
+                ));
+            }
+            None
+        }
+        Some(t) => {
+            caller.require_admin_of(t)?;
+            Some(t.to_owned())
+        }
+        None => Some(caller.tenant.clone()),
+    };
     let q = AuditQuery {
-        tenant: match one("_tenant").as_deref() {
-            Some("*") => None,
-            Some(t) => Some(t.to_owned()),
-            None => Some(caller.tenant.clone()),
-        },
+        tenant,
         since,
         until,
         agent: one("agent"),

@@ -12,8 +12,14 @@ impl FromRequestParts<Hub> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, hub: &Hub) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<crate::tls::PeerCertificate>();
-        crate::auth::establish(hub, &parts.headers, peer).await
+        let addr = peer_addr(parts);
+        crate::auth::establish(hub, &parts.headers, peer, addr).await
     }
+}
+
+/// The network peer of a request, when the listener recorded it.
+pub fn peer_addr(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<crate::auth::PeerAddr>().map(|a| a.0)
 }
 
 /// The caller when the request carries a credential, `None` when it carries none (a
@@ -30,7 +36,7 @@ impl FromRequestParts<Hub> for MaybeCaller {
         if crate::auth::has_credential(&parts.headers, peer)
             || hub.config.auth.mode == crate::config::AuthMode::Open
         {
-            crate::auth::establish(hub, &parts.headers, peer)
+            crate::auth::establish(hub, &parts.headers, peer, peer_addr(parts))
                 .await
                 .map(Some)
                 .map(MaybeCaller)

@@ -14,7 +14,7 @@ use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
 use crate::Hub;
-use crate::channels::disclosure::Disclosure;
+use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 
 /// The most events one `$events` call returns; ask again from the last number for more.
@@ -79,12 +79,16 @@ pub async fn events(
     } else {
         Vec::new()
     };
-    let disclosed = disclosure.hand_over(&hub, notes).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            OperationOutcome::error(IssueType::Forbidden, e.reason()),
-        )
-    })?;
+    let disclosed = disclosure
+        .hand_over(&hub, notes)
+        .await
+        .map_err(|e| match e {
+            Ended::Unaudited(_) => crate::audit::Unaudited.into(),
+            e => ApiError::new(
+                StatusCode::FORBIDDEN,
+                OperationOutcome::error(IssueType::Forbidden, e.reason()),
+            ),
+        })?;
     let since_start = sub.events_since_start;
     let message = render::Message::new(
         &sub,

@@ -2,14 +2,31 @@
 
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
 use crate::Hub;
+use crate::auth::PeerAddr;
+use crate::config::AuthMode;
 
-async fn check<F, E>(f: F) -> Value
+/// What a failed check says to a caller who is not the hub's operator: the store's or the
+/// log's error text names hosts, users, paths and versions.
+const NOT_ANSWERING: &str = "not answering (details for hub/operator)";
+
+/// Who sees the components' error texts: the operator of the whole hub (open mode's caller
+/// is one). Anyone else — a probe, a tenant — gets [`NOT_ANSWERING`].
+async fn operator_asks(hub: &Hub, headers: &HeaderMap, addr: Option<PeerAddr>) -> bool {
+    if !crate::auth::has_credential(headers, None) && hub.config.auth.mode != AuthMode::Open {
+        return false;
+    }
+    crate::auth::establish(hub, headers, None, addr.map(|a| a.0))
+        .await
+        .is_ok_and(|c| c.scopes.is_operator())
+}
+
+async fn check<F, E>(f: F, detailed: bool) -> Value
 where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -17,14 +34,24 @@ where
     let start = Instant::now();
     match tokio::time::timeout(Duration::from_secs(5), f).await {
         Ok(Ok(())) => json!({"status": "pass", "latencyMs": start.elapsed().as_millis() as u64}),
-        Ok(Err(e)) => json!({"status": "fail", "error": e.to_string()}),
+        Ok(Err(e)) if detailed => json!({"status": "fail", "error": e.to_string()}),
+        Ok(Err(_)) => json!({"status": "fail", "error": NOT_ANSWERING}),
         Err(_) => json!({"status": "fail", "error": "no answer within 5 s"}),
     }
 }
 
-pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
-    let store = check(hub.store.health()).await;
-    let log = check(hub.log.health()).await;
+pub async fn health(
+    State(hub): State<Hub>,
+    addr: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let detailed = operator_asks(&hub, &headers, addr.map(|a| a.0)).await;
+    report(&hub, detailed).await
+}
+
+async fn report(hub: &Hub, detailed: bool) -> (StatusCode, Json<Value>) {
+    let store = check(hub.store.health(), detailed).await;
+    let log = check(hub.log.health(), detailed).await;
     let ok = store["status"] == "pass" && log["status"] == "pass";
     let mut store = store;
     store["backend"] = json!(format!("{:?}", hub.store.backend()).to_lowercase());
@@ -51,8 +78,13 @@ pub async fn health(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
 /// The matcher group's lag is reported (`warn` beyond `server.ready_max_lag`) but never fails
 /// readiness: it is a property of the whole cluster, and one large publish would otherwise
 /// take every API process out of its load balancer at once, when each of them still serves.
-pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
-    let (health_status, Json(health)) = health(State(hub.clone())).await;
+pub async fn ready(
+    State(hub): State<Hub>,
+    addr: Option<Extension<PeerAddr>>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let detailed = operator_asks(&hub, &headers, addr.map(|a| a.0)).await;
+    let (health_status, Json(health)) = report(&hub, detailed).await;
     let limit_ms = i64::try_from(hub.config.server.ready_stall_secs)
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000);
@@ -64,7 +96,7 @@ pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
             "error": format!("the matcher has not come round its loop for {} s (limit {} s)",
                              ms / 1000, limit_ms / 1000)}),
     };
-    let lag = consumer_lag(&hub).await;
+    let lag = consumer_lag(&hub, detailed).await;
     let ok = health_status == StatusCode::OK && matcher["status"] == "pass";
     let body = json!({
         "status": if ok { "pass" } else { "fail" },
@@ -81,7 +113,7 @@ pub async fn ready(State(hub): State<Hub>) -> (StatusCode, Json<Value>) {
 
 /// The matcher group's lag on the change topic, whichever process runs the matchers:
 /// `warn` beyond `server.ready_max_lag` records (0: no limit). Informational only.
-async fn consumer_lag(hub: &Hub) -> Value {
+async fn consumer_lag(hub: &Hub, detailed: bool) -> Value {
     let limit = hub.config.server.ready_max_lag;
     let topic = &hub.config.log.changes_topic;
     let group = &hub.config.kafka.matcher_group;
@@ -91,7 +123,8 @@ async fn consumer_lag(hub: &Hub) -> Value {
             "error": format!("the matchers are {lag} change events behind (limit {limit})")}),
         Ok(Ok(lag)) => json!({"status": "pass", "records": lag, "limit": limit}),
         // the log's own check above says whether it is down; an unknown lag fails nothing
-        Ok(Err(e)) => json!({"status": "warn", "error": e.to_string()}),
+        Ok(Err(e)) if detailed => json!({"status": "warn", "error": e.to_string()}),
+        Ok(Err(_)) => json!({"status": "warn", "error": NOT_ANSWERING}),
         Err(_) => json!({"status": "warn", "error": "no answer within 5 s"}),
     }
 }
@@ -107,7 +140,7 @@ pub async fn metrics(
             axum::http::StatusCode::FORBIDDEN,
             hub_fhir::OperationOutcome::error(
                 hub_fhir::IssueType::Forbidden,
-                "/metrics needs scope hub/metrics (or hub/admin)",
+                "/metrics spans every tenant: it needs scope hub/metrics or hub/operator",
             ),
         )
         .into_response();

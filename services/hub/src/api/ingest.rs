@@ -78,11 +78,11 @@ fn apply_idempotency_key(
     Ok(())
 }
 
-/// Event ids are the deduplication key. A producer below `hub/admin` gets its ids prefixed
+/// Event ids are the deduplication key. A producer below `hub/operator` gets its ids prefixed
 /// with a digest of its credential, so one producer cannot suppress another's events by
 /// sending their ids (its own retries still deduplicate).
 fn namespace_ids(caller: &Caller, events: &mut [RawEvent<'_>]) {
-    if caller.scopes.is_admin() {
+    if caller.scopes.is_operator() {
         return;
     }
     let digest = Sha256::digest(format!("fhir-hub producer\n{}", caller.subject));

@@ -19,6 +19,7 @@ pub mod fhir_json;
 pub mod health;
 pub mod ingest;
 pub mod metadata;
+pub mod open_mode;
 pub mod quarantine;
 pub mod resource;
 pub mod sse;
@@ -32,6 +33,19 @@ pub use error::ApiError;
 /// The router, with state.
 pub fn router(hub: Hub) -> Router {
     let limit = hub.config.server.max_body_bytes;
+    let open = hub.config.auth.mode == crate::config::AuthMode::Open;
+    // browsers' EventSource reads across origins — but never from an open hub, which any
+    // page the user opens could otherwise read (`open_mode`)
+    let sse_route = if open {
+        get(sse::stream)
+    } else {
+        get(sse::stream).layer(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(tower_http::cors::Any)
+                .allow_methods([axum::http::Method::GET])
+                .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
+        )
+    };
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -47,16 +61,7 @@ pub fn router(hub: Hub) -> Router {
             get(websocket::binding_token).post(websocket::binding_token),
         )
         .route("/fhir/$subscription-ws", get(websocket::connect))
-        .route(
-            "/fhir/Subscription/{id}/$stream",
-            // browsers' EventSource reads across origins
-            get(sse::stream).layer(
-                tower_http::cors::CorsLayer::new()
-                    .allow_origin(tower_http::cors::Any)
-                    .allow_methods([axum::http::Method::GET])
-                    .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
-            ),
-        )
+        .route("/fhir/Subscription/{id}/$stream", sse_route)
         .merge(resource_routes::<SubscriptionKind>())
         .merge(resource_routes::<TopicKind>())
         .route("/admin/quarantine", get(quarantine::list))
@@ -75,7 +80,19 @@ pub fn router(hub: Hub) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(error::plain_text_as_outcome))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // never the query: `?token=` carries a binding token
+                    tracing::debug_span!("request", method = %req.method(),
+                    path = %crate::telemetry::redacted_uri(req.uri()))
+                },
+            ),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            open_mode::loopback_only,
+        ))
         .with_state(hub)
 }
 

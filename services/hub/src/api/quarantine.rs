@@ -2,7 +2,8 @@
 //! inspect, replay (publish again to the changes topic, after fixing the topic or the data
 //! path that failed) or drop.
 //!
-//! Needs the `hub/admin` scope; a tenant-scoped caller sees only its own tenant's records.
+//! Needs `hub/admin`, which sees its own tenant's records; `hub/operator` sees every tenant's
+//! and the records whose tenant could not be read.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use base64::Engine;
 use hub_fhir::raw_event::{Origin, RawEvent};
 use hub_log::Record;
-use hub_store::Quarantined;
+use hub_store::{NewAudit, Quarantined};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,6 +36,38 @@ fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     caller.require_admin()
 }
 
+/// Whether the caller administers the record's tenant (a record without a readable tenant:
+/// the operator only).
+fn sees(caller: &Caller, q: &Quarantined) -> bool {
+    match q.record.tenant.as_deref() {
+        Some(t) => caller.administers(t),
+        None => caller.scopes.is_operator(),
+    }
+}
+
+/// Record that `records` (their payloads: change events, PHI) were shown to the caller;
+/// with `audit.fail_closed`, nothing is shown without the rows.
+async fn audit_read(hub: &Hub, caller: &Caller, records: &[&Quarantined]) -> Result<(), ApiError> {
+    let rows = records
+        .iter()
+        .map(|q| NewAudit {
+            tenant: q.record.tenant.as_ref().map_or_else(
+                || hub.config.tenancy.default_tenant.clone(),
+                |t| t.to_string(),
+            ),
+            kind: "disclosure".into(),
+            action: "R".into(),
+            agent: caller.subject.clone(),
+            entity: Some(format!("Quarantine/{}", q.id)),
+            outcome: "0".into(),
+            detail: Some("quarantined change event read".into()),
+            ..Default::default()
+        })
+        .collect();
+    crate::auth::record_disclosure(hub, rows).await?;
+    Ok(())
+}
+
 fn render(q: &Quarantined) -> Value {
     let r = &q.record;
     // The payload as written when it is text (it almost always is), base64 otherwise.
@@ -56,7 +89,7 @@ fn render(q: &Quarantined) -> Value {
 }
 
 /// The caller's view of one record: 404 when it is unknown, the id is not a number, or it
-/// belongs to a tenant the caller cannot publish to.
+/// belongs to a tenant the caller does not administer.
 async fn visible(hub: &Hub, caller: &Caller, id: &str) -> Result<(i64, Quarantined), ApiError> {
     require_admin(caller)?;
     let missing = || ApiError::not_found(format!("no quarantined event '{id}'"));
@@ -65,11 +98,7 @@ async fn visible(hub: &Hub, caller: &Caller, id: &str) -> Result<(i64, Quarantin
         Err(hub_store::StoreError::NotFound) => return Err(missing()),
         other => other?,
     };
-    if q.record
-        .tenant
-        .as_deref()
-        .is_some_and(|t| !caller.may_publish_to(t))
-    {
+    if !sees(caller, &q) {
         return Err(missing());
     }
     Ok((id, q))
@@ -82,18 +111,17 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&caller)?;
+    let caller_ref = &caller;
     let count = q.count.clamp(1, 1000);
-    let rows = hub.store.list_quarantined(None, q.after, count).await?;
-    let items: Vec<Value> = rows
-        .iter()
-        .filter(|r| {
-            r.record
-                .tenant
-                .as_deref()
-                .is_none_or(|t| caller.may_publish_to(t))
-        })
-        .map(render)
-        .collect();
+    let own = (!caller.scopes.is_operator()).then_some(caller.tenant.as_str());
+    let rows = hub.store.list_quarantined(own, q.after, count).await?;
+    let shown: Vec<&Quarantined> = rows.iter().filter(|r| sees(caller_ref, r)).collect();
+    audit_read(&hub, &caller, &shown).await?;
+    let items: Vec<Value> = shown.into_iter().map(render).collect();
+    // the count spans every tenant: the operator's to see
+    if !caller.scopes.is_operator() {
+        return Ok(Json(json!({"items": items})));
+    }
     let total = hub.store.count_quarantined().await?;
     Ok(Json(json!({"total": total, "items": items})))
 }
@@ -104,7 +132,9 @@ pub async fn read(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(render(&visible(&hub, &caller, &id).await?.1)))
+    let (_, q) = visible(&hub, &caller, &id).await?;
+    audit_read(&hub, &caller, &[&q]).await?;
+    Ok(Json(render(&q)))
 }
 
 /// What a replay publishes: the record as it was read, except a bare resource. The hub

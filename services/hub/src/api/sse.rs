@@ -259,10 +259,13 @@ impl Reader {
 
 /// The last event of a stream whose reader's credential ended: why, as an OperationOutcome.
 fn access_ended(e: &Ended) -> Event {
-    let oo = OperationOutcome::error(IssueType::Security, e.reason());
-    Event::default()
-        .event("access-ended")
-        .data(oo.to_json().to_string())
+    // not `error`: a browser's EventSource would take that for a broken connection
+    let (name, issue) = match e {
+        Ended::Unaudited(_) => ("unavailable", IssueType::Transient),
+        _ => ("access-ended", IssueType::Security),
+    };
+    let oo = OperationOutcome::error(issue, e.reason());
+    Event::default().event(name).data(oo.to_json().to_string())
 }
 
 /// The event stream of one connection: a handshake, then the subscription's stream.

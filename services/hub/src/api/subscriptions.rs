@@ -18,6 +18,7 @@ use super::auth::Caller;
 use super::resource::{
     ResourceKind, Stored, WriteRequest, Written, stored_resource, validation_error,
 };
+use crate::auth::sealed::{Binding, Field};
 use crate::delivery::sign;
 use crate::{Hub, model};
 
@@ -33,10 +34,12 @@ struct Prepared {
 async fn settle_write(
     hub: &Hub,
     caller: &Caller,
+    id: &str,
     body: &Value,
     existing: Option<&SubscriptionRow>,
 ) -> Result<Prepared, ApiError> {
     let tenant = caller.tenant.as_str();
+    refuse_sealed_forms(body)?;
     let spec = subscription::validate(body).map_err(validation_error)?;
     let receives = match (&spec.topic, &spec.parsed) {
         (Some(t), _) => check_topic(hub, tenant, t).await?,
@@ -86,10 +89,30 @@ async fn settle_write(
     // stored secret, client certificate or redacted header
     let same_endpoint = existing.is_some_and(|row| row.endpoint == spec.channel.endpoint);
     let existing = existing.filter(|_| same_endpoint);
+    let sealer = hub.subscriptions.sealer();
+    // what is kept from the stored version is opened here and sealed again below, bound to
+    // this subscription (nothing is ever stored as it came in sealed form)
+    let kept_unopenable = |why: String| {
+        ApiError::unprocessable(
+            OperationOutcome::error(
+                IssueType::Value,
+                format!(
+                    "a stored credential of this subscription cannot be opened ({why}); send it again"
+                ),
+            )
+            .at("Subscription.channel"),
+        )
+    };
     if let Some(row) = existing
-        && let Ok(stored) = serde_json::from_str::<Value>(&row.resource)
+        && let Ok(mut stored) = serde_json::from_str::<Value>(&row.resource)
     {
+        let opened = model::open_headers(sealer, tenant, id, &mut stored);
         model::restore_headers(&mut resource, &stored);
+        if let Err(why) = opened
+            && model::has_redacted_header(&mut resource)
+        {
+            return Err(kept_unopenable(why));
+        }
     }
     // Secrets go to their own columns; the stored resource never holds one.
     let sent = model::take_secrets(&mut resource);
@@ -104,22 +127,40 @@ async fn settle_write(
             .at("Subscription.channel.extension"),
         ));
     }
+    let bind = |field| Binding {
+        tenant,
+        subscription: id,
+        field,
+    };
+    let open_kept = |stored: Option<&String>, field| {
+        stored
+            .map(|v| sealer.open(&bind(field), v).map(|o| o.plain))
+            .transpose()
+            .map_err(kept_unopenable)
+    };
     // Reads never show the secret or the client certificate, so an update that omits them
     // keeps the stored ones.
-    let kept_secret = existing.and_then(|row| row.secret.clone());
+    let kept_secret = match sent.secret {
+        Some(_) => None,
+        None => open_kept(existing.and_then(|row| row.secret.as_ref()), Field::Secret)?,
+    };
     let generated_secret = sent.secret.is_none() && kept_secret.is_none();
     let secret = sent
         .secret
         .or(kept_secret)
         .unwrap_or_else(sign::generate_secret);
-    let client_certificate = sent
-        .client_certificate
-        .or_else(|| existing.and_then(|row| row.client_certificate.clone()));
-    // stored sealed (values already sealed stay as they are)
-    let sealer = hub.subscriptions.sealer();
-    let secret = sealer.seal(&secret);
-    let client_certificate = client_certificate.map(|c| sealer.seal(&c));
-    model::seal_headers(sealer, &mut resource);
+    let client_certificate = match sent.client_certificate {
+        Some(c) => Some(c),
+        None => open_kept(
+            existing.and_then(|row| row.client_certificate.as_ref()),
+            Field::ClientCertificate,
+        )?,
+    };
+    // stored sealed, bound to this tenant, subscription and field
+    let secret = sealer.seal(&bind(Field::Secret), &secret);
+    let client_certificate =
+        client_certificate.map(|c| sealer.seal(&bind(Field::ClientCertificate), &c));
+    model::seal_headers(sealer, tenant, id, &mut resource);
     if let Some(obj) = resource.as_object_mut() {
         obj.remove("id");
         obj.remove("meta");
@@ -139,6 +180,43 @@ async fn settle_write(
         },
         generated_secret,
     })
+}
+
+/// 422 when a client sends a value in the hub's sealed form (`enc:…`) as a header, signing
+/// secret or client certificate: only the hub seals, so the hub is never asked to open a
+/// ciphertext someone else chose.
+fn refuse_sealed_forms(body: &Value) -> Result<(), ApiError> {
+    let refuse = |what: String| {
+        ApiError::unprocessable(
+            OperationOutcome::error(
+                IssueType::Value,
+                format!(
+                    "{what} has the form of a value the hub sealed ('enc:…'); send the value itself"
+                ),
+            )
+            .at("Subscription.channel"),
+        )
+    };
+    let mut copy = body.clone();
+    if let Some(name) = model::sealed_looking_header(&mut copy) {
+        return Err(refuse(format!("channel header '{name}'")));
+    }
+    let sent = model::take_secrets(&mut copy);
+    if sent
+        .secret
+        .as_deref()
+        .is_some_and(crate::auth::sealed::looks_sealed)
+    {
+        return Err(refuse("the webhook secret".into()));
+    }
+    if sent
+        .client_certificate
+        .as_deref()
+        .is_some_and(crate::auth::sealed::looks_sealed)
+    {
+        return Err(refuse("the client certificate".into()));
+    }
+    Ok(())
 }
 
 /// The `name=value` pairs of a query (`Observation?subject=Patient/1&code=x` or `a=b&c=d`).
@@ -315,12 +393,15 @@ pub fn to_resource(row: &SubscriptionRow) -> Result<Value, ApiError> {
 fn with_secret(hub: &Hub, row: &SubscriptionRow) -> Result<Value, ApiError> {
     let mut v = to_resource(row)?;
     if let Some(secret) = &row.secret {
-        let secret = hub
-            .subscriptions
-            .sealer()
-            .open(secret)
-            .map_err(ApiError::internal)?;
-        show_secret(&mut v, &secret);
+        let at = Binding {
+            tenant: &row.tenant,
+            subscription: &row.id,
+            field: Field::Secret,
+        };
+        // just sealed by this process: it opens; were it not to, the answer omits it
+        if let Ok(o) = hub.subscriptions.sealer().open(&at, secret) {
+            show_secret(&mut v, &o.plain);
+        }
     }
     Ok(v)
 }
@@ -369,7 +450,7 @@ impl ResourceKind for SubscriptionKind {
         } else {
             hub.store.get_subscription(tenant, id).await?
         };
-        let prepared = settle_write(hub, caller, body, existing.as_ref()).await?;
+        let prepared = settle_write(hub, caller, id, body, existing.as_ref()).await?;
         let write = &prepared.write;
         // the generated secret is shown once: in the answer that created it
         let answer = |row: &SubscriptionRow| -> Result<Stored, ApiError> {

@@ -368,19 +368,28 @@ async fn bind_classic(hub: &Hub, caller: Option<&Caller>, id: &str) -> Result<Bo
 /// The close frame of a refusal the reader's grant makes (1008 Policy Violation), its
 /// reason within the 123 bytes a close frame carries.
 fn policy_close(why: &str) -> Message {
+    close(1008, why)
+}
+
+/// A close frame; the reason cut to what a frame holds (123 bytes), on a character boundary.
+fn close(code: u16, why: &str) -> Message {
     let mut reason = why.to_owned();
     while reason.len() > 123 {
         reason.pop();
     }
     Message::Close(Some(CloseFrame {
-        code: 1008,
+        code,
         reason: reason.into(),
     }))
 }
 
 /// The message that ends a socket whose reader's credential ended.
 fn ended_close(e: &Ended) -> Message {
-    policy_close(e.reason())
+    match e {
+        // the audit trail is down (audit.fail_closed): a server-side condition, 1011
+        Ended::Unaudited(why) => close(1011, why),
+        _ => policy_close(e.reason()),
+    }
 }
 
 async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {

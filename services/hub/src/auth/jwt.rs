@@ -46,6 +46,8 @@ pub enum JwtError {
     Invalid(String),
     #[error("the token names no tenant")]
     NoTenant,
+    #[error("the token's issuer is not trusted for tenant '{0}'")]
+    TenantNotAllowed(String),
 }
 
 struct IssuerKeys {
@@ -231,7 +233,21 @@ fn claims_of(issuer: &IssuerConfig, c: &Value, default_tenant: &str) -> Result<C
     if !hub_fhir::event::is_tenant_name(&tenant) {
         return Err(JwtError::NoTenant);
     }
-    let scopes = match c.get(&issuer.scope_claim) {
+    // an issuer speaks for the tenants it is configured for, not for whichever a token names
+    let allowed = if issuer.tenants.is_empty() {
+        let own = if issuer.tenant.is_empty() {
+            default_tenant
+        } else {
+            issuer.tenant.as_str()
+        };
+        own == tenant
+    } else {
+        issuer.tenants.contains(&tenant)
+    };
+    if !allowed {
+        return Err(JwtError::TenantNotAllowed(tenant));
+    }
+    let scopes: Vec<String> = match c.get(&issuer.scope_claim) {
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         Some(Value::Array(a)) => a
             .iter()
@@ -240,6 +256,11 @@ fn claims_of(issuer: &IssuerConfig, c: &Value, default_tenant: &str) -> Result<C
             .collect(),
         _ => Vec::new(),
     };
+    // scopes that span every tenant only from an issuer trusted with them
+    let scopes = scopes
+        .into_iter()
+        .filter(|s| issuer.operator || !super::Scopes::parse([s.as_str()]).spans_tenants())
+        .collect();
     Ok(Claims {
         issuer: issuer.issuer.clone(),
         subject,
@@ -248,4 +269,50 @@ fn claims_of(issuer: &IssuerConfig, c: &Value, default_tenant: &str) -> Result<C
         patient: claim_str(c, "patient"),
         expires: c.get("exp").and_then(Value::as_i64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn issuer(extra: Value) -> IssuerConfig {
+        let mut v = json!({"issuer": "https://idp.test", "jwks_url": "https://idp.test/jwks",
+            "audience": "hub"});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn an_issuer_speaks_only_for_its_tenants() {
+        let a = issuer(json!({"tenant": "a"}));
+        let ok = claims_of(&a, &json!({"sub": "c", "tenant": "a"}), "default").unwrap();
+        assert_eq!(ok.tenant, "a");
+        let other = claims_of(&a, &json!({"sub": "c", "tenant": "b"}), "default");
+        assert!(
+            matches!(other, Err(JwtError::TenantNotAllowed(ref t)) if t == "b"),
+            "{other:?}"
+        );
+        // without `tenant`: the default tenant only
+        let plain = issuer(json!({}));
+        assert!(claims_of(&plain, &json!({"sub": "c"}), "default").is_ok());
+        assert!(claims_of(&plain, &json!({"sub": "c", "tenant": "x"}), "default").is_err());
+        // a list
+        let two = issuer(json!({"tenants": ["a", "b"]}));
+        assert!(claims_of(&two, &json!({"sub": "c", "tenant": "b"}), "default").is_ok());
+        assert!(claims_of(&two, &json!({"sub": "c", "tenant": "c"}), "default").is_err());
+    }
+
+    #[test]
+    fn tenant_spanning_scopes_only_from_an_operator_issuer() {
+        let claims = json!({"sub": "c", "tenant": "a",
+            "scope": "hub/operator hub/metrics hub/admin system/*.rs"});
+        let a = issuer(json!({"tenant": "a"}));
+        let c = claims_of(&a, &claims, "default").unwrap();
+        assert_eq!(c.scopes, ["hub/admin", "system/*.rs"]);
+        let op = issuer(json!({"tenant": "a", "operator": true}));
+        assert_eq!(claims_of(&op, &claims, "default").unwrap().scopes.len(), 4);
+    }
 }

@@ -90,7 +90,7 @@ pub fn check_scopes(scopes: &str) -> Result<Vec<&str>, KeyError> {
         .find(|s| super::Scopes::parse([**s]) == super::Scopes::default())
     {
         return Err(KeyError::Invalid(format!(
-            "scope '{bad}' is not one the hub understands (SMART v2 system/ or patient/ scopes, hub/admin, hub/publish, hub/metrics)"
+            "scope '{bad}' is not one the hub understands (SMART v2 system/ or patient/ scopes, hub/operator, hub/admin, hub/publish, hub/metrics)"
         )));
     }
     Ok(list)

@@ -28,10 +28,15 @@ pub mod holder;
 pub mod jwt;
 pub mod key_check;
 pub mod keys;
+pub mod refusals;
 pub mod scopes;
 pub mod sealed;
 
 pub use scopes::{Access, Perm, Scopes};
+
+/// The network peer of a request (the listener puts it into each request's extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::IpAddr);
 
 /// The caller of an open (loopback-only) hub: limits per credential do not apply to it.
 pub const ANONYMOUS: &str = "anonymous";
@@ -70,7 +75,7 @@ impl Caller {
             subject: ANONYMOUS.into(),
             tenant: tenant.to_owned(),
             scopes: Scopes::all(),
-            scope_text: "hub/admin system/*.cruds".into(),
+            scope_text: "hub/operator system/*.cruds".into(),
             patient: None,
             key_id: None,
             expires: None,
@@ -93,10 +98,15 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may publish change events for `tenant`: `hub/publish` for its own
-    /// tenant, `hub/admin` for any.
+    /// Whether the caller may publish change events for `tenant`: `hub/publish` or
+    /// `hub/admin` for its own tenant, `hub/operator` for any.
     pub fn may_publish_to(&self, tenant: &str) -> bool {
-        self.scopes.is_admin() || (self.scopes.may_publish() && self.tenant == tenant)
+        self.scopes.is_operator() || (self.scopes.may_publish() && self.tenant == tenant)
+    }
+
+    /// Whether the caller administers `tenant`: `hub/admin` of that tenant, or the operator.
+    pub fn administers(&self, tenant: &str) -> bool {
+        self.scopes.is_operator() || (self.scopes.is_admin() && self.tenant == tenant)
     }
 
     /// 403 unless the caller may use `perm` on the hub's `resource_type` resources.
@@ -111,12 +121,24 @@ impl Caller {
         }
     }
 
-    /// 403 unless the caller holds `hub/admin`.
+    /// 403 unless the caller holds `hub/admin` (of its own tenant) or `hub/operator`.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.scopes.is_admin() {
             Ok(())
         } else {
             Err(forbidden("this needs scope hub/admin"))
+        }
+    }
+
+    /// 403 unless the caller administers `tenant` (`hub/admin` there, or `hub/operator`).
+    pub fn require_admin_of(&self, tenant: &str) -> Result<(), ApiError> {
+        self.require_admin()?;
+        if self.administers(tenant) {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "hub/admin reaches the credential's own tenant only; tenant '{tenant}' needs hub/operator"
+            )))
         }
     }
 
@@ -326,6 +348,8 @@ impl Drop for StreamSlot {
 /// The authentication state a hub process keeps.
 pub struct Authenticator {
     pub verifier: jwt::Verifier,
+    /// Refused credentials, counted per peer (audited in aggregate) and budgeted.
+    pub refusals: Arc<refusals::Refusals>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     limit_per_sec: u32,
     streams: Arc<StreamCounts>,
@@ -350,6 +374,7 @@ impl Authenticator {
                 config.issuers.clone(),
                 Duration::from_secs(config.jwks_min_refresh_secs),
             ),
+            refusals: Arc::new(refusals::Refusals::new(config.refusals_per_minute_per_peer)),
             limiter,
             limit_per_sec: config.rate_limit_per_sec,
             streams: Arc::default(),
@@ -444,65 +469,99 @@ fn unauthorized(msg: impl Into<String>) -> ApiError {
     .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"fhir-hub\"".into())
 }
 
-/// Record a refused credential (never the credential itself).
-async fn audit_refusal(hub: &Hub, tenant: &str, agent: &str, why: &str) {
-    record(
-        hub,
-        vec![NewAudit {
-            tenant: tenant.to_owned(),
-            kind: "credential".into(),
-            action: "E".into(),
-            agent: agent.to_owned(),
-            outcome: "4".into(),
-            detail: Some(why.to_owned()),
-            ..Default::default()
-        }],
-    )
-    .await;
+/// A refused credential: counted against the peer (one audit row per peer and window, never
+/// one per request, and nothing the client chose beyond a sanitized prefix), and the 401.
+fn refuse(
+    hub: &Hub,
+    peer: &str,
+    tenant: &str,
+    why: refusals::Why,
+    presented: Option<&str>,
+    msg: impl Into<String>,
+) -> ApiError {
+    match hub.auth.refusals.refused(tenant, peer, why, presented) {
+        Some(wait) => too_many_refusals(wait),
+        None => unauthorized(msg),
+    }
 }
 
-/// Append audit rows (group commit, `crate::audit`); returns once they are stored.
+/// Append audit rows (group commit, `crate::audit`) for what has already happened (a change,
+/// a credential's use); returns once they are stored or the failure is logged.
 pub async fn record(hub: &Hub, rows: Vec<NewAudit>) {
-    hub.audit.record(rows).await;
+    let _ = hub.audit.record(rows).await;
+}
+
+/// Append the audit rows of a disclosure, waiting until they are stored. With
+/// `audit.fail_closed` a failed write is [`crate::audit::Unaudited`]: the disclosure must not
+/// happen; otherwise it is logged (by the writer) and the disclosure goes ahead.
+pub async fn record_disclosure(
+    hub: &Hub,
+    rows: Vec<NewAudit>,
+) -> Result<(), crate::audit::Unaudited> {
+    match hub.audit.record(rows).await {
+        Err(crate::audit::WriteFailed) if hub.config.audit.fail_closed => {
+            Err(crate::audit::Unaudited)
+        }
+        _ => Ok(()),
+    }
 }
 
 const REFUSED: &str = "the API key is unknown, revoked or expired";
 
-async fn by_key(hub: &Hub, id: &str, secret: &str) -> Result<Caller, ApiError> {
+async fn by_key(hub: &Hub, peer: &str, id: &str, secret: &str) -> Result<Caller, ApiError> {
     let row = hub.store.api_key(id).await?;
     let Some(row) = row.filter(|k| keys::same_digest(&keys::hash_secret(secret), &k.secret_hash))
     else {
-        let agent = format!("key:{id}");
-        audit_refusal(hub, &hub.config.tenancy.default_tenant, &agent, REFUSED).await;
-        return Err(unauthorized(REFUSED));
+        let tenant = &hub.config.tenancy.default_tenant;
+        return Err(refuse(
+            hub,
+            peer,
+            tenant,
+            refusals::Why::Key,
+            Some(id),
+            REFUSED,
+        ));
     };
-    as_key(hub, row).await
+    as_key(hub, peer, row).await
 }
 
 /// A verified client certificate listed in `auth.client_certificates`: the key it maps to.
-async fn by_certificate(hub: &Hub, peer: &crate::tls::PeerCertificate) -> Result<Caller, ApiError> {
+async fn by_certificate(
+    hub: &Hub,
+    peer: &str,
+    cert: &crate::tls::PeerCertificate,
+) -> Result<Caller, ApiError> {
     let tenant = &hub.config.tenancy.default_tenant;
-    let Some(id) = hub.config.auth.client_certificates.get(&peer.0) else {
-        let agent = format!("cert:{}", peer.0);
-        audit_refusal(hub, tenant, &agent, "unmapped client certificate").await;
-        return Err(unauthorized(
+    let Some(id) = hub.config.auth.client_certificates.get(&cert.0) else {
+        return Err(refuse(
+            hub,
+            peer,
+            tenant,
+            refusals::Why::Certificate,
+            Some(&cert.0),
             "the client certificate is not mapped to a credential (auth.client_certificates)",
         ));
     };
     let Some(row) = hub.store.api_key(id).await? else {
-        audit_refusal(hub, tenant, &format!("key:{id}"), REFUSED).await;
-        return Err(unauthorized(REFUSED));
+        return Err(refuse(
+            hub,
+            peer,
+            tenant,
+            refusals::Why::Key,
+            Some(id),
+            REFUSED,
+        ));
     };
-    as_key(hub, row).await
+    as_key(hub, peer, row).await
 }
 
 /// The caller of a usable key.
-async fn as_key(hub: &Hub, row: ApiKeyRow) -> Result<Caller, ApiError> {
+async fn as_key(hub: &Hub, peer: &str, row: ApiKeyRow) -> Result<Caller, ApiError> {
     let id = row.id.clone();
     let id = id.as_str();
     if !key_usable(&row) {
-        audit_refusal(hub, &row.tenant, &format!("key:{id}"), REFUSED).await;
-        return Err(unauthorized(REFUSED));
+        let why = refusals::Why::Key;
+        return Err(refuse(hub, peer, &row.tenant, why, Some(id), REFUSED));
     }
     if hub.auth.should_touch(&format!("key:{id}")) {
         let store = hub.store.clone();
@@ -516,7 +575,7 @@ async fn as_key(hub: &Hub, row: ApiKeyRow) -> Result<Caller, ApiError> {
     Ok(Caller::of_key(row))
 }
 
-async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
+async fn by_jwt(hub: &Hub, peer: &str, token: &str) -> Result<Caller, ApiError> {
     let default_tenant = &hub.config.tenancy.default_tenant;
     if hub.auth.verifier.is_empty() {
         return Err(unauthorized(
@@ -561,23 +620,39 @@ async fn by_jwt(hub: &Hub, token: &str) -> Result<Caller, ApiError> {
             Ok(caller)
         }
         Err(e) => {
-            let why = e.to_string();
-            audit_refusal(hub, default_tenant, "jwt", &why).await;
-            Err(unauthorized(why))
+            let why = refusals::Why::Token;
+            Err(refuse(hub, peer, default_tenant, why, None, e.to_string()))
         }
     }
 }
 
+/// 429 for a refusal from a peer over its refusal budget.
+fn too_many_refusals(wait: std::time::Duration) -> ApiError {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        OperationOutcome::error(
+            IssueType::Throttled,
+            format!("too many refused credentials from this address; retry in {secs} s"),
+        ),
+    )
+    .with_header(header::RETRY_AFTER, secs.to_string())
+}
+
 /// Establish the caller from a request's headers: the one function every surface goes
-/// through. `None` in open mode without credentials means the open caller.
+/// through. `None` in open mode without credentials means the open caller. `addr` is the
+/// network peer, which refused credentials are counted against.
 pub async fn establish(
     hub: &Hub,
     headers: &HeaderMap,
     peer: Option<&crate::tls::PeerCertificate>,
+    addr: Option<std::net::IpAddr>,
 ) -> Result<Caller, ApiError> {
-    let caller = match credential(headers)? {
+    let token = credential(headers)?;
+    let from = refusals::peer_key(addr);
+    let caller = match token {
         // a bearer credential wins; without one, a mapped client certificate
-        None if let Some(p) = peer => by_certificate(hub, p).await?,
+        None if let Some(p) = peer => by_certificate(hub, &from, p).await?,
         None if hub.config.auth.mode == AuthMode::Open => {
             return Ok(Caller::open(&hub.config.tenancy.default_tenant));
         }
@@ -587,8 +662,8 @@ pub async fn establish(
             ));
         }
         Some(token) => match keys::split(token) {
-            Some((id, secret)) => by_key(hub, id, secret).await?,
-            None => by_jwt(hub, token).await?,
+            Some((id, secret)) => by_key(hub, &from, id, secret).await?,
+            None => by_jwt(hub, &from, token).await?,
         },
     };
     if caller.subject != ANONYMOUS {

@@ -1,6 +1,9 @@
 //! SMART on FHIR scopes (v2 `system/Observation.rs`, with the v1 forms `read`, `write`, `*`
-//! read as v2), and the hub's own: `hub/admin` (operator: keys, quarantine, audit, publishing
-//! into any tenant) and `hub/publish` (publish change events into the caller's tenant).
+//! read as v2), and the hub's own: `hub/operator` (the operator of the whole hub: every
+//! tenant's keys, quarantine and audit, publishing into any tenant, `/metrics`), `hub/admin`
+//! (the administrator of the credential's own tenant: its keys, quarantine and audit),
+//! `hub/publish` (publish change events into the caller's tenant) and `hub/metrics` (read
+//! `/metrics`, which spans every tenant).
 //!
 //! Scopes decide two things: which interactions a caller may use on `Subscription` and
 //! `SubscriptionTopic`, and which resource types (and, for `patient/` scopes, which patient's
@@ -65,10 +68,12 @@ pub enum Access {
 pub struct Scopes {
     list: Vec<Scope>,
     admin: bool,
+    operator: bool,
     publish: bool,
     metrics: bool,
 }
 
+pub const OPERATOR: &str = "hub/operator";
 pub const ADMIN: &str = "hub/admin";
 pub const PUBLISH: &str = "hub/publish";
 pub const METRICS: &str = "hub/metrics";
@@ -126,6 +131,7 @@ impl Scopes {
         for s in scopes.into_iter().flat_map(str::split_whitespace) {
             match s {
                 ADMIN => out.admin = true,
+                OPERATOR => out.operator = true,
                 PUBLISH => out.publish = true,
                 METRICS => out.metrics = true,
                 _ => out.list.extend(parse_one(s)),
@@ -136,21 +142,32 @@ impl Scopes {
 
     /// Everything (open mode).
     pub fn all() -> Scopes {
-        Scopes::parse(["hub/admin system/*.cruds"])
+        Scopes::parse(["hub/operator system/*.cruds"])
     }
 
+    /// Administers the credential's own tenant (`hub/admin`; the operator administers all).
     pub fn is_admin(&self) -> bool {
-        self.admin
+        self.admin || self.operator
+    }
+
+    /// Operates the whole hub, every tenant (`hub/operator`).
+    pub fn is_operator(&self) -> bool {
+        self.operator
+    }
+
+    /// Scopes that reach beyond one tenant: only an operator may grant them.
+    pub fn spans_tenants(&self) -> bool {
+        self.operator || self.metrics
     }
 
     /// May publish change events into the caller's tenant.
     pub fn may_publish(&self) -> bool {
-        self.publish || self.admin
+        self.publish || self.is_admin()
     }
 
-    /// May read `/metrics`.
+    /// May read `/metrics` (hub-wide: `hub/metrics` or `hub/operator`, not a tenant admin).
     pub fn may_read_metrics(&self) -> bool {
-        self.metrics || self.admin
+        self.metrics || self.operator
     }
 
     /// What `perm` on `resource_type` reaches.
@@ -188,7 +205,10 @@ mod tests {
         assert_eq!(p.access("Observation", Perm::Read), Access::Patient);
         assert!(!p.is_admin() && !p.may_publish());
         assert!(Scopes::parse(["hub/publish"]).may_publish());
-        assert!(Scopes::all().is_admin());
+        assert!(Scopes::all().is_admin() && Scopes::all().is_operator());
+        let admin = Scopes::parse(["hub/admin"]);
+        assert!(admin.is_admin() && !admin.is_operator() && !admin.may_read_metrics());
+        assert!(!admin.spans_tenants() && Scopes::parse(["hub/metrics"]).spans_tenants());
     }
 
     #[test]

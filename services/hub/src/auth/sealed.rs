@@ -1,10 +1,18 @@
 //! Secrets at rest: webhook signing secrets, mTLS client certificates (with their keys) and
-//! credential-carrying channel headers are sealed with AES-256-GCM before they reach the
-//! database, with a key from `secrets.keys` (key id → 32 bytes in base64); `secrets.active`
-//! names the key new values are sealed with. A sealed value reads
-//! `enc:v1:<key id>:<base64(nonce ‖ ciphertext)>`, so keys rotate: configure the new key as
-//! active and keep the old one listed until the values it sealed were rewritten. Values
-//! without the prefix (stored before a key was configured) are read as they are.
+//! channel header values are sealed with AES-256-GCM before they reach the database, with a
+//! key from `secrets.keys` (key id → 32 bytes in base64); `secrets.active` names the key new
+//! values are sealed with. A sealed value reads `enc:v2:<key id>:<base64(nonce ‖ ciphertext)>`,
+//! so keys rotate: configure the new key as active and keep the old one listed until the
+//! values it sealed were rewritten. Values without the prefix (stored before a key was
+//! configured) are read as they are.
+//!
+//! Every ciphertext is bound to where it belongs — its tenant, its subscription and its field
+//! ([`Binding`]) — as AES-GCM associated data: a sealed value copied into another tenant's
+//! subscription, another subscription or another field does not open. Values of the first
+//! format (`enc:v1:`, bound to a constant only) still open, and are re-sealed in the bound
+//! format at start-up ([`crate::model::reseal_legacy`]) and on the next write. A client can
+//! never hand the hub a sealed form: the API refuses values that look sealed
+//! ([`looks_sealed`]), so the hub cannot be asked to decrypt for anyone.
 //!
 //! Without a configured key, a hub on SQLite keeps one in `<data_dir>/secrets.key`
 //! (created with mode 0600 on first start); on PostgreSQL, where several processes must share
@@ -18,9 +26,60 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use rand::RngCore;
 
-const PREFIX: &str = "enc:v1:";
-/// Bound into every ciphertext: a sealed value only opens as a hub secret.
-const AAD: &[u8] = b"fhir-hub secret v1";
+/// The bound format: the AAD names tenant, subscription and field.
+const PREFIX: &str = "enc:v2:";
+/// The first format, bound to a constant only: opened (to be re-sealed), never written.
+const LEGACY_PREFIX: &str = "enc:v1:";
+const LEGACY_AAD: &[u8] = b"fhir-hub secret v1";
+
+/// Which field of a subscription a sealed value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field<'a> {
+    Secret,
+    ClientCertificate,
+    /// A channel header, by name (compared without case).
+    Header(&'a str),
+}
+
+/// Where a sealed value belongs; bound into its ciphertext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    pub tenant: &'a str,
+    pub subscription: &'a str,
+    pub field: Field<'a>,
+}
+
+impl Binding<'_> {
+    /// The associated data: each part length-prefixed, so no two bindings share one.
+    fn aad(&self) -> Vec<u8> {
+        let field = match self.field {
+            Field::Secret => "secret".to_owned(),
+            Field::ClientCertificate => "client-certificate".to_owned(),
+            Field::Header(name) => format!("header:{}", name.trim().to_ascii_lowercase()),
+        };
+        let mut out = b"fhir-hub secret v2".to_vec();
+        for part in [self.tenant, self.subscription, field.as_str()] {
+            out.extend_from_slice(format!("|{}:", part.len()).as_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+        out
+    }
+}
+
+/// A stored value opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub plain: String,
+    /// Sealed in the first format (constant AAD): to be sealed again, bound.
+    pub legacy: bool,
+}
+
+/// Whether a value has the form of a sealed one (`enc:` and a version): a client never sends
+/// one, and the API refuses it.
+pub fn looks_sealed(value: &str) -> bool {
+    let v = value.trim_start();
+    v.len() >= 4 && v[..4].eq_ignore_ascii_case("enc:")
+}
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Seals and opens secrets; without keys it passes values through.
@@ -120,8 +179,10 @@ impl Sealer {
         self.active.is_some()
     }
 
-    /// Seal a value with the active key (a sealed value, or no active key: as it is).
-    pub fn seal(&self, plain: &str) -> String {
+    /// Seal a value with the active key, bound to `at` (no active key: as it is). The value
+    /// is always sealed as given: a value that looks sealed is sealed again, never stored as
+    /// if the hub had sealed it.
+    pub fn seal(&self, at: &Binding<'_>, plain: &str) -> String {
         let Some((id, c)) = self
             .active
             .as_ref()
@@ -129,14 +190,12 @@ impl Sealer {
         else {
             return plain.to_owned();
         };
-        if plain.starts_with(PREFIX) {
-            return plain.to_owned();
-        }
+        let aad = at.aad();
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let payload = Payload {
             msg: plain.as_bytes(),
-            aad: AAD,
+            aad: &aad,
         };
         match c.encrypt(Nonce::from_slice(&nonce), payload) {
             Ok(ct) => {
@@ -149,10 +208,17 @@ impl Sealer {
         }
     }
 
-    /// Open a stored value (one without the prefix is returned as it is).
-    pub fn open(&self, stored: &str) -> Result<String, String> {
-        let Some(rest) = stored.strip_prefix(PREFIX) else {
-            return Ok(stored.to_owned());
+    /// Open a stored value sealed for `at` (one without a prefix is returned as it is).
+    pub fn open(&self, at: &Binding<'_>, stored: &str) -> Result<Opened, String> {
+        let (rest, legacy) = if let Some(rest) = stored.strip_prefix(PREFIX) {
+            (rest, false)
+        } else if let Some(rest) = stored.strip_prefix(LEGACY_PREFIX) {
+            (rest, true)
+        } else {
+            return Ok(Opened {
+                plain: stored.to_owned(),
+                legacy: false,
+            });
         };
         let (id, b64) = rest
             .split_once(':')
@@ -167,12 +233,47 @@ impl Sealer {
             return Err("a sealed value is too short".into());
         }
         let (nonce, ct) = raw.split_at(12);
+        let aad = if legacy {
+            LEGACY_AAD.to_vec()
+        } else {
+            at.aad()
+        };
         let plain = c
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: AAD })
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
             .map_err(|_| {
-                format!("a secret sealed with key '{id}' does not open (wrong key or altered)")
+                format!(
+                    "a secret sealed with key '{id}' does not open here (wrong key, altered, or sealed for another field)"
+                )
             })?;
-        String::from_utf8(plain).map_err(|_| "a sealed value is not text".to_owned())
+        let plain =
+            String::from_utf8(plain).map_err(|_| "a sealed value is not text".to_owned())?;
+        Ok(Opened { plain, legacy })
+    }
+
+    /// A legacy (`enc:v1:`) value of this hub, for tests of the migration.
+    #[cfg(test)]
+    pub(crate) fn seal_legacy(&self, plain: &str) -> String {
+        let Some((id, c)) = self
+            .active
+            .as_ref()
+            .and_then(|id| Some((id, self.keys.get(id)?)))
+        else {
+            return plain.to_owned();
+        };
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let payload = Payload {
+            msg: plain.as_bytes(),
+            aad: LEGACY_AAD,
+        };
+        match c.encrypt(Nonce::from_slice(&nonce), payload) {
+            Ok(ct) => {
+                let mut raw = nonce.to_vec();
+                raw.extend(ct);
+                format!("{LEGACY_PREFIX}{id}:{}", B64.encode(raw))
+            }
+            Err(_) => plain.to_owned(),
+        }
     }
 }
 
@@ -217,33 +318,98 @@ mod tests {
         B64.encode([7u8; 32])
     }
 
+    const AT: Binding<'static> = Binding {
+        tenant: "t",
+        subscription: "s1",
+        field: Field::Secret,
+    };
+
+    fn plain(sealer: &Sealer, at: &Binding<'_>, v: &str) -> Result<String, String> {
+        sealer.open(at, v).map(|o| o.plain)
+    }
+
     #[test]
     fn seal_open_and_rotate() {
         let one = Sealer::new(&HashMap::from([("k1".into(), key())]), "k1").unwrap();
-        let sealed = one.seal("whsec_abc");
-        assert!(sealed.starts_with("enc:v1:k1:"), "{sealed}");
+        let sealed = one.seal(&AT, "whsec_abc");
+        assert!(sealed.starts_with("enc:v2:k1:"), "{sealed}");
         assert!(!sealed.contains("whsec_abc"));
-        assert_ne!(one.seal("whsec_abc"), sealed, "a fresh nonce each time");
-        assert_eq!(one.seal(&sealed), sealed, "sealing twice is sealing once");
-        assert_eq!(one.open(&sealed).unwrap(), "whsec_abc");
-        assert_eq!(one.open("plain from before").unwrap(), "plain from before");
+        assert_ne!(
+            one.seal(&AT, "whsec_abc"),
+            sealed,
+            "a fresh nonce each time"
+        );
+        assert_eq!(plain(&one, &AT, &sealed).unwrap(), "whsec_abc");
+        assert_eq!(
+            plain(&one, &AT, "plain from before").unwrap(),
+            "plain from before"
+        );
         // rotation: k2 active, k1 still listed → old values open, new ones use k2
         let two = Sealer::new(
             &HashMap::from([("k1".into(), key()), ("k2".into(), B64.encode([9u8; 32]))]),
             "k2",
         )
         .unwrap();
-        assert_eq!(two.open(&sealed).unwrap(), "whsec_abc");
-        assert!(two.seal("x").starts_with("enc:v1:k2:"));
+        assert_eq!(plain(&two, &AT, &sealed).unwrap(), "whsec_abc");
+        assert!(two.seal(&AT, "x").starts_with("enc:v2:k2:"));
         // without k1: a clear error, not garbage
         let only2 =
             Sealer::new(&HashMap::from([("k2".into(), B64.encode([9u8; 32]))]), "k2").unwrap();
-        assert!(only2.open(&sealed).unwrap_err().contains("'k1'"));
+        assert!(only2.open(&AT, &sealed).unwrap_err().contains("'k1'"));
         // altered ciphertext does not open
         let mut bad = sealed.clone();
         bad.pop();
         bad.push(if sealed.ends_with('A') { 'B' } else { 'A' });
-        assert!(one.open(&bad).is_err());
+        assert!(one.open(&AT, &bad).is_err());
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_where_it_was_sealed() {
+        let one = Sealer::new(&HashMap::from([("k1".into(), key())]), "k1").unwrap();
+        let sealed = one.seal(&AT, "whsec_abc");
+        for elsewhere in [
+            Binding { tenant: "u", ..AT },
+            Binding {
+                subscription: "s2",
+                ..AT
+            },
+            Binding {
+                field: Field::Header("Authorization"),
+                ..AT
+            },
+            Binding {
+                field: Field::ClientCertificate,
+                ..AT
+            },
+        ] {
+            assert!(one.open(&elsewhere, &sealed).is_err(), "{elsewhere:?}");
+        }
+        // header names bind without case
+        let h = Binding {
+            field: Field::Header("X-Api-Key"),
+            ..AT
+        };
+        let v = one.seal(&h, "k");
+        let h2 = Binding {
+            field: Field::Header("x-api-key"),
+            ..AT
+        };
+        assert_eq!(plain(&one, &h2, &v).unwrap(), "k");
+        // sealing never passes a sealed-looking value through
+        assert_ne!(one.seal(&AT, &sealed), sealed);
+        assert_eq!(plain(&one, &AT, &one.seal(&AT, &sealed)).unwrap(), sealed);
+        assert!(looks_sealed("enc:v1:nokey:AAAA") && looks_sealed(" ENC:v9:x"));
+        assert!(!looks_sealed("Bearer enc:"));
+    }
+
+    #[test]
+    fn legacy_values_open_and_say_so() {
+        let one = Sealer::new(&HashMap::from([("k1".into(), key())]), "k1").unwrap();
+        let old = one.seal_legacy("whsec_old");
+        assert!(old.starts_with("enc:v1:k1:"));
+        let o = one.open(&AT, &old).unwrap();
+        assert_eq!((o.plain.as_str(), o.legacy), ("whsec_old", true));
+        assert!(!one.open(&AT, &one.seal(&AT, "x")).unwrap().legacy);
     }
 
     #[test]
@@ -251,7 +417,7 @@ mod tests {
         assert!(Sealer::new(&HashMap::from([("k".into(), "short".into())]), "k").is_err());
         assert!(Sealer::new(&HashMap::new(), "missing").is_err());
         let none = Sealer::default();
-        assert_eq!(none.seal("x"), "x");
+        assert_eq!(none.seal(&AT, "x"), "x");
         let dir = tempfile::tempdir().unwrap();
         let a = Sealer::local(dir.path()).unwrap();
         assert!(a.created_local().is_some(), "the first start makes the key");
@@ -262,7 +428,7 @@ mod tests {
             b.fingerprints().collect::<Vec<_>>()
         );
         assert_eq!(
-            b.open(&a.seal("kept")).unwrap(),
+            plain(&b, &AT, &a.seal(&AT, "kept")).unwrap(),
             "kept",
             "the local key persists"
         );

@@ -47,15 +47,22 @@ pub enum Ended {
     Revoked(String),
     /// The credential no longer may read the subscription or any of its resource types.
     Forbidden(String),
+    /// The audit trail cannot be written, and `audit.fail_closed` makes no disclosure
+    /// without it: the reader may come back later.
+    Unaudited(String),
 }
 
 impl Ended {
     pub fn reason(&self) -> &str {
         match self {
-            Ended::Revoked(why) | Ended::Forbidden(why) => why,
+            Ended::Revoked(why) | Ended::Forbidden(why) | Ended::Unaudited(why) => why,
         }
     }
 }
+
+/// What a reader is told when its disclosure cannot be audited.
+pub const UNAUDITED: &str = "the audit trail cannot be written, and notifications are not \
+                             disclosed without it (audit.fail_closed): try again later";
 
 /// What one reader may see now.
 #[derive(Debug, Clone)]
@@ -227,7 +234,7 @@ impl Disclosure {
                     types.join(", "),
                     sub.id()
                 ),
-                Ended::Revoked(why) => why,
+                Ended::Revoked(why) | Ended::Unaudited(why) => why,
             };
             return Err(forbidden(why));
         }
@@ -328,7 +335,10 @@ impl Disclosure {
     /// handed over.
     pub async fn hand_over(&self, hub: &Hub, notes: Vec<Notification>) -> Result<Disclosed, Ended> {
         let d = self.filter(notes)?;
-        crate::auth::record(hub, self.audit_rows(d.all())).await;
+        // with `audit.fail_closed`, no audit row, no disclosure
+        crate::auth::record_disclosure(hub, self.audit_rows(d.all()))
+            .await
+            .map_err(|_| Ended::Unaudited(UNAUDITED.into()))?;
         Ok(d)
     }
 

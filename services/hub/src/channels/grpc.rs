@@ -65,12 +65,14 @@ pub struct Service {
 /// The caller of a gRPC request, allowed to read subscriptions.
 async fn caller<T>(hub: &Hub, req: &Request<T>) -> Result<Caller, Status> {
     let headers = req.metadata().clone().into_headers();
-    // the listener puts a verified client certificate into each request
+    // the listener puts a verified client certificate and the peer's address into each
+    // request
     let peer = req
         .extensions()
         .get::<crate::tls::PeerCertificate>()
         .cloned();
-    let caller = auth::establish(hub, &headers, peer.as_ref())
+    let addr = req.extensions().get::<crate::auth::PeerAddr>().map(|a| a.0);
+    let caller = auth::establish(hub, &headers, peer.as_ref(), addr)
         .await
         .map_err(to_status)?;
     caller
@@ -250,6 +252,7 @@ fn ended_status(e: &Ended) -> Status {
     match e {
         Ended::Revoked(why) => Status::unauthenticated(why.clone()),
         Ended::Forbidden(why) => Status::permission_denied(why.clone()),
+        Ended::Unaudited(why) => Status::unavailable(why.clone()),
     }
 }
 

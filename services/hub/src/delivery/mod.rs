@@ -37,6 +37,7 @@ pub mod retries;
 pub mod schedule;
 pub mod send;
 pub mod sign;
+pub mod special;
 pub mod ssrf;
 mod start;
 pub mod worker;

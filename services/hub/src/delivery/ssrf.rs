@@ -1,12 +1,13 @@
-//! Egress policy for rest-hook endpoints: no requests to loopback, private, link-local,
-//! multicast, unspecified or cloud-metadata addresses unless an operator allows a network.
+//! Egress policy for rest-hook endpoints: no requests to any IANA special-purpose address
+//! (loopback, private, link-local, multicast, unspecified, cloud metadata, translation
+//! prefixes...: the table in [`super::special`]) unless an operator allows a network.
 //!
 //! URLs are parsed the WHATWG way, so numeric host forms (`http://2130706433/`,
 //! `http://0x7f.1/`, `http://0177.0.0.1/`) become the addresses they mean before they are
 //! checked. Names are resolved once; every address must pass, and the request then connects
 //! to a checked address (the client pins it), so DNS cannot be changed in between.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use url::{Host, Url};
 
@@ -34,6 +35,14 @@ impl Network {
             return Err(format!("'{s}': prefix longer than {max}"));
         }
         Ok(Network { addr, prefix })
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -65,92 +74,10 @@ pub struct EgressPolicy {
     pub ports: Vec<u16>,
 }
 
-/// Why an address may not be contacted, if it may not.
+/// Why an address may not be contacted, if it may not: the special-purpose table
+/// ([`super::special`]), IPv4 addresses embedded in IPv6 ones checked against its IPv4 part.
 pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d) and NAT64
-            // (64:ff9b::a.b.c.d) addresses carry an IPv4 address that decides.
-            let seg = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            if seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
-                return forbidden_v4(Ipv4Addr::from((u128::from(v6) & 0xffff_ffff) as u32))
-                    .or(Some("IPv4-compatible IPv6"));
-            }
-            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return forbidden_v4(Ipv4Addr::from((u128::from(v6) & 0xffff_ffff) as u32));
-            }
-            // 6to4 (2002:a.b.c.d::/48) carries an IPv4 address in its second and third groups
-            if seg[0] == 0x2002 {
-                let v4 = Ipv4Addr::from((u32::from(seg[1]) << 16) | u32::from(seg[2]));
-                return forbidden_v4(v4).or(Some("6to4"));
-            }
-            forbidden_v6(v6)
-        }
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    Some(if ip.is_loopback() {
-        "loopback"
-    } else if ip.is_unspecified() || o[0] == 0 {
-        "unspecified"
-    } else if ip.is_private() {
-        "private"
-    } else if o == [169, 254, 169, 254] || o == [100, 100, 100, 200] {
-        "cloud metadata"
-    } else if ip.is_link_local() {
-        "link-local"
-    } else if ip.is_multicast() {
-        "multicast"
-    } else if ip.is_broadcast() || o[0] >= 240 {
-        "reserved"
-    } else if o[0] == 100 && (64..128).contains(&o[1]) {
-        "carrier-grade NAT"
-    } else if o[0] == 198 && (o[1] == 18 || o[1] == 19) {
-        "benchmarking"
-    } else if o[..3] == [192, 0, 0] {
-        "IETF protocol assignment"
-    } else if o[..3] == [192, 0, 2] || o[..3] == [198, 51, 100] || o[..3] == [203, 0, 113] {
-        "documentation"
-    } else if o[..3] == [192, 88, 99] {
-        "6to4 relay anycast"
-    } else {
-        return None;
-    })
-}
-
-fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let first = ip.segments()[0];
-    Some(if ip.is_loopback() {
-        "loopback"
-    } else if ip.is_unspecified() {
-        "unspecified"
-    } else if first & 0xfe00 == 0xfc00 {
-        "unique local (private)"
-    } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
-        "link-local"
-    } else if first & 0xff00 == 0xff00 {
-        "multicast"
-    } else if first == 0x2001 && ip.segments()[1] == 0 {
-        "Teredo"
-    } else if first == 0x2001 && ip.segments()[1] == 2 && ip.segments()[2] == 0 {
-        "benchmarking"
-    } else if first == 0x2001 && ip.segments()[1] < 0x200 {
-        "IETF protocol assignment"
-    } else if first == 0x0064 && ip.segments()[1] == 0xff9b && ip.segments()[2] == 1 {
-        "NAT64 local-use"
-    } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
-        "documentation"
-    } else if first == 0x0100 && ip.segments()[1..4] == [0, 0, 0] {
-        "discard-only"
-    } else {
-        return None;
-    })
+    super::special::forbidden(ip)
 }
 
 /// A checked endpoint: where to connect.
@@ -282,6 +209,13 @@ mod tests {
             "http://[2001:10::1]/h",
             "http://192.0.2.1/h",
             "http://[2001:db8::1]/h",
+            // IPv4-translated (SIIT) 127.0.0.1 and 10.0.0.1, SRv6, the 2024 documentation
+            // block, ORCHIDv2
+            "http://[::ffff:0:7f00:1]/h",
+            "http://[::ffff:0:a00:1]/h",
+            "http://[5f00::1]/h",
+            "http://[3fff::1]/h",
+            "http://[2001:20::1]/h",
         ] {
             let r = policy().check(url).await;
             assert!(r.is_err(), "{url} must be refused");

@@ -87,6 +87,14 @@ struct HttpAttempt<'a> {
 
 impl Attempt for HttpAttempt<'_> {
     async fn attempt(&mut self) -> Outcome {
+        // never sent without the credentials it was given (a key dropped from secrets.keys)
+        if let Some(why) = &self.w.sub.sealed_error {
+            return Outcome::Failed {
+                reason: format!("a sealed credential of this subscription does not open: {why}"),
+                retry_after: None,
+                gone: false,
+            };
+        }
         let client = match self.w.client.lock() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -505,7 +513,16 @@ impl Worker {
                 let must_record =
                     result != Final::Delivered || last_record.elapsed() >= RECORD_EVERY;
                 if must_record && delivered > recorded {
-                    Box::pin(crate::auth::record(hub, std::mem::take(&mut disclosed))).await;
+                    let rows = std::mem::take(&mut disclosed);
+                    if Box::pin(crate::auth::record_disclosure(hub, rows))
+                        .await
+                        .is_err()
+                    {
+                        // audit.fail_closed: no more deliveries until the audit is written
+                        // again (progress unrecorded: what went out is sent again, audited)
+                        tracing::error!(subscription = %self.sub.id(), tenant = %self.sub.tenant(), "the audit trail cannot be written; rest-hook deliveries of this subscription pause");
+                        return Ended::Done;
+                    }
                     if let Some(end) = Box::pin(self.record(delivered)).await {
                         return end;
                     }
@@ -516,7 +533,13 @@ impl Worker {
                     return Ended::Done;
                 }
             }
-            Box::pin(crate::auth::record(hub, disclosed)).await;
+            if Box::pin(crate::auth::record_disclosure(hub, disclosed))
+                .await
+                .is_err()
+            {
+                tracing::error!(subscription = %self.sub.id(), tenant = %self.sub.tenant(), "the audit trail cannot be written; rest-hook deliveries of this subscription pause");
+                return Ended::Done;
+            }
             if delivered > recorded
                 && let Some(end) = Box::pin(self.record(delivered)).await
             {

@@ -232,7 +232,8 @@ pub async fn serve(
         };
         tune(&stream);
         let held = Held::new(stream, permit);
-        connections.spawn(connection(held, Arc::clone(&shared)));
+        let peer_addr = crate::auth::PeerAddr(addr.ip());
+        connections.spawn(connection(held, peer_addr, Arc::clone(&shared)));
     }
     drop(listener);
     let drained = tokio::time::timeout(grace, async {
@@ -261,7 +262,7 @@ fn tune(stream: &TcpStream) {
 }
 
 /// One accepted connection: its first byte, TLS, then HTTP.
-async fn connection(held: Held<TcpStream>, shared: Arc<Shared>) {
+async fn connection(held: Held<TcpStream>, addr: crate::auth::PeerAddr, shared: Arc<Shared>) {
     // a connection that sends nothing at all is closed after the header timeout too
     // (hyper's own timer starts with the first byte)
     let mut first = [0u8; 1];
@@ -273,7 +274,7 @@ async fn connection(held: Held<TcpStream>, shared: Arc<Shared>) {
         return;
     }
     match &shared.tls {
-        None => http(held, None, &shared).await,
+        None => http(held, addr, None, &shared).await,
         Some(acceptor) => {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(shared.header_timeout, acceptor.accept(held)).await
@@ -282,14 +283,18 @@ async fn connection(held: Held<TcpStream>, shared: Arc<Shared>) {
             };
             // a verified client certificate travels with every request
             let peer = crate::tls::peer_of(tls.get_ref().1);
-            http(tls, peer, &shared).await;
+            http(tls, addr, peer, &shared).await;
         }
     }
 }
 
 /// Serve HTTP on `io` until the peer closes, the connection idles out, or the hub stops.
-async fn http<IO>(io: IO, peer: Option<PeerCertificate>, shared: &Shared)
-where
+async fn http<IO>(
+    io: IO,
+    addr: crate::auth::PeerAddr,
+    peer: Option<PeerCertificate>,
+    shared: &Shared,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use hyper_util::rt::TokioIo;
@@ -300,6 +305,8 @@ where
     let (app, tracker) = (shared.app.clone(), in_flight.clone());
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         let busy = tracker.start();
+        // the peer's address: refusals are counted and throttled per address (auth)
+        req.extensions_mut().insert(addr);
         if let Some(p) = &peer {
             req.extensions_mut().insert(p.clone());
         }

@@ -7,6 +7,8 @@
 mod auth;
 mod readiness;
 mod resources;
+mod sealed;
+mod trust;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};

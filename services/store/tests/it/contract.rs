@@ -786,6 +786,69 @@ pub(crate) async fn secrets_live_in_their_own_columns(store: Store) {
     );
 }
 
+/// The start-up re-seal: rows that may hold a first-format sealed value or a header are
+/// found; a re-seal is written only while the row is at the version it was read at, and is
+/// not a new version.
+pub(crate) async fn resealing_is_fenced_by_version(store: Store) {
+    let mut old = write("requested");
+    old.secret = Some("enc:v1:k:AAAA".into());
+    store
+        .create_subscription("default", "old", &old)
+        .await
+        .unwrap();
+    let mut headed = write("requested");
+    headed.resource = r#"{"channel":{"header":["X-Api-Key: k"]}}"#.into();
+    store
+        .create_subscription("default", "headed", &headed)
+        .await
+        .unwrap();
+    store
+        .create_subscription("default", "plain", &write("requested"))
+        .await
+        .unwrap();
+    let mut found: Vec<String> = store
+        .subscriptions_to_reseal()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id.clone())
+        .collect();
+    found.sort();
+    assert_eq!(found, ["headed", "old"]);
+    let values = hub_store::SubscriptionSecrets {
+        resource: "{}",
+        secret: Some("enc:v2:k:BBBB"),
+        client_certificate: None,
+    };
+    // a client wrote version 2 meanwhile: the re-seal of version 1 is not written
+    store
+        .update_subscription("default", "old", None, &old)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .reseal_subscription("default", "old", 1, &values)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reseal_subscription("default", "old", 2, &values)
+            .await
+            .unwrap()
+    );
+    let row = store
+        .get_subscription("default", "old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.version_id, 2, "re-sealing is not a client edit");
+    assert_eq!(
+        (row.resource.as_str(), row.secret.as_deref()),
+        ("{}", Some("enc:v2:k:BBBB"))
+    );
+}
+
 pub(crate) async fn quarantine_keeps_one_row_per_position(store: Store) {
     let q = |source: &str, tenant: Option<&str>| NewQuarantined {
         source: source.into(),

@@ -72,6 +72,7 @@ macro_rules! contract_suite {
 
 contract_suite!(
     subscription_crud_with_versions,
+    resealing_is_fenced_by_version,
     event_numbers_are_gap_free_and_deduplicated,
     bursts_for_one_subscription_take_a_block_of_numbers,
     concurrent_appends_never_repeat_or_skip_a_number,
