@@ -585,7 +585,7 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
         .map(|s| Duration::from_secs(u64::from(s)));
     let group = crate::channels::group_size(sub);
     let after = last_seen.unwrap_or(sub.events_since_start);
-    let mut stream = SubscriptionStream::open(&hub, &sub, after);
+    let mut stream = SubscriptionStream::open(&hub, sub, after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
