@@ -397,7 +397,10 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
     // every binding's reader stops with the socket, and the socket with the hub
     let stop = hub.streams.child_token();
     let _stop_readers = stop.clone().drop_guard();
-    let mut bound: HashMap<(String, String), CancellationToken> = HashMap::new();
+    // per bound subscription: its reader's stop token, and the fence of its outbox (cancelled
+    // only when the binding is replaced: a reader whose credential ended still says why)
+    let mut bound: HashMap<(String, String), (CancellationToken, CancellationToken)> =
+        HashMap::new();
     // a socket that binds nothing only holds a descriptor: it gets a short window
     let window = Duration::from_secs(hub.config.server.unbound_websocket_secs);
     let unbound = tokio::time::sleep(window);
@@ -455,19 +458,20 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                 // binding the same subscription again replaces its reader; the reader stops
                 // as well when its credential ends
                 let reader = disclosure.watch(&hub, &stop);
-                if let Some(old) = bound.insert((sub.tenant().to_owned(), sub.id().to_owned()), reader.clone()) {
-                    old.cancel();
+                let fence = CancellationToken::new();
+                let key = (sub.tenant().to_owned(), sub.id().to_owned());
+                if let Some((old_reader, old_fence)) = bound.insert(key, (reader.clone(), fence.clone())) {
+                    old_fence.cancel();
+                    old_reader.cancel();
                 }
                 let binding = Binding { sub, last_seen, disclosure, _slot: slot };
                 if matches!(request, Bind::Classic { .. }) {
                     if socket.send(Message::Text(format!("bound {}", binding.sub.id()).into())).await.is_err() {
                         return;
                     }
-                    let out = tx.fenced(reader.clone());
-                    tokio::spawn(read_classic(hub.clone(), binding, out, reader));
+                    tokio::spawn(read_classic(hub.clone(), binding, tx.fenced(fence), reader));
                 } else {
-                    let out = tx.fenced(reader.clone());
-                    tokio::spawn(read_binding(hub.clone(), binding, out, reader));
+                    tokio::spawn(read_binding(hub.clone(), binding, tx.fenced(fence), reader));
                 }
             }
             out = next_out(&mut rx) => {
