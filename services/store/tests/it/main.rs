@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod contract;
+mod retention;
 
 use hub_store::Store;
 
@@ -19,6 +20,11 @@ async fn sqlite() -> (Store, tempfile::TempDir) {
 
 /// A fresh schema on the test PostgreSQL server, or `None` to skip.
 async fn postgres() -> Option<Store> {
+    postgres_with_url().await.map(|(store, _)| store)
+}
+
+/// [`postgres`] and the URL of its schema.
+async fn postgres_with_url() -> Option<(Store, String)> {
     let base = match std::env::var("FHIR_HUB_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => {
@@ -31,7 +37,7 @@ async fn postgres() -> Option<Store> {
         }
     };
     let url = hub_store::fresh_postgres_schema(&base, "t").await.unwrap();
-    Some(Store::connect(&url).await.unwrap())
+    Some((Store::connect(&url).await.unwrap(), url))
 }
 
 macro_rules! contract_suite {
@@ -57,6 +63,47 @@ macro_rules! contract_suite {
         }
     };
 }
+
+/// A second connection to the store's database, for what its API cannot do.
+async fn raw(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::pool::PoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+macro_rules! raw_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_raw {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, dir) = super::sqlite().await;
+                    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+                    super::retention::$name(store, super::raw(&url).await).await;
+                }
+            )*
+        }
+        mod postgres_raw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((store, url)) = super::postgres_with_url().await else { return };
+                    super::retention::$name(store, super::raw(&url).await).await;
+                }
+            )*
+        }
+    };
+}
+
+raw_suite!(
+    a_read_stops_at_a_missing_number,
+    an_event_logged_again_is_kept_as_long_as_a_new_one,
+    retention_in_small_batches_purges_what_it_should,
+    purges_racing_appends_leave_no_hole,
+);
 
 contract_suite!(
     subscription_crud_with_versions,
