@@ -19,6 +19,7 @@ pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod delivery;
+mod drain;
 pub mod fhirpath_cmd;
 pub mod match_cmd;
 pub mod matcher;
@@ -213,31 +214,8 @@ pub async fn run(
 
     // A role that fails takes the process down (so a supervisor restarts it) after the
     // others have drained.
-    let mut result = Ok(());
     let grace = Duration::from_secs(hub.config.server.shutdown_grace_secs);
-    loop {
-        let next = if shutdown.is_cancelled() {
-            match tokio::time::timeout(grace, tasks.join_next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    tracing::error!("roles did not stop within the grace period; aborting them");
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        } else {
-            tasks.join_next().await
-        };
-        let Some(joined) = next else { break };
-        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = outcome {
-            tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");
-            if result.is_ok() {
-                result = Err(e);
-            }
-            shutdown.cancel();
-        }
-    }
+    let result = drain::join_roles(&mut tasks, &shutdown, grace).await;
     hub.store.close().await;
     tracing::info!("fhir-hub stopped");
     result
