@@ -12,6 +12,7 @@ mod bad_input;
 mod delivery;
 mod embedded;
 mod harness;
+mod housekeeping;
 mod inferno;
 mod kafka;
 mod medplum;

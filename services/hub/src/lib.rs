@@ -21,6 +21,7 @@ pub mod config;
 pub mod delivery;
 mod drain;
 pub mod fhirpath_cmd;
+pub mod housekeeping;
 pub mod match_cmd;
 pub mod matcher;
 pub mod metrics;
@@ -183,12 +184,13 @@ pub async fn run(
             .await
             .context("cannot open the delivery role's database connections")?;
         tasks.spawn(async move { delivery::run(h, s).await.context("delivery role") });
-        let (h, s) = (hub.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            delivery::retention(h, s).await;
-            Ok(())
-        });
     }
+    // Retention in every process, whatever its roles (one purger each).
+    let (h, s) = (hub.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        housekeeping::run(h, s).await;
+        Ok(())
+    });
     if hub.config.has_role(Role::Api) || hub.config.has_role(Role::Delivery) {
         // readers live in these roles (websocket clients, rest-hook workers)
         let (h, s) = (hub.clone(), shutdown.clone());
