@@ -21,5 +21,6 @@ mod multi_process;
 mod poison;
 mod receiver;
 mod security;
+mod silent_listen;
 mod streams;
 mod topics;

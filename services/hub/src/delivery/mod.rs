@@ -373,6 +373,40 @@ impl Delivery {
         }
     }
 
+    /// The safety read of parked subscriptions: start those whose log moved past what was
+    /// delivered although no wake-up said so (one lost on a silent `LISTEN` connection).
+    async fn unpark_behind(&mut self) {
+        let parked = |s: &Option<Slot>| matches!(s, Some(Slot::Parked { .. }));
+        if !self.leases.values().any(parked) {
+            return;
+        }
+        let behind = match self.hub.store.rest_hooks_behind().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which parked subscriptions are behind");
+                return;
+            }
+        };
+        let mut started = 0usize;
+        for (tenant, id) in behind {
+            let key = match self.leases.get_key_value(&Pair(&tenant, &id)) {
+                Some((key, slot)) if parked(slot) => key.clone(),
+                _ => continue,
+            };
+            // false: a wake-up sent it to the loop meanwhile
+            if self.hub.wakeups.unpark(&key) {
+                self.unparked(key).await;
+                started += 1;
+            }
+        }
+        if started > 0 {
+            tracing::info!(
+                subscriptions = started,
+                "the safety read started parked subscriptions whose wake-up never came"
+            );
+        }
+    }
+
     /// Reap the tasks of workers that ended.
     fn reap(&mut self) {
         while let Some(done) = self.tasks.try_join_next() {
@@ -449,6 +483,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut renewed = tokio::time::Instant::now();
     let mut others: BTreeSet<String> = BTreeSet::new();
     let mut recheck: Vec<Key> = Vec::new();
+    // Never wait only on wake-ups: parked subscriptions are looked at this often as well.
+    let mut safety =
+        tokio::time::interval(Duration::from_millis(hub.config.database.safety_read_ms));
+    safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     'passes: while !shutdown.is_cancelled() {
         let mut claim_all = false;
@@ -544,6 +582,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     }
                 }
                 Some(key) = unparked_rx.recv() => d.unparked(key).await,
+                _ = safety.tick() => d.unpark_behind().await,
                 _ = tokio::time::sleep_until(beat.unwrap_or(next_pass)), if beat.is_some() => {
                     d.heartbeats_due().await;
                 }
