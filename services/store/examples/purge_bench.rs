@@ -78,7 +78,8 @@ async fn fill(base: &str, prefix: &str, events: i64) -> (Store, PgPool, String) 
         .unwrap();
     sqlx::query(
         "INSERT INTO delivery_state (tenant, subscription_id, delivered_through)
-         VALUES ('default', 's0', $1) ON CONFLICT DO NOTHING",
+         VALUES ('default', 's0', $1) ON CONFLICT (tenant, subscription_id)
+         DO UPDATE SET delivered_through = excluded.delivered_through",
     )
     .bind(events)
     .execute(&raw)
@@ -144,20 +145,11 @@ async fn main() {
     let limit = Duration::from_secs(args.next().map_or(600, |a| a.parse().unwrap()));
     let events = rows / SUBSCRIPTIONS;
 
-    let (_store, raw, cutoff) = fill(&base, "bench_before", events).await;
-    for index in ["logged_events_logged_at", "notification_log_event_seq"] {
-        sqlx::query(&format!("DROP INDEX {index}"))
-            .execute(&raw)
-            .await
-            .unwrap();
+    // PURGE_BENCH_AFTER=1: only the batched purge
+    let after_only = std::env::var("PURGE_BENCH_AFTER").is_ok_and(|v| v == "1");
+    if !after_only {
+        before(&base, events, limit).await;
     }
-    let t = Instant::now();
-    match old_purge(&raw, &cutoff, limit).await {
-        Ok(n) => println!("before: purged {n} notifications in {:.1?}", t.elapsed()),
-        Err(e) => println!("before: did not finish: {e} after {:.1?}", t.elapsed()),
-    }
-    raw.close().await;
-
     let (store, raw, cutoff) = fill(&base, "bench_after", events).await;
     let t = Instant::now();
     let n = store.purge_notifications(&cutoff).await.unwrap();
@@ -171,4 +163,34 @@ async fn main() {
         .await
         .unwrap();
     println!("after: {left} events left of {events}");
+    drop_schema(&raw).await;
+}
+
+/// Drop the schema `raw` works in (the rows take gigabytes).
+async fn drop_schema(raw: &PgPool) {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(raw)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(raw)
+        .await
+        .unwrap();
+    raw.close().await;
+}
+
+async fn before(base: &str, events: i64, limit: Duration) {
+    let (_store, raw, cutoff) = fill(base, "bench_before", events).await;
+    for index in ["logged_events_logged_at", "notification_log_event_seq"] {
+        sqlx::query(&format!("DROP INDEX {index}"))
+            .execute(&raw)
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    match old_purge(&raw, &cutoff, limit).await {
+        Ok(n) => println!("before: purged {n} notifications in {:.1?}", t.elapsed()),
+        Err(e) => println!("before: did not finish: {e} after {:.1?}", t.elapsed()),
+    }
+    drop_schema(&raw).await;
 }

@@ -40,8 +40,8 @@ impl Store {
         self.purge_notifications_by(before, RETENTION_BATCH).await
     }
 
-    /// [`Store::purge_notifications`], `batch` events (and at most `batch` notifications)
-    /// per statement.
+    /// [`Store::purge_notifications`], at most `batch` events or notifications per
+    /// statement.
     pub async fn purge_notifications_by(
         &self,
         before: &str,
@@ -50,6 +50,9 @@ impl Store {
         let batch = batch.max(1);
         let mut purged = 0;
         let mut from = (String::new(), i64::MIN);
+        // Events per step, so that a step holds about a batch of notifications: fewer when
+        // each event reached many subscriptions.
+        let mut events = batch;
         // The old events in order, `batch` at a time: each step deletes its notifications,
         // then the events left without any. The cursor only moves forward, so an event kept
         // (an undelivered rest-hook notification) is passed once, not read again each step.
@@ -64,7 +67,7 @@ impl Store {
             .bind(before)
             .bind(&from.0)
             .bind(from.1)
-            .bind(batch)
+            .bind(events)
             .fetch_optional(&self.pool)
             .await?;
             let Some(last) = last else {
@@ -74,7 +77,16 @@ impl Store {
                 from,
                 to: (last.try_get(0)?, last.try_get(1)?),
             };
-            purged += self.purge_span(before, &span, batch).await?;
+            let n = self.purge_span(before, &span, batch).await?;
+            purged += n;
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            events = if n > batch {
+                (events.saturating_mul(batch) / n).max(1)
+            } else if n < batch / 2 {
+                events.saturating_mul(2).min(batch)
+            } else {
+                events
+            };
             from = span.to;
         }
     }
