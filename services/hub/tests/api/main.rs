@@ -7,6 +7,7 @@
 mod auth;
 mod readiness;
 mod resources;
+mod safety_read;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
