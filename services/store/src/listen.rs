@@ -159,6 +159,16 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let ping = format!("fhir_hub_ping_{}", uuid::Uuid::new_v4().simple());
         inner.listen_all([CHANNEL, WRITTEN, ping.as_str()]).await?;
+        // The server probes this session's socket after a minute of quiet, so a connection
+        // that died on the way frees its backend instead of holding it for hours. (sqlx sets
+        // no keepalive on the client's socket: the pings are what find a silent path here.)
+        sqlx::query(
+            "SELECT set_config('tcp_keepalives_idle', '60', false),
+                    set_config('tcp_keepalives_interval', '10', false),
+                    set_config('tcp_keepalives_count', '3', false)",
+        )
+        .execute(&mut inner)
+        .await?;
         Ok(Some(LoggedListener { inner, ping }))
     }
 
