@@ -315,6 +315,13 @@ pub struct DatabaseConfig {
     /// releasing its locks (0: never).
     #[serde(default = "default_idle_in_transaction_timeout_ms")]
     pub idle_in_transaction_timeout_ms: u64,
+    /// How often the `LISTEN` connection (PostgreSQL) pings itself; one that hears nothing
+    /// for two periods is replaced.
+    #[serde(default = "default_listen_ping_ms")]
+    pub listen_ping_ms: u64,
+    /// The longest a reader of a notification log waits without looking at it, woken or not.
+    #[serde(default = "default_safety_read_ms")]
+    pub safety_read_ms: u64,
 }
 
 fn default_lock_timeout_ms() -> u64 {
@@ -327,6 +334,14 @@ fn default_statement_timeout_ms() -> u64 {
 
 fn default_idle_in_transaction_timeout_ms() -> u64 {
     hub_store::Timeouts::default().idle_in_transaction_ms
+}
+
+fn default_listen_ping_ms() -> u64 {
+    5000
+}
+
+fn default_safety_read_ms() -> u64 {
+    10_000
 }
 
 fn default_delivery_pool_size() -> u32 {
@@ -547,6 +562,11 @@ impl Config {
         self.egress_policy()?;
         if self.delivery.lease_ttl_ms < 2 * self.delivery.poll_ms as i64 {
             anyhow::bail!("delivery.lease_ttl_ms must be at least twice delivery.poll_ms");
+        }
+        if self.database.listen_ping_ms < 100 || self.database.safety_read_ms < 100 {
+            anyhow::bail!(
+                "database.listen_ping_ms and database.safety_read_ms must be at least 100"
+            );
         }
         if self.delivery.error_after_failures == 0 {
             anyhow::bail!("delivery.error_after_failures must be at least 1");

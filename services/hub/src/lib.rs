@@ -20,7 +20,9 @@ pub mod channels;
 pub mod config;
 pub mod data_lock;
 pub mod delivery;
+mod drain;
 pub mod fhirpath_cmd;
+pub mod housekeeping;
 pub mod listener;
 pub mod match_cmd;
 pub mod matcher;
@@ -205,12 +207,13 @@ pub async fn run(
             .await
             .context("cannot open the delivery role's database connections")?;
         tasks.spawn(async move { delivery::run(h, s).await.context("delivery role") });
-        let (h, s) = (hub.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            delivery::retention(h, s).await;
-            Ok(())
-        });
     }
+    // Retention in every process, whatever its roles (one purger each).
+    let (h, s) = (hub.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        housekeeping::run(h, s).await;
+        Ok(())
+    });
     if hub.config.has_role(Role::Api) || hub.config.has_role(Role::Delivery) {
         // readers live in these roles (websocket clients, rest-hook workers)
         let (h, s) = (hub.clone(), shutdown.clone());
@@ -236,31 +239,8 @@ pub async fn run(
 
     // A role that fails takes the process down (so a supervisor restarts it) after the
     // others have drained.
-    let mut result = Ok(());
     let grace = Duration::from_secs(hub.config.server.shutdown_grace_secs);
-    loop {
-        let next = if shutdown.is_cancelled() {
-            match tokio::time::timeout(grace, tasks.join_next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    tracing::error!("roles did not stop within the grace period; aborting them");
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        } else {
-            tasks.join_next().await
-        };
-        let Some(joined) = next else { break };
-        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = outcome {
-            tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");
-            if result.is_ok() {
-                result = Err(e);
-            }
-            shutdown.cancel();
-        }
-    }
+    let result = drain::join_roles(&mut tasks, &shutdown, grace).await;
     hub.store.close().await;
     tracing::info!("fhir-hub stopped");
     result

@@ -34,6 +34,9 @@ pub struct Metrics {
     connections_refused_logged_ms: std::sync::atomic::AtomicI64,
     connections_closed_idle: AtomicU64,
     websockets_closed_unbound: AtomicU64,
+    /// `LISTEN` connections replaced: gone silent (pings unanswered), or lost (an error).
+    listen_silent: AtomicU64,
+    listen_lost: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -201,6 +204,34 @@ impl ConnectionClosed {
     }
 }
 
+/// The `LISTEN` connection (PostgreSQL) had to be replaced; readers poll until the new one
+/// is up, then every reader looks once.
+pub enum ListenerLost {
+    /// Nothing came over it, not even its own pings, for this long: a connection dropped
+    /// on the way without a reset (a NAT or a load balancer idle timeout).
+    Silent(std::time::Duration),
+    /// It failed with this error.
+    Failed(hub_store::StoreError),
+}
+
+impl ListenerLost {
+    pub fn emit(&self, m: &Metrics) {
+        match self {
+            Self::Silent(d) => {
+                tracing::warn!(
+                    silent_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                    "the LISTEN connection went silent (its pings do not come back); replacing it, readers poll meanwhile"
+                );
+                add(&m.listen_silent, 1);
+            }
+            Self::Failed(e) => {
+                tracing::warn!(error = %e, "the LISTEN connection was lost; readers poll until it is back");
+                add(&m.listen_lost, 1);
+            }
+        }
+    }
+}
+
 /// Now, in unix milliseconds.
 pub fn now_ms() -> i64 {
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
@@ -312,6 +343,14 @@ impl Metrics {
                     "{reason=\"unbound_websocket\"}",
                     get(&self.websockets_closed_unbound),
                 ),
+            ],
+        );
+        counter(
+            "fhir_hub_listen_reconnects_total",
+            "LISTEN connections (PostgreSQL) replaced, by why: silent (its pings went unanswered) or lost (an error).",
+            &[
+                ("{reason=\"silent\"}", get(&self.listen_silent)),
+                ("{reason=\"lost\"}", get(&self.listen_lost)),
             ],
         );
         let _ = writeln!(

@@ -130,13 +130,4 @@ impl Store {
         .await?;
         Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
     }
-
-    /// Remove audit rows recorded before `before` (housekeeping, `audit.retention_days`).
-    pub async fn purge_audit(&self, before: &str) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM audit_events WHERE recorded < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
-    }
 }

@@ -58,11 +58,19 @@ impl Store {
             .await?
             .rows_affected();
         let resource_versions = match versions_before {
-            Some(before) => sqlx::query("DELETE FROM resource_versions WHERE updated_at < $1")
-                .bind(before)
-                .execute(&self.pool)
+            // a version written again meanwhile is newer than the cut-off: kept
+            Some(before) => {
+                self.delete_in_batches(
+                    "DELETE FROM resource_versions
+                     WHERE (tenant, resource_type, resource_id) IN (
+                         SELECT tenant, resource_type, resource_id FROM resource_versions
+                         WHERE updated_at < $1 ORDER BY updated_at LIMIT $2)
+                     AND updated_at < $1",
+                    before,
+                    crate::RETENTION_BATCH,
+                )
                 .await?
-                .rows_affected(),
+            }
             None => 0,
         };
         let matching_changes = sqlx::query(

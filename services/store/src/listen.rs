@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use sqlx::postgres::PgListener;
-use sqlx::{Any, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use crate::{Notification, Store, StoreError};
 
@@ -24,6 +24,8 @@ pub enum Heard {
     Logged(Vec<Logged>),
     /// A client wrote a subscription (or a topic, or an API key) of this tenant.
     Written(String),
+    /// This listener's own ping came back ([`Store::ping_listener`]): the connection hears.
+    Pong,
 }
 
 /// Say, on commit, that a client write changed what `tenant` matches.
@@ -121,9 +123,16 @@ pub(crate) async fn notify_logged<'n>(
 /// A `LISTEN` connection for logged notifications.
 pub struct LoggedListener {
     inner: PgListener,
+    /// The channel only this listener listens on: its pings come back there.
+    ping: String,
 }
 
 impl LoggedListener {
+    /// Where this listener's pings go ([`Store::ping_listener`]).
+    pub fn ping_channel(&self) -> &str {
+        &self.ping
+    }
+
     /// The next notification; an error means the connection is gone (the caller reconnects
     /// and, since some may have been missed, wakes every reader once).
     pub async fn recv(&mut self) -> Result<Heard, StoreError> {
@@ -134,6 +143,9 @@ impl LoggedListener {
                 })?;
             if n.channel() == WRITTEN {
                 return Ok(Heard::Written(n.payload().to_owned()));
+            }
+            if n.channel() == self.ping {
+                return Ok(Heard::Pong);
             }
             match serde_json::from_str::<Vec<Logged>>(n.payload()) {
                 Ok(l) => return Ok(Heard::Logged(l)),
@@ -156,7 +168,50 @@ impl Store {
         let mut inner = PgListener::connect(url)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        inner.listen_all([CHANNEL, WRITTEN]).await?;
-        Ok(Some(LoggedListener { inner }))
+        let ping = format!("fhir_hub_ping_{}", uuid::Uuid::new_v4().simple());
+        inner.listen_all([CHANNEL, WRITTEN, ping.as_str()]).await?;
+        // The server probes this session's socket after a minute of quiet, so a connection
+        // that died on the way frees its backend instead of holding it for hours. (sqlx sets
+        // no keepalive on the client's socket: the pings are what find a silent path here.)
+        sqlx::query(
+            "SELECT set_config('tcp_keepalives_idle', '60', false),
+                    set_config('tcp_keepalives_interval', '10', false),
+                    set_config('tcp_keepalives_count', '3', false)",
+        )
+        .execute(&mut inner)
+        .await?;
+        Ok(Some(LoggedListener { inner, ping }))
+    }
+
+    /// Send the listener whose [`LoggedListener::ping_channel`] is `channel` a ping through
+    /// this store's pool: it hears [`Heard::Pong`] once the
+    /// `NOTIFY` went through the server and back over its connection. A listener that stops
+    /// hearing its pings sits on a connection gone silent (a NAT or a load balancer dropped
+    /// it without a reset), which TCP alone may not notice for hours.
+    pub async fn ping_listener(&self, channel: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(channel)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The live rest-hook subscriptions whose log holds more than was delivered: what the
+    /// delivery role's safety read looks for among the subscriptions it has parked (one
+    /// parked with a notification waiting missed its wake-up).
+    pub async fn rest_hooks_behind(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.tenant, s.id FROM subscriptions s
+             LEFT JOIN delivery_state d ON d.log_key = s.log_key
+             WHERE s.channel_type = 'rest-hook' AND s.status <> 'off'
+             AND s.events_since_start > COALESCE(d.delivered_through, 0)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use crate::logged_events::{StoredEvent, store_events};
 use crate::{Backend, LogKey, Store, StoreError, now, placeholders};
 
 /// A notification to log for one subscription.
@@ -180,19 +181,11 @@ static ESCAPED_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// A change event of the batch as stored: its sequence number, when it was first logged,
-/// and whether this transaction stored it (no subscription can have it yet).
-struct StoredEvent {
-    seq: i64,
-    logged_at: String,
-    fresh: bool,
-}
-
 /// A tenant and an id, borrowed from the batch.
-type Key<'a> = (&'a str, &'a str);
+pub(crate) type Key<'a> = (&'a str, &'a str);
 
 /// Rows per multi-row statement: well under SQLite's and PostgreSQL's bound-value limits.
-const CHUNK: usize = 500;
+pub(crate) const CHUNK: usize = 500;
 
 /// The rows `sql(tenant placeholder, list placeholders)` selects for `ids` of one tenant,
 /// [`CHUNK`] ids per statement, each paired with the id (from `ids`) its first column names.
@@ -220,88 +213,6 @@ async fn among<'a>(
         }
     }
     Ok(out)
-}
-
-/// Store the batch's change events once each (those already stored are looked up): what
-/// each one's notifications refer to.
-async fn store_events<'a>(
-    backend: Backend,
-    tx: &mut Transaction<'_, Any>,
-    batch: &'a [NewNotification],
-    created_at: &str,
-) -> Result<HashMap<Key<'a>, StoredEvent>, StoreError> {
-    let mut firsts: Vec<&NewNotification> = Vec::new();
-    let mut seen: HashSet<Key<'a>> = HashSet::new();
-    for n in batch {
-        if seen.insert((n.tenant.as_str(), n.event_id.as_str())) {
-            firsts.push(n);
-        }
-    }
-    let mut stored: HashMap<Key<'a>, StoredEvent> = HashMap::with_capacity(firsts.len());
-    for chunk in firsts.chunks(CHUNK / 2) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|j| format!("({})", placeholders(backend, j * 9 + 1, 9).join(", ")))
-            .collect();
-        let sql = format!(
-            "INSERT INTO logged_events (tenant, event_id, action, focus_type, focus_id,
-                 focus_version, occurred_at, logged_at, resource)
-             VALUES {} ON CONFLICT (tenant, event_id) DO NOTHING RETURNING seq, tenant, event_id",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for n in chunk {
-            q = q
-                .bind(&n.tenant)
-                .bind(&n.event_id)
-                .bind(&n.action)
-                .bind(&n.focus_type)
-                .bind(&n.focus_id)
-                .bind(&n.focus_version)
-                .bind(&n.occurred_at)
-                .bind(created_at)
-                .bind(n.resource.as_deref());
-        }
-        let named: HashMap<Key<'a>, &NewNotification> = chunk
-            .iter()
-            .map(|n| ((n.tenant.as_str(), n.event_id.as_str()), *n))
-            .collect();
-        for row in q.fetch_all(&mut **tx).await? {
-            let (seq, tenant, event_id): (i64, String, String) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if let Some(n) = named.get(&(tenant.as_str(), event_id.as_str())) {
-                let event = StoredEvent {
-                    seq,
-                    logged_at: created_at.to_owned(),
-                    fresh: true,
-                };
-                stored.insert((n.tenant.as_str(), n.event_id.as_str()), event);
-            }
-        }
-    }
-    // Events stored before (a re-read batch, or a race with another matcher): look them up.
-    let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for n in &firsts {
-        if !stored.contains_key(&(n.tenant.as_str(), n.event_id.as_str())) {
-            missing.entry(&n.tenant).or_default().push(&n.event_id);
-        }
-    }
-    for (tenant, ids) in missing {
-        let sql = |t: &str, list: &str| {
-            format!(
-                "SELECT event_id, seq, logged_at FROM logged_events
-                 WHERE tenant = {t} AND event_id IN ({list})"
-            )
-        };
-        for (id, row) in among(backend, tx, sql, tenant, &ids).await? {
-            let event = StoredEvent {
-                seq: row.try_get(1)?,
-                logged_at: row.try_get(2)?,
-                fresh: false,
-            };
-            stored.insert((tenant, id), event);
-        }
-    }
-    Ok(stored)
 }
 
 /// The log keys of the batch's subscriptions that can take notifications (neither deleted
@@ -531,8 +442,27 @@ impl Store {
     }
 
     /// Notifications of a subscription incarnation with event numbers above `after`, in
-    /// order (none once that incarnation is deleted, whatever was created with its id since).
+    /// order and contiguous (none once that incarnation is deleted, whatever was created with
+    /// its id since): a read ends before a missing number (purged by retention, or its event
+    /// gone), so a missing number is never skipped inside a batch. Only the first row may be
+    /// above `after + 1`: that is where a reader learns its history is gone.
     pub async fn notifications_after(
+        &self,
+        key: LogKey,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut rows = self.read_after(key, after, limit).await?;
+        let run = rows
+            .windows(2)
+            .position(|w| w[1].event_number != w[0].event_number + 1)
+            .map_or(rows.len(), |i| i + 1);
+        rows.truncate(run);
+        Ok(rows)
+    }
+
+    /// The rows of [`Store::notifications_after`] as the log holds them.
+    async fn read_after(
         &self,
         key: LogKey,
         after: i64,
@@ -582,35 +512,5 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get(0)?)
-    }
-
-    /// Retention: delete notifications of events logged before `before` (a stored instant).
-    /// A rest-hook subscription's notifications go only once its delivery cursor passed them
-    /// (undelivered ones stay whatever their age); a stream subscription's (websocket) go by
-    /// age alone, since its readers are clients that come and go: one asking for purged
-    /// history is told so. Event numbers are never reused. Then the events no notification
-    /// refers to any more go too. Returns the notifications deleted.
-    pub async fn purge_notifications(&self, before: &str) -> Result<u64, StoreError> {
-        let n = sqlx::query(
-            "DELETE FROM notification_log
-             WHERE event_seq IN (SELECT seq FROM logged_events WHERE logged_at < $1)
-             AND (NOT EXISTS (SELECT 1 FROM subscriptions s
-                      WHERE s.log_key = notification_log.log_key AND s.channel_type = 'rest-hook')
-                  OR event_number <= (SELECT d.delivered_through FROM subscriptions s
-                      JOIN delivery_state d ON d.tenant = s.tenant AND d.subscription_id = s.id
-                      WHERE s.log_key = notification_log.log_key))",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "DELETE FROM logged_events WHERE logged_at < $1
-             AND seq NOT IN (SELECT event_seq FROM notification_log)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await?;
-        Ok(n)
     }
 }

@@ -4,8 +4,9 @@
 //! The stream keeps no cursor in the store: the reader owns its position (the rest-hook
 //! worker records `delivered_through`; a stream client resumes from the number it last
 //! saw). It queries the log only when its subscription's wake-up moved past what it has
-//! read (or while the cross-process listener is down), so an idle subscription costs
-//! nothing. A position whose following events were purged by retention is answered
+//! read (or while the cross-process listener is down), and otherwise once per
+//! `database.safety_read_ms` in case a wake-up was lost, so an idle subscription costs a
+//! small query now and then. A position whose following events were purged by retention is answered
 //! explicitly ([`Item::HistoryGone`]), never skipped silently.
 
 use std::time::Duration;
@@ -54,6 +55,11 @@ pub struct SubscriptionStream {
     wake: watch::Receiver<Logged>,
     polling: watch::Receiver<bool>,
     poll: Duration,
+    /// The longest it goes without reading the log, woken or not (`database.safety_read_ms`):
+    /// a wake-up lost anywhere costs this much delay, never a stall.
+    safety: Duration,
+    /// When it last read the log.
+    looked_at: Instant,
     /// The most notification bytes handed out at once (`streams.max_buffer_bytes`).
     max_bytes: usize,
     /// Read the log at the next call whatever the wake-up says (at open, after a wake).
@@ -76,6 +82,8 @@ impl SubscriptionStream {
             wake: hub.wakeups.watch(tenant, id),
             polling: hub.wakeups.polling(),
             poll: Duration::from_millis(hub.config.delivery.poll_ms),
+            safety: Duration::from_millis(hub.config.database.safety_read_ms),
+            looked_at: Instant::now(),
             max_bytes: hub.config.streams.max_buffer_bytes,
             look: true,
             opened: true,
@@ -127,6 +135,7 @@ impl SubscriptionStream {
             let polling = *self.polling.borrow_and_update();
             if self.look || known > self.position || polling {
                 self.look = false;
+                self.looked_at = Instant::now();
                 match self.read(max, known).await {
                     Ok(Some(item)) => return Some(Ok(item)),
                     // something was logged while we looked: look again at once
@@ -163,6 +172,9 @@ impl SubscriptionStream {
                 }
                 _ = self.polling.changed() => self.look = true,
                 _ = poll => {}
+                // never wait only on a wake-up: one lost (a LISTEN connection gone silent,
+                // a bug) delays the reader by this much
+                _ = tokio::time::sleep_until(self.looked_at + self.safety) => self.look = true,
             }
         }
     }

@@ -7,7 +7,11 @@
 //! queries the store only when its number moved past what it has read: an idle
 //! subscription costs no query and no wake-up. When the `LISTEN` connection is lost,
 //! readers poll until it is back, then every reader is woken once (something may have been
-//! missed meanwhile): polling is only the fallback.
+//! missed meanwhile): polling is only the fallback. A connection can also go silent without
+//! failing (a NAT or a load balancer drops it without a reset): the listener pings itself
+//! through the pool every `database.listen_ping_ms` and is replaced like a lost one when
+//! nothing comes back. And no reader waits only on wake-ups: each also looks at the log at
+//! least every `database.safety_read_ms` (parked subscriptions through the delivery loop).
 //!
 //! A rest-hook subscription with nothing to send has no reader at all: its delivery worker
 //! *parks* (ends) and the subscription is registered here with its position; the first
@@ -394,9 +398,11 @@ impl Wakeups {
 }
 
 /// Keep a `LISTEN` connection open (PostgreSQL) and turn its notifications into wake-ups;
-/// returns at once on SQLite. Readers poll while it is down.
+/// returns at once on SQLite. Readers poll while it is down. A connection that goes silent
+/// (its own pings stop coming back) is replaced like one that failed.
 pub async fn listen(hub: Hub, shutdown: CancellationToken) {
     let mut wait = Duration::from_millis(200);
+    let ping_every = Duration::from_millis(hub.config.database.listen_ping_ms.max(100));
     loop {
         match hub.store.listen_logged().await {
             Ok(None) => return,
@@ -406,21 +412,9 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
                 // anything logged while we were not listening is found by one look each
                 hub.wakeups.wake_all();
                 wait = Duration::from_millis(200);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        got = listener.recv() => match got {
-                            Ok(Heard::Logged(all)) => for l in all {
-                                hub.wakeups.logged(&l.tenant, &l.subscription_id, l.log_key(), l.event_number);
-                            },
-                            // another process's client write: delivery looks now
-                            Ok(Heard::Written(_)) => hub.subscription_writes.notify_one(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "the LISTEN connection was lost; readers poll until it is back");
-                                break;
-                            }
-                        }
-                    }
+                match hear(&hub, &mut listener, ping_every, &shutdown).await {
+                    None => return,
+                    Some(lost) => lost.emit(&hub.metrics),
                 }
                 hub.wakeups.set_polling(true);
             }
@@ -434,6 +428,63 @@ pub async fn listen(hub: Hub, shutdown: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Turn what `listener` hears into wake-ups, pinging it every `ping_every`, until it fails or
+/// hears nothing for two periods (why it must be replaced), or `shutdown` (`None`).
+async fn hear(
+    hub: &Hub,
+    listener: &mut hub_store::LoggedListener,
+    ping_every: Duration,
+    shutdown: &CancellationToken,
+) -> Option<crate::metrics::ListenerLost> {
+    use crate::metrics::ListenerLost;
+    let channel = listener.ping_channel().to_owned();
+    let mut heard_at = tokio::time::Instant::now();
+    // the first tick is at once: a connection silent from the start is found too
+    let mut tick = tokio::time::interval(ping_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let got = {
+            // one receive, kept across pings: never dropped half-read
+            let recv = listener.recv();
+            tokio::pin!(recv);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    got = &mut recv => break got,
+                    _ = tick.tick() => {
+                        let silent = heard_at.elapsed();
+                        if silent >= ping_every * 2 {
+                            return Some(ListenerLost::Silent(silent));
+                        }
+                        // through the pool, on a task of its own: a stuck pool cannot stop
+                        // this loop from noticing the silence
+                        let (store, channel) = (hub.store.clone(), channel.clone());
+                        tokio::spawn(async move {
+                            let ping = tokio::time::timeout(ping_every, store.ping_listener(&channel));
+                            if let Ok(Err(e)) = ping.await {
+                                tracing::debug!(error = %e, "cannot ping the LISTEN connection");
+                            }
+                        });
+                    }
+                }
+            }
+        };
+        heard_at = tokio::time::Instant::now();
+        match got {
+            Ok(Heard::Logged(all)) => {
+                for l in all {
+                    hub.wakeups
+                        .logged(&l.tenant, &l.subscription_id, l.log_key(), l.event_number);
+                }
+            }
+            // another process's client write: delivery looks now
+            Ok(Heard::Written(_)) => hub.subscription_writes.notify_one(),
+            Ok(Heard::Pong) => {}
+            Err(e) => return Some(ListenerLost::Failed(e)),
+        }
     }
 }
 

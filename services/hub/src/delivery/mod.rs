@@ -397,6 +397,40 @@ impl Delivery {
         }
     }
 
+    /// The safety read of parked subscriptions: start those whose log moved past what was
+    /// delivered although no wake-up said so (one lost on a silent `LISTEN` connection).
+    async fn unpark_behind(&mut self) {
+        let parked = |h: &Held| matches!(h.slot, Some(Slot::Parked { .. }));
+        if !self.leases.values().any(parked) {
+            return;
+        }
+        let behind = match self.hub.store.rest_hooks_behind().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which parked subscriptions are behind");
+                return;
+            }
+        };
+        let mut started = 0usize;
+        for (tenant, id) in behind {
+            let key = match self.leases.get_key_value(&crate::model::Pair(&tenant, &id)) {
+                Some((key, slot)) if parked(slot) => key.clone(),
+                _ => continue,
+            };
+            // false: a wake-up sent it to the loop meanwhile
+            if self.hub.wakeups.unpark(&key) {
+                self.unparked(key).await;
+                started += 1;
+            }
+        }
+        if started > 0 {
+            tracing::info!(
+                subscriptions = started,
+                "the safety read started parked subscriptions whose wake-up never came"
+            );
+        }
+    }
+
     /// Reap the tasks of workers that ended.
     fn reap(&mut self) {
         while let Some(done) = self.tasks.try_join_next() {
@@ -491,6 +525,10 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut renewed = tokio::time::Instant::now();
     let mut others: BTreeSet<String> = BTreeSet::new();
     let mut recheck: Vec<Key> = Vec::new();
+    // Never wait only on wake-ups: parked subscriptions are looked at this often as well.
+    let mut safety =
+        tokio::time::interval(Duration::from_millis(hub.config.database.safety_read_ms));
+    safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     'passes: while !shutdown.is_cancelled() {
         let mut claim_all = false;
@@ -587,6 +625,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     }
                 }
                 Some(key) = unparked_rx.recv() => d.unparked(key).await,
+                _ = safety.tick() => d.unpark_behind().await,
                 _ = tokio::time::sleep_until(beat.unwrap_or(next_pass)), if beat.is_some() => {
                     d.heartbeats_due().await;
                 }
@@ -637,79 +676,6 @@ async fn supervised(
     if !stop.is_cancelled() {
         stop.cancel();
         let _ = ended.send((key, serial, how));
-    }
-}
-
-/// Hourly housekeeping: delivered notifications older than `database.retention_days`;
-/// embedded-log records every group has read, as old; leases and consumer offsets of
-/// deleted subscriptions; resource versions unchanged for `database.previous_versions_days`;
-/// audit rows older than `audit.retention_days`.
-pub async fn retention(hub: Hub, shutdown: CancellationToken) {
-    let days = hub.config.database.retention_days;
-    let version_days = hub.config.database.previous_versions_days;
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    let instant = |t: time::OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = time::OffsetDateTime::now_utc();
-        let ago = |d: u32| now - time::Duration::days(i64::from(d));
-        if days > 0
-            && let Some(before) = instant(ago(days))
-        {
-            match hub.store.purge_notifications(&before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, %before, "notification log retention"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "notification log retention failed; retrying next hour")
-                }
-            }
-            let before_ms = ago(days).unix_timestamp().saturating_mul(1000);
-            match hub.log.purge_consumed(before_ms).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "event log retention"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "event log retention failed; retrying next hour")
-                }
-            }
-        }
-        let audit_days = hub.config.audit.retention_days;
-        if audit_days > 0
-            && let Some(before) = instant(ago(audit_days))
-        {
-            match hub.store.purge_audit(&before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, %before, "audit trail retention"),
-                Err(e) => tracing::warn!(error = %e, "audit retention failed; retrying next hour"),
-            }
-        }
-        let Some(now) = instant(now) else {
-            continue;
-        };
-        let versions_before = (version_days > 0)
-            .then(|| instant(ago(version_days)))
-            .flatten();
-        match hub
-            .store
-            .purge_stale(&now, versions_before.as_deref())
-            .await
-        {
-            Ok(p) if p.total() == 0 => {}
-            Ok(p) => tracing::info!(
-                leases = p.leases,
-                consumer_offsets = p.consumer_offsets,
-                ws_tokens = p.ws_tokens,
-                resource_versions = p.resource_versions,
-                matching_changes = p.matching_changes,
-                "housekeeping"
-            ),
-            Err(e) => tracing::warn!(error = %e, "housekeeping failed; retrying next hour"),
-        }
     }
 }
 

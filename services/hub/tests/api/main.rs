@@ -7,6 +7,7 @@
 mod auth;
 mod readiness;
 mod resources;
+mod safety_read;
 mod sealed;
 mod trust;
 

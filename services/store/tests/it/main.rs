@@ -9,6 +9,7 @@
 
 mod contract;
 mod producer_text;
+mod retention;
 mod timeouts;
 
 use hub_store::Store;
@@ -69,6 +70,47 @@ macro_rules! contract_suite {
         }
     };
 }
+
+/// A second connection to the store's database, for what its API cannot do.
+async fn raw(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::pool::PoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+macro_rules! raw_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_raw {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (store, dir) = super::sqlite().await;
+                    let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+                    super::retention::$name(store, super::raw(&url).await).await;
+                }
+            )*
+        }
+        mod postgres_raw {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((store, url)) = super::postgres_with_url().await else { return };
+                    super::retention::$name(store, super::raw(&url).await).await;
+                }
+            )*
+        }
+    };
+}
+
+raw_suite!(
+    a_read_stops_at_a_missing_number,
+    an_event_logged_again_is_kept_as_long_as_a_new_one,
+    retention_in_small_batches_purges_what_it_should,
+    purges_racing_appends_leave_no_hole,
+);
 
 contract_suite!(
     subscription_crud_with_versions,
