@@ -226,3 +226,49 @@ async fn binding_tokens_act_as_the_credential_that_asked() {
     let m = late.next("revoked");
     assert!(m.to_string().contains("revoked"), "{m}");
 }
+
+/// A named gRPC consumer belongs to the credential that reads it: another key of the tenant
+/// committing the same name moves nothing of it (before, any key with `Subscription.r` could
+/// push another's consumer forward, and it silently skipped events).
+#[tokio::test]
+async fn a_consumer_belongs_to_its_credential() {
+    let Some(python) = require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let (hub, admin) = hub(HubEnv::default()).await;
+    let scopes = "system/Subscription.cruds system/Observation.rs";
+    let (_, a) = admin_key(&hub, &admin, json!({ "scopes": scopes })).await;
+    let (_, b) = admin_key(&hub, &admin, json!({ "scopes": scopes })).await;
+    let grpc = create(&hub, &a, &hub_channel("grpc", "full-resource")).await;
+    publish(&hub, &admin, "c", &["p1", "p1", "p1", "p1"]).await;
+    let target = hub.grpc_url.trim_start_matches("http://").to_owned();
+    let as_a = [("FHIR_HUB_TOKEN", a.as_str())];
+    let c = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "etl", &grpc, "2", "commit"],
+        &as_a,
+    );
+    assert_eq!(c.next("a's first")["event_number"], 1);
+    assert_eq!(c.next("a's second")["event_number"], 2);
+    c.finish();
+    // another key commits the same consumer name past the rest: its own consumer moves
+    let k = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "commit", "etl", &grpc, "4"],
+        &[("FHIR_HUB_TOKEN", b.as_str())],
+    );
+    assert_eq!(k.next("b's commit")["committed"], 4);
+    k.finish();
+    // a's consumer resumes where a committed
+    let c = PyClient::start_with(
+        &python,
+        "grpc_client.py",
+        &[&target, "consume", "etl", &grpc, "2"],
+        &as_a,
+    );
+    assert_eq!(c.next("a resumes")["event_number"], 3);
+    assert_eq!(c.next("a resumes")["event_number"], 4);
+    c.finish();
+}

@@ -68,11 +68,16 @@ async fn administered_key(
     caller: &Caller,
     id: &str,
 ) -> Result<hub_store::ApiKeyRow, ApiError> {
-    hub.store
+    let key = hub
+        .store
         .api_key(id)
         .await?
         .filter(|k| caller.administers(&k.tenant))
-        .ok_or_else(|| ApiError::not_found(format!("no usable API key '{id}'")))
+        .ok_or_else(|| ApiError::not_found(format!("no usable API key '{id}'")))?;
+    // a key that reaches beyond its tenant (an operator's) is the operator's to change or
+    // revoke, though it lives in the admin's tenant
+    require_grantable(caller, &key.scopes)?;
+    Ok(key)
 }
 
 /// `POST /admin/keys`: 201 with the key's token, shown this once.

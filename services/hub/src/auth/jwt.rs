@@ -261,12 +261,23 @@ fn claims_of(issuer: &IssuerConfig, c: &Value, default_tenant: &str) -> Result<C
         .into_iter()
         .filter(|s| issuer.operator || !super::Scopes::parse([s.as_str()]).spans_tenants())
         .collect();
+    // the patient context goes into compartment searches: a FHIR id and nothing else (a
+    // "p1,p2" would read as either patient)
+    let patient = claim_str(c, "patient");
+    if let Some(p) = &patient
+        && !hub_fhir::event::is_fhir_id(p)
+    {
+        return Err(JwtError::Invalid(format!(
+            "the patient claim is not a FHIR id ({} characters)",
+            p.chars().count()
+        )));
+    }
     Ok(Claims {
         issuer: issuer.issuer.clone(),
         subject,
         tenant,
         scopes,
-        patient: claim_str(c, "patient"),
+        patient,
         expires: c.get("exp").and_then(Value::as_i64),
     })
 }
@@ -314,5 +325,21 @@ mod tests {
         assert_eq!(c.scopes, ["hub/admin", "system/*.rs"]);
         let op = issuer(json!({"tenant": "a", "operator": true}));
         assert_eq!(claims_of(&op, &claims, "default").unwrap().scopes.len(), 4);
+    }
+
+    /// A patient claim is a FHIR id: one that is a list, or a search, is refused.
+    #[test]
+    fn the_patient_claim_must_be_an_id() {
+        let iss = issuer(json!({}));
+        for bad in ["p1,p2", "p1|p2", "p1 p2", "", "Patient/p1"] {
+            let c = json!({"sub": "c", "scope": "patient/Observation.rs", "patient": bad});
+            assert!(
+                matches!(claims_of(&iss, &c, "default"), Err(JwtError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        let c = json!({"sub": "c", "scope": "patient/Observation.rs", "patient": "p-1.a"});
+        let got = claims_of(&iss, &c, "default").map(|c| c.patient);
+        assert_eq!(got.ok().flatten().as_deref(), Some("p-1.a"));
     }
 }

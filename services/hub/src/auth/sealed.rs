@@ -77,8 +77,12 @@ pub struct Opened {
 /// Whether a value has the form of a sealed one (`enc:` and a version): a client never sends
 /// one, and the API refuses it.
 pub fn looks_sealed(value: &str) -> bool {
-    let v = value.trim_start();
-    v.len() >= 4 && v[..4].eq_ignore_ascii_case("enc:")
+    // bytes, not a str slice: byte 4 may fall inside a character of client text
+    value
+        .trim_start()
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"enc:"))
 }
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -432,5 +436,28 @@ mod tests {
             "kept",
             "the local key persists"
         );
+    }
+
+    /// Any client text, multi-byte characters at every position included, is judged without
+    /// a panic (a byte-indexed slice panicked on "abcé", reachable from a Subscription header).
+    #[test]
+    fn looks_sealed_takes_any_text() {
+        let pieces = ["é", "€", "𝄞", "a", "enc:", "ENC:", " ", "\u{0}", ":"];
+        let mut seen = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for d in pieces {
+                        let v = format!("{a}{b}{c}{d}");
+                        let expect = v.trim_start().to_ascii_lowercase().starts_with("enc:");
+                        assert_eq!(looks_sealed(&v), expect, "{v:?}");
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, 9 * 9 * 9 * 9);
+        assert!(!looks_sealed("abcé"));
+        assert!(looks_sealed("  Enc:v2:k:x"));
     }
 }

@@ -311,7 +311,8 @@ impl Claim {
             .map_err(store_status)?;
         if !got {
             return Err(Status::aborted(format!(
-                "consumer '{consumer}' is already being read by another connection"
+                "consumer '{}' is already being read by another connection",
+                name_of(consumer)
             )));
         }
         let renewal = CancellationToken::new();
@@ -414,11 +415,7 @@ impl NotificationStream for Service {
     ) -> Result<Response<Notifications>, Status> {
         let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
-        if r.consumer.is_empty() || r.consumer.len() > 200 {
-            return Err(Status::invalid_argument(
-                "a consumer name of 1 to 200 characters is required",
-            ));
-        }
+        check_consumer_name(&r.consumer)?;
         if r.subscription_ids.is_empty() || r.subscription_ids.len() > MAX_CONSUMER_SUBSCRIPTIONS {
             return Err(Status::invalid_argument(format!(
                 "a consumer reads 1 to {MAX_CONSUMER_SUBSCRIPTIONS} subscriptions"
@@ -431,7 +428,7 @@ impl NotificationStream for Service {
             let after = self
                 .hub
                 .store
-                .committed_offset(&caller.tenant, &r.consumer, sub.log_key)
+                .committed_offset(&caller.tenant, &owned(&caller, &r.consumer), sub.log_key)
                 .await
                 .map_err(store_status)?;
             self.check_retained(&sub, after).await?;
@@ -442,7 +439,8 @@ impl NotificationStream for Service {
         }
         let slot = self.slot(&caller)?;
         let stop = self.hub.streams.child_token();
-        let claim = Claim::take(&self.hub, &caller.tenant, &r.consumer, stop.clone()).await?;
+        let name = owned(&caller, &r.consumer);
+        let claim = Claim::take(&self.hub, &caller.tenant, &name, stop.clone()).await?;
         for (sub, after, disclosure) in starts {
             streams.push(notifications(
                 self.hub.clone(),
@@ -468,9 +466,7 @@ impl NotificationStream for Service {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
-        if r.consumer.is_empty() {
-            return Err(Status::invalid_argument("a consumer name is required"));
-        }
+        check_consumer_name(&r.consumer)?;
         let sub = self.subscription(&caller, &r.subscription_id).await?;
         if r.event_number < 0 || r.event_number > sub.events_since_start {
             return Err(Status::invalid_argument(format!(
@@ -481,7 +477,12 @@ impl NotificationStream for Service {
         let committed = self
             .hub
             .store
-            .commit_offset(&caller.tenant, &r.consumer, sub.log_key, r.event_number)
+            .commit_offset(
+                &caller.tenant,
+                &owned(&caller, &r.consumer),
+                sub.log_key,
+                r.event_number,
+            )
             .await
             .map_err(|e| match e {
                 // deleted (perhaps re-created) since it was read: nothing moved
@@ -493,6 +494,29 @@ impl NotificationStream for Service {
             })?;
         Ok(Response::new(pb::CommitResponse { committed }))
     }
+}
+
+/// A named consumer belongs to the credential that reads it: its name is kept under the
+/// credential's subject, so another credential of the tenant using the same name has a
+/// consumer of its own and can neither move this one's committed position (`Commit`) nor
+/// take its claim (`Consume`).
+fn owned(caller: &auth::Caller, name: &str) -> String {
+    // names hold no control character, so the last separator splits the two unambiguously
+    format!("{}\u{1f}{name}", caller.subject)
+}
+
+/// The name part of an [`owned`] consumer name, for messages.
+fn name_of(owned: &str) -> &str {
+    owned.rsplit_once('\u{1f}').map_or(owned, |(_, name)| name)
+}
+
+fn check_consumer_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(
+            "a consumer name of 1 to 200 characters, none of them control characters, is required",
+        ));
+    }
+    Ok(())
 }
 
 /// Serve gRPC on `listener` until `shutdown`: the same connection limits, timeouts and TLS

@@ -43,6 +43,11 @@ pub struct Idle {
     pub wake: watch::Receiver<Logged>,
 }
 
+/// The most notifications one read of the log loads, whatever a channel asks for: with
+/// `backport-max-count` up to 1,000 and a websocket's outbox of 1,024 messages, a backlog
+/// would otherwise be read a million rows at a time and trimmed to the byte budget after.
+pub const MAX_READ: usize = 1_000;
+
 /// One reader's view of one subscription.
 pub struct SubscriptionStream {
     store: Store,
@@ -181,7 +186,9 @@ impl SubscriptionStream {
 
     /// One look at the log. `None` when there is nothing after the position.
     async fn read(&mut self, max: usize, known: i64) -> Result<Option<Item>, StoreError> {
-        let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
+        // whatever a channel asks (a websocket asks its outbox × `backport-max-count`), one
+        // read loads at most MAX_READ rows: the byte budget below only trims what was loaded
+        let max = i64::try_from(max.clamp(1, MAX_READ)).unwrap_or(i64::MAX);
         // readers at the head take what this process just logged from memory
         let cached = self.wakeups.recent_after(
             (&self.tenant, &self.id),

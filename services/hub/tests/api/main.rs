@@ -9,6 +9,7 @@ mod readiness;
 mod resources;
 mod safety_read;
 mod sealed;
+mod stream_reads;
 mod trust;
 
 use axum::body::Body;

@@ -17,7 +17,7 @@ async fn a_reader_finds_what_was_logged_without_a_wake_up() {
         criteria: "Observation?code=1".into(),
         channel_type: "websocket".into(),
         endpoint: String::new(),
-        resource: r#"{"resourceType":"Subscription"}"#.into(),
+        resource: r#"{"resourceType":"Subscription","status":"active","reason":"test","criteria":"Observation?code=1","channel":{"type":"websocket"}}"#.into(),
         secret: None,
         client_certificate: None,
         owner: None,

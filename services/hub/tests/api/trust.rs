@@ -94,6 +94,14 @@ async fn a_tenant_admin_stays_in_its_tenant() {
     )
     .await;
     assert_eq!(a.status, 204, "{}", a.body);
+    // an operator's key living in the admin's tenant is the operator's to change or revoke
+    let (op_in_a, _) = key(&t, "a", "hub/operator", None).await;
+    let op_path = format!("/admin/keys/{op_in_a}");
+    let a = as_key(&t, &admin_a, Method::DELETE, &op_path, None).await;
+    assert_eq!(a.status, 403, "revoking an operator key: {}", a.body);
+    let demote = json!({"scopes": "system/Subscription.rs"});
+    let a = as_key(&t, &admin_a, Method::PATCH, &op_path, Some(&demote)).await;
+    assert_eq!(a.status, 403, "demoting an operator key: {}", a.body);
     assert_eq!(
         as_key(&t, &admin_a, Method::GET, "/fhir/AuditEvent", None)
             .await
