@@ -242,8 +242,8 @@ pub struct ServerConfig {
     /// Most open connections on the API and gRPC listeners together; more are refused.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Most of them from one peer (an IPv4 address, or an IPv6 /64); 0: a quarter of
-    /// `max_connections`.
+    /// Most of them from one peer (an IPv4 address, or an IPv6 /64); 0: a sixty-fourth of
+    /// `max_connections` (at least 64).
     #[serde(default)]
     pub max_connections_per_peer: usize,
     /// Seconds a connection may stay open with no request in flight (HTTP/1 keep-alive,
@@ -709,11 +709,12 @@ impl Config {
     }
 
     /// The most of them one peer may hold: `server.max_connections_per_peer`, or (0) a
-    /// quarter of the total, so that one address cannot take every place.
+    /// sixty-fourth of the total (at least 64), so that a few addresses cannot take every place.
     pub fn max_connections_per_peer(&self) -> usize {
         let total = self.max_connections();
         match self.server.max_connections_per_peer {
-            0 => (total / 4).max(1),
+            // a small share: a quarter let four addresses (one IPv6 /62) fill the listener
+            0 => (total / 64).max(64).min(total),
             n => n.min(total),
         }
     }
@@ -819,7 +820,12 @@ mod tests {
         }
         c.server.max_connections = 123;
         assert_eq!(c.max_connections(), 123);
-        assert_eq!(c.max_connections_per_peer(), 30, "a quarter by default");
+        assert_eq!(c.max_connections_per_peer(), 64, "a 64th by default, at least 64");
+        c.server.max_connections = 12_800;
+        assert_eq!(c.max_connections_per_peer(), 200, "a 64th by default");
+        c.server.max_connections = 5;
+        assert_eq!(c.max_connections_per_peer(), 5, "never above the total");
+        c.server.max_connections = 123;
         c.server.max_connections_per_peer = 500;
         assert_eq!(c.max_connections_per_peer(), 123, "never above the total");
     }

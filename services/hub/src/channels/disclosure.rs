@@ -181,7 +181,14 @@ async fn focus_types(hub: &Hub, sub: &Subscription) -> Result<Vec<String>, ApiEr
         return Ok(vec![c.resource_type.clone()]);
     }
     let Some(t) = sub.topic() else {
-        return Ok(Vec::new());
+        // R4 criteria whose parsed form this process does not keep (no matcher role): the
+        // type is what comes before `?`, as validated at create
+        let ty = sub.spec.criteria.split('?').next().unwrap_or("").trim();
+        return Ok(if ty.is_empty() {
+            Vec::new()
+        } else {
+            vec![ty.to_owned()]
+        });
     };
     let Some(row) = hub.store.topic_by_url(sub.tenant(), &t.topic).await? else {
         return Ok(Vec::new());

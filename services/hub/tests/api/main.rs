@@ -49,6 +49,27 @@ pub(crate) async fn spawn_hub_with(adjust: impl FnOnce(&mut fhir_hub::config::Co
     }
 }
 
+/// An active R4 websocket subscription `s1` on `Observation?code=1`, stored straight (no
+/// API, no audit): for tests that read its log through the stream core.
+pub(crate) async fn websocket_subscription(hub: &fhir_hub::Hub) -> fhir_hub::model::Subscription {
+    let write = hub_store::SubscriptionWrite {
+        status: "active".into(),
+        criteria: "Observation?code=1".into(),
+        channel_type: "websocket".into(),
+        endpoint: String::new(),
+        resource: r#"{"resourceType":"Subscription","status":"active","reason":"test","criteria":"Observation?code=1","channel":{"type":"websocket"}}"#.into(),
+        secret: None,
+        client_certificate: None,
+        owner: None,
+    };
+    let row = hub
+        .store
+        .create_subscription("default", "s1", &write)
+        .await
+        .unwrap();
+    hub.subscriptions.read(row).unwrap()
+}
+
 impl TestHub {
     pub(crate) async fn call(
         &self,

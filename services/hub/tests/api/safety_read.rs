@@ -12,22 +12,7 @@ use crate::spawn_hub_with;
 async fn a_reader_finds_what_was_logged_without_a_wake_up() {
     let t = spawn_hub_with(|c| c.database.safety_read_ms = 200).await;
     let hub = &t.hub;
-    let write = hub_store::SubscriptionWrite {
-        status: "active".into(),
-        criteria: "Observation?code=1".into(),
-        channel_type: "websocket".into(),
-        endpoint: String::new(),
-        resource: r#"{"resourceType":"Subscription","status":"active","reason":"test","criteria":"Observation?code=1","channel":{"type":"websocket"}}"#.into(),
-        secret: None,
-        client_certificate: None,
-        owner: None,
-    };
-    let row = hub
-        .store
-        .create_subscription("default", "s1", &write)
-        .await
-        .unwrap();
-    let sub = hub.subscriptions.read(row).unwrap();
+    let sub = crate::websocket_subscription(hub).await;
     let mut stream = SubscriptionStream::open(hub, &sub, 0);
     let stop = CancellationToken::new();
     let reader = tokio::spawn(async move {

@@ -11,21 +11,7 @@ async fn a_read_loads_at_most_max_read_rows() {
     // a byte budget that would take everything: only the row bound applies
     let t = spawn_hub_with(|c| c.streams.max_buffer_bytes = 1 << 30).await;
     let hub = &t.hub;
-    let write = hub_store::SubscriptionWrite {
-        status: "active".into(),
-        criteria: "Observation?code=1".into(),
-        channel_type: "websocket".into(),
-        endpoint: String::new(),
-        resource: r#"{"resourceType":"Subscription","status":"active","reason":"test","criteria":"Observation?code=1","channel":{"type":"websocket"}}"#.into(),
-        secret: None,
-        client_certificate: None,
-        owner: None,
-    };
-    let row = hub
-        .store
-        .create_subscription("default", "s1", &write)
-        .await
-        .unwrap();
+    let sub = crate::websocket_subscription(hub).await;
     let notes: Vec<_> = (0..MAX_READ + 500)
         .map(|i| hub_store::NewNotification {
             tenant: "default".into(),
@@ -40,7 +26,6 @@ async fn a_read_loads_at_most_max_read_rows() {
         })
         .collect();
     hub.store.append_notifications(&notes).await.unwrap();
-    let sub = hub.subscriptions.read(row).unwrap();
     let mut stream = SubscriptionStream::open(hub, &sub, 0);
     let stop = CancellationToken::new();
     let mut sizes = Vec::new();

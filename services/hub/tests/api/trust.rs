@@ -449,3 +449,32 @@ async fn the_data_files_are_private() {
         assert_eq!(mode, 0o600, "{}", f.display());
     }
 }
+
+/// On a process without the matcher role (which keeps no parsed criteria), a reader that may
+/// read none of a criteria subscription's resource type is still refused at connect (before,
+/// it was let in and shown withheld events).
+#[tokio::test]
+async fn an_api_only_process_refuses_a_reader_without_the_type() {
+    let t = spawn_hub_with(|c| {
+        c.auth.mode = fhir_hub::config::AuthMode::Required;
+        c.server.roles = vec![fhir_hub::config::Role::Api];
+    })
+    .await;
+    let (_, owner) = key(
+        &t,
+        "default",
+        "system/Subscription.cruds system/Observation.rs",
+        None,
+    )
+    .await;
+    let (_, narrow) = key(&t, "default", "system/Subscription.rs", None).await;
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "t",
+        "criteria": "Observation?code=http://loinc.org|2345-7",
+        "channel": {"type": "websocket"}});
+    let a = as_key(&t, &owner, Method::POST, "/fhir/Subscription", Some(&sub)).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/fhir/Subscription/{id}/$events");
+    let a = as_key(&t, &narrow, Method::GET, &path, None).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+}
