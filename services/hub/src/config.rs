@@ -820,7 +820,11 @@ mod tests {
         }
         c.server.max_connections = 123;
         assert_eq!(c.max_connections(), 123);
-        assert_eq!(c.max_connections_per_peer(), 64, "a 64th by default, at least 64");
+        assert_eq!(
+            c.max_connections_per_peer(),
+            64,
+            "a 64th by default, at least 64"
+        );
         c.server.max_connections = 12_800;
         assert_eq!(c.max_connections_per_peer(), 200, "a 64th by default");
         c.server.max_connections = 5;
