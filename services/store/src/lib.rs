@@ -47,7 +47,7 @@ pub use retention::RETENTION_BATCH;
 pub use subscriptions::{SubscriptionRow, SubscriptionSecrets, SubscriptionWrite};
 pub use text::{MAX_SANITIZED_BYTES, Sanitized};
 pub use topics::TopicRow;
-pub use versions::ResourceKey;
+pub use versions::{ResourceKey, VersionAt};
 pub use ws_tokens::WsToken;
 
 /// Errors of the store.

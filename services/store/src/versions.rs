@@ -9,6 +9,10 @@ use crate::{Store, StoreError, now};
 /// `(tenant, resource type, resource id)`.
 pub type ResourceKey = (String, String, String);
 
+/// A resource as a change left it (`None`: deleted) and when that change happened (unix
+/// microseconds of its `occurredAt`).
+pub type VersionAt = (ResourceKey, Option<String>, i64);
+
 impl Store {
     /// The stored last versions of `keys` (absent keys are simply missing from the answer).
     pub async fn last_versions(
@@ -36,53 +40,48 @@ impl Store {
                 q = q.bind(t).bind(ty).bind(id);
             }
             for row in q.fetch_all(&self.pool).await? {
+                let resource: String = row.try_get(3)?;
+                // an empty resource remembers a deletion: no previous version
+                if resource.is_empty() {
+                    continue;
+                }
                 out.insert(
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?),
-                    row.try_get(3)?,
+                    resource,
                 );
             }
         }
         Ok(out)
     }
 
-    /// Record the latest versions (`None`: the resource was deleted), in one transaction.
-    pub async fn put_versions(
-        &self,
-        items: &[(ResourceKey, Option<String>)],
-    ) -> Result<(), StoreError> {
+    /// Record the versions changes left, in one transaction. A version older than the one
+    /// remembered (a change replayed, or read late) is not kept: `%previous` stays the newest.
+    /// A deletion is remembered as an empty resource, so an older update cannot revive it.
+    pub async fn put_versions(&self, items: &[VersionAt]) -> Result<(), StoreError> {
         if items.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         let at = now();
-        for ((t, ty, id), resource) in items {
-            match resource {
-                Some(r) => {
-                    sqlx::query(
-                        "INSERT INTO resource_versions (tenant, resource_type, resource_id, resource, updated_at)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (tenant, resource_type, resource_id)
-                         DO UPDATE SET resource = excluded.resource, updated_at = excluded.updated_at",
-                    )
-                    .bind(t)
-                    .bind(ty)
-                    .bind(id)
-                    .bind(r)
-                    .bind(&at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query(
-                        "DELETE FROM resource_versions WHERE tenant = $1 AND resource_type = $2 AND resource_id = $3",
-                    )
-                    .bind(t)
-                    .bind(ty)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
+        for ((t, ty, id), resource, changed_us) in items {
+            sqlx::query(
+                "INSERT INTO resource_versions
+                     (tenant, resource_type, resource_id, resource, updated_at, changed_us)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant, resource_type, resource_id)
+                 DO UPDATE SET resource = excluded.resource, updated_at = excluded.updated_at,
+                     changed_us = excluded.changed_us
+                 WHERE resource_versions.changed_us IS NULL
+                    OR resource_versions.changed_us <= excluded.changed_us",
+            )
+            .bind(t)
+            .bind(ty)
+            .bind(id)
+            .bind(resource.as_deref().unwrap_or(""))
+            .bind(&at)
+            .bind(changed_us)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

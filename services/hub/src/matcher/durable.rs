@@ -40,7 +40,7 @@ pub trait BatchStore: Sync {
 
     fn put_versions(
         &self,
-        items: &[(ResourceKey, Option<String>)],
+        items: &[hub_store::VersionAt],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -61,7 +61,7 @@ impl BatchStore for hub_store::Store {
 
     fn put_versions(
         &self,
-        items: &[(ResourceKey, Option<String>)],
+        items: &[hub_store::VersionAt],
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         hub_store::Store::put_versions(self, items)
     }
@@ -190,7 +190,7 @@ async fn put_quarantined<S: BatchStore>(
 async fn put_versions<S: BatchStore>(
     store: &S,
     shutdown: &CancellationToken,
-    items: &[(ResourceKey, Option<String>)],
+    items: &[hub_store::VersionAt],
 ) -> Option<Result<(), StoreError>> {
     let what = "recording resource versions";
     until_done(shutdown, what, || store.put_versions(items), refused).await
@@ -224,7 +224,7 @@ pub async fn quarantine<S: BatchStore>(
 pub async fn record_versions<S: BatchStore>(
     store: &S,
     shutdown: &CancellationToken,
-    latest: &[(ResourceKey, Option<String>)],
+    latest: &[hub_store::VersionAt],
 ) -> Option<()> {
     if latest.is_empty() || put_versions(store, shutdown, latest).await?.is_ok() {
         return Some(());

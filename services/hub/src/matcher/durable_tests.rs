@@ -101,7 +101,7 @@ impl BatchStore for Fake {
         Ok(())
     }
 
-    async fn put_versions(&self, _: &[(ResourceKey, Option<String>)]) -> Result<(), StoreError> {
+    async fn put_versions(&self, _: &[hub_store::VersionAt]) -> Result<(), StoreError> {
         self.down()
     }
 }

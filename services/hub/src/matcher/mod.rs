@@ -206,12 +206,17 @@ async fn changed_tenants(
 /// Fill in `previous` for events of types a subscribed topic compares with the version before
 /// (from earlier events of the batch, then the store), and return the versions to record.
 /// `None` when stopped while the store was unavailable.
+/// Unix microseconds of an instant (what orders remembered versions).
+fn changed_us(t: time::OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
 async fn supply_previous(
     hub: &Hub,
     index: &SubscriptionIndex,
     events: &mut [RawEvent<'_>],
     shutdown: &CancellationToken,
-) -> Option<Vec<(ResourceKey, Option<String>)>> {
+) -> Option<Vec<hub_store::VersionAt>> {
     let key = |e: &ChangeEvent| -> ResourceKey {
         (
             e.tenant.clone(),
@@ -239,23 +244,33 @@ async fn supply_previous(
         })
         .await?;
     }
-    let mut latest: HashMap<ResourceKey, Option<String>> = HashMap::new();
+    let mut latest: HashMap<ResourceKey, (Option<String>, i64)> = HashMap::new();
+    let now_us = changed_us(time::OffsetDateTime::now_utc());
     for e in events.iter_mut().filter(|e| relevant(e)) {
         let k = key(&e.head);
         if !carries(e) && e.head.action != Action::Create {
             let before = match latest.get(&k) {
-                Some(v) => v.clone(),
+                Some((v, _)) => v.clone(),
                 None => stored.get(&k).cloned(),
             };
             e.head.previous = before.and_then(|s| serde_json::from_str::<Value>(&s).ok());
         }
-        let now = match e.head.action {
+        let after = match e.head.action {
             Action::Delete => None,
             _ => e.resource.as_ref().map(|r| r.get().to_owned()),
         };
-        latest.insert(k, now);
+        // the store keeps the newest by when the change happened, whatever order it is read in
+        let at = hub_fhir::time_fmt::parse_instant(&e.head.occurred_at).map_or(now_us, changed_us);
+        if latest.get(&k).is_none_or(|(_, seen)| *seen <= at) {
+            latest.insert(k, (after, at));
+        }
     }
-    Some(latest.into_iter().collect())
+    Some(
+        latest
+            .into_iter()
+            .map(|(k, (resource, at))| (k, resource, at))
+            .collect(),
+    )
 }
 
 /// Run the matcher until `shutdown`.

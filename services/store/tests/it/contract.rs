@@ -686,13 +686,13 @@ pub(crate) async fn last_versions_are_kept_per_resource(store: Store) {
     assert!(store.last_versions(&[k("a")]).await.unwrap().is_empty());
     store
         .put_versions(&[
-            (k("a"), Some("{\"v\":1}".into())),
-            (k("b"), Some("{\"v\":1}".into())),
+            (k("a"), Some("{\"v\":1}".into()), 10),
+            (k("b"), Some("{\"v\":1}".into()), 10),
         ])
         .await
         .unwrap();
     store
-        .put_versions(&[(k("a"), Some("{\"v\":2}".into())), (k("b"), None)])
+        .put_versions(&[(k("a"), Some("{\"v\":2}".into()), 20), (k("b"), None, 20)])
         .await
         .unwrap();
     let got = store
@@ -708,10 +708,63 @@ pub(crate) async fn last_versions_are_kept_per_resource(store: Store) {
     let many: Vec<_> = (0..250).map(|i| k(&format!("m{i}"))).collect();
     let items: Vec<_> = many
         .iter()
-        .map(|k| (k.clone(), Some("{}".to_owned())))
+        .map(|k| (k.clone(), Some("{}".to_owned()), 1))
         .collect();
     store.put_versions(&items).await.unwrap();
     assert_eq!(store.last_versions(&many).await.unwrap().len(), 250);
+}
+
+/// A change read late (replayed, or from a lagging partition), older than the version
+/// remembered, leaves the newer one: `%previous` is the newest version whatever the order
+/// the changes are read in; an older update does not revive a deleted resource. (Before, the
+/// last one written won.)
+pub(crate) async fn an_older_version_never_replaces_a_newer_one(store: Store) {
+    let k = |id: &str| {
+        (
+            "default".to_owned(),
+            "Observation".to_owned(),
+            id.to_owned(),
+        )
+    };
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":3}".into()), 300)])
+        .await
+        .unwrap();
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":1}".into()), 100)])
+        .await
+        .unwrap();
+    let got = store.last_versions(&[k("a")]).await.unwrap();
+    assert_eq!(
+        got[&k("a")],
+        "{\"v\":3}",
+        "the replayed older version stays out"
+    );
+    // the same instant: the later write wins (two changes a producer stamped alike)
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":4}".into()), 300)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_versions(&[k("a")]).await.unwrap()[&k("a")],
+        "{\"v\":4}"
+    );
+    // deleted, then an older update read late: still deleted
+    store.put_versions(&[(k("a"), None, 400)]).await.unwrap();
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":2}".into()), 200)])
+        .await
+        .unwrap();
+    assert!(store.last_versions(&[k("a")]).await.unwrap().is_empty());
+    // a newer create after the deletion is remembered
+    store
+        .put_versions(&[(k("a"), Some("{\"v\":5}".into()), 500)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_versions(&[k("a")]).await.unwrap()[&k("a")],
+        "{\"v\":5}"
+    );
 }
 
 pub(crate) async fn ws_tokens_bind_until_they_expire(store: Store) {
@@ -1191,7 +1244,7 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
         "o1".to_owned(),
     );
     store
-        .put_versions(&[(key.clone(), Some("{}".to_owned()))])
+        .put_versions(&[(key.clone(), Some("{}".to_owned()), 1)])
         .await
         .unwrap();
     let now = "2999-01-01T00:00:00Z";

@@ -129,6 +129,7 @@ contract_suite!(
     topics_by_id_and_url,
     retention_purges_only_delivered_and_never_reuses_numbers,
     last_versions_are_kept_per_resource,
+    an_older_version_never_replaces_a_newer_one,
     ws_tokens_bind_until_they_expire,
     secrets_live_in_their_own_columns,
     sealing_keys_are_recorded_and_sealed_values_counted,
