@@ -17,9 +17,7 @@
 
 use std::future::Future;
 
-use hub_store::{
-    NewNotification, NewQuarantined, Notification, ResourceKey, Sanitized, StoreError,
-};
+use hub_store::{NewNotification, NewQuarantined, Notification, Sanitized, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use super::spool::Spool;
