@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
+use crate::state::Hub;
 
 /// Hourly housekeeping: delivered notifications older than `database.retention_days`;
 /// embedded-log records every group has read, as old; leases and consumer offsets of

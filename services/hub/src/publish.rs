@@ -165,7 +165,7 @@ pub async fn run(config: &Config, args: PublishArgs<'_>) -> anyhow::Result<usize
     // connect to the log while the input is validated; nothing is sent before it all is
     let opening = {
         let config = config.clone();
-        tokio::spawn(async move { crate::open_log(&config).await })
+        tokio::spawn(async move { crate::state::open_log(&config).await })
     };
     let validating = spinner(args.progress, "validating");
     let action = args.action;

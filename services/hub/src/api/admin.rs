@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
-use crate::Hub;
 use crate::auth::keys::{self, KeyError, KeySpec};
+use crate::state::Hub;
 
 /// The body of `POST /admin/keys`.
 #[derive(Debug, Deserialize)]

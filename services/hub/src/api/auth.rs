@@ -4,8 +4,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::ApiError;
-use crate::Hub;
 pub use crate::auth::Caller;
+use crate::state::Hub;
 
 impl FromRequestParts<Hub> for Caller {
     type Rejection = ApiError;

@@ -13,9 +13,9 @@ use hub_fhir::{IssueType, OperationOutcome};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
-use crate::Hub;
 use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
+use crate::state::Hub;
 
 /// The most events one `$events` call returns; ask again from the last number for more.
 const MAX_EVENTS: i64 = 1000;

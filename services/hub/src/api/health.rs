@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use serde_json::{Value, json};
 
-use crate::Hub;
 use crate::auth::PeerAddr;
 use crate::config::AuthMode;
+use crate::state::Hub;
 
 /// What a failed check says to a caller who is not the hub's operator: the store's or the
 /// log's error text names hosts, users, paths and versions.

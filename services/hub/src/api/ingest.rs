@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody, is_json_type};
-use crate::Hub;
+use crate::state::Hub;
 
 /// The log record of an event: key `Type/id`, the envelope as JSON (its resources as they
 /// were written).

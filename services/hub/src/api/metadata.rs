@@ -4,7 +4,7 @@ use axum::extract::State;
 use serde_json::json;
 
 use super::fhir_json::FhirJson;
-use crate::Hub;
+use crate::state::Hub;
 
 /// What R4 criteria this version evaluates: kept next to the matcher's own refusals.
 pub const CRITERIA_SUPPORT: &str = "Subscription.criteria: R4 search criteria 'Type?params' \

@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
+use crate::state::Hub;
 use subscriptions::SubscriptionKind;
 use topics::TopicKind;
 
@@ -22,11 +22,9 @@ pub mod metadata;
 pub mod open_mode;
 pub mod quarantine;
 pub mod resource;
-pub mod sse;
 pub mod status;
 pub mod subscriptions;
 pub mod topics;
-pub mod websocket;
 
 pub use error::ApiError;
 
@@ -37,9 +35,9 @@ pub fn router(hub: Hub) -> Router {
     // browsers' EventSource reads across origins — but never from an open hub, which any
     // page the user opens could otherwise read (`open_mode`)
     let sse_route = if open {
-        get(sse::stream)
+        get(crate::channels::sse::stream)
     } else {
-        get(sse::stream).layer(
+        get(crate::channels::sse::stream).layer(
             tower_http::cors::CorsLayer::new()
                 .allow_origin(tower_http::cors::Any)
                 .allow_methods([axum::http::Method::GET])
@@ -58,9 +56,13 @@ pub fn router(hub: Hub) -> Router {
         .route("/fhir/Subscription/{id}/$events", get(events::events))
         .route(
             "/fhir/Subscription/{id}/$get-ws-binding-token",
-            get(websocket::binding_token).post(websocket::binding_token),
+            get(crate::channels::websocket::binding_token)
+                .post(crate::channels::websocket::binding_token),
         )
-        .route("/fhir/$subscription-ws", get(websocket::connect))
+        .route(
+            "/fhir/$subscription-ws",
+            get(crate::channels::websocket::connect),
+        )
         .route("/fhir/Subscription/{id}/$stream", sse_route)
         .merge(resource_routes::<SubscriptionKind>())
         .merge(resource_routes::<TopicKind>())

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use hub_fhir::{IssueType, OperationOutcome};
 
 use super::ApiError;
-use crate::Hub;
 use crate::config::AuthMode;
+use crate::state::Hub;
 
 /// Whether `host` (a `Host` value or URI authority, with or without a port) names this
 /// machine: `localhost`, `*.localhost`, 127.0.0.0/8 or `[::1]`.

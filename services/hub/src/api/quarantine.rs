@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
-use crate::Hub;
+use crate::state::Hub;
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {

@@ -21,8 +21,8 @@ use serde_json::{Map, Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::{FhirJson, RawBody};
-use crate::Hub;
 use crate::auth::Perm;
+use crate::state::Hub;
 
 /// A resource as clients see it, at one version.
 #[derive(Debug, Clone)]

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::fhir_json::FhirJson;
-use crate::Hub;
 use crate::channels::render::{self, Kind};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 fn query_status<'a>(hub: &'a Hub, sub: &'a Subscription) -> render::Message<'a> {
     let since = sub.events_since_start;

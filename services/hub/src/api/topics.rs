@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::resource::{
     ResourceKind, Stored, WriteRequest, Written, stored_resource, validation_error,
 };
-use crate::Hub;
+use crate::state::Hub;
 
 fn to_stored(row: &TopicRow) -> Result<Stored, ApiError> {
     let resource = stored_resource(

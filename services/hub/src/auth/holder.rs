@@ -8,8 +8,8 @@ use hub_fhir::{IssueType, OperationOutcome};
 use serde::{Deserialize, Serialize};
 
 use super::{Caller, Scopes, key_usable};
-use crate::Hub;
 use crate::api::ApiError;
+use crate::state::Hub;
 
 /// What a binding token keeps of the credential it was issued to (JSON in
 /// `ws_tokens.holder`).

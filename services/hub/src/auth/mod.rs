@@ -20,9 +20,9 @@ use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::{ApiKeyRow, NewAudit};
 use serde::{Deserialize, Serialize};
 
-use crate::Hub;
 use crate::api::ApiError;
 use crate::config::AuthMode;
+use crate::state::Hub;
 
 pub mod holder;
 pub mod jwt;

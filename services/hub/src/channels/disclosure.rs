@@ -35,10 +35,10 @@ use hub_fhir::{IssueType, OperationOutcome};
 use hub_store::{NewAudit, Notification};
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
 use crate::api::ApiError;
 use crate::auth::{Access, Caller, Perm, Scopes};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// Why a reader's stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,12 +31,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::Hub;
 use crate::auth::{self, Caller};
 use crate::channels::disclosure::{Disclosure, Ended, Shown};
 use crate::channels::render::{Kind, Message};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// The generated protocol.
 pub mod pb {

@@ -6,7 +6,8 @@
 //! `backport-max-count`; with quiet periods reported so the channel can send heartbeats; and
 //! with an explicit answer when the asked-for history is gone ([`stream`]). Every bundle
 //! shape (R4 Backport, R4B, R5, classic R4 payloads) is rendered in one place ([`render`]).
-//! A channel adapter (rest-hook in `delivery`, the websocket in `api::websocket`) only
+//! A channel adapter (rest-hook in `delivery`; `sse`, `websocket` and `grpc` here, each with
+//! its HTTP or gRPC handlers) only
 //! frames, writes and reports its progress: cursors belong to readers. What it renders
 //! comes only through its reader's [`disclosure::Disclosure`]: the reader's grant, at the
 //! moment of disclosure, with the audit row naming the reader.
@@ -14,8 +15,10 @@
 pub mod disclosure;
 pub mod grpc;
 pub mod render;
+pub mod sse;
 pub mod stream;
 pub mod wake;
+pub mod websocket;
 
 use crate::model::Subscription;
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::wake::Logged;
-use crate::Hub;
+use crate::state::Hub;
 
 /// What a reader gets next.
 #[derive(Debug)]

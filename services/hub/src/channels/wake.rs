@@ -27,8 +27,8 @@ use hub_store::{LogKey, Notification};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
 use crate::model::{KeyMap, Pair, SubKey};
+use crate::state::Hub;
 
 /// What a reader's watch holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

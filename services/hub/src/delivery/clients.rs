@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ssrf::CheckedEndpoint;
-use crate::Hub;
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// What makes two subscriptions' requests interchangeable on one client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use hub_fhir::subscription::{ChannelType, Status};
 use hub_store::MatchingChanges;
 
-use crate::Hub;
 use crate::model::{KeyMap, Pair, SubKey, Subscription};
+use crate::state::Hub;
 
 /// A subscription: its tenant and id.
 type Key = SubKey;

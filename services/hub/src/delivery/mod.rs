@@ -27,8 +27,8 @@ use hub_store::LogKey;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
 use crate::model::{KeyMap, SubKey, Subscription};
+use crate::state::Hub;
 use known::Known;
 
 pub mod clients;

@@ -10,8 +10,8 @@ use hub_fhir::subscription::Status;
 use tokio_util::sync::CancellationToken;
 
 use super::{clients, worker};
-use crate::Hub;
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// The longest wait between two tries to start a worker.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use super::retries::{Attempt, Final, Pending, deliver_with_retries};
 use super::schedule::Schedule;
 use super::send::{self, Dispatch, Outcome};
-use crate::Hub;
 use crate::channels::disclosure::{Disclosure, Shown};
 use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Idle, Item, SubscriptionStream};
 use crate::metrics::{DeliveryAttempt, StatusChanged};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// Where a parked worker left off: what the next one starts from.
 #[derive(Debug, Clone)]

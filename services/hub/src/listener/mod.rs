@@ -38,8 +38,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::Hub;
 use crate::metrics::{ConnectionClosed, Metrics};
+use crate::state::Hub;
 use crate::tls::PeerCertificate;
 
 mod limits;
@@ -162,12 +162,12 @@ pub async fn serve(
     let tls =
         crate::tls::server_config(&hub.config.tls, alpn)?.map(tokio_rustls::TlsAcceptor::from);
     match kind {
-        Listener::Api => crate::announce(
+        Listener::Api => crate::roles::announce(
             &listener,
             "",
             if tls.is_some() { "https://" } else { "http://" },
         )?,
-        Listener::Grpc => crate::announce(&listener, "grpc ", "")?,
+        Listener::Grpc => crate::roles::announce(&listener, "grpc ", "")?,
     }
     let server = &hub.config.server;
     let header_timeout = Duration::from_secs(server.header_read_timeout_secs.max(1));

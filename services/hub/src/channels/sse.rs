@@ -38,15 +38,15 @@ use hub_fhir::{IssueType, OperationOutcome};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::ApiError;
-use super::auth::MaybeCaller;
-use super::resource::check_id;
-use crate::Hub;
+use crate::api::ApiError;
+use crate::api::auth::MaybeCaller;
+use crate::api::resource::check_id;
 use crate::auth::holder::Holder;
 use crate::channels::disclosure::{Disclosure, Ended, Shown};
 use crate::channels::render::{Kind, Message};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// Reconnection advice sent to clients.
 const RETRY: Duration = Duration::from_secs(2);
@@ -131,7 +131,7 @@ pub async fn stream(
             ));
         }
     };
-    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
+    let sub = crate::api::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     if sub.channel_type() != ChannelType::Sse {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,

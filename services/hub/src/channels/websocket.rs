@@ -30,15 +30,15 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::ApiError;
-use super::auth::{Caller, MaybeCaller};
-use super::fhir_json::FhirJson;
-use crate::Hub;
+use crate::api::ApiError;
+use crate::api::auth::{Caller, MaybeCaller};
+use crate::api::fhir_json::FhirJson;
 use crate::auth::holder::Holder;
 use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
+use crate::state::Hub;
 
 /// How long a binding token stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -50,7 +50,7 @@ pub async fn binding_token(
     Path(id): Path<String>,
 ) -> Result<FhirJson, ApiError> {
     caller.require("Subscription", crate::auth::Perm::Read)?;
-    let sub = super::subscriptions::typed(&hub, &caller.tenant, &id).await?;
+    let sub = crate::api::subscriptions::typed(&hub, &caller.tenant, &id).await?;
     if sub.channel_type().calls_out() {
         return Err(ApiError::unprocessable(OperationOutcome::error(
             IssueType::NotSupported,
