@@ -591,3 +591,56 @@ async fn an_endpoint_whose_name_moves_gets_its_events_at_the_new_address() {
     assert_ne!(sub["status"], "off", "{sub}");
     drop(hosts);
 }
+
+/// A parked subscription whose endpoint's name moved while it slept wakes at the new
+/// address, though the old one still answers (before, it woke with the address resolved
+/// before it parked, for as long as that address answered).
+#[tokio::test]
+async fn a_parked_subscription_wakes_at_its_names_new_address() {
+    let name = format!("parked-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
+    let Some(hosts) = HostsEntry::add(&name, "127.0.0.2") else {
+        assert!(
+            std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
+        );
+        eprintln!("skipping: /etc/hosts is not writable");
+        return;
+    };
+    let mut old = TestReceiver::start_at("127.0.0.2:0").await;
+    let port = old
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/hook")
+        .to_owned();
+    let endpoint = format!("http://{name}:{port}/hook");
+    // every wake resolves again (30 s of sleep by default)
+    let hub =
+        Hub::start(HubEnv::default().var("HUB_DELIVERY__RERESOLVE_PARKED_AFTER_MS", "0")).await;
+    let id = hub
+        .subscribe("Observation?code=2345-7", &endpoint, true)
+        .await;
+    hub.wait_status(&id, "active").await;
+    hub.post_json("/events", &glucose("park1")).await;
+    assert_eq!(old.next(WAIT).await.path, "/hook/Observation/park1");
+    // parked (after 100 ms idle in the tests)
+    let parked = "fhir_hub_delivery_subscriptions{state=\"parked\"} 1";
+    let mut metrics = hub.metrics().await;
+    for _ in 0..300 {
+        if metrics.contains(parked) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = hub.metrics().await;
+    }
+    assert!(metrics.contains(parked), "{metrics}");
+
+    // the name moves while it sleeps; the old address still answers 200
+    let mut new = TestReceiver::start_at(&format!("127.0.0.3:{port}")).await;
+    assert!(hosts.point_to("127.0.0.3"));
+    hub.post_json("/events", &glucose("park2")).await;
+    assert_eq!(new.next(WAIT).await.path, "/hook/Observation/park2");
+    old.assert_quiet(Duration::from_millis(200)).await;
+    drop(hosts);
+}

@@ -448,6 +448,10 @@ pub(crate) struct HostsEntry {
 
 const HOSTS: &str = "/etc/hosts";
 
+/// Tests run in parallel and each edits the file by reading and writing it whole: one at a
+/// time, or one test's edit drops another's line.
+static HOSTS_EDIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl HostsEntry {
     /// `None` where `/etc/hosts` cannot be written (not root): the caller skips.
     pub(crate) fn add(name: &str, ip: &str) -> Option<HostsEntry> {
@@ -459,6 +463,7 @@ impl HostsEntry {
 
     /// Point the name at `ip` (the resolver reads the file at every lookup).
     pub(crate) fn point_to(&self, ip: &str) -> bool {
+        let _one = HOSTS_EDIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Ok(text) = std::fs::read_to_string(HOSTS) else {
             return false;
         };
@@ -474,6 +479,7 @@ impl HostsEntry {
 
 impl Drop for HostsEntry {
     fn drop(&mut self) {
+        let _one = HOSTS_EDIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(text) = std::fs::read_to_string(HOSTS) {
             let kept: String = text
                 .lines()

@@ -428,6 +428,14 @@ pub struct DeliveryConfig {
     pub connections_per_origin: usize,
     /// A subscription with nothing to send for this long parks its worker (0: never).
     pub park_idle_after_ms: u64,
+    /// A parked subscription idle for longer than this resolves its endpoint's name again
+    /// when it wakes (0: at every wake).
+    #[serde(default = "default_reresolve_parked_after_ms")]
+    pub reresolve_parked_after_ms: u64,
+}
+
+fn default_reresolve_parked_after_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -205,7 +205,10 @@ impl Delivery {
             // shown as `error` since the failed start: its first success says `active` again
             sub.status = Status::Error;
         }
-        let worker = match &resume {
+        // a subscription that slept long wakes with its name resolved again: the address it
+        // had may have moved meanwhile (DNS) and still answer
+        let fresh = Duration::from_millis(self.hub.config.delivery.reresolve_parked_after_ms);
+        let worker = match resume.as_ref().filter(|r| r.last_sent.elapsed() < fresh) {
             Some(r) => start::new_worker(
                 &self.hub,
                 &self.shutdown,
