@@ -463,7 +463,9 @@ impl HostsEntry {
 
     /// Point the name at `ip` (the resolver reads the file at every lookup).
     pub(crate) fn point_to(&self, ip: &str) -> bool {
-        let _one = HOSTS_EDIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = HOSTS_EDIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Ok(text) = std::fs::read_to_string(HOSTS) else {
             return false;
         };
@@ -479,7 +481,9 @@ impl HostsEntry {
 
 impl Drop for HostsEntry {
     fn drop(&mut self) {
-        let _one = HOSTS_EDIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one = HOSTS_EDIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Ok(text) = std::fs::read_to_string(HOSTS) {
             let kept: String = text
                 .lines()
