@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{HostsEntry, Hub, HubEnv, glucose, require_external};
-use crate::receiver::{Received, TestReceiver};
+use crate::harness::{Hub, HubEnv, glucose, require_external};
+use crate::receiver::{NamedReceiver, Received, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -555,24 +555,15 @@ async fn heartbeats_follow_the_backport_heartbeat_period() {
 /// retry schedule would turn it off.
 #[tokio::test]
 async fn an_endpoint_whose_name_moves_gets_its_events_at_the_new_address() {
-    let name = format!("moving-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
-    let Some(hosts) = HostsEntry::add(&name, "127.0.0.2") else {
-        assert!(
-            std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("skipping: /etc/hosts is not writable");
+    let Some(NamedReceiver {
+        hosts,
+        rx: mut old,
+        port,
+        endpoint,
+    }) = NamedReceiver::start("moving").await
+    else {
         return;
     };
-    let mut old = TestReceiver::start_at("127.0.0.2:0").await;
-    let port = old
-        .url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/hook")
-        .to_owned();
-    let endpoint = format!("http://{name}:{port}/hook");
     let hub = Hub::start(HubEnv::default()).await;
     let id = hub
         .subscribe("Observation?code=2345-7", &endpoint, true)
@@ -597,24 +588,15 @@ async fn an_endpoint_whose_name_moves_gets_its_events_at_the_new_address() {
 /// before it parked, for as long as that address answered).
 #[tokio::test]
 async fn a_parked_subscription_wakes_at_its_names_new_address() {
-    let name = format!("parked-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
-    let Some(hosts) = HostsEntry::add(&name, "127.0.0.2") else {
-        assert!(
-            std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("skipping: /etc/hosts is not writable");
+    let Some(NamedReceiver {
+        hosts,
+        rx: mut old,
+        port,
+        endpoint,
+    }) = NamedReceiver::start("parked").await
+    else {
         return;
     };
-    let mut old = TestReceiver::start_at("127.0.0.2:0").await;
-    let port = old
-        .url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/hook")
-        .to_owned();
-    let endpoint = format!("http://{name}:{port}/hook");
     // every wake resolves again (30 s of sleep by default)
     let hub =
         Hub::start(HubEnv::default().var("HUB_DELIVERY__RERESOLVE_PARKED_AFTER_MS", "0")).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{HostsEntry, Hub, HubEnv, glucose};
-use crate::receiver::TestReceiver;
+use crate::harness::{Hub, HubEnv, glucose};
+use crate::receiver::{NamedReceiver, TestReceiver};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -101,18 +101,15 @@ async fn a_re_created_subscription_starts_at_one_and_loses_nothing() {
 /// no worker).
 #[tokio::test]
 async fn a_worker_that_cannot_start_is_tried_again() {
-    let name = format!("start-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
-    let Some(hosts) = HostsEntry::add(&name, "127.0.0.2") else {
-        assert!(
-            std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
-            "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
-        );
-        eprintln!("skipping: /etc/hosts is not writable");
+    let Some(NamedReceiver {
+        hosts,
+        mut rx,
+        endpoint,
+        ..
+    }) = NamedReceiver::start("start").await
+    else {
         return;
     };
-    let mut rx = TestReceiver::start_at("127.0.0.2:0").await;
-    let port = rx.url.rsplit(':').next().unwrap().trim_end_matches("/hook");
-    let endpoint = format!("http://{name}:{port}/hook");
     let mut hub = Hub::start(HubEnv::default()).await;
     let id = hub
         .subscribe("Observation?code=2345-7", &endpoint, true)

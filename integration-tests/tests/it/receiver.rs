@@ -181,3 +181,45 @@ impl TestReceiver {
         }
     }
 }
+
+/// A receiver on 127.0.0.2 that a subscription reaches by a test host name of its own (a line
+/// of `/etc/hosts`, removed when `hosts` is dropped), for tests of names that move.
+pub(crate) struct NamedReceiver {
+    pub hosts: crate::harness::HostsEntry,
+    pub rx: TestReceiver,
+    /// The receiver's port: a receiver at the name's next address listens on it too.
+    pub port: String,
+    /// `http://<name>:<port>/hook`.
+    pub endpoint: String,
+}
+
+impl NamedReceiver {
+    /// `None` where `/etc/hosts` cannot be written (not root): the caller skips, unless
+    /// `FHIR_HUB_REQUIRE_EXTERNAL=1` makes that a failure.
+    pub(crate) async fn start(prefix: &str) -> Option<NamedReceiver> {
+        let name = format!("{prefix}-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
+        let Some(hosts) = crate::harness::HostsEntry::add(&name, "127.0.0.2") else {
+            assert!(
+                std::env::var("FHIR_HUB_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+                "/etc/hosts is not writable but FHIR_HUB_REQUIRE_EXTERNAL=1"
+            );
+            eprintln!("skipping: /etc/hosts is not writable");
+            return None;
+        };
+        let rx = TestReceiver::start_at("127.0.0.2:0").await;
+        let port = rx
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches("/hook")
+            .to_owned();
+        let endpoint = format!("http://{name}:{port}/hook");
+        Some(NamedReceiver {
+            hosts,
+            rx,
+            port,
+            endpoint,
+        })
+    }
+}
