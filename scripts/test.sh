@@ -8,6 +8,7 @@
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
 #   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
 #   - a Python venv with standardwebhooks, fhir.resources and websockets; @medplum/core and fhirpath (npm);
+#   - Chromium and its WebDriver (Debian's chromium, chromium-driver) for the example dashboard;
 # and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
 #
 # Environment: FHIR_HUB_TEST_DATABASE_URL (default postgres://root@127.0.0.1:5432/test),
@@ -89,6 +90,13 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check -r integration-tests/python/requirements.txt
 export FHIR_HUB_PYTHON="$VENV/bin/python"
+
+# --- headless Chromium (the example dashboard, docs/examples, is tested in a real browser) ----
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  log "installing Chromium and chromedriver (Debian packages)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+export FHIR_HUB_CHROMEDRIVER="$(command -v chromedriver)"
 
 # --- Node peers (Medplum's matcher for the differential test, fhirpath.js for the benchmark)
 if ! command -v npm >/dev/null 2>&1; then

@@ -15,7 +15,7 @@ use crate::streams::hub_channel;
 use crate::topics::param;
 
 /// A binding token of `sub` asked for by `key`.
-async fn binding_token(hub: &Hub, key: &str, sub: &str) -> String {
+pub(crate) async fn binding_token(hub: &Hub, key: &str, sub: &str) -> String {
     let (s, _, p) = call(
         hub,
         Method::GET,

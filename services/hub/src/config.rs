@@ -29,6 +29,19 @@ pub struct Config {
     pub audit: AuditConfig,
     pub secrets: SecretsConfig,
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub cors: CorsConfig,
+}
+
+/// Which web pages may read the browser endpoints (`$stream`, `$get-ws-binding-token`)
+/// across origins (`api::cors`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://dashboard.example.org`, scheme, host and port only) whose pages may
+    /// read them; `["*"]` any page; empty (the default) none.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// TLS on the HTTP and gRPC listeners.
@@ -81,6 +94,10 @@ pub struct AuthConfig {
     pub stream_recheck_secs: u64,
     /// Least seconds between two JWKS fetches of one issuer for unknown `kid`s.
     pub jwks_min_refresh_secs: u64,
+    /// Seconds a binding token (`$get-ws-binding-token`) stays valid; renewing it with
+    /// itself before then gives a fresh one.
+    #[serde(default = "default_binding_token_ttl")]
+    pub binding_token_ttl_secs: u64,
     /// Refused credentials per minute per network peer before its further refusals are
     /// answered 429 (0: no limit).
     pub refusals_per_minute_per_peer: u32,
@@ -253,6 +270,10 @@ pub struct ServerConfig {
     /// Seconds a websocket may stay open without binding a subscription.
     #[serde(default = "default_unbound_websocket")]
     pub unbound_websocket_secs: u64,
+}
+
+fn default_binding_token_ttl() -> u64 {
+    600
 }
 
 fn default_idle_timeout() -> u64 {
@@ -580,6 +601,10 @@ impl Config {
             anyhow::bail!("delivery.error_after_failures must be at least 1");
         }
         self.check_open_mode()?;
+        self.check_cors()?;
+        if !(1..=86_400).contains(&self.auth.binding_token_ttl_secs) {
+            anyhow::bail!("auth.binding_token_ttl_secs must be between 1 and 86400");
+        }
         if self.tls.cert_file.as_os_str().is_empty() != self.tls.key_file.as_os_str().is_empty() {
             anyhow::bail!("tls.cert_file and tls.key_file go together");
         }
@@ -605,6 +630,43 @@ impl Config {
         }
         if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
             anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
+        }
+        Ok(())
+    }
+
+    /// Each allowed origin is what a browser sends in `Origin` (compared byte for byte):
+    /// `scheme://host[:port]`, lower case, no path; `*` alone; none in open mode.
+    fn check_cors(&self) -> anyhow::Result<()> {
+        let origins = &self.cors.allowed_origins;
+        if origins.is_empty() {
+            return Ok(());
+        }
+        if self.auth.mode == AuthMode::Open {
+            anyhow::bail!(
+                "cors.allowed_origins is set but auth.mode is \"open\": any page the user opens \
+                 could then read the hub as its operator. Set auth.mode = \"required\"."
+            );
+        }
+        if origins.iter().any(|o| o == "*") {
+            if origins.len() > 1 {
+                anyhow::bail!("cors.allowed_origins: \"*\" (any origin) goes alone");
+            }
+            return Ok(());
+        }
+        for o in origins {
+            let uri = o.parse::<axum::http::Uri>().ok();
+            let well_formed = uri.as_ref().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                    && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+            }) && !o.ends_with('/')
+                && *o == o.to_ascii_lowercase();
+            if !well_formed {
+                anyhow::bail!(
+                    "cors.allowed_origins: '{o}' is not an origin as browsers send it \
+                     (lower-case scheme://host[:port], no path, e.g. https://dashboard.example.org)"
+                );
+            }
         }
         Ok(())
     }
@@ -873,6 +935,44 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::defaults().unwrap();
         c.server.listen = "nope".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_and_none_by_default() {
+        let mut c = Config::defaults().unwrap();
+        assert!(
+            c.cors.allowed_origins.is_empty(),
+            "no page may read by default"
+        );
+        assert_eq!(c.auth.binding_token_ttl_secs, 600);
+        c.cors.allowed_origins = vec!["https://dash.example.org".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("open"), "never on an open hub: {e}");
+        c.auth.mode = AuthMode::Required;
+        c.validate().unwrap();
+        for ok in [
+            vec!["http://127.0.0.1:8000", "https://dash.example.org:8443"],
+            vec!["*"],
+        ] {
+            c.cors.allowed_origins = ok.iter().map(|s| s.to_string()).collect();
+            c.validate().unwrap();
+        }
+        for bad in [
+            "https://dash.example.org/",
+            "https://dash.example.org/app",
+            "https://Dash.example.org",
+            "dash.example.org",
+            "ftp://dash.example.org",
+            "https://user@dash.example.org",
+        ] {
+            c.cors.allowed_origins = vec![bad.into()];
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        c.cors.allowed_origins = vec!["*".into(), "https://dash.example.org".into()];
+        assert!(c.validate().is_err());
+        c.cors.allowed_origins.clear();
+        c.auth.binding_token_ttl_secs = 0;
         assert!(c.validate().is_err());
     }
 }

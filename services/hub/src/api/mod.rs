@@ -13,6 +13,7 @@ use topics::TopicKind;
 
 pub mod admin;
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod events;
 pub mod fhir_json;
@@ -31,19 +32,8 @@ pub use error::ApiError;
 /// The router, with state.
 pub fn router(hub: Hub) -> Router {
     let limit = hub.config.server.max_body_bytes;
-    let open = hub.config.auth.mode == crate::config::AuthMode::Open;
-    // browsers' EventSource reads across origins — but never from an open hub, which any
-    // page the user opens could otherwise read (`open_mode`)
-    let sse_route = if open {
-        get(crate::channels::sse::stream)
-    } else {
-        get(crate::channels::sse::stream).layer(
-            tower_http::cors::CorsLayer::new()
-                .allow_origin(tower_http::cors::Any)
-                .allow_methods([axum::http::Method::GET])
-                .allow_headers([axum::http::HeaderName::from_static("last-event-id")]),
-        )
-    };
+    // what a browser page of another origin may read (none by default; never on an open hub)
+    let browser = |routes| cors::browser(routes, &hub.config);
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -56,14 +46,19 @@ pub fn router(hub: Hub) -> Router {
         .route("/fhir/Subscription/{id}/$events", get(events::events))
         .route(
             "/fhir/Subscription/{id}/$get-ws-binding-token",
-            get(crate::channels::websocket::binding_token)
-                .post(crate::channels::websocket::binding_token),
+            browser(
+                get(crate::channels::tokens::binding_token)
+                    .post(crate::channels::tokens::binding_token),
+            ),
         )
         .route(
             "/fhir/$subscription-ws",
             get(crate::channels::websocket::connect),
         )
-        .route("/fhir/Subscription/{id}/$stream", sse_route)
+        .route(
+            "/fhir/Subscription/{id}/$stream",
+            browser(get(crate::channels::sse::stream)),
+        )
         .merge(resource_routes::<SubscriptionKind>())
         .merge(resource_routes::<TopicKind>())
         .route("/admin/quarantine", get(quarantine::list))

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod render;
 pub mod sse;
 pub mod stream;
+pub mod tokens;
 pub mod wake;
 pub mod websocket;
 

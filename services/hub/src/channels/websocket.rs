@@ -1,6 +1,6 @@
-//! The Backport IG's websocket channel: `$get-ws-binding-token` hands out a short-lived token
-//! for a websocket subscription; a client connects to `/fhir/$subscription-ws`, sends
-//! `bind-with-token: <token>` (one or more times: a socket can carry several
+//! The Backport IG's websocket channel: `$get-ws-binding-token` (`channels::tokens`) hands
+//! out a short-lived token for a websocket subscription; a client connects to
+//! `/fhir/$subscription-ws`, sends `bind-with-token: <token>` (one or more times: a socket can carry several
 //! subscriptions), gets a handshake bundle per binding, then each new notification as an
 //! event-notification bundle in event-number order, and heartbeat bundles when the
 //! subscription asks for them. Missed notifications are read with `$events`.
@@ -17,14 +17,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use hub_fhir::subscription::{ChannelType, Status};
 use hub_fhir::{IssueType, OperationOutcome};
-use rand::RngCore;
-use serde_json::json;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -32,82 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiError;
 use crate::api::auth::{Caller, MaybeCaller};
-use crate::api::fhir_json::FhirJson;
 use crate::auth::holder::Holder;
 use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
 use crate::state::Hub;
-
-/// How long a binding token stays valid.
-const TOKEN_TTL: Duration = Duration::from_secs(600);
-
-/// `GET|POST /fhir/Subscription/{id}/$get-ws-binding-token`.
-pub async fn binding_token(
-    State(hub): State<Hub>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<FhirJson, ApiError> {
-    caller.require("Subscription", crate::auth::Perm::Read)?;
-    let sub = crate::api::subscriptions::typed(&hub, &caller.tenant, &id).await?;
-    if sub.channel_type().calls_out() {
-        return Err(ApiError::unprocessable(OperationOutcome::error(
-            IssueType::NotSupported,
-            format!(
-                "Subscription/{id} uses channel type '{}'; binding tokens are for websocket and SSE subscriptions",
-                sub.channel_type().as_str()
-            ),
-        )));
-    }
-    // refused now rather than at the bind: the asker may see nothing of this subscription
-    let channel = if sub.channel_type() == ChannelType::Sse {
-        "sse"
-    } else {
-        "websocket"
-    };
-    Disclosure::for_reader(&hub, &caller, &sub, channel, None).await?;
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-    // the token acts as the credential that asked for it, and ends no later than it does
-    let mut expires = time::OffsetDateTime::now_utc() + TOKEN_TTL;
-    if let Some(end) = caller.expires {
-        expires = expires.min(end);
-    }
-    let expires = expires
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(ApiError::internal)?;
-    let holder = Holder::of(&caller).to_json();
-    hub.store
-        .create_ws_token(&token, &caller.tenant, &id, &expires, &holder)
-        .await?;
-    crate::auth::record(
-        &hub,
-        vec![hub_store::NewAudit {
-            tenant: caller.tenant.clone(),
-            kind: "credential".into(),
-            action: "C".into(),
-            agent: caller.subject.clone(),
-            entity: Some(format!("Subscription/{id}")),
-            subscription_id: Some(id.clone()),
-            channel: Some(channel.to_owned()),
-            outcome: "0".into(),
-            detail: Some(format!("binding token issued, valid until {expires}")),
-        }],
-    )
-    .await;
-    let ws_url = hub.base_url.replacen("http", "ws", 1) + "/$subscription-ws";
-    Ok(FhirJson(json!({
-        "resourceType": "Parameters",
-        "parameter": [
-            {"name": "token", "valueString": token},
-            {"name": "expiration", "valueDateTime": expires},
-            {"name": "subscription", "valueString": format!("Subscription/{id}")},
-            {"name": "websocket-url", "valueUrl": ws_url}
-        ]
-    })))
-}
 
 /// `GET /fhir/$subscription-ws` (upgrade). The caller established on the upgrade request is
 /// the one classic `bind <id>` requests are checked against.

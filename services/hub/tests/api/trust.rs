@@ -357,20 +357,39 @@ async fn an_open_hub_answers_only_loopback_names_and_sends_no_cors() {
         "{:?}",
         a.headers
     );
-    // a hub that needs credentials keeps CORS for browsers' EventSource, any Host
+    // a hub that needs credentials answers the pages of the origins it lists (none by
+    // default), whatever the Host
+    let headers = [
+        ("host", "hub.example.org"),
+        ("origin", "https://app.example"),
+    ];
     let t = required().await;
     let a = t
         .call(
             Method::GET,
             "/fhir/Subscription/nope/$stream",
             None,
-            &[
-                ("host", "hub.example.org"),
-                ("origin", "https://app.example"),
-            ],
+            &headers,
         )
         .await;
-    assert!(a.headers.get("access-control-allow-origin").is_some());
+    assert!(a.headers.get("access-control-allow-origin").is_none());
+    let t = spawn_hub_with(|c| {
+        c.auth.mode = fhir_hub::config::AuthMode::Required;
+        c.cors.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let a = t
+        .call(
+            Method::GET,
+            "/fhir/Subscription/nope/$stream",
+            None,
+            &headers,
+        )
+        .await;
+    assert_eq!(
+        a.headers.get("access-control-allow-origin").unwrap(),
+        "https://app.example"
+    );
 }
 
 #[tokio::test]
