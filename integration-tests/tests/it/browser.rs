@@ -453,6 +453,11 @@ async fn the_example_dashboard_reads_across_origins_and_resumes_without_loss() {
         .until("a renewed token", |s| s["renewals"].as_i64() >= Some(1))
         .await;
     assert_eq!(s["status"], "live", "{s}");
+    // restart just after the page's next renewal: the whole lifetime is left to get through
+    // the restart on a loaded machine
+    let renewed = s["renewals"].as_i64();
+    dash.until("the next renewal", |s| s["renewals"].as_i64() > renewed)
+        .await;
 
     // disconnect: the hub stops and starts again on the same address and data
     hub.terminate();
