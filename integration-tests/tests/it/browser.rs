@@ -297,6 +297,11 @@ async fn binding_tokens_renew_with_themselves_and_expired_ones_are_refused() {
     let (s, p) = renew(&hub, &sse, &current).await;
     assert_eq!(s, 401, "{p}");
     assert!(p.to_string().contains("revoked"), "{p}");
+    // the tokens travelled in query strings: the hub logged none of them
+    let log = std::fs::read_to_string(hub.data_dir.path().join("hub.log")).unwrap();
+    for t in [&first, &current, &spare] {
+        assert!(!log.contains(t.as_str()), "a binding token in the hub log");
+    }
 }
 
 /// The page in headless Chromium, driven by `python/browser_dashboard.py`, whose report is
@@ -470,4 +475,45 @@ async fn the_example_dashboard_reads_across_origins_and_resumes_without_loss() {
     assert!(s["reconnects"].as_i64() >= Some(1), "{s}");
     assert_eq!(s["gaps"], json!([]), "{s}");
     assert_eq!(s["status"], "live", "{s}");
+}
+
+/// The page asks for its first token with a credential (`Authorization`, so Chromium sends a
+/// real preflight first): from an allowed origin it goes live and shows the notification;
+/// from an origin the hub does not list, Chromium refuses the page the answer.
+#[tokio::test]
+async fn the_example_dashboard_asks_with_a_credential_only_from_an_allowed_origin() {
+    let Some(python) = require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let Some(chromedriver) = chromedriver() else {
+        return;
+    };
+    let page_port = free_port();
+    let (hub, admin) = hub(HubEnv::default().var(
+        "HUB_CORS__ALLOWED_ORIGINS",
+        &format!("[\"http://127.0.0.1:{page_port}\"]"),
+    ))
+    .await;
+    let (_, reader) = admin_key(&hub, &admin, json!({ "scopes": SCOPES })).await;
+    let sse = create(&hub, &reader, &hub_channel("sse", "full-resource")).await;
+    let page = format!(
+        "dashboard.html#hub={}/fhir&subscription={sse}&key={reader}",
+        hub.url
+    );
+    let dash = Dashboard::open(&python, &chromedriver, page_port, &page);
+    dash.until("a live stream", |s| s["status"] == "live").await;
+    publish(&hub, &admin, "a", &["p1"]).await;
+    dash.until("event 1", |s| numbers(s) == [1]).await;
+    drop(dash);
+
+    // the same page from another origin
+    let other = Dashboard::open(&python, &chromedriver, free_port(), &page);
+    let s = other
+        .until("a refusal", |s| {
+            s["status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("cannot reach the hub"))
+        })
+        .await;
+    assert!(numbers(&s).is_empty(), "{s}");
 }
