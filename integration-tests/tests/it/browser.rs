@@ -473,6 +473,12 @@ async fn the_example_dashboard_reads_across_origins_and_resumes_without_loss() {
     let s = dash.until("events 1..6", |s| numbers(s).len() >= 6).await;
     assert_eq!(numbers(&s), [1, 2, 3, 4, 5, 6], "no gap, no duplicate: {s}");
     assert!(s["reconnects"].as_i64() >= Some(1), "{s}");
+    // it came back by position, not live
+    assert_eq!(
+        s["resumedAfter"].as_array().unwrap().last(),
+        Some(&json!(3)),
+        "{s}"
+    );
     assert_eq!(s["gaps"], json!([]), "{s}");
     assert_eq!(s["status"], "live", "{s}");
 }
@@ -516,4 +522,60 @@ async fn the_example_dashboard_asks_with_a_credential_only_from_an_allowed_origi
         })
         .await;
     assert!(numbers(&s).is_empty(), "{s}");
+}
+
+/// The same page on a websocket subscription: it renews before each bind (a bind uses its
+/// token up), binds with `bind-with-token: <token> <last>` after a hub restart, and shows
+/// events 1..6 with no gap and no duplicate.
+#[tokio::test]
+async fn the_example_dashboard_reads_a_websocket_subscription_and_resumes_without_loss() {
+    let Some(python) = require_external("FHIR_HUB_PYTHON") else {
+        return;
+    };
+    let Some(chromedriver) = chromedriver() else {
+        return;
+    };
+    let page_port = free_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = HubEnv::default()
+        .listen(&listen)
+        .var(
+            "HUB_CORS__ALLOWED_ORIGINS",
+            &format!("[\"http://127.0.0.1:{page_port}\"]"),
+        )
+        .var("HUB_AUTH__BINDING_TOKEN_TTL_SECS", "15");
+    let (mut hub, admin) = hub(env.clone()).await;
+    let (_, reader) = admin_key(&hub, &admin, json!({ "scopes": SCOPES })).await;
+    let ws = create(&hub, &reader, &websocket_topic_subscription()).await;
+    let first = binding_token(&hub, &reader, &ws).await;
+    let page = format!(
+        "dashboard.html#hub={}/fhir&subscription={ws}&channel=websocket&token={first}",
+        hub.url
+    );
+    let dash = Dashboard::open(&python, &chromedriver, page_port, &page);
+    dash.until("a live socket", |s| s["status"] == "live").await;
+    publish(&hub, &admin, "a", &["p1", "p1", "p1"]).await;
+    let s = dash.until("events 1..3", |s| numbers(s) == [1, 2, 3]).await;
+    assert_eq!(s["errors"], json!([]), "{s}");
+    // the bind used the first token up; the page holds a renewed one, and renews it on
+    let renewed = s["renewals"].as_i64();
+    assert!(renewed >= Some(1), "{s}");
+    dash.until("the next renewal", |s| s["renewals"].as_i64() > renewed)
+        .await;
+
+    hub.terminate();
+    let dir = std::mem::replace(&mut hub.data_dir, tempfile::tempdir().unwrap());
+    drop(hub);
+    let hub = Hub::start_in(env.var("HUB_AUTH__MODE", "required"), dir).await;
+    publish(&hub, &admin, "b", &["p1", "p1", "p1"]).await;
+    let s = dash.until("events 1..6", |s| numbers(s).len() >= 6).await;
+    assert_eq!(numbers(&s), [1, 2, 3, 4, 5, 6], "no gap, no duplicate: {s}");
+    assert!(s["reconnects"].as_i64() >= Some(1), "{s}");
+    // it came back by position, not live
+    assert_eq!(
+        s["resumedAfter"].as_array().unwrap().last(),
+        Some(&json!(3)),
+        "{s}"
+    );
+    assert_eq!(s["status"], "live", "{s}");
 }
