@@ -1,6 +1,6 @@
-//! The Backport IG's websocket channel: `$get-ws-binding-token` (`channels::tokens`) hands
-//! out a short-lived token for a websocket subscription; a client connects to
-//! `/fhir/$subscription-ws`, sends `bind-with-token: <token>` (one or more times: a socket can carry several
+//! The Backport IG's websocket channel: `$get-ws-binding-token` hands out a short-lived token
+//! for a websocket subscription; a client connects to `/fhir/$subscription-ws`, sends
+//! `bind-with-token: <token>` (one or more times: a socket can carry several
 //! subscriptions), gets a handshake bundle per binding, then each new notification as an
 //! event-notification bundle in event-number order, and heartbeat bundles when the
 //! subscription asks for them. Missed notifications are read with `$events`.
