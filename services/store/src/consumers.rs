@@ -49,6 +49,17 @@ impl Store {
         consumer: &str,
         key: LogKey,
     ) -> Result<i64, StoreError> {
+        Ok(self.committed(tenant, consumer, key).await?.unwrap_or(0))
+    }
+
+    /// A consumer's committed position on a subscription incarnation; `None` when it never
+    /// committed one (where its auto-reset policy decides the start).
+    pub async fn committed(
+        &self,
+        tenant: &str,
+        consumer: &str,
+        key: LogKey,
+    ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
             "SELECT event_number FROM consumer_offsets
              WHERE tenant = $1 AND consumer = $2 AND log_key = $3",
@@ -58,7 +69,7 @@ impl Store {
         .bind(key.get())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     /// Claim (or renew) a named consumer for `owner` (one connection) for `ttl_ms` on the

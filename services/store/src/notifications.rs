@@ -513,4 +513,24 @@ impl Store {
             .await?;
         Ok(row.try_get(0)?)
     }
+
+    /// The lowest event number still in the log of a subscription incarnation whose event
+    /// was first logged at or after `since` (a stored instant, RFC 3339 UTC); `None` when
+    /// none was. Where a reader asking to start "at a time" starts.
+    pub async fn first_logged_since(
+        &self,
+        key: LogKey,
+        since: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(n.event_number) FROM notification_log n
+             JOIN logged_events e ON e.seq = n.event_seq
+             WHERE n.log_key = $1 AND e.logged_at >= $2",
+        )
+        .bind(key.get())
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
 }

@@ -1201,6 +1201,10 @@ pub(crate) async fn consumer_offsets_only_move_forward(store: Store) {
         key(&store, "u", "s1").await,
     );
     assert_eq!(store.committed_offset("t", "etl", s1).await.unwrap(), 0);
+    // never committed is not the same as committed 0 (the auto-reset policy decides)
+    assert_eq!(store.committed("t", "etl", s1).await.unwrap(), None);
+    assert_eq!(store.commit_offset("t", "zero", s1, 0).await.unwrap(), 0);
+    assert_eq!(store.committed("t", "zero", s1).await.unwrap(), Some(0));
     assert_eq!(store.commit_offset("t", "etl", s1, 5).await.unwrap(), 5);
     assert_eq!(store.commit_offset("t", "etl", s1, 3).await.unwrap(), 5);
     assert_eq!(store.commit_offset("t", "etl", s1, 9).await.unwrap(), 9);

@@ -110,6 +110,7 @@ raw_suite!(
     an_event_logged_again_is_kept_as_long_as_a_new_one,
     retention_in_small_batches_purges_what_it_should,
     purges_racing_appends_leave_no_hole,
+    a_start_at_a_time_is_the_first_event_logged_then_or_later,
 );
 
 contract_suite!(

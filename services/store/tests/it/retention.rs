@@ -199,3 +199,44 @@ pub(crate) async fn purges_racing_appends_leave_no_hole(store: Store, _raw: AnyP
     let read = numbers(&store, "hook", 0).await;
     assert_eq!(read.len(), rounds, "{read:?}");
 }
+
+/// A reader starting "at a time" starts at the first retained event logged at or after it
+/// (`first_logged_since`, the hub's `from=<instant>`); a purged one is not found any more.
+pub(crate) async fn a_start_at_a_time_is_the_first_event_logged_then_or_later(
+    store: Store,
+    raw: AnyPool,
+) {
+    stream_subscription(&store, "s1").await;
+    let batch: Vec<_> = (1..=4).map(|i| note("s1", &format!("e{i}"))).collect();
+    store.append_notifications(&batch).await.unwrap();
+    for (event, at) in [
+        ("e1", "2026-01-01T00:00:00Z"),
+        ("e2", "2026-01-02T00:00:00Z"),
+        ("e3", "2026-01-03T00:00:00Z"),
+        ("e4", "2026-01-04T00:00:00Z"),
+    ] {
+        run(
+            &raw,
+            &format!("UPDATE logged_events SET logged_at = '{at}' WHERE event_id = '{event}'"),
+        )
+        .await;
+    }
+    let k = key(&store, "s1").await;
+    let at = |t: &'static str| {
+        let store = store.clone();
+        async move { store.first_logged_since(k, t).await.unwrap() }
+    };
+    assert_eq!(at("2025-12-31T00:00:00Z").await, Some(1));
+    assert_eq!(at("2026-01-02T00:00:00Z").await, Some(2), "at the instant");
+    assert_eq!(at("2026-01-02T12:00:00Z").await, Some(3));
+    assert_eq!(at("2026-02-01T00:00:00Z").await, None, "after the last");
+    store
+        .purge_notifications("2026-01-03T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        at("2025-12-31T00:00:00Z").await,
+        Some(3),
+        "purged ones are gone"
+    );
+}
