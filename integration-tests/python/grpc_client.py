@@ -2,13 +2,19 @@
 `proto/` by `grpc_tools.protoc` at start (as an analytics job would).
 
 Usage:
-  grpc_client.py TARGET subscribe SUBSCRIPTION FROM COUNT
-  grpc_client.py TARGET consume CONSUMER SUB[,SUB...] COUNT [commit]
+  grpc_client.py TARGET subscribe SUBSCRIPTION FROM COUNT [OPTION...]
+  grpc_client.py TARGET consume CONSUMER SUB[,SUB...] COUNT [OPTION...]
   grpc_client.py TARGET commit CONSUMER SUBSCRIPTION NUMBER
   grpc_client.py TARGET health
+FROM is `from_event_number` as a number, or a `start` position: `earliest`, `latest`,
+`at=N` (event number N on) or `time=INSTANT` (RFC 3339). Options: `commit` (consume: commit
+each notification), `reset=earliest|latest|fail` (the request's `auto_reset`), `meta` (first
+print the response's initial metadata as {"metadata": {KEY: [VALUES]}}).
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
 "bundle_type", "focus_type", "focus_id", "action", "bundle"}), or {"error": CODE, "details":
-...} when the call fails, and exits after COUNT.
+..., "error_info": {"reason", "domain", "metadata"} or null} when the call fails (the
+`google.rpc.ErrorInfo` of the status details, read with `grpcio-status`), and exits after
+COUNT.
 With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`; with FHIR_HUB_CA
 (a PEM file), the channel is TLS trusting that CA, and with FHIR_HUB_CLIENT_CERT and
 FHIR_HUB_CLIENT_KEY (PEM files) as well it presents that client certificate.
@@ -20,6 +26,8 @@ import sys
 import tempfile
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +53,49 @@ def show(n):
                       "focus_type": n.focus_type, "focus_id": n.focus_id, "action": n.action,
                       "bundle": bundle}),
           flush=True)
+
+
+def start_of(pb, text):
+    """A SubscribeRequest's start fields from FROM."""
+    if text == "earliest":
+        return {"start": pb.StartPosition(earliest=True)}
+    if text == "latest":
+        return {"start": pb.StartPosition(latest=True)}
+    if text.startswith("at="):
+        return {"start": pb.StartPosition(event_number=int(text[3:]))}
+    if text.startswith("time="):
+        return {"start": pb.StartPosition(logged_at=text[5:])}
+    return {"from_event_number": int(text)}
+
+
+def options(pb, args):
+    commit = "commit" in args
+    meta = "meta" in args
+    reset = pb.AUTO_RESET_UNSPECIFIED
+    for a in args:
+        if a.startswith("reset="):
+            reset = {"earliest": pb.AUTO_RESET_EARLIEST, "latest": pb.AUTO_RESET_LATEST,
+                     "fail": pb.AUTO_RESET_FAIL}[a[6:]]
+    return commit, meta, reset
+
+
+def print_metadata(stream):
+    md = {}
+    for key, value in stream.initial_metadata():
+        md.setdefault(key, []).append(value)
+    print(json.dumps({"metadata": md}), flush=True)
+
+
+def error_info(e):
+    status = rpc_status.from_call(e)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return {"reason": info.reason, "domain": info.domain, "metadata": dict(info.metadata)}
+    return None
 
 
 def main() -> int:
@@ -76,9 +127,12 @@ def main() -> int:
     md = [("authorization", f"Bearer {token}")] if token else None
     try:
         if mode == "subscribe":
-            sub, start, count = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-            stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, from_event_number=start),
+            sub, start, count = sys.argv[3], start_of(pb, sys.argv[4]), int(sys.argv[5])
+            _, meta, reset = options(pb, sys.argv[6:])
+            stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, auto_reset=reset, **start),
                                     metadata=md)
+            if meta:
+                print_metadata(stream)
             for i, n in enumerate(stream):
                 show(n)
                 if i + 1 >= count:
@@ -86,8 +140,11 @@ def main() -> int:
                     break
         elif mode == "consume":
             consumer, subs, count = sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
-            commit = len(sys.argv) > 6 and sys.argv[6] == "commit"
-            stream = stub.Consume(pb.ConsumeRequest(consumer=consumer, subscription_ids=subs), metadata=md)
+            commit, meta, reset = options(pb, sys.argv[6:])
+            stream = stub.Consume(pb.ConsumeRequest(consumer=consumer, subscription_ids=subs,
+                                                    auto_reset=reset), metadata=md)
+            if meta:
+                print_metadata(stream)
             for i, n in enumerate(stream):
                 show(n)
                 if commit:
@@ -101,7 +158,8 @@ def main() -> int:
                                              event_number=int(sys.argv[5])), metadata=md)
             print(json.dumps({"committed": r.committed}), flush=True)
     except grpc.RpcError as e:
-        print(json.dumps({"error": e.code().name, "details": e.details()}), flush=True)
+        print(json.dumps({"error": e.code().name, "details": e.details(),
+                          "error_info": error_info(e)}), flush=True)
     return 0
 
 

@@ -582,6 +582,7 @@ async fn grpc_consumer(r: Reader) -> usize {
         let request = pb::ConsumeRequest {
             consumer: consumer.clone(),
             subscription_ids: vec![id.clone()],
+            ..Default::default()
         };
         // refused while the previous connection's claim lives (ABORTED), or the api is down
         let Ok(res) = client.consume(request).await else {

@@ -30,5 +30,6 @@ mod receiver;
 mod security;
 mod silent_listen;
 mod stream_credentials;
+mod stream_starts;
 mod streams;
 mod topics;

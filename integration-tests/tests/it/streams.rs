@@ -321,10 +321,11 @@ async fn grpc_streams_from_an_event_number_and_consumers_resume_from_commits() {
         .purge_notifications("9999-01-01T00:00:00Z")
         .await
         .unwrap();
+    // (1 is "everything still in the log": stream_starts.rs)
     let c = PyClient::start(
         &python,
         "grpc_client.py",
-        &[&target, "subscribe", a, "1", "1"],
+        &[&target, "subscribe", a, "2", "1"],
     );
     let gone = c.next("purged");
     assert_eq!(gone["error"], "OUT_OF_RANGE", "{gone}");

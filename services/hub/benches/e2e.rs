@@ -256,6 +256,7 @@ async fn grpc_reader(
         .subscribe(pb::SubscribeRequest {
             subscription_id: sub,
             from_event_number: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -486,6 +487,7 @@ async fn churn(hub: &HubProcess, base: usize, rate: u64, secs: u64) -> (f64, Vec
                 .subscribe(pb::SubscribeRequest {
                     subscription_id: id,
                     from_event_number: 1,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

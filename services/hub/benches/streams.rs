@@ -381,6 +381,7 @@ async fn main() {
         .subscribe(pb::SubscribeRequest {
             subscription_id: grpc_id.clone(),
             from_event_number: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

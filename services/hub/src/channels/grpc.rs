@@ -2,14 +2,20 @@
 //! fourth adapter over the subscription stream, with server reflection and the standard
 //! health service on its own listener (`grpc.listen`).
 //!
-//! - `Subscribe(subscription, from_event_number)`: the subscription's notifications from
-//!   that number (0: only new ones), one message per event with its bundle.
-//! - `Consume(consumer, subscriptions)`: a named consumer resumes each subscription after
-//!   the offset it committed (`Commit`, kept in the store), like a Kafka consumer group of
-//!   one member: a second connection with the same name is refused (`ABORTED`) while the
-//!   first is open in this process.
+//! - `Subscribe(subscription, start | from_event_number, auto_reset)`: the subscription's
+//!   notifications from a start position (`channels::start`: earliest retained, latest, an
+//!   event number, a time; `from_event_number` 0 is latest, 1 earliest), one message per
+//!   event with its bundle.
+//! - `Consume(consumer, subscriptions, auto_reset)`: a named consumer resumes each
+//!   subscription after the offset it committed (`Commit`, kept in the store), like a Kafka
+//!   consumer group of one member; where it never committed or retention purged its
+//!   position, `auto_reset` decides (earliest by default), and a reset is reported in the
+//!   initial metadata (`fhir-hub-reset`). A second connection with the same name is refused
+//!   (`ABORTED`) while the first is open.
 //! - Errors are gRPC statuses: `NOT_FOUND`, `FAILED_PRECONDITION` (not a gRPC subscription),
-//!   `OUT_OF_RANGE` (the asked-for numbers were purged), `UNAVAILABLE` (the hub is stopping,
+//!   `OUT_OF_RANGE` (a start beyond the head, or purged numbers the policy does not reset,
+//!   with a `google.rpc.ErrorInfo` naming the first available event and the head:
+//!   `channels::grpc_start`), `UNAVAILABLE` (the hub is stopping,
 //!   or the store is), `INVALID_ARGUMENT`, `PERMISSION_DENIED` (the caller may read none of
 //!   the subscription's resource types, at the call or once its scopes were reduced),
 //!   `UNAUTHENTICATED` (its credential was revoked or expired while the stream was open).
@@ -33,7 +39,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Caller};
 use crate::channels::disclosure::{Disclosure, Ended, Shown};
+use crate::channels::grpc_start::{self, auto_reset, history_gone, report_resets, subscribe_start};
 use crate::channels::render::{Kind, Message};
+use crate::channels::start::{self, Reset, Resolved, Start};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
 use crate::state::Hub;
@@ -129,29 +137,53 @@ impl Service {
         Ok(sub)
     }
 
-    /// Refuse a start position older than what retention kept.
-    async fn check_retained(&self, sub: &Subscription, after: i64) -> Result<(), Status> {
-        if after >= sub.events_since_start {
-            return Ok(());
-        }
-        let first = self
+    /// Where a reader of `sub` starts, or the status refusing it.
+    async fn place(
+        &self,
+        sub: &Subscription,
+        start: &Start,
+        on_purged: Reset,
+    ) -> Result<Resolved, Status> {
+        start::resolve(&self.hub, sub, start, on_purged)
+            .await
+            .map_err(store_status)?
+            .map_err(|refused| grpc_start::out_of_range(sub.id(), &refused))
+    }
+
+    /// Where a named consumer starts on `sub`: after its committed position, else where its
+    /// auto-reset policy says.
+    async fn consumer_start(
+        &self,
+        tenant: &str,
+        consumer: &str,
+        sub: &Subscription,
+        policy: Reset,
+    ) -> Result<Resolved, Status> {
+        let committed = self
             .hub
             .store
-            .first_retained(sub.log_key)
+            .committed(tenant, consumer, sub.log_key)
             .await
             .map_err(store_status)?;
-        let available = first.unwrap_or(sub.events_since_start + 1);
-        if available > after.saturating_add(1) {
-            return Err(history_gone(sub.id(), after, available));
-        }
-        Ok(())
+        let start = match (committed, policy) {
+            (Some(c), _) => Start::After(c),
+            (None, Reset::Earliest) => Start::Earliest,
+            (None, Reset::Latest) => Start::Latest,
+            (None, Reset::Fail) => {
+                return Err(grpc_start::with_error_info(
+                    tonic::Code::FailedPrecondition,
+                    format!(
+                        "consumer '{}' has no committed position on Subscription/{} and its auto_reset is FAIL",
+                        name_of(consumer),
+                        sub.id()
+                    ),
+                    "NO_COMMITTED_POSITION",
+                    &[("subscription_id", sub.id().to_owned())],
+                ));
+            }
+        };
+        self.place(sub, &start, policy).await
     }
-}
-
-fn history_gone(id: &str, after: i64, available: i64) -> Status {
-    Status::out_of_range(format!(
-        "Subscription/{id}: events after {after} were purged by retention; the first still available is {available}"
-    ))
 }
 
 /// One subscription's notifications after `after`, as protocol messages.
@@ -382,16 +414,15 @@ impl NotificationStream for Service {
         let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
         let sub = self.subscription(&caller, &r.subscription_id).await?;
-        let after = match r.from_event_number {
-            0 => sub.events_since_start,
-            n if n > 0 => n - 1,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "from_event_number {n} is negative"
-                )));
-            }
-        };
-        self.check_retained(&sub, after).await?;
+        let asked = subscribe_start(&r)?;
+        let on_purged = auto_reset(r.auto_reset, Reset::Fail)?;
+        let start = self.place(&sub, &asked, on_purged).await?;
+        let after = start.after;
+        let resets: Vec<(String, i64, i64)> = start
+            .reset
+            .map(|(asked, after)| (sub.id().to_owned(), asked, after))
+            .into_iter()
+            .collect();
         let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
             .await
             .map_err(to_status)?;
@@ -400,13 +431,12 @@ impl NotificationStream for Service {
         let stop = self.hub.streams.child_token();
         let stream = notifications(self.hub.clone(), sub, after, stop, disclosure);
         // the stream holds the caller's place until it is dropped
-        Ok(Response::new(Box::pin(futures::StreamExt::map(
-            stream,
-            move |item| {
-                let _hold = &slot;
-                item
-            },
-        ))))
+        let mut response = Response::new(Box::pin(futures::StreamExt::map(stream, move |item| {
+            let _hold = &slot;
+            item
+        })) as Notifications);
+        report_resets(&mut response, &resets);
+        Ok(response)
     }
 
     async fn consume(
@@ -421,17 +451,19 @@ impl NotificationStream for Service {
                 "a consumer reads 1 to {MAX_CONSUMER_SUBSCRIPTIONS} subscriptions"
             )));
         }
+        let policy = auto_reset(r.auto_reset, Reset::Earliest)?;
         let mut streams = Vec::with_capacity(r.subscription_ids.len());
         let mut starts = Vec::with_capacity(r.subscription_ids.len());
+        let mut resets = Vec::new();
         for id in &r.subscription_ids {
             let sub = self.subscription(&caller, id).await?;
-            let after = self
-                .hub
-                .store
-                .committed_offset(&caller.tenant, &owned(&caller, &r.consumer), sub.log_key)
-                .await
-                .map_err(store_status)?;
-            self.check_retained(&sub, after).await?;
+            let start = self
+                .consumer_start(&caller.tenant, &owned(&caller, &r.consumer), &sub, policy)
+                .await?;
+            if let Some((asked, after)) = start.reset {
+                resets.push((sub.id().to_owned(), asked, after));
+            }
+            let after = start.after;
             let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
                 .await
                 .map_err(to_status)?;
@@ -457,7 +489,9 @@ impl NotificationStream for Service {
             let _hold = (&claim, &slot);
             item
         });
-        Ok(Response::new(Box::pin(guarded)))
+        let mut response = Response::new(Box::pin(guarded) as Notifications);
+        report_resets(&mut response, &resets);
+        Ok(response)
     }
 
     async fn commit(

@@ -14,8 +14,10 @@
 
 pub mod disclosure;
 pub mod grpc;
+pub mod grpc_start;
 pub mod render;
 pub mod sse;
+pub mod start;
 pub mod stream;
 pub mod tokens;
 pub mod wake;

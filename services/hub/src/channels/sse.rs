@@ -3,8 +3,11 @@
 //!
 //! - `id:` is the event number (of the bundle's last event, when `backport-max-count` groups
 //!   several), so a browser `EventSource` resumes on its own with `Last-Event-ID`; a client
-//!   may also ask `?from=N` for everything from event number N on. Without either, the
-//!   stream starts live, after the subscription's current count.
+//!   may also ask `?from=` `earliest`, `latest`, an event number N (everything from N on) or
+//!   an RFC 3339 instant (`channels::start`). `Last-Event-ID` wins over `from` (a browser
+//!   reconnects to the same URL). Without either, the stream starts live, after the
+//!   subscription's current count. A position beyond the head is refused before the stream
+//!   starts (416, an OperationOutcome naming the first available event and the head).
 //! - `event:` is `handshake` (first, without an id), `event-notification`, `heartbeat` (on
 //!   the subscription's heartbeat period), `history-gone` (events after the position were
 //!   purged by retention: an OperationOutcome saying from which number the stream resumes),
@@ -44,6 +47,7 @@ use crate::api::resource::check_id;
 use crate::auth::holder::Holder;
 use crate::channels::disclosure::{Disclosure, Ended, Shown};
 use crate::channels::render::{Kind, Message};
+use crate::channels::start::{self, Refused, Reset, Resolved, Start};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
 use crate::state::Hub;
@@ -55,7 +59,7 @@ const BATCH: usize = 100;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
-    /// The first event number wanted.
+    /// Where to start: `earliest`, `latest`, the first event number wanted, or an instant.
     from: Option<String>,
     /// A binding token (browsers: `EventSource` cannot send headers).
     token: Option<String>,
@@ -65,8 +69,8 @@ fn bad(msg: String) -> ApiError {
     ApiError::bad_request(OperationOutcome::error(IssueType::Value, msg))
 }
 
-/// The position to stream after: `Last-Event-ID`, else `from` − 1, else the current count.
-fn start_after(headers: &HeaderMap, q: &StreamQuery, sub: &Subscription) -> Result<i64, ApiError> {
+/// The asked start: `Last-Event-ID` (resume after it), else `from`, else live.
+fn asked_start(headers: &HeaderMap, q: &StreamQuery) -> Result<Start, ApiError> {
     if let Some(v) = headers.get("last-event-id") {
         let s = v.to_str().unwrap_or("");
         return s
@@ -74,17 +78,37 @@ fn start_after(headers: &HeaderMap, q: &StreamQuery, sub: &Subscription) -> Resu
             .parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
+            .map(Start::After)
             .ok_or_else(|| bad(format!("Last-Event-ID '{s}' is not an event number")));
     }
-    if let Some(f) = &q.from {
-        return f
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .map(|n| n - 1)
-            .ok_or_else(|| bad(format!("from '{f}' must be an event number (1 or more)")));
+    match &q.from {
+        Some(f) => Start::parse_from(f).map_err(bad),
+        None => Ok(Start::Latest),
     }
-    Ok(sub.events_since_start)
+}
+
+/// A start beyond the head, refused before the stream starts: an `EventSource` stops on a
+/// status other than 200 instead of reconnecting to the same refusal.
+fn out_of_range(sub: &Subscription, refused: &Refused) -> ApiError {
+    let bounds = refused.bounds();
+    let outcome = OperationOutcome::error(IssueType::NotFound, refused.message(sub.id()));
+    ApiError::new(axum::http::StatusCode::RANGE_NOT_SATISFIABLE, outcome)
+        .with_header_name("fhir-hub-first-available", bounds.first.to_string())
+        .with_header_name("fhir-hub-head", bounds.head.to_string())
+}
+
+/// The event that says the events after `after` were purged and the stream continues with
+/// `resumes_at`.
+fn history_gone(after: i64, resumes_at: i64) -> Event {
+    let oo = OperationOutcome::error(
+        IssueType::NotFound,
+        format!(
+            "events after {after} are no longer in the notification log (retention); the stream continues from event {resumes_at}"
+        ),
+    );
+    Event::default()
+        .event("history-gone")
+        .data(oo.to_json().to_string())
 }
 
 /// `GET /fhir/Subscription/{id}/$stream`: with a credential (`Authorization`), or with a
@@ -156,10 +180,16 @@ pub async fn stream(
     let slot = hub
         .auth
         .stream_slot(&caller, hub.config.auth.max_streams_per_credential)?;
-    let after = start_after(&headers, &q, &sub)?;
+    // purged history: continue from the first event still in the log, and say so
+    let start =
+        match start::resolve(&hub, &sub, &asked_start(&headers, &q)?, Reset::Earliest).await? {
+            Ok(start) => start,
+            Err(refused) => return Err(out_of_range(&sub, &refused)),
+        };
+    let after = start.after;
     tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "SSE stream opened");
     let stop = disclosure.watch(&hub, &hub.streams);
-    let events = events(hub.clone(), sub, after, stop, disclosure, slot);
+    let events = events(hub.clone(), sub, start, stop, disclosure, slot);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -223,17 +253,7 @@ impl Reader {
                 self.pending.push_back(m);
             }
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
-                let oo = OperationOutcome::error(
-                    IssueType::NotFound,
-                    format!(
-                        "events after {after} are no longer in the notification log (retention); the stream continues from event {resumes_at}"
-                    ),
-                );
-                self.pending.push_back(
-                    Event::default()
-                        .event("history-gone")
-                        .data(oo.to_json().to_string()),
-                );
+                self.pending.push_back(history_gone(after, resumes_at));
             }
             Some(Ok(Item::Notifications(notes))) => {
                 let disclosed = match self.disclosure.hand_over(&self.hub, notes).await {
@@ -272,12 +292,12 @@ fn access_ended(e: &Ended) -> Event {
 fn events(
     hub: Hub,
     sub: Subscription,
-    after: i64,
+    start: Resolved,
     stop: CancellationToken,
     disclosure: Disclosure,
     slot: crate::auth::StreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let stream = SubscriptionStream::open(&hub, &sub, after);
+    let stream = SubscriptionStream::open(&hub, &sub, start.after);
     let heartbeat = sub
         .spec
         .channel
@@ -299,6 +319,9 @@ fn events(
         .message(Kind::Handshake, reader.sub.events_since_start, None)
         .retry(RETRY);
     reader.pending.push_back(handshake);
+    if let Some((asked, after)) = start.reset {
+        reader.pending.push_back(history_gone(asked, after + 1));
+    }
     futures::stream::unfold(reader, |mut r| async move {
         while r.pending.is_empty() {
             if r.done || !r.refill().await {

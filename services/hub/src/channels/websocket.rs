@@ -32,6 +32,7 @@ use crate::api::auth::{Caller, MaybeCaller};
 use crate::auth::holder::Holder;
 use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
+use crate::channels::start::{self, Refused as Unplaced, Reset, Start};
 use crate::channels::stream::{Item, SubscriptionStream};
 use crate::model::Subscription;
 use crate::state::Hub;
@@ -160,6 +161,28 @@ fn outcome(msg: impl Into<String>) -> Message {
     )
 }
 
+/// The message that says the events after `after` were purged and the binding continues
+/// with `resumes_at`.
+fn history_gone(after: i64, resumes_at: i64) -> Message {
+    outcome(format!(
+        "events after {after} are no longer in the notification log; continuing from {resumes_at}"
+    ))
+}
+
+/// The message that refuses one binding's start (beyond the head): an OperationOutcome
+/// naming the subscription, the first event still available and the head.
+fn refusal(refused: &Unplaced, id: &str) -> Message {
+    let bounds = refused.bounds();
+    let mut oo = OperationOutcome::error(IssueType::NotFound, refused.message(id)).to_json();
+    // machine-readable beside the text: which binding, and where the log is
+    oo["extension"] = serde_json::json!([
+        {"url": "urn:fhir-hub:subscription", "valueString": id},
+        {"url": "urn:fhir-hub:first-available", "valueInteger64": bounds.first.to_string()},
+        {"url": "urn:fhir-hub:head", "valueInteger64": bounds.head.to_string()}
+    ]);
+    Message::Text(oo.to_string().into())
+}
+
 /// Why a bind was refused: a 403 (the reader may see nothing of the subscription) closes
 /// the socket with 1008, anything else as the protocol always did.
 struct Refused {
@@ -240,11 +263,11 @@ async fn bind(hub: &Hub, socket_caller: Option<&Caller>, token: &str) -> Result<
 /// What a client asked to bind.
 #[derive(Debug, PartialEq, Eq)]
 enum Bind<'a> {
-    /// `bind-with-token: <token> [<last event number seen>]` (Backport IG, with the hub's
-    /// resume extension).
+    /// `bind-with-token: <token> [<last event number seen> | earliest | latest | from=…]`
+    /// (Backport IG, with the hub's start extension).
     Backport {
         token: &'a str,
-        last_seen: Option<i64>,
+        start: Option<Start>,
     },
     /// `bind <id>`: the classic R4 protocol for criteria subscriptions (`bound <id>`, then
     /// `ping <id>` per event), as HAPI clients speak it.
@@ -252,8 +275,8 @@ enum Bind<'a> {
 }
 
 fn parse_message(text: &str) -> Option<Bind<'_>> {
-    if let Some((token, last_seen)) = parse_bind(text) {
-        return Some(Bind::Backport { token, last_seen });
+    if let Some((token, start)) = parse_bind(text) {
+        return Some(Bind::Backport { token, start });
     }
     let id = text.trim().strip_prefix("bind ")?.trim();
     (!id.is_empty() && !id.contains(char::is_whitespace)).then_some(Bind::Classic { id })
@@ -358,13 +381,13 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                 };
                 let Some(request) = parse_message(&text) else {
                     let _ = socket
-                        .send(outcome("expected 'bind-with-token: <token>', 'bind-with-token: <token> <last event number seen>' or 'bind <id>'"))
+                        .send(outcome("expected 'bind-with-token: <token>', 'bind-with-token: <token> <last event number seen | earliest | latest | from=<number or RFC 3339 instant>>' or 'bind <id>'"))
                         .await;
                     continue;
                 };
-                let (found, last_seen) = match request {
-                    Bind::Backport { token, last_seen } => {
-                        (bind(&hub, caller.as_ref(), token).await, last_seen)
+                let (found, start) = match &request {
+                    Bind::Backport { token, start } => {
+                        (bind(&hub, caller.as_ref(), token).await, start.clone())
                     }
                     Bind::Classic { id } => (bind_classic(&hub, caller.as_ref(), id).await, None),
                 };
@@ -391,7 +414,7 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                     old_fence.cancel();
                     old_reader.cancel();
                 }
-                let binding = Binding { sub, last_seen, disclosure, _slot: slot };
+                let binding = Binding { sub, start, disclosure, _slot: slot };
                 if matches!(request, Bind::Classic { .. }) {
                     if socket.send(Message::Text(format!("bound {}", binding.sub.id()).into())).await.is_err() {
                         return;
@@ -460,46 +483,72 @@ async fn read_classic(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
     }
 }
 
-/// `bind-with-token: <token>` (the Backport IG), or with the hub's resume extension
-/// `bind-with-token: <token> <last event number seen>`.
-fn parse_bind(text: &str) -> Option<(&str, Option<i64>)> {
+/// `bind-with-token: <token>` (the Backport IG), or with the hub's start extension
+/// `bind-with-token: <token> <start>`: the last event number seen (resume after it),
+/// `earliest`, `latest`, or `from=` with SSE's `from` grammar (`channels::start`).
+fn parse_bind(text: &str) -> Option<(&str, Option<Start>)> {
     let rest = text.trim().strip_prefix("bind-with-token:")?.trim();
     let mut parts = rest.split_whitespace();
     let token = parts.next()?;
-    let last_seen = match parts.next() {
+    let start = match parts.next() {
         None => None,
-        Some(n) => Some(n.parse::<i64>().ok().filter(|n| *n >= 0)?),
+        Some("earliest") => Some(Start::Earliest),
+        Some("latest") => Some(Start::Latest),
+        Some(arg) => Some(match arg.strip_prefix("from=") {
+            Some(from) => Start::parse_from(from).ok()?,
+            None => Start::After(arg.parse::<i64>().ok().filter(|n| *n >= 0)?),
+        }),
     };
     if parts.next().is_some() {
         return None;
     }
-    Some((token, last_seen))
+    Some((token, start))
 }
 
-/// One binding: a handshake, then the subscription's stream, grouped by max-count, with
-/// heartbeats on the subscription's period: after `last_seen` when the client resumes
-/// (every later notification once, in order, before live ones; or a history-gone message),
-/// else from the count at bind time (live; missed ones are read with `$events`). This
-/// reader keeps no cursor in the store: what a socket was sent says nothing about what the
-/// client processed.
 /// What one binding reads.
 struct Binding {
     sub: Subscription,
-    last_seen: Option<i64>,
+    /// Where it starts (`None`: live, from the count at bind time).
+    start: Option<Start>,
     /// The reader's right to the subscription (its grant, its audit name).
     disclosure: Disclosure,
     /// Held while the binding reads.
     _slot: Option<crate::auth::StreamSlot>,
 }
 
+/// One binding: a handshake, then the subscription's stream, grouped by max-count, with
+/// heartbeats on the subscription's period: from its start (after the last number seen when
+/// the client resumes: every later notification once, in order, before live ones), else from
+/// the count at bind time (live; missed ones are read with `$events`). Purged history is
+/// said with an OperationOutcome message and the stream continues from the first event
+/// still in the log; a start beyond the head is refused with an OperationOutcome message
+/// and this binding ends (the socket and its other bindings go on). This reader keeps no
+/// cursor in the store: what a socket was sent says nothing about what the client
+/// processed.
 async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: CancellationToken) {
     let Binding {
         sub,
-        last_seen,
+        start,
         disclosure,
         ..
     } = &binding;
-    let last_seen = *last_seen;
+    let start = start.clone().unwrap_or(Start::Latest);
+    let start = match start::resolve(&hub, sub, &start, Reset::Earliest).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(refused)) => {
+            tx.send(refusal(&refused, sub.id())).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(subscription = %sub.id(), error = %e, "cannot place a websocket binding");
+            tx.send(outcome(format!(
+                "Subscription/{}: the notification log is unavailable; bind again",
+                sub.id()
+            )))
+            .await;
+            return;
+        }
+    };
     let base = hub.base_url.clone();
     let text = |m: render::Message<'_>| Message::Text(m.bundle_text().into());
     let plain = |kind: Kind, since: i64| render::Message::new(sub, &base, sub.status, kind, since);
@@ -509,14 +558,18 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
     {
         return;
     }
+    if let Some((asked, after)) = start.reset
+        && !tx.send(history_gone(asked, after + 1)).await
+    {
+        return;
+    }
     let heartbeat = sub
         .spec
         .channel
         .heartbeat_secs
         .map(|s| Duration::from_secs(u64::from(s)));
     let group = crate::channels::group_size(sub);
-    let after = last_seen.unwrap_or(sub.events_since_start);
-    let mut stream = SubscriptionStream::open(&hub, sub, after);
+    let mut stream = SubscriptionStream::open(&hub, sub, start.after);
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let quiet_until = heartbeat.map(|p| last_sent + p);
@@ -535,9 +588,9 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
                 }
             }
             Some(Ok(Item::Quiet)) => vec![text(plain(Kind::Heartbeat, stream.position()))],
-            Some(Ok(Item::HistoryGone { after, resumes_at })) => vec![outcome(format!(
-                "events after {after} are no longer in the notification log; continuing from {resumes_at}"
-            ))],
+            Some(Ok(Item::HistoryGone { after, resumes_at })) => {
+                vec![history_gone(after, resumes_at)]
+            }
             Some(Ok(Item::Notifications(notes))) => match disclosure.hand_over(&hub, notes).await {
                 Ok(disclosed) => disclosed
                     .chunks(group)
@@ -560,7 +613,7 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
 
 #[cfg(test)]
 mod tests {
-    use super::{Bind, Message, Outbox, next_out, parse_bind, parse_message};
+    use super::{Bind, Message, Outbox, Start, next_out, parse_bind, parse_message};
     use tokio_util::sync::CancellationToken;
 
     /// Binding a subscription again replaces its reader: what the old reader still had
@@ -592,8 +645,21 @@ mod tests {
         assert_eq!(parse_bind("bind-with-token: abc"), Some(("abc", None)));
         assert_eq!(
             parse_bind(" bind-with-token:abc 41 "),
-            Some(("abc", Some(41)))
+            Some(("abc", Some(Start::After(41))))
         );
+        assert_eq!(
+            parse_bind("bind-with-token: abc earliest"),
+            Some(("abc", Some(Start::Earliest)))
+        );
+        assert_eq!(
+            parse_bind("bind-with-token: abc from=7"),
+            Some(("abc", Some(Start::From(7))))
+        );
+        assert_eq!(
+            parse_bind("bind-with-token: abc from=2026-01-01T00:00:00Z"),
+            Some(("abc", Some(Start::LoggedAt("2026-01-01T00:00:00Z".into()))))
+        );
+        assert_eq!(parse_bind("bind-with-token: abc from=0"), None);
         assert_eq!(parse_bind("bind-with-token: abc -1"), None);
         assert_eq!(parse_bind("bind-with-token: abc x"), None);
         assert_eq!(parse_bind("bind-with-token: abc 1 2"), None);
@@ -606,7 +672,7 @@ mod tests {
             parse_message("bind-with-token: t 3"),
             Some(Bind::Backport {
                 token: "t",
-                last_seen: Some(3)
+                start: Some(Start::After(3))
             })
         );
     }
