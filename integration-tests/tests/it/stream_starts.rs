@@ -1,7 +1,8 @@
 //! Start positions and reset policies, the same on every stream channel, with the real
 //! clients (`httpx-sse`, `websockets`, `grpcio` with `grpcio-status`): earliest retained,
 //! latest, at an event number, at a time; positions beyond the head refused; named consumers
-//! that start again after retention purged their position (their auto-reset policy).
+//! that start again after retention purged their position (their auto-reset policy); and
+//! `$events` answering exactly the asked range of what is retained.
 //! `docs/channels/semantics.md` names these tests cell by cell.
 
 use serde_json::{Value, json};
@@ -368,4 +369,59 @@ async fn every_channel_starts_at_earliest_latest_a_number_or_a_time() {
     assert_eq!(latest.next("latest")["id"], "7");
     assert_eq!(event_number(&ws_latest.next("latest")), 7);
     assert_eq!(grpc_latest.next("latest")["event_number"], 7);
+}
+
+/// Defect 4: `$events` after a purge answers exactly the asked range of what is retained,
+/// and its SubscriptionStatus says which asked events were purged.
+#[tokio::test]
+async fn events_after_a_purge_answers_the_asked_range_and_says_what_was_purged() {
+    let Some(s) = Setup::start().await else {
+        return;
+    };
+    s.purge_first_batch(4..8).await; // 1–3 purged; 4–7 retained
+    let events = |since: i64, until: i64| {
+        let path = format!(
+            "/fhir/Subscription/{}/$events?eventsSinceNumber={since}&eventsUntilNumber={until}",
+            s.sse
+        );
+        let hub = &s.hub;
+        async move {
+            let (c, b) = hub.get(&path).await;
+            assert_eq!(c, 200, "{b}");
+            let status = &b["entry"][0]["resource"];
+            let numbers: Vec<i64> = status["parameter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["name"] == "notification-event")
+                .map(|p| {
+                    p["part"][0]["valueString"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            let error = param(status, "error").map(|e| {
+                e["valueCodeableConcept"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            (numbers, error)
+        }
+    };
+    // 2..5: 4 and 5 only, never 6 and 7; 2 and 3 said to be purged
+    let (numbers, error) = events(2, 5).await;
+    assert_eq!(numbers, [4, 5]);
+    let error = error.expect("the purge is said");
+    assert!(error.contains("events 2 to 3 were purged"), "{error}");
+    // wholly purged: nothing, said
+    let (numbers, error) = events(1, 3).await;
+    assert!(numbers.is_empty(), "{numbers:?}");
+    assert!(error.unwrap().contains("events 1 to 3 were purged"));
+    // wholly retained: no notice
+    let (numbers, error) = events(5, 6).await;
+    assert_eq!(numbers, [5, 6]);
+    assert_eq!(error, None);
 }

@@ -72,12 +72,26 @@ pub async fn events(
     // the reader's grant, at no more than the subscription's content level (403 otherwise)
     let disclosure = Disclosure::for_reader(&hub, &caller, &sub, "$events", asked).await?;
     let limit = (until - since + 1).clamp(0, MAX_EVENTS);
-    let notes = if limit > 0 {
-        hub.store
+    let (notes, purged) = if limit > 0 {
+        // a purged start reads from the first event retained: never past `until`
+        let mut notes = hub
+            .store
             .notifications_after(sub.log_key, since - 1, limit)
-            .await?
+            .await?;
+        notes.retain(|n| n.event_number <= until);
+        let first = match notes.first() {
+            Some(n) if n.event_number == since => None,
+            _ => hub.store.first_retained(sub.log_key).await?,
+        };
+        // the asked events below the first one retained are gone: say which
+        let purged = match first {
+            Some(f) if f > since => Some(f.min(until + 1)),
+            None if notes.is_empty() => Some(until + 1),
+            _ => None,
+        };
+        (notes, purged.map(|f| purged_notice(since, f - 1, first)))
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let disclosed = disclosure
         .hand_over(&hub, notes)
@@ -97,5 +111,27 @@ pub async fn events(
         Kind::QueryEvent,
         since_start,
     );
-    Ok(FhirJson(message.with(disclosed.all()).bundle()))
+    let message = message.with(disclosed.all());
+    Ok(FhirJson(match &purged {
+        Some(notice) => message.with_notice(notice).bundle(),
+        None => message.bundle(),
+    }))
+}
+
+/// What `$events` says when events `since..=through` of the asked range were purged by
+/// retention (the status's `error`): the answer holds only what is still in the log.
+fn purged_notice(since: i64, through: i64, first: Option<i64>) -> String {
+    let range = if since == through {
+        format!("event {since} was")
+    } else {
+        format!("events {since} to {through} were")
+    };
+    match first {
+        Some(f) => format!(
+            "{range} purged by retention (events before {f} are no longer in the notification log)"
+        ),
+        None => format!(
+            "{range} purged by retention (the notification log holds none of this subscription's events)"
+        ),
+    }
 }

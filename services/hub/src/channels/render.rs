@@ -96,6 +96,9 @@ pub struct Message<'a> {
     events: Option<Shown<'a>>,
     /// The content level: the subscription's, or the disclosure's for a message with events.
     content: Content,
+    /// What the status's `error` says on a message other than a status answer (`$events`:
+    /// the asked events that were purged).
+    notice: Option<&'a str>,
 }
 
 impl<'a> Message<'a> {
@@ -115,6 +118,15 @@ impl<'a> Message<'a> {
             events_since_start,
             events: None,
             content: sub.content(),
+            notice: None,
+        }
+    }
+
+    /// The same message with `notice` as its status's `error`.
+    pub fn with_notice(self, notice: &'a str) -> Message<'a> {
+        Message {
+            notice: Some(notice),
+            ..self
         }
     }
 
@@ -140,7 +152,7 @@ impl<'a> Message<'a> {
             error: if self.kind == Kind::QueryStatus {
                 self.sub.error.as_deref()
             } else {
-                None
+                self.notice
             },
         }
     }
