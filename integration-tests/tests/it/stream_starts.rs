@@ -361,6 +361,8 @@ async fn every_channel_starts_at_earliest_latest_a_number_or_a_time() {
         assert_eq!(c.next(from)["event_number"], first, "{from}");
         c.finish();
     }
+    let c = s.grpc(&["subscribe", &s.grpc, "time=yesterday", "1"]);
+    assert_eq!(c.next("not an instant")["error"], "INVALID_ARGUMENT");
     let grpc_latest = s.grpc(&["subscribe", &s.grpc, "latest", "1", "meta"]);
     grpc_latest.next("opened");
 
