@@ -125,17 +125,49 @@ impl Hub {
     }
 }
 
-/// A hub process without the api role (no address to wait for); killed on drop.
+/// A hub process without the api role (no API address to wait for); killed on drop.
 pub(crate) struct Headless {
     pub child: Child,
     pub data_dir: tempfile::TempDir,
+    /// The admin listener's address as the process prints it (`http://127.0.0.1:PORT`).
+    admin: std::sync::Mutex<(std::sync::mpsc::Receiver<String>, Option<String>)>,
 }
 
 impl Headless {
     pub(crate) fn start(env: &HubEnv) -> Headless {
         let data_dir = tempfile::tempdir().unwrap();
-        let child = spawn(env, &data_dir);
-        Headless { child, data_dir }
+        let mut child = spawn(env, &data_dir);
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // read stdout to its end (a process whose pipe fills would block)
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("fhir-hub admin listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        Headless {
+            child,
+            data_dir,
+            admin: std::sync::Mutex::new((rx, None)),
+        }
+    }
+
+    /// The admin listener's base URL, once the process printed it (60 s at most).
+    #[allow(dead_code)] // not every test target that shares this file asks
+    pub(crate) async fn admin_url(&self) -> String {
+        tokio::task::block_in_place(|| {
+            let mut admin = self.admin.lock().unwrap();
+            if admin.1.is_none() {
+                let url = admin
+                    .0
+                    .recv_timeout(Duration::from_secs(60))
+                    .expect("the process did not print its admin address within 60 s");
+                admin.1 = Some(url);
+            }
+            admin.1.clone().unwrap_or_default()
+        })
     }
 }
 

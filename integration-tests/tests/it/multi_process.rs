@@ -98,3 +98,140 @@ async fn a_subscription_written_elsewhere_wakes_delivery_at_once() {
     let body = String::from_utf8_lossy(&r.body);
     assert!(body.contains("written-1"), "{body}");
 }
+
+/// Every role is observable: a matcher-only and a delivery-only process (Kafka, PostgreSQL)
+/// each answer `/health`, `/ready` and `/metrics` on an admin listener of their own (a free
+/// loopback port printed at start, no `admin.listen` set), and each process's metrics count
+/// its own work: the matcher consumed and logged, the delivery process delivered, with the
+/// latency histograms of both. Before, these processes bound no port at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_roles_answer_health_ready_and_metrics_on_their_admin_listener() {
+    let Some(brokers) = require_external("FHIR_HUB_TEST_KAFKA") else {
+        return;
+    };
+    let Some(base) = on_fresh_schema("admin").await else {
+        return;
+    };
+    let topic = format!("fhir.changes.{}", uuid::Uuid::new_v4().simple());
+    let base = base
+        .arg("--kafka-brokers")
+        .arg(&brokers)
+        .var("HUB_LOG__CHANGES_TOPIC", &topic)
+        .var("HUB_KAFKA__PARTITIONS", "2")
+        .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"));
+    let api = Hub::start(base.clone().arg("--roles").arg("api")).await;
+    let matcher = Headless::start(&base.clone().arg("--roles").arg("matcher"));
+    let delivery = Headless::start(&base.clone().arg("--roles").arg("delivery"));
+    let http = reqwest::Client::new();
+    let (matcher_url, delivery_url) = (matcher.admin_url().await, delivery.admin_url().await);
+    for url in [&matcher_url, &delivery_url] {
+        for path in ["/health", "/ready"] {
+            let res = http.get(format!("{url}{path}")).send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(status, 200, "{url}{path}: {body}");
+            assert_eq!(body["status"], "pass", "{url}{path}: {body}");
+        }
+    }
+
+    let mut rx = TestReceiver::start().await;
+    let id = api
+        .subscribe("Observation?code=2345-7", &rx.url, true)
+        .await;
+    api.wait_status(&id, "active").await;
+    for i in 0..3 {
+        api.post_json("/events", &glucose(&format!("adm{i}"))).await;
+    }
+    for _ in 0..3 {
+        rx.next(Duration::from_secs(30)).await;
+    }
+    let scrape = |url: String| {
+        let http = http.clone();
+        async move {
+            let res = http.get(format!("{url}/metrics")).send().await.unwrap();
+            assert_eq!(
+                res.status().as_u16(),
+                200,
+                "{url}/metrics asks no credential"
+            );
+            let kind = res.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+            res.text().await.unwrap()
+        }
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    // the delivery process records progress after the answer: give its metrics a moment
+    let mut delivered = String::new();
+    for _ in 0..50 {
+        delivered = scrape(delivery_url.clone()).await;
+        if value(
+            &delivered,
+            "fhir_hub_logged_to_delivered_seconds_count{channel=\"rest-hook\"}",
+        ) >= 3.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        value(
+            &delivered,
+            "fhir_hub_delivery_attempts_total{outcome=\"delivered\"}"
+        ) >= 4.0,
+        "a handshake and three notifications:\n{delivered}"
+    );
+    assert!(
+        value(
+            &delivered,
+            "fhir_hub_logged_to_delivered_seconds_count{channel=\"rest-hook\"}"
+        ) >= 3.0,
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("process_resident_memory_bytes"),
+        "{delivered}"
+    );
+    assert_eq!(
+        value(&delivered, "fhir_hub_events_consumed_total"),
+        0.0,
+        "{delivered}"
+    );
+
+    let matched = scrape(matcher_url.clone()).await;
+    assert!(
+        value(&matched, "fhir_hub_events_consumed_total") >= 3.0,
+        "{matched}"
+    );
+    assert_eq!(
+        value(&matched, "fhir_hub_notifications_logged_total"),
+        3.0,
+        "{matched}"
+    );
+    assert!(
+        value(&matched, "fhir_hub_publish_to_logged_seconds_count") >= 3.0,
+        "{matched}"
+    );
+    assert!(
+        value(&matched, "fhir_hub_match_batch_seconds_count") >= 1.0,
+        "{matched}"
+    );
+    assert!(
+        matched.contains("fhir_hub_consumer_lag{partition=\"0\"}")
+            && matched.contains("fhir_hub_consumer_lag{partition=\"1\"}"),
+        "lag per partition:\n{matched}"
+    );
+    // the api process counts its own requests, by route template (never a raw id)
+    let text = api.metrics().await;
+    assert!(
+        text.contains("fhir_hub_http_request_duration_seconds_count{method=\"POST\",route=\"/events\",status=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&id),
+        "no subscription id in a label:\n{text}"
+    );
+}

@@ -24,6 +24,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub tenancy: TenancyConfig,
     pub grpc: GrpcConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub streams: StreamsConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
@@ -223,6 +225,29 @@ pub struct StreamsConfig {
 pub struct GrpcConfig {
     /// Address of the gRPC listener; empty turns it off. Port 0 picks a free port (printed).
     pub listen: String,
+}
+
+/// The admin listener: `/health`, `/ready` (of this process) and `/metrics` (of this
+/// process) for probes and scrapers, in every role.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Its address. Empty: a process with the api role answers these on the API listener
+    /// and binds no other; a process without it binds `127.0.0.1:0` (a free port, printed at
+    /// start) so that it is never invisible — give it a fixed address for probes.
+    #[serde(default)]
+    pub listen: String,
+}
+
+impl Config {
+    /// Where this process's admin listener binds, if it has one.
+    pub fn admin_listen(&self) -> Option<&str> {
+        match self.admin.listen.as_str() {
+            "" if self.has_role(Role::Api) => None,
+            "" => Some("127.0.0.1:0"),
+            addr => Some(addr),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,14 @@ pub async fn run(
         ),
         _ => None,
     };
+    let admin_listener = match hub.config.admin_listen() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin.listen {addr}"))?,
+        ),
+        None => None,
+    };
     // Without a configured base URL, the address actually bound (port 0 picks one).
     if hub.config.server.base_url.is_empty()
         && let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok())
@@ -102,6 +110,21 @@ pub async fn run(
             channels::grpc::serve(h, listener, s)
                 .await
                 .context("gRPC listener")
+        });
+    }
+
+    if let Some(listener) = admin_listener {
+        if hub.config.admin.listen.is_empty() {
+            tracing::warn!(
+                "this process runs no api role: its /health, /ready and /metrics are on a free loopback port (printed above); set admin.listen to a fixed address for probes and scrapers"
+            );
+        }
+        let (h, s) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let app = api::admin_router(h.clone());
+            crate::listener::serve(h, listener, app, crate::listener::Listener::Admin, s)
+                .await
+                .context("admin listener")
         });
     }
 

@@ -292,7 +292,7 @@ impl EventLog for EmbeddedLog {
         Ok(n)
     }
 
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
+    async fn partition_lag(&self, topic: &str, group: &str) -> Result<Vec<(i32, u64)>, LogError> {
         let end: i64 = sqlx::query(
             "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM log_records WHERE topic = ?",
         )
@@ -301,7 +301,11 @@ impl EventLog for EmbeddedLog {
         .await?
         .get(0);
         let position = self.committed(topic, group).await?;
-        Ok(u64::try_from(end.saturating_sub(position)).unwrap_or(0))
+        // one partition
+        Ok(vec![(
+            0,
+            u64::try_from(end.saturating_sub(position)).unwrap_or(0),
+        )])
     }
 }
 
@@ -316,7 +320,7 @@ struct EmbeddedConsumer {
 impl EmbeddedConsumer {
     async fn fetch(&self, max: usize) -> Result<Vec<Consumed>, LogError> {
         let rows = sqlx::query(
-            "SELECT record_offset, record_key, payload FROM log_records
+            "SELECT record_offset, record_key, payload, appended_at FROM log_records
              WHERE topic = ? AND record_offset >= ? ORDER BY record_offset LIMIT ?",
         )
         .bind(&self.topic)
@@ -332,6 +336,7 @@ impl EmbeddedConsumer {
                 offset: r.get(0),
                 key: r.get(1),
                 payload: r.get(2),
+                published_ms: r.try_get(3).ok(),
             })
             .collect())
     }

@@ -335,11 +335,11 @@ impl EventLog for KafkaLog {
         }))
     }
 
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
+    async fn partition_lag(&self, topic: &str, group: &str) -> Result<Vec<(i32, u64)>, LogError> {
         let consumer = self.lag_reader(group)?;
         let topic = topic.to_owned();
         let timeout = self.settings.request_timeout.min(Duration::from_secs(3));
-        tokio::task::spawn_blocking(move || -> Result<u64, LogError> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<(i32, u64)>, LogError> {
             let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
             let mut tpl = TopicPartitionList::new();
             for t in metadata.topics() {
@@ -348,14 +348,14 @@ impl EventLog for KafkaLog {
                 }
             }
             let committed = consumer.committed_offsets(tpl, timeout)?;
-            let mut lag = 0u64;
+            let mut lag = Vec::new();
             for e in committed.elements() {
                 let (low, high) = consumer.fetch_watermarks(&topic, e.partition(), timeout)?;
                 let position = match e.offset() {
                     Offset::Offset(o) => o.max(low),
                     _ => low,
                 };
-                lag = lag.saturating_add(u64::try_from(high - position).unwrap_or(0));
+                lag.push((e.partition(), u64::try_from(high - position).unwrap_or(0)));
             }
             Ok(lag)
         })
@@ -398,6 +398,7 @@ fn to_consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
         offset: m.offset(),
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        published_ms: m.timestamp().to_millis(),
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Consumed {
     pub offset: i64,
     pub key: Option<String>,
     pub payload: Vec<u8>,
+    /// When the record was appended, in Unix milliseconds, where the log knows it (Kafka's
+    /// record timestamp; the embedded log's append time): for the publish-to-logged latency.
+    pub published_ms: Option<i64>,
 }
 
 /// The event log.
@@ -99,7 +102,15 @@ pub trait EventLog: Send + Sync + 'static {
     /// over partitions of end offset minus committed position; a partition the group never
     /// committed counts from its first record). Readable from any process, so the api can
     /// report the matchers' lag.
-    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError>;
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64, LogError> {
+        let partitions = self.partition_lag(topic, group).await?;
+        Ok(partitions
+            .iter()
+            .fold(0u64, |sum, &(_, lag)| sum.saturating_add(lag)))
+    }
+
+    /// [`EventLog::lag`] per partition: `(partition, records not yet acknowledged)`.
+    async fn partition_lag(&self, topic: &str, group: &str) -> Result<Vec<(i32, u64)>, LogError>;
 
     /// Delete records appended before `before_ms` (Unix milliseconds) that every consumer
     /// group has acknowledged; the number deleted. Kafka keeps its own retention

@@ -129,7 +129,8 @@ async fn consumer_lag(hub: &Hub, detailed: bool) -> Value {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics` on the API listener: this process's metrics, for a credential with scope
+/// `hub/metrics` or `hub/operator` (they span every tenant).
 pub async fn metrics(
     State(hub): State<Hub>,
     caller: crate::auth::Caller,
@@ -145,12 +146,35 @@ pub async fn metrics(
         )
         .into_response();
     }
+    exposition(&hub).await
+}
+
+/// `GET /metrics` on the admin listener, which asks no credential (it is bound where only
+/// scrapers reach; nothing in it names a tenant, a subscription or a patient).
+pub async fn admin_metrics(State(hub): State<Hub>) -> axum::response::Response {
+    exposition(&hub).await
+}
+
+/// The OpenMetrics text of this process, with the gauges read for the scrape: subscriptions
+/// by status and the quarantine (store), and, in a process that runs the matcher, its
+/// group's lag per partition.
+async fn exposition(hub: &Hub) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let by_status = hub.store.count_by_status().await.unwrap_or_default();
     let quarantined = hub.store.count_quarantined().await.ok();
+    if hub.config.has_role(crate::config::Role::Matcher) {
+        let topic = &hub.config.log.changes_topic;
+        let group = &hub.config.kafka.matcher_group;
+        if let Ok(Ok(lag)) =
+            tokio::time::timeout(Duration::from_secs(3), hub.log.partition_lag(topic, group)).await
+        {
+            hub.metrics.consumer_lag(&lag);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         hub.metrics.render(&by_status, quarantined),
     )

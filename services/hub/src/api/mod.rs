@@ -93,6 +93,18 @@ pub fn router(hub: Hub) -> Router {
         .with_state(hub)
 }
 
+/// The admin listener's router (`admin.listen`): health, readiness and metrics of this
+/// process, whatever its roles.
+pub fn admin_router(hub: Hub) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::admin_metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(hub)
+}
+
 /// The FHIR interactions of one resource type.
 fn resource_routes<K: resource::ResourceKind>() -> Router<Hub> {
     let ty = K::TYPE;

@@ -330,6 +330,8 @@ struct StreamCounts(Mutex<HashMap<String, usize>>);
 pub struct StreamSlot {
     counts: Arc<StreamCounts>,
     subject: String,
+    /// Counted in `fhir_hub_stream_connections` while the stream lives.
+    _open: crate::metrics::StreamOpen,
 }
 
 impl Drop for StreamSlot {
@@ -413,7 +415,12 @@ impl Authenticator {
 
     /// A place for one more open stream of `caller`, or 429 past
     /// `auth.max_streams_per_credential` (the open caller of a loopback-only hub is not limited).
-    pub fn stream_slot(&self, caller: &Caller, max: usize) -> Result<StreamSlot, ApiError> {
+    pub fn stream_slot(
+        &self,
+        caller: &Caller,
+        max: usize,
+        open: crate::metrics::StreamOpen,
+    ) -> Result<StreamSlot, ApiError> {
         let max = if caller.subject == ANONYMOUS { 0 } else { max };
         let mut m = self
             .streams
@@ -436,6 +443,7 @@ impl Authenticator {
         Ok(StreamSlot {
             counts: Arc::clone(&self.streams),
             subject: caller.subject.clone(),
+            _open: open,
         })
     }
 

@@ -346,6 +346,20 @@ impl Disclosure {
         crate::auth::record_disclosure(hub, self.audit_rows(d.all()))
             .await
             .map_err(|_| Ended::Unaudited(UNAUDITED.into()))?;
+        // a stream's latency ends here: what follows is the write to its reader's socket
+        let channel = match self.0.channel {
+            "sse" => Some(crate::metrics::Channel::Sse),
+            "websocket" => Some(crate::metrics::Channel::Websocket),
+            "grpc" => Some(crate::metrics::Channel::Grpc),
+            _ => None,
+        };
+        if let Some(channel) = channel {
+            crate::metrics::Delivered {
+                channel,
+                notifications: &d.notes,
+            }
+            .emit(&hub.metrics);
+        }
         Ok(d)
     }
 

@@ -110,7 +110,11 @@ impl Service {
     fn slot(&self, caller: &Caller) -> Result<auth::StreamSlot, Status> {
         self.hub
             .auth
-            .stream_slot(caller, self.hub.config.auth.max_streams_per_credential)
+            .stream_slot(
+                caller,
+                self.hub.config.auth.max_streams_per_credential,
+                self.hub.metrics.stream_open(crate::metrics::Channel::Grpc),
+            )
             .map_err(to_status)
     }
 

@@ -177,9 +177,11 @@ pub async fn stream(
         }
     }
     let disclosure = Disclosure::for_reader(&hub, &caller, &sub, "sse", None).await?;
-    let slot = hub
-        .auth
-        .stream_slot(&caller, hub.config.auth.max_streams_per_credential)?;
+    let slot = hub.auth.stream_slot(
+        &caller,
+        hub.config.auth.max_streams_per_credential,
+        hub.metrics.stream_open(crate::metrics::Channel::Sse),
+    )?;
     // purged history: continue from the first event still in the log, and say so
     let start =
         match start::resolve(&hub, &sub, &asked_start(&headers, &q)?, Reset::Earliest).await? {

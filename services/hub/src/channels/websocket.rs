@@ -46,10 +46,11 @@ pub async fn connect(
 ) -> Response {
     // a credentialed socket counts against its credential's open streams
     let slot = match &caller {
-        Some(c) => match hub
-            .auth
-            .stream_slot(c, hub.config.auth.max_streams_per_credential)
-        {
+        Some(c) => match hub.auth.stream_slot(
+            c,
+            hub.config.auth.max_streams_per_credential,
+            hub.metrics.stream_open(crate::metrics::Channel::Websocket),
+        ) {
             Ok(slot) => Some(slot),
             Err(e) => return e.into_response(),
         },
@@ -248,10 +249,11 @@ async fn bind(hub: &Hub, socket_caller: Option<&Caller>, token: &str) -> Result<
     // a socket opened with this very credential already holds its place
     let slot = match socket_caller {
         Some(c) if c.subject == caller.subject => None,
-        _ => Some(
-            hub.auth
-                .stream_slot(&caller, hub.config.auth.max_streams_per_credential)?,
-        ),
+        _ => Some(hub.auth.stream_slot(
+            &caller,
+            hub.config.auth.max_streams_per_credential,
+            hub.metrics.stream_open(crate::metrics::Channel::Websocket),
+        )?),
     };
     Ok(Bound {
         sub,

@@ -508,6 +508,11 @@ impl Worker {
                 if result == Final::Delivered {
                     delivered = last.event_number;
                     last_sent = tokio::time::Instant::now();
+                    crate::metrics::Delivered {
+                        channel: crate::metrics::Channel::RestHook,
+                        notifications: notes.notes(),
+                    }
+                    .emit(&hub.metrics);
                     disclosed.extend(disclosure.audit_rows(notes));
                 }
                 let must_record =

@@ -19,6 +19,9 @@ pub enum Listener {
     Api,
     /// The gRPC notification stream: HTTP/2 only.
     Grpc,
+    /// `/health`, `/ready` and `/metrics` of any role (`admin.listen`), with places of its
+    /// own so that a flood of the API cannot keep a probe out.
+    Admin,
 }
 
 impl Listener {
@@ -26,6 +29,7 @@ impl Listener {
         match self {
             Listener::Api => "api",
             Listener::Grpc => "grpc",
+            Listener::Admin => "admin",
         }
     }
 }

@@ -48,6 +48,79 @@ pub use limits::{ConnectionLimits, Held, Listener, Peer, Permit, Refusal};
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
+/// Connections the admin listener holds at once (a quarter per peer): probes and scrapers.
+const ADMIN_MAX_CONNECTIONS: usize = 32;
+
+/// Time every request: HTTP by method, route template and status class; gRPC by method and
+/// status code (from the headers, or the trailers of a stream). Observed when the response
+/// body ends or is dropped.
+async fn timed(
+    axum::extract::State((metrics, kind)): axum::extract::State<(Arc<Metrics>, Listener)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let path = req.uri().path().to_owned();
+    let res = next.run(req).await;
+    let mut timer = match kind {
+        Listener::Grpc => metrics.grpc_request(Some(&path), started),
+        Listener::Api | Listener::Admin => {
+            metrics.http_request(&method, route.as_deref(), res.status().as_u16(), started)
+        }
+    };
+    if kind == Listener::Grpc
+        && let Some(code) = res
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    {
+        // a trailers-only answer (an error before the stream started)
+        timer.grpc_status(code);
+    }
+    res.map(|inner| Body::new(Timed { inner, timer }))
+}
+
+/// A response body that observes its request's time when it ends.
+struct Timed {
+    inner: Body,
+    timer: crate::metrics::RequestTimer,
+}
+
+impl hyper::body::Body for Timed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(code) = frame
+                .trailers_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+        {
+            this.timer.grpc_status(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Requests in flight on one connection (a request lasts until its response body is
 /// dropped).
 #[derive(Clone)]
@@ -156,11 +229,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     let alpn: &[&[u8]] = match kind {
-        Listener::Api => &[b"h2", b"http/1.1"],
+        Listener::Api | Listener::Admin => &[b"h2", b"http/1.1"],
         Listener::Grpc => &[b"h2"],
     };
-    let tls =
-        crate::tls::server_config(&hub.config.tls, alpn)?.map(tokio_rustls::TlsAcceptor::from);
+    // the admin listener serves probes and scrapers inside the deployment: plain HTTP
+    let tls = match kind {
+        Listener::Admin => None,
+        _ => crate::tls::server_config(&hub.config.tls, alpn)?.map(tokio_rustls::TlsAcceptor::from),
+    };
     match kind {
         Listener::Api => crate::roles::announce(
             &listener,
@@ -168,7 +244,21 @@ pub async fn serve(
             if tls.is_some() { "https://" } else { "http://" },
         )?,
         Listener::Grpc => crate::roles::announce(&listener, "grpc ", "")?,
+        Listener::Admin => crate::roles::announce(&listener, "admin ", "http://")?,
     }
+    // a probe keeps its places whatever the API's clients do
+    let limits = match kind {
+        Listener::Admin => ConnectionLimits::new(
+            ADMIN_MAX_CONNECTIONS,
+            ADMIN_MAX_CONNECTIONS / 4,
+            Arc::clone(&hub.metrics),
+        ),
+        _ => Arc::clone(&hub.connections),
+    };
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        (Arc::clone(&hub.metrics), kind),
+        timed,
+    ));
     let server = &hub.config.server;
     let header_timeout = Duration::from_secs(server.header_read_timeout_secs.max(1));
     let grace = Duration::from_secs(server.shutdown_grace_secs);
@@ -188,7 +278,7 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     // only a plain HTTP/1 peer can read an answer written before it spoke
-    let refusals = (kind == Listener::Api && tls.is_none())
+    let refusals = (kind != Listener::Grpc && tls.is_none())
         .then(|| (refusal_text(Refusal::Total), refusal_text(Refusal::Peer)));
     let shared = Arc::new(Shared {
         app,
@@ -215,7 +305,7 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.cancelled() => break,
         };
-        let permit = match hub.connections.admit(kind, addr.ip()) {
+        let permit = match limits.admit(kind, addr.ip()) {
             Ok(p) => p,
             Err(reason) => {
                 if let Some((total, peer)) = &refusals {

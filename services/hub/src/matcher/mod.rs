@@ -325,6 +325,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         if batch.is_empty() {
             continue;
         }
+        let batch_started = Instant::now();
 
         let now = OffsetDateTime::now_utc();
         let mut dead = Vec::new();
@@ -437,10 +438,13 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         if let Err(e) = consumer.ack(&batch).await {
             tracing::warn!(error = %e, "could not ack a processed batch; it will be re-read and deduplicated");
         }
+        let published_ms: Vec<i64> = batch.iter().filter_map(|r| r.published_ms).collect();
         crate::metrics::BatchMatched {
             events: batch.len(),
             quarantined: dead.len(),
             notifications: logged,
+            took: batch_started.elapsed(),
+            published_ms: &published_ms,
         }
         .emit(&hub.metrics);
     }
@@ -477,6 +481,7 @@ mod tests {
                 offset: 1,
                 key: None,
                 payload: payload.to_vec(),
+                published_ms: None,
             };
             assert!(parse_isolated(&rec, "default").is_err());
         }
