@@ -77,15 +77,7 @@ pub fn router(hub: Hub) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(error::plain_text_as_outcome))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |req: &axum::http::Request<axum::body::Body>| {
-                    // never the query: `?token=` carries a binding token
-                    tracing::debug_span!("request", method = %req.method(),
-                    path = %crate::telemetry::redacted_uri(req.uri()))
-                },
-            ),
-        )
+        // request ids, the access log and request metrics: `listener::timed`, on every listener
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             open_mode::loopback_only,

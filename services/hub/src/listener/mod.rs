@@ -51,38 +51,86 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// Connections the admin listener holds at once (a quarter per peer): probes and scrapers.
 const ADMIN_MAX_CONNECTIONS: usize = 32;
 
-/// Time every request: HTTP by method, route template and status class; gRPC by method and
-/// status code (from the headers, or the trailers of a stream). Observed when the response
-/// body ends or is dropped.
+/// Every request on every listener: a request id (the client's `x-request-id` when it is a
+/// short token, a new UUID otherwise) on the request, on the answer and on every log line
+/// written while it is served (the `request` span); an access log line at INFO (DEBUG for
+/// probes and scrapes) with method, path without its query (which may carry a binding
+/// token), route, status and time to the answer head — never a header, query or body, so no
+/// PHI or credential; and the request's time in the metrics: HTTP by method, route template
+/// and status class, gRPC by method and status code (from the headers, or the trailers of
+/// a stream), observed when the response body ends or is dropped.
 async fn timed(
     axum::extract::State((metrics, kind)): axum::extract::State<(Arc<Metrics>, Listener)>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument as _;
     let started = std::time::Instant::now();
+    let id = request_id(req.headers());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let path = req.uri().path().to_owned();
-    let res = next.run(req).await;
+    let shown_path = crate::telemetry::redacted_uri(req.uri());
+    let span = tracing::info_span!("request", id = %id, method = %method, path = %shown_path,
+                                   listener = %kind.as_str());
+    let mut res = next.run(req).instrument(span.clone()).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    let grpc_status = res
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let status = res.status().as_u16();
+    let probe = matches!(route.as_deref(), Some("/health" | "/ready" | "/metrics"));
+    span.in_scope(|| {
+        let route = route.as_deref().unwrap_or("-");
+        let grpc = grpc_status.as_deref().unwrap_or("-");
+        if probe {
+            tracing::debug!(target: "fhir_hub::access", status, route = %route, took_ms, "answered");
+        } else {
+            tracing::info!(target: "fhir_hub::access", status, route = %route, grpc = %grpc, took_ms, "answered");
+        }
+    });
     let mut timer = match kind {
         Listener::Grpc => metrics.grpc_request(Some(&path), started),
         Listener::Api | Listener::Admin => {
-            metrics.http_request(&method, route.as_deref(), res.status().as_u16(), started)
+            metrics.http_request(&method, route.as_deref(), status, started)
         }
     };
     if kind == Listener::Grpc
-        && let Some(code) = res
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
+        && let Some(code) = &grpc_status
     {
         // a trailers-only answer (an error before the stream started)
         timer.grpc_status(code);
     }
     res.map(|inner| Body::new(Timed { inner, timer }))
+}
+
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+/// The client's request id when it is a short token of letters, digits, `-`, `_` and `.`
+/// (nothing a log line could be forged with), a new UUID otherwise.
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 /// A response body that observes its request's time when it ends.
