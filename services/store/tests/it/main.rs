@@ -10,6 +10,7 @@
 mod contract;
 mod producer_text;
 mod retention;
+mod schema;
 mod timeouts;
 
 use hub_store::Store;
