@@ -23,6 +23,7 @@ mod limits;
 mod medplum;
 mod mtls;
 mod multi_process;
+mod operations;
 mod operator;
 mod poison;
 mod poison_bytes;
