@@ -29,6 +29,9 @@ SCRATCH=$(mktemp -d)
 PASSED=0
 
 log() { printf '== %s\n' "$*" >&2; }
+# a container's log (read whole: `docker logs | grep -q` fails under pipefail when grep
+# stops reading early)
+logs_of() { docker logs "$1" 2>&1; }
 pass() { PASSED=$((PASSED + 1)); printf 'ok %d - %s\n' "$PASSED" "$*"; }
 fail() {
   printf 'FAILED: %s\n' "$*" >&2
@@ -86,10 +89,32 @@ mkdir -p "$SCRATCH/context"
 # the debug build's symbols are most of its size; the image needs none of them
 objcopy --strip-debug "$BIN" "$SCRATCH/context/fhir-hub" 2>/dev/null || cp "$BIN" "$SCRATCH/context/fhir-hub"
 log "building $IMAGE on $BASE"
+previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build -q -f docker/Dockerfile.local --build-arg "BASE=$BASE" -t "$IMAGE" \
   "$SCRATCH/context" >"$SCRATCH/build.log" 2>&1 || { cat "$SCRATCH/build.log" >&2; fail "docker build"; }
+# the image of the previous run, now untagged (its base and package layers stay cached)
+now=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+[ -n "$previous" ] && [ "$previous" != "$now" ] && docker rmi "$previous" >/dev/null 2>&1 || true
 version=$(docker run --rm "$IMAGE" --version) || fail "the binary does not run in the image"
 pass "the binary runs in the image ($version)"
+
+# --- .dockerignore keeps data, keys and build output out of the build context --------------
+ctx="$SCRATCH/ignore-context"
+mkdir -p "$ctx/target/debug" "$ctx/data" "$ctx/services/hub/data" "$ctx/services/hub/src" "$ctx/.cargo" "$ctx/docker"
+cp .dockerignore "$ctx/"
+for f in target/debug/fhir-hub data/hub.db data/secrets.key services/hub/data/log.db secrets.key \
+    config.toml tls.pem hub.db-wal docker/secrets_key \
+    Cargo.toml Cargo.lock .cargo/config.toml services/hub/src/main.rs config.default.toml; do
+  echo x >"$ctx/$f"
+done
+printf 'ARG BASE\nFROM ${BASE}\nCOPY . /ctx\n' >"$SCRATCH/Dockerfile.ctx"
+DOCKER_BUILDKIT=0 docker build -q -t "$RUN_ID-ctx" --build-arg "BASE=$BASE" -f "$SCRATCH/Dockerfile.ctx" "$ctx" \
+  >"$SCRATCH/build.log" 2>&1 || { cat "$SCRATCH/build.log" >&2; fail "building the context probe"; }
+seen=$(docker run --rm --entrypoint sh "$RUN_ID-ctx" -c 'cd /ctx && find . -type f | sort | tr "\n" " "')
+docker rmi "$RUN_ID-ctx" >/dev/null
+[ "$seen" = "./.cargo/config.toml ./.dockerignore ./Cargo.lock ./Cargo.toml ./config.default.toml ./services/hub/src/main.rs " ] \
+  || fail ".dockerignore lets through: $seen"
+pass ".dockerignore keeps data, secrets.key, config.toml, keys and target/ out of the build context"
 
 docker network create "$NET" >/dev/null
 docker volume create "$VOL" >/dev/null
@@ -136,10 +161,10 @@ uid=$(docker exec "$HUB" sh -c 'awk "/^Uid:/ {print \$2}" /proc/1/status')
 pass "serves as a non-root user (uid $uid)"
 wait_healthy "$HUB"
 pass "HEALTHCHECK (fhir-hub health --ready) turns healthy"
-docker logs "$HUB" 2>&1 | grep -q 'server.base_url is not set' \
+grep -q 'server.base_url is not set' <<<"$(logs_of "$HUB")" \
   || fail "no warning about the 0.0.0.0 base URL"
 pass "warns at start that server.base_url is not set"
-docker logs "$HUB" 2>&1 | grep -q 'grpc listening on 0.0.0.0:8081' || fail "gRPC is not on 0.0.0.0"
+grep -q 'grpc listening on 0.0.0.0:8081' <<<"$(logs_of "$HUB")" || fail "gRPC is not on 0.0.0.0"
 TOKEN=$(docker exec "$HUB" fhir-hub keys create --tenant default --name container-test \
   --scope 'system/Subscription.cruds system/Observation.rs hub/admin' 2>/dev/null) || fail "keys create"
 API="http://127.0.0.1:$(port_of "$HUB" 8080)"
@@ -158,7 +183,7 @@ pass "the gRPC listener answers from outside the container"
 docker stop -t 60 "$HUB" >/dev/null
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$HUB")" = 0 ] \
   || fail "exit code $(docker inspect -f '{{.State.ExitCode}}' "$HUB") after SIGTERM"
-docker logs "$HUB" 2>&1 | grep -q 'drained' || fail "no drain line after SIGTERM"
+grep -q 'drained' <<<"$(logs_of "$HUB")" || fail "no drain line after SIGTERM"
 pass "SIGTERM drains: exit code 0 and a 'drained' log line"
 docker rm "$HUB" >/dev/null
 HUB2="$RUN_ID-hub2"
@@ -196,8 +221,8 @@ pg_env=(-e HUB_DATABASE__URL=postgres://hub@postgres:5432/hub -e HUB_SECRETS__AC
 HUBP="$RUN_ID-hub-pg"
 start_hub "$HUBP" "${pg_env[@]}" -v "$SCRATCH/secrets_key:/run/secrets/hub_secrets_key:ro"
 wait_healthy "$HUBP"
-docker logs "$HUBP" 2>&1 | grep -q 'stored unsealed' && fail "secrets are stored unsealed"
-docker logs "$HUBP" 2>&1 | grep -q 'server.base_url is not set' && fail "warned with a base URL set"
+grep -q 'stored unsealed' <<<"$(logs_of "$HUBP")" && fail "secrets are stored unsealed"
+grep -q 'server.base_url is not set' <<<"$(logs_of "$HUBP")" && fail "warned with a base URL set"
 TOKEN=$(docker exec "$HUBP" fhir-hub keys create --tenant default --name pg \
   --scope 'system/Subscription.cruds system/Observation.rs hub/admin' 2>/dev/null) || fail "keys create on PostgreSQL"
 API="http://127.0.0.1:$(port_of "$HUBP" 8080)"

@@ -172,10 +172,12 @@ if ! docker info >/dev/null 2>&1; then
     fi
   fi
   if ! docker info >/dev/null 2>&1; then
-    if ! command -v dockerd >/dev/null 2>&1; then
-      container_skip="no docker here, and it cannot be installed (not root, or no apt-get)"
+    if [ "$(id -u)" != 0 ]; then
+      container_skip="no docker daemon answers, and this script is not root to start one"
+    elif ! command -v dockerd >/dev/null 2>&1; then
+      container_skip="no docker here, and docker.io could not be installed"
     else
-      container_skip="dockerd does not run here: $(tail -n 1 "$CACHE/dockerd.log" 2>/dev/null)"
+      container_skip="dockerd does not run here: $(tail -n 1 "$CACHE/dockerd.log" 2>/dev/null || true)"
     fi
   fi
 fi
