@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the store contract on SQLite and PostgreSQL, the event-log
 # contract on the embedded log, librdkafka's MockCluster and a real tansu broker, and the
-# end-to-end tests that start the real fhir-hub binary (with the ported Inferno suite), and
-# the short fault suite (tests/faults: its own PostgreSQL and tansu, killed and restarted).
+# end-to-end tests that start the real fhir-hub binary (with the ported Inferno suite), the
+# short fault suite (tests/faults: its own PostgreSQL and tansu, killed and restarted), and
+# the container test (docker/test.sh; skipped, saying why, where docker cannot run).
 #
 # It installs or starts what is missing:
 #   - tansu 0.6.0 (cargo install, cached in $FHIR_HUB_CACHE/tansu, default ~/.cache/fhir-hub);
 #   - PostgreSQL, when nothing answers on 127.0.0.1:5432 (Debian packages, then started);
-#   - a Python venv with standardwebhooks, fhir.resources and websockets; @medplum/core and fhirpath (npm);
+#   - a Python venv with standardwebhooks, fhir.resources, websockets and PyYAML; @medplum/core and fhirpath (npm);
 #   - Chromium and its WebDriver (Debian's chromium, chromium-driver) for the example dashboard;
 # and sets FHIR_HUB_REQUIRE_EXTERNAL=1 so that no test silently skips a real component.
 #
@@ -150,6 +151,42 @@ log "end-to-end benchmark, smoke"
 cargo test --locked -p fhir-hub --bench e2e 2>&1 | tail -n 9 || status=$?
 # The official FHIRPath suites' figures (the test above enforces the known-failure lists).
 cargo test --locked -q -p hub-fhirpath --test official -- --nocapture --test-threads=1 2>&1 | grep -o 'FHIRPath r[0-9] suite: .*' || true
+# The Kubernetes manifests (docker/k8s): structure, probes, the secrets key's mount, and the
+# real binary loading their configuration beside Kubernetes' service-link variables.
+"$FHIR_HUB_PYTHON" docker/k8s/check.py --binary "${CARGO_TARGET_DIR:-target}/debug/fhir-hub" || status=$?
+# The container test (docker/test.sh): the runtime image around the debug binary, on a Debian
+# base image made with debootstrap (cached as the image fhir-hub-base:bookworm). As root it
+# installs Debian's docker.io and starts dockerd when missing (the daemon keeps running);
+# where docker cannot run at all it says why and is skipped.
+container_skip=""
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if ! command -v dockerd >/dev/null 2>&1; then
+      log "installing docker.io, docker-compose and debootstrap (Debian packages)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null 2>&1 || true
+    fi
+    if command -v dockerd >/dev/null 2>&1; then
+      log "starting dockerd (log: $CACHE/dockerd.log)"
+      (nohup dockerd >"$CACHE/dockerd.log" 2>&1 &)
+      for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    fi
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    if [ "$(id -u)" != 0 ]; then
+      container_skip="no docker daemon answers, and this script is not root to start one"
+    elif ! command -v dockerd >/dev/null 2>&1; then
+      container_skip="no docker here, and docker.io could not be installed"
+    else
+      container_skip="dockerd does not run here: $(tail -n 1 "$CACHE/dockerd.log" 2>/dev/null || true)"
+    fi
+  fi
+fi
+if [ -n "$container_skip" ]; then
+  echo "container test: skipped ($container_skip)"
+else
+  log "container test (docker/test.sh)"
+  FHIR_HUB_BIN="${CARGO_TARGET_DIR:-target}/debug/fhir-hub" docker/test.sh || status=$?
+fi
 # One closing line for the whole run (cargo's last line is a doc-test summary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$SCRATCH/test.out"

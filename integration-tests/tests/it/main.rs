@@ -24,6 +24,7 @@ mod medplum;
 mod mtls;
 mod multi_process;
 mod observability;
+mod operations;
 mod operator;
 mod poison;
 mod poison_bytes;

@@ -234,4 +234,75 @@ async fn split_roles_answer_health_ready_and_metrics_on_their_admin_listener() {
         !text.contains(&id),
         "no subscription id in a label:\n{text}"
     );
+/// A delivery process added to a running cluster takes a share of the subscriptions: the
+/// first hands idle ones back down to its share and the new one claims them (before: every
+/// lease stayed with the first process, and the second sat idle for ever). Each
+/// notification is still delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_process_added_later_takes_its_share() {
+    let Some(pg) = require_external("FHIR_HUB_TEST_DATABASE_URL") else {
+        return;
+    };
+    let db = hub_store::fresh_postgres_schema(&pg, "rebalance")
+        .await
+        .unwrap();
+    let base = HubEnv::default()
+        .arg("--database-url")
+        .arg(&db)
+        .var("HUB_DELIVERY__LEASE_TTL_MS", "2000")
+        .var("HUB_DELIVERY__PARK_IDLE_AFTER_MS", "200");
+    let api = Hub::start(base.clone().arg("--roles").arg("api,matcher")).await;
+    let delivery = base.clone().arg("--roles").arg("delivery");
+    let _first = Headless::start(&delivery);
+    let mut rx = TestReceiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            api.subscribe("Observation?code=2345-7", &rx.url, true)
+                .await,
+        );
+    }
+    for id in &ids {
+        api.wait_status(id, "active").await;
+    }
+    let raw = sqlx::PgPool::connect(&db).await.unwrap();
+    let counts = || async {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT owner, count(*) FROM delivery_leases GROUP BY owner ORDER BY 2")
+                .fetch_all(&raw)
+                .await
+                .unwrap();
+        rows.into_iter().map(|(_, n)| n).collect::<Vec<i64>>()
+    };
+    assert_eq!(
+        counts().await,
+        vec![6],
+        "the first process holds every lease"
+    );
+
+    let _second = Headless::start(&delivery);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = counts().await;
+        if now == vec![3, 3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leases per delivery process after 60 s: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut seen = HashSet::new();
+    for i in 0..2 {
+        api.post_json("/events", &glucose(&format!("rb{i}"))).await;
+    }
+    for _ in 0..12 {
+        let r = rx.next(Duration::from_secs(30)).await;
+        let id = r.headers["webhook-id"].to_str().unwrap().to_owned();
+        assert!(seen.insert(id), "a notification was delivered twice");
+    }
+    rx.assert_quiet(Duration::from_millis(1000)).await;
+    assert_eq!(counts().await, vec![3, 3], "the share stays put");
 }

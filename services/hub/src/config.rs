@@ -68,6 +68,10 @@ pub struct SecretsConfig {
     /// Key id → 32 bytes in base64.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// Key id → a file holding the 32 bytes in base64 (a mounted Docker or Kubernetes
+    /// secret), read at start.
+    #[serde(default)]
+    pub key_files: BTreeMap<String, PathBuf>,
 }
 
 /// `open`: no credential needed (a laptop; loopback addresses only). `required`: every
@@ -534,8 +538,14 @@ impl Config {
             }
             None => fig = fig.merge(Toml::file("config.toml")),
         }
-        fig = fig.merge(Env::prefixed("HUB_").split("__"));
+        check_environment(std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()))?;
+        fig = fig.merge(
+            Env::prefixed("HUB_")
+                .filter(|k| is_config_variable(k.as_str()))
+                .split("__"),
+        );
         let mut config: Config = fig.extract()?;
+        config.kafka.client = kafka_property_names(std::mem::take(&mut config.kafka.client));
         config.apply(overrides);
         config.validate()?;
         Ok(config)
@@ -732,8 +742,22 @@ impl Config {
     /// in the data directory; on PostgreSQL without them, nothing (with a warning).
     pub fn sealer(&self) -> anyhow::Result<crate::auth::sealed::Sealer> {
         use crate::auth::sealed::Sealer;
-        if !self.secrets.keys.is_empty() || !self.secrets.active.is_empty() {
-            let keys = self.secrets.keys.clone().into_iter().collect();
+        if !self.secrets.keys.is_empty()
+            || !self.secrets.key_files.is_empty()
+            || !self.secrets.active.is_empty()
+        {
+            let mut keys: std::collections::HashMap<String, String> =
+                self.secrets.keys.clone().into_iter().collect();
+            for (id, path) in &self.secrets.key_files {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("secrets.key_files.{id}: {}: {e}", path.display())
+                })?;
+                if keys.insert(id.clone(), text.trim().to_owned()).is_some() {
+                    anyhow::bail!(
+                        "secrets key '{id}' is both in secrets.keys and secrets.key_files"
+                    );
+                }
+            }
             return Sealer::new(&keys, &self.secrets.active);
         }
         if self.database_url().starts_with("sqlite:") {
@@ -823,6 +847,26 @@ impl Config {
         }
     }
 
+    /// Why the base URL the hub falls back to is not one clients can use: `server.base_url`
+    /// is empty and the API listens on an unspecified address (`0.0.0.0`, `[::]`), as in a
+    /// container. The hub does not guess a host name (a request's `Host` is the caller's
+    /// word, and rest-hook bundles are built with no request at all): it says so at start.
+    pub fn base_url_warning(&self) -> Option<String> {
+        if !self.server.base_url.is_empty() || !self.has_role(Role::Api) {
+            return None;
+        }
+        let addr = self.listen_addr().ok()?;
+        addr.ip().is_unspecified().then(|| {
+            format!(
+                "server.base_url is not set and server.listen is {}: websocket URLs, $status and \
+                 notification bundles will name {}://{addr}/fhir, which no client can reach. \
+                 Set server.base_url (HUB_SERVER__BASE_URL) to the URL clients use",
+                self.server.listen,
+                self.scheme()
+            )
+        })
+    }
+
     /// The FHIR base URL for references in notifications (no trailing slash).
     pub fn base_url(&self) -> String {
         if self.server.base_url.is_empty() {
@@ -888,9 +932,181 @@ impl Config {
     }
 }
 
+/// Whether `key` (a `HUB_` variable's name without the prefix) is a configuration variable:
+/// `<SECTION>__<KEY>`. Kubernetes injects `<SERVICE>_PORT=tcp://…`, `<SERVICE>_SERVICE_HOST`
+/// and the like for every Service of a namespace, so a Service named `hub` (or `hub-api`)
+/// puts `HUB_PORT`, `HUB_SERVICE_HOST`, `HUB_API_PORT_8080_TCP_ADDR` … into every pod: those
+/// are never configuration and are skipped.
+fn is_config_variable(key: &str) -> bool {
+    key.contains("__")
+}
+
+/// A Kubernetes service-link variable's name without the `HUB_` prefix (`PORT`,
+/// `SERVICE_HOST`, `API_PORT_8080_TCP_ADDR`, `SERVICE_PORT_HTTP`).
+fn is_service_link(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    let words: Vec<&str> = k.split('_').collect();
+    // `[<name>_]SERVICE_HOST`, `[<name>_]SERVICE_PORT[_<port name>]`
+    if let Some(i) = words.iter().position(|w| *w == "SERVICE")
+        && matches!(words.get(i + 1), Some(&"HOST") | Some(&"PORT"))
+    {
+        return words.get(i + 1) == Some(&"PORT") || words.len() == i + 2;
+    }
+    // `[<name>_]PORT`, `[<name>_]PORT_<n>_<proto>[_PROTO|_PORT|_ADDR]`
+    match words.iter().rposition(|w| *w == "PORT") {
+        Some(i) if i + 1 == words.len() => true,
+        Some(i) => {
+            // the last PORT may be the `_PORT` suffix of `PORT_<n>_<proto>_PORT`
+            let start = words[..i]
+                .iter()
+                .rposition(|w| *w == "PORT")
+                .filter(|&j| i == j + 3)
+                .unwrap_or(i);
+            let rest = &words[start + 1..];
+            rest.len() >= 2
+                && rest[0].bytes().all(|b| b.is_ascii_digit())
+                && matches!(rest[1], "TCP" | "UDP" | "SCTP")
+                && (rest.len() == 2
+                    || (rest.len() == 3 && matches!(rest[2], "PROTO" | "PORT" | "ADDR")))
+        }
+        None => false,
+    }
+}
+
+/// Refuse a `HUB_` variable that is neither a configuration variable nor a Kubernetes
+/// service link (`HUB_DATABASE_URL` for `HUB_DATABASE__URL`): it would be ignored silently.
+fn check_environment(names: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    for name in names {
+        let Some(key) = name
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("HUB_"))
+            .map(|_| &name[4..])
+        else {
+            continue;
+        };
+        if !key.is_empty() && !is_config_variable(key) && !is_service_link(key) {
+            anyhow::bail!(
+                "environment variable {name} is not a configuration variable: they are named \
+                 HUB_<SECTION>__<KEY> with two underscores between levels, like \
+                 HUB_DATABASE__URL or HUB_KAFKA__CLIENT__SASL_PASSWORD"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka property names from `kafka.client` keys: `_` becomes `.`, so that an
+/// environment variable, whose name cannot hold a dot, can set any property
+/// (`HUB_KAFKA__CLIENT__SASL_PASSWORD` sets `sasl.password`). No property settable as text
+/// has an underscore in its name.
+fn kafka_property_names(client: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    client
+        .into_iter()
+        .map(|(k, v)| (k.replace('_', "."), v))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        for link in [
+            "PORT",
+            "PORT_8080_TCP",
+            "PORT_8080_TCP_PROTO",
+            "PORT_8080_TCP_PORT",
+            "PORT_8080_TCP_ADDR",
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_HTTP",
+            "SERVICE_PORT_GRPC_WEB",
+            "API_PORT",
+            "API_PORT_50051_TCP_ADDR",
+            "API_SERVICE_HOST",
+            "DELIVERY_SERVICE_PORT",
+            "API_PORT_53_UDP",
+        ] {
+            assert!(is_service_link(link), "{link}");
+            assert!(!is_config_variable(link), "{link}");
+            check_environment([format!("HUB_{link}")]).unwrap();
+        }
+        for not_link in [
+            "DATABASE_URL",
+            "PORTS",
+            "PORT_X_TCP",
+            "SERVICE_HOSTS",
+            "LISTEN",
+        ] {
+            assert!(!is_service_link(not_link), "{not_link}");
+            let e = check_environment([format!("HUB_{not_link}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("HUB_<SECTION>__<KEY>"), "{e}");
+        }
+        check_environment(["HUB_DATABASE__URL".into(), "PATH".into(), "HUB_".into()]).unwrap();
+    }
+
+    #[test]
+    fn secrets_keys_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k1");
+        // 32 bytes in base64, with the newline `openssl rand -base64 32 >file` leaves
+        std::fs::write(&file, "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\n").unwrap();
+        let mut c = Config::defaults().unwrap();
+        c.secrets.active = "k1".into();
+        c.secrets.key_files.insert("k1".into(), file.clone());
+        let sealer = c.sealer().unwrap();
+        assert!(sealer.is_active());
+        assert_eq!(sealer.fingerprints().count(), 1);
+        c.secrets.keys.insert(
+            "k1".into(),
+            "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=".into(),
+        );
+        let e = c.sealer().unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
+        c.secrets.keys.clear();
+        c.secrets
+            .key_files
+            .insert("k1".into(), dir.path().join("missing"));
+        let e = c.sealer().unwrap_err().to_string();
+        assert!(e.contains("secrets.key_files.k1"), "{e}");
+    }
+
+    #[test]
+    fn kafka_properties_take_dots_for_underscores() {
+        let m = kafka_property_names(BTreeMap::from([
+            ("sasl_password".to_owned(), "p".to_owned()),
+            ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+            ("ssl_ca_location".to_owned(), "/ca.pem".to_owned()),
+        ]));
+        assert_eq!(m["sasl.password"], "p");
+        assert_eq!(m["security.protocol"], "SASL_SSL", "values are left alone");
+        assert_eq!(m["ssl.ca.location"], "/ca.pem");
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_without_base_url_is_warned_about() {
+        let mut c = Config::defaults().unwrap();
+        assert!(
+            c.base_url_warning().is_none(),
+            "loopback: the URL works there"
+        );
+        c.server.listen = "0.0.0.0:8080".into();
+        let w = c.base_url_warning().unwrap();
+        assert!(
+            w.contains("http://0.0.0.0:8080/fhir") && w.contains("HUB_SERVER__BASE_URL"),
+            "{w}"
+        );
+        c.server.listen = "[::]:8080".into();
+        assert!(c.base_url_warning().is_some());
+        c.server.base_url = "https://hub.example.org/fhir".into();
+        assert!(c.base_url_warning().is_none());
+        c.server.base_url.clear();
+        c.server.roles = vec![Role::Delivery];
+        assert!(c.base_url_warning().is_none(), "no API, no listener");
+    }
 
     #[test]
     fn defaults_are_valid_and_embedded() {

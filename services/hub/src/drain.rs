@@ -32,7 +32,12 @@ pub(crate) async fn join_roles(
         } else {
             tasks.join_next().await
         };
-        let Some(joined) = next else { break };
+        let Some(joined) = next else {
+            if deadline.is_some() {
+                tracing::info!("drained: every role finished its in-flight work");
+            }
+            break;
+        };
         let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = outcome {
             tracing::error!(error = format!("{e:#}"), "a role failed; shutting down");

@@ -17,6 +17,7 @@ pub mod data_lock;
 pub mod delivery;
 mod drain;
 pub mod fhirpath_cmd;
+pub mod health_cmd;
 pub mod housekeeping;
 pub mod listener;
 pub mod match_cmd;

@@ -93,6 +93,19 @@ enum Command {
     },
     /// Print the effective configuration as JSON.
     Config,
+    /// Probe the hub on this host (`/health` on the API listener, loopback for 0.0.0.0):
+    /// exit 0 when it answers 200, 1 otherwise (a container HEALTHCHECK).
+    Health {
+        /// Probe `/ready` (this process can do its work) instead of `/health`.
+        #[arg(long)]
+        ready: bool,
+        /// Probe this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Manage API keys (in the configured database; no running hub needed).
     Keys {
         #[command(subcommand)]
@@ -247,6 +260,26 @@ async fn run_command() -> anyhow::Result<()> {
         Command::Keys { command } => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             keys_command(&config, command).await
+        }
+        Command::Health {
+            ready,
+            url,
+            timeout_secs,
+        } => {
+            let config = Config::load(cli.config.as_deref(), &overrides)?;
+            let url = fhir_hub::health_cmd::probe_url(&config, url.as_deref(), ready)?;
+            match fhir_hub::health_cmd::probe(&url, std::time::Duration::from_secs(timeout_secs))
+                .await
+            {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e:#}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Config => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;

@@ -64,6 +64,9 @@ pub async fn run(
     {
         hub.base_url = Arc::from(format!("{}://{addr}/fhir", hub.config.scheme()));
     }
+    if let Some(w) = hub.config.base_url_warning() {
+        tracing::warn!("{w}");
+    }
     tracing::info!(
         store = ?hub.store.backend(),
         log = hub.log.backend(),

@@ -8,7 +8,7 @@
 //! believe they hold a lease. Leases are keyed by the subscription's incarnation
 //! ([`LogKey`]): a lease on a deleted subscription is not one on its re-created successor.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sqlx::Row;
 
@@ -141,6 +141,45 @@ impl Store {
             }
         }
         Ok(held)
+    }
+
+    /// The delivery processes alive now (heartbeat not lapsed) and how many leases each holds.
+    pub async fn lease_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let now = db_now_sql(self.backend);
+        let mut out = BTreeMap::new();
+        for row in sqlx::query(&format!(
+            "SELECT o.owner, count(l.log_key) FROM delivery_owners o
+             LEFT JOIN delivery_leases l ON l.owner = o.owner
+             WHERE o.expires_at >= {now} GROUP BY o.owner"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let n: i64 = row.try_get(1)?;
+            out.insert(row.try_get(0)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    /// Give up these leases of `owner` (rebalancing), so that another process claims them;
+    /// how many were given up.
+    pub async fn release_some(&self, owner: &str, keys: &[LogKey]) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for chunk in keys.chunks(500) {
+            // every value in the order it appears (SQLite numbers `?` that way)
+            let p = crate::placeholders(self.backend, 1, chunk.len() + 1);
+            let sql = format!(
+                "DELETE FROM delivery_leases WHERE owner = {} AND log_key IN ({})",
+                p[0],
+                p[1..].join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(owner);
+            for key in chunk {
+                q = q.bind(key.get());
+            }
+            released += q.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(released)
     }
 
     /// Give up every lease of `owner` (clean shutdown), so others take over at once.

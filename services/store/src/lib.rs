@@ -260,20 +260,42 @@ impl Store {
         Ok(store)
     }
 
+    /// Bring the schema up to this binary's migrations. A schema a newer binary migrated
+    /// (one holding a migration this binary does not know) is refused, never used: this
+    /// binary's statements may not fit it (rolling back means the backup taken before the
+    /// upgrade, docs/operations.md).
     async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Postgres => {
-                sqlx::migrate!("./migrations/postgres")
-                    .run(&self.pool)
-                    .await?
+        let migrator = match self.backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        };
+        let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        migrator.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(v) if v > latest => {
+                StoreError::Unavailable(format!(
+                    "the database schema is newer than this fhir-hub {}: it holds migration {v}, \
+                     this binary knows migrations up to {latest}. A newer fhir-hub upgraded it; \
+                     run that version (or newer), or restore the backup taken before the upgrade",
+                    env!("CARGO_PKG_VERSION")
+                ))
             }
-            Backend::Sqlite => {
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&self.pool)
-                    .await?
-            }
-        }
+            sqlx::migrate::MigrateError::VersionMissing(v) => StoreError::Unavailable(format!(
+                "the database schema holds migration {v}, which this fhir-hub {} does not know: \
+                 it was made by another build of fhir-hub",
+                env!("CARGO_PKG_VERSION")
+            )),
+            other => other.into(),
+        })?;
         Ok(())
+    }
+
+    /// The newest schema migration this binary knows, per backend (docs/operations.md).
+    pub fn schema_version(backend: Backend) -> i64 {
+        let migrator = match backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        };
+        migrator.iter().map(|m| m.version).max().unwrap_or(0)
     }
 
     pub fn backend(&self) -> Backend {

@@ -33,6 +33,7 @@ use known::Known;
 
 pub mod clients;
 mod known;
+mod rebalance;
 pub mod retries;
 pub mod schedule;
 pub mod send;
@@ -526,6 +527,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         restarts: BinaryHeap::new(),
     };
     let mut renewed = tokio::time::Instant::now();
+    let mut rebalanced = tokio::time::Instant::now();
     let mut others: BTreeSet<String> = BTreeSet::new();
     let mut recheck: Vec<Key> = Vec::new();
     // Never wait only on wake-ups: parked subscriptions are looked at this often as well.
@@ -571,6 +573,11 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
                     _ = tokio::time::sleep(poll) => continue,
                 }
             }
+        }
+        // leases spread over the processes alive (delivery/rebalance.rs)
+        if !others.is_empty() && rebalanced.elapsed() >= lease_ttl {
+            rebalanced = tokio::time::Instant::now();
+            claim_all |= d.rebalance().await;
         }
         let mut dirty: HashSet<Key> = match d.known.refresh(&hub).await {
             Ok(changed) => changed.into_iter().collect(),

@@ -590,6 +590,36 @@ pub(crate) async fn leases_give_each_subscription_one_owner(store: Store) {
     );
 }
 
+/// Rebalancing: the lease count of every live process, and handing some leases back.
+pub(crate) async fn some_leases_are_handed_back_for_another_to_claim(store: Store) {
+    let wanted = created(&store, (0..4).map(|i| format!("s{i}"))).await;
+    let a = store
+        .claim_leases("a", pairs(&wanted), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 4);
+    store.heartbeat("b", 60_000).await.unwrap();
+    let counts = store.lease_counts().await.unwrap();
+    assert_eq!(counts.get("a"), Some(&4));
+    assert_eq!(
+        counts.get("b"),
+        Some(&0),
+        "a live process holding nothing counts"
+    );
+    let give: Vec<_> = a.iter().copied().take(2).collect();
+    // only the owner's leases go
+    assert_eq!(store.release_some("b", &give).await.unwrap(), 0);
+    assert_eq!(store.release_some("a", &give).await.unwrap(), 2);
+    let b = store
+        .claim_leases("b", pairs(&wanted), 60_000)
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 2, "b takes exactly what a handed back");
+    assert!(b.iter().all(|k| give.contains(k)));
+    let counts = store.lease_counts().await.unwrap();
+    assert_eq!((counts.get("a"), counts.get("b")), (Some(&2), Some(&2)));
+}
+
 pub(crate) async fn topics_by_id_and_url(store: Store) {
     let (t, created) = store
         .put_topic("default", "lab", "http://example.org/t/lab", "{}", None)

@@ -10,6 +10,7 @@
 mod contract;
 mod producer_text;
 mod retention;
+mod schema;
 mod timeouts;
 
 use hub_store::Store;
@@ -125,6 +126,7 @@ contract_suite!(
     delivery_state_moves_forward_only,
     tenants_are_isolated,
     leases_give_each_subscription_one_owner,
+    some_leases_are_handed_back_for_another_to_claim,
     audit_rows_are_searched_and_purged,
     api_keys_are_created_changed_and_revoked,
     topics_by_id_and_url,
