@@ -234,6 +234,8 @@ async fn split_roles_answer_health_ready_and_metrics_on_their_admin_listener() {
         !text.contains(&id),
         "no subscription id in a label:\n{text}"
     );
+}
+
 /// A delivery process added to a running cluster takes a share of the subscriptions: the
 /// first hands idle ones back down to its share and the new one claims them (before: every
 /// lease stayed with the first process, and the second sat idle for ever). Each
