@@ -129,7 +129,7 @@ pass "open mode on 0.0.0.0 is refused"
 # --- serves as non-root with a key made in the container ----------------------------------
 start_hub() { # name, extra docker args...
   local name=$1; shift
-  docker run -d --name "$name" --network "$NET" -p 127.0.0.1::8080 -p 127.0.0.1::8081 "$@" "$IMAGE" >/dev/null
+  docker run -d --name "$name" --network "$NET" -p 127.0.0.1::8080 -p 127.0.0.1::8081 -p 127.0.0.1::9464 "$@" "$IMAGE" >/dev/null
 }
 port_of() { docker port "$1" "$2/tcp" | head -n1 | sed 's/.*://'; }
 wait_healthy() { # name
@@ -178,6 +178,11 @@ code=$(printf '\0\0\0\0\0' | curl -s -o /dev/null -w '%{http_code}' --http2-prio
   -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- "$grpc" || true)
 [ "$code" = 200 ] || fail "the gRPC listener does not answer from outside the container ($code)"
 pass "the gRPC listener answers from outside the container"
+ADMIN="http://127.0.0.1:$(port_of "$HUB" 9464)"
+code=$(curl -s -o "$SCRATCH/metrics" -w '%{http_code}' "$ADMIN/metrics" || true)
+[ "$code" = 200 ] && grep -q '^fhir_hub_http_request_duration_seconds_count' "$SCRATCH/metrics" \
+  || fail "the admin listener's /metrics does not answer from outside the container ($code)"
+pass "the admin listener (9464) serves this process's metrics from outside the container"
 
 # --- SIGTERM drains; the volume outlives the container -------------------------------------
 docker stop -t 60 "$HUB" >/dev/null

@@ -1,4 +1,5 @@
-//! `fhir-hub health`: probe this host's hub (`/health` or `/ready` on the API listener) and
+//! `fhir-hub health`: probe this host's hub (`/health` or `/ready` on the admin listener when
+//! `admin.listen` is set, on the API listener otherwise) and
 //! exit 0 when it answers 200, 1 otherwise: the container's HEALTHCHECK, where the binary is
 //! the only tool in the image.
 
@@ -7,10 +8,17 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-/// Where a probe on this host reaches the listener: `server.listen`, with an unspecified
-/// address (`0.0.0.0`, `[::]`) replaced by loopback of the same family.
+/// Where a probe on this host reaches the hub: `admin.listen` when set (every role has it),
+/// else `server.listen`, with an unspecified address (`0.0.0.0`, `[::]`) replaced by
+/// loopback of the same family.
 pub fn probe_addr(config: &Config) -> anyhow::Result<SocketAddr> {
-    let mut addr = config.listen_addr()?;
+    let mut addr = match config.admin.listen.as_str() {
+        "" => config.listen_addr()?,
+        admin => std::net::ToSocketAddrs::to_socket_addrs(admin)
+            .map_err(|e| anyhow::anyhow!("admin.listen {admin}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("admin.listen {admin} names no address"))?,
+    };
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -18,10 +26,7 @@ pub fn probe_addr(config: &Config) -> anyhow::Result<SocketAddr> {
         });
     }
     if addr.port() == 0 {
-        anyhow::bail!(
-            "server.listen {} has port 0: give --url",
-            config.server.listen
-        );
+        anyhow::bail!("the listener probed ({addr}) has port 0: give --url");
     }
     Ok(addr)
 }
@@ -32,11 +37,13 @@ pub fn probe_url(config: &Config, url: Option<&str>, ready: bool) -> anyhow::Res
         return Ok(u.to_owned());
     }
     let path = if ready { "/ready" } else { "/health" };
-    Ok(format!(
-        "{}://{}{path}",
-        config.scheme(),
-        probe_addr(config)?
-    ))
+    // the admin listener is plain HTTP
+    let scheme = if config.admin.listen.is_empty() {
+        config.scheme()
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{}{path}", probe_addr(config)?))
 }
 
 /// GET `url`; `Ok(status line)` on 200, `Err` with what was wrong otherwise. The hub's own
@@ -104,5 +111,11 @@ mod tests {
         );
         c.server.listen = "127.0.0.1:0".into();
         assert!(probe_url(&c, None, false).is_err());
+        // an admin listener, where there is one, whatever the roles
+        c.admin.listen = "0.0.0.0:9464".into();
+        assert_eq!(
+            probe_url(&c, None, true).unwrap(),
+            "http://127.0.0.1:9464/ready"
+        );
     }
 }
