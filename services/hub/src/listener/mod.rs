@@ -43,7 +43,9 @@ use crate::state::Hub;
 use crate::tls::PeerCertificate;
 
 mod limits;
+mod stalls;
 pub use limits::{ConnectionLimits, Held, Listener, Peer, Permit, Refusal};
+use stalls::{Stalls, WatchedBody};
 
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -207,9 +209,10 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until hyper drops it.
+/// A response body that keeps its request in flight until hyper drops it, its frames
+/// watched for the slow-reader rule ([`stalls`]).
 struct Tracked {
-    inner: Body,
+    inner: WatchedBody,
     _busy: Busy,
 }
 
@@ -243,6 +246,8 @@ struct Shared {
     idle: Duration,
     /// How long in-flight requests may finish when the hub stops.
     grace: Duration,
+    /// How long a response frame may wait for the peer to take it (`streams.write_timeout_secs`).
+    write_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -335,6 +340,7 @@ pub async fn serve(
         header_timeout,
         idle: Duration::from_secs(server.idle_timeout_secs.max(1)),
         grace,
+        write_timeout: Duration::from_secs(hub.config.streams.write_timeout_secs.max(1)),
         metrics: Arc::clone(&hub.metrics),
         shutdown: shutdown.clone(),
     });
@@ -440,7 +446,8 @@ async fn http<IO>(
     use tower::ServiceExt as _;
 
     let in_flight = InFlight::new();
-    let (app, tracker) = (shared.app.clone(), in_flight.clone());
+    let stalls = Stalls::new();
+    let (app, tracker, watch) = (shared.app.clone(), in_flight.clone(), stalls.clone());
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         let busy = tracker.start();
         // the peer's address: refusals are counted and throttled per address (auth)
@@ -448,10 +455,13 @@ async fn http<IO>(
         if let Some(p) = &peer {
             req.extensions_mut().insert(p.clone());
         }
-        let app = app.clone();
+        let (app, watch) = (app.clone(), watch.clone());
         async move {
             let res = app.oneshot(req).await?;
-            Ok::<_, Infallible>(res.map(|inner| Body::new(Tracked { inner, _busy: busy })))
+            Ok::<_, Infallible>(res.map(|inner| {
+                let inner = watch.watch(inner);
+                Body::new(Tracked { inner, _busy: busy })
+            }))
         }
     });
     let conn = shared
@@ -462,10 +472,21 @@ async fn http<IO>(
     tokio::pin!(idle);
     // once asked to close (GOAWAY for HTTP/2), a connection gets a bounded time to do so
     let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // the slow-reader rule, looked at twice per write timeout
+    let mut look = tokio::time::interval(shared.write_timeout / 2);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // done, or handed to a websocket (which now owns the socket and its place)
             _ = conn.as_mut() => return,
+            _ = look.tick() => {
+                if stalls.oldest().is_some_and(|waited| waited >= shared.write_timeout) {
+                    // hyper cannot reset one HTTP/2 stream whose body it no longer polls:
+                    // the connection goes, and its clients resume from their last number
+                    ConnectionClosed::SlowReader.emit(&shared.metrics);
+                    return;
+                }
+            }
             _ = &mut idle, if closing.is_none() => {
                 ConnectionClosed::Idle.emit(&shared.metrics);
                 conn.as_mut().graceful_shutdown();
