@@ -255,7 +255,7 @@ async fn consume_reads_each_subscription_once_and_interleaves_them() {
     let c = PyClient::start(
         &python,
         "grpc_client.py",
-        &[&target, "consume", "twice", &twice, &N.to_string()],
+        &[&target, "consume", "twice", &twice, &(N + 1).to_string()],
     );
     let got: Vec<i64> = (0..N)
         .map(|_| c.next("a named twice")["event_number"].as_i64().unwrap())
@@ -265,15 +265,20 @@ async fn consume_reads_each_subscription_once_and_interleaves_them() {
         (1..=N).collect::<Vec<_>>(),
         "each event once, in order"
     );
+    // after the backlog, the next message is the next event, not the backlog again
+    publish_final(&hub, "j", 0..1).await;
+    let next = c.next("after the backlog");
+    assert_eq!(next["event_number"], N + 1, "{next}");
     c.finish();
 
     let both = format!("{a},{b}");
     let c = PyClient::start(
         &python,
         "grpc_client.py",
-        &[&target, "consume", "both", &both, &(2 * N).to_string()],
+        &[&target, "consume", "both", &both, &(2 * N + 2).to_string()],
     );
-    let got: Vec<(String, i64)> = (0..2 * N)
+    // the event published above reached both
+    let got: Vec<(String, i64)> = (0..2 * N + 2)
         .map(|_| {
             let m = c.next("two subscriptions");
             (
@@ -287,7 +292,7 @@ async fn consume_reads_each_subscription_once_and_interleaves_them() {
         let numbers: Vec<i64> = got.iter().filter(|g| &g.0 == id).map(|g| g.1).collect();
         assert_eq!(
             numbers,
-            (1..=N).collect::<Vec<_>>(),
+            (1..=N + 1).collect::<Vec<_>>(),
             "{id}: once each, in order"
         );
     }
