@@ -91,11 +91,12 @@ where
         // asked again: the frame before was taken
         me.held.0.store(0, Ordering::Relaxed);
         let polled = Pin::new(&mut me.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if frame.is_data() && !me.inner.is_end_stream() {
-                let ms = u64::try_from(me.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-                me.held.0.store(ms.saturating_add(1), Ordering::Relaxed);
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+            && !me.inner.is_end_stream()
+        {
+            let ms = u64::try_from(me.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            me.held.0.store(ms.saturating_add(1), Ordering::Relaxed);
         }
         polled
     }
