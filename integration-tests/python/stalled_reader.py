@@ -5,6 +5,8 @@ Usage:
   stalled_reader.py ws HOST:PORT TOKEN       websocket upgrade, then `bind-with-token: TOKEN`
   stalled_reader.py sse HOST:PORT PATH       HTTP/1.1 GET of an SSE stream
   stalled_reader.py grpc HOST:PORT SUBSCRIPTION   grpcio Subscribe (live), one message taken
+  stalled_reader.py consume HOST:PORT SUBSCRIPTION   grpcio Consume (consumer "stalled", from
+                                                 its start), one message taken
 Prints {"peer": "ip:port"} (its own address, as the hub sees it; grpc: {"open": true}) once
 the stream is open, then reads nothing more and sleeps until it is killed.
 """
@@ -62,7 +64,7 @@ def sse(addr: str, path: str) -> socket.socket:
     return s
 
 
-def grpc_stream(target: str, sub: str):
+def grpc_stream(target: str, sub: str, consume: bool):
     import importlib
     import grpc
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,16 +72,19 @@ def grpc_stream(target: str, sub: str):
     pb, rpc = stubs()
     # no BDP probing: the stream's window stays at its initial size while nothing is read
     channel = grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)])
-    stream = rpc.NotificationStreamStub(channel).Subscribe(
-        pb.SubscribeRequest(subscription_id=sub, from_event_number=0))
+    stub = rpc.NotificationStreamStub(channel)
+    if consume:
+        stream = stub.Consume(pb.ConsumeRequest(consumer="stalled", subscription_ids=[sub]))
+    else:
+        stream = stub.Subscribe(pb.SubscribeRequest(subscription_id=sub, from_event_number=0))
     next(stream)
     return channel, stream
 
 
 def main() -> int:
     mode, addr, what = sys.argv[1], sys.argv[2], sys.argv[3]
-    if mode == "grpc":
-        held = grpc_stream(addr, what)
+    if mode in ("grpc", "consume"):
+        held = grpc_stream(addr, what, mode == "consume")
         print(json.dumps({"open": True}), flush=True)
     else:
         held = ws(addr, what) if mode == "ws" else sse(addr, what)

@@ -163,10 +163,10 @@ async fn an_sse_stream_that_stops_reading_is_dropped_and_a_reading_one_is_not() 
     assert!(slow_reader_closes(&hub).await >= 1);
 }
 
-/// Defect 5, gRPC: a grpcio `Subscribe` whose caller stops iterating fills its HTTP/2
-/// window; the connection is dropped after the write timeout.
+/// Defect 5, gRPC: a grpcio `Subscribe`, then a `Consume`, whose caller stops iterating
+/// fills its HTTP/2 window; the connection is dropped after the write timeout.
 #[tokio::test]
-async fn a_grpc_stream_that_stops_reading_is_dropped_after_the_write_timeout() {
+async fn grpc_streams_that_stop_reading_are_dropped_after_the_write_timeout() {
     let Some(python) = crate::harness::require_external("FHIR_HUB_PYTHON") else {
         return;
     };
@@ -183,8 +183,20 @@ async fn a_grpc_stream_that_stops_reading_is_dropped_after_the_write_timeout() {
     publish_big(&hub, "g", 100).await;
     let port = target.rsplit(':').next().unwrap().to_owned();
     let took = until_dropped(&python, &hub, &port, None).await;
-    eprintln!("stalled gRPC connection dropped {took:?} after the last publish");
+    eprintln!("stalled gRPC Subscribe dropped {took:?} after the last publish");
     assert!(slow_reader_closes(&hub).await >= 1);
+    drop(stalled);
+
+    // a named consumer reading the same backlog from its start, stalled after one message
+    let consumer = PyClient::start(&python, "stalled_reader.py", &["consume", &target, &id]);
+    assert_eq!(consumer.next("stalled Consume open")["open"], true);
+    let start = Instant::now();
+    until_dropped(&python, &hub, &port, None).await;
+    eprintln!(
+        "stalled gRPC Consume dropped {:?} after it opened",
+        start.elapsed()
+    );
+    assert!(slow_reader_closes(&hub).await >= 2);
 }
 
 /// Defect 6: commits are fenced by the generation `Consume` returns. A commit without one,
