@@ -468,7 +468,8 @@ async fn an_sse_stream_names_no_event_error() {
     let hub = Hub::start_in(HubEnv::default(), data_dir).await;
     let db = format!("sqlite://{}", hub.data_dir.path().join("hub.db").display());
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-    sqlx::query("ALTER TABLE notification_log RENAME TO notification_log_away")
+    // the events themselves (the stream's start is placed on the log's numbers first)
+    sqlx::query("ALTER TABLE logged_events RENAME TO logged_events_away")
         .execute(&pool)
         .await
         .unwrap();
