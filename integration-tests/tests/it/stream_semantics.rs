@@ -93,6 +93,28 @@ async fn until_dropped(python: &str, hub: &Hub, port: &str, peer: Option<&str>) 
     }
 }
 
+/// Wait until no socket in any state, the kernel's orphans included, has `peer` as its
+/// remote end: a connection closed with a FIN keeps what its client never read queued (in
+/// FIN-WAIT-1) for as long as the client answers zero-window probes; the hub resets it.
+async fn until_released(peer: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("ss")
+            .args(["-tnH", "state", "all", "dst", peer])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if text.is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < GUARD,
+            "the kernel still holds the stalled reader's socket after {GUARD:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn slow_reader_closes(hub: &Hub) -> u64 {
     let text = hub.metrics().await;
     text.lines()
@@ -124,6 +146,8 @@ async fn a_websocket_that_stops_reading_is_dropped_after_the_write_timeout() {
     publish_big(&hub, "w", 100).await;
     let took = until_dropped(&python, &hub, &port, Some(&peer)).await;
     eprintln!("stalled websocket dropped {took:?} after the last publish");
+    let freed = until_released(&peer).await;
+    eprintln!("and its queued bytes released {freed:?} later");
     assert!(slow_reader_closes(&hub).await >= 1);
 }
 
@@ -155,6 +179,8 @@ async fn an_sse_stream_that_stops_reading_is_dropped_and_a_reading_one_is_not() 
     let port = api.rsplit(':').next().unwrap().to_owned();
     let took = until_dropped(&python, &hub, &port, Some(&peer)).await;
     eprintln!("stalled SSE stream dropped {took:?} after the last publish");
+    let freed = until_released(&peer).await;
+    eprintln!("and its queued bytes released {freed:?} later");
     for n in 1..=100 {
         let e = reading.next("a reading client gets every event");
         assert_eq!(e["event"], "event-notification", "{e}");

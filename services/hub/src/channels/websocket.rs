@@ -41,6 +41,7 @@ use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 use crate::channels::start::{self, Refused as Unplaced, Reset, Start};
 use crate::channels::stream::{Item, SubscriptionStream};
+use crate::listener::Abort;
 use crate::model::Subscription;
 use crate::state::Hub;
 
@@ -49,6 +50,7 @@ use crate::state::Hub;
 pub async fn connect(
     State(hub): State<Hub>,
     MaybeCaller(caller): MaybeCaller,
+    abort: Option<axum::Extension<Abort>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     // a credentialed socket counts against its credential's open streams
@@ -71,7 +73,7 @@ pub async fn connect(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            serve(hub, caller, socket).await;
+            serve(hub, caller, socket, abort.map(|a| a.0).unwrap_or_default()).await;
         })
 }
 
@@ -364,7 +366,7 @@ fn ended_close(e: &Ended) -> Message {
     }
 }
 
-async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
+async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket, abort: Abort) {
     let (tx, mut rx) = Outbox::new(hub.config.streams.max_buffer_bytes);
     // every write must be taken within this (the slow-reader policy)
     let timeout = Duration::from_secs(hub.config.streams.write_timeout_secs);
@@ -472,6 +474,8 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
     };
     if let WriteFailed::NotTaken = failed {
         crate::metrics::ConnectionClosed::SlowReader.emit(&hub.metrics);
+        // a reset, not a FIN: what the client never took leaves the kernel with it
+        abort.on_close();
         // the frame rarely fits a socket that stopped reading: a moment for it, then the
         // socket is dropped
         let why = format!("not read for {} s (slow reader)", timeout.as_secs());

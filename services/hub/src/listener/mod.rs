@@ -45,7 +45,8 @@ use crate::tls::PeerCertificate;
 mod limits;
 mod stalls;
 pub use limits::{ConnectionLimits, Held, Listener, Peer, Permit, Refusal};
-use stalls::{Stalls, WatchedBody};
+pub use stalls::Abort;
+use stalls::{Socket, Stalls, WatchedBody};
 
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -375,7 +376,7 @@ pub async fn serve(
             }
         };
         tune(&stream);
-        let held = Held::new(stream, permit);
+        let held = Held::new(Socket::new(stream, Abort::default()), permit);
         let peer_addr = crate::auth::PeerAddr(addr.ip());
         connections.spawn(connection(held, peer_addr, Arc::clone(&shared)));
     }
@@ -406,19 +407,20 @@ fn tune(stream: &TcpStream) {
 }
 
 /// One accepted connection: its first byte, TLS, then HTTP.
-async fn connection(held: Held<TcpStream>, addr: crate::auth::PeerAddr, shared: Arc<Shared>) {
+async fn connection(held: Held<Socket>, addr: crate::auth::PeerAddr, shared: Arc<Shared>) {
     // a connection that sends nothing at all is closed after the header timeout too
     // (hyper's own timer starts with the first byte)
     let mut first = [0u8; 1];
     let sent = matches!(
-        tokio::time::timeout(shared.header_timeout, held.get_ref().peek(&mut first)).await,
+        tokio::time::timeout(shared.header_timeout, held.get_ref().stream().peek(&mut first)).await,
         Ok(Ok(n)) if n > 0
     );
     if !sent {
         return;
     }
+    let abort = held.get_ref().abort();
     match &shared.tls {
-        None => http(held, addr, None, &shared).await,
+        None => http(held, addr, None, abort, &shared).await,
         Some(acceptor) => {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(shared.header_timeout, acceptor.accept(held)).await
@@ -427,7 +429,7 @@ async fn connection(held: Held<TcpStream>, addr: crate::auth::PeerAddr, shared: 
             };
             // a verified client certificate travels with every request
             let peer = crate::tls::peer_of(tls.get_ref().1);
-            http(tls, addr, peer, &shared).await;
+            http(tls, addr, peer, abort, &shared).await;
         }
     }
 }
@@ -437,6 +439,7 @@ async fn http<IO>(
     io: IO,
     addr: crate::auth::PeerAddr,
     peer: Option<PeerCertificate>,
+    abort: Abort,
     shared: &Shared,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -448,10 +451,13 @@ async fn http<IO>(
     let in_flight = InFlight::new();
     let stalls = Stalls::new();
     let (app, tracker, watch) = (shared.app.clone(), in_flight.clone(), stalls.clone());
+    let socket_abort = abort.clone();
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         let busy = tracker.start();
         // the peer's address: refusals are counted and throttled per address (auth)
         req.extensions_mut().insert(addr);
+        // a websocket that takes the socket over may find its client stopped reading
+        req.extensions_mut().insert(socket_abort.clone());
         if let Some(p) = &peer {
             req.extensions_mut().insert(p.clone());
         }
@@ -484,6 +490,7 @@ async fn http<IO>(
                     // hyper cannot reset one HTTP/2 stream whose body it no longer polls:
                     // the connection goes, and its clients resume from their last number
                     ConnectionClosed::SlowReader.emit(&shared.metrics);
+                    abort.on_close();
                     return;
                 }
             }

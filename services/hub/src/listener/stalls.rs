@@ -11,14 +11,98 @@
 //! connection (the idle and keepalive rules cover a response that is only being written out).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// Set when a connection is dropped for not reading: its socket is then closed with a reset
+/// (`SO_LINGER` 0), not a FIN. A FIN leaves what the client never took (megabytes) queued in
+/// the kernel for as long as the client keeps answering zero-window probes; a reset frees it
+/// at once. Handed to a websocket through its upgrade request's extensions.
+#[derive(Clone, Default)]
+pub struct Abort(Arc<AtomicBool>);
+
+impl Abort {
+    /// Close this connection's socket with a reset when it is dropped.
+    pub fn on_close(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An accepted socket that closes with a reset when its [`Abort`] was set.
+pub(super) struct Socket {
+    io: TcpStream,
+    abort: Abort,
+}
+
+impl Socket {
+    pub(super) fn new(io: TcpStream, abort: Abort) -> Socket {
+        Socket { io, abort }
+    }
+
+    pub(super) fn stream(&self) -> &TcpStream {
+        &self.io
+    }
+
+    pub(super) fn abort(&self) -> Abort {
+        self.abort.clone()
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.abort.0.load(Ordering::Relaxed) {
+            let _ = socket2::SockRef::from(&self.io).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
 
 /// The frames one connection's response bodies handed over and that were not taken yet.
 #[derive(Clone)]
