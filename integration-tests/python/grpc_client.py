@@ -4,17 +4,18 @@
 Usage:
   grpc_client.py TARGET subscribe SUBSCRIPTION FROM COUNT [OPTION...]
   grpc_client.py TARGET consume CONSUMER SUB[,SUB...] COUNT [OPTION...]
-  grpc_client.py TARGET commit CONSUMER SUBSCRIPTION NUMBER
+  grpc_client.py TARGET commit CONSUMER SUBSCRIPTION NUMBER [GENERATION]
   grpc_client.py TARGET health
 FROM is `from_event_number` as a number, or a `start` position: `earliest`, `latest`,
 `at=N` (event number N on) or `time=INSTANT` (RFC 3339). Options: `commit` (consume: commit
 each notification), `reset=earliest|latest|fail` (the request's `auto_reset`), `meta` (first
 print the response's initial metadata as {"metadata": {KEY: [VALUES]}}).
 Prints one JSON line per notification ({"subscription", "event_number", "notification_id",
-"bundle_type", "focus_type", "focus_id", "action", "bundle"}), or {"error": CODE, "details":
-..., "error_info": {"reason", "domain", "metadata"} or null} when the call fails (the
-`google.rpc.ErrorInfo` of the status details, read with `grpcio-status`), and exits after
-COUNT.
+"bundle_type", "focus_type", "focus_id", "action", "heartbeat", "generation", "bundle"}), or
+{"error": CODE, "details": ..., "error_info": {"reason", "domain", "metadata"} or null} when
+the call fails (the `google.rpc.ErrorInfo` of the status details, read with
+`grpcio-status`), and exits after COUNT (heartbeats count). `commit` commits each event with
+the generation its message carries.
 With FHIR_HUB_TOKEN set, every call carries `authorization: Bearer <token>`; with FHIR_HUB_CA
 (a PEM file), the channel is TLS trusting that CA, and with FHIR_HUB_CLIENT_CERT and
 FHIR_HUB_CLIENT_KEY (PEM files) as well it presents that client certificate.
@@ -51,7 +52,7 @@ def show(n):
     print(json.dumps({"subscription": n.subscription_id, "event_number": n.event_number,
                       "notification_id": n.notification_id, "bundle_type": bundle.get("type"),
                       "focus_type": n.focus_type, "focus_id": n.focus_id, "action": n.action,
-                      "bundle": bundle}),
+                      "heartbeat": n.heartbeat, "generation": n.generation, "bundle": bundle}),
           flush=True)
 
 
@@ -147,15 +148,18 @@ def main() -> int:
                 print_metadata(stream)
             for i, n in enumerate(stream):
                 show(n)
-                if commit:
+                if commit and not n.heartbeat:
                     stub.Commit(pb.CommitRequest(consumer=consumer, subscription_id=n.subscription_id,
-                                                 event_number=n.event_number), metadata=md)
+                                                 event_number=n.event_number,
+                                                 generation=n.generation), metadata=md)
                 if i + 1 >= count:
                     stream.cancel()
                     break
         elif mode == "commit":
+            generation = int(sys.argv[6]) if len(sys.argv) > 6 else 0
             r = stub.Commit(pb.CommitRequest(consumer=sys.argv[3], subscription_id=sys.argv[4],
-                                             event_number=int(sys.argv[5])), metadata=md)
+                                             event_number=int(sys.argv[5]), generation=generation),
+                            metadata=md)
             print(json.dumps({"committed": r.committed}), flush=True)
     except grpc.RpcError as e:
         print(json.dumps({"error": e.code().name, "details": e.details(),

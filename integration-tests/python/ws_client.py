@@ -2,7 +2,8 @@
 
 Usage: ws_client.py URL TOKEN COUNT [LAST_SEEN]
 Connects and binds with the Backport IG protocol, `bind-with-token: TOKEN` (with the hub's
-resume extension `bind-with-token: TOKEN LAST_SEEN` when given), or, when TOKEN is
+resume extension `bind-with-token: TOKEN LAST_SEEN` when given; TOKEN,TOKEN,... sends one
+bind line per token, in order), or, when TOKEN is
 `classic:ID`, with the classic R4 protocol (`bind ID`, answered `bound ID`, then `ping ID`
 per event). Prints every message received as one JSON line (JSON messages as sent, text ones
 as {"text": ...}), flushes, and exits after COUNT messages, or with {"closed": CODE,
@@ -23,11 +24,12 @@ def main() -> int:
         bind = f"bind {token[len('classic:'):]}"
     else:
         resume = f" {sys.argv[4]}" if len(sys.argv) > 4 else ""
-        bind = f"bind-with-token: {token}{resume}"
+        bind = [f"bind-with-token: {t}{resume}" for t in token.split(",")]
     token_env = os.environ.get("FHIR_HUB_TOKEN")
     headers = {"Authorization": f"Bearer {token_env}"} if token_env else None
     with connect(url, open_timeout=10, additional_headers=headers) as ws:
-        ws.send(bind)
+        for line in bind if isinstance(bind, list) else [bind]:
+            ws.send(line)
         for _ in range(count):
             try:
                 message = ws.recv(timeout=30)

@@ -590,6 +590,12 @@ async fn grpc_consumer(r: Reader) -> usize {
             continue;
         };
         reconnects += 1;
+        // commits carry the generation this Consume started
+        let generation = res
+            .metadata()
+            .get("x-consumer-generation")
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
         let mut stream = res.into_inner();
         let mut this_connection = 0;
         loop {
@@ -599,12 +605,14 @@ async fn grpc_consumer(r: Reader) -> usize {
                         consumer: consumer.clone(),
                         subscription_id: id.clone(),
                         event_number: last,
+                        generation,
                     })
                     .await;
                 return reconnects;
             }
             let n = match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
                 Err(_) => continue,
+                Ok(Ok(Some(n))) if n.heartbeat => continue,
                 Ok(Ok(Some(n))) => n,
                 Ok(_) => break,
             };
@@ -617,6 +625,7 @@ async fn grpc_consumer(r: Reader) -> usize {
                         consumer: consumer.clone(),
                         subscription_id: id.clone(),
                         event_number: last,
+                        generation,
                     })
                     .await;
             }

@@ -32,6 +32,7 @@ mod receiver;
 mod security;
 mod silent_listen;
 mod stream_credentials;
+mod stream_semantics;
 mod stream_starts;
 mod streams;
 mod topics;

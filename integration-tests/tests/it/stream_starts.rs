@@ -172,9 +172,12 @@ async fn named_consumers_start_again_after_retention_purged_their_position() {
     assert_eq!(c.next("first")["event_number"], 1);
     assert_eq!(c.next("second")["event_number"], 2);
     c.finish();
-    // "strict" commits 2 as well, and will refuse to be reset
-    let c = s.grpc(&["commit", "strict", &a, "2"]);
-    assert_eq!(c.next("commit")["committed"], 2);
+    // "strict" reads and commits 2 as well (a commit carries its Consume's generation), and
+    // will refuse to be reset
+    let c = s.grpc(&["consume", "strict", &a, "2", "commit"]);
+    assert_eq!(c.next("strict first")["event_number"], 1);
+    assert_eq!(c.next("strict second")["event_number"], 2);
+    c.finish();
     s.purge_first_batch(4..6).await; // 1–3 purged; 4 and 5 retained
 
     // committed 2, 3 purged: continues from 4, and says it was reset

@@ -221,6 +221,13 @@ pub struct AuditConfig {
 pub struct StreamsConfig {
     /// The most notification bytes one connection holds in the hub at a time.
     pub max_buffer_bytes: usize,
+    /// Seconds a stream's client may leave a written message untaken (a websocket send, an
+    /// SSE or gRPC frame the connection cannot pass on) before the hub closes it.
+    pub write_timeout_secs: u64,
+    /// Events a live reader may fall behind its subscription's head before the hub ends its
+    /// stream with a reason (0: no limit). A reader replaying from an older position is held
+    /// to it only once it has caught up.
+    pub max_lag_events: i64,
 }
 
 /// The gRPC notification stream (`proto/fhirhub/v1/stream.proto`), served by the api role.
@@ -588,6 +595,11 @@ impl Config {
         if self.server.idle_timeout_secs == 0 || self.server.unbound_websocket_secs == 0 {
             anyhow::bail!(
                 "server.idle_timeout_secs and server.unbound_websocket_secs must be at least 1"
+            );
+        }
+        if self.streams.write_timeout_secs == 0 || self.streams.max_lag_events < 0 {
+            anyhow::bail!(
+                "streams.write_timeout_secs must be at least 1 and streams.max_lag_events at least 0"
             );
         }
         if self.server.max_body_bytes < 1024 {

@@ -278,7 +278,7 @@ impl Metrics {
         );
         r.register(
             "connections_closed",
-            "Connections the hub closed: idle (no request in flight for server.idle_timeout_secs), unbound_websocket (no subscription bound within server.unbound_websocket_secs).",
+            "Connections the hub closed: idle (no request in flight for server.idle_timeout_secs), unbound_websocket (no subscription bound within server.unbound_websocket_secs), slow_reader (a stream left unread for streams.write_timeout_secs), lagging (a live stream more than streams.max_lag_events behind).",
             self.connections_closed.clone(),
         );
         r.register(
@@ -534,6 +534,10 @@ pub enum ConnectionClosed {
     Idle,
     /// A websocket bound no subscription within `server.unbound_websocket_secs`.
     UnboundWebsocket,
+    /// A stream's client left what was written untaken for `streams.write_timeout_secs`.
+    SlowReader,
+    /// A live stream fell more than `streams.max_lag_events` behind its subscription.
+    Lagging,
 }
 
 impl ConnectionClosed {
@@ -546,6 +550,14 @@ impl ConnectionClosed {
             Self::UnboundWebsocket => {
                 tracing::debug!("closing a websocket that bound no subscription in time");
                 "unbound_websocket"
+            }
+            Self::SlowReader => {
+                tracing::info!("closing a connection whose client stopped reading a stream");
+                "slow_reader"
+            }
+            Self::Lagging => {
+                tracing::info!("ending a stream that fell too far behind its subscription");
+                "lagging"
             }
         };
         m.connections_closed

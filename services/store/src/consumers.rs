@@ -1,14 +1,55 @@
 //! Committed positions of named stream consumers (gRPC `Consume`/`Commit`), per subscription
 //! incarnation ([`LogKey`]): a consumer of a subscription deleted and re-created with the
 //! same id starts on the new log, never at the old log's offset.
+//!
+//! Commits are fenced by the consumer's generation: each `Consume` starts a new one
+//! ([`Store::next_consumer_generation`]) and a commit carrying any other is refused, so a
+//! connection that lost its consumer to a newer one cannot move the position.
 
 use sqlx::Row;
 
 use crate::{LogKey, Store, StoreError, now};
 
 impl Store {
+    /// Start a new generation of a consumer (a `Consume` took it); returns its number, 1 for
+    /// a consumer never read before.
+    pub async fn next_consumer_generation(
+        &self,
+        tenant: &str,
+        consumer: &str,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO consumer_generations (tenant, consumer, generation) VALUES ($1, $2, 1)
+             ON CONFLICT (tenant, consumer) DO UPDATE
+             SET generation = consumer_generations.generation + 1
+             RETURNING generation",
+        )
+        .bind(tenant)
+        .bind(consumer)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// A consumer's current generation (0: never read).
+    pub async fn consumer_generation(
+        &self,
+        tenant: &str,
+        consumer: &str,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT generation FROM consumer_generations WHERE tenant = $1 AND consumer = $2",
+        )
+        .bind(tenant)
+        .bind(consumer)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
     /// Move a consumer's position on a subscription incarnation forward to `event_number`
-    /// (a lower number leaves it as it is); returns the position now stored, or
+    /// (a lower number leaves it as it is) if `generation` is the consumer's current one, in
+    /// one statement: a newer `Consume` fences every older connection's commits.
     /// [`StoreError::NotFound`] when that incarnation no longer exists (the subscription was
     /// deleted, perhaps re-created: a commit for the old log moves nothing).
     pub async fn commit_offset(
@@ -17,12 +58,15 @@ impl Store {
         consumer: &str,
         key: LogKey,
         event_number: i64,
-    ) -> Result<i64, StoreError> {
+        generation: i64,
+    ) -> Result<Commit, StoreError> {
         let row = sqlx::query(
             "INSERT INTO consumer_offsets (tenant, consumer, log_key, subscription_id,
                  event_number, committed_at)
              SELECT $1, $2, s.log_key, s.id, $4, $5 FROM subscriptions s
              WHERE s.tenant = $1 AND s.log_key = $3
+               AND EXISTS (SELECT 1 FROM consumer_generations g
+                           WHERE g.tenant = $1 AND g.consumer = $2 AND g.generation = $6)
              ON CONFLICT (tenant, consumer, log_key) DO UPDATE SET
                  event_number = CASE WHEN consumer_offsets.event_number > excluded.event_number
                      THEN consumer_offsets.event_number ELSE excluded.event_number END,
@@ -34,12 +78,17 @@ impl Store {
         .bind(key.get())
         .bind(event_number)
         .bind(now())
+        .bind(generation)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(row.try_get(0)?),
-            None => Err(StoreError::NotFound),
+        if let Some(row) = row {
+            return Ok(Commit::Committed(row.try_get(0)?));
         }
+        let current = self.consumer_generation(tenant, consumer).await?;
+        if current != generation {
+            return Ok(Commit::Fenced { current });
+        }
+        Err(StoreError::NotFound)
     }
 
     /// A consumer's committed position on a subscription incarnation (0: never committed).
@@ -117,4 +166,13 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The position now stored.
+    Committed(i64),
+    /// Refused: the commit's generation is not the consumer's current one (0: never read).
+    Fenced { current: i64 },
 }

@@ -34,6 +34,7 @@ mod ws_tokens;
 
 pub use api_keys::ApiKeyRow;
 pub use audit::{AuditQuery, AuditRow, NewAudit};
+pub use consumers::Commit;
 pub use delivery::{DeliveryState, Failure};
 pub use generations::MatchingChanges;
 pub use history::Version;

@@ -11,7 +11,16 @@
 //!   consumer group of one member; where it never committed or retention purged its
 //!   position, `auto_reset` decides (earliest by default), and a reset is reported in the
 //!   initial metadata (`fhir-hub-reset`). A second connection with the same name is refused
-//!   (`ABORTED`) while the first is open.
+//!   (`ABORTED`) while the first is open. The subscriptions take turns message by message;
+//!   one named twice is read once. Each Consume starts a new generation of the consumer (in
+//!   every message and the `x-consumer-generation` header); a `Commit` must carry the
+//!   current one, so a connection that lost its consumer cannot move it
+//!   (`FAILED_PRECONDITION` without one, `ABORTED` for an older one).
+//! - Heartbeats: a message with `heartbeat` set on the subscription's `heartbeatPeriod`
+//!   when no event went out; HTTP/2 PINGs keep the connection itself checked.
+//! - Slow readers: a stream more than `streams.max_lag_events` behind ends with
+//!   `RESOURCE_EXHAUSTED`; a connection that takes nothing for `streams.write_timeout_secs`
+//!   is dropped (`crate::listener`).
 //! - Errors are gRPC statuses: `NOT_FOUND`, `FAILED_PRECONDITION` (not a gRPC subscription),
 //!   `OUT_OF_RANGE` (a start beyond the head, or purged numbers the policy does not reset,
 //!   with a `google.rpc.ErrorInfo` naming the first available event and the head:
@@ -203,54 +212,137 @@ fn notifications(
     after: i64,
     stop: CancellationToken,
     disclosure: Disclosure,
-) -> Notifications {
+    generation: i64,
+) -> Batches {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let stop = disclosure.watch(&hub, &stop);
-    tokio::spawn(produce(hub, sub, after, stop, disclosure, tx));
-    let state = (rx, VecDeque::<pb::Notification>::new(), false);
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut rx, mut pending, done)| async move {
-            loop {
-                if let Some(n) = pending.pop_front() {
-                    return Some((Ok(n), (rx, pending, done)));
-                }
-                if done {
-                    return None;
-                }
-                match rx.recv().await {
-                    Some(Ok(batch)) => pending.extend(batch),
-                    Some(Err(status)) => return Some((Err(status), (rx, pending, true))),
+    let reader = Reader {
+        hub,
+        sub,
+        disclosure,
+        generation,
+    };
+    tokio::spawn(produce(reader, after, stop, tx));
+    rx
+}
+
+/// One subscription's batches as its producer reads them; the first may be empty (the first
+/// read found nothing).
+type Batches = tokio::sync::mpsc::Receiver<Batch>;
+
+/// The messages of one or more subscriptions' batches, taking turns message by message.
+/// Nothing goes out before every subscription has answered its first read: a backlog read
+/// first would otherwise go out whole before the others' (the client takes a window's worth
+/// while the next subscription is still being read).
+fn round_robin(sources: Vec<Batches>) -> Notifications {
+    let mut sources: Vec<Source> = sources
+        .into_iter()
+        .map(|rx| Source {
+            rx,
+            pending: VecDeque::new(),
+            primed: false,
+            done: false,
+        })
+        .collect();
+    let mut next = 0usize;
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        use std::task::Poll;
+        // take in what has been read, without waiting
+        for s in &mut sources {
+            while s.pending.is_empty() && !s.done {
+                match s.rx.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(batch))) => {
+                        s.primed = true;
+                        s.pending.extend(batch);
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        s.done = true;
+                        return Poll::Ready(Some(Err(status)));
+                    }
                     // the producer ended without a word: only when the runtime is stopping
-                    None => return None,
+                    Poll::Ready(None) => s.done = true,
+                    Poll::Pending => break,
                 }
             }
-        },
-    ))
+        }
+        if sources.iter().any(|s| !s.primed && !s.done) {
+            return Poll::Pending;
+        }
+        let n = sources.len();
+        for i in (0..n).map(|k| (next + k) % n) {
+            if let Some(item) = sources[i].pending.pop_front() {
+                next = (i + 1) % n;
+                return Poll::Ready(Some(Ok(item)));
+            }
+        }
+        if sources.iter().all(|s| s.done) {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }))
+}
+
+/// One subscription in a [`round_robin`].
+struct Source {
+    rx: Batches,
+    pending: VecDeque<pb::Notification>,
+    /// Its first batch arrived (perhaps empty).
+    primed: bool,
+    done: bool,
 }
 
 type Batch = Result<Vec<pb::Notification>, Status>;
 
-/// Read, audit and render batches into `tx` until the stream ends (with a status) or the
-/// connection is gone.
-async fn produce(
+/// What one subscription's producer reads with.
+struct Reader {
     hub: Hub,
     sub: Subscription,
+    /// The reader's right to the subscription (its grant, its audit name).
+    disclosure: Disclosure,
+    /// The consumer's generation on a Consume stream (0 on Subscribe).
+    generation: i64,
+}
+
+/// Read, audit and render batches into `tx` until the stream ends (with a status) or the
+/// connection is gone; a heartbeat on the subscription's period when nothing else went.
+async fn produce(
+    reader: Reader,
     after: i64,
     stop: CancellationToken,
-    disclosure: Disclosure,
     tx: tokio::sync::mpsc::Sender<Batch>,
 ) {
+    let Reader {
+        hub,
+        sub,
+        disclosure,
+        ..
+    } = &reader;
     let budget = hub.config.streams.max_buffer_bytes / 2;
-    let mut stream = SubscriptionStream::open(&hub, &sub, after).with_budget(budget);
+    let mut stream = SubscriptionStream::open(hub, sub, after).with_budget(budget);
+    let heartbeat = sub
+        .spec
+        .channel
+        .heartbeat_secs
+        .map(|s| std::time::Duration::from_secs(u64::from(s)));
+    let mut last_sent = tokio::time::Instant::now();
+    // the first read answers at once, even with nothing: a consumer over several
+    // subscriptions starts them together (`round_robin`)
+    let mut first = true;
     loop {
         // the next batch is read once there is room for it
         let Ok(permit) = tx.reserve().await else {
             return;
         };
+        let quiet_until = if first {
+            Some(tokio::time::Instant::now())
+        } else {
+            heartbeat.map(|p| last_sent + p)
+        };
+        let was_first = std::mem::take(&mut first);
         let item = tokio::select! {
             _ = tx.closed() => return,
-            item = stream.next(BATCH, None, &stop) => item,
+            item = stream.next(BATCH, quiet_until, &stop) => item,
         };
         let failed = match item {
             None => match disclosure.ended() {
@@ -260,18 +352,35 @@ async fn produce(
                 }
             },
             Some(Err(e)) => store_status(e),
-            Some(Ok(Item::Quiet)) => continue,
+            Some(Ok(Item::Quiet)) if was_first => {
+                permit.send(Ok(Vec::new()));
+                continue;
+            }
+            Some(Ok(Item::Quiet)) => {
+                permit.send(Ok(vec![heartbeat_message(&reader, stream.position())]));
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                 history_gone(sub.id(), after, resumes_at)
             }
+            Some(Ok(Item::Lagging { behind })) => {
+                crate::metrics::ConnectionClosed::Lagging.emit(&hub.metrics);
+                Status::resource_exhausted(format!(
+                    "Subscription/{}: this stream fell {behind} events behind (at most {} allowed); resume from the last event number received",
+                    sub.id(),
+                    hub.config.streams.max_lag_events
+                ))
+            }
             Some(Ok(Item::Notifications(notes))) => {
                 // nothing is handed over before its disclosure is recorded
-                match disclosure.hand_over(&hub, notes).await {
+                match disclosure.hand_over(hub, notes).await {
                     Ok(disclosed) => {
                         permit.send(Ok(disclosed
                             .chunks(1)
-                            .filter_map(|one| to_message(&hub, &sub, one))
+                            .filter_map(|one| to_message(&reader, one))
                             .collect()));
+                        last_sent = tokio::time::Instant::now();
                         continue;
                     }
                     Err(e) => ended_status(&e),
@@ -280,6 +389,27 @@ async fn produce(
         };
         permit.send(Err(failed));
         return;
+    }
+}
+
+/// A heartbeat: no event, the last event number the stream knows of, the heartbeat bundle.
+fn heartbeat_message(reader: &Reader, position: i64) -> pb::Notification {
+    let sub = &reader.sub;
+    let bundle = Message::new(
+        sub,
+        &reader.hub.base_url,
+        sub.status,
+        Kind::Heartbeat,
+        position,
+    )
+    .bundle_text();
+    pb::Notification {
+        subscription_id: sub.id().to_owned(),
+        event_number: position,
+        bundle_json: bundle.into_bytes(),
+        heartbeat: true,
+        generation: reader.generation,
+        ..Default::default()
     }
 }
 
@@ -293,11 +423,12 @@ fn ended_status(e: &Ended) -> Status {
 }
 
 /// One disclosed event as a protocol message (its focus fields empty when withheld).
-fn to_message(hub: &Hub, sub: &Subscription, one: Shown<'_>) -> Option<pb::Notification> {
+fn to_message(reader: &Reader, one: Shown<'_>) -> Option<pb::Notification> {
+    let sub = &reader.sub;
     let (n, shown): (&Notification, bool) = one.iter().next()?;
     let bundle = Message::new(
         sub,
-        &hub.base_url,
+        &reader.hub.base_url,
         sub.status,
         Kind::EventNotification,
         n.event_number,
@@ -314,6 +445,8 @@ fn to_message(hub: &Hub, sub: &Subscription, one: Shown<'_>) -> Option<pb::Notif
         action: focus(&n.action),
         occurred_at: n.occurred_at.clone(),
         bundle_json: bundle.into_bytes(),
+        heartbeat: false,
+        generation: reader.generation,
     })
 }
 
@@ -433,7 +566,14 @@ impl NotificationStream for Service {
         let slot = self.slot(&caller)?;
         tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), after, "gRPC stream opened");
         let stop = self.hub.streams.child_token();
-        let stream = notifications(self.hub.clone(), sub, after, stop, disclosure);
+        let stream = round_robin(vec![notifications(
+            self.hub.clone(),
+            sub,
+            after,
+            stop,
+            disclosure,
+            0,
+        )]);
         // the stream holds the caller's place until it is dropped
         let mut response = Response::new(Box::pin(futures::StreamExt::map(stream, move |item| {
             let _hold = &slot;
@@ -450,51 +590,70 @@ impl NotificationStream for Service {
         let caller = caller(&self.hub, &req).await?;
         let r = req.into_inner();
         check_consumer_name(&r.consumer)?;
-        if r.subscription_ids.is_empty() || r.subscription_ids.len() > MAX_CONSUMER_SUBSCRIPTIONS {
+        // a subscription named twice is read once
+        let mut ids: Vec<&String> = Vec::with_capacity(r.subscription_ids.len());
+        for id in &r.subscription_ids {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() || ids.len() > MAX_CONSUMER_SUBSCRIPTIONS {
             return Err(Status::invalid_argument(format!(
                 "a consumer reads 1 to {MAX_CONSUMER_SUBSCRIPTIONS} subscriptions"
             )));
         }
         let policy = auto_reset(r.auto_reset, Reset::Earliest)?;
-        let mut streams = Vec::with_capacity(r.subscription_ids.len());
-        let mut starts = Vec::with_capacity(r.subscription_ids.len());
-        let mut resets = Vec::new();
-        for id in &r.subscription_ids {
+        let name = owned(&caller, &r.consumer);
+        let mut subs = Vec::with_capacity(ids.len());
+        for id in ids {
             let sub = self.subscription(&caller, id).await?;
+            let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
+                .await
+                .map_err(to_status)?;
+            subs.push((sub, disclosure));
+        }
+        let slot = self.slot(&caller)?;
+        let stop = self.hub.streams.child_token();
+        let claim = Claim::take(&self.hub, &caller.tenant, &name, stop.clone()).await?;
+        // from here on, commits of any earlier Consume of this name are refused; the
+        // positions are read after that, so none moves under this stream unseen
+        let generation = self
+            .hub
+            .store
+            .next_consumer_generation(&caller.tenant, &name)
+            .await
+            .map_err(store_status)?;
+        let mut streams = Vec::with_capacity(subs.len());
+        let mut resets = Vec::new();
+        for (sub, disclosure) in subs {
             let start = self
-                .consumer_start(&caller.tenant, &owned(&caller, &r.consumer), &sub, policy)
+                .consumer_start(&caller.tenant, &name, &sub, policy)
                 .await?;
             if let Some((asked, after)) = start.reset {
                 resets.push((sub.id().to_owned(), asked, after));
             }
-            let after = start.after;
-            let disclosure = Disclosure::for_reader(&self.hub, &caller, &sub, "grpc", None)
-                .await
-                .map_err(to_status)?;
-            starts.push((sub, after, disclosure));
-        }
-        let slot = self.slot(&caller)?;
-        let stop = self.hub.streams.child_token();
-        let name = owned(&caller, &r.consumer);
-        let claim = Claim::take(&self.hub, &caller.tenant, &name, stop.clone()).await?;
-        for (sub, after, disclosure) in starts {
             streams.push(notifications(
                 self.hub.clone(),
                 sub,
-                after,
+                start.after,
                 stop.clone(),
                 disclosure,
+                generation,
             ));
         }
-        tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), "gRPC consumer opened");
+        tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), generation, "gRPC consumer opened");
         // the claim lives as long as the merged stream
-        let merged = futures::stream::select_all(streams);
+        let merged = round_robin(streams);
         let guarded = futures::StreamExt::map(merged, move |item| {
             let _hold = (&claim, &slot);
             item
         });
         let mut response = Response::new(Box::pin(guarded) as Notifications);
         report_resets(&mut response, &resets);
+        // also before any message: a client may commit what it read in an earlier session
+        if let Ok(v) = generation.to_string().parse() {
+            response.metadata_mut().insert(GENERATION_HEADER, v);
+        }
         Ok(response)
     }
 
@@ -512,6 +671,11 @@ impl NotificationStream for Service {
                 r.event_number, sub.events_since_start
             )));
         }
+        if r.generation <= 0 {
+            return Err(Status::failed_precondition(
+                "a commit carries the generation of the Consume stream that read the events (Notification.generation)",
+            ));
+        }
         let committed = self
             .hub
             .store
@@ -520,6 +684,7 @@ impl NotificationStream for Service {
                 &owned(&caller, &r.consumer),
                 sub.log_key,
                 r.event_number,
+                r.generation,
             )
             .await
             .map_err(|e| match e {
@@ -530,9 +695,24 @@ impl NotificationStream for Service {
                 )),
                 e => store_status(e),
             })?;
-        Ok(Response::new(pb::CommitResponse { committed }))
+        match committed {
+            hub_store::Commit::Committed(committed) => {
+                Ok(Response::new(pb::CommitResponse { committed }))
+            }
+            hub_store::Commit::Fenced { current: 0 } => Err(Status::failed_precondition(format!(
+                "consumer '{}' has not been read by a Consume of this credential: commit what a Consume stream read, with its generation",
+                r.consumer
+            ))),
+            hub_store::Commit::Fenced { current } => Err(Status::aborted(format!(
+                "consumer '{}' is at generation {current}: a newer Consume took it over, and this commit (generation {}) moved nothing",
+                r.consumer, r.generation
+            ))),
+        }
     }
 }
+
+/// The response header of a Consume stream that carries the consumer's generation.
+const GENERATION_HEADER: &str = "x-consumer-generation";
 
 /// A named consumer belongs to the credential that reads it: its name is kept under the
 /// credential's subject, so another credential of the tenant using the same name has a

@@ -11,9 +11,12 @@
 //! - `event:` is `handshake` (first, without an id), `event-notification`, `heartbeat` (on
 //!   the subscription's heartbeat period), `history-gone` (events after the position were
 //!   purged by retention: an OperationOutcome saying from which number the stream resumes),
-//!   `shutdown` (the hub is stopping: reconnect, anywhere, with `Last-Event-ID`), and
+//!   `shutdown` (the hub is stopping: reconnect, anywhere, with `Last-Event-ID`),
 //!   `access-ended` (the reader's credential was revoked, expired or lost the scopes: an
-//!   OperationOutcome saying why; the stream ends).
+//!   OperationOutcome saying why; the stream ends), `unavailable` (the notification log or
+//!   the audit trail cannot be read: reconnect later), and `too-slow` (the reader fell more
+//!   than `streams.max_lag_events` behind: reconnect with `Last-Event-ID`). No event is
+//!   named `error`: a browser's `EventSource` fires `onerror` for that name.
 //! - What a notification shows is what the reader's own grant may see
 //!   (`channels::disclosure`); a `?token=` reader is the credential the token was issued to.
 //! - `data:` is the notification bundle in the subscription's shape (R4 Backport, R4B, R5)
@@ -243,10 +246,31 @@ impl Reader {
             }
             Some(Err(e)) => {
                 tracing::warn!(subscription = %self.sub.id(), error = %e, "cannot read notifications for an SSE stream");
+                // not `error`: a browser's EventSource takes that name for a broken connection
+                let oo = OperationOutcome::error(
+                    IssueType::Transient,
+                    "the notification log is unavailable; reconnect with Last-Event-ID",
+                );
                 self.pending.push_back(
                     Event::default()
-                        .event("error")
-                        .data("the notification log is unavailable; reconnect with Last-Event-ID"),
+                        .event("unavailable")
+                        .data(oo.to_json().to_string()),
+                );
+                self.done = true;
+            }
+            Some(Ok(Item::Lagging { behind })) => {
+                crate::metrics::ConnectionClosed::Lagging.emit(&self.hub.metrics);
+                let oo = OperationOutcome::error(
+                    IssueType::Throttled,
+                    format!(
+                        "this stream fell {behind} events behind the subscription (at most {} allowed): reconnect with Last-Event-ID, or read the backlog with $events",
+                        self.hub.config.streams.max_lag_events
+                    ),
+                );
+                self.pending.push_back(
+                    Event::default()
+                        .event("too-slow")
+                        .data(oo.to_json().to_string()),
                 );
                 self.done = true;
             }

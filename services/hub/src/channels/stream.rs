@@ -29,6 +29,10 @@ pub enum Item {
     /// Events after the reader's position were purged: the stream continues with
     /// `resumes_at`. Readers tell their client (close code, SSE event, gRPC status).
     HistoryGone { after: i64, resumes_at: i64 },
+    /// The reader, once caught up, fell more than `streams.max_lag_events` behind the head:
+    /// it reads slower than events arrive. Readers end the stream saying so (the slow-reader
+    /// policy); the client resumes from its last event number.
+    Lagging { behind: i64 },
 }
 
 /// A stream taken apart to park ([`SubscriptionStream::into_idle`]).
@@ -71,6 +75,11 @@ pub struct SubscriptionStream {
     look: bool,
     /// At open the wake-up knows nothing yet: an empty log is checked against the count.
     opened: bool,
+    /// Most events the reader may fall behind the head once caught up (0: no limit).
+    max_lag: i64,
+    /// Whether a read found the log's end: a reader replaying an older backlog is not
+    /// lagging, only one that was live and fell behind.
+    caught_up: bool,
 }
 
 impl SubscriptionStream {
@@ -92,6 +101,8 @@ impl SubscriptionStream {
             max_bytes: hub.config.streams.max_buffer_bytes,
             look: true,
             opened: true,
+            max_lag: hub.config.streams.max_lag_events,
+            caught_up: false,
         }
     }
 
@@ -99,6 +110,13 @@ impl SubscriptionStream {
     /// two batches in memory gives each half).
     pub fn with_budget(mut self, bytes: usize) -> SubscriptionStream {
         self.max_bytes = bytes;
+        self
+    }
+
+    /// No maximum lag: for a reader whose falling behind is its business (the rest-hook
+    /// worker of an endpoint that was down), not a client's stream.
+    pub fn without_lag_limit(mut self) -> SubscriptionStream {
+        self.max_lag = 0;
         self
     }
 
@@ -137,6 +155,12 @@ impl SubscriptionStream {
             }
             // another incarnation's number says nothing about this log
             let known = self.wake.borrow_and_update().number_of(self.log_key);
+            let behind = known.saturating_sub(self.position);
+            if self.caught_up && self.max_lag > 0 && behind > self.max_lag {
+                // said once: the reader ends its stream
+                self.caught_up = false;
+                return Some(Ok(Item::Lagging { behind }));
+            }
             let polling = *self.polling.borrow_and_update();
             if self.look || known > self.position || polling {
                 self.look = false;
@@ -223,6 +247,8 @@ impl SubscriptionStream {
             }
             // a full batch: there may be more waiting
             self.look = cut || notes.len() as i64 == max;
+            // a short batch read to the log's end
+            self.caught_up |= !self.look;
             self.opened = false;
             return Ok(Some(Item::Notifications(notes)));
         }
@@ -232,6 +258,7 @@ impl SubscriptionStream {
         // the two reads and would call a fresh event gone).
         let check = std::mem::take(&mut self.opened) || known > self.position;
         if !check {
+            self.caught_up = true;
             return Ok(None);
         }
         let Some(row) = self.store.get_subscription(&self.tenant, &self.id).await? else {
@@ -242,6 +269,7 @@ impl SubscriptionStream {
             return Ok(None);
         }
         if row.events_since_start <= self.position {
+            self.caught_up = true;
             return Ok(None);
         }
         let again = self

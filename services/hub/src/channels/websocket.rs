@@ -10,9 +10,16 @@
 //!
 //! A binding reads as its reader: a token bind as the credential that asked for the token
 //! (`auth::holder`), a classic `bind <id>` as the upgrade's credential, each through its own
-//! `channels::disclosure::Disclosure`. A refusal by the reader's grant closes the socket with
-//! 1008 (Policy Violation) and the reason; so does a reader's credential ending (revoked,
-//! expired, scopes reduced) while bound.
+//! `channels::disclosure::Disclosure`. A bind that fails is answered for itself (an
+//! OperationOutcome, or `error <reason>` in the classic protocol) and the socket and its other
+//! bindings go on; a refusal by the reader's grant on a socket with nothing else bound closes
+//! it with 1008 (Policy Violation) and the reason, as does a reader's credential ending
+//! (revoked, expired, scopes reduced) while bound. A binding token binds only a websocket
+//! subscription.
+//!
+//! Slow readers: every write must be taken within `streams.write_timeout_secs` (else the
+//! socket is dropped, close code 4008 if it still fits), and a binding that was live and fell
+//! more than `streams.max_lag_events` behind closes the socket with 4009.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +41,7 @@ use crate::channels::disclosure::{Disclosure, Ended};
 use crate::channels::render::{self, Kind};
 use crate::channels::start::{self, Refused as Unplaced, Reset, Start};
 use crate::channels::stream::{Item, SubscriptionStream};
+use crate::listener::Abort;
 use crate::model::Subscription;
 use crate::state::Hub;
 
@@ -42,6 +50,7 @@ use crate::state::Hub;
 pub async fn connect(
     State(hub): State<Hub>,
     MaybeCaller(caller): MaybeCaller,
+    abort: Option<axum::Extension<Abort>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     // a credentialed socket counts against its credential's open streams
@@ -64,7 +73,7 @@ pub async fn connect(
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            serve(hub, caller, socket).await;
+            serve(hub, caller, socket, abort.map(|a| a.0).unwrap_or_default()).await;
         })
 }
 
@@ -221,18 +230,16 @@ struct Bound {
 /// The subscription a token binds, if it may be bound, read as the credential the token was
 /// issued to. A token binds one socket: binding uses it up.
 async fn bind(hub: &Hub, socket_caller: Option<&Caller>, token: &str) -> Result<Bound, Refused> {
-    let Some(bound) = hub
+    let unknown = || Refused::from("unknown, used or expired binding token".to_owned());
+    // looked at before it is used up: a token of an SSE subscription tried here by mistake
+    // stays good for its stream
+    let peeked = hub
         .store
-        .take_ws_token(token)
+        .ws_token(token)
         .await
         .map_err(|e| e.to_string())?
-    else {
-        return Err(Refused::from(
-            "unknown, used or expired binding token".to_owned(),
-        ));
-    };
-    let caller = Holder::caller(hub, &bound.tenant, bound.holder.as_deref()).await?;
-    let (tenant, id) = (bound.tenant, bound.subscription_id);
+        .ok_or_else(unknown)?;
+    let (tenant, id) = (peeked.tenant, peeked.subscription_id);
     let sub = hub
         .subscriptions
         .get(&hub.store, &tenant, &id)
@@ -242,6 +249,21 @@ async fn bind(hub: &Hub, socket_caller: Option<&Caller>, token: &str) -> Result<
     if sub.topic().is_none() {
         return Err(format!("Subscription/{id} is not topic-based").into());
     }
+    if sub.channel_type() != ChannelType::Websocket {
+        return Err(format!(
+            "Subscription/{id} uses channel type '{}'; its binding token does not bind a websocket",
+            sub.channel_type().as_str()
+        )
+        .into());
+    }
+    let bound = hub
+        .store
+        .take_ws_token(token)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|b| b.tenant == tenant && b.subscription_id == id)
+        .ok_or_else(unknown)?;
+    let caller = Holder::caller(hub, &bound.tenant, bound.holder.as_deref()).await?;
     if sub.status == Status::Off {
         return Err(format!("Subscription/{id} is off").into());
     }
@@ -344,8 +366,10 @@ fn ended_close(e: &Ended) -> Message {
     }
 }
 
-async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
+async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket, abort: Abort) {
     let (tx, mut rx) = Outbox::new(hub.config.streams.max_buffer_bytes);
+    // every write must be taken within this (the slow-reader policy)
+    let timeout = Duration::from_secs(hub.config.streams.write_timeout_secs);
     // every binding's reader stops with the socket, and the socket with the hub
     let stop = hub.streams.child_token();
     let _stop_readers = stop.clone().drop_guard();
@@ -357,22 +381,18 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
     let window = Duration::from_secs(hub.config.server.unbound_websocket_secs);
     let unbound = tokio::time::sleep(window);
     tokio::pin!(unbound);
-    loop {
-        tokio::select! {
+    let failed = loop {
+        let sent = tokio::select! {
             _ = &mut unbound, if bound.is_empty() => {
                 crate::metrics::ConnectionClosed::UnboundWebsocket.emit(&hub.metrics);
                 // 1008 Policy Violation
-                let frame = CloseFrame {
-                    code: 1008,
-                    reason: format!("no subscription bound within {} s", window.as_secs()).into(),
-                };
-                let _ = tokio::time::timeout(window, socket.send(Message::Close(Some(frame)))).await;
+                let why = format!("no subscription bound within {} s", window.as_secs());
+                let _ = write(&mut socket, policy_close(&why), window.min(timeout)).await;
                 return;
             }
             _ = stop.cancelled() => {
                 // 1001 Going Away: reconnect (anywhere) and bind again from the last number
-                let frame = CloseFrame { code: 1001, reason: "the hub is stopping".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = write(&mut socket, close(1001, "the hub is stopping"), timeout).await;
                 return;
             }
             msg = socket.recv() => {
@@ -382,9 +402,10 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                     Some(Ok(_)) => continue,
                 };
                 let Some(request) = parse_message(&text) else {
-                    let _ = socket
-                        .send(outcome("expected 'bind-with-token: <token>', 'bind-with-token: <token> <last event number seen | earliest | latest | from=<number or RFC 3339 instant>>' or 'bind <id>'"))
-                        .await;
+                    let m = outcome("expected 'bind-with-token: <token>', 'bind-with-token: <token> <last event number seen | earliest | latest | from=<number or RFC 3339 instant>>' or 'bind <id>'");
+                    if let Err(e) = write(&mut socket, m, timeout).await {
+                        break e;
+                    }
                     continue;
                 };
                 let (found, start) = match &request {
@@ -396,14 +417,21 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                 let Bound { sub, disclosure, slot } = match found {
                     Ok(b) => b,
                     Err(Refused { why, forbidden }) => {
+                        // this binding fails; the socket and its other bindings go on
                         let refusal = match request {
                             Bind::Classic { .. } => Message::Text(format!("error {why}").into()),
                             Bind::Backport { .. } => outcome(why.clone()),
                         };
-                        let _ = socket.send(refusal).await;
-                        let close = if forbidden { policy_close(&why) } else { Message::Close(None) };
-                        let _ = socket.send(close).await;
-                        return;
+                        if let Err(e) = write(&mut socket, refusal, timeout).await {
+                            break e;
+                        }
+                        // a reader its grant refuses, on a socket with nothing else bound,
+                        // has nothing to wait for
+                        if forbidden && bound.is_empty() {
+                            let _ = write(&mut socket, policy_close(&why), timeout).await;
+                            return;
+                        }
+                        continue;
                     }
                 };
                 tracing::info!(subscription = %sub.id(), tenant = %sub.tenant(), "websocket bound");
@@ -418,24 +446,82 @@ async fn serve(hub: Hub, caller: Option<Caller>, mut socket: WebSocket) {
                 }
                 let binding = Binding { sub, start, disclosure, _slot: slot };
                 if matches!(request, Bind::Classic { .. }) {
-                    if socket.send(Message::Text(format!("bound {}", binding.sub.id()).into())).await.is_err() {
-                        return;
+                    let m = Message::Text(format!("bound {}", binding.sub.id()).into());
+                    if let Err(e) = write(&mut socket, m, timeout).await {
+                        break e;
                     }
                     tokio::spawn(read_classic(hub.clone(), binding, tx.fenced(fence), reader));
                 } else {
                     tokio::spawn(read_binding(hub.clone(), binding, tx.fenced(fence), reader));
                 }
+                Ok(())
             }
             out = next_out(&mut rx) => {
                 // the permit goes back to the budget once the message is written
                 let Some((out, _permit)) = out else { return };
                 // a reader whose credential ended closes the socket, saying why
                 let closing = matches!(out, Message::Close(_));
-                if socket.send(out).await.is_err() || closing {
-                    return;
+                match write(&mut socket, out, timeout).await {
+                    Ok(()) if !closing => Ok(()),
+                    Ok(()) => return,
+                    Err(e) => Err(e),
                 }
             }
+        };
+        if let Err(e) = sent {
+            break e;
         }
+    };
+    if let WriteFailed::NotTaken = failed {
+        crate::metrics::ConnectionClosed::SlowReader.emit(&hub.metrics);
+        // a reset, not a FIN: what the client never took leaves the kernel with it
+        abort.on_close();
+        // the frame rarely fits a socket that stopped reading: a moment for it, then the
+        // socket is dropped
+        let why = format!("not read for {} s (slow reader)", timeout.as_secs());
+        let _ = write(
+            &mut socket,
+            close(SLOW_READER, &why),
+            Duration::from_secs(1),
+        )
+        .await;
+    }
+}
+
+/// Close code of a socket whose client stopped reading (`streams.write_timeout_secs`).
+const SLOW_READER: u16 = 4008;
+/// Close code of a socket one of whose bindings fell more than `streams.max_lag_events`
+/// behind.
+const LAGGING: u16 = 4009;
+
+/// The close frame of a socket one of whose bindings fell too far behind.
+fn lagging_close(hub: &Hub, sub: &Subscription, behind: i64) -> Message {
+    crate::metrics::ConnectionClosed::Lagging.emit(&hub.metrics);
+    close(
+        LAGGING,
+        &format!(
+            "Subscription/{} {behind} events behind (most {}): slow reader; resume from your last event",
+            sub.id(),
+            hub.config.streams.max_lag_events
+        ),
+    )
+}
+
+/// Why a write ended the socket.
+#[derive(Debug)]
+enum WriteFailed {
+    /// The client is gone.
+    Gone,
+    /// The client did not take it within the write timeout.
+    NotTaken,
+}
+
+/// Write one message, taken by the client within `timeout`.
+async fn write(socket: &mut WebSocket, m: Message, timeout: Duration) -> Result<(), WriteFailed> {
+    match tokio::time::timeout(timeout, socket.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailed::Gone),
+        Err(_) => Err(WriteFailed::NotTaken),
     }
 }
 
@@ -474,6 +560,10 @@ async fn read_classic(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
             }
             // the classic protocol has no numbers: a purge or a quiet period changes nothing
             Some(Ok(Item::Quiet | Item::HistoryGone { .. })) => {}
+            Some(Ok(Item::Lagging { behind })) => {
+                tx.send(lagging_close(&hub, sub, behind)).await;
+                return;
+            }
             Some(Err(e)) => {
                 tracing::warn!(subscription = %sub.id(), error = %e, "cannot read notifications for a websocket");
                 tokio::select! {
@@ -590,6 +680,10 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
                 }
             }
             Some(Ok(Item::Quiet)) => vec![text(plain(Kind::Heartbeat, stream.position()))],
+            Some(Ok(Item::Lagging { behind })) => {
+                tx.send(lagging_close(&hub, sub, behind)).await;
+                return;
+            }
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                 vec![history_gone(after, resumes_at)]
             }

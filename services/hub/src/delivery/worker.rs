@@ -413,7 +413,8 @@ impl Worker {
             .map(Duration::from_millis);
         let mut busy_at = tokio::time::Instant::now();
         let mut heartbeat_failures = self.resume.as_ref().map_or(0, |r| r.heartbeat_failures);
-        let mut stream = SubscriptionStream::open(hub, &self.sub, delivered);
+        // a rest-hook worker may be far behind (an endpoint down for a day): no lag limit
+        let mut stream = SubscriptionStream::open(hub, &self.sub, delivered).without_lag_limit();
         let group = crate::channels::group_size(&self.sub);
         loop {
             let beat_at = heartbeat.map(|p| last_sent + p);
@@ -463,6 +464,8 @@ impl Worker {
                     };
                     return Ended::Parked(resume, stream.into_idle());
                 }
+                // never said to a stream without a lag limit
+                Some(Ok(Item::Lagging { .. })) => continue,
                 Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                     // Retention keeps what this reader has not delivered, so this means the
                     // log was purged by hand: say so loudly and go on.

@@ -43,7 +43,10 @@ use crate::state::Hub;
 use crate::tls::PeerCertificate;
 
 mod limits;
+mod stalls;
 pub use limits::{ConnectionLimits, Held, Listener, Peer, Permit, Refusal};
+pub use stalls::Abort;
+use stalls::{Socket, Stalls, WatchedBody};
 
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -207,9 +210,10 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until hyper drops it.
+/// A response body that keeps its request in flight until hyper drops it, its frames
+/// watched for the slow-reader rule ([`stalls`]).
 struct Tracked {
-    inner: Body,
+    inner: WatchedBody,
     _busy: Busy,
 }
 
@@ -243,6 +247,8 @@ struct Shared {
     idle: Duration,
     /// How long in-flight requests may finish when the hub stops.
     grace: Duration,
+    /// How long a response frame may wait for the peer to take it (`streams.write_timeout_secs`).
+    write_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
@@ -335,6 +341,7 @@ pub async fn serve(
         header_timeout,
         idle: Duration::from_secs(server.idle_timeout_secs.max(1)),
         grace,
+        write_timeout: Duration::from_secs(hub.config.streams.write_timeout_secs.max(1)),
         metrics: Arc::clone(&hub.metrics),
         shutdown: shutdown.clone(),
     });
@@ -369,7 +376,7 @@ pub async fn serve(
             }
         };
         tune(&stream);
-        let held = Held::new(stream, permit);
+        let held = Held::new(Socket::new(stream, Abort::default()), permit);
         let peer_addr = crate::auth::PeerAddr(addr.ip());
         connections.spawn(connection(held, peer_addr, Arc::clone(&shared)));
     }
@@ -400,19 +407,20 @@ fn tune(stream: &TcpStream) {
 }
 
 /// One accepted connection: its first byte, TLS, then HTTP.
-async fn connection(held: Held<TcpStream>, addr: crate::auth::PeerAddr, shared: Arc<Shared>) {
+async fn connection(held: Held<Socket>, addr: crate::auth::PeerAddr, shared: Arc<Shared>) {
     // a connection that sends nothing at all is closed after the header timeout too
     // (hyper's own timer starts with the first byte)
     let mut first = [0u8; 1];
     let sent = matches!(
-        tokio::time::timeout(shared.header_timeout, held.get_ref().peek(&mut first)).await,
+        tokio::time::timeout(shared.header_timeout, held.get_ref().stream().peek(&mut first)).await,
         Ok(Ok(n)) if n > 0
     );
     if !sent {
         return;
     }
+    let abort = held.get_ref().abort();
     match &shared.tls {
-        None => http(held, addr, None, &shared).await,
+        None => http(held, addr, None, abort, &shared).await,
         Some(acceptor) => {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(shared.header_timeout, acceptor.accept(held)).await
@@ -421,7 +429,7 @@ async fn connection(held: Held<TcpStream>, addr: crate::auth::PeerAddr, shared: 
             };
             // a verified client certificate travels with every request
             let peer = crate::tls::peer_of(tls.get_ref().1);
-            http(tls, addr, peer, &shared).await;
+            http(tls, addr, peer, abort, &shared).await;
         }
     }
 }
@@ -431,6 +439,7 @@ async fn http<IO>(
     io: IO,
     addr: crate::auth::PeerAddr,
     peer: Option<PeerCertificate>,
+    abort: Abort,
     shared: &Shared,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -440,18 +449,25 @@ async fn http<IO>(
     use tower::ServiceExt as _;
 
     let in_flight = InFlight::new();
-    let (app, tracker) = (shared.app.clone(), in_flight.clone());
+    let stalls = Stalls::new();
+    let (app, tracker, watch) = (shared.app.clone(), in_flight.clone(), stalls.clone());
+    let socket_abort = abort.clone();
     let service = tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         let busy = tracker.start();
         // the peer's address: refusals are counted and throttled per address (auth)
         req.extensions_mut().insert(addr);
+        // a websocket that takes the socket over may find its client stopped reading
+        req.extensions_mut().insert(socket_abort.clone());
         if let Some(p) = &peer {
             req.extensions_mut().insert(p.clone());
         }
-        let app = app.clone();
+        let (app, watch) = (app.clone(), watch.clone());
         async move {
             let res = app.oneshot(req).await?;
-            Ok::<_, Infallible>(res.map(|inner| Body::new(Tracked { inner, _busy: busy })))
+            Ok::<_, Infallible>(res.map(|inner| {
+                let inner = watch.watch(inner);
+                Body::new(Tracked { inner, _busy: busy })
+            }))
         }
     });
     let conn = shared
@@ -462,10 +478,22 @@ async fn http<IO>(
     tokio::pin!(idle);
     // once asked to close (GOAWAY for HTTP/2), a connection gets a bounded time to do so
     let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // the slow-reader rule, looked at twice per write timeout
+    let mut look = tokio::time::interval(shared.write_timeout / 2);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // done, or handed to a websocket (which now owns the socket and its place)
             _ = conn.as_mut() => return,
+            _ = look.tick() => {
+                if stalls.oldest().is_some_and(|waited| waited >= shared.write_timeout) {
+                    // hyper cannot reset one HTTP/2 stream whose body it no longer polls:
+                    // the connection goes, and its clients resume from their last number
+                    ConnectionClosed::SlowReader.emit(&shared.metrics);
+                    abort.on_close();
+                    return;
+                }
+            }
             _ = &mut idle, if closing.is_none() => {
                 ConnectionClosed::Idle.emit(&shared.metrics);
                 conn.as_mut().graceful_shutdown();

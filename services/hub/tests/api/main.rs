@@ -9,6 +9,7 @@ mod readiness;
 mod resources;
 mod safety_read;
 mod sealed;
+mod slow_readers;
 mod stream_reads;
 mod trust;
 

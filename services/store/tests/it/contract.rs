@@ -1,7 +1,7 @@
 //! Behaviour the store must show on every backend.
 
 use hub_store::{
-    Failure, LogKey, NewNotification, NewQuarantined, QuarantineStage, Store, StoreError,
+    Commit, Failure, LogKey, NewNotification, NewQuarantined, QuarantineStage, Store, StoreError,
     SubscriptionWrite,
 };
 
@@ -1233,19 +1233,48 @@ pub(crate) async fn consumer_offsets_only_move_forward(store: Store) {
     assert_eq!(store.committed_offset("t", "etl", s1).await.unwrap(), 0);
     // never committed is not the same as committed 0 (the auto-reset policy decides)
     assert_eq!(store.committed("t", "etl", s1).await.unwrap(), None);
-    assert_eq!(store.commit_offset("t", "zero", s1, 0).await.unwrap(), 0);
+    let zero = store.next_consumer_generation("t", "zero").await.unwrap();
+    assert_eq!(
+        store.commit_offset("t", "zero", s1, 0, zero).await.unwrap(),
+        Commit::Committed(0)
+    );
     assert_eq!(store.committed("t", "zero", s1).await.unwrap(), Some(0));
-    assert_eq!(store.commit_offset("t", "etl", s1, 5).await.unwrap(), 5);
-    assert_eq!(store.commit_offset("t", "etl", s1, 3).await.unwrap(), 5);
-    assert_eq!(store.commit_offset("t", "etl", s1, 9).await.unwrap(), 9);
+    // a consumer never read has no generation to commit with
+    assert_eq!(
+        store.commit_offset("t", "etl", s1, 5, 1).await.unwrap(),
+        Commit::Fenced { current: 0 }
+    );
+    assert_eq!(store.next_consumer_generation("t", "etl").await.unwrap(), 1);
+    assert_eq!(
+        store.commit_offset("t", "etl", s1, 5, 1).await.unwrap(),
+        Commit::Committed(5)
+    );
+    assert_eq!(
+        store.commit_offset("t", "etl", s1, 3, 1).await.unwrap(),
+        Commit::Committed(5)
+    );
+    // a newer Consume fences the older generation's commits
+    assert_eq!(store.next_consumer_generation("t", "etl").await.unwrap(), 2);
+    assert_eq!(
+        store.commit_offset("t", "etl", s1, 7, 1).await.unwrap(),
+        Commit::Fenced { current: 2 }
+    );
+    assert_eq!(
+        store.commit_offset("t", "etl", s1, 9, 2).await.unwrap(),
+        Commit::Committed(9)
+    );
     assert_eq!(store.committed_offset("t", "etl", s1).await.unwrap(), 9);
+    // generations are per consumer and tenant
+    assert_eq!(store.consumer_generation("t", "other").await.unwrap(), 0);
+    assert_eq!(store.consumer_generation("u", "etl").await.unwrap(), 0);
+    assert_eq!(store.next_consumer_generation("u", "etl").await.unwrap(), 1);
     // per consumer, per subscription, per tenant
     assert_eq!(store.committed_offset("t", "other", s1).await.unwrap(), 0);
     assert_eq!(store.committed_offset("t", "etl", s2).await.unwrap(), 0);
     assert_eq!(store.committed_offset("u", "etl", u1).await.unwrap(), 0);
     // another tenant's incarnation is not this tenant's to commit on
     assert!(matches!(
-        store.commit_offset("u", "etl", s1, 1).await,
+        store.commit_offset("u", "etl", s1, 1, 1).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -1268,8 +1297,15 @@ pub(crate) async fn housekeeping_purges_what_nothing_needs(store: Store) {
             .len(),
         2
     );
+    let generation = store
+        .next_consumer_generation("default", "c")
+        .await
+        .unwrap();
     for (_, _, k) in &wanted {
-        store.commit_offset("default", "c", *k, 1).await.unwrap();
+        store
+            .commit_offset("default", "c", *k, 1, generation)
+            .await
+            .unwrap();
     }
     assert!(store.delete_subscription("default", "gone").await.unwrap());
     let key = (
@@ -1661,9 +1697,16 @@ pub(crate) async fn an_old_incarnation_moves_nothing_of_the_new_one(store: Store
             .contains(&old)
     );
     assert!(store.record_delivered_by(old, 2, Some("a")).await.unwrap());
+    let generation = store
+        .next_consumer_generation("default", "c")
+        .await
+        .unwrap();
     assert_eq!(
-        store.commit_offset("default", "c", old, 3).await.unwrap(),
-        3
+        store
+            .commit_offset("default", "c", old, 3, generation)
+            .await
+            .unwrap(),
+        Commit::Committed(3)
     );
 
     assert!(store.delete_subscription("default", "s1").await.unwrap());
@@ -1701,7 +1744,9 @@ pub(crate) async fn an_old_incarnation_moves_nothing_of_the_new_one(store: Store
         0
     );
     assert!(matches!(
-        store.commit_offset("default", "c", old, 3).await,
+        store
+            .commit_offset("default", "c", old, 3, generation)
+            .await,
         Err(StoreError::NotFound)
     ));
     // reads are of one incarnation
