@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The matcher benchmark: the Rust index and linear scan (one core) and Medplum's
 # matchesSearchRequest on the same 1,000-subscription workload, side by side.
-# Usage: scripts/bench-matcher.sh   (needs ../shared/data/synthea-r4-resources.ndjson.gz)
+# Usage: scripts/bench-matcher.sh   (needs the Synthea data set: FHIR_HUB_SYNTHEA, or
+# ../shared/data/synthea-r4-resources.ndjson.gz beside the repository; see scripts/synthea.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${FHIR_HUB_BENCH_OUT:-$(mktemp -d)}"
 export FHIR_HUB_BENCH_OUT="$OUT"
-DATA="${FHIR_HUB_SYNTHEA:-$PWD/../shared/data/synthea-r4-resources.ndjson.gz}"
-export FHIR_HUB_SYNTHEA="$DATA"
+. scripts/synthea.sh
+DATA="$SYNTHEA"
 
 (cd integration-tests/medplum && npm ci --no-audit --no-fund --silent)
 taskset -c 0 cargo bench --locked -p hub-fhir --bench matcher 2>/dev/null | tee "$OUT/rust.txt"

@@ -10,6 +10,8 @@
 # Usage: FHIR_HUB_TEST_KAFKA=127.0.0.1:9092 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# every part needs the full Synthea data set: say what to do and stop when it is absent
+. scripts/synthea.sh
 OUT="${FHIR_HUB_BENCH_OUT:-$PWD/bench-out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"

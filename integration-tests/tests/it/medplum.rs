@@ -1,5 +1,6 @@
 //! Differential run against Medplum's matcher (`@medplum/core` `matchesSearchRequest`) on
-//! Synthea Observations, for criteria where Medplum follows the specification.
+//! Synthea Observations (`integration-tests/data`, kept in the repository: see its README),
+//! for criteria where Medplum follows the specification.
 //!
 //! Known, explained disagreements are asserted as such below; anything else fails.
 
@@ -12,13 +13,9 @@ use serde_json::Value;
 
 use crate::harness::require_external;
 
+/// The 4,000 Synthea Observations kept in the repository.
 fn synthea() -> PathBuf {
-    std::env::var("FHIR_HUB_SYNTHEA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/data/synthea-r4-resources.ndjson.gz")
-        })
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/synthea-r4-observations.ndjson.gz")
 }
 
 fn medplum_dir() -> Option<PathBuf> {
@@ -36,7 +33,8 @@ fn medplum_dir() -> Option<PathBuf> {
 #[test]
 fn agrees_with_medplum_where_medplum_follows_the_spec() {
     let Some(dir) = medplum_dir() else { return };
-    let file = std::fs::File::open(synthea()).expect("Synthea data (set FHIR_HUB_SYNTHEA)");
+    let file = std::fs::File::open(synthea())
+        .expect("integration-tests/data/synthea-r4-observations.ndjson.gz");
     let reader = BufReader::new(flate2::read::GzDecoder::new(file));
     let lines: Vec<String> = reader
         .lines()

@@ -15,14 +15,7 @@ use hub_fhir::Criteria;
 use hub_fhir::index::CriteriaIndex;
 use serde_json::{Value, json};
 
-fn data_path() -> String {
-    std::env::var("FHIR_HUB_SYNTHEA").unwrap_or_else(|_| {
-        format!(
-            "{}/../../../shared/data/synthea-r4-resources.ndjson.gz",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    })
-}
+mod synthea;
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -39,8 +32,8 @@ struct Data {
     dates: Vec<String>,
 }
 
-fn load() -> Data {
-    let file = std::fs::File::open(data_path()).expect("the Synthea data (set FHIR_HUB_SYNTHEA)");
+fn load(path: &std::path::Path) -> Data {
+    let file = std::fs::File::open(path).expect("the Synthea data (set FHIR_HUB_SYNTHEA)");
     let reader = BufReader::new(flate2::read::GzDecoder::new(file));
     let mut d = Data {
         observations: Vec::new(),
@@ -207,8 +200,9 @@ fn read_events(lines: &[Vec<u8>]) -> [f64; 3] {
 }
 
 fn main() {
+    let Some(path) = synthea::full() else { return };
     let t = Instant::now();
-    let d = load();
+    let d = load(&path);
     let now = hub_fhir::datetime::now_micros();
     eprintln!(
         "loaded {} Observations, {} patients in {:.1}s",

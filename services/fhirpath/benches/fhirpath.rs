@@ -6,8 +6,9 @@
 //! resource marked preliminary. Then the same resources and expressions go to
 //! `integration-tests/medplum/fhirpath-bench.mjs` (fhirpath.js, compiled, R4 model).
 //!
-//! Run: `taskset -c 0 cargo bench -p hub-fhirpath --bench fhirpath` (needs ../shared and, for
-//! the baseline, `npm ci` in integration-tests/medplum).
+//! Run: `taskset -c 0 cargo bench -p hub-fhirpath --bench fhirpath` (needs the Synthea data
+//! set, `FHIR_HUB_SYNTHEA` or ../shared/data beside the repository, and, for the baseline,
+//! `npm ci` in integration-tests/medplum).
 
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
@@ -21,11 +22,14 @@ const EXPRESSIONS: [&str; 3] = [
     "Observation.value.ofType(Quantity).value > 5",
 ];
 
+#[path = "../../fhir/benches/synthea/mod.rs"]
+mod synthea;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let data = std::env::var("FHIR_HUB_SYNTHEA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("../shared/data/synthea-r4-resources.ndjson.gz"));
+    let Some(data) = synthea::full() else {
+        return Ok(());
+    };
     let seconds: f64 = std::env::var("FHIRPATH_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -1,4 +1,4 @@
-//! The official FHIRPath test suites (../shared/fhirpath-tests, from FHIR/fhir-test-cases).
+//! The official FHIRPath test suites (`tests/data`, from FHIR/fhir-test-cases: see its README).
 //!
 //! Every test runs; the ones this engine does not pass are listed, with the reason, in
 //! `tests/known-failures-{r4,r5}.txt`. The list is enforced both ways: a listed test that
@@ -10,9 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use hub_fhirpath::{Env, Expression, Value};
 use serde_json::Value as Json;
 
-fn shared() -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhirpath-tests");
-    p.exists().then_some(p)
+/// The suites and their input resources, kept in the repository.
+fn data() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// The text form the suite uses for one result item.
@@ -117,13 +117,7 @@ fn run_one(t: &Json, inputs: &HashMap<String, Json>) -> Result<(), String> {
 }
 
 fn run_suite(version: &str, file: &str) {
-    let Some(dir) = shared() else {
-        if std::env::var_os("FHIR_HUB_REQUIRE_EXTERNAL").is_some() {
-            panic!("../shared/fhirpath-tests is missing");
-        }
-        eprintln!("skipping the {version} FHIRPath suite: ../shared is not beside the repository");
-        return;
-    };
+    let dir = data();
     let tests: Vec<Json> =
         serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
     let mut inputs = HashMap::new();
@@ -205,9 +199,7 @@ fn official_r5_suite() {
 /// one), and some hostile ones, must answer a result or an error, never panic.
 #[test]
 fn no_expression_panics_on_any_input() {
-    let Some(dir) = shared() else {
-        return;
-    };
+    let dir = data();
     let mut inputs = vec![None];
     for entry in std::fs::read_dir(dir.join("inputs-json")).unwrap() {
         let path = entry.unwrap().path();

@@ -38,8 +38,10 @@
 //! For each hub process: CPU seconds (user + system) and peak RSS over its run. The table is
 //! printed as markdown and written with the figures as JSON to `$FHIR_HUB_BENCH_OUT`
 //! (`e2e.md`, `e2e.json`) when that is set. Sizes: `E2E_BENCH_EVENTS` (default: all 88,674
-//! Observations of `../shared/data`). Under `cargo test` (no `--bench` argument) it runs a
-//! smoke of 300 events, so it keeps compiling and running in CI.
+//! Observations of the full Synthea data set, `FHIR_HUB_SYNTHEA` or `../shared/data` beside the
+//! repository: without it the benchmark says what to do and stops). Under `cargo test` (no
+//! `--bench` argument) it runs a smoke of 300 events of the repository's own Observations
+//! (`integration-tests/data`), so it keeps compiling and running in CI.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,18 +58,12 @@ use common::{HubProcess, cpu_seconds, env_usize, hub_channel, peak_rss_kb, post}
 const PARTITIONS: usize = 6;
 const CRITERIA: &str = "Observation?category=laboratory";
 
-fn data_path() -> String {
-    std::env::var("FHIR_HUB_SYNTHEA").unwrap_or_else(|_| {
-        format!(
-            "{}/../../../shared/data/synthea-r4-resources.ndjson.gz",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    })
-}
+#[path = "../../fhir/benches/synthea/mod.rs"]
+mod synthea;
 
-/// The first `n` Observations as NDJSON lines, and how many are laboratory results.
-fn observations(n: usize) -> (Vec<String>, usize) {
-    let file = std::fs::File::open(data_path()).expect("the Synthea data (set FHIR_HUB_SYNTHEA)");
+/// The first `n` Observations of `path` as NDJSON lines, and how many are laboratory results.
+fn observations(path: &std::path::Path, n: usize) -> (Vec<String>, usize) {
+    let file = std::fs::File::open(path).expect("the Synthea data (set FHIR_HUB_SYNTHEA)");
     let mut out = Vec::new();
     let mut labs = 0;
     for line in BufReader::new(flate2::read::GzDecoder::new(file)).lines() {
@@ -1120,7 +1116,14 @@ async fn main() {
     } else {
         env_usize("E2E_BENCH_EVENTS", usize::MAX)
     };
-    let (lines, labs) = observations(n);
+    // the smoke runs on the repository's Observations; the benchmark on the full data set
+    let path = if smoke {
+        synthea::subset()
+    } else {
+        let Some(path) = synthea::full() else { return };
+        path
+    };
+    let (lines, labs) = observations(&path, n);
     let n = lines.len();
     let scratch = tempfile::tempdir().unwrap();
     let ndjson = scratch.path().join("observations.ndjson");

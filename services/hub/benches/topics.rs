@@ -4,7 +4,8 @@
 //! also matched by evaluating every subscriber's filter (what the index replaces), on a
 //! sample, in the same run.
 //!
-//! Run: `taskset -c 0 cargo bench -p fhir-hub --bench topics` (needs ../shared).
+//! Run: `taskset -c 0 cargo bench -p fhir-hub --bench topics` (needs the Synthea data set:
+//! `FHIR_HUB_SYNTHEA` or ../shared/data beside the repository).
 
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
@@ -18,9 +19,13 @@ use time::OffsetDateTime;
 const SUBSCRIPTIONS: usize = 100_000;
 const URL: &str = "http://example.org/topics/lab-final";
 
+#[path = "../../fhir/benches/synthea/mod.rs"]
+mod synthea;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let data = root.join("../shared/data/synthea-r4-resources.ndjson.gz");
+    let Some(data) = synthea::full() else {
+        return Ok(());
+    };
     let mut events = Vec::new();
     let mut patients = Vec::new();
     for line in BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(&data)?)).lines() {
