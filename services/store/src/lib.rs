@@ -426,10 +426,45 @@ async fn open_pool(
             })
         });
     }
-    pool_opts
-        .connect_with(opts)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", redact(url))))
+    match pool_opts.connect_with(opts.clone()).await {
+        Ok(pool) => Ok(pool),
+        // the pool retries until its timeout and then says only that: one direct attempt
+        // tells why (connection refused, no such host, authentication, TLS)
+        Err(sqlx::Error::PoolTimedOut) => {
+            use sqlx::Connection;
+            let probe = sqlx::AnyConnection::connect_with(&opts);
+            let why = match tokio::time::timeout(Duration::from_secs(10), probe).await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(conn)) => {
+                    drop(conn.close().await);
+                    "no pooled connection within 10 s, though a direct one works (a session \
+                     setting the pool runs failed, or the server is overloaded)"
+                        .to_owned()
+                }
+                Err(_) => "no answer within 10 s".to_owned(),
+            };
+            Err(StoreError::Unavailable(format!(
+                "cannot connect to {} ({}): {why}",
+                server_of(url),
+                redact(url)
+            )))
+        }
+        Err(e) => Err(StoreError::Unavailable(format!("{}: {e}", redact(url)))),
+    }
+}
+
+/// `host:port` of a database URL (`postgres://user:pw@host:port/db?…`), no credentials.
+fn server_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        "the database".to_owned()
+    } else if host.contains(':') && !host.ends_with(']') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    }
 }
 
 /// A URL whose connections use a new, empty schema on the PostgreSQL server at `base`:
@@ -497,5 +532,17 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn names_the_server_without_credentials() {
+        for (url, server) in [
+            ("postgres://u:secret@db.example:6543/hub", "db.example:6543"),
+            ("postgres://u@10.0.0.1/hub?sslmode=require", "10.0.0.1:5432"),
+            ("postgresql://[::1]:5433/hub", "[::1]:5433"),
+            ("postgres://[::1]/hub", "[::1]:5432"),
+        ] {
+            assert_eq!(super::server_of(url), server);
+        }
     }
 }
