@@ -94,9 +94,55 @@ pub async fn send(
                 gone: status == 410,
             }
         }
-        Err(e) if e.is_timeout() => Outcome::failed("request timed out"),
         // never the URL: with a payload it ends in the resource type and id
-        Err(e) if e.is_connect() => Outcome::failed(format!("cannot connect: {}", e.without_url())),
-        Err(e) => Outcome::failed(format!("request failed: {}", e.without_url())),
+        Err(e) if e.is_timeout() => {
+            Outcome::failed(format!("request timed out: {}", causes(&e.without_url())))
+        }
+        Err(e) if e.is_connect() => {
+            Outcome::failed(format!("cannot connect: {}", causes(&e.without_url())))
+        }
+        Err(e) => Outcome::failed(format!("request failed: {}", causes(&e.without_url()))),
+    }
+}
+
+/// An error and every cause under it, `: `-separated ("error sending request: client error
+/// (Connect): tcp connect error: Connection refused (os error 111)"), so that a refused
+/// connection, a TLS failure and a timeout read differently. A cause a layer already
+/// quotes in its own text is not repeated.
+pub(crate) fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Layer(&'static str, #[source] Option<Box<Layer>>);
+
+    #[test]
+    fn every_cause_is_named_once() {
+        let chain = Layer(
+            "error sending request",
+            Some(Box::new(Layer(
+                "tcp connect error: Connection refused",
+                Some(Box::new(Layer("Connection refused", None))),
+            ))),
+        );
+        assert_eq!(
+            causes(&chain),
+            "error sending request: tcp connect error: Connection refused"
+        );
     }
 }
