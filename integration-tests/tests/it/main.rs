@@ -10,6 +10,7 @@
 
 mod bad_input;
 mod browser;
+mod cli;
 mod delivery;
 mod disclosure;
 mod embedded;

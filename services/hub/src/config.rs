@@ -148,6 +148,33 @@ pub struct IssuerConfig {
     pub leeway_secs: u64,
 }
 
+/// The socket addresses of `value` (`key`'s value): `IP:port`, `[IPv6]:port`, or `host:port`
+/// with the host name resolved.
+fn resolve(key: &str, value: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(a) = value.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let usage = "expected host:port, like 127.0.0.1:8080, [::1]:8080 or localhost:8080";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        anyhow::bail!("{key} '{value}': {usage}");
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        anyhow::bail!("{key} '{value}': the port must be a number from 0 to 65535 ({usage})");
+    };
+    if host.is_empty() || host.contains(':') {
+        anyhow::bail!("{key} '{value}': {usage}");
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| {
+            anyhow::anyhow!("{key} '{value}': the host name '{host}' does not resolve: {e}")
+        })?
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("{key} '{value}': the host name '{host}' resolves to no address");
+    }
+    Ok(addrs)
+}
+
 /// Create `path` with mode 0600 (and its directory), or narrow an existing file to 0600.
 #[cfg(unix)]
 fn private_file(path: &std::path::Path) -> std::io::Result<()> {
@@ -269,6 +296,38 @@ pub enum Role {
     Delivery,
 }
 
+/// `server.roles`: `["api", "matcher"]`, or `"api,matcher"`.
+fn roles<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Role>, D::Error> {
+    struct Roles;
+    impl<'de> serde::de::Visitor<'de> for Roles {
+        type Value = Vec<Role>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of roles (api, matcher, delivery) or one comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<Role>, E> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(|r| Role::deserialize(serde::de::value::StrDeserializer::<E>::new(r)))
+                .collect()
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Role>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(r) = seq.next_element()? {
+                out.push(r);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Roles)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -277,6 +336,8 @@ pub struct ServerConfig {
     /// references in notification bundles; `http://<listen>/fhir` when empty.
     #[serde(default)]
     pub base_url: String,
+    /// A list, or (as `HUB_SERVER__ROLES` and `--roles` take it) one comma-separated string.
+    #[serde(deserialize_with = "roles")]
     pub roles: Vec<Role>,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
@@ -535,6 +596,15 @@ impl Config {
     /// Load from the layers. `file` is the explicit `--config`; without it `./config.toml`
     /// is read when present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut config: Config = Self::layers(file)?.extract()?;
+        config.kafka.client = kafka_property_names(std::mem::take(&mut config.kafka.client));
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layers below the command line: defaults, the file, `HUB_*` variables.
+    fn layers(file: Option<&Path>) -> anyhow::Result<Figment> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         match file {
             Some(f) => {
@@ -546,16 +616,137 @@ impl Config {
             None => fig = fig.merge(Toml::file("config.toml")),
         }
         check_environment(std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()))?;
-        fig = fig.merge(
+        Ok(fig.merge(
             Env::prefixed("HUB_")
                 .filter(|k| is_config_variable(k.as_str()))
                 .split("__"),
-        );
-        let mut config: Config = fig.extract()?;
+        ))
+    }
+
+    /// `fhir-hub config check`: load as [`Config::load`] does, and check what starting would
+    /// read (the TLS certificate and key, the secrets keys) without starting: the
+    /// configuration, or every problem found (each naming the key, and the file or
+    /// variable it came from).
+    pub fn check(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Vec<String>> {
+        let fig = Self::layers(file).map_err(|e| vec![format!("{e:#}")])?;
+        let mut config: Config = fig
+            .extract()
+            .map_err(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         config.kafka.client = kafka_property_names(std::mem::take(&mut config.kafka.client));
         config.apply(overrides);
-        config.validate()?;
-        Ok(config)
+        let mut problems = config.problems();
+        if !config.tls.cert_file.as_os_str().is_empty()
+            && !config.tls.key_file.as_os_str().is_empty()
+            && let Err(e) = crate::tls::server_config(&config.tls, &[])
+        {
+            problems.push(format!("tls: {e:#}"));
+        }
+        if (!config.secrets.keys.is_empty() || !config.secrets.active.is_empty())
+            && let Err(e) = config.sealer()
+        {
+            problems.push(format!("secrets: {e:#}"));
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// What `fhir-hub config check` prints of a valid configuration: the choices that shape
+    /// a deployment, no secret (the database password is `***`, secrets keys are named by
+    /// id only).
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let roles: Vec<&str> = self
+            .server
+            .roles
+            .iter()
+            .map(|r| match r {
+                Role::Api => "api",
+                Role::Matcher => "matcher",
+                Role::Delivery => "delivery",
+            })
+            .collect();
+        let listen = match self.listen_addrs() {
+            Ok(a) if a.len() == 1 && a[0].to_string() == self.server.listen => {
+                self.server.listen.clone()
+            }
+            Ok(a) => format!(
+                "{} ({})",
+                self.server.listen,
+                a.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(_) => self.server.listen.clone(),
+        };
+        let log = match self.log.backend {
+            LogBackend::Kafka => format!(
+                "kafka at {}, topic '{}', {} partitions",
+                self.kafka.brokers, self.log.changes_topic, self.kafka.partitions
+            ),
+            LogBackend::Embedded => format!(
+                "embedded at {}, topic '{}'",
+                self.embedded_log_path().display(),
+                self.log.changes_topic
+            ),
+        };
+        let or_off = |s: &str| {
+            if s.is_empty() {
+                "off".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        let secrets = if self.secrets.keys.is_empty() && self.secrets.active.is_empty() {
+            if self.database_url().starts_with("sqlite:") {
+                "the local key file in the data directory".to_owned()
+            } else {
+                "none: secrets are stored unsealed".to_owned()
+            }
+        } else {
+            format!(
+                "active key '{}' of {} ({})",
+                self.secrets.active,
+                self.secrets.keys.len(),
+                self.secrets
+                    .keys
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        vec![
+            ("roles", roles.join(", ")),
+            ("listen", listen),
+            ("base url", self.base_url()),
+            ("grpc listen", or_off(&self.grpc.listen)),
+            (
+                "tls",
+                if self.tls.cert_file.as_os_str().is_empty() {
+                    "off".to_owned()
+                } else {
+                    self.tls.cert_file.display().to_string()
+                },
+            ),
+            (
+                "auth",
+                format!(
+                    "{:?} ({} issuers, {} client certificates)",
+                    self.auth.mode,
+                    self.auth.issuers.len(),
+                    self.auth.client_certificates.len()
+                )
+                .to_lowercase(),
+            ),
+            ("database", hub_store::redact(&self.database_url())),
+            ("log", log),
+            ("secrets", secrets),
+            ("data dir", self.server.data_dir.display().to_string()),
+            ("default tenant", self.tenancy.default_tenant.clone()),
+        ]
     }
 
     /// Defaults only (tests).
@@ -586,27 +777,49 @@ impl Config {
         }
     }
 
-    /// Check everything that can be checked before starting.
+    /// Check everything that can be checked before starting: the first problem, or all of
+    /// them in one error, one per line.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.listen_addr()?;
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(problems.join("\n")))
+        }
+    }
+
+    /// Every problem [`Config::validate`] finds, each a sentence naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let check = |r: anyhow::Result<()>, p: &mut Vec<String>| {
+            if let Err(e) = r {
+                p.push(format!("{e:#}"));
+            }
+        };
+        check(self.listen_addrs().map(drop), &mut p);
+        if !self.grpc.listen.is_empty() {
+            check(resolve("grpc.listen", &self.grpc.listen).map(drop), &mut p);
+        }
         if self.server.roles.is_empty() {
-            anyhow::bail!("server.roles is empty: name at least one of api, matcher, delivery");
+            p.push("server.roles is empty: name at least one of api, matcher, delivery".into());
         }
         if self.server.idle_timeout_secs == 0 || self.server.unbound_websocket_secs == 0 {
-            anyhow::bail!(
+            p.push(
                 "server.idle_timeout_secs and server.unbound_websocket_secs must be at least 1"
+                    .into(),
             );
         }
         if self.streams.write_timeout_secs == 0 || self.streams.max_lag_events < 0 {
-            anyhow::bail!(
+            p.push(
                 "streams.write_timeout_secs must be at least 1 and streams.max_lag_events at least 0"
+                    .into(),
             );
         }
         if self.server.max_body_bytes < 1024 {
-            anyhow::bail!("server.max_body_bytes must be at least 1024");
+            p.push("server.max_body_bytes must be at least 1024".into());
         }
         if self.log.backend == LogBackend::Kafka && self.kafka.brokers.trim().is_empty() {
-            anyhow::bail!("log.backend is kafka but kafka.brokers is empty");
+            p.push("log.backend is kafka but kafka.brokers is empty".into());
         }
         if self.log.changes_topic.is_empty()
             || !self
@@ -615,70 +828,70 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
-            anyhow::bail!("log.changes_topic must be a valid Kafka topic name");
+            p.push("log.changes_topic must be a valid Kafka topic name".into());
         }
         let db = self.database_url();
         if !(db.starts_with("postgres://")
             || db.starts_with("postgresql://")
             || db.starts_with("sqlite:"))
         {
-            anyhow::bail!("database.url must start with postgres:// or sqlite://");
+            p.push("database.url must start with postgres:// or sqlite://".into());
         }
         if self.kafka.partitions < 1 || self.kafka.replication < 1 {
-            anyhow::bail!("kafka.partitions and kafka.replication must be at least 1");
+            p.push("kafka.partitions and kafka.replication must be at least 1".into());
         }
         if self.matcher.batch_size == 0 || self.delivery.batch_size < 1 {
-            anyhow::bail!("batch sizes must be at least 1");
+            p.push("batch sizes must be at least 1".into());
         }
         if self.matcher.max_notifications_per_transaction == 0 {
-            anyhow::bail!("matcher.max_notifications_per_transaction must be at least 1");
+            p.push("matcher.max_notifications_per_transaction must be at least 1".into());
         }
-        self.retry_schedule()?;
-        self.extra_roots()?;
-        self.egress_policy()?;
+        check(self.retry_schedule().map(drop), &mut p);
+        check(self.extra_roots().map(drop), &mut p);
+        check(self.egress_policy().map(drop), &mut p);
         if self.delivery.lease_ttl_ms < 2 * self.delivery.poll_ms as i64 {
-            anyhow::bail!("delivery.lease_ttl_ms must be at least twice delivery.poll_ms");
+            p.push("delivery.lease_ttl_ms must be at least twice delivery.poll_ms".into());
         }
         if self.database.listen_ping_ms < 100 || self.database.safety_read_ms < 100 {
-            anyhow::bail!(
-                "database.listen_ping_ms and database.safety_read_ms must be at least 100"
+            p.push(
+                "database.listen_ping_ms and database.safety_read_ms must be at least 100".into(),
             );
         }
         if self.delivery.error_after_failures == 0 {
-            anyhow::bail!("delivery.error_after_failures must be at least 1");
+            p.push("delivery.error_after_failures must be at least 1".into());
         }
-        self.check_open_mode()?;
-        self.check_cors()?;
+        check(self.check_open_mode().map(drop), &mut p);
+        check(self.check_cors().map(drop), &mut p);
         if !(1..=86_400).contains(&self.auth.binding_token_ttl_secs) {
-            anyhow::bail!("auth.binding_token_ttl_secs must be between 1 and 86400");
+            p.push("auth.binding_token_ttl_secs must be between 1 and 86400".into());
         }
         if self.tls.cert_file.as_os_str().is_empty() != self.tls.key_file.as_os_str().is_empty() {
-            anyhow::bail!("tls.cert_file and tls.key_file go together");
+            p.push("tls.cert_file and tls.key_file go together".into());
         }
         if !self.auth.client_certificates.is_empty()
             && self.tls.client_ca_file.as_os_str().is_empty()
         {
-            anyhow::bail!("auth.client_certificates needs tls.client_ca_file to verify them");
+            p.push("auth.client_certificates needs tls.client_ca_file to verify them".into());
         }
         for i in &self.auth.issuers {
             if i.issuer.is_empty() || i.jwks_url.is_empty() || i.audience.is_empty() {
-                anyhow::bail!("auth.issuers: each issuer needs issuer, jwks_url and audience");
+                p.push("auth.issuers: each issuer needs issuer, jwks_url and audience".into());
             }
             if let Some(bad) = i
                 .tenants
                 .iter()
                 .find(|t| !hub_fhir::event::is_tenant_name(t))
             {
-                anyhow::bail!(
+                p.push(format!(
                     "auth.issuers '{}': tenant '{bad}' is not a tenant name",
                     i.issuer
-                );
+                ));
             }
         }
         if !hub_fhir::event::is_tenant_name(&self.tenancy.default_tenant) {
-            anyhow::bail!("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]");
+            p.push("tenancy.default_tenant must be 1-64 characters of [a-z0-9-_]".into());
         }
-        Ok(())
+        p
     }
 
     /// Each allowed origin is what a browser sends in `Origin` (compared byte for byte):
@@ -725,16 +938,15 @@ impl Config {
             return Ok(());
         }
         let mut exposed = Vec::new();
-        if self.has_role(Role::Api) && !self.listen_addr()?.ip().is_loopback() {
+        let exposes = |addrs: anyhow::Result<Vec<SocketAddr>>| {
+            addrs.is_ok_and(|a| a.iter().any(|a| !a.ip().is_loopback()))
+        };
+        if self.has_role(Role::Api) && exposes(self.listen_addrs()) {
             exposed.push(format!("server.listen {}", self.server.listen));
         }
         if self.has_role(Role::Api)
             && !self.grpc.listen.is_empty()
-            && self
-                .grpc
-                .listen
-                .parse::<SocketAddr>()
-                .map_or(true, |a| !a.ip().is_loopback())
+            && exposes(resolve("grpc.listen", &self.grpc.listen))
         {
             exposed.push(format!("grpc.listen {}", self.grpc.listen));
         }
@@ -781,11 +993,17 @@ impl Config {
         Ok(Sealer::default())
     }
 
+    /// The addresses `server.listen` names: an IP address and port, or a host name and port
+    /// (`localhost:8080`), resolved. The listener binds the first that works.
+    pub fn listen_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        resolve("server.listen", &self.server.listen)
+    }
+
+    /// The first of [`Config::listen_addrs`].
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.server
-            .listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("server.listen '{}': {e}", self.server.listen))
+        self.listen_addrs()?.first().copied().ok_or_else(|| {
+            anyhow::anyhow!("server.listen '{}' names no address", self.server.listen)
+        })
     }
 
     pub fn retry_schedule(&self) -> anyhow::Result<crate::delivery::schedule::Schedule> {
@@ -1174,6 +1392,32 @@ mod tests {
         c.server.listen = "0.0.0.0:8080".into();
         c.server.roles = vec![Role::Matcher];
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn host_names_listen_and_every_problem_is_reported() {
+        let mut c = Config::defaults().unwrap();
+        c.server.listen = "localhost:0".into();
+        // localhost is loopback whichever family it resolves to: open mode stays allowed
+        c.validate().unwrap();
+        assert!(
+            c.listen_addrs()
+                .unwrap()
+                .iter()
+                .all(|a| a.ip().is_loopback())
+        );
+        c.server.listen = "localhost".into();
+        assert!(c.validate().unwrap_err().to_string().contains("host:port"));
+        c.server.listen = "nowhere.invalid:8080".into();
+        c.matcher.batch_size = 0;
+        let problems = c.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("does not resolve"), "{problems:?}");
+        let roles: ServerConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[server]\nroles = \"matcher, delivery\""))
+            .extract_inner("server")
+            .unwrap();
+        assert_eq!(roles.roles, vec![Role::Matcher, Role::Delivery]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod publish;
 pub mod retry;
 pub mod roles;
 pub mod state;
+pub mod stdout;
 pub mod telemetry;
 pub mod tls;
 

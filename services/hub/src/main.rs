@@ -1,11 +1,12 @@
 //! `fhir-hub`: parse the command line, load the configuration, run.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fhir_hub::config::{Config, Overrides, Role};
+use fhir_hub::stdout::{self, Stdout};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc's malloc: the notification paths allocate many small buffers
@@ -15,20 +16,29 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Every flag that sets a configuration key also reads that key's environment variable
+/// (`HUB_SECTION__KEY`, shown by `--help`); the flag wins over the variable, the variable over
+/// the configuration file.
 #[derive(Parser)]
-#[command(name = "fhir-hub", version, about = "FHIR Subscription Hub")]
+#[command(
+    name = "fhir-hub",
+    version,
+    about = "FHIR Subscription Hub",
+    after_help = "Every configuration key can be set as HUB_SECTION__KEY (e.g. HUB_AUTH__MODE=required); \
+                  `fhir-hub config check` validates the result."
+)]
 struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Use Kafka at these bootstrap servers instead of the embedded log.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "HUB_KAFKA__BROKERS")]
     kafka_brokers: Option<String>,
     /// Store URL (postgres://... or sqlite://...).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "HUB_DATABASE__URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Directory for the embedded store and log.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "HUB_SERVER__DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -45,11 +55,11 @@ enum CliAction {
 enum Command {
     /// Run the hub (all roles by default).
     Serve {
-        /// Address to listen on (port 0 picks one).
-        #[arg(long)]
+        /// Address to listen on, host:port (a host name is resolved; port 0 picks one).
+        #[arg(long, env = "HUB_SERVER__LISTEN")]
         listen: Option<String>,
-        /// Roles to run, comma-separated: api, matcher, delivery.
-        #[arg(long, value_delimiter = ',')]
+        /// Roles to run, comma-separated: api, matcher, delivery (all: every one).
+        #[arg(long, value_delimiter = ',', env = "HUB_SERVER__ROLES")]
         roles: Option<Vec<String>>,
     },
     /// Publish NDJSON resources or change envelopes to the changes topic.
@@ -91,8 +101,11 @@ enum Command {
         #[arg(long)]
         previous: Option<PathBuf>,
     },
-    /// Print the effective configuration as JSON.
-    Config,
+    /// Print the effective configuration as JSON (without secrets).
+    Config {
+        #[command(subcommand)]
+        command: Option<ConfigCommand>,
+    },
     /// Probe the hub on this host (`/health` on the API listener, loopback for 0.0.0.0):
     /// exit 0 when it answers 200, 1 otherwise (a container HEALTHCHECK).
     Health {
@@ -111,6 +124,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration (defaults, file, HUB_* variables, flags): print every problem
+    /// and exit 1, or print a summary of the effective configuration (no secrets) and exit 0.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +165,14 @@ enum KeysCommand {
 }
 
 fn parse_roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
+    // `HUB_SERVER__ROLES` may be written as a list, `[api, matcher]` or `["api","matcher"]`
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| n.trim_matches(|c: char| c.is_whitespace() || "[]\"'".contains(c)))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let names = names.as_slice();
     names
         .iter()
         .map(|n| match n.trim() {
@@ -171,7 +199,11 @@ fn main() -> anyhow::Result<()> {
     // Blocking tasks (a Kafka consumer being closed, a SQLite call) get a bounded time: the
     // process never hangs at exit waiting for them.
     runtime.shutdown_timeout(std::time::Duration::from_secs(10));
-    result
+    match result {
+        // the reader of our output went away (`| head`): done, as other Unix tools are
+        Err(e) if stdout::is_closed(&e) => Ok(()),
+        other => other,
+    }
 }
 
 async fn run_command() -> anyhow::Result<()> {
@@ -189,7 +221,12 @@ async fn run_command() -> anyhow::Result<()> {
             overrides.roles = roles.as_deref().map(parse_roles).transpose()?;
             let config = Config::load(cli.config.as_deref(), &overrides)?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(signal_handler(shutdown.clone()));
+            // registered before anything starts: a signal from now on drains
+            let signals = Signals::new().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM and SIGHUP; Ctrl-C only");
+                Signals::default()
+            });
+            tokio::spawn(signal_handler(signals, shutdown.clone()));
             fhir_hub::run(config, None, shutdown).await
         }
         Command::Publish {
@@ -213,10 +250,10 @@ async fn run_command() -> anyhow::Result<()> {
                 progress: !quiet && std::io::stderr().is_terminal(),
             };
             let n = fhir_hub::publish::run(&config, args).await?;
-            println!(
+            stdout::line(format_args!(
                 "published {n} change events to '{}'",
                 config.log.changes_topic
-            );
+            ))?;
             Ok(())
         }
         Command::Match { criteria, input } => {
@@ -234,8 +271,7 @@ async fn run_command() -> anyhow::Result<()> {
                     std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
                 ),
             };
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut out = Stdout::lock();
             let stats =
                 fhir_hub::match_cmd::run(&criteria, reader, &mut out, &mut std::io::stderr())?;
             eprintln!("{} of {} resources matched", stats.matched, stats.read);
@@ -251,7 +287,7 @@ async fn run_command() -> anyhow::Result<()> {
         } => {
             let (code, out) =
                 fhir_hub::fhirpath_cmd::run(&expression, resource.as_deref(), previous.as_deref())?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            stdout::line(serde_json::to_string_pretty(&out)?)?;
             if code != 0 {
                 std::process::exit(code);
             }
@@ -272,7 +308,7 @@ async fn run_command() -> anyhow::Result<()> {
                 .await
             {
                 Ok(line) => {
-                    println!("{line}");
+                    stdout::line(line)?;
                     Ok(())
                 }
                 Err(e) => {
@@ -281,14 +317,37 @@ async fn run_command() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Config => {
+        Command::Config { command: None } => {
             let config = Config::load(cli.config.as_deref(), &overrides)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&config.redacted()).context("rendering config")?
-            );
+            stdout::line(
+                serde_json::to_string_pretty(&config.redacted()).context("rendering config")?,
+            )?;
             Ok(())
         }
+        Command::Config {
+            command: Some(ConfigCommand::Check),
+        } => match Config::check(cli.config.as_deref(), &overrides) {
+            Ok(config) => {
+                let mut out = Stdout::lock();
+                writeln!(out, "configuration OK")?;
+                for (key, value) in config.summary() {
+                    writeln!(out, "  {key:<22} {value}")?;
+                }
+                out.flush()?;
+                Ok(())
+            }
+            Err(problems) => {
+                let n = problems.len();
+                eprintln!(
+                    "configuration has {n} problem{}:",
+                    if n == 1 { "" } else { "s" }
+                );
+                for p in &problems {
+                    eprintln!("  - {p}");
+                }
+                std::process::exit(1);
+            }
+        },
     }
 }
 
@@ -322,52 +381,74 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
                 "created API key {} for tenant '{}' (scopes: {}); the token below is shown once:",
                 row.id, row.tenant, row.scopes
             );
-            println!("{token}");
+            stdout::line(token)?;
         }
         KeysCommand::List { tenant } => {
             let rows = store.api_keys(tenant.as_deref()).await?;
             let list: Vec<_> = rows.iter().map(keys::to_json).collect();
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            stdout::line(serde_json::to_string_pretty(&list)?)?;
         }
         KeysCommand::Revoke { id } => {
             if !store.revoke_api_key(&id).await? {
                 anyhow::bail!("no usable API key '{id}'");
             }
-            println!("revoked API key {id}");
+            stdout::line(format_args!("revoked API key {id}"))?;
         }
     }
     store.close().await;
     Ok(())
 }
 
-/// Cancel `shutdown` on SIGTERM or Ctrl-C; a second signal exits at once.
-async fn signal_handler(shutdown: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("shutdown signal received; finishing in-flight work");
+/// Cancel `shutdown` on SIGTERM, SIGHUP or Ctrl-C; a second signal exits at once. SIGHUP
+/// (a closed terminal, or an operator's "reload") drains like SIGTERM: the configuration is
+/// not reloaded in place, a restart applies it.
+async fn signal_handler(mut signals: Signals, shutdown: CancellationToken) {
+    let name = signals.next().await;
+    tracing::info!(
+        signal = name,
+        "shutdown signal received; finishing in-flight work"
+    );
     shutdown.cancel();
-    wait_for_signal().await;
-    tracing::warn!("second signal: exiting now");
+    let name = signals.next().await;
+    tracing::warn!(signal = name, "second signal: exiting now");
     std::process::exit(130);
 }
 
-async fn wait_for_signal() {
+/// The signals that stop the process (registered once, before the first wait, so that none
+/// arriving between two waits is lost).
+#[derive(Default)]
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                unix: Some((
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::hangup())?,
+                )),
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals::default())
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((term, hup)) = &mut self.unix {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }

@@ -13,10 +13,15 @@ use crate::state::Hub;
 use crate::{api, channels, data_lock, delivery, drain, housekeeping, matcher};
 
 /// Say where a listener listens: one stdout line (`fhir-hub <what> listening on <url>`) that
-/// tests and scripts read to learn a port picked with 0, and a log line.
+/// tests and scripts read to learn a port picked with 0, and a log line. A closed stdout
+/// (`fhir-hub serve | head -1`) does not stop the server.
 pub(crate) fn announce(listener: &TcpListener, what: &str, scheme: &str) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    println!("fhir-hub {what}listening on {scheme}{addr}");
+    if let Err(e) = crate::stdout::line(format_args!("fhir-hub {what}listening on {scheme}{addr}"))
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e);
+    }
     tracing::info!(%addr, listener = what.trim(), "listening");
     Ok(())
 }
@@ -34,7 +39,7 @@ pub async fn run(
     let listener = match listener {
         Some(l) => Some(l),
         None if hub.config.has_role(Role::Api) => Some(
-            TcpListener::bind(hub.config.listen_addr()?)
+            TcpListener::bind(hub.config.listen_addrs()?.as_slice())
                 .await
                 .with_context(|| format!("binding {}", hub.config.server.listen))?,
         ),

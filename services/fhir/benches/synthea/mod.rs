@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 }
 
 /// The full data set, or `None` after telling on stderr how to get it.
-pub fn full() -> Option<PathBuf> {
+pub(crate) fn full() -> Option<PathBuf> {
     let path = std::env::var_os("FHIR_HUB_SYNTHEA")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/data/synthea-r4-resources.ndjson.gz"));
@@ -34,6 +34,6 @@ pub fn full() -> Option<PathBuf> {
 
 /// The 4,000 Observations kept in the repository (smoke runs).
 #[allow(dead_code)]
-pub fn subset() -> PathBuf {
+pub(crate) fn subset() -> PathBuf {
     root().join("integration-tests/data/synthea-r4-observations.ndjson.gz")
 }
