@@ -9,15 +9,22 @@
 
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+/// The repository (`services/<crate>` is two levels down).
+fn root() -> &'static Path {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().nth(2).unwrap_or(manifest)
 }
 
 /// The full data set, or `None` after telling on stderr how to get it.
 pub(crate) fn full() -> Option<PathBuf> {
     let path = std::env::var_os("FHIR_HUB_SYNTHEA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data/synthea-r4-resources.ndjson.gz"));
+        .unwrap_or_else(|| {
+            root()
+                .parent()
+                .unwrap_or(root())
+                .join("shared/data/synthea-r4-resources.ndjson.gz")
+        });
     if path.is_file() {
         return Some(path);
     }
