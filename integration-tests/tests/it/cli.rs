@@ -255,6 +255,36 @@ fn last_error(v: &Value) -> Option<String> {
     }
 }
 
+/// An HTTPS server on loopback whose certificate (for 127.0.0.1) is from `pki`'s test CA.
+async fn untrusted_tls_server(pki: &std::path::Path) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // the client refuses the certificate: the handshake fails on its side
+            tokio::spawn(async move { drop(acceptor.accept(tcp).await) });
+        }
+    });
+    addr
+}
+
 /// A TCP server on loopback: `speak` gets each connection.
 fn tcp_server(speak: fn(std::net::TcpStream)) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -285,9 +315,13 @@ async fn webhook_connection_errors_carry_their_cause() {
         drop(s);
     });
     let timeout = format!("http://127.0.0.1:{silent}/hook");
+    // TLS with a certificate for 127.0.0.1 from a CA the hub does not trust
+    let pki = tempfile::tempdir().unwrap();
+    crate::mtls::make_pki(pki.path());
+    let untrusted = format!("https://{}/hook", untrusted_tls_server(pki.path()).await);
 
     let mut errors = Vec::new();
-    for endpoint in [&refused, &tls, &timeout] {
+    for endpoint in [&refused, &tls, &timeout, &untrusted] {
         let id = hub
             .subscribe("Observation?code=2345-7", endpoint, false)
             .await;
@@ -302,8 +336,8 @@ async fn webhook_connection_errors_carry_their_cause() {
         errors.push(error);
     }
     eprintln!(
-        "refused: {}\ntls: {}\ntimeout: {}",
-        errors[0], errors[1], errors[2]
+        "refused: {}\ntls: {}\ntimeout: {}\nuntrusted: {}",
+        errors[0], errors[1], errors[2], errors[3]
     );
     assert!(errors[0].contains("Connection refused"), "{}", errors[0]);
     assert!(
@@ -315,9 +349,12 @@ async fn webhook_connection_errors_carry_their_cause() {
     );
     assert!(errors[2].contains("timed out"), "{}", errors[2]);
     assert!(
-        errors[0] != errors[1] && errors[1] != errors[2] && errors[0] != errors[2],
-        "{errors:?}"
+        errors[3].contains("invalid peer certificate") && errors[3].contains("UnknownIssuer"),
+        "{}",
+        errors[3]
     );
+    let distinct: std::collections::BTreeSet<&String> = errors.iter().collect();
+    assert_eq!(distinct.len(), errors.len(), "{errors:?}");
 
     // a name that does not resolve is refused when the subscription is written
     let (code, body) = hub
