@@ -10,13 +10,21 @@
 //! Events reader that reads slowly and resumes with `Last-Event-ID`, a websocket client that
 //! binds again with the last number it saw, and a named gRPC consumer that commits and
 //! resumes from its committed offset. While events flow the suite kills (-9) every hub
-//! process, the broker and PostgreSQL, and restarts them.
+//! process, the broker and PostgreSQL, and restarts them; deletes a subscription and
+//! re-creates it with the same id; silences every PostgreSQL connection of the second
+//! delivery process (a TCP proxy here stops forwarding without closing); holds `FOR UPDATE`
+//! locks on rows the hub writes longer than its lock timeout; and writes a flood of records
+//! with NUL and invalid UTF-8 in every envelope field, the key and the headers.
+//!
+//! A second test, `a_large_fan_out_batch_is_logged_gap_free`, logs one batch that matches
+//! every one of many subscriptions and prints the matcher's peak memory.
 //!
 //! The checker, per subscription: every event number from 1 to the number of good events
 //! published arrived at least once, the first arrivals in event-number order (no gap, no
 //! reordering); duplicates are counted and carry the notification id of the first copy.
 //!
-//! Short run (the CI run): `cargo test -p integration-tests --test faults` (10,000 events).
+//! Short run (the CI run): `cargo test -p integration-tests --test faults` (10,000 events;
+//! a 1,000-subscription × 100-event fan-out batch).
 //! Long run: `FAULTS_EVENTS=200000 FAULTS_RATE=300 FAULTS_OUTAGE_SECS=180 cargo test
 //! --release -p integration-tests --test faults -- --nocapture` (docs/reliability.md).
 //! Needs `FHIR_HUB_TEST_KAFKA`-style prerequisites: the tansu binary (`FHIR_HUB_TANSU` or
@@ -27,6 +35,9 @@
 #[allow(dead_code)]
 #[path = "../it/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "../it/hostile_records.rs"]
+mod hostile_records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -272,6 +283,11 @@ enum Mode {
     Outage,
     /// Holds every request without answering while the hang lasts.
     Hang,
+    /// Answers well, for a subscription deleted and re-created with the same id: arrivals
+    /// are recorded per incarnation (`<id>@<epoch>`), each under its focus, so a number that
+    /// came with two different events (one incarnation's notification numbered as the
+    /// other's) is a violation.
+    Recreated,
 }
 
 /// One arrival: (subscription, event number, notification id).
@@ -286,6 +302,16 @@ impl Checker {
             .lock()
             .unwrap()
             .push((sub.to_owned(), number, id.to_owned(), Instant::now()));
+    }
+
+    /// The highest event number that arrived for `sub` (0: none).
+    fn max(&self, sub: &str) -> i64 {
+        let a = self.arrivals.lock().unwrap();
+        a.iter()
+            .filter(|x| x.0 == sub)
+            .map(|x| x.1)
+            .max()
+            .unwrap_or(0)
     }
 
     fn last_arrival(&self) -> Option<Instant> {
@@ -360,6 +386,8 @@ struct ReceiverState {
     faulty: Arc<AtomicBool>,
     counter: Arc<AtomicU64>,
     checker: Arc<Checker>,
+    /// The incarnation a `Recreated` receiver records arrivals under.
+    epoch: Arc<AtomicU64>,
 }
 
 fn status_param<'a>(bundle: &'a Value, name: &str) -> Vec<&'a Value> {
@@ -373,6 +401,12 @@ fn status_param<'a>(bundle: &'a Value, name: &str) -> Vec<&'a Value> {
 
 /// The subscription id and event numbers of an event-notification bundle.
 fn numbers_of(bundle: &Value) -> Option<(String, Vec<i64>)> {
+    let (sub, events) = events_of(bundle)?;
+    Some((sub, events.into_iter().map(|(n, _)| n).collect()))
+}
+
+/// The subscription id and (event number, focus reference) of an event-notification bundle.
+fn events_of(bundle: &Value) -> Option<(String, Vec<(i64, String)>)> {
     if status_param(bundle, "type").first()?["valueCode"] != "event-notification" {
         return None;
     }
@@ -381,11 +415,21 @@ fn numbers_of(bundle: &Value) -> Option<(String, Vec<i64>)> {
         .rsplit('/')
         .next()?
         .to_owned();
-    let numbers = status_param(bundle, "notification-event")
+    let events = status_param(bundle, "notification-event")
         .iter()
-        .filter_map(|e| e["part"][0]["valueString"].as_str()?.parse().ok())
+        .filter_map(|e| {
+            let n = e["part"][0]["valueString"].as_str()?.parse().ok()?;
+            let focus = e["part"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == "focus")
+                .and_then(|p| p["valueReference"]["reference"].as_str())
+                .unwrap_or("")
+                .to_owned();
+            Some((n, focus))
+        })
         .collect();
-    Some((sub, numbers))
+    Some((sub, events))
 }
 
 async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -409,13 +453,18 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if let Some((sub, numbers)) = serde_json::from_slice::<Value>(&body)
+    if let Some((sub, events)) = serde_json::from_slice::<Value>(&body)
         .ok()
         .as_ref()
-        .and_then(numbers_of)
+        .and_then(events_of)
     {
-        for n in numbers {
-            s.checker.record(&sub, n, &id);
+        for (n, focus) in events {
+            if s.mode == Mode::Recreated {
+                let epoch = s.epoch.load(Ordering::SeqCst);
+                s.checker.record(&format!("{sub}@{epoch}"), n, &focus);
+            } else {
+                s.checker.record(&sub, n, &id);
+            }
         }
     }
     StatusCode::OK
@@ -424,6 +473,7 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
 struct Receiver {
     url: String,
     faulty: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
 }
 
 async fn receiver(mode: Mode, checker: &Arc<Checker>) -> Receiver {
@@ -432,11 +482,13 @@ async fn receiver(mode: Mode, checker: &Arc<Checker>) -> Receiver {
 
 async fn receiver_at(mode: Mode, checker: &Arc<Checker>, addr: &str) -> Receiver {
     let faulty = Arc::new(AtomicBool::new(false));
+    let epoch = Arc::new(AtomicU64::new(0));
     let state = ReceiverState {
         mode,
         faulty: Arc::clone(&faulty),
         counter: Arc::default(),
         checker: Arc::clone(checker),
+        epoch: Arc::clone(&epoch),
     };
     let app = Router::new().fallback(receive).with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -445,6 +497,7 @@ async fn receiver_at(mode: Mode, checker: &Arc<Checker>, addr: &str) -> Receiver
     Receiver {
         url: format!("http://{addr}/{mode:?}"),
         faulty,
+        epoch,
     }
 }
 
@@ -732,6 +785,10 @@ async fn ws_reader(r: Reader) -> usize {
 
 struct Roles {
     env: HubEnv,
+    /// The store every process uses, but the second delivery process, which reaches
+    /// PostgreSQL through `db_delivery2` (the test's proxy, which can go silent).
+    db: String,
+    db_delivery2: String,
     api_port: u16,
     api: Option<Hub>,
     /// A second api process (streams read from it: what the matcher logged reaches it
@@ -747,10 +804,12 @@ struct Roles {
 }
 
 impl Roles {
-    async fn start(env: HubEnv) -> Roles {
+    async fn start(env: HubEnv, db: String, db_delivery2: String) -> Roles {
         let api_port = free_port();
         let mut r = Roles {
             env,
+            db,
+            db_delivery2,
             api_port,
             api: None,
             api2_port: free_port(),
@@ -764,7 +823,7 @@ impl Roles {
         r.start_api2().await;
         r.matcher = Some(Headless::start(&r.role("matcher")));
         r.delivery = Some(Headless::start(&r.role("delivery")));
-        r.delivery2 = Some(Headless::start(&r.role("delivery")));
+        r.delivery2 = Some(Headless::start(&r.role("delivery2")));
         r
     }
 
@@ -783,12 +842,31 @@ impl Roles {
         format!("http://127.0.0.1:{}", self.api2_port)
     }
 
+    /// What the second delivery process (the one behind the proxy) has logged so far.
+    fn delivery2_log(&self) -> String {
+        self.delivery2
+            .as_ref()
+            .and_then(|h| std::fs::read_to_string(h.data_dir.path().join("hub.log")).ok())
+            .unwrap_or_default()
+    }
+
     fn grpc2(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc2_port)
     }
 
+    /// The environment of one process: `delivery2` is a delivery process behind the proxy.
     fn role(&self, role: &str) -> HubEnv {
-        self.env.clone().arg("--roles").arg(role)
+        let db = if role == "delivery2" {
+            &self.db_delivery2
+        } else {
+            &self.db
+        };
+        self.env
+            .clone()
+            .arg("--roles")
+            .arg(role.trim_end_matches('2'))
+            .arg("--database-url")
+            .arg(db)
     }
 
     async fn start_api(&mut self) {
@@ -833,11 +911,12 @@ impl Roles {
                 // killed one is still in it (docs/reliability.md).
                 let delay = if role == "matcher" { 11_000 } else { 500 };
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                let env = self
-                    .env
-                    .clone()
-                    .arg("--roles")
-                    .arg(role.trim_end_matches('2'));
+                let env = self.role(role);
+                let slot = match role {
+                    "matcher" => &mut self.matcher,
+                    "delivery" => &mut self.delivery,
+                    _ => &mut self.delivery2,
+                };
                 *slot = Some(Headless::start(&env));
             }
             _ => unreachable!(),
@@ -947,6 +1026,151 @@ async fn publish(
     retries
 }
 
+/// The hostile flood (tests/it/hostile_records.rs: NUL, raw NUL, invalid UTF-8, controls and
+/// huge strings in every envelope field; NUL, controls, invalid UTF-8 and 100 KB in the key)
+/// written straight to the topic, each record also carrying headers with NUL and invalid
+/// UTF-8. Returns how many records went out (each must be quarantined).
+async fn produce_hostile_flood(brokers: &str, topic: &str) -> usize {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let (poison, _, _) = hostile_records::flood(true);
+    let bad_header: &[u8] = b"\x00\xff\xfe\xc3 \x1b[2J";
+    for (key, payload) in &poison {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace\u{0}id",
+                value: Some(bad_header),
+            })
+            .insert(Header {
+                key: "tenant",
+                value: Some(b"\xff\x00".as_slice()),
+            });
+        let record = FutureRecord::to(topic)
+            .payload(payload)
+            .key(key)
+            .headers(headers);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    poison.len()
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP proxy between one hub process and PostgreSQL that can go silent.
+
+/// Forwards every connection to `upstream`; `silence()` makes the connections open so far
+/// stop forwarding in both directions without closing (a middlebox that black-holes them:
+/// no reset, no FIN, the bytes simply go nowhere); connections opened later forward.
+/// `resume()` lets the silenced ones carry on where they stopped (nothing was lost on the
+/// way, as after a network stall that TCP rides out).
+struct SilencingProxy {
+    port: u16,
+    /// Connections numbered below this are silent while `silent` is set.
+    silenced_below: Arc<AtomicU64>,
+    silent: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+}
+
+impl SilencingProxy {
+    async fn start(upstream: String) -> SilencingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silenced_below = Arc::new(AtomicU64::new(0));
+        let silent = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let (below, on, counter) = (silenced_below.clone(), silent.clone(), next.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue; // PostgreSQL is down: the client sees its connection end
+                };
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let held = {
+                    let (below, on) = (below.clone(), on.clone());
+                    move || on.load(Ordering::SeqCst) && id < below.load(Ordering::SeqCst)
+                };
+                tokio::spawn(pump(cr, sw, held.clone()));
+                tokio::spawn(pump(sr, cw, held));
+            }
+        });
+        SilencingProxy {
+            port,
+            silenced_below,
+            silent,
+            next,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://root@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn silence(&self) {
+        self.silenced_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.silent.store(true, Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        self.silent.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copy `from` to `to`; while `held()`, read nothing (what the other end sends waits in the
+/// socket buffers, unanswered) and keep both ends open.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    held: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while held() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while held() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Another session takes `FOR UPDATE` locks on rows the hub writes for subscription `id`
+/// (its row, which every append of a matching event updates, and its delivery state, which
+/// every delivery updates) inside a transaction it keeps open for `hold`, then commits.
+async fn hold_row_locks(db: &str, id: &str, hold: Duration) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    for sql in [
+        "SELECT 1 FROM subscriptions WHERE id = $1 FOR UPDATE",
+        "SELECT 1 FROM delivery_state WHERE subscription_id = $1 FOR UPDATE",
+    ] {
+        let locked = sqlx::query(sql).bind(id).fetch_all(&mut *tx).await.unwrap();
+        assert_eq!(locked.len(), 1, "{sql}: {id}");
+    }
+    tokio::time::sleep(hold).await;
+    tx.commit().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // The run.
 
@@ -1008,8 +1232,42 @@ async fn events_counted(url: &str, id: &str) -> Option<i64> {
         .ok()
 }
 
+/// The tests of this target run one at a time: each is a machine's worth of processes.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn put_subscription(url: &str, id: &str, body: &Value) {
+    let mut body = body.clone();
+    body["id"] = json!(id);
+    let res = reqwest::Client::new()
+        .put(format!("{url}/fhir/Subscription/{id}"))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "PUT {id}: {}", res.status());
+}
+
+async fn wait_active(url: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: Value = reqwest::get(format!("{url}/fhir/Subscription/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "active" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never became active: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_is_lost_under_faults() {
+    let _serial = SERIAL.lock().await;
     let total = env_num("FAULTS_EVENTS", 10_000);
     let rate = env_num("FAULTS_RATE", 150);
     let outage = Duration::from_secs(env_num("FAULTS_OUTAGE_SECS", 15));
@@ -1022,11 +1280,11 @@ async fn nothing_is_lost_under_faults() {
     // environment variable holds at most 128 KiB)
     let mut schedule = vec!["\"0s\"".to_owned()];
     schedule.extend(std::iter::repeat_n("\"150ms\"".to_owned(), 10_000));
+    // the second delivery process reaches PostgreSQL through a proxy that will go silent
+    let proxy = Arc::new(SilencingProxy::start(format!("127.0.0.1:{}", pg.port)).await);
     let env = HubEnv::default()
         .arg("--kafka-brokers")
         .arg(&broker.addr())
-        .arg("--database-url")
-        .arg(&pg.url())
         .var("HUB_LOG__CHANGES_TOPIC", &topic)
         .var("HUB_KAFKA__PARTITIONS", "3")
         .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"))
@@ -1035,8 +1293,10 @@ async fn nothing_is_lost_under_faults() {
             &format!("[{}]", schedule.join(",")),
         )
         .var("HUB_DELIVERY__LEASE_TTL_MS", "3000")
+        // a statement waits at most 2 s for a row lock another session holds
+        .var("HUB_DATABASE__LOCK_TIMEOUT_MS", "2000")
         .var("RUST_LOG", "info");
-    let mut roles = Roles::start(env).await;
+    let mut roles = Roles::start(env, pg.url(), proxy.url()).await;
     let url = roles.url();
 
     let checker = Arc::new(Checker::default());
@@ -1044,6 +1304,7 @@ async fn nothing_is_lost_under_faults() {
     let flaky = receiver(Mode::Flaky, &checker).await;
     let down = receiver(Mode::Outage, &checker).await;
     let hang = receiver(Mode::Hang, &checker).await;
+    let recreated_rx = receiver(Mode::Recreated, &checker).await;
     // a receiver whose DNS name moves: the old address starts failing, the name points at
     // a new one (an /etc/hosts entry; the suite runs as root)
     let moving_name = format!("moving-{}.fhir-hub.test", uuid::Uuid::new_v4().simple());
@@ -1086,23 +1347,15 @@ async fn nothing_is_lost_under_faults() {
     let ws = create(&url, &subscription("", "websocket")).await;
     let ws_id = ws["id"].as_str().unwrap().to_owned();
     subs.push(("ws", ws_id.clone()));
+    // deleted and re-created with the same id while events flow (checked on its own)
+    let recreated = "recreated";
+    let recreated_body = subscription(&recreated_rx.url, "rest-hook");
+    put_subscription(&url, recreated, &recreated_body).await;
     // every rest-hook subscription hand-shaken before the faults start
-    let deadline = Instant::now() + Duration::from_secs(60);
     for (_, id) in &subs {
-        loop {
-            let v: Value = reqwest::get(format!("{url}/fhir/Subscription/{id}"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if v["status"] == "active" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{id} never became active: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_active(&url, id).await;
     }
+    wait_active(&url, recreated).await;
 
     let published = Arc::new(AtomicU64::new(0));
     let expected = Arc::new(AtomicU64::new(0));
@@ -1131,7 +1384,15 @@ async fn nothing_is_lost_under_faults() {
     // The faults, one after another while events flow; each one's recovery time is the
     // time from the restart to the next notification received anywhere.
     let mut faults: Vec<(String, Duration)> = Vec::new();
-    let step = Duration::from_millis((1000 * total / rate.max(1) / 12).max(1500));
+    let step = Duration::from_millis((1000 * total / rate.max(1) / 16).max(1500));
+    let silent_for = Duration::from_secs(env_num("FAULTS_SILENT_SECS", 25));
+    let lock_for = Duration::from_secs(env_num("FAULTS_LOCK_SECS", 8));
+    let mut silence: Option<tokio::task::JoinHandle<()>> = None;
+    let mut silence_seen = String::new();
+    let mut lock: Option<tokio::task::JoinHandle<()>> = None;
+    let mut flood = 0;
+    // events whose publishing starts after the re-created subscription's PUT returned
+    let mut after_put = 0;
     let recovered = |since: Instant, checker: &Arc<Checker>| {
         let checker = Arc::clone(checker);
         async move {
@@ -1152,8 +1413,12 @@ async fn nothing_is_lost_under_faults() {
     for fault in [
         "matcher",
         "delivery",
+        "recreate",
+        "silent-pg",
         "api",
         "api2",
+        "poison-bytes",
+        "row-lock",
         "broker",
         "postgres",
         "delivery2",
@@ -1162,12 +1427,61 @@ async fn nothing_is_lost_under_faults() {
     ] {
         tokio::time::sleep(step).await;
         match fault {
+            "recreate" => {
+                let res = reqwest::Client::new()
+                    .delete(format!("{url}/fhir/Subscription/{recreated}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(res.status().is_success(), "DELETE: {}", res.status());
+                // longer than the rest-hook timeout (2 s): whatever the old incarnation's
+                // worker had on the wire has arrived or been given up by now
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                recreated_rx.epoch.store(1, Ordering::SeqCst);
+                put_subscription(&url, recreated, &recreated_body).await;
+                after_put = total.saturating_sub(published.load(Ordering::SeqCst) + 20);
+                wait_active(&url, recreated).await;
+            }
+            "silent-pg" => {
+                // every connection the second delivery process holds (its pools and its
+                // LISTEN session) stops forwarding without closing, for longer than the
+                // listener's ping detection (2 × database.listen_ping_ms); new ones work
+                proxy.silence();
+                let proxy = Arc::clone(&proxy);
+                silence = Some(tokio::spawn(async move {
+                    tokio::time::sleep(silent_for).await;
+                    if std::env::var("FAULTS_SILENT_FOREVER").is_err() {
+                        proxy.resume();
+                    }
+                }));
+            }
+            "poison-bytes" => flood = produce_hostile_flood(&broker.addr(), &topic).await,
+            "row-lock" => {
+                let (db, id) = (pg.url(), subs[0].1.clone());
+                lock = Some(tokio::spawn(async move {
+                    hold_row_locks(&db, &id, lock_for).await;
+                }));
+            }
             "broker" => {
                 broker.kill();
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 broker.spawn();
             }
             "postgres" => {
+                // the silence and the lock end first (the crash would end them)
+                if let Some(s) = silence.take() {
+                    s.await.unwrap();
+                }
+                if let Some(l) = lock.take() {
+                    l.await.unwrap();
+                }
+                let log = roles.delivery2_log();
+                silence_seen = log
+                    .lines()
+                    .filter(|l| l.contains("went silent"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 pg.crash();
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 pg.spawn();
@@ -1221,6 +1535,21 @@ async fn nothing_is_lost_under_faults() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The re-created subscription: its new incarnation counts what was matched after the
+    // PUT, at least every event published after it; every one arrives.
+    let new_key = format!("{recreated}@1");
+    let new_count = loop {
+        let counted = events_counted(&url, recreated).await.unwrap_or(0);
+        if counted > 0 && checker.distinct(&new_key) >= usize::try_from(counted).unwrap() {
+            break counted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the re-created subscription did not drain: counted {counted}, received {}",
+            checker.distinct(&new_key)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // each stream reader ends once it has every event, saying how often it connected
     let connections = |reader: tokio::task::JoinHandle<usize>| async move {
         tokio::time::timeout(Duration::from_secs(60), reader)
@@ -1248,6 +1577,34 @@ async fn nothing_is_lost_under_faults() {
             Err(e) => problems.push(e),
         }
     }
+    // the old incarnation delivered a gap-free prefix and nothing after its delete; the new
+    // one every number from 1, each with one event (an old notification numbered as a new
+    // one would carry another focus), and at least every event published after the PUT
+    let old_key = format!("{recreated}@0");
+    let old_count = checker.max(&old_key);
+    if old_count == 0 {
+        problems.push("the re-created subscription delivered nothing before its delete".into());
+    }
+    for (key, n) in [(&old_key, old_count), (&new_key, new_count)] {
+        match checker.verify(key, n) {
+            Ok((delivered, duplicates)) => {
+                all_dup += duplicates;
+                report.push(format!(
+                    "{key}: delivered {delivered}/{n}, lost 0, duplicates {duplicates}"
+                ));
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if new_count < i64::try_from(after_put).unwrap() {
+        problems.push(format!(
+            "the re-created subscription counted {new_count} events, fewer than the {after_put} published after its PUT"
+        ));
+    }
+    if silence_seen.is_empty() {
+        problems
+            .push("the second delivery process never reported its LISTEN connection silent".into());
+    }
     // the poison is kept in quarantine with its reason, for an operator to list and replay
     let quarantine: Value = reqwest::get(format!("{url}/admin/quarantine"))
         .await
@@ -1256,8 +1613,13 @@ async fn nothing_is_lost_under_faults() {
         .await
         .unwrap_or_default();
     let quarantined = quarantine["total"].as_u64().unwrap_or(0);
-    if quarantined == 0 {
-        problems.push(format!("no poison record was quarantined: {quarantine}"));
+    // 8 of the 10 poison records of the publisher (two are valid Observations matching
+    // nothing) and every record of the hostile flood
+    let want_quarantined = 8 + u64::try_from(flood).unwrap();
+    if quarantined < want_quarantined {
+        problems.push(format!(
+            "{quarantined} records quarantined, {want_quarantined} expected: {quarantine}"
+        ));
     }
     let mut summary: HashMap<&str, String> = HashMap::new();
     summary.insert("events", format!("{total}"));
@@ -1267,6 +1629,12 @@ async fn nothing_is_lost_under_faults() {
     summary.insert("ws reconnects", format!("{ws_reconnects}"));
     summary.insert("duplicates", format!("{all_dup}"));
     summary.insert("quarantined", format!("{quarantined}"));
+    summary.insert("hostile flood", format!("{flood} records"));
+    summary.insert(
+        "re-created",
+        format!("old incarnation {old_count} events, new {new_count} (at least {after_put})"),
+    );
+    summary.insert("silent LISTEN", silence_seen.clone());
     eprintln!(
         "fault suite: {total} events at {rate}/s, {} faults ({}), receiver outage {:.1?}, in {:.1?}\n{}\n{summary:?}",
         faults.len() + 3,
@@ -1280,4 +1648,145 @@ async fn nothing_is_lost_under_faults() {
         report.join("\n")
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// One large fan-out batch.
+
+/// A line of `/proc/<pid>/status` in kB (`VmHWM`: peak resident memory; `VmRSS`).
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `FAULTS_FANOUT_SUBSCRIPTIONS` subscriptions (CI 1,000; the issue's figure 10,000) that
+/// all match every event of one batch of `FAULTS_FANOUT_EVENTS` (CI 100; the issue's 500),
+/// in Kafka mode on PostgreSQL with the matcher in a process of its own: every
+/// subscription's log holds every event, numbered 1..=events without a gap, and the
+/// matcher's peak resident memory (VmHWM) is printed before and after the batch.
+/// `FAULTS_FANOUT_CHUNK` sets `matcher.max_notifications_per_transaction` (a huge value
+/// logs the batch in one transaction, as the matcher did before the bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_batch_is_logged_gap_free() {
+    use futures::StreamExt;
+    let _serial = SERIAL.lock().await;
+    let subs = env_num("FAULTS_FANOUT_SUBSCRIPTIONS", 1_000);
+    let events = env_num("FAULTS_FANOUT_EVENTS", 100);
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    let topic = format!("fanout-{}", uuid::Uuid::new_v4().simple());
+    let mut env = HubEnv::default()
+        .arg("--kafka-brokers")
+        .arg(&broker.addr())
+        .arg("--database-url")
+        .arg(&pg.url())
+        .var("HUB_LOG__CHANGES_TOPIC", &topic)
+        .var("HUB_KAFKA__PARTITIONS", "1")
+        .var("HUB_KAFKA__MATCHER_GROUP", &format!("g-{topic}"))
+        .var("HUB_MATCHER__BATCH_SIZE", &events.to_string())
+        .var("RUST_LOG", "info");
+    if let Ok(chunk) = std::env::var("FAULTS_FANOUT_CHUNK") {
+        env = env.var("HUB_MATCHER__MAX_NOTIFICATIONS_PER_TRANSACTION", &chunk);
+    }
+    let api = Hub::start(env.clone().arg("--roles").arg("api")).await;
+    let url = api.url.clone();
+    create(
+        &url,
+        &json!({"resourceType": "SubscriptionTopic", "url": TOPIC, "status": "active",
+            "resourceTrigger": [{"resource": "http://hl7.org/fhir/StructureDefinition/Encounter", "supportedInteraction": ["create", "update"]}]}),
+    )
+    .await;
+    // stream subscriptions (SSE): matched and logged like any, with no endpoint to call
+    let started = Instant::now();
+    let body = subscription("", "sse");
+    let created = futures::stream::iter(0..subs)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            async move { create(&url, &body).await }
+        })
+        .buffer_unordered(8)
+        .count()
+        .await;
+    assert_eq!(created, usize::try_from(subs).unwrap());
+    println!("{subs} subscriptions created in {:.1?}", started.elapsed());
+
+    let matcher = Headless::start(&env.clone().arg("--roles").arg("matcher"));
+    let pid = matcher.child.id();
+    let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let logged = async || -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM notification_log")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+    };
+    // the matcher is up (a running process, its memory before the batch)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hwm_before = proc_kb(pid, "VmHWM");
+    let body: String = (0..events)
+        .map(|k| encounter_event(k).to_string() + "\n")
+        .collect();
+    let res = reqwest::Client::new()
+        .post(format!("{url}/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let started = Instant::now();
+    let want = i64::try_from(subs * events).unwrap();
+    let deadline = Duration::from_secs(env_num("FAULTS_FANOUT_SECS", 3600));
+    loop {
+        let got = logged().await;
+        if got >= want {
+            break;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "{got} of {want} notifications logged after {deadline:?}"
+        );
+        assert!(proc_kb(pid, "VmRSS") > 0, "the matcher process is gone");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = started.elapsed();
+    let hwm_after = proc_kb(pid, "VmHWM");
+    println!(
+        "fan-out batch: {subs} subscriptions x {events} events = {want} notifications logged in \
+         {took:.1?}; matcher VmHWM {hwm_before} kB before the batch, {hwm_after} kB after \
+         (VmRSS now {} kB)",
+        proc_kb(pid, "VmRSS")
+    );
+
+    // every subscription's log: exactly 1..=events, and its count says so
+    let complete: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT log_key FROM notification_log GROUP BY log_key
+           HAVING count(*) = $1 AND min(event_number) = 1 AND max(event_number) = $1) t",
+    )
+    .bind(i64::try_from(events).unwrap())
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(complete, i64::try_from(subs).unwrap(), "gap-free logs");
+    let counted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM subscriptions WHERE events_since_start = $1")
+            .bind(i64::try_from(events).unwrap())
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(counted, i64::try_from(subs).unwrap(), "events counted");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM subscriptions LIMIT 3")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    for id in ids {
+        assert_eq!(
+            events_counted(&url, &id).await,
+            Some(i64::try_from(events).unwrap()),
+            "$status of {id}"
+        );
+    }
 }

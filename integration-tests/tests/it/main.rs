@@ -16,6 +16,7 @@ mod disclosure;
 mod embedded;
 mod fan_out;
 mod harness;
+mod hostile_records;
 mod housekeeping;
 mod incarnations;
 mod inferno;
