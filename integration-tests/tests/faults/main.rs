@@ -1269,7 +1269,7 @@ async fn wait_active(url: &str, id: &str) {
 async fn nothing_is_lost_under_faults() {
     let _serial = SERIAL.lock().await;
     let total = env_num("FAULTS_EVENTS", 10_000);
-    let rate = env_num("FAULTS_RATE", 150);
+    let rate = env_num("FAULTS_RATE", 110);
     let outage = Duration::from_secs(env_num("FAULTS_OUTAGE_SECS", 15));
     let started = Instant::now();
 
