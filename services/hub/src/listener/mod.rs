@@ -46,7 +46,7 @@ mod limits;
 mod stalls;
 pub use limits::{ConnectionLimits, Held, Listener, Peer, Permit, Refusal};
 pub use stalls::Abort;
-use stalls::{Socket, Stalls, WatchedBody};
+use stalls::{Socket, Stalls};
 
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
@@ -115,7 +115,12 @@ async fn timed(
         // a trailers-only answer (an error before the stream started)
         timer.grpc_status(code);
     }
-    res.map(|inner| Body::new(Timed { inner, timer }))
+    res.map(|inner| {
+        Body::new(Guarded {
+            inner,
+            guard: timer,
+        })
+    })
 }
 
 const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
@@ -134,42 +139,6 @@ fn request_id(headers: &axum::http::HeaderMap) -> String {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// A response body that observes its request's time when it ends.
-struct Timed {
-    inner: Body,
-    timer: crate::metrics::RequestTimer,
-}
-
-impl hyper::body::Body for Timed {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(code) = frame
-                .trailers_ref()
-                .and_then(|t| t.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-        {
-            this.timer.grpc_status(code);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Requests in flight on one connection (a request lasts until its response body is
@@ -210,14 +179,39 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until hyper drops it, its frames
-/// watched for the slow-reader rule ([`stalls`]).
-struct Tracked {
-    inner: WatchedBody,
-    _busy: Busy,
+/// What a response body carries until hyper drops it: a request in flight ([`Busy`]), a
+/// request being timed ([`crate::metrics::RequestTimer`], which reads a gRPC status from the
+/// trailers).
+trait Guard: Send + Unpin + 'static {
+    /// A frame went out.
+    fn sent(&mut self, _frame: &Frame<Bytes>) {}
 }
 
-impl hyper::body::Body for Tracked {
+impl Guard for Busy {}
+
+impl Guard for crate::metrics::RequestTimer {
+    fn sent(&mut self, frame: &Frame<Bytes>) {
+        if let Some(code) = frame
+            .trailers_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+        {
+            self.grpc_status(code);
+        }
+    }
+}
+
+/// A response body with its [`Guard`], dropped with it.
+struct Guarded<B, G> {
+    inner: B,
+    guard: G,
+}
+
+impl<B, G> hyper::body::Body for Guarded<B, G>
+where
+    B: hyper::body::Body<Data = Bytes, Error = axum::Error> + Unpin,
+    G: Guard,
+{
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -225,7 +219,12 @@ impl hyper::body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.guard.sent(frame);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -466,7 +465,7 @@ async fn http<IO>(
             let res = app.oneshot(req).await?;
             Ok::<_, Infallible>(res.map(|inner| {
                 let inner = watch.watch(inner);
-                Body::new(Tracked { inner, _busy: busy })
+                Body::new(Guarded { inner, guard: busy })
             }))
         }
     });

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -194,15 +194,12 @@ where
     }
 }
 
-/// Every response body is watched.
-pub(super) type WatchedBody = Watched<Body>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hyper::body::Body as _;
 
-    async fn next_frame(body: &mut WatchedBody) -> Option<Bytes> {
+    async fn next_frame(body: &mut Watched<axum::body::Body>) -> Option<Bytes> {
         std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
             .await
             .and_then(|f| f.ok()?.into_data().ok())
@@ -216,7 +213,7 @@ mod tests {
             let b = rx.recv().await?;
             Some((Ok::<_, std::convert::Infallible>(b), rx))
         });
-        let mut body = stalls.watch(Body::from_stream(stream));
+        let mut body = stalls.watch(axum::body::Body::from_stream(stream));
         assert_eq!(stalls.oldest(), None);
         tx.send(Bytes::from_static(b"one")).await.unwrap();
         assert_eq!(next_frame(&mut body).await.unwrap(), "one");
