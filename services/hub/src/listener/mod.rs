@@ -485,9 +485,10 @@ async fn http<IO>(
             // done, or handed to a websocket (which now owns the socket and its place)
             _ = conn.as_mut() => return,
             _ = look.tick() => {
-                if stalls.oldest().is_some_and(|waited| waited >= shared.write_timeout) {
-                    // hyper cannot reset one HTTP/2 stream whose body it no longer polls:
-                    // the connection goes, and its clients resume from their last number
+                if stalls.stuck(shared.write_timeout) {
+                    // stuck as a whole (`stalls`): hyper cannot reset one HTTP/2 stream whose
+                    // body it no longer polls, so the connection goes, and its clients resume
+                    // from their last number
                     ConnectionClosed::SlowReader.emit(&shared.metrics);
                     abort.on_close();
                     return;

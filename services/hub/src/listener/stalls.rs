@@ -6,8 +6,13 @@
 //! only once hyper could pass the previous one on. So "a frame handed over and not asked
 //! past since" is exactly "the client stopped reading", whatever the protocol: no timer per
 //! write, no guess at buffer sizes. Hyper cannot reset one HTTP/2 stream whose body it is
-//! not polling, so a connection with a stalled stream is dropped whole; its client resumes
-//! from its last event number. The last frame of a finished body is not held against the
+//! not polling, so the connection is dropped whole — but only when it is stuck as a whole:
+//! a frame held past the timeout AND no frame of any of its streams taken for as long. One
+//! stream stalled by its own flow-control window costs the hub one frame while the others
+//! on the connection go on (an HTTP/2 proxy pooling many clients on one upstream
+//! connection must not let one of them reset the rest); that reader falls behind and
+//! `streams.max_lag_events` ends it alone. A dropped connection's clients resume from their
+//! last event number. The last frame of a finished body is not held against the
 //! connection (the idle and keepalive rules cover a response that is only being written out).
 
 use std::pin::Pin;
@@ -110,6 +115,8 @@ pub(super) struct Stalls {
     /// When the connection started: times are kept as milliseconds since.
     epoch: Instant,
     bodies: Arc<Mutex<Vec<Weak<Held>>>>,
+    /// When a frame of any body was last taken (milliseconds since the epoch).
+    progress: Arc<AtomicU64>,
 }
 
 /// One body's frame held by hyper: milliseconds since the epoch, plus one; 0 when none.
@@ -121,6 +128,7 @@ impl Stalls {
         Stalls {
             epoch: Instant::now(),
             bodies: Arc::new(Mutex::new(Vec::new())),
+            progress: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -134,7 +142,16 @@ impl Stalls {
             inner,
             held,
             epoch: self.epoch,
+            progress: Arc::clone(&self.progress),
         }
+    }
+
+    /// Whether the connection is stuck as a whole: a frame held for `timeout` and no frame
+    /// of any body taken for as long.
+    pub(super) fn stuck(&self, timeout: Duration) -> bool {
+        let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
+        let quiet = self.epoch.elapsed().saturating_sub(last);
+        quiet >= timeout && self.oldest().is_some_and(|waited| waited >= timeout)
     }
 
     /// How long the oldest frame still held has waited (`None`: none is held).
@@ -158,6 +175,7 @@ pub(super) struct Watched<B> {
     inner: B,
     held: Arc<Held>,
     epoch: Instant,
+    progress: Arc<AtomicU64>,
 }
 
 impl<B> hyper::body::Body for Watched<B>
@@ -173,7 +191,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let me = self.get_mut();
         // asked again: the frame before was taken
-        me.held.0.store(0, Ordering::Relaxed);
+        if me.held.0.swap(0, Ordering::Relaxed) != 0 {
+            let ms = u64::try_from(me.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            me.progress.store(ms, Ordering::Relaxed);
+        }
         let polled = Pin::new(&mut me.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && frame.is_data()
@@ -231,5 +252,45 @@ mod tests {
         assert!(!body.is_end_stream());
         drop(body);
         assert_eq!(stalls.oldest(), None);
+    }
+
+    /// One stream stalled (its flow-control window closed) while another on the same
+    /// connection is read: the connection is not stuck, and is not dropped; once nothing on
+    /// it moves for the timeout, it is. (An HTTP/2 proxy pooling many clients on one
+    /// upstream connection must not let one of them reset the others.)
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_stream_beside_one_that_is_read_does_not_make_the_connection_stuck() {
+        let timeout = Duration::from_secs(30);
+        let stalls = Stalls::new();
+        let body = |rx: tokio::sync::mpsc::Receiver<Bytes>| {
+            axum::body::Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+                let b = rx.recv().await?;
+                Some((Ok::<_, std::convert::Infallible>(b), rx))
+            }))
+        };
+        let (stalled_tx, stalled_rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (read_tx, read_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        let mut stalled = stalls.watch(body(stalled_rx));
+        let mut read = stalls.watch(body(read_rx));
+        stalled_tx.send(Bytes::from_static(b"held")).await.unwrap();
+        assert_eq!(next_frame(&mut stalled).await.unwrap(), "held");
+        read_tx.send(Bytes::from_static(b"0")).await.unwrap();
+        assert_eq!(next_frame(&mut read).await.unwrap(), "0");
+        for i in 1..=12 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            read_tx.send(Bytes::from(i.to_string())).await.unwrap();
+            assert_eq!(next_frame(&mut read).await.unwrap(), i.to_string());
+            assert!(
+                !stalls.stuck(timeout),
+                "stuck after {} s though a stream is read",
+                i * 5
+            );
+        }
+        assert!(stalls.oldest().unwrap() >= timeout, "the stalled frame is still held");
+        // nothing moves any more: stuck once the timeout passed with no frame taken
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!stalls.stuck(timeout));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(stalls.stuck(timeout));
     }
 }
