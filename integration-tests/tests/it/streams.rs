@@ -563,3 +563,63 @@ async fn a_stream_on_one_process_receives_what_another_process_logged() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// An open stream of a subscription that is deleted and created again with its id (a new
+/// log) ends, saying so: before, it stayed on the old log for good, silent, while its
+/// heartbeats said all was well (found by review: a gRPC Subscribe got nothing for 20 s
+/// while the new log held 5 events).
+#[tokio::test]
+async fn a_stream_of_a_re_created_subscription_ends_saying_so() {
+    let hub = Hub::start(HubEnv::default().var("HUB_DATABASE__SAFETY_READ_MS", "500")).await;
+    let (c, t) = hub.post_json("/fhir/SubscriptionTopic", &topic()).await;
+    assert_eq!(c, 201, "{t}");
+    let mut sub = sse_subscription();
+    sub["id"] = json!("again");
+    let res = hub.put_json("/fhir/Subscription/again", &sub, None).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    publish(&hub, 1..3).await;
+    hub.wait_events("again", 2).await;
+    let mut stream = hub
+        .http
+        .get(format!(
+            "{}/fhir/Subscription/again/$stream?from=1",
+            hub.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut text = String::new();
+    // read until `from` what the stream had to say
+    let mut read_until = async |text: &mut String, what: &str| {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !text.contains(what) {
+            let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no '{what}' within 30 s:\n{text}"))
+                .unwrap();
+            match chunk {
+                Some(c) => text.push_str(&String::from_utf8_lossy(&c)),
+                None => break,
+            }
+        }
+    };
+    read_until(&mut text, "id: 2").await;
+    let deleted = hub
+        .http
+        .delete(format!("{}/fhir/Subscription/again", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let res = hub.put_json("/fhir/Subscription/again", &sub, None).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    publish(&hub, 3..6).await;
+    hub.wait_events("again", 3).await;
+    read_until(&mut text, "event: deleted").await;
+    assert!(text.contains("event: deleted"), "{text}");
+    assert!(
+        !text.contains("id: 3"),
+        "the old log's stream carried the new log's numbers:\n{text}"
+    );
+}

@@ -19,9 +19,12 @@ impl Store {
         consumer: &str,
     ) -> Result<i64, StoreError> {
         let row = sqlx::query(
-            "INSERT INTO consumer_generations (tenant, consumer, generation) VALUES ($1, $2, 1)
+            "INSERT INTO consumer_generations (tenant, consumer, generation, log_key_ceiling)
+             VALUES ($1, $2, 1,
+                 COALESCE((SELECT value FROM hub_counters WHERE name = 'log_keys'), 0))
              ON CONFLICT (tenant, consumer) DO UPDATE
-             SET generation = consumer_generations.generation + 1
+             SET generation = consumer_generations.generation + 1,
+                 log_key_ceiling = excluded.log_key_ceiling
              RETURNING generation",
         )
         .bind(tenant)
@@ -66,7 +69,8 @@ impl Store {
              SELECT $1, $2, s.log_key, s.id, $4, $5 FROM subscriptions s
              WHERE s.tenant = $1 AND s.log_key = $3
                AND EXISTS (SELECT 1 FROM consumer_generations g
-                           WHERE g.tenant = $1 AND g.consumer = $2 AND g.generation = $6)
+                           WHERE g.tenant = $1 AND g.consumer = $2 AND g.generation = $6
+                             AND g.log_key_ceiling >= s.log_key)
              ON CONFLICT (tenant, consumer, log_key) DO UPDATE SET
                  event_number = CASE WHEN consumer_offsets.event_number > excluded.event_number
                      THEN consumer_offsets.event_number ELSE excluded.event_number END,
@@ -87,6 +91,16 @@ impl Store {
         let current = self.consumer_generation(tenant, consumer).await?;
         if current != generation {
             return Ok(Commit::Fenced { current });
+        }
+        let exists = sqlx::query("SELECT 1 FROM subscriptions WHERE tenant = $1 AND log_key = $2")
+            .bind(tenant)
+            .bind(key.get())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if exists {
+            // the incarnation is newer than what this generation's Consume could read
+            return Ok(Commit::Recreated);
         }
         Err(StoreError::NotFound)
     }
@@ -175,4 +189,7 @@ pub enum Commit {
     Committed(i64),
     /// Refused: the commit's generation is not the consumer's current one (0: never read).
     Fenced { current: i64 },
+    /// Refused: the subscription was created (or deleted and re-created with its id) after
+    /// the generation's `Consume` began, so the numbers cannot be from its log.
+    Recreated,
 }

@@ -523,14 +523,16 @@ impl Store {
         since: &str,
     ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT MIN(n.event_number) FROM notification_log n
+            // in event-number order, stopping at the first: no scan of the whole log
+            "SELECT n.event_number FROM notification_log n
              JOIN logged_events e ON e.seq = n.event_seq
-             WHERE n.log_key = $1 AND e.logged_at >= $2",
+             WHERE n.log_key = $1 AND e.logged_at >= $2
+             ORDER BY n.event_number LIMIT 1",
         )
         .bind(key.get())
         .bind(since)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(row.try_get(0)?)
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 }

@@ -364,6 +364,10 @@ async fn produce(
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                 history_gone(sub.id(), after, resumes_at)
             }
+            Some(Ok(Item::Deleted)) => Status::not_found(format!(
+                "Subscription/{} was deleted, or deleted and created again (a new log whose events start at 1): this stream ends",
+                sub.id()
+            )),
             Some(Ok(Item::Lagging { behind })) => {
                 crate::metrics::ConnectionClosed::Lagging.emit(&hub.metrics);
                 Status::resource_exhausted(format!(
@@ -502,7 +506,7 @@ impl Claim {
                 match s.claim_consumer(&t, &c, &o, CLAIM_TTL_MS).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(consumer = %c, tenant = %t, "lost a consumer claim; ending its stream");
+                        tracing::warn!(consumer = ?c, tenant = %t, "lost a consumer claim; ending its stream");
                         stop.cancel();
                         return;
                     }
@@ -641,7 +645,7 @@ impl NotificationStream for Service {
                 generation,
             ));
         }
-        tracing::info!(consumer = %r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), generation, "gRPC consumer opened");
+        tracing::info!(consumer = ?r.consumer, tenant = %caller.tenant, subscriptions = streams.len(), generation, "gRPC consumer opened");
         // the claim lives as long as the merged stream
         let merged = round_robin(streams);
         let guarded = futures::StreamExt::map(merged, move |item| {
@@ -702,6 +706,10 @@ impl NotificationStream for Service {
             hub_store::Commit::Fenced { current: 0 } => Err(Status::failed_precondition(format!(
                 "consumer '{}' has not been read by a Consume of this credential: commit what a Consume stream read, with its generation",
                 r.consumer
+            ))),
+            hub_store::Commit::Recreated => Err(Status::aborted(format!(
+                "Subscription/{} was created again after this Consume began: the numbers read are of its old log and moved nothing; Consume again",
+                sub.id()
             ))),
             hub_store::Commit::Fenced { current } => Err(Status::aborted(format!(
                 "consumer '{}' is at generation {current}: a newer Consume took it over, and this commit (generation {}) moved nothing",

@@ -274,6 +274,21 @@ impl Reader {
                 );
                 self.done = true;
             }
+            Some(Ok(Item::Deleted)) => {
+                let oo = OperationOutcome::error(
+                    IssueType::NotFound,
+                    format!(
+                        "Subscription/{} was deleted (or deleted and created again, a new log whose events start at 1): this stream ends",
+                        self.sub.id()
+                    ),
+                );
+                self.pending.push_back(
+                    Event::default()
+                        .event("deleted")
+                        .data(oo.to_json().to_string()),
+                );
+                self.done = true;
+            }
             Some(Ok(Item::Quiet)) => {
                 let m = self.message(Kind::Heartbeat, self.stream.position(), None);
                 self.pending.push_back(m);

@@ -23,7 +23,11 @@ pub enum Start {
     /// After this event number (the last one the reader has: `Last-Event-ID`, a websocket
     /// resume, a committed offset).
     After(i64),
-    /// The first event logged at or after this instant (stored form: RFC 3339, UTC).
+    /// The first event logged in this second or after it: the instant's UTC second as
+    /// `YYYY-MM-DDTHH:MM:SS`, a text lower bound of every stored time of that second (stored
+    /// times carry a fraction of varying width and `Z`, and `.` sorts before `Z`, so a bound
+    /// with a fraction or a `Z` would skip events of its own second). Inclusive to the
+    /// second: a reader may get events up to a second older than it asked, never miss one.
     LoggedAt(String),
 }
 
@@ -58,12 +62,17 @@ impl Start {
                 "'{text}' must be 'earliest', 'latest', an event number (1 or more) or an RFC 3339 instant"
             )
         })?;
-        // the form instants are stored in, so that they compare as text
-        let utc = t
-            .to_offset(time::UtcOffset::UTC)
-            .format(&Rfc3339)
-            .map_err(|e| e.to_string())?;
-        Ok(Start::LoggedAt(utc))
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let second = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        Ok(Start::LoggedAt(second))
     }
 }
 
@@ -260,10 +269,37 @@ mod tests {
         assert_eq!(Start::parse_from("7"), Ok(Start::From(7)));
         assert_eq!(
             Start::parse_from("2026-01-02T03:04:05+01:00"),
-            Ok(Start::LoggedAt("2026-01-02T02:04:05Z".into()))
+            Ok(Start::LoggedAt("2026-01-02T02:04:05".into()))
+        );
+        assert_eq!(
+            Start::parse_from("2026-01-02T03:04:05.75Z"),
+            Ok(Start::LoggedAt("2026-01-02T03:04:05".into()))
         );
         assert!(Start::parse_from("0").is_err());
         assert!(Start::parse_from("-3").is_err());
         assert!(Start::parse_from("yesterday").is_err());
+    }
+
+    /// The bound compares below every stored time of its second and above every earlier
+    /// one, whatever their fractions (as stored: `time`'s RFC 3339, fraction trimmed). Before,
+    /// `…:05Z` sorted above `…:05.5Z`: an event logged half a second after the asked instant
+    /// was skipped.
+    #[test]
+    fn a_start_at_a_time_never_skips_an_event_of_its_second() {
+        let Ok(Start::LoggedAt(bound)) = Start::at_time("2026-01-02T03:04:05Z") else {
+            panic!("a start at a time");
+        };
+        for stored in [
+            "2026-01-02T03:04:05Z",
+            "2026-01-02T03:04:05.5Z",
+            "2026-01-02T03:04:05.000000001Z",
+            "2026-01-02T03:04:05.999999999Z",
+            "2026-01-02T03:04:06.1Z",
+        ] {
+            assert!(stored >= bound.as_str(), "{stored} would be skipped");
+        }
+        for earlier in ["2026-01-02T03:04:04.999Z", "2026-01-02T03:04:04Z"] {
+            assert!(earlier < bound.as_str(), "{earlier} would be included");
+        }
     }
 }

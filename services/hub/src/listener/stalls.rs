@@ -286,7 +286,10 @@ mod tests {
                 i * 5
             );
         }
-        assert!(stalls.oldest().unwrap() >= timeout, "the stalled frame is still held");
+        assert!(
+            stalls.oldest().unwrap() >= timeout,
+            "the stalled frame is still held"
+        );
         // nothing moves any more: stuck once the timeout passed with no frame taken
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(!stalls.stuck(timeout));

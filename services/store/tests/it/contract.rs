@@ -1749,6 +1749,32 @@ pub(crate) async fn an_old_incarnation_moves_nothing_of_the_new_one(store: Store
             .await,
         Err(StoreError::NotFound)
     ));
+    // nor may a commit of that (older) Consume move the NEW log: the numbers it read are
+    // the old log's (found by review: "commit c1 s1 25 1" after a delete and re-create
+    // answered committed 25, and the consumer skipped the new log's events 1-25)
+    assert_eq!(
+        store
+            .commit_offset("default", "c", new, 2, generation)
+            .await
+            .unwrap(),
+        Commit::Recreated
+    );
+    assert_eq!(
+        store.committed_offset("default", "c", new).await.unwrap(),
+        0
+    );
+    // a Consume begun after the re-creation commits on the new log
+    let again = store
+        .next_consumer_generation("default", "c")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .commit_offset("default", "c", new, 2, again)
+            .await
+            .unwrap(),
+        Commit::Committed(2)
+    );
     // reads are of one incarnation
     assert!(
         store
