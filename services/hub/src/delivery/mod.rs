@@ -120,6 +120,8 @@ struct Delivery {
     /// When workers that failed to start are tried again (entries whose slot moved on are
     /// skipped).
     restarts: BinaryHeap<Reverse<(tokio::time::Instant, Key)>>,
+    /// Whether the last rebalancing round found leases free (`rebalance`).
+    free_before: bool,
 }
 
 impl Delivery {
@@ -525,6 +527,7 @@ pub async fn run(hub: Hub, shutdown: CancellationToken) -> anyhow::Result<()> {
         ended,
         beats: BinaryHeap::new(),
         restarts: BinaryHeap::new(),
+        free_before: false,
     };
     let mut renewed = tokio::time::Instant::now();
     let mut rebalanced = tokio::time::Instant::now();

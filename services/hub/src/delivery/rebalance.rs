@@ -5,7 +5,10 @@
 //! (`ceil(subscriptions / processes)`) while another holds less than `floor(…)` hands the
 //! excess back, idle subscriptions only (parked, or with no worker: no request is in flight,
 //! so nothing is sent twice and order holds); one holding less than `floor(…)` claims what
-//! is free. Nothing moves while every process is within its share.
+//! is free. Nothing moves while every process is within its share. Leases found free at two
+//! rounds in a row (a whole TTL: the process they were handed to did not take them — an
+//! older binary in a rolling upgrade, a process whose store calls fail) are claimed by
+//! whoever sees them, whatever its share: a subscription is never left without a worker.
 
 use super::{Delivery, Key, Slot};
 use hub_store::LogKey;
@@ -21,8 +24,9 @@ pub(super) enum Move {
 }
 
 /// `mine`: the leases this process holds; `others`: those of each other live process;
-/// `total`: the subscriptions there are to deliver.
-pub(super) fn decide(mine: usize, others: &[usize], total: usize) -> Move {
+/// `total`: the subscriptions there are to deliver; `free_before`: whether the last round
+/// (a lease TTL ago) found leases free too.
+pub(super) fn decide(mine: usize, others: &[usize], total: usize, free_before: bool) -> Move {
     if others.is_empty() {
         return Move::Stay;
     }
@@ -31,7 +35,7 @@ pub(super) fn decide(mine: usize, others: &[usize], total: usize) -> Move {
     let held: usize = mine + others.iter().sum::<usize>();
     if mine > ceil && others.iter().any(|&n| n < floor) {
         Move::Release(mine - ceil)
-    } else if mine < floor && held < total {
+    } else if held < total && (mine < floor || free_before) {
         Move::Claim
     } else {
         Move::Stay
@@ -54,7 +58,10 @@ impl Delivery {
             .filter(|(owner, _)| **owner != self.owner)
             .map(|(_, &n)| usize::try_from(n).unwrap_or(usize::MAX))
             .collect();
-        match decide(self.leases.len(), &others, self.known.subs.len()) {
+        let total = self.known.subs.len();
+        let held = self.leases.len() + others.iter().sum::<usize>();
+        let free_before = std::mem::replace(&mut self.free_before, held < total);
+        match decide(self.leases.len(), &others, total, free_before) {
             Move::Stay => false,
             Move::Claim => true,
             Move::Release(n) => {
@@ -101,23 +108,36 @@ mod tests {
     #[test]
     fn only_a_process_above_its_share_beside_one_below_hands_over() {
         // alone: nothing to balance
-        assert_eq!(decide(10, &[], 10), Move::Stay);
+        assert_eq!(decide(10, &[], 10, false), Move::Stay);
         // a process added later holds nothing: the first hands back down to its share,
         // and the new one claims what was handed back
-        assert_eq!(decide(10, &[0], 10), Move::Release(5));
-        assert_eq!(decide(0, &[10], 10), Move::Stay, "nothing free yet");
-        assert_eq!(decide(0, &[5], 10), Move::Claim);
+        assert_eq!(decide(10, &[0], 10, false), Move::Release(5));
+        assert_eq!(decide(0, &[10], 10, false), Move::Stay, "nothing free yet");
+        assert_eq!(decide(0, &[5], 10, false), Move::Claim);
         // within [floor, ceil] everywhere: nothing moves (no oscillation on odd counts)
-        assert_eq!(decide(3, &[2], 5), Move::Stay);
-        assert_eq!(decide(2, &[3], 5), Move::Stay);
+        assert_eq!(decide(3, &[2], 5, false), Move::Stay);
+        assert_eq!(decide(2, &[3], 5, false), Move::Stay);
         // above the share, but nobody is below theirs: keep
-        assert_eq!(decide(4, &[3, 3], 10), Move::Stay);
+        assert_eq!(decide(4, &[3, 3], 10, false), Move::Stay);
         // three processes, the third new
-        assert_eq!(decide(6, &[6, 0], 12), Move::Release(2));
+        assert_eq!(decide(6, &[6, 0], 12, false), Move::Release(2));
         // … which claims once the others handed theirs back, not before
-        assert_eq!(decide(0, &[6, 6], 12), Move::Stay);
-        assert_eq!(decide(0, &[4, 4], 12), Move::Claim);
+        assert_eq!(decide(0, &[6, 6], 12, false), Move::Stay);
+        assert_eq!(decide(0, &[4, 4], 12, false), Move::Claim);
         // below the share, but everything is held (by processes at their share): no claim
-        assert_eq!(decide(3, &[4, 4], 11), Move::Stay);
+        assert_eq!(decide(3, &[4, 4], 11, false), Move::Stay);
+        // handed back, and still free a round later (the process below its share never
+        // took them): the one that handed them back takes them again
+        assert_eq!(
+            decide(3, &[0], 6, false),
+            Move::Stay,
+            "the new one may claim first"
+        );
+        assert_eq!(
+            decide(3, &[0], 6, true),
+            Move::Claim,
+            "free for a whole TTL"
+        );
+        assert_eq!(decide(3, &[3], 6, true), Move::Stay, "nothing free");
     }
 }
