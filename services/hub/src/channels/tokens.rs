@@ -64,6 +64,21 @@ pub async fn binding_token(
             if bound.subscription_id != id {
                 return Err(refused("the binding token is for another subscription"));
             }
+            // An SSE token's renewal rotates: the token sits in a URL (a proxy's log, browser
+            // history), so the presented one is used up, a copy of it renews nothing once its
+            // holder renewed, and a holder whose renewal is refused learns that someone else
+            // renewed first (of two renewals racing, one wins). A websocket token travels
+            // only inside the socket and is used up by its bind: it is left for that bind,
+            // so a page can keep a spare.
+            let sse = crate::api::subscriptions::typed(&hub, &bound.tenant, &id)
+                .await?
+                .channel_type()
+                == ChannelType::Sse;
+            if sse && hub.store.take_ws_token(&token).await?.is_none() {
+                return Err(refused(
+                    "the binding token was already renewed or used; ask for a new one with a credential",
+                ));
+            }
             (
                 Holder::caller(&hub, &bound.tenant, bound.holder.as_deref()).await?,
                 true,
