@@ -623,3 +623,57 @@ async fn a_stream_of_a_re_created_subscription_ends_saying_so() {
         "the old log's stream carried the new log's numbers:\n{text}"
     );
 }
+
+/// Cross-site websocket hijacking: a page of another site opening the hub's websocket in a
+/// browser that holds something for the hub (here: an open hub on loopback, whose anonymous
+/// caller may bind by id) gets an anonymous socket — `bind <id>` is refused — while a client
+/// that sends no `Origin` (or an allowed one) binds as before. Found by review: no `Origin`
+/// check on the upgrade (CORS does not apply to websockets).
+#[tokio::test]
+async fn a_websocket_from_a_foreign_origin_binds_nothing_without_a_token() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let hub = Hub::start(HubEnv::default()).await;
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &json!({"resourceType": "Subscription", "status": "requested", "reason": "classic",
+                    "criteria": "Observation?code=http://loinc.org|2345-7",
+                    "channel": {"type": "websocket"}}),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/fhir/$subscription-ws",
+        hub.url.replacen("http", "ws", 1)
+    );
+    let first_answer = |origin: Option<&'static str>| {
+        let (ws_url, id) = (ws_url.clone(), id.clone());
+        async move {
+            let mut req = ws_url.into_client_request().unwrap();
+            if let Some(o) = origin {
+                req.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            let (mut socket, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            socket
+                .send(Message::Text(format!("bind {id}").into()))
+                .await
+                .unwrap();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+                .await
+                .expect("an answer to the bind");
+            match answer {
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Close(f))) => format!("closed {f:?}"),
+                other => format!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(first_answer(None).await, format!("bound {id}"));
+    let foreign = first_answer(Some("https://evil.example")).await;
+    assert!(
+        !foreign.starts_with("bound"),
+        "a page of another site bound by id: {foreign}"
+    );
+}

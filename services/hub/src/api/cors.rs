@@ -40,6 +40,15 @@ pub fn layer(config: &Config) -> CorsLayer {
         .max_age(MAX_AGE)
 }
 
+/// Whether `origin` is one of `cors.allowed_origins` (or they allow any).
+pub fn allows(config: &Config, origin: &HeaderValue) -> bool {
+    config
+        .cors
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.as_bytes() == origin.as_bytes())
+}
+
 /// `routes` answering browsers across origins. Its other methods keep the API's 405 (an
 /// explicit fallback inside the layer: the router-wide one would replace a layered default
 /// and leave preflights unanswered).

@@ -51,8 +51,17 @@ pub async fn connect(
     State(hub): State<Hub>,
     MaybeCaller(caller): MaybeCaller,
     abort: Option<axum::Extension<Abort>>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Cross-site websocket hijacking: CORS does not apply to a websocket, and a browser sends
+    // a page's upgrade with whatever it holds for the hub (a client certificate). A page of
+    // an origin not in `cors.allowed_origins` gets an anonymous socket: it can bind only
+    // with a binding token, which it cannot get without the CORS the token endpoint applies.
+    let caller = match headers.get(axum::http::header::ORIGIN) {
+        Some(origin) if !crate::api::cors::allows(&hub.config, origin) => None,
+        _ => caller,
+    };
     // a credentialed socket counts against its credential's open streams
     let slot = match &caller {
         Some(c) => match hub.auth.stream_slot(
