@@ -338,17 +338,7 @@ async fn classic_r4_websocket_binds_by_id_and_pings_per_event() {
         return;
     };
     let hub = Hub::start(HubEnv::default()).await;
-    let (c, s) = hub
-        .post_json(
-            "/fhir/Subscription",
-            &json!({"resourceType": "Subscription", "status": "requested", "reason": "classic",
-                    "criteria": "Observation?code=http://loinc.org|2345-7",
-                    "channel": {"type": "websocket"}}),
-        )
-        .await;
-    assert_eq!(c, 201, "{s}");
-    assert_eq!(s["status"], "active");
-    let id = s["id"].as_str().unwrap().to_owned();
+    let id = classic_websocket_subscription(&hub).await;
     let ws_url = format!(
         "{}/$subscription-ws",
         hub.url.replacen("http", "ws", 1) + "/fhir"
@@ -371,6 +361,21 @@ async fn classic_r4_websocket_binds_by_id_and_pings_per_event() {
         refused["text"].as_str().unwrap().starts_with("error "),
         "{refused}"
     );
+}
+
+/// A classic R4 websocket subscription (criteria, no topic), active; its id.
+async fn classic_websocket_subscription(hub: &Hub) -> String {
+    let (c, s) = hub
+        .post_json(
+            "/fhir/Subscription",
+            &json!({"resourceType": "Subscription", "status": "requested", "reason": "classic",
+                    "criteria": "Observation?code=http://loinc.org|2345-7",
+                    "channel": {"type": "websocket"}}),
+        )
+        .await;
+    assert_eq!(c, 201, "{s}");
+    assert_eq!(s["status"], "active");
+    s["id"].as_str().unwrap().to_owned()
 }
 
 /// Read `n` stream items from a client and return what identifies each (event numbers).
@@ -634,16 +639,7 @@ async fn a_websocket_from_a_foreign_origin_binds_nothing_without_a_token() {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
     let hub = Hub::start(HubEnv::default()).await;
-    let (c, s) = hub
-        .post_json(
-            "/fhir/Subscription",
-            &json!({"resourceType": "Subscription", "status": "requested", "reason": "classic",
-                    "criteria": "Observation?code=http://loinc.org|2345-7",
-                    "channel": {"type": "websocket"}}),
-        )
-        .await;
-    assert_eq!(c, 201, "{s}");
-    let id = s["id"].as_str().unwrap().to_owned();
+    let id = classic_websocket_subscription(&hub).await;
     let ws_url = format!(
         "{}/fhir/$subscription-ws",
         hub.url.replacen("http", "ws", 1)
